@@ -14,7 +14,11 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
 PROTO_FILES = ("streams/v1/streams.proto",)
-GENERATED = ("streams/v1/streams_pb2.py", "streams/v1/streams_pb2.pyi", "streams/v1/streams_pb2_grpc.py")
+GENERATED = (
+    "streams/v1/streams_pb2.py",
+    "streams/v1/streams_pb2.pyi",
+    "streams/v1/streams_pb2_grpc.py",
+)
 
 
 def generate(out_root: Path) -> list[Path]:

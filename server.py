@@ -1,0 +1,6 @@
+"""Starts the Streams server: ``python server.py --help``."""
+
+from streams.server import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Protobuf bytes that storage keeps and the service sends, built by hand where
+it pays.
+
+A stored record is a serialized ``Record`` message, built once at commit time:
+the fields shared by a segment write (space, segment, timestamp, transaction
+id) are serialized once, and each record appends its sequence, position and
+the ``RecordInput`` bytes it arrived with (``payload`` and ``metadata`` share
+field numbers with ``Record``). A ``ConsumeResponse`` is the stored records
+framed as its repeated field 1, so a read never decodes or re-encodes a record.
+Protobuf parsers accept fields in any order, so these bytes parse as the
+messages they stand for in every language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streams.model import ProduceResult, SegmentAck
+from streams.v1 import streams_pb2 as pb
+
+NANOS = 1_000_000_000
+_SEQUENCE_TAG = b"\x28"  # Record.sequence = 5, varint
+_POSITION_TAG = b"\x30"  # Record.position = 6, varint
+_RECORDS_TAG = b"\x0a"  # ConsumeResponse.records = 1, length-delimited
+
+
+def varint(value: int) -> bytes:
+    assert value >= 0, value
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def timestamp(ns: int) -> Timestamp:
+    return Timestamp(seconds=ns // NANOS, nanos=ns % NANOS)
+
+
+def timestamp_ns(ts: Timestamp) -> int:
+    return ts.seconds * NANOS + ts.nanos
+
+
+def record_header(space: str, segment: str, ts_ns: int, transaction_id: str) -> bytes:
+    """The fields that every record of one segment write shares."""
+    return pb.Record(
+        space=space, segment=segment, timestamp=timestamp(ts_ns), transaction_id=transaction_id
+    ).SerializeToString()
+
+
+def record(header: bytes, sequence: int, position: int, body: bytes) -> bytes:
+    """A serialized ``Record``: its header, numbers and ``RecordInput`` body."""
+    return b"".join(
+        (header, _SEQUENCE_TAG, varint(sequence), _POSITION_TAG, varint(position), body)
+    )
+
+
+def record_timestamp_ns(stored: bytes) -> int:
+    return timestamp_ns(pb.Record.FromString(stored).timestamp)
+
+
+def framed_size(stored: bytes) -> int:
+    """Bytes that one record adds to a ``ConsumeResponse``."""
+    return 1 + len(varint(len(stored))) + len(stored)
+
+
+def consume_response(records: Iterable[bytes]) -> bytes:
+    """A serialized ``ConsumeResponse`` holding the stored ``records`` as they are."""
+    parts: list[bytes] = []
+    for stored in records:
+        parts += (_RECORDS_TAG, varint(len(stored)), stored)
+    return b"".join(parts)
+
+
+def produce_response(result: ProduceResult) -> pb.ProduceResponse:
+    return pb.ProduceResponse(
+        acks=[
+            pb.SegmentAck(
+                segment=ack.segment,
+                first_sequence=ack.first_sequence,
+                last_sequence=ack.last_sequence,
+            )
+            for ack in result.acks
+        ],
+        first_position=result.first_position,
+        last_position=result.last_position,
+        timestamp=timestamp(result.timestamp_ns),
+        duplicate=result.duplicate,
+    )
+
+
+def parse_produce_response(raw: bytes) -> ProduceResult:
+    msg = pb.ProduceResponse.FromString(raw)
+    return ProduceResult(
+        acks=tuple(SegmentAck(a.segment, a.first_sequence, a.last_sequence) for a in msg.acks),
+        first_position=msg.first_position,
+        last_position=msg.last_position,
+        timestamp_ns=timestamp_ns(msg.timestamp),
+        duplicate=msg.duplicate,
+    )

@@ -1,0 +1,84 @@
+"""The errors of Streams, one type per gRPC status the contract names.
+
+The server raises them from validation and storage and turns each into its
+status; the client turns statuses back into them, so both sides catch the same
+types::
+
+    try:
+        client.produce("orders", "eu", [b"x"], expected_sequence=0)
+    except SequenceMismatch as exc:
+        print("segment already has", exc.actual)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StreamsError(Exception):
+    """Base of every Streams error; ``code`` is the gRPC status it travels as."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(StreamsError):
+    """A field of the request is malformed or over a limit; nothing was written."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(StreamsError):
+    """A compare-and-set check failed; nothing was written."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SequenceMismatch(FailedPrecondition):
+    """``expected_sequence`` did not match the segment's last sequence."""
+
+    def __init__(self, message: str, segment: str = "", actual: int = 0) -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.actual = actual
+
+
+class OffsetMismatch(FailedPrecondition):
+    """``expected_offset`` did not match the stored offset."""
+
+    def __init__(self, message: str, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.actual = actual
+
+
+class AlreadyExists(StreamsError):
+    """A ``transaction_id`` was reused with different writes."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class NotFound(StreamsError):
+    """Nothing there: Peek on an empty target, GetOffset never committed."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class OutOfRange(StreamsError):
+    """A committed offset lies past the target's last offset."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class ResourceExhausted(StreamsError):
+    """The request is larger than the server accepts, or the disk is full."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(StreamsError):
+    """The server is shutting down or has stopped accepting writes; retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,113 @@
+"""Key encoding: how spaces, segments, sequences and offsets map to RocksDB keys.
+
+Every key starts with a one-byte tag naming its key range, then names and
+numbers. A name is its UTF-8 bytes followed by a 0x00 terminator: valid names
+never contain U+0000, so the terminator makes the encoding prefix-free
+(segment ``a`` ends in ``a\\x00`` and can never be a prefix of ``ab\\x00``) and
+keeps byte order (``a\\x00`` sorts before ``ab\\x00`` because 0x00 is the
+smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
+
+    R space 0 segment 0 seq        -> Record bytes (segment order)
+    P space 0 position             -> Record bytes (space order)
+    S space 0 segment 0            -> segment catalog: last seq, last pos, last ts
+    A space 0                      -> space catalog: last pos, last ts
+    O consumer 0 space 0 segment 0 -> committed offset (segment empty: space-level)
+    D space 0 txid                 -> dedupe entry
+    X expiry space 0 txid          -> dedupe expiry index (sweeping in time order)
+"""
+
+from __future__ import annotations
+
+import struct
+
+RECORD = b"R"
+POSITION = b"P"
+SEGMENT = b"S"
+SPACE = b"A"
+OFFSET = b"O"
+DEDUPE = b"D"
+EXPIRY = b"X"
+
+_U64 = struct.Struct(">Q")
+U64_MAX = 2**64 - 1
+TERMINATOR = b"\x00"
+
+
+def name(value: str) -> bytes:
+    """A name's bytes with its terminator; the name must not contain U+0000."""
+    raw = value.encode("utf-8")
+    assert TERMINATOR not in raw, "names never contain U+0000 (validated before)"
+    return raw + TERMINATOR
+
+
+def u64(value: int) -> bytes:
+    assert 0 <= value <= U64_MAX, value
+    return _U64.pack(value)
+
+
+def read_u64(raw: bytes, offset: int = 0) -> int:
+    return _U64.unpack_from(raw, offset)[0]
+
+
+def segment_prefix(space: str, segment: str) -> bytes:
+    return RECORD + name(space) + name(segment)
+
+
+def space_prefix(space: str) -> bytes:
+    return POSITION + name(space)
+
+
+def record_key(space: str, segment: str, sequence: int) -> bytes:
+    return segment_prefix(space, segment) + u64(sequence)
+
+
+def position_key(space: str, position: int) -> bytes:
+    return space_prefix(space) + u64(position)
+
+
+def segment_catalog_prefix(space: str) -> bytes:
+    return SEGMENT + name(space)
+
+
+def segment_catalog_key(space: str, segment: str) -> bytes:
+    return segment_catalog_prefix(space) + name(segment)
+
+
+def space_catalog_key(space: str) -> bytes:
+    return SPACE + name(space)
+
+
+def offset_key(consumer: str, space: str, segment: str) -> bytes:
+    # An empty segment (a space-level offset) encodes as a lone terminator,
+    # which no valid segment name (1 byte or more) produces.
+    return OFFSET + name(consumer) + name(space) + segment.encode("utf-8") + TERMINATOR
+
+
+def dedupe_key(space: str, transaction_id: str) -> bytes:
+    return DEDUPE + name(space) + transaction_id.encode("utf-8")
+
+
+def expiry_key(expires_ns: int, space: str, transaction_id: str) -> bytes:
+    return EXPIRY + u64(expires_ns) + name(space) + transaction_id.encode("utf-8")
+
+
+def split_expiry_key(key: bytes) -> tuple[int, bytes]:
+    """The expiry time and the dedupe key that an expiry key points at."""
+    assert key[:1] == EXPIRY
+    return read_u64(key, 1), DEDUPE + key[9:]
+
+
+def first_name(key: bytes, prefix: bytes) -> str:
+    """The name that follows ``prefix`` in ``key`` (up to its terminator)."""
+    end = key.index(TERMINATOR, len(prefix))
+    return key[len(prefix) : end].decode("utf-8")
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key above every key that starts with ``prefix``.
+
+    Prefixes here end in a terminator or a tag, never in 0xFF, so
+    incrementing the last byte is exact.
+    """
+    assert prefix and prefix[-1] != 0xFF, prefix
+    return prefix[:-1] + bytes([prefix[-1] + 1])

@@ -1,0 +1,82 @@
+"""The validated commands and results that flow between the service and storage.
+
+Validation turns wire requests into these; a storage backend takes and returns
+only these (and stored record bytes), never gRPC objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAppend:
+    """Records to append to one segment; each record is its serialized body."""
+
+    segment: str
+    bodies: tuple[bytes, ...]
+    expected_sequence: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One Produce: appends to segments of one space, all or nothing."""
+
+    space: str
+    appends: tuple[SegmentAppend, ...]
+    transaction_id: str
+    # Digest of the appends, set when transaction_id is: tells a retry from a
+    # different request reusing the id.
+    fingerprint: bytes
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(append.bodies) for append in self.appends)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAck:
+    segment: str
+    first_sequence: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceResult:
+    acks: tuple[SegmentAck, ...]
+    first_position: int
+    last_position: int
+    timestamp_ns: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a read or an offset is about: a segment, or (segment "") a whole space."""
+
+    space: str
+    segment: str = ""
+
+    @property
+    def is_space(self) -> bool:
+        return not self.segment
+
+    def describe(self) -> str:
+        if self.is_space:
+            return f"space {self.space!r}"
+        return f"segment {self.segment!r} of space {self.space!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceInfo:
+    name: str
+    last_position: int
+    last_timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    name: str
+    last_sequence: int
+    last_position: int
+    last_timestamp_ns: int

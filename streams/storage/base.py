@@ -1,0 +1,66 @@
+"""The storage interface the service is written against.
+
+A backend stores transactions atomically and durably, numbers records densely,
+and serves reads capped at what is durable. Records cross this interface as
+serialized ``Record`` bytes (see :mod:`streams.codec`), offsets as plain ints:
+a sequence for a segment target, a position for a space target.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streams.model import ProduceResult, SegmentInfo, SpaceInfo, Target, Transaction
+
+
+class Store(Protocol):
+    async def produce(self, txn: Transaction) -> ProduceResult:
+        """Commits ``txn`` all or nothing; returns once it is durable.
+
+        Raises SequenceMismatch, AlreadyExists, Unavailable, ResourceExhausted.
+        """
+        ...
+
+    def last_offset(self, target: Target) -> int:
+        """The last durable offset of ``target``; 0 when it has none."""
+        ...
+
+    def read(
+        self, target: Target, first: int, last: int, max_records: int, max_bytes: int
+    ) -> list[bytes]:
+        """Stored records of ``target`` with offsets ``first..last``, capped at the
+        durable last offset, at most ``max_records`` and ``max_bytes`` of framed
+        response (always at least one record when one is in range)."""
+        ...
+
+    def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
+        """The offset of the first durable record stamped at or after
+        ``timestamp_ns``; one past the last offset when there is none."""
+        ...
+
+    def peek(self, target: Target) -> bytes | None:
+        """The last durable record of ``target``, or None."""
+        ...
+
+    async def commit_offset(
+        self, consumer: str, target: Target, offset: int, expected: int | None
+    ) -> int:
+        """Stores ``consumer``'s offset durably (compare-and-set when ``expected``
+        is not None). Raises OffsetMismatch, OutOfRange, Unavailable."""
+        ...
+
+    async def get_offset(self, consumer: str, target: Target) -> int | None:
+        """The durable offset ``consumer`` committed for ``target``, or None."""
+        ...
+
+    def list_spaces(self, after: str | None, limit: int) -> list[SpaceInfo]:
+        """Up to ``limit`` spaces with durable records, by name, after ``after``."""
+        ...
+
+    def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:
+        """Up to ``limit`` segments of ``space`` with durable records, by name."""
+        ...
+
+    async def close(self) -> None:
+        """Waits for pending fsyncs, then closes the store."""
+        ...

@@ -1,0 +1,107 @@
+"""Group commit: one fsync of the write-ahead log acks every write before it.
+
+Writers put their batch into RocksDB with sync off (fast, and it keeps the
+event loop free of fsyncs), take a ticket, and await it. One task at a time
+runs the fsync in a worker thread; when it returns, every ticket taken before
+it started is durable, so all their writers are acked by that one fsync.
+Writes that arrive while an fsync runs are covered by the next one.
+
+A failed fsync is final: the data it covered may or may not be on disk, and
+retrying cannot tell, so every waiter fails and so does every later write
+(the fsyncgate lesson: PostgreSQL, 2018).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from streams.errors import Unavailable
+
+
+class GroupCommit:
+    """Orders fsyncs after writes; acks each write once an fsync covers it.
+
+    Example::
+
+        group = GroupCommit(lambda: db.flush_wal(True), on_durable=publish)
+        db.write(batch)              # sync off
+        await group.wait(group.ticket())
+    """
+
+    def __init__(self, sync: Callable[[], None] | None, on_durable: Callable[[int], None]) -> None:
+        """``sync`` makes every write so far durable; None when a write is durable
+        as soon as it is in the store (``--no-sync``)."""
+        self._sync = sync
+        self._on_durable = on_durable
+        self._written = 0
+        self._durable = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.failure: str | None = None
+
+    @property
+    def written(self) -> int:
+        """The newest ticket handed out."""
+        return self._written
+
+    def ticket(self) -> int:
+        """Takes a ticket for a write that has just gone into the store."""
+        self._check()
+        self._written += 1
+        if self._sync is None:
+            self._durable = self._written
+            self._on_durable(self._written)
+        return self._written
+
+    async def wait(self, ticket: int) -> None:
+        """Returns once an fsync has covered ``ticket``; raises Unavailable if one failed."""
+        self._check()
+        assert 0 <= ticket <= self._written, (ticket, self._written)
+        if ticket <= self._durable:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((ticket, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        await future
+
+    async def barrier(self) -> None:
+        """Returns once everything written so far is durable."""
+        await self.wait(self._written)
+
+    async def drain(self) -> None:
+        """Waits for the running fsync task, if any (at shutdown)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise Unavailable(f"writes are stopped: {self.failure}")
+
+    async def _run(self) -> None:
+        try:
+            while self._durable < self._written:
+                covered = self._written
+                assert self._sync is not None
+                await asyncio.to_thread(self._sync)
+                self._durable = covered
+                self._on_durable(covered)
+                self._release(covered)
+        except Exception as exc:  # any fsync failure is final
+            self.failure = f"fsync of the write-ahead log failed ({exc}); restart the server"
+            for _, future in self._waiters:
+                if not future.done():
+                    future.set_exception(Unavailable(f"writes are stopped: {self.failure}"))
+            self._waiters.clear()
+        finally:
+            self._task = None
+
+    def _release(self, covered: int) -> None:
+        still = []
+        for ticket, future in self._waiters:
+            if ticket > covered:
+                still.append((ticket, future))
+            elif not future.done():
+                future.set_result(None)
+        self._waiters = still

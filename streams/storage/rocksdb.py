@@ -1,0 +1,482 @@
+"""The embedded storage engine: RocksDB through rocksdict, one process.
+
+Layout (see :mod:`streams.keys`): each record is stored twice, under its
+segment key and under its space key, as the same serialized ``Record`` bytes,
+so a segment read and a space read are each one bounded forward scan that
+hands stored bytes to the wire. A catalog entry per segment and per space
+holds its last numbers, so start-up reads the catalog, never the records.
+
+Writes run on the event loop thread, one at a time, with no await between
+checking the state and writing the batch: that is the one ordered write path,
+so sequences and positions are never shared or skipped. The batch goes to
+RocksDB with sync off; :class:`GroupCommit` then fsyncs the WAL off the loop
+and the writer is acked. Only then do readers see the records: every read is
+capped at the durable watermark, as Kafka caps reads at its high watermark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rocksdict
+
+from streams import codec, keys
+from streams.errors import (
+    AlreadyExists,
+    OffsetMismatch,
+    OutOfRange,
+    ResourceExhausted,
+    SequenceMismatch,
+    Unavailable,
+)
+from streams.model import (
+    ProduceResult,
+    SegmentAck,
+    SegmentInfo,
+    SpaceInfo,
+    Target,
+    Transaction,
+)
+from streams.storage.group_commit import GroupCommit
+
+_SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
+_SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
+_DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
+_DAY_NS = 24 * 3600 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How the store trades durability and keeps dedupe entries.
+
+    ``sync=False`` acks once the batch is in the WAL in the OS page cache:
+    records survive a crash of the server process, not of the machine.
+    """
+
+    sync: bool = True
+    dedupe_window_ns: int = _DAY_NS
+    dedupe_sweep_limit: int = 10_000
+    clock: Callable[[], int] = field(default=time.time_ns)
+
+    def __post_init__(self) -> None:
+        if self.dedupe_window_ns < 1:
+            raise ValueError(f"dedupe_window_ns must be positive, got {self.dedupe_window_ns}")
+        if self.dedupe_sweep_limit < 1:
+            raise ValueError(f"dedupe_sweep_limit must be positive, got {self.dedupe_sweep_limit}")
+
+
+class _Segment:
+    """A segment's numbers: ``last_*`` as written, ``durable_*`` as readers see them."""
+
+    __slots__ = (
+        "durable_position",
+        "durable_sequence",
+        "durable_ts",
+        "last_position",
+        "last_sequence",
+        "last_ts",
+        "prefix",
+    )
+
+    def __init__(self, prefix: bytes, sequence: int, position: int, ts: int) -> None:
+        self.prefix = prefix
+        self.last_sequence = self.durable_sequence = sequence
+        self.last_position = self.durable_position = position
+        self.last_ts = self.durable_ts = ts
+
+
+class _Space:
+    __slots__ = ("durable_position", "durable_ts", "last_position", "last_ts", "prefix", "segments")
+
+    def __init__(self, prefix: bytes, position: int, ts: int) -> None:
+        self.prefix = prefix
+        self.last_position = self.durable_position = position
+        self.last_ts = self.durable_ts = ts
+        self.segments: dict[str, _Segment] = {}
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A committed transaction's numbers, published to readers once durable."""
+
+    ticket: int
+    space: _Space
+    position: int
+    ts: int
+    segments: list[tuple[_Segment, int]]
+
+
+class RocksStore:
+    """The RocksDB-backed :class:`~streams.storage.base.Store`.
+
+    Example::
+
+        store = RocksStore.open(Path("data"), StoreOptions())
+        result = await store.produce(txn)
+        records = store.read(Target("orders", "eu"), 1, 100, 100, 4 << 20)
+        await store.close()
+    """
+
+    def __init__(self, db: rocksdict.Rdict, options: StoreOptions) -> None:
+        self._db = db
+        self._options = options
+        self._write_options = rocksdict.WriteOptions()
+        self._write_options.sync = False  # the group commit fsyncs the WAL
+        self._spaces: dict[str, _Space] = {}
+        self._pending: list[_Pending] = []
+        sync = (lambda: db.flush_wal(True)) if options.sync else None
+        self._group = GroupCommit(sync, self._publish)
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, options: StoreOptions | None = None) -> RocksStore:
+        """Opens (creating if needed) the store at ``path`` and rebuilds its state
+        from the catalog: O(segments), never O(records)."""
+        _create_durably(path)
+        db_options = rocksdict.Options(raw_mode=True)
+        db_options.create_if_missing(True)
+        db = rocksdict.Rdict(str(path), db_options)
+        # Records recovered from the WAL may sit only in the page cache (a
+        # kill -9 before their fsync): make them durable before anyone reads.
+        db.flush_wal(True)
+        store = cls(db, options or StoreOptions())
+        store._load_catalog()
+        return store
+
+    def _load_catalog(self) -> None:
+        for key, value in self._scan(keys.SPACE):
+            name = keys.first_name(key, keys.SPACE)
+            position, ts = _SPACE_CATALOG.unpack(value)
+            self._spaces[name] = _Space(keys.space_prefix(name), position, ts)
+        for key, value in self._scan(keys.SEGMENT):
+            space_name = keys.first_name(key, keys.SEGMENT)
+            space = self._spaces[space_name]
+            segment_name = keys.first_name(key, keys.segment_catalog_prefix(space_name))
+            sequence, position, ts = _SEGMENT_CATALOG.unpack(value)
+            assert position <= space.last_position, (space_name, segment_name)
+            space.segments[segment_name] = _Segment(
+                keys.segment_prefix(space_name, segment_name), sequence, position, ts
+            )
+
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Items under ``prefix`` from ``start`` on, in key order."""
+        # A generator, so the options (which own the upper bound the native
+        # iterator points at) live exactly as long as the iteration.
+        read_options = rocksdict.ReadOptions()
+        read_options.set_iterate_upper_bound(keys.prefix_end(prefix))
+        yield from self._db.items(from_key=start or prefix, read_opt=read_options)
+
+    # -- writes ----------------------------------------------------------
+
+    async def produce(self, txn: Transaction) -> ProduceResult:
+        self._check_open()
+        duplicate = self._find_duplicate(txn)
+        if duplicate is not None:
+            # The original may still await its fsync: answer only once it is durable.
+            await self._group.barrier()
+            return duplicate
+        ticket, result = self._commit(txn)
+        await self._group.wait(ticket)
+        return result
+
+    def _find_duplicate(self, txn: Transaction) -> ProduceResult | None:
+        if not txn.transaction_id:
+            return None
+        raw = self._db.get(keys.dedupe_key(txn.space, txn.transaction_id))
+        if raw is None:
+            return None
+        expires, fingerprint = _DEDUPE_HEAD.unpack_from(raw)
+        if expires <= self._options.clock():
+            return None
+        if fingerprint != txn.fingerprint:
+            raise AlreadyExists(
+                f"transaction_id: {txn.transaction_id!r} was already committed in space "
+                f"{txn.space!r} with different writes"
+            )
+        original = codec.parse_produce_response(raw[_DEDUPE_HEAD.size :])
+        return dataclasses.replace(original, duplicate=True)
+
+    def _commit(self, txn: Transaction) -> tuple[int, ProduceResult]:
+        """Checks, numbers and writes ``txn`` as one batch; no await in here."""
+        space = self._spaces.get(txn.space)
+        segments = [space.segments.get(a.segment) if space else None for a in txn.appends]
+        for append, segment in zip(txn.appends, segments, strict=True):
+            actual = segment.last_sequence if segment else 0
+            if append.expected_sequence is not None and append.expected_sequence != actual:
+                raise SequenceMismatch(
+                    f"writes.expected_sequence: segment {append.segment!r} has last sequence "
+                    f"{actual}, not {append.expected_sequence}",
+                    segment=append.segment,
+                    actual=actual,
+                )
+        ts = max(self._options.clock(), space.last_ts if space else 0)
+        position = space.last_position if space else 0
+        first_position = position + 1
+        space_prefix = space.prefix if space else keys.space_prefix(txn.space)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        acks = []
+        for append, segment in zip(txn.appends, segments, strict=True):
+            prefix = segment.prefix if segment else keys.segment_prefix(txn.space, append.segment)
+            sequence = segment.last_sequence if segment else 0
+            first_sequence = sequence + 1
+            header = codec.record_header(txn.space, append.segment, ts, txn.transaction_id)
+            for body in append.bodies:
+                sequence += 1
+                position += 1
+                value = codec.record(header, sequence, position, body)
+                batch.put(prefix + keys.u64(sequence), value)
+                batch.put(space_prefix + keys.u64(position), value)
+            batch.put(
+                keys.segment_catalog_key(txn.space, append.segment),
+                _SEGMENT_CATALOG.pack(sequence, position, ts),
+            )
+            acks.append(SegmentAck(append.segment, first_sequence, sequence))
+        batch.put(keys.space_catalog_key(txn.space), _SPACE_CATALOG.pack(position, ts))
+        result = ProduceResult(tuple(acks), first_position, position, ts)
+        assert position - first_position + 1 == txn.record_count
+        if txn.transaction_id:
+            expires = ts + self._options.dedupe_window_ns
+            response = codec.produce_response(result).SerializeToString()
+            batch.put(
+                keys.dedupe_key(txn.space, txn.transaction_id),
+                _DEDUPE_HEAD.pack(expires, txn.fingerprint) + response,
+            )
+            batch.put(keys.expiry_key(expires, txn.space, txn.transaction_id), b"")
+        self._write(batch)
+        # The batch is in: only now does memory move, so a failed write leaves no trace.
+        if space is None:
+            space = self._spaces[txn.space] = _Space(space_prefix, 0, 0)
+        space.last_position, space.last_ts = position, ts
+        touched = []
+        for append, segment, ack in zip(txn.appends, segments, acks, strict=True):
+            if segment is None:
+                prefix = keys.segment_prefix(txn.space, append.segment)
+                segment = space.segments[append.segment] = _Segment(prefix, 0, 0, 0)
+            segment.last_sequence = ack.last_sequence
+            segment.last_position = position
+            segment.last_ts = ts
+            touched.append((segment, ack.last_sequence))
+        ticket = self._group.ticket()
+        self._pending.append(_Pending(ticket, space, position, ts, touched))
+        return ticket, result
+
+    def _write(self, batch: rocksdict.WriteBatch) -> None:
+        try:
+            self._db.write(batch, self._write_options)
+        except Exception as exc:
+            text = str(exc)
+            if "No space" in text or "NoSpace" in text:
+                raise ResourceExhausted(f"disk full, nothing was written: {text}") from exc
+            raise Unavailable(f"storage write failed, nothing was written: {text}") from exc
+
+    def _publish(self, covered: int) -> None:
+        """Moves the durable watermarks over every transaction up to ``covered``."""
+        done = 0
+        for pending in self._pending:
+            if pending.ticket > covered:
+                break
+            pending.space.durable_position = pending.position
+            pending.space.durable_ts = pending.ts
+            for segment, sequence in pending.segments:
+                segment.durable_sequence = sequence
+                segment.durable_position = pending.position
+                segment.durable_ts = pending.ts
+            done += 1
+        del self._pending[:done]
+
+    async def commit_offset(
+        self, consumer: str, target: Target, offset: int, expected: int | None
+    ) -> int:
+        self._check_open()
+        last = self.last_offset(target)
+        if offset > last:
+            raise OutOfRange(
+                f"offset: {offset} is past the last offset ({last}) of {target.describe()}"
+            )
+        key = keys.offset_key(consumer, target.space, target.segment)
+        raw = self._db.get(key)
+        stored = keys.read_u64(raw) if raw is not None else None
+        if expected is not None and expected != (stored or 0):
+            shown = "none" if stored is None else str(stored)
+            raise OffsetMismatch(
+                f"expected_offset: {expected} does not match the stored offset ({shown}) of "
+                f"consumer {consumer!r} for {target.describe()}",
+                actual=stored,
+            )
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(key, keys.u64(offset))
+        self._write(batch)
+        ticket = self._group.ticket()
+        await self._group.wait(ticket)
+        return offset
+
+    async def get_offset(self, consumer: str, target: Target) -> int | None:
+        self._check_open()
+        # A Commit still awaiting its fsync is not acknowledged: wait it out.
+        await self._group.barrier()
+        raw = self._db.get(keys.offset_key(consumer, target.space, target.segment))
+        return keys.read_u64(raw) if raw is not None else None
+
+    def sweep_expired_dedupe(self) -> int:
+        """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many."""
+        self._check_open()
+        now = self._options.clock()
+        read_options = rocksdict.ReadOptions()
+        read_options.set_iterate_upper_bound(keys.EXPIRY + keys.u64(now + 1))
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        swept = 0
+        for expiry_key in self._db.keys(from_key=keys.EXPIRY, read_opt=read_options):
+            if swept == self._options.dedupe_sweep_limit:
+                break
+            _, dedupe_key = keys.split_expiry_key(expiry_key)
+            raw = self._db.get(dedupe_key)
+            # The id may have been reused after it expired: keep the newer entry.
+            if raw is not None and _DEDUPE_HEAD.unpack_from(raw)[0] <= now:
+                batch.delete(dedupe_key)
+            batch.delete(expiry_key)
+            swept += 1
+        if swept:
+            self._write(batch)
+        return swept
+
+    @property
+    def sweep_limit(self) -> int:
+        return self._options.dedupe_sweep_limit
+
+    # -- reads -----------------------------------------------------------
+
+    def last_offset(self, target: Target) -> int:
+        space = self._spaces.get(target.space)
+        if space is None:
+            return 0
+        if target.is_space:
+            return space.durable_position
+        segment = space.segments.get(target.segment)
+        return segment.durable_sequence if segment else 0
+
+    def _prefix(self, target: Target) -> bytes:
+        if target.is_space:
+            return keys.space_prefix(target.space)
+        return keys.segment_prefix(target.space, target.segment)
+
+    def read(
+        self, target: Target, first: int, last: int, max_records: int, max_bytes: int
+    ) -> list[bytes]:
+        assert max_records >= 1 and max_bytes >= 1
+        self._check_open()
+        first = max(first, 1)
+        last = min(last, self.last_offset(target))
+        if first > last:
+            return []
+        prefix = self._prefix(target)
+        read_options = rocksdict.ReadOptions()
+        read_options.set_iterate_upper_bound(prefix + keys.u64(last + 1))
+        records: list[bytes] = []
+        size = 0
+        for value in self._db.values(from_key=prefix + keys.u64(first), read_opt=read_options):
+            size += codec.framed_size(value)
+            if records and size > max_bytes:
+                break
+            records.append(value)
+            if len(records) == max_records:
+                break
+        # Offsets are dense up to the durable watermark: a short read is a bug.
+        assert len(records) == min(max_records, last - first + 1) or size > max_bytes, (
+            target,
+            first,
+            last,
+            len(records),
+        )
+        return records
+
+    def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
+        self._check_open()
+        prefix = self._prefix(target)
+        low, high = 1, self.last_offset(target)
+        while low <= high:
+            middle = (low + high) // 2
+            stored = self._db.get(prefix + keys.u64(middle))
+            assert stored is not None, (target, middle)
+            if codec.record_timestamp_ns(stored) >= timestamp_ns:
+                high = middle - 1
+            else:
+                low = middle + 1
+        return low
+
+    def peek(self, target: Target) -> bytes | None:
+        self._check_open()
+        last = self.last_offset(target)
+        if last == 0:
+            return None
+        stored = self._db.get(self._prefix(target) + keys.u64(last))
+        assert stored is not None, (target, last)
+        return stored
+
+    def list_spaces(self, after: str | None, limit: int) -> list[SpaceInfo]:
+        self._check_open()
+        start = keys.space_catalog_key(after) + b"\x00" if after is not None else None
+        found = []
+        for key, _ in self._scan(keys.SPACE, start):
+            name = keys.first_name(key, keys.SPACE)
+            space = self._spaces[name]
+            if space.durable_position:
+                found.append(SpaceInfo(name, space.durable_position, space.durable_ts))
+                if len(found) == limit:
+                    break
+        return found
+
+    def list_segments(self, space_name: str, after: str | None, limit: int) -> list[SegmentInfo]:
+        self._check_open()
+        space = self._spaces.get(space_name)
+        if space is None:
+            return []
+        prefix = keys.segment_catalog_prefix(space_name)
+        start = keys.segment_catalog_key(space_name, after) + b"\x00" if after is not None else None
+        found = []
+        for key, _ in self._scan(prefix, start):
+            name = keys.first_name(key, prefix)
+            segment = space.segments[name]
+            if segment.durable_sequence:
+                found.append(
+                    SegmentInfo(
+                        name, segment.durable_sequence, segment.durable_position, segment.durable_ts
+                    )
+                )
+                if len(found) == limit:
+                    break
+        return found
+
+    # -- life cycle ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the store is closed: the server is shutting down")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._group.drain()
+        self._db.close()
+
+
+def _create_durably(path: Path) -> None:
+    """Creates ``path`` and fsyncs its parent, which RocksDB does not do: without
+    it a power cut after the first ack could lose the whole database."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+        parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(parent)
+        finally:
+            os.close(parent)

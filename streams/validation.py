@@ -1,0 +1,212 @@
+"""Request validation: wire requests in, validated commands out.
+
+Every check raises :class:`~streams.errors.InvalidArgument` with a message that
+names the field and the value at fault; nothing reaches storage unchecked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streams import codec, limits
+from streams.errors import InvalidArgument
+from streams.limits import Limits
+from streams.model import SegmentAppend, Target, Transaction
+from streams.v1 import streams_pb2 as pb
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_SHOWN_CHARS = 80
+
+
+def show(value: object) -> str:
+    """A value as it appears in an error message, shortened when long."""
+    text = repr(value)
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
+    return text
+
+
+def name(field: str, value: str) -> str:
+    """Checks a space, segment or consumer name."""
+    size = len(value.encode("utf-8"))
+    if size == 0:
+        raise InvalidArgument(f"{field}: must not be empty")
+    if size > limits.MAX_NAME_BYTES:
+        raise InvalidArgument(
+            f"{field}: {show(value)} is {size} bytes, over the {limits.MAX_NAME_BYTES}-byte limit"
+        )
+    bad = _CONTROL.search(value)
+    if bad:
+        raise InvalidArgument(
+            f"{field}: {show(value)} contains control character "
+            f"U+{ord(bad.group()):04X} at index {bad.start()}"
+        )
+    return value
+
+
+def target(space: str, segment: str, segment_field: str = "segment") -> Target:
+    """A segment target, or a whole-space target when ``segment`` is empty."""
+    return Target(name("space", space), name(segment_field, segment) if segment else "")
+
+
+def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
+    space = name("space", request.space)
+    if not request.writes:
+        raise InvalidArgument("writes: must hold at least one SegmentWrite")
+    txid = request.transaction_id
+    txid_size = len(txid.encode("utf-8"))
+    if txid_size > limits.MAX_TRANSACTION_ID_BYTES:
+        raise InvalidArgument(
+            f"transaction_id: {show(txid)} is {txid_size} bytes, "
+            f"over the {limits.MAX_TRANSACTION_ID_BYTES}-byte limit"
+        )
+    total = sum(len(write.records) for write in request.writes)
+    if total > lim.max_records_per_produce:
+        raise InvalidArgument(
+            f"writes: {total} records in the request, over max_records_per_produce "
+            f"({lim.max_records_per_produce})"
+        )
+    seen: set[str] = set()
+    appends = []
+    for i, write in enumerate(request.writes):
+        segment = name(f"writes[{i}].segment", write.segment)
+        if segment in seen:
+            raise InvalidArgument(
+                f"writes[{i}].segment: {show(segment)} is named twice in one request"
+            )
+        seen.add(segment)
+        if not write.records:
+            raise InvalidArgument(f"writes[{i}].records: must hold at least one record")
+        bodies = tuple(
+            _record_body(f"writes[{i}].records[{j}]", record, lim)
+            for j, record in enumerate(write.records)
+        )
+        expected = write.expected_sequence if write.HasField("expected_sequence") else None
+        appends.append(SegmentAppend(segment, bodies, expected))
+    return Transaction(space, tuple(appends), txid, _fingerprint(appends) if txid else b"")
+
+
+def _record_body(field: str, record: pb.RecordInput, lim: Limits) -> bytes:
+    if len(record.payload) > lim.max_payload_bytes:
+        raise InvalidArgument(
+            f"{field}.payload: {len(record.payload)} bytes, over max_payload_bytes "
+            f"({lim.max_payload_bytes})"
+        )
+    metadata = record.metadata
+    if len(metadata) > lim.max_metadata_pairs:
+        raise InvalidArgument(
+            f"{field}.metadata: {len(metadata)} pairs, over max_metadata_pairs "
+            f"({lim.max_metadata_pairs})"
+        )
+    for key, value in metadata.items():
+        key_size = len(key.encode("utf-8"))
+        if key_size > lim.max_metadata_key_bytes:
+            raise InvalidArgument(
+                f"{field}.metadata: key {show(key)} is {key_size} bytes, over "
+                f"max_metadata_key_bytes ({lim.max_metadata_key_bytes})"
+            )
+        value_size = len(value.encode("utf-8"))
+        if value_size > lim.max_metadata_value_bytes:
+            raise InvalidArgument(
+                f"{field}.metadata[{show(key)}]: value {show(value)} is {value_size} bytes, "
+                f"over max_metadata_value_bytes ({lim.max_metadata_value_bytes})"
+            )
+    # Deterministic, so a retry of the same request has the same fingerprint.
+    return record.SerializeToString(deterministic=True)
+
+
+def _fingerprint(appends: list[SegmentAppend]) -> bytes:
+    digest = hashlib.sha256()
+    for append in appends:
+        segment = append.segment.encode("utf-8")
+        expected = -1 if append.expected_sequence is None else append.expected_sequence
+        digest.update(struct.pack(">Iq", len(segment), expected) + segment)
+        digest.update(struct.pack(">I", len(append.bodies)))
+        for body in append.bodies:
+            digest.update(struct.pack(">I", len(body)) + body)
+    return digest.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeQuery:
+    """A validated Consume: where it starts, where it stops, how it is cut."""
+
+    target: Target
+    start: str | None  # which field of the `start` oneof is set
+    from_offset: int
+    from_timestamp_ns: int
+    from_consumer: str
+    to_offset: int  # 0 = no bound
+    limit: int  # 0 = no limit
+    max_batch: int
+    follow: bool
+
+
+def consume(request: pb.ConsumeRequest, lim: Limits) -> ConsumeQuery:
+    where = target(request.space, request.segment)
+    start = request.WhichOneof("start")
+    consumer = name("from_consumer", request.from_consumer) if start == "from_consumer" else ""
+    ts_ns = _timestamp("from_timestamp", request.from_timestamp) if start == "from_timestamp" else 0
+    if request.max_batch > lim.max_batch:
+        raise InvalidArgument(f"max_batch: {request.max_batch} is over the limit ({lim.max_batch})")
+    return ConsumeQuery(
+        target=where,
+        start=start,
+        from_offset=request.from_offset,
+        from_timestamp_ns=ts_ns,
+        from_consumer=consumer,
+        to_offset=request.to_offset,
+        limit=request.limit,
+        max_batch=request.max_batch or lim.default_batch,
+        follow=request.follow,
+    )
+
+
+def _timestamp(field: str, ts: Timestamp) -> int:
+    if not 0 <= ts.nanos < codec.NANOS:
+        raise InvalidArgument(f"{field}.nanos: {ts.nanos} is outside 0..999999999")
+    return max(0, codec.timestamp_ns(ts))
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument(f"page_size: {value} is negative")
+    return min(value or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
+
+
+# Page tokens carry the last name of the previous page, bound to the listing it
+# came from by a checksum, so a token the server did not issue is refused.
+_TOKEN_VERSION = b"\x01"
+
+
+def encode_page_token(scope: str, last_name: str) -> str:
+    raw = last_name.encode("utf-8")
+    check = zlib.crc32(scope.encode("utf-8") + b"\x00" + raw).to_bytes(4, "big")
+    return base64.urlsafe_b64encode(_TOKEN_VERSION + check + raw).decode("ascii").rstrip("=")
+
+
+def decode_page_token(scope: str, token: str) -> str | None:
+    """The name after which the page starts, or None for the first page."""
+    if not token:
+        return None
+    bad = InvalidArgument(f"page_token: {show(token)} was not issued by this server")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        raise bad from None
+    if len(raw) < 6 or raw[:1] != _TOKEN_VERSION:
+        raise bad
+    last = raw[5:]
+    if zlib.crc32(scope.encode("utf-8") + b"\x00" + last).to_bytes(4, "big") != raw[1:5]:
+        raise bad
+    try:
+        return name("page_token", last.decode("utf-8"))
+    except (UnicodeDecodeError, InvalidArgument):
+        raise bad from None
