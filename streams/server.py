@@ -38,6 +38,11 @@ class StreamsServer:
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
+    def store(self) -> RocksStore:
+        assert self._store is not None, "not started"
+        return self._store
+
+    @property
     def address(self) -> str:
         """HOST:PORT with the real port, once started."""
         host = self.config.listen.rsplit(":", 1)[0]

@@ -9,6 +9,7 @@ instead of gRPC's generic INTERNAL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -147,20 +148,27 @@ class StreamsService:
     ) -> AsyncIterator[bytes]:
         query = validation.consume(request, self._limits)
         target = query.target
-        first = await self._start(query)
-        # The bound is fixed with the start: a read returns what was stored then.
-        last = min(query.to_offset or U64_MAX, self._store.last_offset(target))
-        await context.send_initial_metadata(())
-        remaining = query.limit or U64_MAX
-        while remaining and first <= last:
-            records = self._store.read(
-                target, first, last, min(query.max_batch, remaining), limits.MAX_RESPONSE_BYTES
-            )
-            if not records:
-                break
-            yield codec.consume_response(records)
-            first += len(records)
-            remaining -= len(records)
+        # Subscribed before the start is fixed, so nothing committed after it is missed.
+        with self._store.subscribe(target) if query.follow else contextlib.nullcontext() as sub:
+            first = await self._start(query)
+            last = query.to_offset or U64_MAX
+            if sub is None:
+                # Without follow, the read ends at what was stored when it started.
+                last = min(last, self._store.last_offset(target))
+            await context.send_initial_metadata(())
+            remaining = query.limit or U64_MAX
+            while remaining and first <= last:
+                records = self._store.read(
+                    target, first, last, min(query.max_batch, remaining), limits.MAX_RESPONSE_BYTES
+                )
+                if records:
+                    yield codec.consume_response(records)
+                    first += len(records)
+                    remaining -= len(records)
+                elif sub is None:
+                    break
+                else:
+                    await sub.wait(first)
 
     async def _start(self, query: validation.ConsumeQuery) -> int:
         """The first offset the read may return."""

@@ -8,9 +8,31 @@ a sequence for a segment target, a position for a space target.
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Protocol
 
 from streams.model import ProduceResult, SegmentInfo, SpaceInfo, Target, Transaction
+
+
+class Subscription(Protocol):
+    """A follower's hold on a target (see :meth:`Store.subscribe`); a context
+    manager that closes it."""
+
+    async def wait(self, offset: int) -> None:
+        """Returns once ``offset`` of the target is durable. Raises Unavailable
+        when the store shuts down."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Subscription: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None: ...
 
 
 class Store(Protocol):
@@ -31,6 +53,11 @@ class Store(Protocol):
         """Stored records of ``target`` with offsets ``first..last``, capped at the
         durable last offset, at most ``max_records`` and ``max_bytes`` of framed
         response (always at least one record when one is in range)."""
+        ...
+
+    def subscribe(self, target: Target) -> Subscription:
+        """Starts following ``target`` (it need not exist yet); close it when done.
+        Reads of a followed target are served from memory where possible."""
         ...
 
     def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:

@@ -44,6 +44,7 @@ from streams.model import (
     Transaction,
 )
 from streams.storage.group_commit import GroupCommit
+from streams.storage.tail import Subscription, Tail
 
 _SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
 _SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
@@ -62,13 +63,18 @@ class StoreOptions:
     sync: bool = True
     dedupe_window_ns: int = _DAY_NS
     dedupe_sweep_limit: int = 10_000
+    # In-memory window of the latest records of each followed space (and of
+    # each of its segments): followers read these without touching RocksDB.
+    tail_window_records: int = 10_000
+    tail_window_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], int] = field(default=time.time_ns)
 
     def __post_init__(self) -> None:
         if self.dedupe_window_ns < 1:
             raise ValueError(f"dedupe_window_ns must be positive, got {self.dedupe_window_ns}")
-        if self.dedupe_sweep_limit < 1:
-            raise ValueError(f"dedupe_sweep_limit must be positive, got {self.dedupe_sweep_limit}")
+        for name in ("dedupe_sweep_limit", "tail_window_records", "tail_window_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class _Segment:
@@ -102,14 +108,28 @@ class _Space:
 
 
 @dataclass(slots=True)
+class _Touched:
+    """One segment of a committed transaction."""
+
+    state: _Segment
+    name: str
+    first_sequence: int
+    last_sequence: int
+    records: list[bytes]  # kept only when the space has followers
+
+
+@dataclass(slots=True)
 class _Pending:
-    """A committed transaction's numbers, published to readers once durable."""
+    """A committed transaction, published to readers once durable."""
 
     ticket: int
+    space_name: str
     space: _Space
+    first_position: int
     position: int
     ts: int
-    segments: list[tuple[_Segment, int]]
+    segments: list[_Touched]
+    records: list[bytes]  # in position order; kept only when the space has followers
 
 
 class RocksStore:
@@ -130,6 +150,7 @@ class RocksStore:
         self._write_options.sync = False  # the group commit fsyncs the WAL
         self._spaces: dict[str, _Space] = {}
         self._pending: list[_Pending] = []
+        self._tail = Tail(options.tail_window_records, options.tail_window_bytes)
         sync = (lambda: db.flush_wal(True)) if options.sync else None
         self._group = GroupCommit(sync, self._publish)
         self._closed = False
@@ -221,17 +242,22 @@ class RocksStore:
         space_prefix = space.prefix if space else keys.space_prefix(txn.space)
         batch = rocksdict.WriteBatch(raw_mode=True)
         acks = []
+        keep = self._tail.followed(txn.space)
+        kept: list[list[bytes]] = []
         for append, segment in zip(txn.appends, segments, strict=True):
             prefix = segment.prefix if segment else keys.segment_prefix(txn.space, append.segment)
             sequence = segment.last_sequence if segment else 0
             first_sequence = sequence + 1
             header = codec.record_header(txn.space, append.segment, ts, txn.transaction_id)
+            values = []
             for body in append.bodies:
                 sequence += 1
                 position += 1
                 value = codec.record(header, sequence, position, body)
                 batch.put(prefix + keys.u64(sequence), value)
                 batch.put(space_prefix + keys.u64(position), value)
+                values.append(value)
+            kept.append(values if keep else [])
             batch.put(
                 keys.segment_catalog_key(txn.space, append.segment),
                 _SEGMENT_CATALOG.pack(sequence, position, ts),
@@ -254,16 +280,23 @@ class RocksStore:
             space = self._spaces[txn.space] = _Space(space_prefix, 0, 0)
         space.last_position, space.last_ts = position, ts
         touched = []
-        for append, segment, ack in zip(txn.appends, segments, acks, strict=True):
+        for append, segment, ack, values in zip(txn.appends, segments, acks, kept, strict=True):
             if segment is None:
                 prefix = keys.segment_prefix(txn.space, append.segment)
                 segment = space.segments[append.segment] = _Segment(prefix, 0, 0, 0)
             segment.last_sequence = ack.last_sequence
             segment.last_position = position
             segment.last_ts = ts
-            touched.append((segment, ack.last_sequence))
-        ticket = self._group.ticket()
-        self._pending.append(_Pending(ticket, space, position, ts, touched))
+            touched.append(
+                _Touched(segment, append.segment, ack.first_sequence, ack.last_sequence, values)
+            )
+        records = [value for values in kept for value in values]
+        # Queued before the ticket is taken: with --no-sync, taking it publishes.
+        ticket = self._group.written + 1
+        self._pending.append(
+            _Pending(ticket, txn.space, space, first_position, position, ts, touched, records)
+        )
+        assert self._group.ticket() == ticket
         return ticket, result
 
     def _write(self, batch: rocksdict.WriteBatch) -> None:
@@ -283,12 +316,20 @@ class RocksStore:
                 break
             pending.space.durable_position = pending.position
             pending.space.durable_ts = pending.ts
-            for segment, sequence in pending.segments:
-                segment.durable_sequence = sequence
-                segment.durable_position = pending.position
-                segment.durable_ts = pending.ts
+            for touched in pending.segments:
+                touched.state.durable_sequence = touched.last_sequence
+                touched.state.durable_position = pending.position
+                touched.state.durable_ts = pending.ts
             done += 1
+        published = self._pending[:done]
         del self._pending[:done]
+        for pending in published:
+            self._tail.publish(
+                pending.space_name,
+                pending.first_position,
+                pending.records,
+                [(t.name, t.first_sequence, t.records) for t in pending.segments],
+            )
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
@@ -374,6 +415,9 @@ class RocksStore:
         last = min(last, self.last_offset(target))
         if first > last:
             return []
+        recent = self._tail.read(target, first, last, max_records, max_bytes)
+        if recent is not None:
+            return recent
         prefix = self._prefix(target)
         read_options = rocksdict.ReadOptions()
         read_options.set_iterate_upper_bound(prefix + keys.u64(last + 1))
@@ -394,6 +438,15 @@ class RocksStore:
             len(records),
         )
         return records
+
+    def subscribe(self, target: Target) -> Subscription:
+        self._check_open()
+        return self._tail.subscribe(target, self.last_offset)
+
+    @property
+    def active_subscriptions(self) -> int:
+        """Follow streams open right now."""
+        return self._tail.active
 
     def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
         self._check_open()
@@ -462,6 +515,7 @@ class RocksStore:
         if self._closed:
             return
         self._closed = True
+        self._tail.close()
         await self._group.drain()
         self._db.close()
 

@@ -8,6 +8,7 @@ ready once it prints a line containing ``listening on HOST:PORT``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import re
@@ -168,10 +169,8 @@ class ServerProcess:
         self.start()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._reap(signal.SIGTERM)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _server(tmp: Path) -> Iterator[ServerProcess]:

@@ -70,7 +70,7 @@ def test_space_read_interleaves_by_position(stub: Stub, space: str, filled: list
 
 def test_record_fields_all_set(stub: Stub, space: str) -> None:
     tid = unique("tx")
-    resp = produce(stub, space, "seg/1", [rec(b"\x00payload", {"k": "v", "n": "1"})], tid)
+    resp = produce(stub, space, "seg/1", [rec(b"\x00payload", {"k": "v", "n": "1"})], transaction_id=tid)
     for r in (consume_all(stub, space, "seg/1")[0], consume_all(stub, space)[0]):
         assert r.space == space
         assert r.segment == "seg/1"
@@ -120,7 +120,9 @@ def test_unknown_space_or_segment_ends_without_records(stub: Stub, space: str) -
 def timed(stub: Stub, space: str) -> list[pb.Record]:
     """Five transactions some milliseconds apart across two segments; all records."""
     for i in range(5):
-        produce_writes(stub, space, [write("a", [f"a{i}".encode()]), write("b", [b"b"] * i or [b"b"])])
+        produce_writes(
+            stub, space, [write("a", [f"a{i}".encode()]), write("b", [b"b"] * i or [b"b"])]
+        )
         time.sleep(0.02)
     return consume_all(stub, space)
 

@@ -83,7 +83,9 @@ def test_offset_zero_on_unknown_target_is_not_out_of_range(stub: Stub, consumer:
     assert get(stub, consumer, other) == 0
 
 
-def test_get_offset_never_committed(stub: Stub, space: str, consumer: str, two_segments: None) -> None:
+def test_get_offset_never_committed(
+    stub: Stub, space: str, consumer: str, two_segments: None
+) -> None:
     assert_status(lambda: get(stub, consumer, space, "a"), NOT_FOUND)
     assert_status(lambda: get(stub, consumer, space), NOT_FOUND)
     assert_status(lambda: get(stub, consumer, unique("nospace"), "a"), NOT_FOUND)
@@ -133,7 +135,9 @@ def test_expected_offset_matches(stub: Stub, space: str, consumer: str, two_segm
     assert get(stub, consumer, space, "b") == 5
 
 
-def test_expected_offset_mismatch(stub: Stub, space: str, consumer: str, two_segments: None) -> None:
+def test_expected_offset_mismatch(
+    stub: Stub, space: str, consumer: str, two_segments: None
+) -> None:
     commit(stub, consumer, space, "b", 5)
     for wrong in (0, 4, 6):
         assert_status(
@@ -150,7 +154,9 @@ def test_expected_offset_mismatch(stub: Stub, space: str, consumer: str, two_seg
     assert get(stub, consumer, space) == 7
 
 
-def test_expected_offset_one_winner(stub: Stub, space: str, consumer: str, two_segments: None) -> None:
+def test_expected_offset_one_winner(
+    stub: Stub, space: str, consumer: str, two_segments: None
+) -> None:
     def attempt(i: int) -> grpc.StatusCode:
         try:
             commit(stub, consumer, space, "b", 1 + i % 6, expected_offset=0)

@@ -173,9 +173,7 @@ def test_new_space_with_failed_transaction_stays_unknown(stub: Stub, space: str)
         FP,
     )
     assert consume_all(stub, space) == []
-    assert_status(
-        lambda: stub.Peek(pb.PeekRequest(space=space)), grpc.StatusCode.NOT_FOUND
-    )
+    assert_status(lambda: stub.Peek(pb.PeekRequest(space=space)), grpc.StatusCode.NOT_FOUND)
     assert list(stub.ListSegments(pb.ListSegmentsRequest(space=space)).segments) == []
 
 
@@ -317,9 +315,7 @@ def test_concurrent_produce_many_segments_one_space(stub: Stub, space: str) -> N
     with ThreadPoolExecutor(threads) as pool:
         results = [r for rs in pool.map(worker, range(threads)) for r in rs]
     total = sum(r.last_position - r.first_position + 1 for r in results)
-    all_positions = [
-        p for r in results for p in range(r.first_position, r.last_position + 1)
-    ]
+    all_positions = [p for r in results for p in range(r.first_position, r.last_position + 1)]
     _assert_dense(all_positions, total)
     recs = consume_all(stub, space)
     assert positions(recs) == list(range(1, total + 1))
@@ -467,7 +463,9 @@ def test_duplicate_check_comes_before_expected_sequence(stub: Stub, space: str) 
 def test_failed_transaction_does_not_claim_its_id(stub: Stub, space: str) -> None:
     tid = unique("tx")
     produce(stub, space, "s", [b"1"])
-    assert_status(lambda: produce(stub, space, "s", [b"2"], expected_sequence=0, transaction_id=tid), FP)
+    assert_status(
+        lambda: produce(stub, space, "s", [b"2"], expected_sequence=0, transaction_id=tid), FP
+    )
     resp = produce(stub, space, "s", [b"2"], expected_sequence=1, transaction_id=tid)
     assert not resp.duplicate
     assert resp.acks[0].first_sequence == 2
