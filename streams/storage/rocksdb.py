@@ -115,6 +115,7 @@ class _Touched:
     name: str
     first_sequence: int
     last_sequence: int
+    last_position: int
     records: list[bytes]  # kept only when the space has followers
 
 
@@ -244,6 +245,7 @@ class RocksStore:
         acks = []
         keep = self._tail.followed(txn.space)
         kept: list[list[bytes]] = []
+        last_positions = []
         for append, segment in zip(txn.appends, segments, strict=True):
             prefix = segment.prefix if segment else keys.segment_prefix(txn.space, append.segment)
             sequence = segment.last_sequence if segment else 0
@@ -258,6 +260,7 @@ class RocksStore:
                 batch.put(space_prefix + keys.u64(position), value)
                 values.append(value)
             kept.append(values if keep else [])
+            last_positions.append(position)
             batch.put(
                 keys.segment_catalog_key(txn.space, append.segment),
                 _SEGMENT_CATALOG.pack(sequence, position, ts),
@@ -280,15 +283,24 @@ class RocksStore:
             space = self._spaces[txn.space] = _Space(space_prefix, 0, 0)
         space.last_position, space.last_ts = position, ts
         touched = []
-        for append, segment, ack, values in zip(txn.appends, segments, acks, kept, strict=True):
+        for append, segment, ack, values, last_position in zip(
+            txn.appends, segments, acks, kept, last_positions, strict=True
+        ):
             if segment is None:
                 prefix = keys.segment_prefix(txn.space, append.segment)
                 segment = space.segments[append.segment] = _Segment(prefix, 0, 0, 0)
             segment.last_sequence = ack.last_sequence
-            segment.last_position = position
+            segment.last_position = last_position
             segment.last_ts = ts
             touched.append(
-                _Touched(segment, append.segment, ack.first_sequence, ack.last_sequence, values)
+                _Touched(
+                    segment,
+                    append.segment,
+                    ack.first_sequence,
+                    ack.last_sequence,
+                    last_position,
+                    values,
+                )
             )
         records = [value for values in kept for value in values]
         # Queued before the ticket is taken: with --no-sync, taking it publishes.
@@ -318,7 +330,7 @@ class RocksStore:
             pending.space.durable_ts = pending.ts
             for touched in pending.segments:
                 touched.state.durable_sequence = touched.last_sequence
-                touched.state.durable_position = pending.position
+                touched.state.durable_position = touched.last_position
                 touched.state.durable_ts = pending.ts
             done += 1
         published = self._pending[:done]
