@@ -83,6 +83,10 @@ class StreamsServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self._store is not None:
+            # Followers would otherwise wait out the grace period: end them now
+            # with UNAVAILABLE, so their clients reconnect elsewhere or later.
+            self._store.end_subscriptions()
         if self._server is not None:
             await self._server.stop(grace)
         if self._store is not None:

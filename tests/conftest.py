@@ -42,6 +42,9 @@ class InProcessServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Stops the server (again, harmlessly, if a test stopped it) and its loop."""
+        if self.loop.is_closed():
+            return
         self.channel.close()
         self.run(self.server.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)

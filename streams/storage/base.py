@@ -60,6 +60,10 @@ class Store(Protocol):
         Reads of a followed target are served from memory where possible."""
         ...
 
+    def end_subscriptions(self) -> None:
+        """Ends every subscription's wait with Unavailable (at shutdown)."""
+        ...
+
     def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
         """The offset of the first durable record stamped at or after
         ``timestamp_ns``; one past the last offset when there is none."""

@@ -455,6 +455,10 @@ class RocksStore:
         self._check_open()
         return self._tail.subscribe(target, self.last_offset)
 
+    def end_subscriptions(self) -> None:
+        """Ends every follower's wait with Unavailable; no new ones start."""
+        self._tail.close()
+
     @property
     def active_subscriptions(self) -> int:
         """Follow streams open right now."""

@@ -70,7 +70,8 @@ def test_space_read_interleaves_by_position(stub: Stub, space: str, filled: list
 
 def test_record_fields_all_set(stub: Stub, space: str) -> None:
     tid = unique("tx")
-    resp = produce(stub, space, "seg/1", [rec(b"\x00payload", {"k": "v", "n": "1"})], transaction_id=tid)
+    record = rec(b"\x00payload", {"k": "v", "n": "1"})
+    resp = produce(stub, space, "seg/1", [record], transaction_id=tid)
     for r in (consume_all(stub, space, "seg/1")[0], consume_all(stub, space)[0]):
         assert r.space == space
         assert r.segment == "seg/1"

@@ -193,3 +193,19 @@ def test_commit_past_last_offset_space(
     produce(stub, space, "a", [b"x"])
     assert commit(stub, consumer, space, "", 10) == 10
     assert commit(stub, consumer, space, "a", 4) == 4
+
+
+def test_error_messages_name_field_and_value(
+    stub: Stub, space: str, consumer: str, two_segments: None
+) -> None:
+    assert_status(lambda: commit(stub, consumer, space, "a", 4), OOR, "offset", "4")
+    assert_status(lambda: commit(stub, consumer, space, "", 12), OOR, "offset", "12")
+    commit(stub, consumer, space, "b", 5)
+    assert_status(
+        lambda: commit(stub, consumer, space, "b", 1, expected_offset=3),
+        FP,
+        "expected_offset",
+        "3",
+        "5",
+    )
+    assert_status(lambda: get(stub, consumer, space, "a"), NOT_FOUND, consumer)

@@ -80,3 +80,10 @@ def test_peek_is_prefix_safe(stub: Stub) -> None:
     # A space that is a prefix of another, itself empty.
     produce(stub, s + "xyz", "a", [b"1"])
     assert_status(lambda: peek(stub, s + "x"), NOT_FOUND)
+
+
+def test_not_found_message_names_the_target(stub: Stub, space: str) -> None:
+    assert_status(lambda: peek(stub, space), NOT_FOUND, space)
+    produce(stub, space, "s")
+    seg = unique("seg")
+    assert_status(lambda: peek(stub, space, seg), NOT_FOUND, seg)

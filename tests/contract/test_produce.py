@@ -491,3 +491,23 @@ def test_concurrent_repeats_write_once(stub: Stub, space: str) -> None:
     assert [r.duplicate for r in results].count(False) == 1
     assert {(r.first_position, r.last_position) for r in results} == {(1, 1)}
     assert payloads_of(consume_all(stub, space)) == [b"only once"]
+
+
+def test_error_messages_name_field_and_value(stub: Stub, space: str) -> None:
+    seg = unique("seg")
+    produce(stub, space, seg, [b"1"] * 4)
+    assert_status(
+        lambda: produce(stub, space, seg, [b"x"], expected_sequence=2),
+        FP,
+        "expected_sequence",
+        seg,
+        "4",
+    )
+    tid = unique("tx")
+    produce(stub, space, seg, [b"1"], transaction_id=tid)
+    assert_status(
+        lambda: produce(stub, space, seg, [b"2"], transaction_id=tid),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "transaction_id",
+        tid,
+    )
