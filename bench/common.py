@@ -1,0 +1,220 @@
+"""Helpers shared by the benchmarks: the server subprocess, percentiles, tables.
+
+The benchmarks run as scripts (``python bench/core.py``), so this module is
+imported as ``common``; helper processes are started with the ``spawn``
+context (grpc and fork do not mix) and import it the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ProcessSample:
+    """CPU seconds and memory of a process at one moment."""
+
+    cpu_s: float
+    rss_mb: float
+    peak_rss_mb: float
+
+
+def sample_process(pid: int) -> ProcessSample:
+    """Reads /proc: user+system CPU time, current and peak resident memory."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields_ = handle.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields_[11]) + int(fields_[12])) / _CLOCK_TICKS
+    rss = peak = 0.0
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    return ProcessSample(cpu, rss, peak)
+
+
+@dataclass
+class Server:
+    """A running ``server.py`` subprocess; its stderr goes to ``log_path``."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log_path: Path
+    data: Path
+
+    def sample(self) -> ProcessSample:
+        return sample_process(self.process.pid)
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's log that look like trouble."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        marks = ("ERROR", "WARNING", "Traceback", "Exception", "CRITICAL")
+        return [line for line in text.splitlines() if any(m in line for m in marks)]
+
+
+def _read_lines(stream: Iterable[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+@contextlib.contextmanager
+def run_server(
+    *, sync: bool = True, extra: Sequence[str] = (), start_timeout: float = 30.0
+) -> Iterator[Server]:
+    """Starts ``server.py`` on 127.0.0.1 with a fresh data folder, stops it after.
+
+    Example::
+
+        with run_server(sync=False) as server:
+            channel = grpc.insecure_channel(server.address)
+    """
+    with tempfile.TemporaryDirectory(prefix="streams-bench-") as tmp:
+        data = Path(tmp) / "data"
+        log_path = Path(tmp) / "server.log"
+        command = [sys.executable, "server.py", "--listen", "127.0.0.1:0", "--data", str(data)]
+        if not sync:
+            command.append("--no-sync")
+        command.extend(extra)
+        with open(log_path, "w", encoding="utf-8") as log:
+            process = subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        try:
+            address = _wait_listening(process, start_timeout)
+            server = Server(process, address, log_path, data)
+            yield server
+        finally:
+            _stop(process)
+            problems = (
+                [
+                    line
+                    for line in log_path.read_text(errors="replace").splitlines()
+                    if any(m in line for m in ("ERROR", "Traceback", "CRITICAL"))
+                ]
+                if log_path.exists()
+                else []
+            )
+            if problems:
+                print(f"server log had {len(problems)} error line(s), first ones:", file=sys.stderr)
+                for line in problems[:10]:
+                    print("  " + line, file=sys.stderr)
+
+
+def _wait_listening(process: subprocess.Popen[str], timeout: float) -> str:
+    assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            raise RuntimeError(f"server exited with {process.wait()} before listening")
+        match = _LISTENING.search(line)
+        if match:
+            return f"{match.group(1)}:{match.group(2)}"
+    raise RuntimeError(f"server did not print 'listening on' within {timeout:.0f}s")
+
+
+def _stop(process: subprocess.Popen[str], grace: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        print(f"server did not stop within {grace:.0f}s of SIGTERM: killing it", file=sys.stderr)
+        process.kill()
+        process.wait(timeout=grace)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of ``values`` (``fraction`` in 0..1); NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Histogram:
+    """Log-bucketed latencies (about 1 % wide) that merge across processes cheaply."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    total: int = 0
+    maximum: float = 0.0
+
+    _BASE = math.log(1.01)
+
+    def add(self, value_us: float) -> None:
+        bucket = int(math.log(max(value_us, 1.0)) / self._BASE)
+        self.counts[bucket] = self.counts.get(bucket, 0) + 1
+        self.total += 1
+        self.maximum = max(self.maximum, value_us)
+
+    def merge(self, other: Histogram) -> None:
+        for bucket, count in other.counts.items():
+            self.counts[bucket] = self.counts.get(bucket, 0) + count
+        self.total += other.total
+        self.maximum = max(self.maximum, other.maximum)
+
+    def percentile(self, fraction: float) -> float:
+        """The upper edge of the bucket holding the nearest-rank percentile (µs)."""
+        if not self.total:
+            return math.nan
+        rank = max(1, math.ceil(fraction * self.total))
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return min(math.exp((bucket + 1) * self._BASE), self.maximum)
+        return self.maximum
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    """A number for a table: thousands separators, ``-`` for NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(value: float, limit: float) -> str:
+    if not limit or math.isnan(value) or math.isnan(limit):
+        return "-"
+    return f"{value / limit:.2f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table, columns padded so it also reads well as plain text."""
+    body = [list(map(str, row)) for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    separator = "| " + " | ".join("-" * w for w in widths) + " |"
+    return "\n".join([line(headers), separator, *(line(r) for r in body)])
