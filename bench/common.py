@@ -67,9 +67,17 @@ class Server:
 
     def log_problems(self) -> list[str]:
         """Lines of the server's log that look like trouble."""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        marks = ("ERROR", "WARNING", "Traceback", "Exception", "CRITICAL")
-        return [line for line in text.splitlines() if any(m in line for m in marks)]
+        return log_problems(self.log_path)
+
+
+def log_problems(
+    path: Path, marks: Sequence[str] = ("ERROR", "WARNING", "Traceback", "CRITICAL")
+) -> list[str]:
+    """Lines of a log file that contain one of ``marks``."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [line for line in text.splitlines() if any(m in line for m in marks)]
 
 
 def _read_lines(stream: Iterable[str], lines: queue.Queue[str | None]) -> None:
@@ -106,15 +114,7 @@ def run_server(
             yield server
         finally:
             _stop(process)
-            problems = (
-                [
-                    line
-                    for line in log_path.read_text(errors="replace").splitlines()
-                    if any(m in line for m in ("ERROR", "Traceback", "CRITICAL"))
-                ]
-                if log_path.exists()
-                else []
-            )
+            problems = log_problems(log_path, ("ERROR", "Traceback", "CRITICAL"))
             if problems:
                 print(f"server log had {len(problems)} error line(s), first ones:", file=sys.stderr)
                 for line in problems[:10]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -21,10 +21,12 @@ from streams import codec, limits, validation
 from streams.errors import InvalidArgument, NotFound, StreamsError
 from streams.keys import U64_MAX
 from streams.limits import Limits
+from streams.model import SegmentInfo, SpaceInfo
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
 SERVICE_NAME = "streams.v1.StreamsService"
+_Named = TypeVar("_Named", SpaceInfo, SegmentInfo)
 log = logging.getLogger(__name__)
 
 
@@ -219,8 +221,7 @@ class StreamsService:
     ) -> pb.ListSpacesResponse:
         size = validation.page_size(request.page_size)
         after = validation.decode_page_token("spaces", request.page_token)
-        found = self._store.list_spaces(after, size + 1)
-        page = found[:size]
+        page, token = _page(self._store.list_spaces(after, size + 1), size, "spaces")
         return pb.ListSpacesResponse(
             spaces=[
                 pb.SpaceInfo(
@@ -230,9 +231,7 @@ class StreamsService:
                 )
                 for info in page
             ],
-            next_page_token=(
-                validation.encode_page_token("spaces", page[-1].name) if len(found) > size else ""
-            ),
+            next_page_token=token,
         )
 
     async def list_segments(
@@ -242,8 +241,7 @@ class StreamsService:
         size = validation.page_size(request.page_size)
         scope = f"segments\x00{space}"
         after = validation.decode_page_token(scope, request.page_token)
-        found = self._store.list_segments(space, after, size + 1)
-        page = found[:size]
+        page, token = _page(self._store.list_segments(space, after, size + 1), size, scope)
         return pb.ListSegmentsResponse(
             segments=[
                 pb.SegmentInfo(
@@ -254,7 +252,12 @@ class StreamsService:
                 )
                 for info in page
             ],
-            next_page_token=(
-                validation.encode_page_token(scope, page[-1].name) if len(found) > size else ""
-            ),
+            next_page_token=token,
         )
+
+
+def _page(found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str]:
+    """Cuts a listing fetched one past ``size`` into a page and the next page's token."""
+    page = found[:size]
+    token = validation.encode_page_token(scope, page[-1].name) if len(found) > size else ""
+    return page, token
