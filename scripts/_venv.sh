@@ -1,25 +1,31 @@
 # Sourced by scripts/*: makes .venv/ at the repo root and keeps it in step
-# with pyproject.toml. The venv is rebuilt when it is missing, when its
-# Python is gone, or when pyproject.toml (or the extras asked for) changed.
+# with pyproject.toml. The venv is (re)built when it is missing, when its
+# Python is broken, when pyproject.toml changed, or when it lacks the extras
+# asked for (a venv with the dev extras serves `scripts/serve` as it is).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
 ensure_venv() {
     local extras="${1:-}"
-    local spec="$ROOT"
-    [ -n "$extras" ] && spec="$ROOT[$extras]"
-    local want
-    want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) extras=$extras"
     local stamp="$VENV/.streams-stamp"
-    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        return 0
+    local hash
+    hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ]; then
+        local have
+        have="$(cat "$stamp")"
+        if [ "${have%% *}" = "$hash" ] && { [ -z "$extras" ] || [ "${have#* }" = "$extras" ]; }; then
+            return 0
+        fi
     fi
-    if ! [ -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
         rm -rf "$VENV"
         python3 -m venv "$VENV"
     fi
+    local spec="$ROOT"
+    [ -n "$extras" ] && spec="$ROOT[$extras]"
+    echo "setting up $VENV (pip install -e '$spec')" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$spec"
-    echo "$want" > "$stamp"
+    echo "$hash $extras" > "$stamp"
 }

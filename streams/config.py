@@ -72,7 +72,11 @@ class _Parser:
 
     def add_switch(self, flag: str, text: str) -> None:
         env = _env(flag)
-        default = _parse_bool(self.environ.get(env, ""))
+        raw = self.environ.get(env, "")
+        try:
+            default = _parse_bool(raw)
+        except argparse.ArgumentTypeError as exc:
+            self.parser.error(f"{env}={raw!r}: {exc}")
         self.parser.add_argument(
             f"--{flag}", action="store_true", default=default, help=f"{text} [env {env}]"
         )

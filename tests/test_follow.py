@@ -112,7 +112,7 @@ def test_to_offset_ends_a_follow_stream(inproc: InProcessServer) -> None:
     stream.initial_metadata()
     produce(stub, "s", "a", 5)  # crosses the bound inside one transaction
     assert [r.sequence for r in records(stream)] == [1, 2, 3, 4]
-    assert inproc.server.store.active_subscriptions == 0
+    assert inproc.server.store.tail.active == 0
 
 
 def test_follow_from_consumer_resumes_after_its_commit(inproc: InProcessServer) -> None:
@@ -133,16 +133,17 @@ def test_cancel_and_deadline_release_the_stream(inproc: InProcessServer) -> None
     streams = [stub.Consume(pb.ConsumeRequest(space="s", follow=True)) for _ in range(10)]
     for stream in streams:
         stream.initial_metadata()
-    assert store.active_subscriptions == 10
+    assert store.tail.active == 10
     for stream in streams:
         stream.cancel()
-    wait_until(lambda: store.active_subscriptions == 0)
+    wait_until(lambda: store.tail.active == 0)
 
     stream = stub.Consume(pb.ConsumeRequest(space="s", follow=True), timeout=0.3)
     with pytest.raises(grpc.RpcError) as error:
         list(stream)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: store.active_subscriptions == 0)
+    wait_until(lambda: store.tail.active == 0)
+    assert store.tail.waiting_targets == 0
 
 
 def test_a_thousand_followers_on_one_space_receive_every_record(inproc: InProcessServer) -> None:
@@ -156,7 +157,7 @@ def test_a_thousand_followers_on_one_space_receive_every_record(inproc: InProces
             for i in range(followers)
         ]
         await asyncio.gather(*(call.initial_metadata() for call in calls))
-        assert inproc.server.store.active_subscriptions == followers
+        assert inproc.server.store.tail.active == followers
 
         async def drain(call) -> list[int]:
             return [r.position async for response in call for r in response.records]
@@ -180,7 +181,7 @@ def test_a_thousand_followers_on_one_space_receive_every_record(inproc: InProces
 
     results = asyncio.run(scenario())
     assert all(positions == list(range(1, total + 1)) for positions in results)
-    wait_until(lambda: inproc.server.store.active_subscriptions == 0)
+    wait_until(lambda: inproc.server.store.tail.active == 0)
 
 
 def test_stalled_follower_does_not_hold_back_a_fast_one(inproc: InProcessServer) -> None:

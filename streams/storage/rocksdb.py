@@ -460,9 +460,9 @@ class RocksStore:
         self._tail.close()
 
     @property
-    def active_subscriptions(self) -> int:
-        """Follow streams open right now."""
-        return self._tail.active
+    def tail(self) -> Tail:
+        """The live tail (followers and windows), for metrics and tests."""
+        return self._tail
 
     def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
         self._check_open()

@@ -122,11 +122,17 @@ class Tail:
         assert window_records >= 1 and window_bytes >= 1
         self._window_records = window_records
         self._window_bytes = window_bytes
-        self._followers: Counter[str] = Counter()
+        self._followers: Counter[Target] = Counter()
+        self._spaces: Counter[str] = Counter()  # followers per space, all targets
         self._events: dict[Target, asyncio.Event] = {}
         # space -> segment ("" for the space itself) -> window
         self._windows: dict[str, dict[str, Window]] = {}
         self._closed = False
+
+    @property
+    def waiting_targets(self) -> int:
+        """Targets with a wake-up event (for tests: it drops back with the followers)."""
+        return len(self._events)
 
     @property
     def active(self) -> int:
@@ -134,19 +140,26 @@ class Tail:
         return self._followers.total()
 
     def followed(self, space: str) -> bool:
-        return space in self._followers
+        return space in self._spaces
 
     def subscribe(self, target: Target, last_offset: Callable[[Target], int]) -> Subscription:
         if self._closed:
             raise Unavailable("the server is shutting down")
-        self._followers[target.space] += 1
+        self._followers[target] += 1
+        self._spaces[target.space] += 1
         return Subscription(self, target, last_offset)
 
     def release(self, target: Target) -> None:
-        self._followers[target.space] -= 1
-        assert self._followers[target.space] >= 0
-        if not self._followers[target.space]:
-            del self._followers[target.space]
+        self._followers[target] -= 1
+        self._spaces[target.space] -= 1
+        assert self._followers[target] >= 0 and self._spaces[target.space] >= 0
+        if not self._followers[target]:
+            # Nobody waits on it any more (a follower of a target that never
+            # gets a record must not leave its event behind).
+            del self._followers[target]
+            self._events.pop(target, None)
+        if not self._spaces[target.space]:
+            del self._spaces[target.space]
             self._windows.pop(target.space, None)
 
     async def changed(self, target: Target) -> None:

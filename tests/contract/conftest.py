@@ -78,9 +78,11 @@ def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 class ServerProcess:
     """One server on one data directory; restartable."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, *, via_env: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        # Pass --listen/--data as flags (default) or as STREAMS_LISTEN/STREAMS_DATA.
+        self.via_env = via_env
         self.proc: subprocess.Popen[str] | None = None
         self.target = ""
         self.channel: grpc.Channel | None = None
@@ -92,8 +94,16 @@ class ServerProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _reap
         self._log.write(f"--- start {time.strftime('%H:%M:%S')}\n")
         self._log.flush()
+        args = [sys.executable, "server.py"]
+        env = {k: v for k, v in os.environ.items() if k not in ("STREAMS_LISTEN", "STREAMS_DATA")}
+        # No PYTHONUNBUFFERED: the contract says the line is flushed.
+        env.pop("PYTHONUNBUFFERED", None)
+        if self.via_env:
+            env.update(STREAMS_LISTEN="127.0.0.1:0", STREAMS_DATA=str(self.data_dir))
+        else:
+            args += ["--listen", "127.0.0.1:0", "--data", str(self.data_dir)]
         self.proc = subprocess.Popen(
-            [sys.executable, "server.py", "--listen", "127.0.0.1:0", "--data", str(self.data_dir)],
+            args,
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -101,7 +111,7 @@ class ServerProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         lines: queue.Queue[str | None] = queue.Queue()
         assert self.proc.stdout is not None

@@ -154,6 +154,8 @@ def test_from_timestamp_before_all_and_after_all(
 ) -> None:
     first, last = timed[0].timestamp, timed[-1].timestamp
     assert consume_all(stub, space, from_timestamp=Timestamp(seconds=0)) == timed
+    assert consume_all(stub, space, from_timestamp=Timestamp(seconds=-86_400)) == timed
+    assert consume_responses(stub, space, from_timestamp=Timestamp(seconds=2**40)) == []
     assert consume_all(stub, space, from_timestamp=ts_plus(first, -3_600 * 10**9)) == timed
     assert consume_responses(stub, space, from_timestamp=ts_plus(last, 1)) == []
     assert consume_responses(stub, space, "a", from_timestamp=ts_plus(last, 10**9)) == []

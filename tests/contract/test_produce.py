@@ -10,6 +10,7 @@ import grpc
 
 from streams.v1 import streams_pb2 as pb
 
+from .conftest import ServerProcess
 from .helpers import (
     Stub,
     assert_status,
@@ -511,3 +512,52 @@ def test_error_messages_name_field_and_value(stub: Stub, space: str) -> None:
         "transaction_id",
         tid,
     )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, encoded by hand."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _raw_produce(space: str, tid: str, metadata: list[tuple[str, str]]) -> bytes:
+    """A ProduceRequest whose map entries go on the wire in the given order."""
+    entries = b"".join(
+        _field(2, _field(1, key.encode()) + _field(2, value.encode())) for key, value in metadata
+    )
+    record = _field(1, b"payload") + entries
+    segment_write = _field(1, b"s") + _field(2, record)
+    return _field(1, space.encode()) + _field(2, segment_write) + _field(3, tid.encode())
+
+
+def test_repeat_with_map_entries_in_another_wire_order_is_a_duplicate(
+    server: ServerProcess, space: str
+) -> None:
+    # Map order on the wire is not part of the content (Go, for one, randomizes it).
+    tid = unique("tx")
+    pairs = [(f"key{i}", f"value{i}") for i in range(8)]
+    first_raw = _raw_produce(space, tid, pairs)
+    again_raw = _raw_produce(space, tid, pairs[::-1])
+    parsed = pb.ProduceRequest.FromString(again_raw)
+    assert dict(parsed.writes[0].records[0].metadata) == dict(pairs)
+    assert first_raw != again_raw
+    assert server.channel is not None
+    call = server.channel.unary_unary(
+        "/streams.v1.StreamsService/Produce",
+        request_serializer=None,
+        response_deserializer=pb.ProduceResponse.FromString,
+    )
+    first = call(first_raw, timeout=30)
+    again = call(again_raw, timeout=30)
+    assert not first.duplicate
+    assert again.duplicate
+    assert list(again.acks) == list(first.acks)
+    assert len(consume_all(server.stub, space)) == 1

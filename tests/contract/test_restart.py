@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -120,3 +122,19 @@ def test_two_restarts_in_a_row(fresh_server: ServerProcess) -> None:
         ("a", 2, 2, b"2"),
         ("b", 1, 3, b"3"),
     ]
+
+
+def test_listen_and_data_from_environment(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ServerProcess(data_dir, tmp_path / "server.log", via_env=True)
+    try:
+        server.start()  # STREAMS_LISTEN=127.0.0.1:0, STREAMS_DATA=data_dir, no flags
+        assert not server.target.endswith(":0")
+        produce(server.stub, "env", "s", [b"from env"])
+        server.stop()
+        server.via_env = False  # same directory, now through --data
+        server.start()
+        assert [r.payload for r in consume_all(server.stub, "env")] == [b"from env"]
+    finally:
+        server.close()
