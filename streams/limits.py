@@ -17,7 +17,7 @@ MAX_TRANSACTION_ID_BYTES = 128
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # The default gRPC client refuses messages over 4 MiB; responses stay under.
-MAX_RESPONSE_BYTES = 4 * MIB - 16 * KIB
+RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,10 @@ class Limits:
     max_request_bytes: int = 16 * MIB
     max_batch: int = 10_000
     default_batch: int = 1_000
+    # Consume responses are cut at this size (one record always fits). It also
+    # bounds what a follower that stops reading holds in the server: about one
+    # response, parked in gRPC's flow-controlled send buffer.
+    max_response_bytes: int = 1 * MIB
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -42,10 +46,15 @@ class Limits:
             raise ValueError(
                 f"default_batch ({self.default_batch}) is over max_batch ({self.max_batch})"
             )
-        if self.largest_record_bytes() > MAX_RESPONSE_BYTES:
+        if self.max_response_bytes > RESPONSE_BYTES_CAP:
+            raise ValueError(
+                f"max_response_bytes ({self.max_response_bytes}) is over the "
+                f"{RESPONSE_BYTES_CAP}-byte cap (clients refuse messages over 4 MiB)"
+            )
+        if self.largest_record_bytes() > RESPONSE_BYTES_CAP:
             raise ValueError(
                 f"a record may reach {self.largest_record_bytes()} bytes with these limits, "
-                f"over the {MAX_RESPONSE_BYTES}-byte response cap"
+                f"over the {RESPONSE_BYTES_CAP}-byte response cap"
             )
 
     def largest_record_bytes(self) -> int:

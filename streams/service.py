@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from streams import codec, limits, validation
+from streams import codec, validation
 from streams.errors import InvalidArgument, NotFound, StreamsError
 from streams.keys import U64_MAX
 from streams.limits import Limits
@@ -161,7 +161,11 @@ class StreamsService:
             remaining = query.limit or U64_MAX
             while remaining and first <= last:
                 records = self._store.read(
-                    target, first, last, min(query.max_batch, remaining), limits.MAX_RESPONSE_BYTES
+                    target,
+                    first,
+                    last,
+                    min(query.max_batch, remaining),
+                    self._limits.max_response_bytes,
                 )
                 if records:
                     yield codec.consume_response(records)
