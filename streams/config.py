@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from streams import logs
 from streams.limits import Limits
 
 _DEFAULT_LIMITS = Limits()
@@ -26,8 +27,14 @@ class Config:
     sync: bool = True
     dedupe_window_seconds: float = 24 * 3600.0
     dedupe_sweep_seconds: float = 60.0
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_listen: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -55,18 +62,29 @@ class _Parser:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
 
-    def add(self, flag: str, kind: type, default: object, text: str) -> None:
+    def add(
+        self,
+        flag: str,
+        kind: type,
+        default: object,
+        text: str,
+        choices: Sequence[str] | None = None,
+        metavar: str | None = None,
+    ) -> None:
         env = _env(flag)
         raw = self.environ.get(env)
         try:
             value = default if raw is None else kind(raw)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             self.parser.error(f"{env}={raw!r}: {exc}")
+        if choices is not None and value not in choices:
+            self.parser.error(f"{env}={raw!r}: choose from {', '.join(choices)}")
         self.parser.add_argument(
             f"--{flag}",
             type=kind,
             default=value,
-            metavar=kind.__name__.upper(),
+            choices=choices,
+            metavar=metavar or (kind.__name__.upper() if choices is None else None),
             help=f"{text} [env {env}]",
         )
 
@@ -80,6 +98,10 @@ class _Parser:
         self.parser.add_argument(
             f"--{flag}", action="store_true", default=default, help=f"{text} [env {env}]"
         )
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -113,12 +135,48 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "How often expired dedupe entries are deleted.",
     )
     p.add(
-        "shutdown-grace-seconds",
+        "shutdown-grace",
         float,
-        d.shutdown_grace_seconds,
-        "How long in-flight calls may run on after SIGTERM/SIGINT.",
+        d.shutdown_grace,
+        "Seconds in-flight calls may run on after SIGTERM/SIGINT before they are cancelled.",
     )
-    p.add("log-level", str, d.log_level, "debug, info, warning or error.")
+    p.add("log-level", str, d.log_level, "Least severe level logged.", logs.LEVELS)
+    p.add(
+        "log-format",
+        str,
+        d.log_format,
+        "text, or json: one JSON object per line with request fields.",
+        logs.FORMATS,
+    )
+    p.add(
+        "metrics-listen",
+        str,
+        d.metrics_listen,
+        "HOST:PORT serving Prometheus metrics at /metrics; empty: off.",
+    )
+    p.add(
+        "tls-cert",
+        _optional_path,
+        None,
+        "PEM certificate chain: serve TLS (with --tls-key).",
+        metavar="FILE",
+    )
+    p.add("tls-key", _optional_path, None, "PEM private key of --tls-cert.", metavar="FILE")
+    p.add(
+        "tls-client-ca",
+        _optional_path,
+        None,
+        "PEM CA bundle: require client certificates signed by it (mutual TLS).",
+        metavar="FILE",
+    )
+    p.add(
+        "auth-tokens",
+        _optional_path,
+        None,
+        'JSON file {"tokens": [{"token", "spaces", "access"}]}: require bearer tokens '
+        "(reloaded on SIGHUP). Unset: no authentication.",
+        metavar="FILE",
+    )
     for limit in fields(Limits):
         p.add(
             limit.name.replace("_", "-"),
@@ -134,15 +192,25 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     for name in ("dedupe_window_seconds", "dedupe_sweep_seconds"):
         if getattr(args, name) <= 0:
             p.parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.shutdown_grace_seconds < 0:
-        p.parser.error("--shutdown-grace-seconds must not be negative")
+    if args.shutdown_grace < 0:
+        p.parser.error("--shutdown-grace must not be negative")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        p.parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return Config(
         listen=args.listen,
         data=args.data,
         sync=not args.no_sync,
         dedupe_window_seconds=args.dedupe_window_seconds,
         dedupe_sweep_seconds=args.dedupe_sweep_seconds,
-        shutdown_grace_seconds=args.shutdown_grace_seconds,
+        shutdown_grace=args.shutdown_grace,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_listen=args.metrics_listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=args.auth_tokens,
         limits=lim,
     )

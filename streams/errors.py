@@ -82,3 +82,15 @@ class Unavailable(StreamsError):
     """The server is shutting down or has stopped accepting writes; retry later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(StreamsError):
+    """No bearer token, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(StreamsError):
+    """The token does not allow this action on this space."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

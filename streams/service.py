@@ -9,8 +9,11 @@ instead of gRPC's generic INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,9 +21,11 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from streams import codec, validation
+from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import InvalidArgument, NotFound, StreamsError
 from streams.keys import U64_MAX
 from streams.limits import Limits
+from streams.metrics import Metrics
 from streams.model import SegmentInfo, SpaceInfo
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
@@ -51,105 +56,135 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
 class StreamsService:
     """Serves ``streams.v1.StreamsService`` over a :class:`~streams.storage.base.Store`.
 
     Example::
 
-        service = StreamsService(store, Limits())
+        service = StreamsService(store, Limits(), Metrics(Path("data")))
         server.add_generic_rpc_handlers((service.handler(),))
     """
 
-    def __init__(self, store: Store, lim: Limits) -> None:
+    def __init__(
+        self, store: Store, lim: Limits, metrics: Metrics, auth: TokenAuth | None = None
+    ) -> None:
         self._store = store
         self._limits = lim
+        self._metrics = metrics
+        self._auth = auth
 
     def handler(self) -> grpc.GenericRpcHandler:
-        unary = grpc.unary_unary_rpc_method_handler
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Produce": unary(
-                    self._unary(self.produce),
-                    request_deserializer=_parser(pb.ProduceRequest),
-                    response_serializer=pb.ProduceResponse.SerializeToString,
-                ),
-                "Consume": grpc.unary_stream_rpc_method_handler(
-                    self._stream(self.consume),
-                    request_deserializer=_parser(pb.ConsumeRequest),
-                    response_serializer=_raw,
-                ),
-                "Peek": unary(
-                    self._unary(self.peek),
-                    request_deserializer=_parser(pb.PeekRequest),
-                    response_serializer=_raw,
-                ),
-                "Commit": unary(
-                    self._unary(self.commit),
-                    request_deserializer=_parser(pb.CommitRequest),
-                    response_serializer=pb.CommitResponse.SerializeToString,
-                ),
-                "GetOffset": unary(
-                    self._unary(self.get_offset),
-                    request_deserializer=_parser(pb.GetOffsetRequest),
-                    response_serializer=pb.GetOffsetResponse.SerializeToString,
-                ),
-                "ListSpaces": unary(
-                    self._unary(self.list_spaces),
-                    request_deserializer=_parser(pb.ListSpacesRequest),
-                    response_serializer=pb.ListSpacesResponse.SerializeToString,
-                ),
-                "ListSegments": unary(
-                    self._unary(self.list_segments),
-                    request_deserializer=_parser(pb.ListSegmentsRequest),
-                    response_serializer=pb.ListSegmentsResponse.SerializeToString,
-                ),
-            },
-        )
+        unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
+        rpcs: dict[str, tuple[Any, type[Message], Callable[[Any], bytes]]] = {
+            "Produce": (unary, pb.ProduceRequest, pb.ProduceResponse.SerializeToString),
+            "Consume": (stream, pb.ConsumeRequest, _raw),
+            "Peek": (unary, pb.PeekRequest, _raw),
+            "Commit": (unary, pb.CommitRequest, pb.CommitResponse.SerializeToString),
+            "GetOffset": (unary, pb.GetOffsetRequest, pb.GetOffsetResponse.SerializeToString),
+            "ListSpaces": (unary, pb.ListSpacesRequest, pb.ListSpacesResponse.SerializeToString),
+            "ListSegments": (
+                unary,
+                pb.ListSegmentsRequest,
+                pb.ListSegmentsResponse.SerializeToString,
+            ),
+        }
+        handlers = {}
+        for name, (kind, request_type, serialize) in rpcs.items():
+            method = getattr(self, _snake(name))
+            wrap = self._stream if kind is stream else self._unary
+            handlers[name] = kind(
+                wrap(name, method),
+                request_deserializer=_parser(request_type),
+                response_serializer=serialize,
+            )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
-    # Every handler's errors travel as the status their type names.
-    @staticmethod
-    def _unary(
-        method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if isinstance(request, _Malformed):
-                    raise InvalidArgument(request.message)
-                return await method(request, context)
-            except StreamsError as exc:
-                await context.abort(exc.code, exc.message)
+            async with self._rpc(name, request, context) as caller:
+                return await method(request, context, caller)
 
         return handle
 
-    @staticmethod
-    def _stream(
-        method: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]],
-    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    def _stream(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            self._metrics.active_consume_streams.inc()
             try:
-                if isinstance(request, _Malformed):
-                    raise InvalidArgument(request.message)
-                async for response in method(request, context):
-                    yield response
-            except StreamsError as exc:
-                await context.abort(exc.code, exc.message)
+                async with self._rpc(name, request, context) as caller:
+                    async for response in method(request, context, caller):
+                        yield response
+            finally:
+                self._metrics.active_consume_streams.dec()
 
         return handle
+
+    @contextlib.asynccontextmanager
+    async def _rpc(
+        self, name: str, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Caller]:
+        """Authenticates, rejects unparsable requests, and turns every error into
+        the status its type names (and a metric, and a log line)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            caller = (
+                self._auth.authenticate(context.invocation_metadata()) if self._auth else ANYONE
+            )
+            if isinstance(request, _Malformed):
+                raise InvalidArgument(request.message)
+            yield caller
+        except StreamsError as exc:
+            code = exc.code
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", name, extra={"method": name})
+            await context.abort(code, f"{name}: internal error; the server log has details")
+        finally:
+            if code is not grpc.StatusCode.OK:
+                self._metrics.errors.labels(name, code.name).inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "rpc",
+                    extra={
+                        "method": name,
+                        "code": code.name,
+                        "peer": context.peer(),
+                        "ms": round((time.perf_counter() - started) * 1000, 3),
+                        "space": getattr(request, "space", None),
+                    },
+                )
 
     # -- RPCs ------------------------------------------------------------
 
     async def produce(
-        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ProduceRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.ProduceResponse:
         txn = validation.transaction(request, self._limits)
-        return codec.produce_response(await self._store.produce(txn))
+        caller.check("write", txn.space)
+        started = time.perf_counter()
+        result = await self._store.produce(txn)
+        self._metrics.produce_latency.observe(time.perf_counter() - started)
+        if not result.duplicate:
+            size = sum(len(body) for append in txn.appends for body in append.bodies)
+            self._metrics.produced(txn.record_count, size)
+        return codec.produce_response(result)
 
     async def consume(
-        self, request: pb.ConsumeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ConsumeRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> AsyncIterator[bytes]:
         query = validation.consume(request, self._limits)
         target = query.target
+        caller.check("read", target.space)
         # Subscribed before the start is fixed, so nothing committed after it is missed.
         with self._store.subscribe(target) if query.follow else contextlib.nullcontext() as sub:
             first = await self._start(query)
@@ -169,6 +204,7 @@ class StreamsService:
                 )
                 if records:
                     yield codec.consume_response(records)
+                    self._metrics.consumed_records.inc(len(records))
                     first += len(records)
                     remaining -= len(records)
                 elif sub is None:
@@ -191,8 +227,11 @@ class StreamsService:
             case _:
                 return 1
 
-    async def peek(self, request: pb.PeekRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def peek(
+        self, request: pb.PeekRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> bytes:
         target = validation.target(request.space, request.segment)
+        caller.check("read", target.space)
         stored = self._store.peek(target)
         if stored is None:
             raise NotFound(f"space, segment: {target.describe()} has no records")
@@ -200,19 +239,21 @@ class StreamsService:
         return codec.consume_response((stored,))
 
     async def commit(
-        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CommitRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CommitResponse:
         consumer = validation.name("consumer", request.consumer)
         target = validation.target(request.space, request.segment)
+        caller.check("read", target.space)
         expected = request.expected_offset if request.HasField("expected_offset") else None
         offset = await self._store.commit_offset(consumer, target, request.offset, expected)
         return pb.CommitResponse(offset=offset)
 
     async def get_offset(
-        self, request: pb.GetOffsetRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetOffsetRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.GetOffsetResponse:
         consumer = validation.name("consumer", request.consumer)
         target = validation.target(request.space, request.segment)
+        caller.check("read", target.space)
         offset = await self._store.get_offset(consumer, target)
         if offset is None:
             raise NotFound(
@@ -221,11 +262,13 @@ class StreamsService:
         return pb.GetOffsetResponse(offset=offset)
 
     async def list_spaces(
-        self, request: pb.ListSpacesRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListSpacesRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.ListSpacesResponse:
         size = validation.page_size(request.page_size)
         after = validation.decode_page_token("spaces", request.page_token)
-        page, token = _page(self._store.list_spaces(after, size + 1), size, "spaces")
+        # Only spaces the token may read: another's space names are theirs.
+        visible = None if caller is ANYONE else (lambda space: caller.allows("read", space))
+        page, token = _page(self._store.list_spaces(after, size + 1, visible), size, "spaces")
         return pb.ListSpacesResponse(
             spaces=[
                 pb.SpaceInfo(
@@ -239,9 +282,10 @@ class StreamsService:
         )
 
     async def list_segments(
-        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.ListSegmentsResponse:
         space = validation.name("space", request.space)
+        caller.check("read", space)
         size = validation.page_size(request.page_size)
         scope = f"segments\x00{space}"
         after = validation.decode_page_token(scope, request.page_token)

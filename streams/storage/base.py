@@ -8,6 +8,7 @@ a sequence for a segment target, a position for a space target.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
@@ -84,8 +85,11 @@ class Store(Protocol):
         """The durable offset ``consumer`` committed for ``target``, or None."""
         ...
 
-    def list_spaces(self, after: str | None, limit: int) -> list[SpaceInfo]:
-        """Up to ``limit`` spaces with durable records, by name, after ``after``."""
+    def list_spaces(
+        self, after: str | None, limit: int, include: Callable[[str], bool] | None = None
+    ) -> list[SpaceInfo]:
+        """Up to ``limit`` spaces with durable records, by name, after ``after``,
+        only those ``include`` accepts when it is given."""
         ...
 
     def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:

@@ -14,6 +14,7 @@ retrying cannot tell, so every waiter fails and so does every later write
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from streams.errors import Unavailable
@@ -29,11 +30,18 @@ class GroupCommit:
         await group.wait(group.ticket())
     """
 
-    def __init__(self, sync: Callable[[], None] | None, on_durable: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        sync: Callable[[], None] | None,
+        on_durable: Callable[[int], None],
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         """``sync`` makes every write so far durable; None when a write is durable
-        as soon as it is in the store (``--no-sync``)."""
+        as soon as it is in the store (``--no-sync``). ``observe`` gets each
+        fsync's duration in seconds."""
         self._sync = sync
         self._on_durable = on_durable
+        self._observe = observe
         self._written = 0
         self._durable = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -84,7 +92,10 @@ class GroupCommit:
             while self._durable < self._written:
                 covered = self._written
                 assert self._sync is not None
+                started = time.perf_counter()
                 await asyncio.to_thread(self._sync)
+                if self._observe is not None:
+                    self._observe(time.perf_counter() - started)
                 self._durable = covered
                 self._on_durable(covered)
                 self._release(covered)

@@ -68,6 +68,8 @@ class StoreOptions:
     tail_window_records: int = 10_000
     tail_window_bytes: int = 16 * 1024 * 1024
     clock: Callable[[], int] = field(default=time.time_ns)
+    # Called with each WAL fsync's duration in seconds (metrics).
+    on_fsync: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         if self.dedupe_window_ns < 1:
@@ -153,7 +155,7 @@ class RocksStore:
         self._pending: list[_Pending] = []
         self._tail = Tail(options.tail_window_records, options.tail_window_bytes)
         sync = (lambda: db.flush_wal(True)) if options.sync else None
-        self._group = GroupCommit(sync, self._publish)
+        self._group = GroupCommit(sync, self._publish, options.on_fsync)
         self._closed = False
 
     @classmethod
@@ -487,14 +489,16 @@ class RocksStore:
         assert stored is not None, (target, last)
         return stored
 
-    def list_spaces(self, after: str | None, limit: int) -> list[SpaceInfo]:
+    def list_spaces(
+        self, after: str | None, limit: int, include: Callable[[str], bool] | None = None
+    ) -> list[SpaceInfo]:
         self._check_open()
         start = keys.space_catalog_key(after) + b"\x00" if after is not None else None
         found = []
         for key, _ in self._scan(keys.SPACE, start):
             name = keys.first_name(key, keys.SPACE)
             space = self._spaces[name]
-            if space.durable_position:
+            if space.durable_position and (include is None or include(name)):
                 found.append(SpaceInfo(name, space.durable_position, space.durable_ts))
                 if len(found) == limit:
                     break
