@@ -1,5 +1,6 @@
-# Streams server image. The install steps are the ones scripts/serve runs
-# (a venv at /app/.venv, `pip install -e .`), so testing those here tests this.
+# Streams server image. It installs with the very code scripts/serve runs
+# (scripts/_venv.sh: a venv in .venv, `pip install -e .`), and starts through
+# scripts/serve, so running those scripts on a machine tests this image's steps.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,9 +13,7 @@ COPY pyproject.toml README.md server.py ./
 COPY scripts/ scripts/
 COPY protos/ protos/
 COPY streams/ streams/
-RUN python -m venv /app/.venv \
-    && /app/.venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /app/.venv/bin/pip install --no-cache-dir -e . \
+RUN bash -c 'source scripts/_venv.sh && ensure_venv' \
     && useradd --system --uid 10001 --home-dir /var/lib/streams streams \
     && mkdir -p /var/lib/streams && chown streams /var/lib/streams
 
@@ -22,4 +21,6 @@ USER streams
 VOLUME ["/var/lib/streams"]
 EXPOSE 50051
 STOPSIGNAL SIGTERM
-CMD ["/app/.venv/bin/python", "server.py"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/app/.venv/bin/python", "-m", "streams.healthcheck"]
+CMD ["scripts/serve"]
