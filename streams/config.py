@@ -117,10 +117,10 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     p.add("data", Path, d.data, "Folder of the RocksDB database (created if missing).")
     p.add_switch(
         "no-sync",
-        "Ack writes once they are in the write-ahead log without fsyncing it: much "
-        "faster, and acknowledged records survive a crash of the server process, but "
-        "a power loss or kernel crash can lose the last acknowledged writes (and "
-        "offsets) of up to about a second.",
+        "Ack writes once they are in the write-ahead log, without fsyncing it: much "
+        "faster. Acknowledged records and offsets survive a crash of the server "
+        "process, but a power loss or kernel crash loses those the OS had not yet "
+        "written back (typically the last few to 30 seconds).",
     )
     p.add(
         "dedupe-window-seconds",
@@ -182,7 +182,7 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
             limit.name.replace("_", "-"),
             int,
             getattr(_DEFAULT_LIMITS, limit.name),
-            f"Limit: {limit.name.replace('_', ' ')}.",
+            limit.metadata["help"],
         )
     args = p.parser.parse_args(argv)
     try:

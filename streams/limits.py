@@ -6,7 +6,8 @@ Each field is also a server option (``--max-payload-bytes`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -20,28 +21,35 @@ MAX_PAGE_SIZE = 1000
 RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 
 
+def _limit(default: int, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The configurable limits; defaults are the contract's."""
 
-    max_payload_bytes: int = 1 * MIB
-    max_records_per_produce: int = 10_000
-    max_metadata_pairs: int = 64
-    max_metadata_key_bytes: int = 255
-    max_metadata_value_bytes: int = 4 * KIB
-    max_request_bytes: int = 16 * MIB
-    max_batch: int = 10_000
-    default_batch: int = 1_000
-    # Consume responses are cut at this size (one record always fits). It also
-    # bounds what a follower that stops reading holds in the server: about one
-    # response, parked in gRPC's flow-controlled send buffer.
-    max_response_bytes: int = 1 * MIB
+    max_payload_bytes: int = _limit(1 * MIB, "Largest record payload, in bytes.")
+    max_records_per_produce: int = _limit(10_000, "Most records in one Produce, all writes.")
+    max_metadata_pairs: int = _limit(64, "Most metadata pairs on one record.")
+    max_metadata_key_bytes: int = _limit(255, "Longest metadata key, in UTF-8 bytes.")
+    max_metadata_value_bytes: int = _limit(4 * KIB, "Longest metadata value, in UTF-8 bytes.")
+    max_request_bytes: int = _limit(
+        16 * MIB, "Largest request message; larger is RESOURCE_EXHAUSTED."
+    )
+    max_batch: int = _limit(10_000, "Largest max_batch a Consume may ask for.")
+    default_batch: int = _limit(1_000, "Records per Consume response when max_batch is 0.")
+    # It also bounds what a follower that stops reading holds in the server:
+    # about one response, parked in gRPC's flow-controlled send buffer.
+    max_response_bytes: int = _limit(
+        1 * MIB, "Consume responses are cut at this size (one record always fits)."
+    )
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for limit in fields(self):
+            value = getattr(self, limit.name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{limit.name} must be a positive integer, got {value!r}")
         if self.default_batch > self.max_batch:
             raise ValueError(
                 f"default_batch ({self.default_batch}) is over max_batch ({self.max_batch})"
