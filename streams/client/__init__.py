@@ -1,0 +1,87 @@
+"""The Python client of Streams: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+Both have the same typed methods; errors arrive as the exception types of
+:mod:`streams.errors` (all under :class:`~streams.errors.StreamsError`), plus
+the few only a client meets (:class:`DeadlineExceeded`, :class:`Unauthenticated`,
+:class:`PermissionDenied`, :class:`Cancelled`). Example::
+
+    from streams import Client, Consumer, SequenceMismatch
+
+    client = Client("127.0.0.1:50051", token="s3cret")
+    try:
+        client.produce("orders", "eu", [b"first"], expected_sequence=0)
+    except SequenceMismatch as exc:
+        print("segment", exc.segment, "already ends at", exc.actual)
+
+    # One transaction over two segments.
+    client.transaction("orders").add("eu", b"created").add("audit", b"42").commit()
+
+    # At-least-once processing that resumes after its last commit.
+    with Consumer(client, "billing", "orders", commit_every=100) as consumer:
+        for record in consumer:
+            print(record.position, record.segment, record.payload)
+"""
+
+from streams.client._aio import AsyncClient, AsyncConsumer, AsyncRecordStream, AsyncTransaction
+from streams.client._common import (
+    DEFAULT_TARGET,
+    Cancelled,
+    DeadlineExceeded,
+    NewRecord,
+    PermissionDenied,
+    ProduceResult,
+    Record,
+    RecordLike,
+    RetryPolicy,
+    SegmentAck,
+    SegmentInfo,
+    SpaceInfo,
+    Unauthenticated,
+)
+from streams.client._sync import Client, Consumer, RecordStream, Transaction
+from streams.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OffsetMismatch,
+    OutOfRange,
+    ResourceExhausted,
+    SequenceMismatch,
+    StreamsError,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncConsumer",
+    "AsyncRecordStream",
+    "AsyncTransaction",
+    "Cancelled",
+    "Client",
+    "Consumer",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NewRecord",
+    "NotFound",
+    "OffsetMismatch",
+    "OutOfRange",
+    "PermissionDenied",
+    "ProduceResult",
+    "Record",
+    "RecordLike",
+    "RecordStream",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "SegmentAck",
+    "SegmentInfo",
+    "SequenceMismatch",
+    "SpaceInfo",
+    "StreamsError",
+    "Transaction",
+    "Unauthenticated",
+    "Unavailable",
+]

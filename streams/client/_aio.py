@@ -1,0 +1,406 @@
+"""The asyncio client: :class:`AsyncClient`, :class:`AsyncRecordStream`, :class:`AsyncConsumer`.
+
+Same methods and semantics as :mod:`streams.client._sync`, awaited; both build
+their requests and read their responses through :mod:`streams.client._common`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from streams.client import _common as c
+from streams.client._common import (
+    DEFAULT_TARGET,
+    ProduceResult,
+    Record,
+    RecordLike,
+    RetryPolicy,
+    SegmentInfo,
+    SpaceInfo,
+)
+from streams.errors import NotFound
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc
+
+
+class AsyncClient:
+    """An asyncio Streams client over one ``grpc.aio`` channel; same options as
+    :class:`streams.Client`. Make it inside a running event loop.
+
+    Example::
+
+        from streams import AsyncClient
+
+        async with AsyncClient("127.0.0.1:50051") as client:
+            await client.produce("orders", "eu", [b"a", b"b"])
+            async for record in client.consume("orders", "eu"):
+                print(record.sequence, record.payload)
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._conn = c.connection(
+            target, tls=tls, root_certificates=root_certificates, private_key=private_key,
+            certificate_chain=certificate_chain, token=token, timeout=timeout, retry=retry,
+            keepalive_time=keepalive_time, keepalive_timeout=keepalive_timeout,
+            channel_options=channel_options,
+        )  # fmt: skip
+        credentials = self._conn.credentials()
+        options = self._conn.options()
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options)
+        )
+        self._stub = streams_pb2_grpc.StreamsServiceStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(
+        self, method: Callable[..., Any], request: Any, timeout: float | None, safe: bool = True
+    ) -> Any:
+        retrier = c.Retrier.unary(self._conn.retry, safe)
+        while True:
+            try:
+                return await method(
+                    request,
+                    timeout=self._conn.deadline(timeout),
+                    metadata=self._conn.metadata(),
+                )
+            except grpc.RpcError as exc:
+                error = c.error_from_rpc(exc)
+                delay = retrier.delay(error)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+
+    async def produce(
+        self,
+        space: str,
+        segment: str,
+        payloads_or_records: RecordLike | Iterable[RecordLike],
+        *,
+        expected_sequence: int | None = None,
+        transaction_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ProduceResult:
+        """See :meth:`streams.Client.produce`."""
+        write = c.segment_write(segment, payloads_or_records, expected_sequence)
+        return await self._produce(c.produce_request(space, [write], transaction_id), timeout)
+
+    async def _produce(self, request: pb.ProduceRequest, timeout: float | None) -> ProduceResult:
+        response = await self._unary(self._stub.Produce, request, timeout)
+        return c.to_produce_result(response, request.transaction_id)
+
+    def transaction(self, space: str, *, transaction_id: str | None = None) -> AsyncTransaction:
+        """See :meth:`streams.Client.transaction`; ``await txn.commit()``."""
+        return AsyncTransaction(self, space, transaction_id)
+
+    def consume(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_consumer: str | None = None,
+        from_end: bool = False,
+        to_offset: int = 0,
+        limit: int = 0,
+        max_batch: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncRecordStream:
+        """See :meth:`streams.Client.consume`; ``async for record in ...``."""
+        request = c.consume_request(
+            space, segment, from_offset=from_offset, from_time=from_time,
+            from_consumer=from_consumer, from_end=from_end, to_offset=to_offset, limit=limit,
+            max_batch=max_batch, follow=False,
+        )  # fmt: skip
+        return AsyncRecordStream(self, request, timeout)
+
+    def follow(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_consumer: str | None = None,
+        from_end: bool = False,
+        to_offset: int = 0,
+        limit: int = 0,
+        max_batch: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncRecordStream:
+        """See :meth:`streams.Client.follow`; ``await stream.ready()``."""
+        request = c.consume_request(
+            space, segment, from_offset=from_offset, from_time=from_time,
+            from_consumer=from_consumer, from_end=from_end, to_offset=to_offset, limit=limit,
+            max_batch=max_batch, follow=True,
+        )  # fmt: skip
+        return AsyncRecordStream(self, request, timeout)
+
+    async def peek(self, space: str, segment: str = "", *, timeout: float | None = None) -> Record:
+        """See :meth:`streams.Client.peek`."""
+        request = pb.PeekRequest(space=space, segment=segment)
+        return c.to_record((await self._unary(self._stub.Peek, request, timeout)).record)
+
+    async def commit(
+        self,
+        consumer: str,
+        space: str,
+        segment: str = "",
+        *,
+        offset: int,
+        expected_offset: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """See :meth:`streams.Client.commit`."""
+        request = c.commit_request(consumer, space, segment, offset, expected_offset)
+        response = await self._unary(self._stub.Commit, request, timeout, expected_offset is None)
+        return int(response.offset)
+
+    async def get_offset(
+        self, consumer: str, space: str, segment: str = "", *, timeout: float | None = None
+    ) -> int | None:
+        """See :meth:`streams.Client.get_offset`."""
+        request = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
+        try:
+            return int((await self._unary(self._stub.GetOffset, request, timeout)).offset)
+        except NotFound:
+            return None
+
+    async def list_spaces(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[SpaceInfo]:
+        """See :meth:`streams.Client.list_spaces`; ``async for space in ...``."""
+        token = ""
+        while True:
+            request = pb.ListSpacesRequest(page_size=page_size, page_token=token)
+            response = await self._unary(self._stub.ListSpaces, request, timeout)
+            for info in response.spaces:
+                yield c.to_space_info(info)
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def list_segments(
+        self, space: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[SegmentInfo]:
+        """See :meth:`streams.Client.list_segments`; ``async for segment in ...``."""
+        token = ""
+        while True:
+            request = pb.ListSegmentsRequest(space=space, page_size=page_size, page_token=token)
+            response = await self._unary(self._stub.ListSegments, request, timeout)
+            for info in response.segments:
+                yield c.to_segment_info(info)
+            token = response.next_page_token
+            if not token:
+                return
+
+
+class AsyncTransaction(c.TransactionBuilder):
+    """See :class:`streams.client.Transaction`; ``await txn.commit()``."""
+
+    def __init__(self, client: AsyncClient, space: str, transaction_id: str | None) -> None:
+        super().__init__(space, transaction_id)
+        self._client = client
+
+    async def commit(self, *, timeout: float | None = None) -> ProduceResult:
+        return await self._client._produce(self.request(), timeout)
+
+
+class AsyncRecordStream(AsyncIterator[Record]):
+    """The records of an async consume or follow call; ``close()`` cancels it."""
+
+    def __init__(
+        self, client: AsyncClient, request: pb.ConsumeRequest, timeout: float | None
+    ) -> None:
+        self._client = client
+        self._cursor = c.ReadCursor(request, client._conn.retry)
+        self._timeout = timeout
+        self._closed = False
+        self._call = self._start()
+        self._records = self._iterate()
+
+    def _start(self) -> Any:
+        conn = self._client._conn
+        return self._client._stub.Consume(
+            self._cursor.request(),
+            timeout=conn.deadline(self._timeout, default=False),
+            metadata=conn.metadata(),
+        )
+
+    async def _iterate(self) -> AsyncGenerator[Record, None]:
+        while True:
+            try:
+                async for response in self._call:
+                    for record in self._cursor.records(response):
+                        yield record
+                return
+            except asyncio.CancelledError:
+                if self._closed:
+                    return
+                raise
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                error = c.error_from_rpc(exc)
+                delay = self._cursor.retrier.delay(error)
+                if delay is None:
+                    raise error from None
+                if self._cursor.done:
+                    return
+                await asyncio.sleep(delay)
+                if self._closed:
+                    return
+                self._call = self._start()
+
+    async def ready(self) -> None:
+        """Returns once the server has fixed the start point (or raises its error)."""
+        await self._call.initial_metadata()
+        if self._call.done() and not self._closed:
+            code = await self._call.code()
+            if code != grpc.StatusCode.OK:
+                details = await self._call.details()
+                raise c.error_from_status(code, details)
+
+    async def __anext__(self) -> Record:
+        return await self._records.__anext__()
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        with contextlib.suppress(Exception):
+            await self._records.aclose()
+
+    async def __aenter__(self) -> AsyncRecordStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncConsumer:
+    """See :class:`streams.Consumer`: the same at-least-once helper, for asyncio.
+
+    Example::
+
+        async with AsyncConsumer(client, "billing", "orders") as consumer:
+            async for record in consumer:
+                await bill(record)
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        consumer: str,
+        space: str,
+        segment: str = "",
+        *,
+        commit_every: int = 100,
+        commit_interval: float | None = 5.0,
+        max_batch: int = 0,
+    ) -> None:
+        self.client = client
+        self.name = consumer
+        self.space = space
+        self.segment = segment
+        self._schedule = c.CommitSchedule(segment, commit_every, commit_interval)
+        self._lock = asyncio.Lock()
+        self._stream = client.follow(space, segment, from_consumer=consumer, max_batch=max_batch)
+        self._ticker: asyncio.Task[None] | None = None
+        if commit_interval is not None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick(commit_interval))
+
+    @property
+    def committed(self) -> int | None:
+        return self._schedule.committed
+
+    async def ready(self) -> None:
+        await self._stream.ready()
+
+    def __aiter__(self) -> AsyncConsumer:
+        return self
+
+    async def __anext__(self) -> Record:
+        self._schedule.done_with_current()
+        due = self._schedule.due()
+        if due is not None:
+            await self._commit(due)
+        record = await self._stream.__anext__()
+        self._schedule.hand_out(record)
+        return record
+
+    async def _commit(self, offset: int) -> None:
+        async with self._lock:
+            if self._schedule.committed == offset:
+                return
+            await self.client.commit(self.name, self.space, self.segment, offset=offset)
+            self._schedule.committed_at(offset)
+
+    async def commit(self) -> None:
+        pending = self._schedule.pending()
+        if pending is not None:
+            await self._commit(pending)
+
+    async def _tick(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            due = self._schedule.due()
+            if due is not None:
+                with contextlib.suppress(Exception):
+                    await self._commit(due)
+
+    async def close(self, *, processed: bool = True) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self._stream.aclose()
+        if processed:
+            self._schedule.done_with_current()
+        await self.commit()
+
+    async def __aenter__(self) -> AsyncConsumer:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close(processed=exc is None)

@@ -1,0 +1,618 @@
+"""What the sync and asyncio clients share: types, request building, response
+conversion, error mapping, retry and resume bookkeeping.
+
+Nothing in here does I/O; :mod:`streams.client._sync` and
+:mod:`streams.client._aio` only add the calls (blocking or awaited) around it.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from streams.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OffsetMismatch,
+    OutOfRange,
+    ResourceExhausted,
+    SequenceMismatch,
+    StreamsError,
+    Unavailable,
+)
+from streams.v1 import streams_pb2 as pb
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+# -- errors the server does not raise itself, but a client meets ----------------------------
+
+
+class DeadlineExceeded(StreamsError):
+    """The call's deadline passed before the server answered (it may still have acted)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(StreamsError):
+    """The call carried no valid credentials (a proxy or sidecar in front of the server)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(StreamsError):
+    """The credentials are valid but do not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Cancelled(StreamsError):
+    """The call was cancelled before it finished."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+
+# The server's FAILED_PRECONDITION messages (see the contract) name the value at fault.
+_SEQUENCE_RE = re.compile(
+    r"segment (?P<segment>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") has last sequence "
+    r"(?P<actual>\d+)"
+)
+_OFFSET_RE = re.compile(r"stored offset \((?P<actual>\d+|none)\)")
+
+
+def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
+    """The specific :class:`StreamsError` for a failed gRPC call.
+
+    FAILED_PRECONDITION becomes :class:`SequenceMismatch` (with ``segment`` and
+    ``actual``) or :class:`OffsetMismatch` (with ``actual``, None when nothing was
+    stored); a status with no type of its own becomes a plain :class:`StreamsError`
+    whose ``code`` is that status.
+    """
+    call: Any = exc
+    code = call.code() if callable(getattr(call, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = call.details() if callable(getattr(call, "details", None)) else str(exc)
+    return error_from_status(code, details)
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None) -> StreamsError:
+    """The specific :class:`StreamsError` for a status code and its message."""
+    message = details or code.name
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        if "expected_sequence" in message and (m := _SEQUENCE_RE.search(message)):
+            segment = ast.literal_eval(m["segment"])
+            return SequenceMismatch(message, segment=segment, actual=int(m["actual"]))
+        if "expected_offset" in message:
+            o = _OFFSET_RE.search(message)
+            actual = None if o is None or o["actual"] == "none" else int(o["actual"])
+            return OffsetMismatch(message, actual=actual)
+    kind = _BY_CODE.get(code)
+    if kind is not None:
+        return kind(message)
+    error = StreamsError(f"{code.name}: {message}")
+    error.code = code
+    return error
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def _utc(ts: Timestamp) -> datetime:
+    return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
+
+
+def _ns(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """A record to produce: a payload (``str`` is sent as UTF-8) and string metadata.
+
+    Example::
+
+        client.produce("orders", "eu", [NewRecord(b'{"id": 1}', {"type": "created"})])
+    """
+
+    payload: bytes | str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored record, as ``consume``, ``follow`` and ``peek`` return it.
+
+    ``sequence`` is its place in its segment, ``position`` its place in its space;
+    ``offset_in(segment_target)`` picks the one a target counts in.
+    """
+
+    space: str
+    segment: str
+    sequence: int
+    position: int
+    timestamp: datetime
+    timestamp_ns: int
+    payload: bytes
+    metadata: Mapping[str, str]
+    transaction_id: str
+
+    @property
+    def text(self) -> str:
+        """The payload decoded as UTF-8 (raises UnicodeDecodeError when it is not)."""
+        return self.payload.decode("utf-8")
+
+    def offset_in(self, segment: str) -> int:
+        """The record's offset when reading ``segment`` ("" = the whole space)."""
+        return self.sequence if segment else self.position
+
+
+RecordLike = bytes | bytearray | memoryview | str | NewRecord | Record
+"""What ``produce`` accepts per record: a payload, a :class:`NewRecord`, or a
+:class:`Record` read elsewhere (its payload and metadata are copied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAck:
+    """The sequences one write of a transaction got in its segment."""
+
+    segment: str
+    first_sequence: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceResult:
+    """The answer to a produce: one ack per segment written, in request order.
+
+    ``duplicate`` is true when the transaction id had already been committed (a
+    retry): nothing was written and the numbers are the original ones.
+    ``transaction_id`` is the id sent, generated when the caller gave none.
+    """
+
+    acks: tuple[SegmentAck, ...]
+    first_position: int
+    last_position: int
+    timestamp: datetime
+    duplicate: bool
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceInfo:
+    """A space and its last numbers, as ``list_spaces`` returns it."""
+
+    name: str
+    last_position: int
+    last_timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """A segment and its last numbers, as ``list_segments`` returns it."""
+
+    name: str
+    last_sequence: int
+    last_position: int
+    last_timestamp: datetime
+
+
+def to_record(msg: pb.Record) -> Record:
+    return Record(
+        space=msg.space,
+        segment=msg.segment,
+        sequence=msg.sequence,
+        position=msg.position,
+        timestamp=_utc(msg.timestamp),
+        timestamp_ns=_ns(msg.timestamp),
+        payload=msg.payload,
+        metadata=dict(msg.metadata),
+        transaction_id=msg.transaction_id,
+    )
+
+
+def to_produce_result(msg: pb.ProduceResponse, transaction_id: str) -> ProduceResult:
+    return ProduceResult(
+        acks=tuple(SegmentAck(a.segment, a.first_sequence, a.last_sequence) for a in msg.acks),
+        first_position=msg.first_position,
+        last_position=msg.last_position,
+        timestamp=_utc(msg.timestamp),
+        duplicate=msg.duplicate,
+        transaction_id=transaction_id,
+    )
+
+
+def to_space_info(msg: pb.SpaceInfo) -> SpaceInfo:
+    return SpaceInfo(msg.name, msg.last_position, _utc(msg.last_timestamp))
+
+
+def to_segment_info(msg: pb.SegmentInfo) -> SegmentInfo:
+    return SegmentInfo(msg.name, msg.last_sequence, msg.last_position, _utc(msg.last_timestamp))
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def record_input(item: RecordLike) -> pb.RecordInput:
+    if isinstance(item, NewRecord | Record):
+        payload = item.payload.encode() if isinstance(item.payload, str) else item.payload
+        return pb.RecordInput(payload=payload, metadata=dict(item.metadata))
+    if isinstance(item, str):
+        return pb.RecordInput(payload=item.encode())
+    if isinstance(item, bytes | bytearray | memoryview):
+        return pb.RecordInput(payload=bytes(item))
+    raise TypeError(f"records: expected bytes, str, NewRecord or Record, got {type(item)!r}")
+
+
+def segment_write(
+    segment: str, records: RecordLike | Iterable[RecordLike], expected_sequence: int | None
+) -> pb.SegmentWrite:
+    """One write; a lone payload (bytes or str) counts as a list of one."""
+    items: Iterable[RecordLike]
+    if isinstance(records, bytes | bytearray | memoryview | str | NewRecord | Record):
+        items = (records,)
+    else:
+        items = records
+    write = pb.SegmentWrite(segment=segment, records=[record_input(r) for r in items])
+    if expected_sequence is not None:
+        write.expected_sequence = expected_sequence
+    return write
+
+
+def new_transaction_id() -> str:
+    return uuid.uuid4().hex
+
+
+def produce_request(
+    space: str, writes: Sequence[pb.SegmentWrite], transaction_id: str | None
+) -> pb.ProduceRequest:
+    """A ProduceRequest that always carries a transaction id, so it can be retried."""
+    return pb.ProduceRequest(
+        space=space, writes=writes, transaction_id=transaction_id or new_transaction_id()
+    )
+
+
+def timestamp(when: datetime | float) -> Timestamp:
+    """A Timestamp from an aware datetime (naive = UTC) or epoch seconds."""
+    ts = Timestamp()
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ts.FromDatetime(when)
+    else:
+        ts.FromNanoseconds(round(when * 1_000_000_000))
+    return ts
+
+
+def consume_request(
+    space: str,
+    segment: str,
+    *,
+    from_offset: int | None,
+    from_time: datetime | float | None,
+    from_consumer: str | None,
+    from_end: bool,
+    to_offset: int,
+    limit: int,
+    max_batch: int,
+    follow: bool,
+) -> pb.ConsumeRequest:
+    starts = [from_offset is not None, from_time is not None, from_consumer is not None, from_end]
+    if sum(starts) > 1:
+        raise ValueError("give at most one of from_offset, from_time, from_consumer, from_end")
+    request = pb.ConsumeRequest(
+        space=space, segment=segment, to_offset=to_offset, limit=limit, max_batch=max_batch,
+        follow=follow,
+    )  # fmt: skip
+    if from_offset is not None:
+        request.from_offset = from_offset
+    elif from_time is not None:
+        request.from_timestamp.CopyFrom(timestamp(from_time))
+    elif from_consumer is not None:
+        request.from_consumer = from_consumer
+    elif from_end:
+        request.from_end = True
+    return request
+
+
+def commit_request(
+    consumer: str, space: str, segment: str, offset: int, expected_offset: int | None
+) -> pb.CommitRequest:
+    request = pb.CommitRequest(consumer=consumer, space=space, segment=segment, offset=offset)
+    if expected_offset is not None:
+        request.expected_offset = expected_offset
+    return request
+
+
+# -- connection -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How calls are retried on UNAVAILABLE and DEADLINE_EXCEEDED.
+
+    ``attempts`` counts the first try; the waits grow from ``initial_backoff`` by
+    ``multiplier`` up to ``max_backoff``, each shortened by up to ``jitter`` of
+    itself at random. Only calls that are safe to repeat are retried: every read,
+    ``produce`` (it always carries a transaction id, so a repeat is answered as a
+    duplicate), and ``commit`` without ``expected_offset``. Follow and consume
+    streams reconnect on UNAVAILABLE from the record after the last one they
+    delivered; their count of attempts starts again after each record.
+
+    Example::
+
+        Client("streams:50051", retry=RetryPolicy(attempts=10, max_backoff=5.0))
+        Client("streams:50051", retry=RetryPolicy(attempts=1))   # never retry
+    """
+
+    attempts: int = 6
+    initial_backoff: float = 0.1
+    max_backoff: float = 3.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def backoffs(self) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, ... attempts."""
+        wait = self.initial_backoff
+        for _ in range(self.attempts - 1):
+            yield wait * (1 - self.jitter * random.random())
+            wait = min(wait * self.multiplier, self.max_backoff)
+
+
+_RETRY_UNARY = (Unavailable, DeadlineExceeded)
+
+
+class Retrier:
+    """One call's retry state: ``delay(error)`` is the wait before trying again, or None."""
+
+    def __init__(self, policy: RetryPolicy, retryable: tuple[type[StreamsError], ...]) -> None:
+        self._policy = policy
+        self._retryable = retryable
+        self._waits = policy.backoffs()
+
+    @classmethod
+    def unary(cls, policy: RetryPolicy, safe: bool = True) -> Retrier:
+        return cls(policy, _RETRY_UNARY if safe else ())
+
+    @classmethod
+    def stream(cls, policy: RetryPolicy) -> Retrier:
+        return cls(policy, (Unavailable,))
+
+    def delay(self, error: StreamsError) -> float | None:
+        if not isinstance(error, self._retryable):
+            return None
+        return next(self._waits, None)
+
+    def progressed(self) -> None:
+        """The call got somewhere: start counting attempts again."""
+        self._waits = self._policy.backoffs()
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Everything both clients need to open a channel and make calls.
+
+    Built by the clients from their keyword arguments (see :class:`streams.Client`).
+    """
+
+    target: str = DEFAULT_TARGET
+    tls: bool = False
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    token: str | None = None
+    timeout: float | None = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    keepalive_time: float | None = None
+    keepalive_timeout: float | None = None
+    channel_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or any(
+            x is not None for x in (self.root_certificates, self.private_key,
+                                    self.certificate_chain)
+        )  # fmt: skip
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.secure:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+    def options(self) -> list[tuple[str, Any]]:
+        opts: list[tuple[str, Any]] = [
+            # Reconnect quickly after a server restart; calls retry on their own backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if self.keepalive_time is not None:
+            opts.append(("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)))
+        if self.keepalive_timeout is not None:
+            opts.append(("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)))
+        return [*opts, *self.channel_options]
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def deadline(self, timeout: float | None, default: bool = True) -> float | None:
+        """The timeout of one attempt: the call's own, else the client's (for unary calls)."""
+        if timeout is not None:
+            return timeout
+        return self.timeout if default else None
+
+
+def connection(
+    target: str,
+    *,
+    tls: bool,
+    root_certificates: bytes | None,
+    private_key: bytes | None,
+    certificate_chain: bytes | None,
+    token: str | None,
+    timeout: float | None,
+    retry: RetryPolicy | None,
+    keepalive_time: float | None,
+    keepalive_timeout: float | None,
+    channel_options: Sequence[tuple[str, Any]],
+) -> Connection:
+    return Connection(
+        target=target, tls=tls, root_certificates=root_certificates, private_key=private_key,
+        certificate_chain=certificate_chain, token=token, timeout=timeout,
+        retry=retry or RetryPolicy(), keepalive_time=keepalive_time,
+        keepalive_timeout=keepalive_timeout, channel_options=tuple(channel_options),
+    )  # fmt: skip
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class ReadCursor:
+    """Where a consume or follow stream stands, so it can reconnect without a gap.
+
+    After a record, a reconnect asks for the next offset of the same target, with
+    ``limit`` reduced by what was delivered. Before any record it repeats the
+    original request (for ``from_end`` that start is taken again at reconnect).
+    """
+
+    def __init__(self, request: pb.ConsumeRequest, policy: RetryPolicy) -> None:
+        self._request = request
+        self._delivered = 0
+        self._next: int | None = None
+        self.retrier = Retrier.stream(policy)
+
+    def records(self, response: pb.ConsumeResponse) -> Iterator[Record]:
+        segment = self._request.segment
+        for msg in response.records:
+            record = to_record(msg)
+            self._next = record.offset_in(segment) + 1
+            self._delivered += 1
+            yield record
+        self.retrier.progressed()
+
+    def request(self) -> pb.ConsumeRequest:
+        """The request for the next (re)connection."""
+        if self._next is None:
+            return self._request
+        resume = pb.ConsumeRequest()
+        resume.CopyFrom(self._request)
+        resume.from_offset = self._next  # replaces whichever start the oneof had
+        if resume.limit:
+            resume.limit = max(resume.limit - self._delivered, 0)
+        return resume
+
+    @property
+    def done(self) -> bool:
+        """The request's limit or to_offset is already met: nothing to reconnect for."""
+        r = self._request
+        if r.limit and self._delivered >= r.limit:
+            return True
+        return bool(r.to_offset and self._next is not None and self._next > r.to_offset)
+
+
+# -- consumers --------------------------------------------------------------------------------
+
+
+class CommitSchedule:
+    """A consumer's bookkeeping: what was handed out, what is processed, when to commit.
+
+    A record counts as processed when the caller asks for the next one, or when the
+    consumer is closed without an error in flight.
+    """
+
+    def __init__(self, segment: str, every: int, interval: float | None) -> None:
+        if every < 1:
+            raise ValueError("commit_every: must be at least 1")
+        self._segment = segment
+        self._every = every
+        self._interval = interval
+        self._handed: int | None = None  # offset of the record the caller holds
+        self.processed: int | None = None
+        self.committed: int | None = None
+        self._since = 0
+        self._last_commit = time.monotonic()
+
+    def hand_out(self, record: Record) -> None:
+        self.done_with_current()
+        self._handed = record.offset_in(self._segment)
+
+    def done_with_current(self) -> None:
+        if self._handed is not None:
+            self.processed = self._handed
+            self._handed = None
+            self._since += 1
+
+    def pending(self) -> int | None:
+        """The offset to commit now, if any is not yet committed."""
+        if self.processed is None or self.processed == self.committed:
+            return None
+        return self.processed
+
+    def due(self) -> int | None:
+        """The offset to commit because ``every`` records or ``interval`` seconds passed."""
+        if self._since >= self._every or (
+            self._interval is not None and time.monotonic() - self._last_commit >= self._interval
+        ):
+            return self.pending()
+        return None
+
+    def committed_at(self, offset: int) -> None:
+        self.committed = offset
+        self._since = 0
+        self._last_commit = time.monotonic()
+
+    @property
+    def interval(self) -> float | None:
+        return self._interval
+
+
+class TransactionBuilder:
+    """The writes of one multi-segment transaction, gathered before it is sent."""
+
+    def __init__(self, space: str, transaction_id: str | None) -> None:
+        self.space = space
+        self.transaction_id = transaction_id or new_transaction_id()
+        self.writes: list[pb.SegmentWrite] = []
+
+    def add(
+        self,
+        segment: str,
+        records: RecordLike | Iterable[RecordLike],
+        *,
+        expected_sequence: int | None = None,
+    ) -> Self:
+        """Adds a write to ``segment``; returns the transaction, so calls chain."""
+        self.writes.append(segment_write(segment, records, expected_sequence))
+        return self
+
+    def request(self) -> pb.ProduceRequest:
+        if not self.writes:
+            raise ValueError("a transaction needs at least one write: call add() first")
+        return produce_request(self.space, self.writes, self.transaction_id)

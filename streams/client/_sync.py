@@ -1,0 +1,485 @@
+"""The blocking client: :class:`Client`, :class:`RecordStream`, :class:`Consumer`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from streams.client import _common as c
+from streams.client._common import (
+    DEFAULT_TARGET,
+    ProduceResult,
+    Record,
+    RecordLike,
+    RetryPolicy,
+    SegmentInfo,
+    SpaceInfo,
+)
+from streams.errors import NotFound
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking Streams client over one gRPC channel; thread-safe.
+
+    Example::
+
+        from streams import Client
+
+        with Client("127.0.0.1:50051") as client:
+            ack = client.produce("orders", "eu", [b'{"id": 1}', b'{"id": 2}'])
+            print(ack.acks[0].last_sequence, ack.last_position)
+            for record in client.consume("orders", "eu", from_offset=1):
+                print(record.sequence, record.payload)
+
+    Options: ``tls`` (or any of ``root_certificates`` / ``private_key`` /
+    ``certificate_chain``, PEM bytes) for a TLS channel; ``token`` sends
+    ``authorization: Bearer <token>`` with every call; ``timeout`` is the default
+    deadline in seconds of each unary call attempt (None = none; streams have none
+    unless given one); ``retry`` a :class:`RetryPolicy`; ``keepalive_time`` /
+    ``keepalive_timeout`` in seconds; ``channel_options`` raw gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        retry: RetryPolicy | None = None,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._conn = c.connection(
+            target, tls=tls, root_certificates=root_certificates, private_key=private_key,
+            certificate_chain=certificate_chain, token=token, timeout=timeout, retry=retry,
+            keepalive_time=keepalive_time, keepalive_timeout=keepalive_timeout,
+            channel_options=channel_options,
+        )  # fmt: skip
+        credentials = self._conn.credentials()
+        options = self._conn.options()
+        self._channel = (
+            grpc.secure_channel(target, credentials, options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options)
+        )
+        self._stub = streams_pb2_grpc.StreamsServiceStub(self._channel)
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
+
+    def close(self) -> None:
+        """Closes the channel; streams still open end with an error."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        safe: bool = True,
+    ) -> Any:
+        """One unary call, retried on UNAVAILABLE / DEADLINE_EXCEEDED when ``safe``."""
+        retrier = c.Retrier.unary(self._conn.retry, safe)
+        while True:
+            try:
+                return method(
+                    request,
+                    timeout=self._conn.deadline(timeout),
+                    metadata=self._conn.metadata(),
+                )
+            except grpc.RpcError as exc:
+                error = c.error_from_rpc(exc)
+                delay = retrier.delay(error)
+                if delay is None:
+                    raise error from None
+                time.sleep(delay)
+
+    def produce(
+        self,
+        space: str,
+        segment: str,
+        payloads_or_records: RecordLike | Iterable[RecordLike],
+        *,
+        expected_sequence: int | None = None,
+        transaction_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ProduceResult:
+        """Appends records to one segment as one transaction.
+
+        ``payloads_or_records``: bytes or str payloads, :class:`NewRecord`s (with
+        metadata), or :class:`Record`s; a lone bytes or str is one record.
+        ``expected_sequence``: 0 = the segment must be empty, N = its last sequence
+        must be N (else :class:`SequenceMismatch`, whose ``actual`` is the real one).
+        The call carries ``transaction_id`` (a new uuid4 when None), so a retry after
+        UNAVAILABLE or DEADLINE_EXCEEDED never writes twice.
+
+        Example::
+
+            ack = client.produce("orders", "eu", [b"a", NewRecord(b"b", {"k": "v"})],
+                                 expected_sequence=0)
+            assert (ack.acks[0].first_sequence, ack.acks[0].last_sequence) == (1, 2)
+        """
+        write = c.segment_write(segment, payloads_or_records, expected_sequence)
+        return self._produce(c.produce_request(space, [write], transaction_id), timeout)
+
+    def _produce(self, request: pb.ProduceRequest, timeout: float | None) -> ProduceResult:
+        response = self._unary(self._stub.Produce, request, timeout)
+        return c.to_produce_result(response, request.transaction_id)
+
+    def transaction(self, space: str, *, transaction_id: str | None = None) -> Transaction:
+        """A builder for one transaction over several segments of ``space``.
+
+        Example::
+
+            result = (client.transaction("orders")
+                      .add("eu", [b"created"], expected_sequence=0)
+                      .add("audit", b"42 created")
+                      .commit())
+        """
+        return Transaction(self, space, transaction_id)
+
+    def consume(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_consumer: str | None = None,
+        from_end: bool = False,
+        to_offset: int = 0,
+        limit: int = 0,
+        max_batch: int = 0,
+        timeout: float | None = None,
+    ) -> RecordStream:
+        """Reads the stored records of a segment (or, ``segment=""``, of the whole space).
+
+        Give at most one start: ``from_offset`` (inclusive), ``from_time`` (datetime
+        or epoch seconds), ``from_consumer`` (right after its committed offset);
+        none = the first record. ``to_offset`` (inclusive) and ``limit`` bound it.
+
+        Example::
+
+            for record in client.consume("orders", from_offset=10, limit=100):
+                print(record.position, record.segment, record.text)
+        """
+        request = c.consume_request(
+            space, segment, from_offset=from_offset, from_time=from_time,
+            from_consumer=from_consumer, from_end=from_end, to_offset=to_offset, limit=limit,
+            max_batch=max_batch, follow=False,
+        )  # fmt: skip
+        return RecordStream(self, request, timeout)
+
+    def follow(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_consumer: str | None = None,
+        from_end: bool = False,
+        to_offset: int = 0,
+        limit: int = 0,
+        max_batch: int = 0,
+        timeout: float | None = None,
+    ) -> RecordStream:
+        """Like :meth:`consume`, then stays open and yields each new record as it commits.
+
+        It ends at ``to_offset`` or ``limit``, on ``close()``, or when ``timeout``
+        passes (:class:`DeadlineExceeded`). After a server restart it reconnects
+        from the record after the last one it yielded. ``stream.ready()`` returns
+        once the start point is fixed: everything committed afterwards will come.
+
+        Example::
+
+            with client.follow("orders", from_end=True) as stream:
+                stream.ready()
+                for record in stream:
+                    handle(record)
+        """
+        request = c.consume_request(
+            space, segment, from_offset=from_offset, from_time=from_time,
+            from_consumer=from_consumer, from_end=from_end, to_offset=to_offset, limit=limit,
+            max_batch=max_batch, follow=True,
+        )  # fmt: skip
+        return RecordStream(self, request, timeout)
+
+    def peek(self, space: str, segment: str = "", *, timeout: float | None = None) -> Record:
+        """The last record of a segment, or of the whole space; :class:`NotFound` if none."""
+        response = self._unary(self._stub.Peek, pb.PeekRequest(space=space, segment=segment),
+                               timeout)  # fmt: skip
+        return c.to_record(response.record)
+
+    def commit(
+        self,
+        consumer: str,
+        space: str,
+        segment: str = "",
+        *,
+        offset: int,
+        expected_offset: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Stores ``offset`` (the last one processed) for ``consumer``; returns it.
+
+        ``expected_offset`` makes it a compare-and-set (:class:`OffsetMismatch`).
+        Past the target's last offset: :class:`OutOfRange`.
+
+        Example::
+
+            client.commit("billing", "orders", offset=record.position)
+        """
+        request = c.commit_request(consumer, space, segment, offset, expected_offset)
+        # A compare-and-set is not repeatable: its own first success would fail the retry.
+        response = self._unary(self._stub.Commit, request, timeout, expected_offset is None)
+        return int(response.offset)
+
+    def get_offset(
+        self, consumer: str, space: str, segment: str = "", *, timeout: float | None = None
+    ) -> int | None:
+        """The committed offset of ``consumer`` for the target, None if it never committed."""
+        request = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
+        try:
+            return int(self._unary(self._stub.GetOffset, request, timeout).offset)
+        except NotFound:
+            return None
+
+    def list_spaces(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[SpaceInfo]:
+        """Every space, by name; fetches pages of ``page_size`` (0 = server default) as needed."""
+        token = ""
+        while True:
+            request = pb.ListSpacesRequest(page_size=page_size, page_token=token)
+            response = self._unary(self._stub.ListSpaces, request, timeout)
+            yield from map(c.to_space_info, response.spaces)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def list_segments(
+        self, space: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[SegmentInfo]:
+        """Every segment of ``space``, by name (none for an unknown space); pages as needed."""
+        token = ""
+        while True:
+            request = pb.ListSegmentsRequest(space=space, page_size=page_size, page_token=token)
+            response = self._unary(self._stub.ListSegments, request, timeout)
+            yield from map(c.to_segment_info, response.segments)
+            token = response.next_page_token
+            if not token:
+                return
+
+
+class Transaction(c.TransactionBuilder):
+    """Writes to several segments of one space, committed together by :meth:`commit`.
+
+    The transaction id is fixed when the builder is made, so calling ``commit()``
+    again after an error is answered as a duplicate if the first one went through.
+    """
+
+    def __init__(self, client: Client, space: str, transaction_id: str | None) -> None:
+        super().__init__(space, transaction_id)
+        self._client = client
+
+    def commit(self, *, timeout: float | None = None) -> ProduceResult:
+        return self._client._produce(self.request(), timeout)
+
+
+class RecordStream(Iterator[Record]):
+    """The records of a consume or follow call; iterate it, close it when done.
+
+    ``close()`` (thread-safe) cancels the call; the iteration then simply ends.
+    """
+
+    def __init__(self, client: Client, request: pb.ConsumeRequest, timeout: float | None) -> None:
+        self._client = client
+        self._cursor = c.ReadCursor(request, client._conn.retry)
+        self._timeout = timeout
+        self._closed = False
+        self._call = self._start()
+        self._records = self._iterate()
+
+    def _start(self) -> Any:
+        conn = self._client._conn
+        return self._client._stub.Consume(
+            self._cursor.request(),
+            timeout=conn.deadline(self._timeout, default=False),
+            metadata=conn.metadata(),
+        )
+
+    def _iterate(self) -> Iterator[Record]:
+        while True:
+            try:
+                for response in self._call:
+                    yield from self._cursor.records(response)
+                return
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                error = c.error_from_rpc(exc)
+                delay = self._cursor.retrier.delay(error)
+                if delay is None:
+                    raise error from None
+                if self._cursor.done:
+                    return
+                time.sleep(delay)
+                if self._closed:
+                    return
+                self._call = self._start()
+
+    def ready(self) -> None:
+        """Blocks until the server has fixed the start point (or raises its error)."""
+        self._call.initial_metadata()
+        if self._call.done() and self._call.code() not in (grpc.StatusCode.OK, None):
+            if self._closed:
+                return
+            raise c.error_from_rpc(self._call)
+
+    def __next__(self) -> Record:
+        return next(self._records)
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> RecordStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Consumer:
+    """At-least-once processing: follows from the committed offset, commits as it goes.
+
+    Iterate it; a record counts as processed when you ask for the next one, and
+    when the consumer is closed with no exception in flight. Processed offsets are
+    committed every ``commit_every`` records, every ``commit_interval`` seconds
+    (None = never on time alone), and on close. A new consumer with the same name
+    and target resumes right after the last commit: a crash replays at most what
+    was processed since, never skips.
+
+    Example::
+
+        with Consumer(client, "billing", "orders", commit_every=100) as consumer:
+            for record in consumer:
+                bill(record)    # an exception here leaves this record uncommitted
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        consumer: str,
+        space: str,
+        segment: str = "",
+        *,
+        commit_every: int = 100,
+        commit_interval: float | None = 5.0,
+        max_batch: int = 0,
+    ) -> None:
+        self.client = client
+        self.name = consumer
+        self.space = space
+        self.segment = segment
+        self._schedule = c.CommitSchedule(segment, commit_every, commit_interval)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stream = client.follow(space, segment, from_consumer=consumer, max_batch=max_batch)
+        self._ticker: threading.Thread | None = None
+        if commit_interval is not None:
+            self._ticker = threading.Thread(target=self._tick, name="streams-consumer-commit",
+                                            daemon=True)  # fmt: skip
+            self._ticker.start()
+
+    @property
+    def committed(self) -> int | None:
+        """The last offset this consumer committed (None before its first commit)."""
+        return self._schedule.committed
+
+    def ready(self) -> None:
+        """Blocks until the follow stream's start point is fixed."""
+        self._stream.ready()
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        with self._lock:
+            self._schedule.done_with_current()
+            due = self._schedule.due()
+        if due is not None:
+            self._commit(due)
+        record = next(self._stream)
+        with self._lock:
+            self._schedule.hand_out(record)
+        return record
+
+    def _commit(self, offset: int) -> None:
+        with self._lock:
+            if self._schedule.committed == offset:
+                return
+            self.client.commit(self.name, self.space, self.segment, offset=offset)
+            self._schedule.committed_at(offset)
+
+    def commit(self) -> None:
+        """Commits the records processed so far, now."""
+        with self._lock:
+            pending = self._schedule.pending()
+        if pending is not None:
+            self._commit(pending)
+
+    def _tick(self) -> None:
+        interval = self._schedule.interval or 1.0
+        while not self._stop.wait(interval):
+            with self._lock:
+                due = self._schedule.due()
+            if due is not None:
+                try:
+                    self._commit(due)
+                except Exception:  # the next tick, or close(), tries again
+                    continue
+
+    def close(self, *, processed: bool = True) -> None:
+        """Stops following and commits; ``processed=False`` leaves the record in hand out."""
+        self._stop.set()
+        self._stream.close()
+        if self._ticker is not None:
+            self._ticker.join()
+        if processed:
+            with self._lock:
+                self._schedule.done_with_current()
+        self.commit()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(processed=exc is None)
