@@ -20,6 +20,12 @@ from collections.abc import Callable
 from streams.errors import Unavailable
 
 
+class SyncAborted(Exception):
+    """The sync did not run because a write before it failed (a full disk): the
+    writes it was to cover have an unknown outcome, but no fsync failed, so
+    writing may resume once the store has been reopened."""
+
+
 class GroupCommit:
     """Orders fsyncs after writes; acks each write once an fsync covers it.
 
@@ -99,14 +105,29 @@ class GroupCommit:
                 self._durable = covered
                 self._on_durable(covered)
                 self._release(covered)
+        except SyncAborted as exc:
+            self._fail_waiters(
+                Unavailable(
+                    f"the outcome of this write is unknown ({exc}); retry it with the same "
+                    "transaction_id once writes resume"
+                )
+            )
         except Exception as exc:  # any fsync failure is final
             self.failure = f"fsync of the write-ahead log failed ({exc}); restart the server"
-            for _, future in self._waiters:
-                if not future.done():
-                    future.set_exception(Unavailable(f"writes are stopped: {self.failure}"))
-            self._waiters.clear()
+            self._fail_waiters(Unavailable(f"writes are stopped: {self.failure}"))
         finally:
             self._task = None
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+
+    def reset(self) -> None:
+        """Forgets unsynced tickets once the store has been reopened from disk."""
+        assert self._task is None and not self._waiters
+        self._durable = self._written
 
     def _release(self, covered: int) -> None:
         still = []

@@ -16,6 +16,7 @@ capped at the durable watermark, as Kafka caps reads at its high watermark.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import struct
@@ -43,7 +44,7 @@ from streams.model import (
     Target,
     Transaction,
 )
-from streams.storage.group_commit import GroupCommit
+from streams.storage.group_commit import GroupCommit, SyncAborted
 from streams.storage.tail import Subscription, Tail
 
 _SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
@@ -146,16 +147,23 @@ class RocksStore:
         await store.close()
     """
 
-    def __init__(self, db: rocksdict.Rdict, options: StoreOptions) -> None:
+    def __init__(self, path: Path, db: rocksdict.Rdict, options: StoreOptions) -> None:
+        self._path = path
         self._db = db
         self._options = options
+        # Set when a write failed for lack of space: RocksDB then refuses every
+        # write until the database is reopened, which is tried once space is back.
+        self._disk_full: str | None = None
+        self._db_open = True
+        self._last_reopen = 0.0
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = False  # the group commit fsyncs the WAL
         self._spaces: dict[str, _Space] = {}
         self._pending: list[_Pending] = []
         self._tail = Tail(options.tail_window_records, options.tail_window_bytes)
-        sync = (lambda: db.flush_wal(True)) if options.sync else None
-        self._group = GroupCommit(sync, self._publish, options.on_fsync)
+        self._group = GroupCommit(
+            self._sync_wal if options.sync else None, self._publish, options.on_fsync
+        )
         self._closed = False
 
     @classmethod
@@ -163,17 +171,12 @@ class RocksStore:
         """Opens (creating if needed) the store at ``path`` and rebuilds its state
         from the catalog: O(segments), never O(records)."""
         _create_durably(path)
-        db_options = rocksdict.Options(raw_mode=True)
-        db_options.create_if_missing(True)
-        db = rocksdict.Rdict(str(path), db_options)
-        # Records recovered from the WAL may sit only in the page cache (a
-        # kill -9 before their fsync): make them durable before anyone reads.
-        db.flush_wal(True)
-        store = cls(db, options or StoreOptions())
+        store = cls(path, _open_db(path), options or StoreOptions())
         store._load_catalog()
         return store
 
     def _load_catalog(self) -> None:
+        self._spaces.clear()
         for key, value in self._scan(keys.SPACE):
             name = keys.first_name(key, keys.SPACE)
             position, ts = _SPACE_CATALOG.unpack(value)
@@ -199,7 +202,7 @@ class RocksStore:
     # -- writes ----------------------------------------------------------
 
     async def produce(self, txn: Transaction) -> ProduceResult:
-        self._check_open()
+        await self._check_writable()
         duplicate = self._find_duplicate(txn)
         if duplicate is not None:
             # The original may still await its fsync: answer only once it is durable.
@@ -318,9 +321,58 @@ class RocksStore:
             self._db.write(batch, self._write_options)
         except Exception as exc:
             text = str(exc)
-            if "No space" in text or "NoSpace" in text:
-                raise ResourceExhausted(f"disk full, nothing was written: {text}") from exc
+            if "No space" in text or "NoSpace" in text or self._disk_full is not None:
+                self._disk_full = self._disk_full or text
+                raise ResourceExhausted(
+                    f"disk full, nothing was written; writes resume once space is freed: {text}"
+                ) from exc
             raise Unavailable(f"storage write failed, nothing was written: {text}") from exc
+
+    def _sync_wal(self) -> None:
+        """The group commit's fsync (runs in a worker thread)."""
+        if self._disk_full is not None:
+            raise SyncAborted(self._disk_full)
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            # "Writer has previous error": a write failed before (the disk filled
+            # up), and RocksDB refused to sync; no fsync failed.
+            if self._disk_full is not None or "previous error" in str(exc):
+                raise SyncAborted(str(exc)) from exc
+            raise
+
+    async def _check_writable(self) -> None:
+        """Raises unless writes can go on; after a full disk, reopens the store
+        once space is back (at most once a second)."""
+        self._check_open()
+        if self._disk_full is None:
+            return
+        now = time.monotonic()
+        needed = _wal_bytes(self._path) + _REOPEN_HEADROOM
+        if now - self._last_reopen < 1.0 or _free_bytes(self._path) < needed:
+            raise ResourceExhausted(
+                f"disk full, nothing was written; writes resume once {needed} bytes are free "
+                f"under {self._path}: {self._disk_full}"
+            )
+        self._last_reopen = now
+        await self._group.drain()
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Reopens RocksDB and rebuilds memory from what is on disk: transactions
+        whose outcome was unknown are there or not, as the WAL has them."""
+        _close_db(self._db)
+        self._db_open = False
+        try:
+            self._db = _open_db(self._path)
+        except Exception as exc:
+            raise Unavailable(f"reopening the store after a full disk failed: {exc}") from exc
+        self._db_open = True
+        self._disk_full = None
+        self._pending.clear()
+        self._load_catalog()
+        self._group.reset()
+        self._tail.reset()
 
     def _publish(self, covered: int) -> None:
         """Moves the durable watermarks over every transaction up to ``covered``."""
@@ -348,7 +400,7 @@ class RocksStore:
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
-        self._check_open()
+        await self._check_writable()
         last = self.last_offset(target)
         if offset > last:
             raise OutOfRange(
@@ -530,6 +582,10 @@ class RocksStore:
     def _check_open(self) -> None:
         if self._closed:
             raise Unavailable("the store is closed: the server is shutting down")
+        if not self._db_open:
+            raise Unavailable(
+                f"the store could not be reopened after a full disk under {self._path}"
+            )
 
     async def close(self) -> None:
         if self._closed:
@@ -537,7 +593,38 @@ class RocksStore:
         self._closed = True
         self._tail.close()
         await self._group.drain()
-        self._db.close()
+        if self._db_open:
+            _close_db(self._db)
+
+
+_REOPEN_HEADROOM = 8 * 1024 * 1024
+
+
+def _open_db(path: Path) -> rocksdict.Rdict:
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    db = rocksdict.Rdict(str(path), options)
+    # Records recovered from the WAL may sit only in the page cache (a kill -9
+    # before their fsync): make them durable before anyone reads them.
+    db.flush_wal(True)
+    return db
+
+
+def _close_db(db: rocksdict.Rdict) -> None:
+    """Closes ``db``; after a failed write RocksDB's close reports that error
+    again ("Writer has previous error") but still releases the database."""
+    with contextlib.suppress(Exception):
+        db.close()
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _wal_bytes(path: Path) -> int:
+    """Reopening replays the WAL into new table files: about this much room."""
+    return sum(p.stat().st_size for p in path.glob("*.log"))
 
 
 def _create_durably(path: Path) -> None:

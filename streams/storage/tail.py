@@ -218,6 +218,13 @@ class Tail:
             return None
         return window.slice(first, last, max_records, max_bytes)
 
+    def reset(self) -> None:
+        """Drops the windows and wakes every follower (after the store was reopened)."""
+        self._windows.clear()
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
     def close(self) -> None:
         """Ends every wait with Unavailable (at shutdown)."""
         self._closed = True
