@@ -12,7 +12,16 @@ types::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
+
+# Trailing metadata that carries a mismatch's values, so clients need not parse
+# messages. Segment names are UTF-8, hence a binary ("-bin") key.
+SEGMENT_TRAILER = "streams-segment-bin"
+ACTUAL_TRAILER = "streams-actual"
+
+Trailers = tuple[tuple[str, str | bytes], ...]
 
 
 class StreamsError(Exception):
@@ -23,6 +32,10 @@ class StreamsError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def trailers(self) -> Trailers:
+        """Trailing metadata sent with the status (values clients read as fields)."""
+        return ()
 
 
 class InvalidArgument(StreamsError):
@@ -45,6 +58,15 @@ class SequenceMismatch(FailedPrecondition):
         self.segment = segment
         self.actual = actual
 
+    def trailers(self) -> Trailers:
+        return ((SEGMENT_TRAILER, self.segment.encode("utf-8")), (ACTUAL_TRAILER, str(self.actual)))
+
+    @classmethod
+    def from_trailers(cls, message: str, trailers: Mapping[str, str | bytes]) -> SequenceMismatch:
+        segment = trailers.get(SEGMENT_TRAILER, b"")
+        text = segment.decode("utf-8") if isinstance(segment, bytes) else segment
+        return cls(message, segment=text, actual=int(trailers.get(ACTUAL_TRAILER, 0)))
+
 
 class OffsetMismatch(FailedPrecondition):
     """``expected_offset`` did not match the stored offset."""
@@ -52,6 +74,15 @@ class OffsetMismatch(FailedPrecondition):
     def __init__(self, message: str, actual: int | None = None) -> None:
         super().__init__(message)
         self.actual = actual
+
+    def trailers(self) -> Trailers:
+        # Empty: no offset stored.
+        return ((ACTUAL_TRAILER, "" if self.actual is None else str(self.actual)),)
+
+    @classmethod
+    def from_trailers(cls, message: str, trailers: Mapping[str, str | bytes]) -> OffsetMismatch:
+        actual = trailers.get(ACTUAL_TRAILER, "")
+        return cls(message, actual=int(actual) if actual else None)
 
 
 class AlreadyExists(StreamsError):

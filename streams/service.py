@@ -139,7 +139,7 @@ class StreamsService:
             yield caller
         except StreamsError as exc:
             code = exc.code
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, exc.trailers())
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise

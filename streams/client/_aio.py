@@ -295,7 +295,8 @@ class AsyncRecordStream(AsyncIterator[Record]):
             code = await self._call.code()
             if code != grpc.StatusCode.OK:
                 details = await self._call.details()
-                raise c.error_from_status(code, details)
+                trailers = await self._call.trailing_metadata()
+                raise c.error_from_status(code, details, trailers)
 
     async def __anext__(self) -> Record:
         return await self._records.__anext__()

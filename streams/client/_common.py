@@ -7,9 +7,7 @@ Nothing in here does I/O; :mod:`streams.client._sync` and
 
 from __future__ import annotations
 
-import ast
 import random
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,6 +19,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams.errors import (
+    ACTUAL_TRAILER,
+    SEGMENT_TRAILER,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -77,13 +77,6 @@ _BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
 }
 
-# The server's FAILED_PRECONDITION messages (see the contract) name the value at fault.
-_SEQUENCE_RE = re.compile(
-    r"segment (?P<segment>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") has last sequence "
-    r"(?P<actual>\d+)"
-)
-_OFFSET_RE = re.compile(r"stored offset \((?P<actual>\d+|none)\)")
-
 
 def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
     """The specific :class:`StreamsError` for a failed gRPC call.
@@ -96,20 +89,24 @@ def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
     call: Any = exc
     code = call.code() if callable(getattr(call, "code", None)) else grpc.StatusCode.UNKNOWN
     details = call.details() if callable(getattr(call, "details", None)) else str(exc)
-    return error_from_status(code, details)
+    trailers = (
+        call.trailing_metadata() if callable(getattr(call, "trailing_metadata", None)) else ()
+    )
+    return error_from_status(code, details, trailers)
 
 
-def error_from_status(code: grpc.StatusCode, details: str | None) -> StreamsError:
-    """The specific :class:`StreamsError` for a status code and its message."""
+def error_from_status(
+    code: grpc.StatusCode, details: str | None, trailers: Iterable[tuple[str, Any]] | None = ()
+) -> StreamsError:
+    """The specific :class:`StreamsError` for a status code, its message and the
+    trailing metadata that carries a mismatch's values."""
     message = details or code.name
     if code is grpc.StatusCode.FAILED_PRECONDITION:
-        if "expected_sequence" in message and (m := _SEQUENCE_RE.search(message)):
-            segment = ast.literal_eval(m["segment"])
-            return SequenceMismatch(message, segment=segment, actual=int(m["actual"]))
-        if "expected_offset" in message:
-            o = _OFFSET_RE.search(message)
-            actual = None if o is None or o["actual"] == "none" else int(o["actual"])
-            return OffsetMismatch(message, actual=actual)
+        values = dict(trailers or ())
+        if SEGMENT_TRAILER in values:
+            return SequenceMismatch.from_trailers(message, values)
+        if ACTUAL_TRAILER in values:
+            return OffsetMismatch.from_trailers(message, values)
     kind = _BY_CODE.get(code)
     if kind is not None:
         return kind(message)
