@@ -605,7 +605,9 @@ def _open_db(path: Path) -> rocksdict.Rdict:
     options.create_if_missing(True)
     db = rocksdict.Rdict(str(path), options)
     # Records recovered from the WAL may sit only in the page cache (a kill -9
-    # before their fsync): make them durable before anyone reads them.
+    # before their fsync). With default options recovery already writes them
+    # to fsynced table files; this fsync keeps them durable before anyone
+    # reads them should recovery ever keep them in the WAL instead.
     db.flush_wal(True)
     return db
 
