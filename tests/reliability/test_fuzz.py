@@ -1,0 +1,768 @@
+"""Bad input: every RPC fuzzed with random and adversarial fields (hypothesis).
+
+Each case goes to a real server subprocess over a raw channel (request bytes
+built by us, no client-side validation), and is checked against the contract:
+
+- the status is one the contract names for that RPC, never UNKNOWN or INTERNAL;
+- where the contract fixes the status (a bad name, a limit, a page token the
+  server did not issue, bytes that are not valid protobuf...) it is exactly
+  that one; a request over 16 MiB is RESOURCE_EXHAUSTED;
+- a rejected Produce or Commit writes nothing: the space list (with every
+  space's last position), the segment list of the space named and the consumer
+  offset named are the same before and after;
+- the server process is alive after every case and still answers at the end.
+
+What the server sees is known by parsing the same bytes locally with the same
+protobuf runtime: bytes that do not parse must be INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError, Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc as pb_grpc
+
+from .support import (
+    SERVICE,
+    ServerProcess,
+    alive,
+    bytes_field,
+    count,
+    key,
+    list_all_spaces,
+    varint,
+)
+
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+MIB = 1024 * 1024
+MAX_REQUEST = 16 * MIB
+Code = grpc.StatusCode
+
+REQUEST_TYPES: dict[str, type[Message]] = {
+    "Produce": pb.ProduceRequest,
+    "Consume": pb.ConsumeRequest,
+    "Peek": pb.PeekRequest,
+    "Commit": pb.CommitRequest,
+    "GetOffset": pb.GetOffsetRequest,
+    "ListSpaces": pb.ListSpacesRequest,
+    "ListSegments": pb.ListSegmentsRequest,
+}
+RESPONSE_TYPES: dict[str, type[Message]] = {
+    "Produce": pb.ProduceResponse,
+    "Consume": pb.ConsumeResponse,
+    "Peek": pb.PeekResponse,
+    "Commit": pb.CommitResponse,
+    "GetOffset": pb.GetOffsetResponse,
+    "ListSpaces": pb.ListSpacesResponse,
+    "ListSegments": pb.ListSegmentsResponse,
+}
+# What a request the contract accepts may still answer, per RPC.
+VALID_CODES: dict[str, frozenset[Code]] = {
+    "Produce": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS}),
+    "Consume": frozenset({Code.OK}),
+    "Peek": frozenset({Code.OK, Code.NOT_FOUND}),
+    "Commit": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE}),
+    "GetOffset": frozenset({Code.OK, Code.NOT_FOUND}),
+    "ListSpaces": frozenset({Code.OK}),
+    "ListSegments": frozenset({Code.OK}),
+}
+FOLLOW_DEADLINE = 0.3
+CALL_DEADLINE = 30.0
+
+# A few spaces with records, segments and offsets, so that reads, peeks and
+# commits meet real data; the fuzzer draws most names from this pool.
+SEED_SPACES = ("fz-0", "fz-1", "é" * 127 + "z")  # the last is 255 bytes
+SEED_SEGMENTS = ("a", "ab", "b/c:d")
+SEED_CONSUMERS = ("c", "c2")
+# Page tokens the server issued, by listing scope; any other token is garbage.
+ISSUED: dict[str, set[str]] = {}
+
+
+# -- the contract's rules, written from the contract ------------------------
+
+
+def bad_name(value: str) -> bool:
+    """UTF-8, 1 to 255 bytes, no U+0000-U+001F or U+007F."""
+    size = len(value.encode("utf-8"))
+    return not 1 <= size <= 255 or any(ord(c) < 0x20 or c == "\x7f" for c in value)
+
+
+def _utf8_len(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+def violations(method: str, m: Any) -> list[str]:
+    """Why the contract says INVALID_ARGUMENT for the parsed request ``m`` (empty: valid)."""
+    out: list[str] = []
+
+    def check_name(field: str, value: str, *, empty_ok: bool = False) -> None:
+        if not (empty_ok and value == "") and bad_name(value):
+            out.append(f"{field} {value[:20]!r}")
+
+    def check_token(scope: str, token: str) -> None:
+        if token and token not in ISSUED.get(scope, set()):
+            out.append(f"page_token {token[:20]!r}")
+
+    if method == "Produce":
+        check_name("space", m.space)
+        if not m.writes:
+            out.append("no writes")
+        if _utf8_len(m.transaction_id) > 128:
+            out.append("transaction_id over 128 bytes")
+        if sum(len(w.records) for w in m.writes) > 10_000:
+            out.append("over 10,000 records")
+        seen: set[str] = set()
+        for w in m.writes:
+            check_name("segment", w.segment)
+            if w.segment in seen:
+                out.append("segment twice")
+            seen.add(w.segment)
+            if not w.records:
+                out.append("no records")
+            for r in w.records:
+                if len(r.payload) > MIB:
+                    out.append("payload over 1 MiB")
+                if len(r.metadata) > 64:
+                    out.append("over 64 metadata pairs")
+                for k, v in r.metadata.items():
+                    if _utf8_len(k) > 255 or _utf8_len(v) > 4096:
+                        out.append("metadata key or value too long")
+    elif method == "Consume":
+        check_name("space", m.space)
+        check_name("segment", m.segment, empty_ok=True)
+        start = m.WhichOneof("start")
+        if start == "from_consumer":
+            check_name("from_consumer", m.from_consumer)
+        if start == "from_timestamp" and not 0 <= m.from_timestamp.nanos <= 999_999_999:
+            out.append("from_timestamp.nanos out of range")
+        if m.max_batch > 10_000:
+            out.append("max_batch over 10,000")
+    elif method == "Peek":
+        check_name("space", m.space)
+        check_name("segment", m.segment, empty_ok=True)
+    elif method in ("Commit", "GetOffset"):
+        check_name("consumer", m.consumer)
+        check_name("space", m.space)
+        check_name("segment", m.segment, empty_ok=True)
+    elif method == "ListSpaces":
+        if m.page_size < 0:
+            out.append("negative page_size")
+        check_token("spaces", m.page_token)
+    elif method == "ListSegments":
+        check_name("space", m.space)
+        if m.page_size < 0:
+            out.append("negative page_size")
+        check_token(f"segments/{m.space}", m.page_token)
+    return out
+
+
+# -- calling the server with raw bytes --------------------------------------
+
+
+@dataclass
+class Outcome:
+    code: Code
+    details: str
+    responses: list[bytes]
+
+
+def invoke(channel: grpc.Channel, method: str, body: bytes, timeout: float) -> Outcome:
+    path = SERVICE + method
+    try:
+        if method == "Consume":
+            stream = channel.unary_stream(
+                path, request_serializer=None, response_deserializer=None
+            )(body, timeout=timeout)
+            return Outcome(Code.OK, "", list(stream))
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        return Outcome(Code.OK, "", [call(body, timeout=timeout)])
+    except grpc.RpcError as err:
+        return Outcome(err.code(), err.details() or "", [])
+
+
+@dataclass
+class Fuzz:
+    server: ServerProcess
+    channel: grpc.Channel
+    stub: pb_grpc.StreamsServiceStub
+
+
+def _state(stub: pb_grpc.StreamsServiceStub, method: str, m: Any) -> tuple[object, ...]:
+    """What a rejected Produce or Commit must leave unchanged."""
+    spaces = list_all_spaces(stub)
+    segments: object = None
+    if not bad_name(m.space):
+        listing = stub.ListSegments(
+            pb.ListSegmentsRequest(space=m.space, page_size=1000), timeout=CALL_DEADLINE
+        )
+        segments = [(s.name, s.last_sequence, s.last_position) for s in listing.segments]
+    offset: object = None
+    if method == "Commit":
+        try:
+            offset = stub.GetOffset(
+                pb.GetOffsetRequest(consumer=m.consumer, space=m.space, segment=m.segment),
+                timeout=CALL_DEADLINE,
+            ).offset
+        except grpc.RpcError as err:
+            offset = err.code()
+    return spaces, segments, offset
+
+
+def check_case(fz: Fuzz, method: str, body: bytes) -> Outcome:
+    """Sends ``body`` to ``method`` and checks the answer against the contract."""
+    count("fuzz cases tried")
+    count(f"fuzz cases tried: {method}")
+    try:
+        m: Any = REQUEST_TYPES[method].FromString(body)
+    except DecodeError:
+        m = None
+    follow = method == "Consume" and m is not None and m.follow
+    writer = method in ("Produce", "Commit") and m is not None and len(body) <= MAX_REQUEST
+    before = _state(fz.stub, method, m) if writer else None
+
+    outcome = invoke(fz.channel, method, body, FOLLOW_DEADLINE if follow else CALL_DEADLINE)
+    assert alive(fz.server), f"the server died on {method} {body[:200]!r}"
+    where = f"{method} ({len(body)} bytes) {body[:160]!r} -> {outcome.code.name}: "
+    where += outcome.details[:300]
+
+    assert outcome.code not in (Code.UNKNOWN, Code.INTERNAL), where
+    if len(body) > MAX_REQUEST:
+        expected = frozenset({Code.RESOURCE_EXHAUSTED})
+    elif m is None:
+        expected = frozenset({Code.INVALID_ARGUMENT})
+    elif why := violations(method, m):
+        expected = frozenset({Code.INVALID_ARGUMENT})
+        where += f" (invalid because: {'; '.join(why)})"
+    else:
+        expected = VALID_CODES[method] | ({Code.DEADLINE_EXCEEDED} if follow else frozenset())
+    assert outcome.code in expected, f"expected one of {sorted(c.name for c in expected)}: {where}"
+    if outcome.code is not Code.OK:
+        assert outcome.details, f"an error must say what is wrong: {where}"
+
+    if outcome.code is Code.OK:
+        for raw in outcome.responses:
+            response: Any = RESPONSE_TYPES[method].FromString(raw)
+            if method == "Consume":
+                assert 1 <= len(response.records) <= (m.max_batch or 10_000), where
+            if method in ("ListSpaces", "ListSegments") and response.next_page_token:
+                scope = "spaces" if method == "ListSpaces" else f"segments/{m.space}"
+                ISSUED.setdefault(scope, set()).add(response.next_page_token)
+    if before is not None and outcome.code is not Code.OK:
+        after = _state(fz.stub, method, m)
+        assert after == before, f"a rejected {method} changed the store: {where}"
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
+    tmp: Path = tmp_path_factory.mktemp("fuzz")
+    (tmp / "data").mkdir()
+    server = ServerProcess(tmp / "data", tmp / "server.log")
+    server.start()
+    assert server.channel is not None
+    try:
+        stub = server.stub
+        for space in SEED_SPACES:
+            for segment in SEED_SEGMENTS:
+                stub.Produce(
+                    pb.ProduceRequest(
+                        space=space,
+                        writes=[
+                            pb.SegmentWrite(
+                                segment=segment,
+                                records=[pb.RecordInput(payload=b"seed", metadata={"k": "v"})] * 3,
+                            )
+                        ],
+                    )
+                )
+            for consumer in SEED_CONSUMERS:
+                stub.Commit(pb.CommitRequest(consumer=consumer, space=space, offset=2))
+        # Enough segments in one space for ListSegments to issue real tokens.
+        stub.Produce(
+            pb.ProduceRequest(
+                space="fz-many",
+                writes=[
+                    pb.SegmentWrite(segment=f"s{i:03}", records=[pb.RecordInput(payload=b"x")])
+                    for i in range(30)
+                ],
+            )
+        )
+        yield Fuzz(server, server.channel, stub)
+        # Still answering after everything the fuzzer threw at it.
+        assert alive(server), f"server died; log:\n{server.log_path.read_text()[-4000:]}"
+        list_all_spaces(stub)
+    finally:
+        server.close()
+
+
+# -- strategies -------------------------------------------------------------
+
+CONTROL = [chr(c) for c in range(0x20)] + ["\x7f"]
+MULTIBYTE = ["é", "€", "𝄞", "中", "\u200b", "\ufeff", "ß"]
+
+
+def _exact_bytes(total: int, char: str) -> str:
+    """A name of exactly ``total`` UTF-8 bytes: multi-byte chars, padded with ASCII."""
+    name = ""
+    while _utf8_len(name + char) <= total:
+        name += char
+    return name + "a" * (total - _utf8_len(name))
+
+
+names = st.one_of(
+    st.sampled_from(SEED_SPACES + SEED_SEGMENTS + SEED_CONSUMERS + ("fz-many",)),
+    st.text(max_size=12),
+    st.text(alphabet=st.sampled_from([*CONTROL, "a", "é"]), min_size=1, max_size=6),
+    st.builds(
+        _exact_bytes, st.sampled_from([254, 255, 256, 257]), st.sampled_from([*MULTIBYTE, "a"])
+    ),
+    st.builds(lambda n, c: c * n, st.sampled_from([1_000, 70_000]), st.sampled_from(["x", "é"])),
+    st.just(""),
+    st.sampled_from(["/", ":", "a/b:c", " ", "\u0080", "\u009f", "\U0010ffff", "fz-0\x00"]),
+)
+u64 = st.one_of(
+    st.integers(0, 8),
+    st.sampled_from([U64_MAX, U64_MAX - 1, 2**63, 2**63 - 1, 2**32, 2**53 + 1]),
+    st.integers(0, U64_MAX),
+)
+payloads = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([MIB, MIB + 1]).map(lambda n: b"\x00" * n),
+)
+small_text = st.text(max_size=8)
+metadata = st.one_of(
+    st.dictionaries(small_text, small_text, max_size=4),
+    st.just({f"k{i}": "v" for i in range(65)}),
+    st.just({"k" * 256: "v"}),
+    st.just({"k": "v" * 4097}),
+    st.just({"é" * 127 + "a": "€" * 1365}),  # 255-byte key, 4095-byte value: allowed
+    st.dictionaries(st.sampled_from([*CONTROL, ""]), st.sampled_from(CONTROL), max_size=3),
+)
+records = st.builds(pb.RecordInput, payload=payloads, metadata=metadata)
+
+
+@st.composite
+def segment_writes(draw: st.DrawFn) -> pb.SegmentWrite:
+    write = pb.SegmentWrite(
+        segment=draw(names), records=draw(st.lists(records, min_size=0, max_size=3))
+    )
+    if draw(st.booleans()):
+        write.expected_sequence = draw(u64)
+    return write
+
+
+@st.composite
+def produce_requests(draw: st.DrawFn) -> pb.ProduceRequest:
+    request = pb.ProduceRequest(
+        space=draw(names),
+        writes=draw(st.lists(segment_writes(), max_size=3)),
+        transaction_id=draw(
+            st.one_of(
+                st.just(""),
+                st.sampled_from(["tx-1", "tx-2"]),
+                st.text(max_size=10),
+                st.builds(_exact_bytes, st.sampled_from([128, 129]), st.sampled_from(MULTIBYTE)),
+            )
+        ),
+    )
+    if request.writes and draw(st.integers(0, 30)) == 0:
+        # Over the records limit by one, across the writes.
+        request.writes[0].records.extend(pb.RecordInput() for _ in range(10_001))
+    return request
+
+
+@st.composite
+def consume_requests(draw: st.DrawFn) -> pb.ConsumeRequest:
+    request = pb.ConsumeRequest(
+        space=draw(names),
+        segment=draw(st.one_of(st.just(""), names)),
+        to_offset=draw(u64),
+        limit=draw(u64),
+        max_batch=draw(st.one_of(st.integers(0, 3), st.sampled_from([10_000, 10_001, U32_MAX]))),
+        follow=draw(st.integers(0, 4)) == 0,
+    )
+    start = draw(st.sampled_from(["none", "offset", "timestamp", "consumer", "end"]))
+    if start == "offset":
+        request.from_offset = draw(u64)
+    elif start == "timestamp":
+        request.from_timestamp.seconds = draw(
+            st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**34))
+        )
+        request.from_timestamp.nanos = draw(
+            st.one_of(st.integers(0, 999_999_999), st.integers(I32_MIN, I32_MAX))
+        )
+    elif start == "consumer":
+        request.from_consumer = draw(names)
+    elif start == "end":
+        request.from_end = True
+    return request
+
+
+@st.composite
+def commit_requests(draw: st.DrawFn) -> pb.CommitRequest:
+    request = pb.CommitRequest(
+        consumer=draw(names),
+        space=draw(names),
+        segment=draw(st.one_of(st.just(""), names)),
+        offset=draw(u64),
+    )
+    if draw(st.booleans()):
+        request.expected_offset = draw(u64)
+    return request
+
+
+page_sizes = st.one_of(
+    st.integers(-2, 3),
+    st.sampled_from([1000, 1001, I32_MAX, I32_MIN, -1]),
+    st.integers(I32_MIN, I32_MAX),
+)
+
+
+def _tamper(token: str, index: int, char: str) -> str:
+    if not token:
+        return char
+    index %= len(token)
+    return token[:index] + char + token[index + 1 :]
+
+
+@st.composite
+def page_tokens(draw: st.DrawFn, scope: str) -> str:
+    # The same draws whatever ISSUED holds (hypothesis replays draws): only the
+    # value picked from the pool depends on which tokens the server has issued.
+    kind = draw(st.sampled_from(["empty", "text", "b64", "issued", "tampered", "other", "huge"]))
+    text = draw(st.text(min_size=1, max_size=40))
+    b64 = draw(st.from_regex(r"\A[A-Za-z0-9_\-]{1,40}={0,2}\Z"))
+    pick, at = draw(st.integers(0, 10_000)), draw(st.integers(0, 200))
+    char = draw(st.sampled_from("AZaz09-_=!é"))
+    issued = sorted(ISSUED.get(scope, set())) or ["AQAAAABh"]
+    others = sorted(t for s, ts in ISSUED.items() if s != scope for t in ts) or ["AQAAAABhYg"]
+    match kind:
+        case "empty":
+            return ""
+        case "text":
+            return text
+        case "b64":
+            return b64
+        case "huge":
+            return "A" * (1_000 if pick % 2 else 100_000)
+        case "issued":
+            return issued[pick % len(issued)]
+        case "other":  # a real token, but from another listing
+            return others[pick % len(others)]
+        case _:
+            return _tamper(issued[pick % len(issued)], at, char)
+
+
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@SETTINGS
+@given(request=produce_requests())
+def test_produce_fuzz(fz: Fuzz, request: pb.ProduceRequest) -> None:
+    check_case(fz, "Produce", request.SerializeToString())
+
+
+@SETTINGS
+@given(request=consume_requests())
+def test_consume_fuzz(fz: Fuzz, request: pb.ConsumeRequest) -> None:
+    check_case(fz, "Consume", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=100)
+@given(space=names, segment=st.one_of(st.just(""), names))
+def test_peek_fuzz(fz: Fuzz, space: str, segment: str) -> None:
+    check_case(fz, "Peek", pb.PeekRequest(space=space, segment=segment).SerializeToString())
+
+
+@SETTINGS
+@given(request=commit_requests())
+def test_commit_fuzz(fz: Fuzz, request: pb.CommitRequest) -> None:
+    check_case(fz, "Commit", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=100)
+@given(consumer=names, space=names, segment=st.one_of(st.just(""), names))
+def test_get_offset_fuzz(fz: Fuzz, consumer: str, space: str, segment: str) -> None:
+    request = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
+    check_case(fz, "GetOffset", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=150)
+@given(data=st.data())
+def test_list_spaces_fuzz(fz: Fuzz, data: st.DataObject) -> None:
+    request = pb.ListSpacesRequest(
+        page_size=data.draw(page_sizes), page_token=data.draw(page_tokens("spaces"))
+    )
+    check_case(fz, "ListSpaces", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=150)
+@given(data=st.data())
+def test_list_segments_fuzz(fz: Fuzz, data: st.DataObject) -> None:
+    space = data.draw(st.one_of(st.just("fz-many"), names))
+    request = pb.ListSegmentsRequest(
+        space=space,
+        page_size=data.draw(page_sizes),
+        page_token=data.draw(page_tokens(f"segments/{space}")),
+    )
+    check_case(fz, "ListSegments", request.SerializeToString())
+
+
+# -- malformed protobuf bytes -----------------------------------------------
+
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xc3",  # truncated 2-byte sequence
+    b"a\x80b",  # lone continuation byte
+    b"\xc0\xaf",  # overlong "/"
+    b"\xed\xa0\x80",  # UTF-16 surrogate
+    b"\xf4\x90\x80\x80",  # past U+10FFFF
+    b"fz-0\xfe",
+]
+# Field numbers of every string field, per request type: (path of sub-message
+# fields, string field). Strings nested in Produce sit in SegmentWrite (2) and
+# in RecordInput (2 -> 2), whose metadata entries are messages of key 1, value 2.
+STRING_FIELDS: dict[str, list[int]] = {
+    "Produce": [1, 3],
+    "Consume": [1, 2, 5],
+    "Peek": [1, 2],
+    "Commit": [1, 2, 3],
+    "GetOffset": [1, 2, 3],
+    "ListSpaces": [2],
+    "ListSegments": [1, 3],
+}
+methods = st.sampled_from(sorted(REQUEST_TYPES))
+
+
+def _valid_body(method: str) -> bytes:
+    """A request the server accepts, to mutate."""
+    message: Message = {
+        "Produce": pb.ProduceRequest(
+            space="fz-0",
+            writes=[pb.SegmentWrite(segment="a", records=[pb.RecordInput(payload=b"p")])],
+        ),
+        "Consume": pb.ConsumeRequest(space="fz-0", segment="a", from_offset=2, limit=3),
+        "Peek": pb.PeekRequest(space="fz-0", segment="a"),
+        "Commit": pb.CommitRequest(consumer="c", space="fz-0", segment="a", offset=1),
+        "GetOffset": pb.GetOffsetRequest(consumer="c", space="fz-0"),
+        "ListSpaces": pb.ListSpacesRequest(page_size=2),
+        "ListSegments": pb.ListSegmentsRequest(space="fz-many", page_size=2),
+    }[method]
+    return message.SerializeToString()
+
+
+def _nested_group(depth: int) -> bytes:
+    """Unknown field 15 as nested groups (wire types 3 and 4), ``depth`` deep."""
+    return key(15, 3) * depth + key(15, 4) * depth
+
+
+@st.composite
+def malformed(draw: st.DrawFn) -> tuple[str, bytes]:
+    method = draw(methods)
+    valid = _valid_body(method)
+    kind = draw(
+        st.sampled_from(
+            [
+                "random",
+                "truncated",
+                "flipped",
+                "appended",
+                "bad_utf8",
+                "bad_utf8_nested",
+                "wrong_wire_type",
+                "truncated_varint",
+                "overlong_varint",
+                "length_past_end",
+                "groups",
+                "field_zero",
+            ]
+        )
+    )
+    if kind == "random":
+        body = draw(st.binary(max_size=200))
+    elif kind == "truncated":
+        body = valid[: draw(st.integers(0, max(0, len(valid) - 1)))]
+    elif kind == "flipped":
+        at = draw(st.integers(0, len(valid) - 1))
+        body = valid[:at] + bytes([valid[at] ^ draw(st.integers(1, 255))]) + valid[at + 1 :]
+    elif kind == "appended":
+        body = valid + draw(st.binary(min_size=1, max_size=20))
+    elif kind == "bad_utf8":
+        field = draw(st.sampled_from(STRING_FIELDS[method]))
+        body = valid + bytes_field(field, draw(st.sampled_from(INVALID_UTF8)))
+    elif kind == "bad_utf8_nested":
+        bad = draw(st.sampled_from(INVALID_UTF8))
+        where = draw(st.sampled_from(["segment", "meta_key", "meta_value", "txid"]))
+        if where == "segment":
+            write = bytes_field(1, bad) + bytes_field(2, bytes_field(1, b"p"))
+        else:
+            entry = bytes_field(1, bad) if where == "meta_key" else bytes_field(2, bad)
+            write = bytes_field(1, b"a") + bytes_field(2, bytes_field(2, entry))
+        body = bytes_field(1, b"fz-0") + bytes_field(2, write)
+        if where == "txid":
+            body = _valid_body("Produce") + bytes_field(3, bad)
+        method = "Produce"
+    elif kind == "wrong_wire_type":
+        # A known field number with a wire type that is not its own.
+        field = draw(st.integers(1, 10))
+        body = valid + draw(
+            st.sampled_from(
+                [
+                    key(field, 0) + varint(7),
+                    key(field, 1) + b"\x00" * 8,
+                    key(field, 2) + varint(3) + b"abc",
+                    key(field, 5) + b"\x00" * 4,
+                ]
+            )
+        )
+    elif kind == "truncated_varint":
+        field = draw(st.integers(1, 10))
+        body = valid + key(field, 0) + b"\xff" * draw(st.integers(1, 9))
+    elif kind == "overlong_varint":
+        field = draw(st.integers(1, 10))
+        body = valid + key(field, 0) + b"\xff" * 10 + b"\x01"
+    elif kind == "length_past_end":
+        field = draw(st.integers(1, 10))
+        body = valid + key(field, 2) + varint(draw(st.sampled_from([5, 2**31, 2**63]))) + b"ab"
+    elif kind == "groups":
+        body = valid + draw(
+            st.sampled_from(
+                [_nested_group(3), _nested_group(200), key(15, 4), key(15, 3), key(1, 3)]
+            )
+        )
+    else:  # field number 0 is never valid
+        body = key(0, 0) + varint(1) + valid
+    return method, body
+
+
+@settings(SETTINGS, max_examples=1000)
+@given(case=malformed())
+def test_malformed_protobuf(fz: Fuzz, case: tuple[str, bytes]) -> None:
+    method, body = case
+    check_case(fz, method, body)
+
+
+@pytest.mark.parametrize("method", sorted(REQUEST_TYPES))
+@pytest.mark.parametrize("bad", INVALID_UTF8)
+def test_invalid_utf8_in_every_string_field(fz: Fuzz, method: str, bad: bytes) -> None:
+    """Invalid UTF-8 in any top-level string field: INVALID_ARGUMENT, nothing written."""
+    for field in STRING_FIELDS[method]:
+        outcome = check_case(fz, method, _valid_body(method) + bytes_field(field, bad))
+        assert outcome.code is Code.INVALID_ARGUMENT, (method, field, outcome)
+
+
+# -- oversize requests and the biggest accepted ones -------------------------
+
+
+def _big_produce(payload_bytes: int, records: int, space: str = "fz-big") -> bytes:
+    return pb.ProduceRequest(
+        space=space,
+        writes=[
+            pb.SegmentWrite(
+                segment="big", records=[pb.RecordInput(payload=b"\x01" * payload_bytes)] * records
+            )
+        ],
+    ).SerializeToString()
+
+
+OVERSIZE: dict[str, Callable[[], tuple[str, bytes]]] = {
+    # 17 payloads of 1 MiB: over the 16 MiB request limit.
+    "produce_17_mib": lambda: ("Produce", _big_produce(MIB, 17)),
+    "produce_payload_1mib_plus_1": lambda: ("Produce", _big_produce(MIB + 1, 1)),
+    "produce_10001_records": lambda: ("Produce", _big_produce(0, 10_001)),
+    "produce_metadata_70000_pairs": lambda: (
+        "Produce",
+        pb.ProduceRequest(
+            space="fz-big",
+            writes=[
+                pb.SegmentWrite(
+                    segment="big",
+                    records=[pb.RecordInput(metadata={str(i): "v" for i in range(70_000)})],
+                )
+            ],
+        ).SerializeToString(),
+    ),
+    "produce_metadata_value_10_mib": lambda: (
+        "Produce",
+        pb.ProduceRequest(
+            space="fz-big",
+            writes=[
+                pb.SegmentWrite(
+                    segment="big", records=[pb.RecordInput(metadata={"k": "v" * MIB * 10})]
+                )
+            ],
+        ).SerializeToString(),
+    ),
+    "consume_space_20_mib": lambda: ("Consume", bytes_field(1, b"x" * 20 * MIB)),
+    "peek_space_16_mib_plus_1": lambda: ("Peek", bytes_field(1, b"x" * (MAX_REQUEST + 1))),
+    "list_spaces_token_17_mib": lambda: ("ListSpaces", bytes_field(2, b"A" * 17 * MIB)),
+    "commit_consumer_1_mib": lambda: (
+        "Commit",
+        pb.CommitRequest(consumer="c" * MIB, space="fz-0", offset=1).SerializeToString(),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERSIZE))
+def test_oversize_request(fz: Fuzz, case: str) -> None:
+    method, body = OVERSIZE[case]()
+    outcome = check_case(fz, method, body)
+    assert outcome.code in (Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED), outcome.code
+
+
+def test_largest_accepted_produce_reads_back(fz: Fuzz) -> None:
+    """15 records of 1 MiB each (just under 16 MiB) are accepted and read back whole."""
+    before = list_all_spaces(fz.stub).get("fz-max", 0)
+    outcome = check_case(fz, "Produce", _big_produce(MIB, 15, space="fz-max"))
+    assert outcome.code is Code.OK, outcome
+    got = [
+        r
+        for response in fz.stub.Consume(pb.ConsumeRequest(space="fz-max", from_offset=before + 1))
+        for r in response.records
+    ]
+    assert [len(r.payload) for r in got] == [MIB] * 15
+
+
+@pytest.mark.parametrize("expected", [2**63 - 1, 2**63, U64_MAX])
+def test_transaction_id_with_huge_expected_sequence(fz: Fuzz, expected: int) -> None:
+    """Found by the fuzzer: expected_sequence is a uint64, so any value up to 2**64-1
+    with a transaction_id is a plain mismatch (FAILED_PRECONDITION), never INTERNAL."""
+    write = pb.SegmentWrite(segment="a", records=[pb.RecordInput(payload=b"p")])
+    write.expected_sequence = expected
+    request = pb.ProduceRequest(space="fz-1", writes=[write], transaction_id=f"tx-{expected}")
+    outcome = check_case(fz, "Produce", request.SerializeToString())
+    assert outcome.code is Code.FAILED_PRECONDITION, outcome
+
+
+def test_server_still_serves_after_fuzzing(fz: Fuzz) -> None:
+    """Runs last in the module: the process is alive and answers every RPC."""
+    assert alive(fz.server)
+    stub = fz.stub
+    with contextlib.suppress(grpc.RpcError):
+        stub.GetOffset(pb.GetOffsetRequest(consumer="c", space="fz-0"))
+    ack = stub.Produce(
+        pb.ProduceRequest(
+            space="fz-0", writes=[pb.SegmentWrite(segment="a", records=[pb.RecordInput()])]
+        )
+    )
+    assert stub.Peek(pb.PeekRequest(space="fz-0", segment="a")).record.sequence == (
+        ack.acks[0].last_sequence
+    )
