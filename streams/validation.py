@@ -126,8 +126,9 @@ def _fingerprint(appends: list[SegmentAppend]) -> bytes:
     digest = hashlib.sha256()
     for append in appends:
         segment = append.segment.encode("utf-8")
-        expected = -1 if append.expected_sequence is None else append.expected_sequence
-        digest.update(struct.pack(">Iq", len(segment), expected) + segment)
+        has_expected = append.expected_sequence is not None
+        expected = append.expected_sequence or 0
+        digest.update(struct.pack(">I?Q", len(segment), has_expected, expected) + segment)
         digest.update(struct.pack(">I", len(append.bodies)))
         for body in append.bodies:
             digest.update(struct.pack(">I", len(body)) + body)

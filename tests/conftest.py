@@ -52,6 +52,16 @@ class InProcessServer:
         self.loop.close()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=None,
+        help="how long the load soak (tests/reliability/test_soak.py) runs; default 60 "
+        "(or STREAMS_SOAK_SECONDS)",
+    )
+
+
 @pytest.fixture
 def inproc(tmp_path: Path) -> Iterator[InProcessServer]:
     server = InProcessServer(tmp_path / "data")

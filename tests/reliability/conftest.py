@@ -1,8 +1,7 @@
-"""Options and the end-of-run figures of the reliability suites.
+"""Fixtures and the end-of-run figures of the reliability suites.
 
-``--soak-seconds`` is known to pytest only when this directory (or a file in
-it) is on the command line: ``pytest tests/reliability --soak-seconds 600``.
-``STREAMS_SOAK_SECONDS=600`` works however pytest is started.
+The soak's length: ``--soak-seconds 600`` (registered in tests/conftest.py so
+that it works however pytest is started) or ``STREAMS_SOAK_SECONDS=600``.
 """
 
 from __future__ import annotations
@@ -12,16 +11,6 @@ import os
 import pytest
 
 from .support import COUNTERS
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--soak-seconds",
-        type=float,
-        default=None,
-        help="how long the load soak (tests/reliability/test_soak.py) runs; default 60 "
-        "(or STREAMS_SOAK_SECONDS)",
-    )
 
 
 @pytest.fixture
