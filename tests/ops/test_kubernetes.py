@@ -3,6 +3,7 @@ against the image (Dockerfile) and the server's own option parser."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def check_streams_container(pod: dict[str, Any], volume_names: set[str]) -> conf
         metrics_port = int(cfg.metrics_listen.rpartition(":")[2])
         assert metrics_port in [p["containerPort"] for p in container["ports"]]
     assert pod["terminationGracePeriodSeconds"] > cfg.shutdown_grace
+    # The pod runs as the image's user, which owns the data folder.
+    uid = re.search(r"useradd [^&]*--uid (\d+)", (REPO_ROOT / "Dockerfile").read_text())
+    assert uid, "the Dockerfile creates no user with a fixed uid"
+    user = container.get("securityContext", {}).get("runAsUser")
+    assert user in (None, int(uid.group(1)))
+    assert pod.get("securityContext", {}).get("fsGroup") in (None, int(uid.group(1)))
     return cfg
 
 

@@ -107,8 +107,10 @@ def test_storage_bytes_grow_with_the_data(server: InProc) -> None:
     assert after - before >= 2_000_000
 
 
-def test_metrics_are_off_unless_asked_for(inproc: InProc) -> None:
-    assert inproc.server.metrics_port == 0
-    # Nothing in this process listens besides the gRPC port (the subprocess
-    # variant of this check, with the real defaults, is in test_config.py).
-    assert listening_ports(os.getpid()) == {inproc.port}
+def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:
+    before = listening_ports(os.getpid())
+    with InProc(tmp_path / "data") as server:
+        assert server.server.metrics_port == 0
+        # The server opened the gRPC port and nothing else (the subprocess
+        # variant of this check, with the real defaults, is in test_config.py).
+        assert listening_ports(os.getpid()) - before == {server.port}

@@ -25,6 +25,8 @@ from .helpers import (
     wait_until,
 )
 
+BIG = bytes(range(256)) * 4
+
 
 class Watcher:
     """A Health/Watch stream read in a thread; cancels itself at NOT_SERVING
@@ -117,9 +119,18 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         for thread in threads:
             thread.start()
         wait_until(lambda: all(len(p.acked) >= 5 for p in producers), what="producers running")
+        # A large Produce (10 MB, some tenths of a second of work) surely in the
+        # server's hands when the signal comes: it must finish and be acked.
+        big = pb.ProduceRequest(
+            space="big",
+            writes=[pb.SegmentWrite(segment="s", records=[pb.RecordInput(payload=BIG)] * 10_000)],
+        )
+        in_flight = stub.Produce.future(big, timeout=CALL_TIMEOUT)
+        time.sleep(0.15)
 
         server.send(signal.SIGTERM)
         sent = time.monotonic()
+        assert in_flight.result().acks[0].last_sequence == 10_000
         for thread in threads:
             thread.join(grace + 5)
         assert not any(t.is_alive() for t in threads), "a Produce got neither an ack nor an error"
@@ -170,6 +181,8 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         stored = {(r.position, r.payload) for r in read_all(stub, "busy")}
         assert {(r.position, r.payload) for r in follower.records} <= stored
         assert follower.records
+        big_stored = read_all(stub, "big", "s")
+        assert len(big_stored) == 10_000 and big_stored[-1].payload == BIG
         assert restarted.stop() == 0
         channel.close()
 
