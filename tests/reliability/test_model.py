@@ -1,0 +1,667 @@
+"""Model-based testing: random command sequences against a real server and a model.
+
+A hypothesis `RuleBasedStateMachine` drives one real server subprocess per run (fresh
+data directory) with random sequences of Produce (1 to 3 segments from a small pool
+with prefix pairs, right and wrong expected_sequence, transaction ids reused with the
+same and with different content, invalid shapes), Consume (every start, bounds, batch
+sizes, segment or whole space, follow with a reachable bound), Peek, Commit (with and
+without compare-and-set, past the end), GetOffset, paged ListSpaces/ListSegments, and
+restarts (SIGTERM and kill -9). Every answer, values and status codes, is compared with
+a small in-memory model written from the contract (shared/contract/v1.md) and the
+README's choices where the contract is silent.
+
+Timestamps cannot be predicted: the model takes each transaction's timestamp from its
+ack, then checks it never decreases along positions and is the one timestamp of every
+record of that transaction (reads, peeks, lists, duplicates, from_timestamp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from streams.v1 import streams_pb2 as pb
+
+from ..contract.helpers import ts_key
+from .harness import Server
+
+OK = grpc.StatusCode.OK
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+FAILED = grpc.StatusCode.FAILED_PRECONDITION
+EXISTS = grpc.StatusCode.ALREADY_EXISTS
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+
+# Small pools, so that commands collide. Prefix pairs: "a"/"ab", "m"/"m/x".
+SPACES = ("m", "m/x", "é")
+UNKNOWN_SPACE = "m/"  # never written: a prefix of "m/x", and "m" is a prefix of it
+SEGMENTS = ("a", "ab", "b", "a:b")
+UNKNOWN_SEGMENT = "a/"
+CONSUMERS = ("c", "cd")
+BAD_NAMES = ("bad\x00", "bad\x1f", "\x7f", "x" * 256)
+TXIDS = ("", "", "t1", "t2", "t3")
+PAYLOADS = (b"", b"x", b"y" * 40, b"\x00\xff\xfe")
+METADATAS: tuple[dict[str, str], ...] = ({}, {"k": "v"}, {"": "empty key", "k": "w"})
+DEFAULT_BATCH = 1000  # README: records per Consume response when max_batch is 0
+CALL_TIMEOUT = 10.0
+
+Ts = tuple[int, int]
+
+
+def valid_name(name: str) -> bool:
+    """Contract: UTF-8, 1 to 255 bytes, no U+0000-U+001F or U+007F."""
+    raw = name.encode()
+    return 1 <= len(raw) <= 255 and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+
+
+def call(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, Any]:
+    """(OK, result) or (code, details)."""
+    try:
+        return OK, fn()
+    except grpc.RpcError as err:
+        return err.code(), err.details() or ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MRec:
+    """A record as the model sees it (metadata as sorted pairs)."""
+
+    space: str
+    segment: str
+    sequence: int
+    position: int
+    payload: bytes
+    metadata: tuple[tuple[str, str], ...]
+    txid: str
+    ts: Ts
+
+
+def seen(r: pb.Record) -> MRec:
+    return MRec(
+        r.space,
+        r.segment,
+        r.sequence,
+        r.position,
+        r.payload,
+        tuple(sorted(r.metadata.items())),
+        r.transaction_id,
+        ts_key(r.timestamp),
+    )
+
+
+def writes_key(req: pb.ProduceRequest) -> tuple[object, ...]:
+    """Every field of `writes`: a repeat must match it exactly to be a duplicate."""
+    return tuple(
+        (
+            w.segment,
+            tuple((r.payload, tuple(sorted(r.metadata.items()))) for r in w.records),
+            w.expected_sequence if w.HasField("expected_sequence") else None,
+        )
+        for w in req.writes
+    )
+
+
+def ack_numbers(resp: pb.ProduceResponse) -> tuple[object, ...]:
+    return (
+        [(a.segment, a.first_sequence, a.last_sequence) for a in resp.acks],
+        resp.first_position,
+        resp.last_position,
+        ts_key(resp.timestamp),
+    )
+
+
+class Model:
+    """The contract, in memory."""
+
+    def __init__(self) -> None:
+        self.space_log: dict[str, list[MRec]] = {}
+        self.seg_log: dict[tuple[str, str], list[MRec]] = {}
+        self.txns: dict[tuple[str, str], tuple[tuple[object, ...], pb.ProduceResponse]] = {}
+        self.offsets: dict[tuple[str, str, str], int] = {}
+
+    def target(self, space: str, segment: str) -> list[MRec]:
+        if segment:
+            return self.seg_log.get((space, segment), [])
+        return self.space_log.get(space, [])
+
+    def last(self, space: str, segment: str) -> int:
+        return len(self.target(space, segment))
+
+    def last_ts(self, space: str) -> Ts | None:
+        log = self.space_log.get(space)
+        return log[-1].ts if log else None
+
+    def timestamps(self) -> list[Ts]:
+        return sorted({r.ts for log in self.space_log.values() for r in log})
+
+    # ---- Produce --------------------------------------------------------------------
+
+    def produce_check(self, req: pb.ProduceRequest) -> tuple[grpc.StatusCode, object]:
+        """The expected outcome before anything is applied: validation, duplicate, CAS."""
+        segments = [w.segment for w in req.writes]
+        if (
+            not valid_name(req.space)
+            or not req.writes
+            or any(not w.records for w in req.writes)
+            or any(not valid_name(s) for s in segments)
+            or len(set(segments)) != len(segments)
+            or len(req.transaction_id.encode()) > 128
+        ):
+            return INVALID, None
+        if req.transaction_id and (req.space, req.transaction_id) in self.txns:
+            key, original = self.txns[(req.space, req.transaction_id)]
+            if key == writes_key(req):
+                return OK, original  # a duplicate
+            return EXISTS, req.transaction_id
+        mismatches = [
+            (w.segment, self.last(req.space, w.segment))
+            for w in req.writes
+            if w.HasField("expected_sequence")
+            and w.expected_sequence != self.last(req.space, w.segment)
+        ]
+        if mismatches:
+            return FAILED, mismatches
+        return OK, None
+
+    def expected_numbers(self, req: pb.ProduceRequest) -> tuple[object, ...]:
+        acks = []
+        for w in req.writes:
+            first = self.last(req.space, w.segment) + 1
+            acks.append((w.segment, first, first + len(w.records) - 1))
+        first_position = self.last(req.space, "") + 1
+        count = sum(len(w.records) for w in req.writes)
+        return acks, first_position, first_position + count - 1
+
+    def apply(self, req: pb.ProduceRequest, resp: pb.ProduceResponse) -> None:
+        space = req.space
+        log = self.space_log.setdefault(space, [])
+        ts = ts_key(resp.timestamp)
+        for w in req.writes:
+            seg = self.seg_log.setdefault((space, w.segment), [])
+            for r in w.records:
+                rec = MRec(
+                    space,
+                    w.segment,
+                    len(seg) + 1,
+                    len(log) + 1,
+                    r.payload,
+                    tuple(sorted(r.metadata.items())),
+                    req.transaction_id,
+                    ts,
+                )
+                seg.append(rec)
+                log.append(rec)
+        if req.transaction_id:
+            self.txns[(space, req.transaction_id)] = (writes_key(req), resp)
+
+
+class StreamsMachine(RuleBasedStateMachine):
+    """One server subprocess per run; every answer checked against `Model`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="streams-model-"))
+        data = self.tmp / "data"
+        data.mkdir()
+        self.server = Server(data, self.tmp / "server.log")
+        self.server.start()
+        resp = self.stub.ListSpaces(pb.ListSpacesRequest(), timeout=CALL_TIMEOUT)
+        assert list(resp.spaces) == [] and resp.next_page_token == ""
+        self.model = Model()
+        self.sent: list[bytes] = []  # Produce requests with a transaction id, for replays
+        self.steps_since_restart = 0
+        self.restarts = 0
+
+    def teardown(self) -> None:
+        try:
+            self.server.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def stub(self) -> Any:
+        return self.server.stub
+
+    @initialize(data=st.data())
+    def some_records(self, data: st.DataObject) -> None:
+        """A few plain transactions to start from, so that reads have something to read."""
+        for i in range(data.draw(st.integers(0, 4), label="initial transactions")):
+            space = data.draw(st.sampled_from(SPACES), label="space")
+            segments = data.draw(
+                st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=2, unique=True),
+                label="segments",
+            )
+            writes = [
+                pb.SegmentWrite(
+                    segment=seg,
+                    records=[pb.RecordInput(payload=f"init {i} {seg} {j}".encode())
+                             for j in range(data.draw(st.integers(1, 3), label="records"))],
+                )
+                for seg in segments
+            ]
+            self._produce(pb.ProduceRequest(space=space, writes=writes))
+
+    @invariant()
+    def count_steps(self) -> None:
+        self.steps_since_restart += 1
+
+    # ---- Produce --------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def produce(self, data: st.DataObject) -> None:
+        space = data.draw(st.sampled_from(SPACES), label="space")
+        shape = data.draw(
+            st.sampled_from(
+                ("ok",) * 15 + ("no_writes", "no_records", "segment_twice", "bad_name",
+                                "long_txid")
+            ),
+            label="shape",
+        )
+        n = data.draw(st.integers(1, 3), label="segments")
+        segments = data.draw(
+            st.lists(st.sampled_from(SEGMENTS), min_size=n, max_size=n, unique=True),
+            label="segment names",
+        )
+        writes = []
+        for seg in segments:
+            inputs = data.draw(
+                st.lists(
+                    st.tuples(st.sampled_from(PAYLOADS), st.sampled_from(range(len(METADATAS)))),
+                    min_size=1,
+                    max_size=3,
+                ),
+                label=f"records of {seg}",
+            )
+            w = pb.SegmentWrite(
+                segment=seg,
+                records=[pb.RecordInput(payload=p, metadata=METADATAS[m]) for p, m in inputs],
+            )
+            last = self.model.last(space, seg)
+            check = data.draw(
+                st.sampled_from(("none", "none", "none", "right", "right", "wrong")),
+                label=f"check {seg}",
+            )
+            if check == "right":
+                w.expected_sequence = last
+            elif check == "wrong":
+                w.expected_sequence = data.draw(
+                    st.sampled_from([x for x in (0, last - 1, last + 1, last + 7) if x >= 0
+                                     and x != last]),
+                    label=f"wrong expected_sequence {seg}",
+                )
+            writes.append(w)
+        txid = data.draw(st.sampled_from(TXIDS), label="transaction_id")
+        if shape == "no_writes":
+            writes = []
+        elif shape == "no_records":
+            del writes[-1].records[:]
+        elif shape == "segment_twice":
+            writes.append(pb.SegmentWrite(segment=writes[0].segment, records=[pb.RecordInput()]))
+        elif shape == "bad_name":
+            bad = data.draw(st.sampled_from(("", *BAD_NAMES)), label="bad name")
+            if data.draw(st.booleans(), label="bad space"):
+                space = bad
+            else:
+                writes[-1].segment = bad
+        elif shape == "long_txid":
+            txid = "t" * 129
+        req = pb.ProduceRequest(space=space, writes=writes, transaction_id=txid)
+        self._produce(req)
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        """The same request again, byte for byte (a client retry)."""
+        raw = data.draw(st.sampled_from(self.sent), label="replayed request")
+        self._produce(pb.ProduceRequest.FromString(raw))
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(data=st.data())
+    def reuse_id(self, data: st.DataObject) -> None:
+        """A sent transaction_id again, with one field of `writes` changed."""
+        req = pb.ProduceRequest.FromString(
+            data.draw(st.sampled_from(self.sent), label="request to change")
+        )
+        change = data.draw(
+            st.sampled_from(("payload", "metadata", "extra record", "expected_sequence",
+                             "segment order", "drop write")),
+            label="change",
+        )
+        w = req.writes[0]
+        if change == "payload":
+            w.records[0].payload += b"!"
+        elif change == "metadata":
+            w.records[0].metadata["changed"] = "yes"
+        elif change == "extra record":
+            w.records.add(payload=b"extra")
+        elif change == "expected_sequence":
+            if w.HasField("expected_sequence"):
+                w.ClearField("expected_sequence")
+            else:
+                w.expected_sequence = self.model.last(req.space, w.segment)
+        elif change == "segment order" and len(req.writes) > 1:
+            req.writes.append(pb.SegmentWrite(segment=w.segment, records=w.records))
+            del req.writes[0]
+        elif len(req.writes) > 1:
+            del req.writes[-1]
+        else:
+            req.writes.add(segment="zz", records=[pb.RecordInput(payload=b"zz")])
+        self._produce(req)
+
+    def _produce(self, req: pb.ProduceRequest) -> None:
+        code, want = self.model.produce_check(req)
+        got_code, got = call(lambda: self.stub.Produce(req, timeout=CALL_TIMEOUT))
+        event(f"Produce {code.name}{' duplicate' if isinstance(want, pb.ProduceResponse) else ''}")
+        assert got_code == code, (
+            f"Produce {req}: expected {code.name}, got {got_code.name}: {got}"
+        )
+        if req.transaction_id and code != INVALID:
+            self.sent.append(req.SerializeToString())
+        if code == EXISTS:
+            assert req.transaction_id in got, f"ALREADY_EXISTS should name the id: {got!r}"
+            return
+        if code == FAILED:
+            assert any(seg in got and str(last) in got for seg, last in want), (
+                f"FAILED_PRECONDITION should name a segment and its last sequence {want}: {got!r}"
+            )
+            return
+        if code != OK:
+            return
+        if isinstance(want, pb.ProduceResponse):  # a duplicate: the original answer
+            assert got.duplicate, f"a repeat of {req.transaction_id!r} must say duplicate=true"
+            assert ack_numbers(got) == ack_numbers(want), (
+                f"duplicate answer {ack_numbers(got)} differs from the original "
+                f"{ack_numbers(want)}"
+            )
+            return
+        assert not got.duplicate, f"a first write answered duplicate=true: {req}"
+        numbers = ack_numbers(got)[:3]
+        assert numbers == self.model.expected_numbers(req), (
+            f"Produce acked {numbers}, the model expects {self.model.expected_numbers(req)}"
+        )
+        last_ts = self.model.last_ts(req.space)
+        assert last_ts is None or ts_key(got.timestamp) >= last_ts, (
+            f"timestamp went back in {req.space!r}: {ts_key(got.timestamp)} < {last_ts}"
+        )
+        self.model.apply(req, got)
+
+    # ---- Reads ----------------------------------------------------------------------
+
+    def _target(self, data: st.DataObject) -> tuple[str, str]:
+        """Mostly a written target (space or segment); sometimes any, unknown ones included."""
+        known = sorted(
+            {(sp, "") for sp in self.model.space_log} | set(self.model.seg_log),
+            key=lambda t: (t[0].encode(), t[1].encode()),
+        )
+        if known and data.draw(st.sampled_from((True, True, True, False)), label="known"):
+            return data.draw(st.sampled_from(known), label="target")
+        space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE)), label="space")
+        segment = data.draw(
+            st.sampled_from(("", "", *SEGMENTS, UNKNOWN_SEGMENT)), label="segment"
+        )
+        return space, segment
+
+    @rule(data=st.data())
+    def consume(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        items = self.model.target(space, segment)
+        top = len(items)
+        req = pb.ConsumeRequest(space=space, segment=segment)
+        start_kind = data.draw(
+            st.sampled_from(("none", "offset", "offset", "timestamp", "consumer", "end")),
+            label="start",
+        )
+        start = 0
+        if start_kind == "offset":
+            req.from_offset = data.draw(st.integers(0, top + 2), label="from_offset")
+            start = max(req.from_offset, 1) - 1
+        elif start_kind == "timestamp":
+            stamps = self.model.timestamps()
+            candidates = [(0, 1), (4_000_000_000, 0)]
+            for s, n in stamps:
+                candidates += [(s, n), (s, n + 1), (s, n - 1) if n else (s - 1, 999_999_999)]
+            sec, nanos = data.draw(st.sampled_from(candidates), label="from_timestamp")
+            req.from_timestamp.CopyFrom(Timestamp(seconds=sec, nanos=nanos))
+            start = next((i for i, r in enumerate(items) if r.ts >= (sec, nanos)), top)
+        elif start_kind == "consumer":
+            consumer = data.draw(st.sampled_from(CONSUMERS), label="from_consumer")
+            req.from_consumer = consumer
+            start = self.model.offsets.get((consumer, space, segment), 0)
+        elif start_kind == "end":
+            req.from_end = True
+            start = top
+        if data.draw(st.booleans(), label="has to_offset"):
+            req.to_offset = data.draw(st.integers(1, top + 2), label="to_offset")
+        if data.draw(st.booleans(), label="has limit"):
+            req.limit = data.draw(st.integers(1, 4), label="limit")
+        req.max_batch = data.draw(st.sampled_from((0, 0, 1, 2, 3, 10_000, 10_001)),
+                                  label="max_batch")
+        want = items[start:]
+        if req.to_offset:
+            want = want[: max(req.to_offset - start, 0)]
+        if req.limit:
+            want = want[: req.limit]
+        # follow=True only when the bound is reached by stored records: it must then end.
+        if want and start_kind != "end" and (
+            (req.limit and len(want) == req.limit)
+            or (req.to_offset and start + len(want) == req.to_offset)
+        ):
+            req.follow = data.draw(st.booleans(), label="follow")
+
+        code, got = call(lambda: list(self.stub.Consume(req, timeout=CALL_TIMEOUT)))
+        event(f"Consume {start_kind}: {'some' if want else 'no'} records"
+              f"{', follow' if req.follow else ''}")
+        if req.max_batch > 10_000:
+            assert code == INVALID, f"max_batch {req.max_batch}: {code.name} {got}"
+            assert "max_batch" in got, got
+            return
+        assert code == OK, f"Consume {req}: {code.name} {got}"
+        cap = req.max_batch or DEFAULT_BATCH
+        for resp in got:
+            assert 1 <= len(resp.records) <= cap, f"a response of {len(resp.records)} records"
+        records = [seen(r) for resp in got for r in resp.records]
+        assert records == want, f"Consume {req}:\n got  {records}\n want {want}"
+
+    @rule(data=st.data())
+    def consume_bad_name(self, data: st.DataObject) -> None:
+        bad = data.draw(st.sampled_from(BAD_NAMES), label="bad name")
+        field = data.draw(st.sampled_from(("space", "segment", "from_consumer")), label="field")
+        req = pb.ConsumeRequest(space="m", segment="a")
+        setattr(req, field, bad)
+        code, got = call(lambda: list(self.stub.Consume(req, timeout=CALL_TIMEOUT)))
+        assert code == INVALID, f"Consume with bad {field} {bad!r}: {code.name} {got}"
+
+    @rule(data=st.data())
+    def peek(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        items = self.model.target(space, segment)
+        code, got = call(
+            lambda: self.stub.Peek(pb.PeekRequest(space=space, segment=segment),
+                                   timeout=CALL_TIMEOUT)
+        )
+        if not items:
+            assert code == NOT_FOUND, f"Peek {space!r}/{segment!r} on nothing: {code.name} {got}"
+            return
+        assert code == OK, f"Peek {space!r}/{segment!r}: {code.name} {got}"
+        assert seen(got.record) == items[-1]
+
+    # ---- Offsets --------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        consumer = data.draw(st.sampled_from((*CONSUMERS, *CONSUMERS, "", "\x01")),
+                             label="consumer")
+        top = self.model.last(space, segment)
+        key = (consumer, space, segment)
+        stored = self.model.offsets.get(key)
+        req = pb.CommitRequest(
+            consumer=consumer,
+            space=space,
+            segment=segment,
+            offset=data.draw(st.integers(0, top + 2), label="offset"),
+        )
+        cas = data.draw(st.sampled_from(("none", "none", "right", "wrong")), label="cas")
+        if cas == "right":
+            req.expected_offset = stored or 0
+        elif cas == "wrong":
+            req.expected_offset = data.draw(
+                st.sampled_from([x for x in (0, 1, 2, (stored or 0) + 1, top + 5)
+                                 if x != (stored or 0) and not (x == 0 and stored is None)]),
+                label="wrong expected_offset",
+            )
+        code, got = call(lambda: self.stub.Commit(req, timeout=CALL_TIMEOUT))
+        event(f"Commit {code.name}")
+        if not valid_name(consumer):
+            assert code == INVALID, f"Commit with consumer {consumer!r}: {code.name} {got}"
+            return
+        if req.offset > top:  # README: OUT_OF_RANGE is checked before the CAS
+            assert code == OUT_OF_RANGE, f"Commit {req} past {top}: {code.name} {got}"
+            return
+        if req.HasField("expected_offset") and req.expected_offset != (stored or 0):
+            assert code == FAILED, f"Commit {req} with {stored} stored: {code.name} {got}"
+            if stored is not None:
+                assert str(stored) in got, f"should name the stored offset {stored}: {got!r}"
+            return
+        assert code == OK, f"Commit {req} ({stored} stored, last {top}): {code.name} {got}"
+        assert got.offset == req.offset
+        self.model.offsets[key] = req.offset
+
+    @rule(data=st.data())
+    def get_offset(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        consumer = data.draw(st.sampled_from((*CONSUMERS, "\x7f")), label="consumer")
+        req = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
+        code, got = call(lambda: self.stub.GetOffset(req, timeout=CALL_TIMEOUT))
+        if not valid_name(consumer):
+            assert code == INVALID, f"GetOffset {consumer!r}: {code.name} {got}"
+            return
+        stored = self.model.offsets.get((consumer, space, segment))
+        if stored is None:
+            assert code == NOT_FOUND, f"GetOffset {req} never committed: {code.name} {got}"
+            return
+        assert code == OK, f"GetOffset {req}: {code.name} {got}"
+        assert got.offset == stored
+
+    # ---- Lists ----------------------------------------------------------------------
+
+    def _pages(
+        self, data: st.DataObject, fetch: Callable[[int, str], Any], field: str
+    ) -> list[Any] | None:
+        """All pages, or None after checking a bad page_size / token is refused."""
+        page_size = data.draw(st.sampled_from((0, 1, 1, 2, 3, 1001, -1)), label="page_size")
+        bad_token = data.draw(st.sampled_from(("", "", "", "", "garbage", "AAAA")),
+                              label="page_token")
+        if page_size < 0 or bad_token:
+            code, got = call(lambda: fetch(page_size, bad_token))
+            assert code == INVALID, f"page_size {page_size} token {bad_token!r}: {code.name}"
+            assert ("page_size" if page_size < 0 else "page_token") in got, got
+            return None
+        cap = min(page_size or 100, 1000)
+        pages = []
+        token = ""
+        for _ in range(100):
+            code, page = call(lambda token=token: fetch(page_size, token))
+            assert code == OK, f"list page: {code.name} {page}"
+            pages.append(page)
+            assert len(getattr(page, field)) <= cap
+            token = page.next_page_token
+            if not token:
+                break
+        else:
+            raise AssertionError("paging did not end")
+        assert all(len(getattr(p, field)) == cap for p in pages[:-1]), (
+            f"a page before the last one is not full: {[len(getattr(p, field)) for p in pages]}"
+        )
+        return [item for p in pages for item in getattr(p, field)]
+
+    @rule(data=st.data())
+    def list_spaces(self, data: st.DataObject) -> None:
+        items = self._pages(
+            data,
+            lambda size, token: self.stub.ListSpaces(
+                pb.ListSpacesRequest(page_size=size, page_token=token), timeout=CALL_TIMEOUT
+            ),
+            "spaces",
+        )
+        if items is None:
+            return
+        got = [(s.name, s.last_position, ts_key(s.last_timestamp)) for s in items]
+        want = [
+            (name, log[-1].position, log[-1].ts)
+            for name, log in sorted(self.model.space_log.items(), key=lambda kv: kv[0].encode())
+        ]
+        assert got == want
+
+    @rule(data=st.data())
+    def list_segments(self, data: st.DataObject) -> None:
+        space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE)), label="space")
+        items = self._pages(
+            data,
+            lambda size, token: self.stub.ListSegments(
+                pb.ListSegmentsRequest(space=space, page_size=size, page_token=token),
+                timeout=CALL_TIMEOUT,
+            ),
+            "segments",
+        )
+        if items is None:
+            return
+        got = [
+            (s.name, s.last_sequence, s.last_position, ts_key(s.last_timestamp)) for s in items
+        ]
+        want = [
+            (seg, log[-1].sequence, log[-1].position, log[-1].ts)
+            for (sp, seg), log in sorted(
+                self.model.seg_log.items(), key=lambda kv: kv[0][1].encode()
+            )
+            if sp == space
+        ]
+        assert got == want
+
+    # ---- Restarts -------------------------------------------------------------------
+
+    @precondition(lambda self: self.steps_since_restart >= 8)
+    @rule(kill=st.booleans())
+    def restart(self, kill: bool) -> None:
+        """SIGTERM (must exit 0) or kill -9: either way everything acked is kept."""
+        if kill:
+            self.server.kill9_and_restart()
+        else:
+            code = self.server.stop()
+            assert code == 0, f"SIGTERM: the server exited with {code}"
+            self.server.start()
+        self.steps_since_restart = 0
+        self.restarts += 1
+        event("restart kill -9" if kill else "restart SIGTERM")
+
+
+# Shrinking restarts a server per attempt and can take minutes: opt in with
+# STREAMS_MODEL_SHRINK=1 (a failure is reported with its full, unshrunk steps otherwise).
+_PHASES = tuple(Phase) if os.environ.get("STREAMS_MODEL_SHRINK") else (
+    Phase.explicit, Phase.reuse, Phase.generate
+)
+StreamsMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("STREAMS_MODEL_EXAMPLES", "40")),
+    stateful_step_count=40,
+    deadline=None,
+    phases=_PHASES,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestStreamsModel = StreamsMachine.TestCase
