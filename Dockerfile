@@ -23,4 +23,6 @@ EXPOSE 50051
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/app/.venv/bin/python", "-m", "streams.healthcheck"]
-CMD ["scripts/serve"]
+# Arguments (docker run IMAGE --flag, Kubernetes `args`) go to the server.
+ENTRYPOINT ["scripts/serve"]
+CMD []

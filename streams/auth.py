@@ -51,6 +51,11 @@ class Caller:
         if not self.allows(action, space):
             raise PermissionDenied(f"space: the token has no {action} access to {space!r}")
 
+    def check_action(self, action: Action) -> None:
+        """For calls that name no space (ListSpaces)."""
+        if action not in self.access:
+            raise PermissionDenied(f"authorization: the token has no {action} access")
+
 
 ANYONE = Caller(spaces=("*",), access=frozenset(ACTIONS))
 

@@ -264,6 +264,7 @@ class StreamsService:
     async def list_spaces(
         self, request: pb.ListSpacesRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.ListSpacesResponse:
+        caller.check_action("read")
         size = validation.page_size(request.page_size)
         after = validation.decode_page_token("spaces", request.page_token)
         # Only spaces the token may read: another's space names are theirs.
