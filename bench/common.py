@@ -53,6 +53,35 @@ def sample_process(pid: int) -> ProcessSample:
     return ProcessSample(cpu, rss, peak)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine so far (all cores)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return (total - idle) / _CLOCK_TICKS, total / _CLOCK_TICKS
+
+
+def wait_for_quiet(max_wait: float = 30.0, threshold: float = 0.15) -> float:
+    """Waits (up to ``max_wait`` s) for a second in which the machine is under
+    ``threshold`` busy, so that other work does not skew the figures; returns
+    the busy share of the last second measured. Warns when it never got quiet."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy_before, total_before = machine_cpu()
+        time.sleep(1.0)
+        busy_after, total_after = machine_cpu()
+        share = (busy_after - busy_before) / max(total_after - total_before, 1e-9)
+        if share < threshold:
+            return share
+        if time.monotonic() >= deadline:
+            print(
+                f"warning: the machine is {share:.0%} busy with other work: figures will be low",
+                file=sys.stderr,
+            )
+            return share
+
+
 @dataclass
 class Server:
     """A running ``server.py`` subprocess; its stderr goes to ``log_path``."""

@@ -36,6 +36,7 @@ from common import (
     percentile,
     ratio,
     run_server,
+    wait_for_quiet,
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -435,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     counts = QUICK if args.quick else FULL
     began = time.monotonic()
 
+    background = [wait_for_quiet()]
     raw = measure_raw(counts)
+    background.append(wait_for_quiet())
     durable = measure_server(counts, sync=True, consume=True)
+    background.append(wait_for_quiet())
     no_sync = measure_server(counts, sync=False, consume=False)
 
     flush = "write + flush_wal(True) per batch"
@@ -485,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"## Streams core benchmark ({mode}: {counts.records_per_call} records x "
         f"{counts.payload_bytes} B per call; {counts.calls_1} calls for 1 producer, "
-        f"{counts.calls_4} per producer for 4; consume median of {counts.repeats})\n"
+        f"{counts.calls_4} per producer for 4; consume median of {counts.repeats}; other load "
+        f"before each phase at most {max(background):.0%} of the machine)\n"
     )
     print(markdown_table(["figure", "value", "raw-rocksdict limit", "ratio"], rows))
     print(
