@@ -18,7 +18,10 @@ import contextlib
 import dataclasses
 import itertools
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -27,7 +30,7 @@ import grpc
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 
-from ..contract.conftest import ServerProcess
+from ..contract.conftest import REPO_ROOT, ServerProcess
 from ..contract.helpers import ts_key
 
 Stub = pb_grpc.StreamsServiceStub
@@ -71,6 +74,27 @@ class Server(ServerProcess):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         self._reap(signal.SIGKILL)
+
+    def kill9_while_starting(self, delay: float) -> None:
+        """Starts a server on the data directory and SIGKILLs it `delay` s later, whether or
+        not it is ready yet (a crash during recovery or right after it)."""
+        assert self.proc is None
+        with open(self.log_path, "a") as log:
+            log.write(f"--- start, to be killed after {delay:.3f} s\n")
+            log.flush()
+            proc = subprocess.Popen(
+                [sys.executable, "server.py", "--listen", "127.0.0.1:0", "--data",
+                 str(self.data_dir)],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            try:
+                time.sleep(delay)
+            finally:
+                proc.kill()
+                proc.wait()
 
     def sigterm(self) -> int | None:
         """Graceful stop; returns the exit code."""

@@ -259,8 +259,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
                 for f in run.followers]
     started = time.monotonic()
     figures = dict.fromkeys(
-        ("cycles", "sigterm_cycles", "checks", "retried_duplicate", "retried_fresh",
-         "follower_records_checked", "offset_checks", "pending_present", "pending_absent"),
+        ("cycles", "sigterm_cycles", "kills_while_starting", "checks", "retried_duplicate",
+         "retried_fresh", "follower_records_checked", "offset_checks", "pending_present",
+         "pending_absent"),
         0,
     )
 
@@ -292,6 +293,10 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             else:
                 server.kill9()
             run.gate.close()
+            if not graceful and cycle % 4 == 0:
+                # Now and then a second crash, during (or right after) the recovery.
+                server.kill9_while_starting(rng.uniform(0.0, 0.5))
+                figures["kills_while_starting"] += 1
             server.start()
             report, _ = check_store(server.stub, run.journal, SPACES, run.followers)
             problems = list(report.problems) + run.errors
@@ -340,7 +345,8 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     print(
         f"\ncrash: seed {seed}, {figures['cycles']} kill -9 cycles and "
-        f"{figures['sigterm_cycles']} SIGTERM cycles under load in {elapsed:.1f} s, "
+        f"{figures['sigterm_cycles']} SIGTERM cycles under load in {elapsed:.1f} s "
+        f"({figures['kills_while_starting']} more kills while starting), "
         f"{total} transactions ({records} records) checked in the end, "
         f"{figures['checks']} transaction checks over all cycles, "
         f"{run.acks} acked on first try, {run.unanswered} unanswered "
@@ -353,6 +359,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
     for name, value in (
         ("kill -9 cycles", figures["cycles"]),
         ("SIGTERM cycles under load", figures["sigterm_cycles"]),
+        ("kill -9 during start-up", figures["kills_while_starting"]),
         ("transactions checked (distinct)", total),
         ("transaction checks (over all cycles)", figures["checks"]),
         ("unanswered transactions retried", run.unanswered),

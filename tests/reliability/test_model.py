@@ -436,7 +436,8 @@ class StreamsMachine(RuleBasedStateMachine):
             stamps = self.model.timestamps()
             candidates = [(0, 1), (4_000_000_000, 0)]
             for s, n in stamps:
-                candidates += [(s, n), (s, n + 1), (s, n - 1) if n else (s - 1, 999_999_999)]
+                for delta in (-1, 0, 1):  # each timestamp, and one nanosecond either side
+                    candidates.append(divmod(s * 1_000_000_000 + n + delta, 1_000_000_000))
             sec, nanos = data.draw(st.sampled_from(candidates), label="from_timestamp")
             req.from_timestamp.CopyFrom(Timestamp(seconds=sec, nanos=nanos))
             start = next((i for i, r in enumerate(items) if r.ts >= (sec, nanos)), top)
