@@ -67,6 +67,22 @@ def framed_size(stored: bytes) -> int:
     return 1 + len(varint(len(stored))) + len(stored)
 
 
+def take(records: Iterable[bytes], max_records: int, max_bytes: int) -> list[bytes]:
+    """The leading ``records`` that fit one response: at most ``max_records``, and
+    at most ``max_bytes`` once framed, except that the first always goes."""
+    assert max_records >= 1
+    out: list[bytes] = []
+    size = 0
+    for stored in records:
+        size += framed_size(stored)
+        if out and size > max_bytes:
+            break
+        out.append(stored)
+        if len(out) == max_records:
+            break
+    return out
+
+
 def consume_response(records: Iterable[bytes]) -> bytes:
     """A serialized ``ConsumeResponse`` holding the stored ``records`` as they are."""
     parts: list[bytes] = []

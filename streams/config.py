@@ -28,6 +28,7 @@ class Config:
     dedupe_window_seconds: float = 24 * 3600.0
     dedupe_sweep_seconds: float = 60.0
     shutdown_grace: float = 10.0
+    follow_linger_ms: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
     metrics_listen: str = ""
@@ -140,6 +141,13 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         d.shutdown_grace,
         "Seconds in-flight calls may run on after SIGTERM/SIGINT before they are cancelled.",
     )
+    p.add(
+        "follow-linger-ms",
+        float,
+        d.follow_linger_ms,
+        "Under a high commit rate, wake followers at most once per this many ms, so "
+        "each response carries several transactions (0: wake on every commit).",
+    )
     p.add("log-level", str, d.log_level, "Least severe level logged.", logs.LEVELS)
     p.add(
         "log-format",
@@ -192,6 +200,8 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     for name in ("dedupe_window_seconds", "dedupe_sweep_seconds"):
         if getattr(args, name) <= 0:
             p.parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.follow_linger_ms < 0:
+        p.parser.error("--follow-linger-ms must not be negative")
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -205,6 +215,7 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         dedupe_window_seconds=args.dedupe_window_seconds,
         dedupe_sweep_seconds=args.dedupe_sweep_seconds,
         shutdown_grace=args.shutdown_grace,
+        follow_linger_ms=args.follow_linger_ms,
         log_level=args.log_level,
         log_format=args.log_format,
         metrics_listen=args.metrics_listen,

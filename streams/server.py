@@ -74,6 +74,7 @@ class StreamsServer:
                 sync=cfg.sync,
                 dedupe_window_ns=int(cfg.dedupe_window_seconds * 1e9),
                 on_fsync=self.metrics.fsync_seconds.observe,
+                follow_linger=cfg.follow_linger_ms / 1000,
             ),
         )
         self._server = grpc.aio.server(

@@ -68,6 +68,8 @@ class StoreOptions:
     # each of its segments): followers read these without touching RocksDB.
     tail_window_records: int = 10_000
     tail_window_bytes: int = 16 * 1024 * 1024
+    # Followers are woken at most once per this many seconds (see Tail).
+    follow_linger: float = 0.0
     clock: Callable[[], int] = field(default=time.time_ns)
     # Called with each WAL fsync's duration in seconds (metrics).
     on_fsync: Callable[[float], None] | None = None
@@ -160,7 +162,9 @@ class RocksStore:
         self._write_options.sync = False  # the group commit fsyncs the WAL
         self._spaces: dict[str, _Space] = {}
         self._pending: list[_Pending] = []
-        self._tail = Tail(options.tail_window_records, options.tail_window_bytes)
+        self._tail = Tail(
+            options.tail_window_records, options.tail_window_bytes, options.follow_linger
+        )
         self._group = GroupCommit(
             self._sync_wal if options.sync else None, self._publish, options.on_fsync
         )
@@ -487,20 +491,21 @@ class RocksStore:
         prefix = self._prefix(target)
         read_options = rocksdict.ReadOptions()
         read_options.set_iterate_upper_bound(prefix + keys.u64(last + 1))
-        records: list[bytes] = []
-        size = 0
-        for value in self._db.values(from_key=prefix + keys.u64(first), read_opt=read_options):
-            size += codec.framed_size(value)
-            if records and size > max_bytes:
-                break
-            records.append(value)
-            if len(records) == max_records:
-                break
-        # Offsets are dense up to the durable watermark: a short read is a bug.
-        assert len(records) == min(max_records, last - first + 1) or size > max_bytes, (
+        seen: list[bytes] = []
+
+        def values() -> Iterator[bytes]:
+            for key, value in self._db.items(
+                from_key=prefix + keys.u64(first), read_opt=read_options
+            ):
+                seen.append(key)
+                yield value
+
+        records = codec.take(values(), max_records, max_bytes)
+        # Offsets are dense up to the durable watermark: the n-th record read
+        # has offset first + n - 1.
+        assert records and seen[len(records) - 1] == prefix + keys.u64(first + len(records) - 1), (
             target,
             first,
-            last,
             len(records),
         )
         return records

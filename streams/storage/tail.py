@@ -18,9 +18,8 @@ them).
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
-from itertools import islice
 from types import TracebackType
 
 from streams import codec
@@ -29,53 +28,56 @@ from streams.model import Target
 
 
 class Window:
-    """The latest durable records of one target: offsets ``first`` and on, contiguous."""
+    """The latest durable records of one target: offsets ``first`` and on, contiguous.
 
-    __slots__ = ("first", "max_bytes", "max_records", "records", "size")
+    A list with a moving head rather than a deque, so that a follower's read
+    is a slice (O(records read)) wherever it starts in the window.
+    """
+
+    __slots__ = ("first", "head", "items", "max_bytes", "max_records", "size")
 
     def __init__(self, max_records: int, max_bytes: int) -> None:
-        self.first = 0
-        self.records: deque[bytes] = deque()
+        self.first = 0  # the offset of items[head]
+        self.head = 0
+        self.items: list[bytes] = []
         self.size = 0
         self.max_records = max_records
         self.max_bytes = max_bytes
 
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
     @property
     def end(self) -> int:
         """One past the last offset held."""
-        return self.first + len(self.records)
+        return self.first + len(self)
 
     def append(self, offset: int, records: Sequence[bytes]) -> None:
         if offset != self.end:
             # A gap (the space was not followed when those were committed):
             # start over, so the window stays contiguous.
-            self.records.clear()
+            self.items.clear()
+            self.head = 0
             self.size = 0
             self.first = offset
-        self.records.extend(records)
+        self.items.extend(records)
         self.size += sum(len(r) for r in records)
-        while len(self.records) > self.max_records or (
-            self.size > self.max_bytes and len(self.records) > 1
-        ):
-            self.size -= len(self.records.popleft())
+        while len(self) > self.max_records or (self.size > self.max_bytes and len(self) > 1):
+            self.size -= len(self.items[self.head])
+            self.head += 1
             self.first += 1
+        if self.head * 2 > len(self.items):
+            del self.items[: self.head]  # amortized O(1) per record
+            self.head = 0
 
     def slice(self, first: int, last: int, max_records: int, max_bytes: int) -> list[bytes] | None:
         """Records ``first..last`` as ``Store.read`` cuts them, or None when the
         window does not hold ``first``."""
-        if not self.records or not self.first <= first < self.end:
+        if not self.first <= first < self.end:
             return None
-        out: list[bytes] = []
-        size = 0
-        count = min(last, self.end - 1) - first + 1
-        for stored in islice(self.records, first - self.first, first - self.first + count):
-            size += codec.framed_size(stored)
-            if out and size > max_bytes:
-                break
-            out.append(stored)
-            if len(out) == max_records:
-                break
-        return out
+        start = self.head + first - self.first
+        stop = start + min(last - first + 1, max_records)
+        return codec.take(self.items[start:stop], max_records, max_bytes)
 
 
 class Subscription:
@@ -118,10 +120,19 @@ class Subscription:
 class Tail:
     """Followers' wake-ups and the in-memory windows of followed spaces."""
 
-    def __init__(self, window_records: int, window_bytes: int) -> None:
-        assert window_records >= 1 and window_bytes >= 1
+    def __init__(self, window_records: int, window_bytes: int, linger: float = 0.0) -> None:
+        assert window_records >= 1 and window_bytes >= 1 and linger >= 0
         self._window_records = window_records
         self._window_bytes = window_bytes
+        # Wake-ups closer together than `linger` seconds are merged, so that
+        # under a high commit rate each follower sends one response per
+        # `linger` rather than one per transaction: gRPC's per-message cost,
+        # not storage, bounds how many messages the server can send. The first
+        # commit after a quiet spell wakes followers at once.
+        self._linger = linger
+        self._last_wake = float("-inf")
+        self._due: set[Target] = set()
+        self._timer: asyncio.TimerHandle | None = None
         self._followers: Counter[Target] = Counter()
         self._spaces: Counter[str] = Counter()  # followers per space, all targets
         self._events: dict[Target, asyncio.Event] = {}
@@ -204,9 +215,27 @@ class Tail:
         return window
 
     def _wake(self, target: Target) -> None:
-        event = self._events.pop(target, None)
-        if event is not None:
-            event.set()
+        if target not in self._events:
+            return
+        self._due.add(target)
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._last_wake + self._linger - loop.time()
+        if delay <= 0:
+            self._flush()
+        else:
+            self._timer = loop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Wakes the followers of every target published since the last wake-up."""
+        self._timer = None
+        self._last_wake = asyncio.get_running_loop().time()
+        for target in self._due:
+            event = self._events.pop(target, None)
+            if event is not None:
+                event.set()
+        self._due.clear()
 
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
@@ -221,13 +250,18 @@ class Tail:
     def reset(self) -> None:
         """Drops the windows and wakes every follower (after the store was reopened)."""
         self._windows.clear()
-        for event in self._events.values():
-            event.set()
-        self._events.clear()
+        self._wake_all()
 
     def close(self) -> None:
         """Ends every wait with Unavailable (at shutdown)."""
         self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
         for event in self._events.values():
             event.set()
         self._events.clear()
