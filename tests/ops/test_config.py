@@ -47,6 +47,7 @@ VALUES = {
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--shutdown-grace": "3.5",
+    "--follow-linger-ms": "7.5",
     "--log-level": "debug",
     "--log-format": "json",
     "--metrics-listen": "127.0.0.1:9100",
