@@ -11,6 +11,7 @@ import hashlib
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -84,42 +85,49 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
         seen.add(segment)
         if not write.records:
             raise InvalidArgument(f"writes[{i}].records: must hold at least one record")
-        bodies = tuple(
-            _record_body(f"writes[{i}].records[{j}]", record, lim)
-            for j, record in enumerate(write.records)
-        )
+        bodies = tuple(_record_body(i, j, record, lim) for j, record in enumerate(write.records))
         expected = write.expected_sequence if write.HasField("expected_sequence") else None
         appends.append(SegmentAppend(segment, bodies, expected))
     return Transaction(space, tuple(appends), txid, _fingerprint(appends) if txid else b"")
 
 
-def _record_body(field: str, record: pb.RecordInput, lim: Limits) -> bytes:
-    if len(record.payload) > lim.max_payload_bytes:
+def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits) -> bytes:
+    """The record's serialized body, once its payload and metadata are checked.
+
+    This runs for every record of every Produce: the common case (a body
+    within the payload limit, no metadata) costs one serialization.
+    """
+    # Deterministic, so a retry of the same request has the same fingerprint.
+    body = record.SerializeToString(deterministic=True)
+    # The body holds the payload, so only a body over the limit can hide one.
+    if len(body) > lim.max_payload_bytes and len(record.payload) > lim.max_payload_bytes:
         raise InvalidArgument(
-            f"{field}.payload: {len(record.payload)} bytes, over max_payload_bytes "
-            f"({lim.max_payload_bytes})"
+            f"writes[{i}].records[{j}].payload: {len(record.payload)} bytes, over "
+            f"max_payload_bytes ({lim.max_payload_bytes})"
         )
-    metadata = record.metadata
+    if record.metadata:
+        _check_metadata(f"writes[{i}].records[{j}].metadata", record.metadata, lim)
+    return body
+
+
+def _check_metadata(field: str, metadata: Mapping[str, str], lim: Limits) -> None:
     if len(metadata) > lim.max_metadata_pairs:
         raise InvalidArgument(
-            f"{field}.metadata: {len(metadata)} pairs, over max_metadata_pairs "
-            f"({lim.max_metadata_pairs})"
+            f"{field}: {len(metadata)} pairs, over max_metadata_pairs ({lim.max_metadata_pairs})"
         )
     for key, value in metadata.items():
         key_size = len(key.encode("utf-8"))
         if key_size > lim.max_metadata_key_bytes:
             raise InvalidArgument(
-                f"{field}.metadata: key {show(key)} is {key_size} bytes, over "
+                f"{field}: key {show(key)} is {key_size} bytes, over "
                 f"max_metadata_key_bytes ({lim.max_metadata_key_bytes})"
             )
         value_size = len(value.encode("utf-8"))
         if value_size > lim.max_metadata_value_bytes:
             raise InvalidArgument(
-                f"{field}.metadata[{show(key)}]: value {show(value)} is {value_size} bytes, "
+                f"{field}[{show(key)}]: value {show(value)} is {value_size} bytes, "
                 f"over max_metadata_value_bytes ({lim.max_metadata_value_bytes})"
             )
-    # Deterministic, so a retry of the same request has the same fingerprint.
-    return record.SerializeToString(deterministic=True)
 
 
 def _fingerprint(appends: list[SegmentAppend]) -> bytes:
