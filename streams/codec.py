@@ -26,7 +26,7 @@ _POSITION_TAG = b"\x30"  # Record.position = 6, varint
 _RECORDS_TAG = b"\x0a"  # ConsumeResponse.records = 1, length-delimited
 
 
-def varint(value: int) -> bytes:
+def _encode_varint(value: int) -> bytes:
     assert value >= 0, value
     out = bytearray()
     while value > 0x7F:
@@ -34,6 +34,15 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Record lengths under 16 KiB (two varint bytes) are looked up, not encoded:
+# framing runs once per record read.
+_SHORT_VARINTS = tuple(_encode_varint(n) for n in range(1 << 14))
+
+
+def varint(value: int) -> bytes:
+    return _SHORT_VARINTS[value] if value < 1 << 14 else _encode_varint(value)
 
 
 def timestamp(ns: int) -> Timestamp:
@@ -62,9 +71,16 @@ def record_timestamp_ns(stored: bytes) -> int:
     return timestamp_ns(pb.Record.FromString(stored).timestamp)
 
 
+def record_offset(stored: bytes, in_space: bool) -> int:
+    """A stored record's position (``in_space``) or sequence."""
+    parsed = pb.Record.FromString(stored)
+    return parsed.position if in_space else parsed.sequence
+
+
 def framed_size(stored: bytes) -> int:
     """Bytes that one record adds to a ``ConsumeResponse``."""
-    return 1 + len(varint(len(stored))) + len(stored)
+    size = len(stored)
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
 
 
 def take(records: Iterable[bytes], max_records: int, max_bytes: int) -> list[bytes]:
