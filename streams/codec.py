@@ -42,7 +42,20 @@ _SHORT_VARINTS = tuple(_encode_varint(n) for n in range(1 << 14))
 
 
 def varint(value: int) -> bytes:
-    return _SHORT_VARINTS[value] if value < 1 << 14 else _encode_varint(value)
+    if value < 1 << 14:
+        return _SHORT_VARINTS[value]
+    if value < 1 << 21:  # sequences and positions up to two million: unrolled
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+    if value < 1 << 28:
+        return bytes(
+            (
+                (value & 0x7F) | 0x80,
+                ((value >> 7) & 0x7F) | 0x80,
+                ((value >> 14) & 0x7F) | 0x80,
+                value >> 21,
+            )
+        )
+    return _encode_varint(value)
 
 
 def timestamp(ns: int) -> Timestamp:
