@@ -117,9 +117,14 @@ def _read_lines(stream: Iterable[str], lines: queue.Queue[str | None]) -> None:
 
 @contextlib.contextmanager
 def run_server(
-    *, sync: bool = True, extra: Sequence[str] = (), start_timeout: float = 30.0
+    *,
+    sync: bool = True,
+    extra: Sequence[str] = (),
+    start_timeout: float = 30.0,
+    data: Path | None = None,
 ) -> Iterator[Server]:
-    """Starts ``server.py`` on 127.0.0.1 with a fresh data folder, stops it after.
+    """Starts ``server.py`` on 127.0.0.1 with a fresh data folder (or ``data``,
+    kept as it is), stops it after.
 
     Example::
 
@@ -127,27 +132,38 @@ def run_server(
             channel = grpc.insecure_channel(server.address)
     """
     with tempfile.TemporaryDirectory(prefix="streams-bench-") as tmp:
-        data = Path(tmp) / "data"
-        log_path = Path(tmp) / "server.log"
+        data = data or Path(tmp) / "data"
         command = [sys.executable, "server.py", "--listen", "127.0.0.1:0", "--data", str(data)]
         if not sync:
             command.append("--no-sync")
         command.extend(extra)
-        with open(log_path, "w", encoding="utf-8") as log:
-            process = subprocess.Popen(
-                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+        with run_listening(command, Path(tmp) / "server.log", start_timeout) as (process, address):
+            yield Server(process, address, Path(tmp) / "server.log", data)
+
+
+@contextlib.contextmanager
+def run_listening(
+    command: Sequence[str], log_path: Path, start_timeout: float = 30.0
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Runs ``command`` (from the repo root) until it prints ``listening on
+    HOST:PORT``; yields the process and that address, stops it after with
+    SIGTERM. Its stderr goes to ``log_path``; error lines are shown at the end."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            list(command), cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+    try:
+        yield process, _wait_listening(process, start_timeout)
+    finally:
+        _stop(process)
+        problems = log_problems(log_path, ("ERROR", "Traceback", "CRITICAL"))
+        if problems:
+            print(
+                f"{Path(command[1]).name} log had {len(problems)} error line(s), first ones:",
+                file=sys.stderr,
             )
-        try:
-            address = _wait_listening(process, start_timeout)
-            server = Server(process, address, log_path, data)
-            yield server
-        finally:
-            _stop(process)
-            problems = log_problems(log_path, ("ERROR", "Traceback", "CRITICAL"))
-            if problems:
-                print(f"server log had {len(problems)} error line(s), first ones:", file=sys.stderr)
-                for line in problems[:10]:
-                    print("  " + line, file=sys.stderr)
+            for line in problems[:10]:
+                print("  " + line, file=sys.stderr)
 
 
 def _wait_listening(process: subprocess.Popen[str], timeout: float) -> str:
@@ -178,6 +194,14 @@ def _stop(process: subprocess.Popen[str], grace: float = 15.0) -> None:
         print(f"server did not stop within {grace:.0f}s of SIGTERM: killing it", file=sys.stderr)
         process.kill()
         process.wait(timeout=grace)
+
+
+def load_note() -> str:
+    """The machine's load right now, for the report: the 1-minute load average
+    and the busy share of all cores over the last second (after waiting up to
+    30 s for it to drop under 15 %)."""
+    busy = wait_for_quiet()
+    return f"load average {os.getloadavg()[0]:.2f}, {busy:.0%} busy"
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -38,8 +38,8 @@ from common import (
     run_server,
     wait_for_quiet,
 )
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from streams import codec, keys
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -201,63 +201,77 @@ def median_rate(runs: Sequence[Rate]) -> Rate:
 # -- The same work on raw rocksdict --------------------------------------
 
 
-def _name(value: str) -> bytes:
-    return value.encode() + b"\x00"
+@dataclass
+class RawBatch:
+    """The puts of one Produce call, and how many records they hold."""
+
+    items: list[tuple[bytes, bytes]]
+    records: int
 
 
 @dataclass
 class RawLayout:
-    """The server's key layout (``streams/keys.py``), rebuilt here: record
-    values are serialized ``Record`` messages, as the server stores them."""
+    """The server's key layout (``streams/keys.py``) and stored values
+    (``streams/codec.py``: serialized ``Record`` bytes), rebuilt here."""
 
     space: str
     payload_bytes: int
 
+    def transaction_items(
+        self, writes: Sequence[tuple[str, int, int]], first_position: int
+    ) -> RawBatch:
+        """The puts of one Produce call writing ``(segment, first sequence,
+        count)`` for each of ``writes``: 2 per record, a catalog put per segment,
+        then the space catalog put (no transaction id: no dedupe entry)."""
+        ts = 1_700_000_000 * codec.NANOS
+        body = pb.RecordInput(payload=b"p" * self.payload_bytes).SerializeToString()
+        space_prefix = keys.space_prefix(self.space)
+        items = []
+        position = first_position - 1
+        for segment, first_sequence, count in writes:
+            header = codec.record_header(self.space, segment, ts, "")
+            segment_prefix = keys.segment_prefix(self.space, segment)
+            for sequence in range(first_sequence, first_sequence + count):
+                position += 1
+                value = codec.record(header, sequence, position, body)
+                items.append((segment_prefix + _U64.pack(sequence), value))
+                items.append((space_prefix + _U64.pack(position), value))
+            items.append(
+                (
+                    keys.segment_catalog_key(self.space, segment),
+                    struct.pack(">QQQ", first_sequence + count - 1, position, ts),
+                )
+            )
+        items.append((keys.space_catalog_key(self.space), struct.pack(">QQ", position, ts)))
+        return RawBatch(items, position - first_position + 1)
+
     def batch_items(
         self, segment: str, first_sequence: int, first_position: int, count: int
-    ) -> list[tuple[bytes, bytes]]:
-        """The puts of one Produce call: 2 per record, then the two catalog puts."""
-        ts = Timestamp(seconds=1_700_000_000)
-        payload = b"p" * self.payload_bytes
-        segment_prefix = b"R" + _name(self.space) + _name(segment)
-        space_prefix = b"P" + _name(self.space)
-        items = []
-        for i in range(count):
-            sequence, position = first_sequence + i, first_position + i
-            value = pb.Record(
-                space=self.space,
-                segment=segment,
-                sequence=sequence,
-                position=position,
-                timestamp=ts,
-                payload=payload,
-            ).SerializeToString()
-            items.append((segment_prefix + _U64.pack(sequence), value))
-            items.append((space_prefix + _U64.pack(position), value))
-        last_sequence, last_position = first_sequence + count - 1, first_position + count - 1
-        items.append(
-            (
-                b"S" + _name(self.space) + _name(segment),
-                struct.pack(">QQQ", last_sequence, last_position, 0),
-            )
-        )
-        items.append((b"A" + _name(self.space), struct.pack(">QQ", last_position, 0)))
-        return items
+    ) -> RawBatch:
+        """The puts of one Produce call of ``count`` records to one segment."""
+        return self.transaction_items([(segment, first_sequence, count)], first_position)
 
-    def batches(self, segments: int, calls: int, per_call: int) -> list[list[tuple[bytes, bytes]]]:
-        """``calls`` batches, round-robin over ``segments`` segments."""
-        sequences = [0] * segments
+    def batches(
+        self, segments: int, calls: int, per_call: int, segments_per_call: int = 1
+    ) -> list[RawBatch]:
+        """``calls`` batches, round-robin over ``segments`` writers; each call
+        writes ``per_call`` records to each of ``segments_per_call`` segments
+        (``producer-W``, or ``producer-W-J`` when there are several)."""
+        sequences: dict[str, int] = {}
         position = 0
         out = []
         for call in range(calls):
-            segment = call % segments
-            out.append(
-                self.batch_items(
-                    f"producer-{segment}", sequences[segment] + 1, position + 1, per_call
-                )
+            writer = call % segments
+            names = (
+                [f"producer-{writer}"]
+                if segments_per_call == 1
+                else [f"producer-{writer}-{j}" for j in range(segments_per_call)]
             )
-            sequences[segment] += per_call
-            position += per_call
+            writes = [(name, sequences.get(name, 0) + 1, per_call) for name in names]
+            out.append(self.transaction_items(writes, position + 1))
+            for name in names:
+                sequences[name] = sequences.get(name, 0) + per_call
+            position += per_call * segments_per_call
         return out
 
 
@@ -269,7 +283,7 @@ def open_raw(path: Path) -> rocksdict.Rdict:
 
 def raw_write(
     db: rocksdict.Rdict,
-    batches: Sequence[list[tuple[bytes, bytes]]],
+    batches: Sequence[RawBatch],
     sync: bool,
     flush_every: int,
     max_seconds: float,
@@ -286,12 +300,12 @@ def raw_write(
     deadline = start + max_seconds
     for first in range(0, len(batches), group):
         before = time.perf_counter()
-        for items in batches[first : first + group]:
+        for raw in batches[first : first + group]:
             batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in items:
+            for key, value in raw.items:
                 batch.put(key, value)
             db.write(batch, options)
-            records += (len(items) - 2) // 2
+            records += raw.records
         if flush_every:
             db.flush_wal(True)
         latencies.append(time.perf_counter() - before)
@@ -300,13 +314,15 @@ def raw_write(
     return Rate(records, time.perf_counter() - start, latencies)
 
 
-def raw_scan(db: rocksdict.Rdict, prefix: bytes) -> Rate:
-    """One bounded forward scan of every value under ``prefix``."""
+def raw_scan(db: rocksdict.Rdict, prefix: bytes, first: int = 1, limit: int = 0) -> Rate:
+    """One bounded forward scan of the values under ``prefix`` (a segment or
+    space prefix) from offset ``first`` on: all of them, or ``limit``."""
     read_options = rocksdict.ReadOptions()
-    read_options.set_iterate_upper_bound(prefix[:-1] + bytes([prefix[-1] + 1]))
+    end = keys.prefix_end(prefix) if not limit else prefix + _U64.pack(first + limit)
+    read_options.set_iterate_upper_bound(end)
     before = time.perf_counter()
     count = 0
-    for _ in db.values(from_key=prefix, read_opt=read_options):
+    for _ in db.values(from_key=prefix + _U64.pack(first), read_opt=read_options):
         count += 1
     return Rate(count, time.perf_counter() - before, [])
 
@@ -327,7 +343,7 @@ def measure_raw(counts: Counts) -> RawFigures:
     four = layout.batches(4, counts.calls_4 * 4, counts.records_per_call)
     with tempfile.TemporaryDirectory(prefix="streams-bench-raw-") as tmp:
         figures: dict[str, Rate] = {}
-        runs: list[tuple[str, list[list[tuple[bytes, bytes]]], bool, int]] = [
+        runs: list[tuple[str, list[RawBatch], bool, int]] = [
             ("sync_true", single, True, 0),
             ("flush_wal", single, False, 1),
             ("flush_wal_4", four, False, 4),
@@ -346,15 +362,15 @@ def measure_raw(counts: Counts) -> RawFigures:
         try:
             options = rocksdict.WriteOptions()
             for space, segments in (("scan-segment", 1), ("scan-space", SPACE_SEGMENTS)):
-                for items in RawLayout(space, counts.payload_bytes).batches(
+                for raw in RawLayout(space, counts.payload_bytes).batches(
                     segments, calls, per_call
                 ):
                     batch = rocksdict.WriteBatch(raw_mode=True)
-                    for key, value in items:
+                    for key, value in raw.items:
                         batch.put(key, value)
                     db.write(batch, options)
-            segment_prefix = b"R" + _name("scan-segment") + _name("producer-0")
-            space_prefix = b"P" + _name("scan-space")
+            segment_prefix = keys.segment_prefix("scan-segment", "producer-0")
+            space_prefix = keys.space_prefix("scan-space")
             scan_segment = median_rate(
                 [raw_scan(db, segment_prefix) for _ in range(counts.repeats)]
             )

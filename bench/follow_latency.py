@@ -288,7 +288,7 @@ def _collect(
 ) -> list[FollowerReport]:
     """Follower reports: up to ``drain`` s for the streams to reach the end
     marker, then ``stop`` tells the rest to report what they have."""
-    reports = []
+    reports: list[FollowerReport] = []
     deadline = time.monotonic() + drain
     try:
         while len(reports) < count:

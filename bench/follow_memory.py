@@ -45,7 +45,9 @@ def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
 
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert match is not None, "no VmRSS line in /proc/PID/status"
+    return int(match.group(1)) / 1024
 
 
 async def produce_volume(stub: streams_pb2_grpc.StreamsServiceStub, mb: int) -> None:

@@ -1,10 +1,19 @@
 # Sourced by scripts/*: makes .venv/ at the repo root and keeps it in step
 # with pyproject.toml. The venv is (re)built when it is missing, when its
 # Python is broken, when pyproject.toml changed, or when it lacks the extras
-# asked for (a venv with the dev extras serves `scripts/serve` as it is).
+# asked for (a venv with more extras than asked serves as it is: one made
+# by `scripts/bench` with dev,bench serves `scripts/test` and `scripts/serve`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+
+# True when every comma-separated extra of $2 is in the comma-separated list $1.
+_has_extras() {
+    local extra
+    for extra in ${2//,/ }; do
+        [[ ",$1," == *",$extra,"* ]] || return 1
+    done
+}
 
 ensure_venv() {
     local extras="${1:-}"
@@ -14,7 +23,7 @@ ensure_venv() {
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ]; then
         local have
         have="$(cat "$stamp")"
-        if [ "${have%% *}" = "$hash" ] && { [ -z "$extras" ] || [ "${have#* }" = "$extras" ]; }; then
+        if [ "${have%% *}" = "$hash" ] && _has_extras "${have#* }" "$extras"; then
             return 0
         fi
     fi
