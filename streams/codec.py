@@ -84,12 +84,6 @@ def record_timestamp_ns(stored: bytes) -> int:
     return timestamp_ns(pb.Record.FromString(stored).timestamp)
 
 
-def record_offset(stored: bytes, in_space: bool) -> int:
-    """A stored record's position (``in_space``) or sequence."""
-    parsed = pb.Record.FromString(stored)
-    return parsed.position if in_space else parsed.sequence
-
-
 def framed_size(stored: bytes) -> int:
     """Bytes that one record adds to a ``ConsumeResponse``."""
     size = len(stored)

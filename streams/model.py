@@ -7,6 +7,7 @@ only these (and stored record bytes), never gRPC objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,16 @@ class SegmentInfo:
     last_sequence: int
     last_position: int
     last_timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """Records read for one Consume response: already framed as the response's
+    ``records`` field (so they go to the wire as they are), and how many."""
+
+    framed: bytes
+    count: int
+    EMPTY: ClassVar[Records]
+
+
+Records.EMPTY = Records(b"", 0)

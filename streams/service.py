@@ -195,18 +195,18 @@ class StreamsService:
             await context.send_initial_metadata(())
             remaining = query.limit or U64_MAX
             while remaining and first <= last:
-                records = self._store.read(
+                batch = self._store.read(
                     target,
                     first,
                     last,
                     min(query.max_batch, remaining),
                     self._limits.max_response_bytes,
                 )
-                if records:
-                    yield codec.consume_response(records)
-                    self._metrics.consumed_records.inc(len(records))
-                    first += len(records)
-                    remaining -= len(records)
+                if batch.count:
+                    yield batch.framed
+                    self._metrics.consumed_records.inc(batch.count)
+                    first += batch.count
+                    remaining -= batch.count
                 elif sub is None:
                     break
                 else:

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
-from streams.model import ProduceResult, SegmentInfo, SpaceInfo, Target, Transaction
+from streams.model import (
+    ProduceResult,
+    Records,
+    SegmentInfo,
+    SpaceInfo,
+    Target,
+    Transaction,
+)
 
 
 class Subscription(Protocol):
@@ -50,7 +57,7 @@ class Store(Protocol):
 
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> list[bytes]:
+    ) -> Records:
         """Stored records of ``target`` with offsets ``first..last``, capped at the
         durable last offset, at most ``max_records`` and ``max_bytes`` of framed
         response (always at least one record when one is in range)."""

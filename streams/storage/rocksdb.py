@@ -38,12 +38,15 @@ from streams.errors import (
 )
 from streams.model import (
     ProduceResult,
+    Records,
     SegmentAck,
     SegmentInfo,
     SpaceInfo,
     Target,
     Transaction,
 )
+from streams.storage import chunks
+from streams.storage.chunks import Chunk
 from streams.storage.group_commit import GroupCommit, SyncAborted
 from streams.storage.tail import Subscription, Tail
 
@@ -260,14 +263,17 @@ class RocksStore:
             sequence = segment.last_sequence if segment else 0
             first_sequence = sequence + 1
             header = codec.record_header(txn.space, append.segment, ts, txn.transaction_id)
-            values = []
-            for body in append.bodies:
-                sequence += 1
-                position += 1
-                value = codec.record(header, sequence, position, body)
-                batch.put(prefix + keys.u64(sequence), value)
-                batch.put(space_prefix + keys.u64(position), value)
-                values.append(value)
+            values = [
+                codec.record(header, sequence + i, position + i, body)
+                for i, body in enumerate(append.bodies, start=1)
+            ]
+            # The same chunk under its segment key and its space key: the
+            # write's positions are consecutive, like its sequences.
+            for index, chunk in chunks.pack(values):
+                batch.put(prefix + keys.u64(sequence + 1 + index), chunk)
+                batch.put(space_prefix + keys.u64(position + 1 + index), chunk)
+            sequence += len(values)
+            position += len(values)
             kept.append(values if keep else [])
             last_positions.append(position)
             batch.put(
@@ -478,30 +484,67 @@ class RocksStore:
 
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> list[bytes]:
+    ) -> Records:
         assert max_records >= 1 and max_bytes >= 1
         self._check_open()
         first = max(first, 1)
         last = min(last, self.last_offset(target))
         if first > last:
-            return []
+            return Records.EMPTY
         recent = self._tail.read(target, first, last, max_records, max_bytes)
         if recent is not None:
             return recent
         prefix = self._prefix(target)
+        parts: list[bytes] = []
+        count = size = 0
+        with self._chunks(prefix, last) as iterator:
+            iterator.seek_for_prev(prefix + keys.u64(first))
+            while iterator.valid() and count < max_records:
+                chunk_first = keys.read_u64(iterator.key(), len(prefix))
+                chunk = Chunk(iterator.value())
+                skip = first + count - chunk_first
+                # Offsets are dense up to the durable watermark: each chunk
+                # starts where the one before it ended.
+                assert 0 <= skip < chunk.count and (count == 0 or skip == 0), (target, first)
+                stop = min(chunk.count, skip + max_records - count, last - chunk_first + 1)
+                stop = chunk.fit(skip, stop, max_bytes - size, at_least_one=count == 0)
+                if stop == skip:
+                    break
+                parts.append(chunk.framed(skip, stop))
+                size += chunk.size(skip, stop)
+                count += stop - skip
+                if stop < chunk.count:
+                    break
+                iterator.next()
+        assert count >= 1, (target, first, last)
+        return Records(b"".join(parts), count)
+
+    @contextlib.contextmanager
+    def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
+        """An iterator over the chunks of ``prefix`` that start at or before ``last``.
+
+        The options own the bounds the native iterator points at: they must
+        live as long as it does.
+        """
         read_options = rocksdict.ReadOptions()
+        read_options.set_iterate_lower_bound(prefix)
         read_options.set_iterate_upper_bound(prefix + keys.u64(last + 1))
-        values = self._db.values(from_key=prefix + keys.u64(first), read_opt=read_options)
-        records = codec.take(values, max_records, max_bytes)
-        # Offsets are dense up to the durable watermark: the n-th record read
-        # has offset first + n - 1 (checked on the last one, once per read).
-        assert records, (target, first, last)
-        assert codec.record_offset(records[-1], target.is_space) == first + len(records) - 1, (
-            target,
-            first,
-            len(records),
-        )
-        return records
+        iterator = self._db.iter(read_options)
+        try:
+            yield iterator
+        finally:
+            del iterator, read_options
+
+    def _chunk_at(
+        self, iterator: rocksdict.RdictIter, prefix: bytes, offset: int
+    ) -> tuple[int, Chunk]:
+        """The chunk holding ``offset`` (a durable one) and its first offset."""
+        iterator.seek_for_prev(prefix + keys.u64(offset))
+        assert iterator.valid(), (prefix, offset)
+        chunk_first = keys.read_u64(iterator.key(), len(prefix))
+        chunk = Chunk(iterator.value())
+        assert chunk_first <= offset < chunk_first + chunk.count, (prefix, offset)
+        return chunk_first, chunk
 
     def subscribe(self, target: Target) -> Subscription:
         self._check_open()
@@ -520,14 +563,16 @@ class RocksStore:
         self._check_open()
         prefix = self._prefix(target)
         low, high = 1, self.last_offset(target)
-        while low <= high:
-            middle = (low + high) // 2
-            stored = self._db.get(prefix + keys.u64(middle))
-            assert stored is not None, (target, middle)
-            if codec.record_timestamp_ns(stored) >= timestamp_ns:
-                high = middle - 1
-            else:
-                low = middle + 1
+        with self._chunks(prefix, high) as iterator:
+            # A transaction's records share its timestamp: a chunk's first
+            # record stands for all of its records.
+            while low <= high:
+                middle = (low + high) // 2
+                _, chunk = self._chunk_at(iterator, prefix, middle)
+                if codec.record_timestamp_ns(chunk.record(0)) >= timestamp_ns:
+                    high = middle - 1
+                else:
+                    low = middle + 1
         return low
 
     def peek(self, target: Target) -> bytes | None:
@@ -535,9 +580,10 @@ class RocksStore:
         last = self.last_offset(target)
         if last == 0:
             return None
-        stored = self._db.get(self._prefix(target) + keys.u64(last))
-        assert stored is not None, (target, last)
-        return stored
+        prefix = self._prefix(target)
+        with self._chunks(prefix, last) as iterator:
+            chunk_first, chunk = self._chunk_at(iterator, prefix, last)
+        return chunk.record(last - chunk_first)
 
     def list_spaces(
         self, after: str | None, limit: int, include: Callable[[str], bool] | None = None

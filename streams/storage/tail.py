@@ -24,7 +24,7 @@ from types import TracebackType
 
 from streams import codec
 from streams.errors import Unavailable
-from streams.model import Target
+from streams.model import Records, Target
 
 
 class Window:
@@ -239,13 +239,14 @@ class Tail:
 
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> list[bytes] | None:
+    ) -> Records | None:
         """Records from memory, or None when the window does not hold ``first``."""
         windows = self._windows.get(target.space)
         window = windows.get(target.segment) if windows else None
-        if window is None:
+        found = window.slice(first, last, max_records, max_bytes) if window else None
+        if found is None:
             return None
-        return window.slice(first, last, max_records, max_bytes)
+        return Records(codec.consume_response(found), len(found))
 
     def reset(self) -> None:
         """Drops the windows and wakes every follower (after the store was reopened)."""

@@ -38,15 +38,15 @@ def test_readers_see_records_only_once_fsynced(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
         assert not produce.done()
         target = Target("s", "a")
-        assert store.read(target, 1, 10, 10, MIB) == []
-        assert store.read(Target("s"), 1, 10, 10, MIB) == []
+        assert store.read(target, 1, 10, 10, MIB).count == 0
+        assert store.read(Target("s"), 1, 10, 10, MIB).count == 0
         assert store.peek(target) is None
         assert store.list_spaces(None, 10) == []
         assert store.list_segments("s", None, 10) == []
         gate.set()
         result = await produce
         assert (result.first_position, result.last_position) == (1, 3)
-        assert len(store.read(target, 1, 10, 10, MIB)) == 3
+        assert store.read(target, 1, 10, 10, MIB).count == 3
         assert store.peek(target) is not None
         await store.close()
 
@@ -81,7 +81,7 @@ def test_failed_fsync_stops_writes_and_hides_what_it_covered(tmp_path: Path) -> 
         with pytest.raises(Unavailable, match="writes are stopped"):
             await store.produce(txn("s", "b"))
         assert store.last_offset(Target("s", "a")) == 1
-        assert len(store.read(Target("s"), 1, 10, 10, MIB)) == 1
+        assert store.read(Target("s"), 1, 10, 10, MIB).count == 1
         await store.close()
 
     asyncio.run(scenario())
@@ -116,7 +116,7 @@ def test_no_sync_acks_without_fsync_and_reads_at_once(tmp_path: Path) -> None:
         store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
         result = await store.produce(txn("s", "a", 4))
         assert result.last_position == 4
-        assert len(store.read(Target("s", "a"), 1, 4, 10, MIB)) == 4
+        assert store.read(Target("s", "a"), 1, 4, 10, MIB).count == 4
         await store.close()
 
     asyncio.run(scenario())

@@ -1,0 +1,90 @@
+"""Chunks: runs of consecutive records stored under one RocksDB key.
+
+A segment write of N records is stored as a few chunks rather than N keys,
+so a Produce costs a few RocksDB puts and a read a few iterator steps, and a
+read hands whole chunks to the wire: the body of a chunk is already framed as
+``ConsumeResponse.records`` (tag, length, ``Record`` bytes per record).
+
+    u32 count | count x u32 end offset of each framed record in the body | body
+
+All little-endian. The end offsets make any run of records one slice.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+
+from streams import codec
+
+_U32 = struct.Struct("<I")
+# A chunk closes once its body passes this size (a larger record gets one of
+# its own): large enough that a Produce is a few puts, small enough that a
+# read starting inside a chunk wastes little.
+CHUNK_BYTES = 128 * 1024
+
+
+def pack(records: Sequence[bytes], max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Cuts ``records`` into chunks; yields (index of the chunk's first record, value)."""
+    assert records and max_bytes > 0
+    start = 0
+    ends: list[int] = []
+    parts: list[bytes] = []
+    size = 0
+    varint = codec.varint
+    for i, stored in enumerate(records):
+        length = varint(len(stored))
+        parts += (b"\x0a", length, stored)  # framed as ConsumeResponse.records
+        size += 1 + len(length) + len(stored)
+        ends.append(size)
+        if size >= max_bytes or i == len(records) - 1:
+            header = struct.pack(f"<I{len(ends)}I", len(ends), *ends)
+            yield start, header + b"".join(parts)
+            start, ends, parts, size = i + 1, [], [], 0
+
+
+class Chunk:
+    """A stored chunk, read without copying more than the records asked for."""
+
+    __slots__ = ("body", "count", "value")
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.count = _U32.unpack_from(value)[0]
+        self.body = 4 + 4 * self.count
+        assert self.count >= 1 and len(value) >= self.body, "a chunk holds at least one record"
+
+    def _end(self, index: int) -> int:
+        """Body offset after record ``index`` (0-based); 0 before the first."""
+        return 0 if index < 0 else _U32.unpack_from(self.value, 4 + 4 * index)[0]
+
+    def size(self, start: int, stop: int) -> int:
+        """Framed bytes of records ``start`` to ``stop - 1``."""
+        return self._end(stop - 1) - self._end(start - 1)
+
+    def framed(self, start: int, stop: int) -> bytes:
+        """Records ``start`` to ``stop - 1``, framed as ConsumeResponse records."""
+        return self.value[self.body + self._end(start - 1) : self.body + self._end(stop - 1)]
+
+    def record(self, index: int) -> bytes:
+        """The ``Record`` bytes of record ``index``, without their framing."""
+        frame = self.framed(index, index + 1)
+        assert frame[0] == 0x0A, "a frame is tag, varint length, record"
+        cut = 1
+        while frame[cut] & 0x80:  # the varint's continuation bytes
+            cut += 1
+        return frame[cut + 1 :]
+
+    def fit(self, start: int, stop: int, budget: int, at_least_one: bool) -> int:
+        """The largest ``end`` in ``start..stop`` whose records fit ``budget`` bytes
+        (``start + 1`` at least when ``at_least_one``)."""
+        if self.size(start, stop) <= budget:
+            return stop
+        low, high = start, stop  # size(start, low) fits, size(start, high) does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.size(start, middle) <= budget:
+                low = middle
+            else:
+                high = middle
+        return max(low, start + 1) if at_least_one else low
