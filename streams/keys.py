@@ -7,8 +7,8 @@ never contain U+0000, so the terminator makes the encoding prefix-free
 keeps byte order (``a\\x00`` sorts before ``ab\\x00`` because 0x00 is the
 smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
 
-    R space 0 segment 0 seq        -> Record bytes (segment order)
-    P space 0 position             -> Record bytes (space order)
+    R space 0 segment 0 seq        -> chunk of records from this sequence on (segment order)
+    P space 0 position             -> the same chunk, from this position on (space order)
     S space 0 segment 0            -> segment catalog: last seq, last pos, last ts
     A space 0                      -> space catalog: last pos, last ts
     O consumer 0 space 0 segment 0 -> committed offset (segment empty: space-level)

@@ -1,10 +1,11 @@
 """The embedded storage engine: RocksDB through rocksdict, one process.
 
-Layout (see :mod:`streams.keys`): each record is stored twice, under its
-segment key and under its space key, as the same serialized ``Record`` bytes,
-so a segment read and a space read are each one bounded forward scan that
-hands stored bytes to the wire. A catalog entry per segment and per space
-holds its last numbers, so start-up reads the catalog, never the records.
+Layout (see :mod:`streams.keys`): records are stored in chunks (see
+:mod:`streams.storage.chunks`), each chunk twice, under its segment key and
+under its space key, so a segment read and a space read are each one bounded
+forward scan that slices stored, already framed bytes onto the wire. A
+catalog entry per segment and per space holds its last numbers, so start-up
+reads the catalog, never the records.
 
 Writes run on the event loop thread, one at a time, with no await between
 checking the state and writing the batch: that is the one ordered write path,
