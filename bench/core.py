@@ -40,6 +40,7 @@ from common import (
 )
 
 from streams import codec, keys
+from streams.storage import chunks
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -212,7 +213,8 @@ class RawBatch:
 @dataclass
 class RawLayout:
     """The server's key layout (``streams/keys.py``) and stored values
-    (``streams/codec.py``: serialized ``Record`` bytes), rebuilt here."""
+    (``streams/storage/chunks.py``: chunks of serialized ``Record`` bytes),
+    rebuilt here."""
 
     space: str
     payload_bytes: int
@@ -221,7 +223,7 @@ class RawLayout:
         self, writes: Sequence[tuple[str, int, int]], first_position: int
     ) -> RawBatch:
         """The puts of one Produce call writing ``(segment, first sequence,
-        count)`` for each of ``writes``: 2 per record, a catalog put per segment,
+        count)`` for each of ``writes``: 2 per chunk, a catalog put per segment,
         then the space catalog put (no transaction id: no dedupe entry)."""
         ts = 1_700_000_000 * codec.NANOS
         body = pb.RecordInput(payload=b"p" * self.payload_bytes).SerializeToString()
@@ -231,11 +233,14 @@ class RawLayout:
         for segment, first_sequence, count in writes:
             header = codec.record_header(self.space, segment, ts, "")
             segment_prefix = keys.segment_prefix(self.space, segment)
-            for sequence in range(first_sequence, first_sequence + count):
-                position += 1
-                value = codec.record(header, sequence, position, body)
-                items.append((segment_prefix + _U64.pack(sequence), value))
-                items.append((space_prefix + _U64.pack(position), value))
+            values = [
+                codec.record(header, first_sequence + i, position + 1 + i, body)
+                for i in range(count)
+            ]
+            for index, chunk in chunks.pack(values):
+                items.append((segment_prefix + _U64.pack(first_sequence + index), chunk))
+                items.append((space_prefix + _U64.pack(position + 1 + index), chunk))
+            position += count
             items.append(
                 (
                     keys.segment_catalog_key(self.space, segment),
@@ -322,8 +327,8 @@ def raw_scan(db: rocksdict.Rdict, prefix: bytes, first: int = 1, limit: int = 0)
     read_options.set_iterate_upper_bound(end)
     before = time.perf_counter()
     count = 0
-    for _ in db.values(from_key=prefix + _U64.pack(first), read_opt=read_options):
-        count += 1
+    for value in db.values(from_key=prefix + _U64.pack(first), read_opt=read_options):
+        count += chunks.Chunk(value).count
     return Rate(count, time.perf_counter() - before, [])
 
 
