@@ -78,10 +78,6 @@ class Metrics:
         host, _, port = listen.rpartition(":")
         return prom.start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
 
-    def exposition(self) -> bytes:
-        """The metrics as Prometheus text (what ``/metrics`` serves)."""
-        return prom.generate_latest(self.registry)
-
 
 def _folder_size(folder: Path) -> int:
     total = 0
