@@ -102,7 +102,8 @@ class GroupCommit:
                 await asyncio.to_thread(self._sync)
                 if self._observe is not None:
                     self._observe(time.perf_counter() - started)
-                self._durable = covered
+                # A reset() while this fsync ran may have moved past it already.
+                self._durable = max(self._durable, covered)
                 self._on_durable(covered)
                 self._release(covered)
         except SyncAborted as exc:
@@ -125,8 +126,14 @@ class GroupCommit:
         self._waiters.clear()
 
     def reset(self) -> None:
-        """Forgets unsynced tickets once the store has been reopened from disk."""
-        assert self._task is None and not self._waiters
+        """Forgets unsynced tickets once the store has been reopened from disk:
+        what they covered is on disk or not, as the reopened store found it."""
+        self._fail_waiters(
+            Unavailable(
+                "the outcome of this write is unknown (the store was reopened after a full "
+                "disk); retry it with the same transaction_id"
+            )
+        )
         self._durable = self._written
 
     def _release(self, covered: int) -> None:
