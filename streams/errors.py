@@ -125,3 +125,16 @@ class PermissionDenied(StreamsError):
     """The token does not allow this action on this space."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DeadlineExceeded(StreamsError):
+    """The call's deadline passed before the server answered (it may still have
+    acted: retry a Produce with the same transaction_id)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(StreamsError):
+    """The call was cancelled before it finished."""
+
+    code = grpc.StatusCode.CANCELLED

@@ -1,9 +1,9 @@
 """The Python client of Streams: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
 
 Both have the same typed methods; errors arrive as the exception types of
-:mod:`streams.errors` (all under :class:`~streams.errors.StreamsError`), plus
-the few only a client meets (:class:`DeadlineExceeded`, :class:`Unauthenticated`,
-:class:`PermissionDenied`, :class:`Cancelled`). Example::
+:mod:`streams.errors`, one per status, all under
+:class:`~streams.errors.StreamsError` (the server raises the same types).
+Example::
 
     from streams import Client, Consumer, SequenceMismatch
 
@@ -25,10 +25,7 @@ the few only a client meets (:class:`DeadlineExceeded`, :class:`Unauthenticated`
 from streams.client._aio import AsyncClient, AsyncConsumer, AsyncRecordStream, AsyncTransaction
 from streams.client._common import (
     DEFAULT_TARGET,
-    Cancelled,
-    DeadlineExceeded,
     NewRecord,
-    PermissionDenied,
     ProduceResult,
     Record,
     RecordLike,
@@ -36,19 +33,22 @@ from streams.client._common import (
     SegmentAck,
     SegmentInfo,
     SpaceInfo,
-    Unauthenticated,
 )
 from streams.client._sync import Client, Consumer, RecordStream, Transaction
 from streams.errors import (
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OffsetMismatch,
     OutOfRange,
+    PermissionDenied,
     ResourceExhausted,
     SequenceMismatch,
     StreamsError,
+    Unauthenticated,
     Unavailable,
 )
 

@@ -22,46 +22,23 @@ from streams.errors import (
     ACTUAL_TRAILER,
     SEGMENT_TRAILER,
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OffsetMismatch,
     OutOfRange,
+    PermissionDenied,
     ResourceExhausted,
     SequenceMismatch,
     StreamsError,
+    Unauthenticated,
     Unavailable,
 )
 from streams.v1 import streams_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-# -- errors the server does not raise itself, but a client meets ----------------------------
-
-
-class DeadlineExceeded(StreamsError):
-    """The call's deadline passed before the server answered (it may still have acted)."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class Unauthenticated(StreamsError):
-    """The call carried no valid credentials (a proxy or sidecar in front of the server)."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(StreamsError):
-    """The credentials are valid but do not allow this call."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Cancelled(StreamsError):
-    """The call was cancelled before it finished."""
-
-    code = grpc.StatusCode.CANCELLED
-
 
 _BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
