@@ -48,6 +48,7 @@ class StreamsServer:
         self.metrics = Metrics(config.data)
         self._store: RocksStore | None = None
         self._server: grpc.aio.Server | None = None
+        self._service: StreamsService | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: tuple[WSGIServer, threading.Thread] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -83,8 +84,8 @@ class StreamsServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        service = StreamsService(self._store, cfg.limits, self.metrics, self.auth)
-        self._server.add_generic_rpc_handlers((service.handler(),))
+        self._service = StreamsService(self._store, cfg.limits, self.metrics, self.auth)
+        self._server.add_generic_rpc_handlers((self._service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -138,8 +139,10 @@ class StreamsServer:
             log.info("SIGHUP: reloaded %d tokens from %s", count, self.auth.path)
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, ends follow streams, refuses new calls, lets in-flight ones
-        finish (up to ``grace`` seconds), then closes the store."""
+        """NOT_SERVING, ends follow streams, answers new calls UNAVAILABLE while
+        the running ones finish (up to ``grace`` seconds), then closes the store."""
+        grace = grace or 0.0
+        deadline = asyncio.get_running_loop().time() + grace
         await self._health.enter_graceful_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -149,8 +152,10 @@ class StreamsServer:
             # Followers would otherwise wait out the grace period: end them now
             # with UNAVAILABLE, so their clients reconnect elsewhere or later.
             self._store.end_subscriptions()
+        if self._service is not None:
+            await self._service.drain(grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
         if self._store is not None:
             await self._store.close()
         if self._metrics_http is not None:

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from streams import codec, validation
 from streams.auth import ANYONE, Caller, TokenAuth
-from streams.errors import InvalidArgument, NotFound, StreamsError
+from streams.errors import InvalidArgument, NotFound, StreamsError, Unavailable
 from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.metrics import Metrics
@@ -76,6 +76,23 @@ class StreamsService:
         self._limits = lim
         self._metrics = metrics
         self._auth = auth
+        # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
+        # while the calls already running finish; gRPC's own stop would cancel
+        # calls it has accepted but not yet handed over (CANCELLED, not retried).
+        self._draining = False
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout: float | None) -> bool:
+        """Refuses new calls with UNAVAILABLE and waits (up to ``timeout``
+        seconds) for the running ones to finish; True if they all did."""
+        self._draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
@@ -130,7 +147,11 @@ class StreamsService:
         the status its type names (and a metric, and a log line)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        self._running += 1
+        self._idle.clear()
         try:
+            if self._draining:
+                raise Unavailable(f"{name}: the server is shutting down; retry")
             caller = (
                 self._auth.authenticate(context.invocation_metadata()) if self._auth else ANYONE
             )
@@ -150,6 +171,9 @@ class StreamsService:
             log.exception("%s failed", name, extra={"method": name})
             await context.abort(code, f"{name}: internal error; the server log has details")
         finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
             if code is not grpc.StatusCode.OK:
                 self._metrics.errors.labels(name, code.name).inc()
             if log.isEnabledFor(logging.DEBUG):

@@ -1,0 +1,60 @@
+"""Shutdown drains: calls already running finish and are acked; calls that
+arrive meanwhile get UNAVAILABLE (which clients retry), not CANCELLED."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from streams.v1 import streams_pb2 as pb
+
+from .conftest import InProcessServer
+
+
+def produce(server: InProcessServer, payload: bytes) -> pb.ProduceResponse:
+    return server.stub.Produce(
+        pb.ProduceRequest(
+            space="s",
+            writes=[pb.SegmentWrite(segment="a", records=[pb.RecordInput(payload=payload)])],
+        ),
+        timeout=30,
+    )
+
+
+def test_running_produce_is_acked_and_new_calls_are_unavailable(tmp_path: Path) -> None:
+    server = InProcessServer(tmp_path / "data")
+    try:
+        group = server.server.store._group  # the store's group commit
+        real_sync = group._sync
+        assert real_sync is not None
+        gate = threading.Event()
+        group._sync = lambda: (gate.wait(20), real_sync())
+
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(produce, server, b"in flight")
+            time.sleep(0.3)  # the Produce now waits for its fsync
+            stopping = pool.submit(server.run, server.server.stop(20), 30)
+            time.sleep(0.3)  # shutdown has begun and is draining
+            with pytest.raises(grpc.RpcError) as refused:
+                produce(server, b"too late")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in refused.value.details()
+            assert not stopping.done(), "shutdown must wait for the running Produce"
+            gate.set()
+            acked = running.result(20)
+            stopping.result(30)
+        assert (acked.first_position, acked.last_position) == (1, 1)
+    finally:
+        server.stop()
+
+    restarted = InProcessServer(tmp_path / "data")
+    try:
+        peeked = restarted.stub.Peek(pb.PeekRequest(space="s", segment="a"))
+        assert (peeked.record.payload, peeked.record.sequence) == (b"in flight", 1)
+    finally:
+        restarted.stop()
