@@ -26,7 +26,7 @@ from streams.errors import InvalidArgument, NotFound, StreamsError, Unavailable
 from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.metrics import Metrics
-from streams.model import SegmentInfo, SpaceInfo
+from streams.model import SegmentInfo, SpaceInfo, Target
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
@@ -265,9 +265,7 @@ class StreamsService:
     async def commit(
         self, request: pb.CommitRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CommitResponse:
-        consumer = validation.name("consumer", request.consumer)
-        target = validation.target(request.space, request.segment)
-        caller.check("read", target.space)
+        consumer, target = _offset_target(request, caller)
         expected = request.expected_offset if request.HasField("expected_offset") else None
         offset = await self._store.commit_offset(consumer, target, request.offset, expected)
         return pb.CommitResponse(offset=offset)
@@ -275,9 +273,7 @@ class StreamsService:
     async def get_offset(
         self, request: pb.GetOffsetRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.GetOffsetResponse:
-        consumer = validation.name("consumer", request.consumer)
-        target = validation.target(request.space, request.segment)
-        caller.check("read", target.space)
+        consumer, target = _offset_target(request, caller)
         offset = await self._store.get_offset(consumer, target)
         if offset is None:
             raise NotFound(
@@ -334,3 +330,13 @@ def _page(found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str
     page = found[:size]
     token = validation.encode_page_token(scope, page[-1].name) if len(found) > size else ""
     return page, token
+
+
+def _offset_target(
+    request: pb.CommitRequest | pb.GetOffsetRequest, caller: Caller
+) -> tuple[str, Target]:
+    """The consumer and target of an offset call, checked (offsets need read access)."""
+    consumer = validation.name("consumer", request.consumer)
+    target = validation.target(request.space, request.segment)
+    caller.check("read", target.space)
+    return consumer, target
