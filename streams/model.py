@@ -37,6 +37,8 @@ class Transaction:
 
 @dataclass(frozen=True, slots=True)
 class SegmentAck:
+    """The sequences one write of a transaction got in its segment."""
+
     segment: str
     first_sequence: int
     last_sequence: int

@@ -36,6 +36,7 @@ from streams.errors import (
     Unauthenticated,
     Unavailable,
 )
+from streams.model import SegmentAck
 from streams.v1 import streams_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -147,15 +148,6 @@ class Record:
 RecordLike = bytes | bytearray | memoryview | str | NewRecord | Record
 """What ``produce`` accepts per record: a payload, a :class:`NewRecord`, or a
 :class:`Record` read elsewhere (its payload and metadata are copied)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentAck:
-    """The sequences one write of a transaction got in its segment."""
-
-    segment: str
-    first_sequence: int
-    last_sequence: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +425,13 @@ class Connection:
             opts.append(("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)))
         return [*opts, *self.channel_options]
 
+    def channel(self, api: Any) -> Any:
+        """A channel to the target through ``api``: ``grpc`` or ``grpc.aio``."""
+        credentials = self.credentials()
+        if credentials is not None:
+            return api.secure_channel(self.target, credentials, self.options())
+        return api.insecure_channel(self.target, self.options())
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
@@ -441,28 +440,6 @@ class Connection:
         if timeout is not None:
             return timeout
         return self.timeout if default else None
-
-
-def connection(
-    target: str,
-    *,
-    tls: bool,
-    root_certificates: bytes | None,
-    private_key: bytes | None,
-    certificate_chain: bytes | None,
-    token: str | None,
-    timeout: float | None,
-    retry: RetryPolicy | None,
-    keepalive_time: float | None,
-    keepalive_timeout: float | None,
-    channel_options: Sequence[tuple[str, Any]],
-) -> Connection:
-    return Connection(
-        target=target, tls=tls, root_certificates=root_certificates, private_key=private_key,
-        certificate_chain=certificate_chain, token=token, timeout=timeout,
-        retry=retry or RetryPolicy(), keepalive_time=keepalive_time,
-        keepalive_timeout=keepalive_timeout, channel_options=tuple(channel_options),
-    )  # fmt: skip
 
 
 # -- reading ----------------------------------------------------------------------------------

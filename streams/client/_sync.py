@@ -64,19 +64,13 @@ class Client:
         keepalive_timeout: float | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._conn = c.connection(
-            target, tls=tls, root_certificates=root_certificates, private_key=private_key,
-            certificate_chain=certificate_chain, token=token, timeout=timeout, retry=retry,
-            keepalive_time=keepalive_time, keepalive_timeout=keepalive_timeout,
-            channel_options=channel_options,
+        self._conn = c.Connection(
+            target=target, tls=tls, root_certificates=root_certificates,
+            private_key=private_key, certificate_chain=certificate_chain, token=token,
+            timeout=timeout, retry=retry or c.RetryPolicy(), keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout, channel_options=tuple(channel_options),
         )  # fmt: skip
-        credentials = self._conn.credentials()
-        options = self._conn.options()
-        self._channel = (
-            grpc.secure_channel(target, credentials, options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options)
-        )
+        self._channel = self._conn.channel(grpc)
         self._stub = streams_pb2_grpc.StreamsServiceStub(self._channel)
 
     @property
