@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -72,7 +73,7 @@ class Tls:
             socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
             context.wrap_socket(raw) as tls,
         ):
-            peer = tls.getpeercert() or {}
+            peer: dict[str, Any] = dict(tls.getpeercert() or {})
         names = [
             value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "IP Address")
         ]

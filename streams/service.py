@@ -26,8 +26,8 @@ from streams.errors import InvalidArgument, NotFound, StreamsError, Unavailable
 from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.metrics import Metrics
-from streams.page_tokens import PageTokens
 from streams.model import SegmentInfo, SpaceInfo, Target
+from streams.page_tokens import PageTokens
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
