@@ -186,4 +186,3 @@ def page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument(f"page_size: {value} is negative")
     return min(value or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
-

@@ -92,6 +92,7 @@ def test_listing_through_the_service_follows_the_patterns(tmp_path: Path) -> Non
     with InProc(tmp_path / "data", auth=auth) as server:
         for name in names:
             produce(server.stub, name, "s", [b"x"], call_metadata=bearer("admin"))
+
         def listing(token: str, size: int) -> list[str]:
             seen, page_token = [], ""
             while True:
