@@ -74,7 +74,8 @@ class StreamsServer:
 
     @property
     def store(self) -> RocksStore:
-        assert self._store is not None, "not started"
+        if self._store is None:
+            raise RuntimeError("the server is not started")
         return self._store
 
     @property
@@ -109,8 +110,9 @@ class StreamsServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        # The descriptor pool must know the service for reflection to describe it.
-        assert streams_pb2.DESCRIPTOR.services_by_name["StreamsService"]
+        # The descriptor pool must know the service for reflection to describe it
+        # (importing the generated module registers it).
+        streams_pb2.DESCRIPTOR.services_by_name["StreamsService"]
         self.port = (
             self._server.add_secure_port(cfg.listen, self._credentials())
             if cfg.tls_cert
@@ -130,7 +132,8 @@ class StreamsServer:
 
     def _credentials(self) -> grpc.ServerCredentials:
         cfg = self.config
-        assert cfg.tls_cert is not None and cfg.tls_key is not None
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            raise ValueError("TLS needs both tls_cert and tls_key")
         client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
         return grpc.ssl_server_credentials(
             [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
@@ -217,7 +220,8 @@ class StreamsServer:
             http.server_close()
 
     async def wait_for_termination(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("the server is not started")
         await self._server.wait_for_termination()
 
 
