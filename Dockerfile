@@ -21,6 +21,10 @@ USER streams
 VOLUME ["/var/lib/streams"]
 EXPOSE 50051
 STOPSIGNAL SIGTERM
+# The health check reads the server's environment: the port of STREAMS_LISTEN,
+# and with STREAMS_TLS_CERT it speaks TLS, trusting that certificate (or
+# STREAMS_HEALTHCHECK_CA); under mutual TLS it presents STREAMS_HEALTHCHECK_CERT
+# and STREAMS_HEALTHCHECK_KEY. It asks "" (the server serves; reads work).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/app/.venv/bin/python", "-m", "streams.healthcheck"]
 # Arguments (docker run IMAGE --flag, Kubernetes `args`) go to the server.

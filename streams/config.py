@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import NoReturn
 
 from streams import logs
 from streams.limits import Limits
@@ -36,6 +37,7 @@ class Config:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_tokens: Path | None = None
+    page_token_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -52,12 +54,19 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line naming the option, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 class _Parser:
     """Adds options whose defaults come from the environment, named alike."""
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.environ = environ
-        self.parser = argparse.ArgumentParser(
+        self.parser = _OneLineErrors(
             prog="streams-server",
             description="Streams: an event-stream store served over gRPC, on RocksDB.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -103,6 +112,16 @@ class _Parser:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _token_file(text: str) -> Path:
+    # Empty must not mean "no authentication": a template that renders an
+    # unset secret as "" would silently open the server to everyone.
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty; name the token file, or leave the option unset to run without authentication"
+        )
+    return Path(text)
 
 
 def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -179,10 +198,19 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     )
     p.add(
         "auth-tokens",
-        _optional_path,
+        _token_file,
         None,
         'JSON file {"tokens": [{"token", "spaces", "access"}]}: require bearer tokens '
-        "(reloaded on SIGHUP). Unset: no authentication.",
+        "(reloaded on SIGHUP). Unset: no authentication; empty: refused.",
+        metavar="FILE",
+    )
+    p.add(
+        "page-token-key",
+        _optional_path,
+        None,
+        "File holding the secret (16+ bytes) that signs ListSpaces/ListSegments page "
+        "tokens; give several servers behind one address the same one. Unset: a random "
+        "key per process (page tokens from before a restart are refused).",
         metavar="FILE",
     )
     for limit in fields(Limits):
@@ -223,5 +251,6 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         auth_tokens=args.auth_tokens,
+        page_token_key=args.page_token_key,
         limits=lim,
     )

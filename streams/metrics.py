@@ -62,6 +62,19 @@ class Metrics:
             ["method", "code"],
             registry=r,
         )
+        self.background_failures = prom.Counter(
+            "streams_background_failures",
+            "Background tasks (dedupe sweep, ...) that raised; each is logged and retried.",
+            ["task"],
+            registry=r,
+        )
+        self.store_writable = prom.Gauge(
+            "streams_store_writable",
+            "1 while the store accepts writes; 0 after a full disk or a failed fsync "
+            "(health then says NOT_SERVING for streams.v1.StreamsService).",
+            registry=r,
+        )
+        self.store_writable.set(1)
         disk = prom.Gauge(
             "streams_storage_bytes",
             "Size on disk of the RocksDB folder (SST, WAL, manifest).",

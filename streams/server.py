@@ -1,5 +1,10 @@
 """Runs the Streams gRPC server: storage, service, health, reflection, metrics,
-TLS, auth, signals and the start-up line.
+TLS, auth, background work, signals and the start-up line.
+
+Health: ``""`` is SERVING while the server serves (reads work);
+``streams.v1.StreamsService`` is SERVING only while the store also accepts
+writes (NOT_SERVING after a full disk or a failed fsync, SERVING again when
+writes resume). Both turn NOT_SERVING when shutdown starts.
 
 Example (in-process, as the tests do)::
 
@@ -12,12 +17,12 @@ Example (in-process, as the tests do)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import inspect
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -29,20 +34,31 @@ from streams import logs
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config
 from streams.metrics import Metrics
+from streams.page_tokens import PageKeyError, PageTokens
 from streams.service import SERVICE_NAME, StreamsService
 from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2
 
 log = logging.getLogger("streams")
 HEALTH_SERVICES = ("", SERVICE_NAME)
+# How often the store's write state is carried to health, metric and log.
+WRITE_CHECK_SECONDS = 0.5
+
+
+class ShutdownError(RuntimeError):
+    """A step of stop() failed; every other step still ran (see the log)."""
 
 
 class StreamsServer:
     """The store, the service and the gRPC server, started and stopped together."""
 
-    def __init__(self, config: Config, auth: TokenAuth | None = None) -> None:
+    def __init__(
+        self, config: Config, auth: TokenAuth | None = None, pages: PageTokens | None = None
+    ) -> None:
         self.config = config
         self.auth = auth
+        self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
         self.metrics_port = 0
         self.metrics = Metrics(config.data)
@@ -51,11 +67,15 @@ class StreamsServer:
         self._service: StreamsService | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: tuple[WSGIServer, threading.Thread] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self.background = Supervisor(
+            on_failure=lambda name: self.metrics.background_failures.labels(name).inc()
+        )
+        self._writable = True
 
     @property
     def store(self) -> RocksStore:
-        assert self._store is not None, "not started"
+        if self._store is None:
+            raise RuntimeError("the server is not started")
         return self._store
 
     @property
@@ -84,14 +104,15 @@ class StreamsServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._service = StreamsService(self._store, cfg.limits, self.metrics, self.auth)
+        self._service = StreamsService(self._store, cfg.limits, self.metrics, self.auth, self.pages)
         self._server.add_generic_rpc_handlers((self._service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        # The descriptor pool must know the service for reflection to describe it.
-        assert streams_pb2.DESCRIPTOR.services_by_name["StreamsService"]
+        # The descriptor pool must know the service for reflection to describe it
+        # (importing the generated module registers it).
+        streams_pb2.DESCRIPTOR.services_by_name["StreamsService"]
         self.port = (
             self._server.add_secure_port(cfg.listen, self._credentials())
             if cfg.tls_cert
@@ -103,14 +124,16 @@ class StreamsServer:
         if cfg.metrics_listen:
             self._metrics_http = self.metrics.serve(cfg.metrics_listen)
             self.metrics_port = self._metrics_http[0].server_port
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_dedupe())
         for service_name in HEALTH_SERVICES:
             await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        self.background.every("dedupe-sweep", cfg.dedupe_sweep_seconds, self._sweep_dedupe)
+        self.background.every("write-state", WRITE_CHECK_SECONDS, self._check_writes)
         return self.port
 
     def _credentials(self) -> grpc.ServerCredentials:
         cfg = self.config
-        assert cfg.tls_cert is not None and cfg.tls_key is not None
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            raise ValueError("TLS needs both tls_cert and tls_key")
         client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
         return grpc.ssl_server_credentials(
             [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
@@ -120,11 +143,24 @@ class StreamsServer:
 
     async def _sweep_dedupe(self) -> None:
         store = self.store
-        while True:
-            await asyncio.sleep(self.config.dedupe_sweep_seconds)
-            # A full sweep means more may be waiting: go on without sleeping.
-            while store.sweep_expired_dedupe() == store.sweep_limit:
-                await asyncio.sleep(0)
+        # A full sweep means more may be waiting: go on, letting calls run between.
+        while store.sweep_expired_dedupe() == store.sweep_limit:
+            await asyncio.sleep(0)
+
+    async def _check_writes(self) -> None:
+        """Carries the store's write state to health, the metric and the log."""
+        error = self.store.write_error
+        if (error is None) == self._writable:
+            return
+        self._writable = error is None
+        self.metrics.store_writable.set(int(self._writable))
+        if self._writable:
+            log.warning("the store accepts writes again")
+            status = health_pb2.HealthCheckResponse.SERVING
+        else:
+            log.error("the store refuses writes (reads go on): %s", error)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set(SERVICE_NAME, status)
 
     def reload_auth(self) -> None:
         """Re-reads the token file (SIGHUP); a bad file keeps the old tokens."""
@@ -132,44 +168,69 @@ class StreamsServer:
             log.warning("SIGHUP: no --auth-tokens file to reload")
             return
         try:
-            count = self.auth.reload()
+            done = self.auth.reload()
         except AuthFileError as exc:
             log.error("SIGHUP: kept the previous tokens: %s", exc)
-        else:
-            log.info("SIGHUP: reloaded %d tokens from %s", count, self.auth.path)
+            return
+        log.info("SIGHUP: reloaded %d tokens from %s", done.tokens, self.auth.path)
+        if done.ended:
+            log.warning("SIGHUP: ended %d open streams the new tokens no longer allow", done.ended)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, ends follow streams, answers new calls UNAVAILABLE while
-        the running ones finish (up to ``grace`` seconds), then closes the store."""
+        the running ones finish (up to ``grace`` seconds), then closes the store.
+
+        Every step runs even when one before it failed (each failure is
+        logged); then ShutdownError names the steps that failed.
+        """
         grace = grace or 0.0
         deadline = asyncio.get_running_loop().time() + grace
-        await self._health.enter_graceful_shutdown()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if self._store is not None:
+        store, service, server = self._store, self._service, self._server
+
+        def remaining() -> float:
+            return max(0.0, deadline - asyncio.get_running_loop().time())
+
+        steps: list[tuple[str, Callable[[], Awaitable[object] | None]]] = [
+            ("health", self._health.enter_graceful_shutdown),
+            ("background tasks", self.background.stop),
             # Followers would otherwise wait out the grace period: end them now
             # with UNAVAILABLE, so their clients reconnect elsewhere or later.
-            self._store.end_subscriptions()
-        if self._service is not None:
-            await self._service.drain(grace)
-        if self._server is not None:
-            await self._server.stop(max(0.0, deadline - asyncio.get_running_loop().time()))
-        if self._store is not None:
-            await self._store.close()
+            ("follow streams", store.end_subscriptions if store else _nothing),
+            ("drain", (lambda: service.drain(grace)) if service else _nothing),
+            ("gRPC server", (lambda: server.stop(remaining())) if server else _nothing),
+            ("store", store.close if store else _nothing),
+            ("metrics endpoint", self._stop_metrics_http),
+        ]
+        failed = []
+        for name, step in steps:
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("shutdown: %s failed; going on with the rest", name)
+                failed.append(name)
+        if failed:
+            raise ShutdownError(f"shutdown: {', '.join(failed)} failed (see the log)")
+
+    def _stop_metrics_http(self) -> None:
         if self._metrics_http is not None:
-            self._metrics_http[0].shutdown()
-            self._metrics_http[0].server_close()
-            self._metrics_http = None
+            http, self._metrics_http = self._metrics_http[0], None
+            http.shutdown()
+            http.server_close()
 
     async def wait_for_termination(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("the server is not started")
         await self._server.wait_for_termination()
 
 
-async def _run(cfg: Config, auth: TokenAuth | None) -> None:
-    server = StreamsServer(cfg, auth)
+def _nothing() -> None:
+    return None
+
+
+async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
+    server = StreamsServer(cfg, auth, pages)
     await server.start()
     print(f"listening on {server.address}", flush=True)
     log.info(
@@ -185,7 +246,11 @@ async def _run(cfg: Config, auth: TokenAuth | None) -> None:
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     await stop.wait()
     log.info("shutting down, grace %.1fs", cfg.shutdown_grace)
-    await server.stop(cfg.shutdown_grace)
+    try:
+        await server.stop(cfg.shutdown_grace)
+    except ShutdownError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
     log.info("stopped")
 
 
@@ -200,4 +265,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except AuthFileError as exc:
             print(f"streams-server: --auth-tokens: {exc}", file=sys.stderr)
             sys.exit(2)
-    asyncio.run(_run(cfg, auth))
+    try:
+        pages = PageTokens.load(cfg.page_token_key)
+    except PageKeyError as exc:
+        print(f"streams-server: --page-token-key: {exc}", file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(_run(cfg, auth, pages))

@@ -27,6 +27,7 @@ from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.metrics import Metrics
 from streams.model import SegmentInfo, SpaceInfo, Target
+from streams.page_tokens import PageTokens
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
@@ -70,12 +71,18 @@ class StreamsService:
     """
 
     def __init__(
-        self, store: Store, lim: Limits, metrics: Metrics, auth: TokenAuth | None = None
+        self,
+        store: Store,
+        lim: Limits,
+        metrics: Metrics,
+        auth: TokenAuth | None = None,
+        pages: PageTokens | None = None,
     ) -> None:
         self._store = store
         self._limits = lim
         self._metrics = metrics
         self._auth = auth
+        self._pages = pages or PageTokens.load(None)
         # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
         # while the calls already running finish; gRPC's own stop would cancel
         # calls it has accepted but not yet handed over (CANCELLED, not retried).
@@ -132,7 +139,8 @@ class StreamsService:
             self._metrics.active_consume_streams.inc()
             try:
                 async with self._rpc(name, request, context) as caller:
-                    async for response in method(request, context, caller):
+                    # Ends the stream when a token reload revokes what it needs.
+                    async for response in caller.until_revoked(method(request, context, caller)):
                         yield response
             finally:
                 self._metrics.active_consume_streams.dec()
@@ -286,10 +294,12 @@ class StreamsService:
     ) -> pb.ListSpacesResponse:
         caller.check_action("read")
         size = validation.page_size(request.page_size)
-        after = validation.decode_page_token("spaces", request.page_token)
-        # Only spaces the token may read: another's space names are theirs.
+        after = self._pages.decode("spaces", request.page_token)
+        # Only spaces the token may read (another's space names are theirs),
+        # scanning only the name ranges its patterns can match.
         visible = None if caller is ANYONE else (lambda space: caller.allows("read", space))
-        page, token = _page(self._store.list_spaces(after, size + 1, visible), size, "spaces")
+        found = self._store.list_spaces(after, size + 1, visible, caller.prefixes("read"))
+        page, token = self._page(found, size, "spaces")
         return pb.ListSpacesResponse(
             spaces=[
                 pb.SpaceInfo(
@@ -309,8 +319,8 @@ class StreamsService:
         caller.check("read", space)
         size = validation.page_size(request.page_size)
         scope = f"segments\x00{space}"
-        after = validation.decode_page_token(scope, request.page_token)
-        page, token = _page(self._store.list_segments(space, after, size + 1), size, scope)
+        after = self._pages.decode(scope, request.page_token)
+        page, token = self._page(self._store.list_segments(space, after, size + 1), size, scope)
         return pb.ListSegmentsResponse(
             segments=[
                 pb.SegmentInfo(
@@ -324,12 +334,11 @@ class StreamsService:
             next_page_token=token,
         )
 
-
-def _page(found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str]:
-    """Cuts a listing fetched one past ``size`` into a page and the next page's token."""
-    page = found[:size]
-    token = validation.encode_page_token(scope, page[-1].name) if len(found) > size else ""
-    return page, token
+    def _page(self, found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str]:
+        """Cuts a listing fetched one past ``size`` into a page and the next page's token."""
+        page = found[:size]
+        token = self._pages.encode(scope, page[-1].name) if len(found) > size else ""
+        return page, token
 
 
 def _offset_target(

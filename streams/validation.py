@@ -6,11 +6,9 @@ names the field and the value at fault; nothing reaches storage unchecked.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -188,34 +186,3 @@ def page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument(f"page_size: {value} is negative")
     return min(value or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
-
-
-# Page tokens carry the last name of the previous page, bound to the listing it
-# came from by a checksum, so a token the server did not issue is refused.
-_TOKEN_VERSION = b"\x01"
-
-
-def encode_page_token(scope: str, last_name: str) -> str:
-    raw = last_name.encode("utf-8")
-    check = zlib.crc32(scope.encode("utf-8") + b"\x00" + raw).to_bytes(4, "big")
-    return base64.urlsafe_b64encode(_TOKEN_VERSION + check + raw).decode("ascii").rstrip("=")
-
-
-def decode_page_token(scope: str, token: str) -> str | None:
-    """The name after which the page starts, or None for the first page."""
-    if not token:
-        return None
-    bad = InvalidArgument(f"page_token: {show(token)} was not issued by this server")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, TypeError):
-        raise bad from None
-    if len(raw) < 6 or raw[:1] != _TOKEN_VERSION:
-        raise bad
-    last = raw[5:]
-    if zlib.crc32(scope.encode("utf-8") + b"\x00" + last).to_bytes(4, "big") != raw[1:5]:
-        raise bad
-    try:
-        return name("page_token", last.decode("utf-8"))
-    except (UnicodeDecodeError, InvalidArgument):
-        raise bad from None

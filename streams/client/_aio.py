@@ -354,11 +354,21 @@ class AsyncConsumer:
         return self
 
     async def __anext__(self) -> Record:
+        """See :meth:`streams.Consumer.__next__`."""
+        self._schedule.raise_failure()
         self._schedule.done_with_current()
         due = self._schedule.due()
         if due is not None:
-            await self._commit(due)
-        record = await self._stream.__anext__()
+            try:
+                await self._commit(due)
+            except Exception as exc:
+                if not self._schedule.failed(self.name, due, exc):
+                    raise
+        try:
+            record = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._schedule.raise_failure()  # the ticker closed the stream to say so
+            raise
         self._schedule.hand_out(record)
         return record
 
@@ -379,8 +389,14 @@ class AsyncConsumer:
             await asyncio.sleep(interval)
             due = self._schedule.due()
             if due is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await self._commit(due)
+                except Exception as exc:
+                    if self._schedule.failed(self.name, due, exc):
+                        continue  # the next tick, or close(), tries again
+                    # Lasting: wake the application out of its wait for records.
+                    self._stream.close()
+                    return
 
     async def close(self, *, processed: bool = True) -> None:
         if self._ticker is not None:

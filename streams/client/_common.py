@@ -7,6 +7,7 @@ Nothing in here does I/O; :mod:`streams.client._sync` and
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -349,6 +350,9 @@ class RetryPolicy:
 
 
 _RETRY_UNARY = (Unavailable, DeadlineExceeded)
+# A consumer's commit that failed with these is tried again at the next chance.
+TRANSIENT_COMMIT_ERRORS = _RETRY_UNARY
+_log = logging.getLogger("streams.client")
 
 
 class Retrier:
@@ -507,6 +511,7 @@ class CommitSchedule:
         self._handed: int | None = None  # offset of the record the caller holds
         self.processed: int | None = None
         self.committed: int | None = None
+        self.failure: Exception | None = None  # a lasting commit error, for the application
         self._since = 0
         self._last_commit = time.monotonic()
 
@@ -538,6 +543,28 @@ class CommitSchedule:
         self.committed = offset
         self._since = 0
         self._last_commit = time.monotonic()
+
+    def failed(self, consumer: str, offset: int, error: Exception) -> bool:
+        """Logs a commit that failed; True when it is worth trying again later
+        (the server was unreachable or slow: the client's retries ran out).
+        Any other error is kept, and :meth:`raise_failure` gives it to the
+        application: retrying cannot mend a denied or invalid commit."""
+        if isinstance(error, TRANSIENT_COMMIT_ERRORS):
+            _log.warning(
+                "consumer %r: commit of offset %d failed, retrying later: %s",
+                consumer,
+                offset,
+                error,
+            )
+            return True
+        _log.error("consumer %r: commit of offset %d failed: %s", consumer, offset, error)
+        self.failure = error
+        return False
+
+    def raise_failure(self) -> None:
+        """Raises the commit error kept by :meth:`failed`, if any."""
+        if self.failure is not None:
+            raise self.failure
 
     @property
     def interval(self) -> float | None:

@@ -424,12 +424,23 @@ class Consumer:
         return self
 
     def __next__(self) -> Record:
+        """The next record; raises a commit error that retrying cannot mend
+        (PermissionDenied, say), also one met by the background commit."""
+        self._schedule.raise_failure()
         with self._lock:
             self._schedule.done_with_current()
             due = self._schedule.due()
         if due is not None:
-            self._commit(due)
-        record = next(self._stream)
+            try:
+                self._commit(due)
+            except Exception as exc:
+                if not self._schedule.failed(self.name, due, exc):
+                    raise
+        try:
+            record = next(self._stream)
+        except StopIteration:
+            self._schedule.raise_failure()  # the ticker closed the stream to say so
+            raise
         with self._lock:
             self._schedule.hand_out(record)
         return record
@@ -456,8 +467,12 @@ class Consumer:
             if due is not None:
                 try:
                     self._commit(due)
-                except Exception:  # the next tick, or close(), tries again
-                    continue
+                except Exception as exc:
+                    if self._schedule.failed(self.name, due, exc):
+                        continue  # the next tick, or close(), tries again
+                    # Lasting: wake the application out of its wait for records.
+                    self._stream.close()
+                    return
 
     def close(self, *, processed: bool = True) -> None:
         """Stops following and commits; ``processed=False`` leaves the record in hand out."""

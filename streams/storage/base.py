@@ -8,7 +8,7 @@ a sequence for a segment target, a position for a space target.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -93,10 +93,16 @@ class Store(Protocol):
         ...
 
     def list_spaces(
-        self, after: str | None, limit: int, include: Callable[[str], bool] | None = None
+        self,
+        after: str | None,
+        limit: int,
+        include: Callable[[str], bool] | None = None,
+        prefixes: Sequence[str] | None = None,
     ) -> list[SpaceInfo]:
         """Up to ``limit`` spaces with durable records, by name, after ``after``,
-        only those ``include`` accepts when it is given."""
+        only those ``include`` accepts when it is given, looked for only among
+        names that start with one of ``prefixes`` (sorted, none a prefix of
+        another) when they are given."""
         ...
 
     def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:

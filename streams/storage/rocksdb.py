@@ -22,7 +22,7 @@ import dataclasses
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -464,6 +464,11 @@ class RocksStore:
         return swept
 
     @property
+    def write_error(self) -> str | None:
+        """Why writes are refused now (a failed fsync, a full disk); None when they work."""
+        return self._group.failure or self._disk_full
+
+    @property
     def sweep_limit(self) -> int:
         return self._options.dedupe_sweep_limit
 
@@ -587,18 +592,30 @@ class RocksStore:
         return chunk.record(last - chunk_first)
 
     def list_spaces(
-        self, after: str | None, limit: int, include: Callable[[str], bool] | None = None
+        self,
+        after: str | None,
+        limit: int,
+        include: Callable[[str], bool] | None = None,
+        prefixes: Sequence[str] | None = None,
     ) -> list[SpaceInfo]:
         self._check_open()
-        start = keys.space_catalog_key(after) + b"\x00" if after is not None else None
-        found = []
-        for key, _ in self._scan(keys.SPACE, start):
-            name = keys.first_name(key, keys.SPACE)
-            space = self._spaces[name]
-            if space.durable_position and (include is None or include(name)):
-                found.append(SpaceInfo(name, space.durable_position, space.durable_ts))
-                if len(found) == limit:
-                    break
+        found: list[SpaceInfo] = []
+        # Sorted, non-overlapping name ranges: scanned in turn, they give name order.
+        for prefix in (None,) if prefixes is None else prefixes:
+            scope = keys.SPACE if prefix is None else keys.SPACE + prefix.encode("utf-8")
+            start = scope
+            if after is not None:
+                after_key = keys.space_catalog_key(after) + b"\x00"
+                if after_key >= keys.prefix_end(scope):
+                    continue
+                start = max(start, after_key)
+            for key, _ in self._scan(scope, start):
+                name = keys.first_name(key, keys.SPACE)
+                space = self._spaces[name]
+                if space.durable_position and (include is None or include(name)):
+                    found.append(SpaceInfo(name, space.durable_position, space.durable_ts))
+                    if len(found) == limit:
+                        return found
         return found
 
     def list_segments(self, space_name: str, after: str | None, limit: int) -> list[SegmentInfo]:

@@ -25,6 +25,7 @@ from .helpers import (
     bearer,
     health_status,
     produce,
+    rpc_code,
     run_python,
     wait_until,
     write_tokens,
@@ -247,3 +248,125 @@ def test_a_bad_token_file_at_start_exits_2_with_a_clear_message(
     assert "--auth-tokens" in result.stderr
     assert str(path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_an_empty_token_file_option_is_refused_at_start(tmp_path: Path, how: str) -> None:
+    """An empty --auth-tokens used to turn authentication off, silently."""
+    args = ["server.py", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "data")]
+    if how == "flag":
+        result = run_python([*args, "--auth-tokens", ""])
+    else:
+        result = run_python(args, env={"STREAMS_AUTH_TOKENS": ""})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "listening on" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert ("--auth-tokens" if how == "flag" else "STREAMS_AUTH_TOKENS") in lines[0]
+    assert "empty" in lines[0]
+
+
+# -- revocation: a reload ends the open streams it no longer allows ------------
+
+QUICK = 8.0
+READER = {"token": "reader", "spaces": ["orders*"], "access": ["read"]}
+ADMIN = {"token": "admin", "spaces": ["*"], "access": ["read", "write"]}
+
+
+async def _reload(server: InProc) -> None:
+    server.server.reload_auth()  # what SIGHUP runs, on the server's loop
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path) -> Iterator[tuple[InProc, Path]]:
+    path = write_tokens(tmp_path / "tokens.json", [READER, ADMIN])
+    with InProc(tmp_path / "data", auth=TokenAuth.load(path)) as srv:
+        produce(srv.stub, "orders", "s", [b"first"], call_metadata=bearer("admin"))
+        yield srv, path
+
+
+def follow(srv: InProc, **request: Any) -> Any:
+    """A follow stream of the reader token, once it has its first record."""
+    stream = srv.stub.Consume(
+        pb.ConsumeRequest(space="orders", follow=True, **request),
+        metadata=bearer("reader"),
+        timeout=QUICK,
+    )
+    assert [r.payload for r in next(stream).records] == [b"first"]
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("reader", "code", "words"),
+    [
+        (None, grpc.StatusCode.UNAUTHENTICATED, "revoked"),
+        ({**READER, "spaces": ["billing"]}, grpc.StatusCode.PERMISSION_DENIED, "'orders'"),
+        ({**READER, "access": ["write"]}, grpc.StatusCode.PERMISSION_DENIED, "read access"),
+    ],
+    ids=["token-removed", "space-removed", "read-removed"],
+)
+def test_a_reload_ends_open_streams_the_token_no_longer_allows(
+    reloadable: tuple[InProc, Path],
+    reader: dict[str, Any] | None,
+    code: grpc.StatusCode,
+    words: str,
+) -> None:
+    """The stream waits for records when the reload comes: it ends at once with
+    the status that says why (not at its deadline, not with a record)."""
+    srv, path = reloadable
+    waiting = follow(srv)
+    segment = follow(srv, segment="s")
+    write_tokens(path, [ADMIN] + ([reader] if reader else []))
+    srv.run(_reload(srv))
+    for stream in (waiting, segment):
+        with pytest.raises(grpc.RpcError) as ended:
+            got = next(stream)
+            pytest.fail(f"a revoked stream went on: {got}")
+        assert ended.value.code() == code, ended.value.details()
+        assert words in (ended.value.details() or ""), ended.value.details()
+        assert "reloaded" in (ended.value.details() or "")
+    # Nothing is left registered, and new calls with the old grant are refused.
+    assert srv.server.auth is not None and srv.server.auth.open_streams == 0
+    produce(srv.stub, "orders", "s", [b"after"], call_metadata=bearer("admin"))
+    refused = rpc_code(
+        lambda: srv.stub.Peek(
+            pb.PeekRequest(space="orders"), metadata=bearer("reader"), timeout=QUICK
+        )
+    )
+    assert refused == code
+
+
+def test_a_reload_that_still_allows_the_stream_keeps_it(reloadable: tuple[InProc, Path]) -> None:
+    srv, path = reloadable
+    stream = follow(srv)
+    # Narrowed, but still covering what the stream reads.
+    write_tokens(path, [ADMIN, {**READER, "spaces": ["orders"]}])
+    srv.run(_reload(srv))
+    produce(srv.stub, "orders", "s", [b"after"], call_metadata=bearer("admin"))
+    assert [r.payload for r in next(stream).records] == [b"after"]
+    # And a second reload that does revoke still ends it.
+    write_tokens(path, [ADMIN])
+    srv.run(_reload(srv))
+    with pytest.raises(grpc.RpcError) as ended:
+        next(stream)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    stream.cancel()
+
+
+def test_a_reload_ends_a_stream_that_is_busy_sending(reloadable: tuple[InProc, Path]) -> None:
+    """Records keep coming while the token goes: no record produced after the
+    reload reaches the stream, which ends PERMISSION_DENIED."""
+    srv, path = reloadable
+    stream = follow(srv, max_batch=1)
+    for n in range(50):
+        produce(srv.stub, "orders", "s", [f"before-{n}".encode()], call_metadata=bearer("admin"))
+    next(stream)  # mid-way through the backlog, with more to send
+    write_tokens(path, [ADMIN, {**READER, "spaces": ["billing"]}])
+    srv.run(_reload(srv))
+    produce(srv.stub, "orders", "s", [b"after"], call_metadata=bearer("admin"))
+    seen = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for response in stream:
+            seen.extend(r.payload for r in response.records)
+    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED, ended.value.details()
+    assert b"after" not in seen
