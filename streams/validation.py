@@ -58,6 +58,13 @@ def target(space: str, segment: str, segment_field: str = "segment") -> Target:
 
 
 def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
+    """The Produce as a transaction of record bodies ready to store.
+
+    Drops the request's unknown fields, at every depth, first: a record is
+    stored as its known fields only, so bytes a producer adds can neither stand
+    for a server field (space, sequence, timestamp...) nor make it unreadable.
+    """
+    request.DiscardUnknownFields()
     space = name("space", request.space)
     if not request.writes:
         raise InvalidArgument("writes: must hold at least one SegmentWrite")
@@ -85,14 +92,18 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
         seen.add(segment)
         if not write.records:
             raise InvalidArgument(f"writes[{i}].records: must hold at least one record")
-        bodies = tuple(_record_body(i, j, record, lim) for j, record in enumerate(write.records))
+        overhead = codec.record_overhead(space, segment, txid)
+        bodies = tuple(
+            _record_body(i, j, record, lim, overhead) for j, record in enumerate(write.records)
+        )
         expected = write.expected_sequence if write.HasField("expected_sequence") else None
         appends.append(SegmentAppend(segment, bodies, expected))
     return Transaction(space, tuple(appends), txid, _fingerprint(appends) if txid else b"")
 
 
-def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits) -> bytes:
-    """The record's serialized body, once its payload and metadata are checked.
+def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits, overhead: int) -> bytes:
+    """The record's serialized body, once its payload, metadata and stored size
+    (``overhead`` bytes more than the body, at most) are checked.
 
     This runs for every record of every Produce: the common case (a body
     within the payload limit, no metadata) costs one serialization.
@@ -107,6 +118,12 @@ def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits) -> bytes:
         )
     if record.metadata:
         _check_metadata(f"writes[{i}].records[{j}].metadata", record.metadata, lim)
+    if len(body) + overhead > lim.max_record_bytes:
+        raise InvalidArgument(
+            f"writes[{i}].records[{j}]: {len(body) + overhead} bytes once stored (payload "
+            f"{len(record.payload)} bytes, {len(record.metadata)} metadata pairs, space, "
+            f"segment and transaction_id), over max_record_bytes ({lim.max_record_bytes})"
+        )
     return body
 
 
