@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     lim = Limits()
     variants: dict[str, Callable[[bytes], object]] = {
         "parse only": pb.ProduceRequest.FromString,
+        "parse + DiscardUnknownFields": lambda raw: pb.ProduceRequest.FromString(
+            raw
+        ).DiscardUnknownFields(),
         "parse + validation (current)": lambda raw: validation.transaction(
             pb.ProduceRequest.FromString(raw), lim
         ),
