@@ -58,11 +58,12 @@ _SHORT_VARINTS = tuple(_encode_varint(n) for n in range(1 << 14))
 
 
 def varint(value: int) -> bytes:
-    if value < 1 << 14:
+    # Negative values fall through to _encode_varint, which refuses them.
+    if 0 <= value < 1 << 14:
         return _SHORT_VARINTS[value]
-    if value < 1 << 21:  # sequences and positions up to two million: unrolled
+    if 0 < value < 1 << 21:  # sequences and positions up to two million: unrolled
         return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
-    if value < 1 << 28:
+    if 0 < value < 1 << 28:
         return bytes(
             (
                 (value & 0x7F) | 0x80,
