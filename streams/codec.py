@@ -4,19 +4,26 @@ it pays.
 A stored record is a serialized ``Record`` message, built once at commit time:
 the fields shared by a segment write (space, segment, timestamp, transaction
 id) are serialized once, and each record appends its sequence, position and
-the ``RecordInput`` bytes it arrived with (``payload`` and ``metadata`` share
-field numbers with ``Record``). A ``ConsumeResponse`` is the stored records
-framed as its repeated field 1, so a read never decodes or re-encodes a record.
-Protobuf parsers accept fields in any order, so these bytes parse as the
-messages they stand for in every language.
+its ``RecordInput`` body (``payload`` and ``metadata`` share field numbers
+with ``Record``). Validation builds that body from the known fields only, so
+nothing a producer sends can stand for a field of the server's. A
+``ConsumeResponse`` is the stored records framed as its repeated field 1, so
+a read never decodes or re-encodes a record. Protobuf parsers accept fields in
+any order, so these bytes parse as the messages they stand for in every
+language.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from streams.errors import StreamsError
 from streams.model import ProduceResult, SegmentAck
 from streams.v1 import streams_pb2 as pb
 
@@ -24,10 +31,19 @@ NANOS = 1_000_000_000
 _SEQUENCE_TAG = b"\x28"  # Record.sequence = 5, varint
 _POSITION_TAG = b"\x30"  # Record.position = 6, varint
 _RECORDS_TAG = b"\x0a"  # ConsumeResponse.records = 1, length-delimited
+_U64_MAX = (1 << 64) - 1
+log = logging.getLogger(__name__)
+
+
+class CorruptRecord(StreamsError):
+    """A stored record does not parse: the store holds bytes it never wrote."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 def _encode_varint(value: int) -> bytes:
-    assert value >= 0, value
+    if not 0 <= value <= _U64_MAX:
+        raise ValueError(f"varint: {value} is outside 0..2**64-1")
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -42,11 +58,12 @@ _SHORT_VARINTS = tuple(_encode_varint(n) for n in range(1 << 14))
 
 
 def varint(value: int) -> bytes:
-    if value < 1 << 14:
+    # Negative values fall through to _encode_varint, which refuses them.
+    if 0 <= value < 1 << 14:
         return _SHORT_VARINTS[value]
-    if value < 1 << 21:  # sequences and positions up to two million: unrolled
+    if 0 < value < 1 << 21:  # sequences and positions up to two million: unrolled
         return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
-    if value < 1 << 28:
+    if 0 < value < 1 << 28:
         return bytes(
             (
                 (value & 0x7F) | 0x80,
@@ -80,8 +97,57 @@ def record(header: bytes, sequence: int, position: int, body: bytes) -> bytes:
     )
 
 
+# The largest timestamp field (seconds and nanos of 9999-12-31T23:59:59.999999999Z)
+# and sequence and position fields a stored record can carry: validation bounds a
+# record's stored size before the commit gives it these values.
+_MAX_TIMESTAMP_FIELD_BYTES = pb.Record(
+    timestamp=Timestamp(seconds=253_402_300_799, nanos=NANOS - 1)
+).ByteSize()
+_MAX_NUMBER_FIELDS_BYTES = pb.Record(sequence=_U64_MAX, position=_U64_MAX).ByteSize()
+
+
+def record_overhead(space: str, segment: str, transaction_id: str) -> int:
+    """Bytes that commit adds to a record's body, at most: its header and numbers."""
+    names = pb.Record(space=space, segment=segment, transaction_id=transaction_id).ByteSize()
+    return names + _MAX_TIMESTAMP_FIELD_BYTES + _MAX_NUMBER_FIELDS_BYTES
+
+
+def _timestamp_reader() -> type[pb.Record]:
+    """A message holding only ``Record.timestamp`` (field 7): reading a time
+    skips the payload and does not depend on the record's other fields."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="streams/internal/record_timestamp.proto",
+        package="streams.internal",
+        syntax="proto3",
+        dependency=[Timestamp.DESCRIPTOR.file.name],
+    )
+    proto.message_type.add(name="RecordTimestamp").field.add(
+        name="timestamp",
+        number=pb.Record.TIMESTAMP_FIELD_NUMBER,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        type_name=".google.protobuf.Timestamp",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(Timestamp.DESCRIPTOR.file.serialized_pb)
+    pool.AddSerializedFile(proto.SerializeToString())
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("streams.internal.RecordTimestamp")
+    )
+
+
+_RecordTimestamp = _timestamp_reader()
+
+
 def record_timestamp_ns(stored: bytes) -> int:
-    return timestamp_ns(pb.Record.FromString(stored).timestamp)
+    """The timestamp of a stored record; :class:`CorruptRecord` if it has none."""
+    try:
+        return timestamp_ns(_RecordTimestamp.FromString(stored).timestamp)
+    except DecodeError as exc:
+        log.error("a stored record of %d bytes does not parse: %s", len(stored), exc)
+        raise CorruptRecord(
+            f"a stored record ({len(stored)} bytes) does not parse ({exc}): the store is damaged"
+        ) from None
 
 
 def framed_size(stored: bytes) -> int:
@@ -93,7 +159,8 @@ def framed_size(stored: bytes) -> int:
 def take(records: Iterable[bytes], max_records: int, max_bytes: int) -> list[bytes]:
     """The leading ``records`` that fit one response: at most ``max_records``, and
     at most ``max_bytes`` once framed, except that the first always goes."""
-    assert max_records >= 1
+    if max_records < 1:
+        raise ValueError(f"max_records: {max_records} is not positive")
     out: list[bytes] = []
     size = 0
     for stored in records:

@@ -34,6 +34,13 @@ class Limits:
     max_metadata_pairs: int = _limit(64, "Most metadata pairs on one record.")
     max_metadata_key_bytes: int = _limit(255, "Longest metadata key, in UTF-8 bytes.")
     max_metadata_value_bytes: int = _limit(4 * KIB, "Longest metadata value, in UTF-8 bytes.")
+    # Bounds what the limits above bound in parts: a record as stored and served,
+    # its space, segment, timestamp, numbers and transaction id included. The
+    # default admits the largest record the contract's default limits admit
+    # (about 1.27 MiB); a Consume response always has room for one.
+    max_record_bytes: int = _limit(
+        3 * MIB // 2, "Largest stored record: payload, metadata and the server's fields, in bytes."
+    )
     max_request_bytes: int = _limit(
         16 * MIB, "Largest request message; larger is RESOURCE_EXHAUSTED."
     )
@@ -59,19 +66,14 @@ class Limits:
                 f"max_response_bytes ({self.max_response_bytes}) is over the "
                 f"{RESPONSE_BYTES_CAP}-byte cap (clients refuse messages over 4 MiB)"
             )
-        if self.largest_record_bytes() > RESPONSE_BYTES_CAP:
+        for part in ("max_payload_bytes", "max_metadata_key_bytes", "max_metadata_value_bytes"):
+            if getattr(self, part) > self.max_record_bytes:
+                raise ValueError(
+                    f"{part} ({getattr(self, part)}) is over max_record_bytes "
+                    f"({self.max_record_bytes}): no stored record could reach it"
+                )
+        if self.max_record_bytes > RESPONSE_BYTES_CAP:
             raise ValueError(
-                f"a record may reach {self.largest_record_bytes()} bytes with these limits, "
-                f"over the {RESPONSE_BYTES_CAP}-byte response cap"
+                f"max_record_bytes ({self.max_record_bytes}) is over the {RESPONSE_BYTES_CAP}-byte "
+                "response cap (a record must fit one Consume response)"
             )
-
-    def largest_record_bytes(self) -> int:
-        """An upper bound on one stored record's size (names, numbers, framing)."""
-        per_pair = self.max_metadata_key_bytes + self.max_metadata_value_bytes + 16
-        return (
-            self.max_payload_bytes
-            + self.max_metadata_pairs * per_pair
-            + 2 * MAX_NAME_BYTES
-            + MAX_TRANSACTION_ID_BYTES
-            + 128
-        )

@@ -12,7 +12,8 @@ from typing import ClassVar
 
 @dataclass(frozen=True, slots=True)
 class SegmentAppend:
-    """Records to append to one segment; each record is its serialized body."""
+    """Records to append to one segment; each record is its body: the serialized
+    ``RecordInput`` of its known fields (payload, metadata), nothing else."""
 
     segment: str
     bodies: tuple[bytes, ...]

@@ -56,6 +56,13 @@ def target(space: str, segment: str, segment_field: str = "segment") -> Target:
 
 
 def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
+    """The Produce as a transaction of record bodies ready to store.
+
+    Drops the request's unknown fields, at every depth, first: a record is
+    stored as its known fields only, so bytes a producer adds can neither stand
+    for a server field (space, sequence, timestamp...) nor make it unreadable.
+    """
+    request.DiscardUnknownFields()
     space = name("space", request.space)
     if not request.writes:
         raise InvalidArgument("writes: must hold at least one SegmentWrite")
@@ -83,28 +90,42 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
         seen.add(segment)
         if not write.records:
             raise InvalidArgument(f"writes[{i}].records: must hold at least one record")
-        bodies = tuple(_record_body(i, j, record, lim) for j, record in enumerate(write.records))
+        # What a record's body may weigh once commit adds its header and numbers.
+        budget = lim.max_record_bytes - codec.record_overhead(space, segment, txid)
+        bodies = tuple(
+            _record_body(i, j, record, lim, budget) for j, record in enumerate(write.records)
+        )
         expected = write.expected_sequence if write.HasField("expected_sequence") else None
         appends.append(SegmentAppend(segment, bodies, expected))
     return Transaction(space, tuple(appends), txid, _fingerprint(appends) if txid else b"")
 
 
-def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits) -> bytes:
-    """The record's serialized body, once its payload and metadata are checked.
+def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits, budget: int) -> bytes:
+    """The record's serialized body, once its payload, metadata and stored size
+    (at most ``budget`` bytes of body) are checked.
 
     This runs for every record of every Produce: the common case (a body
-    within the payload limit, no metadata) costs one serialization.
+    within the payload limit and the budget, no metadata) costs one
+    serialization and two comparisons.
     """
     # Deterministic, so a retry of the same request has the same fingerprint.
     body = record.SerializeToString(deterministic=True)
+    size = len(body)
     # The body holds the payload, so only a body over the limit can hide one.
-    if len(body) > lim.max_payload_bytes and len(record.payload) > lim.max_payload_bytes:
+    if size > lim.max_payload_bytes and len(record.payload) > lim.max_payload_bytes:
         raise InvalidArgument(
             f"writes[{i}].records[{j}].payload: {len(record.payload)} bytes, over "
             f"max_payload_bytes ({lim.max_payload_bytes})"
         )
     if record.metadata:
         _check_metadata(f"writes[{i}].records[{j}].metadata", record.metadata, lim)
+    if size > budget:
+        stored = size + lim.max_record_bytes - budget
+        raise InvalidArgument(
+            f"writes[{i}].records[{j}]: {stored} bytes once stored (payload "
+            f"{len(record.payload)} bytes, {len(record.metadata)} metadata pairs, space, "
+            f"segment and transaction_id), over max_record_bytes ({lim.max_record_bytes})"
+        )
     return body
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,3 +49,47 @@ def test_take_cuts_by_count_and_bytes_but_keeps_one(count: int, max_bytes: int) 
     assert len(taken) == 1 or sum(codec.framed_size(r) for r in taken) <= max_bytes
     if len(taken) < count:
         assert sum(codec.framed_size(r) for r in records[: len(taken) + 1]) > max_bytes
+
+
+def test_invariants_hold_without_asserts() -> None:
+    """Checks that always run, also under ``python -O``."""
+    with pytest.raises(ValueError, match="varint"):
+        codec.varint(-1)
+    with pytest.raises(ValueError, match="varint"):
+        codec.varint(1 << 64)
+    with pytest.raises(ValueError, match="max_records"):
+        codec.take([b"x"], 0, 100)
+
+
+def test_record_timestamp_reads_past_fields_it_does_not_need() -> None:
+    """A stored record's time is found even when its other fields do not parse
+    (invalid UTF-8 in a string, as records stored before issue 10 may hold)."""
+    header = codec.record_header("space", "segment", 1_700_000_000_000_000_001, "")
+    stored = codec.record(header, 1, 1, b"\x1a\x01\xff")
+    with pytest.raises(DecodeError):
+        pb.Record.FromString(stored)
+    assert codec.record_timestamp_ns(stored) == 1_700_000_000_000_000_001
+
+
+def test_a_damaged_record_is_corrupt_record_not_a_decode_error() -> None:
+    header = codec.record_header("space", "segment", 5, "")
+    damaged = codec.record(header, 1, 1, b"")[:-3] + b"\x3a\x7f"
+    with pytest.raises(codec.CorruptRecord, match="does not parse") as info:
+        codec.record_timestamp_ns(damaged)
+    assert info.value.code is grpc.StatusCode.DATA_LOSS
+
+
+@given(
+    space=st.text(min_size=1, max_size=255).filter(lambda s: len(s.encode()) <= 255),
+    transaction_id=st.text(max_size=128).filter(lambda s: len(s.encode()) <= 128),
+    ts_ns=st.integers(0, (253_402_300_799 + 1) * codec.NANOS - 1),
+    sequence=u64,
+    position=u64,
+    body=st.binary(max_size=300),
+)
+def test_record_overhead_bounds_what_commit_adds(
+    space: str, transaction_id: str, ts_ns: int, sequence: int, position: int, body: bytes
+) -> None:
+    header = codec.record_header(space, "segment", ts_ns, transaction_id)
+    stored = codec.record(header, sequence, position, body)
+    assert len(stored) <= len(body) + codec.record_overhead(space, "segment", transaction_id)

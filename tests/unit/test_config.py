@@ -16,6 +16,7 @@ def test_defaults_are_the_contracts() -> None:
     assert cfg.limits == Limits()
     assert cfg.limits.max_payload_bytes == 1 << 20
     assert cfg.limits.max_request_bytes == 16 << 20
+    assert cfg.limits.max_record_bytes == 3 << 19
 
 
 def test_environment_sets_and_flags_override() -> None:
@@ -36,7 +37,9 @@ def test_environment_sets_and_flags_override() -> None:
     [
         (["--max-payload-bytes", "0"], {}, "max_payload_bytes"),
         (["--default-batch", "20", "--max-batch", "10"], {}, "default_batch"),
-        (["--max-payload-bytes", str(8 << 20)], {}, "response"),
+        (["--max-record-bytes", str(8 << 20)], {}, "response"),
+        (["--max-payload-bytes", str(2 << 20)], {}, "max_record_bytes"),
+        ([], {"STREAMS_MAX_METADATA_VALUE_BYTES": str(2 << 20)}, "max_record_bytes"),
         ([], {"STREAMS_MAX_BATCH": "many"}, "STREAMS_MAX_BATCH"),
         ([], {"STREAMS_NO_SYNC": "perhaps"}, "perhaps"),
         (["--dedupe-window-seconds", "0"], {}, "dedupe-window-seconds"),
