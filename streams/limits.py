@@ -19,6 +19,9 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # The default gRPC client refuses messages over 4 MiB; responses stay under.
 RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
+# A buffered response is charged twice its size (gRPC keeps its own copy until
+# sent), and one response of the largest size must always fit.
+MIN_MEMORY_BUDGET_BYTES = 2 * RESPONSE_BYTES_CAP
 
 
 def _limit(default: int, text: str) -> Any:
@@ -51,6 +54,20 @@ class Limits:
     max_response_bytes: int = _limit(
         1 * MIB, "Consume responses are cut at this size (one record always fits)."
     )
+    # What the server buffers for clients (tail windows, responses gRPC has not
+    # taken yet) stays within this; see streams/memory.py.
+    memory_budget_bytes: int = _limit(
+        256 * MIB,
+        "Memory for live-tail windows and buffered Consume responses, all streams together.",
+    )
+    max_concurrent_streams: int = _limit(
+        2_000, "Most Consume streams open at once; more are RESOURCE_EXHAUSTED."
+    )
+    max_inflight_request_bytes: int = _limit(
+        32 * MIB,
+        "Most request bytes being handled at once, all calls together; "
+        "more are RESOURCE_EXHAUSTED.",
+    )
 
     def __post_init__(self) -> None:
         for limit in fields(self):
@@ -65,6 +82,16 @@ class Limits:
             raise ValueError(
                 f"max_response_bytes ({self.max_response_bytes}) is over the "
                 f"{RESPONSE_BYTES_CAP}-byte cap (clients refuse messages over 4 MiB)"
+            )
+        if self.memory_budget_bytes < MIN_MEMORY_BUDGET_BYTES:
+            raise ValueError(
+                f"memory_budget_bytes ({self.memory_budget_bytes}) is under "
+                f"{MIN_MEMORY_BUDGET_BYTES}: it must hold the largest response twice over"
+            )
+        if self.max_inflight_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_inflight_request_bytes ({self.max_inflight_request_bytes}) is under "
+                f"max_request_bytes ({self.max_request_bytes}): a largest request could never run"
             )
         for part in ("max_payload_bytes", "max_metadata_key_bytes", "max_metadata_value_bytes"):
             if getattr(self, part) > self.max_record_bytes:

@@ -16,6 +16,8 @@ from wsgiref.simple_server import WSGIServer
 
 import prometheus_client as prom
 
+from streams.memory import InflightRequests, MemoryBudget
+
 # Latencies here run from ~0.1 ms (no-sync, memory) to seconds (a stalled disk).
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
@@ -75,6 +77,28 @@ class Metrics:
             registry=r,
         )
         self.store_writable.set(1)
+        self._memory_budget = prom.Gauge(
+            "streams_memory_budget_bytes",
+            "The memory budget for live-tail windows and buffered responses.",
+            registry=r,
+        )
+        self._memory_used = prom.Gauge(
+            "streams_memory_used_bytes",
+            "Memory of the budget in use, by use: windows (live-tail cache, evicted first) "
+            "or responses (handed to gRPC, not yet sent).",
+            ["use"],
+            registry=r,
+        )
+        self._memory_waiting = prom.Gauge(
+            "streams_memory_waiting_streams",
+            "Consume streams waiting for memory of the budget to send their next response.",
+            registry=r,
+        )
+        self._inflight_request_bytes = prom.Gauge(
+            "streams_inflight_request_bytes",
+            "Raw bytes of the requests being handled now (capped by --max-inflight-request-bytes).",
+            registry=r,
+        )
         disk = prom.Gauge(
             "streams_storage_bytes",
             "Size on disk of the RocksDB folder (SST, WAL, manifest).",
@@ -85,6 +109,14 @@ class Metrics:
     def produced(self, records: int, size: int) -> None:
         self.produced_records.inc(records)
         self.produced_bytes.inc(size)
+
+    def watch_memory(self, memory: MemoryBudget, requests: InflightRequests) -> None:
+        """Exports the memory budget's use and the request bytes in flight."""
+        self._memory_budget.set_function(lambda: memory.capacity)
+        self._memory_used.labels("windows").set_function(lambda: memory.windows)
+        self._memory_used.labels("responses").set_function(lambda: memory.responses)
+        self._memory_waiting.set_function(lambda: memory.waiting)
+        self._inflight_request_bytes.set_function(lambda: requests.used)
 
     def serve(self, listen: str) -> tuple[WSGIServer, threading.Thread]:
         """Serves ``/metrics`` on ``listen`` (HOST:PORT, port 0 picks one) in a thread."""

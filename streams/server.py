@@ -33,6 +33,7 @@ from streams import config as config_module
 from streams import logs
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config
+from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
 from streams.service import SERVICE_NAME, StreamsService
@@ -89,6 +90,8 @@ class StreamsServer:
         cfg = self.config
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # One budget for the tail's windows and the service's buffered responses.
+        memory = MemoryBudget(cfg.limits.memory_budget_bytes)
         self._store = RocksStore.open(
             cfg.data,
             StoreOptions(
@@ -96,6 +99,7 @@ class StreamsServer:
                 dedupe_window_ns=int(cfg.dedupe_window_seconds * 1e9),
                 on_fsync=self.metrics.fsync_seconds.observe,
                 follow_linger=cfg.follow_linger_ms / 1000,
+                memory=memory,
             ),
         )
         self._server = grpc.aio.server(
@@ -104,7 +108,9 @@ class StreamsServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._service = StreamsService(self._store, cfg.limits, self.metrics, self.auth, self.pages)
+        self._service = StreamsService(
+            self._store, cfg.limits, self.metrics, self.auth, self.pages, memory
+        )
         self._server.add_generic_rpc_handlers((self._service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -2,9 +2,10 @@
 
 Handlers are registered by hand rather than through the generated base class
 so that Consume and Peek can send stored record bytes as they are (a custom
-response serializer that passes bytes through), and so that a request that is
+response serializer that passes bytes through), so that a request that is
 not valid protobuf (bad UTF-8 in a string, say) becomes INVALID_ARGUMENT
-instead of gRPC's generic INTERNAL.
+instead of gRPC's generic INTERNAL, and so that the raw size of every request
+is counted (``--max-inflight-request-bytes``) before it is parsed.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from google.protobuf.message import DecodeError, Message
 
 from streams import codec, validation
 from streams.auth import ANYONE, Caller, TokenAuth
-from streams.errors import InvalidArgument, NotFound, StreamsError, Unavailable
+from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
 from streams.keys import U64_MAX
 from streams.limits import Limits
+from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
 from streams.model import SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
@@ -34,21 +36,50 @@ from streams.v1 import streams_pb2 as pb
 SERVICE_NAME = "streams.v1.StreamsService"
 _Named = TypeVar("_Named", SpaceInfo, SegmentInfo)
 log = logging.getLogger(__name__)
+# A response handed to gRPC is in memory twice until sent: the bytes the
+# handler yields and gRPC core's copy of them (measured: a follower that stops
+# reading holds 2.1 MiB per 1 MiB response).
+RESPONSE_COPIES = 2
+# A response takes at most this share of the memory left for responses, so
+# followers that stop reading leave room for the others (always one record).
+_RESPONSE_SHARE = 4
 
 
-class _Malformed:
-    """Stands in for a request that did not parse, so the handler can say why."""
+class _Received:
+    """A request as the handler gets it: the parsed message, or why there is none,
+    and the raw bytes counted in flight until the call ends."""
 
-    def __init__(self, message_type: type[Message], error: str) -> None:
-        self.message = f"request: not a valid {message_type.DESCRIPTOR.name}: {error}"
+    __slots__ = ("error", "message", "requests", "size")
+
+    def __init__(self, requests: InflightRequests, size: int) -> None:
+        self.requests = requests
+        self.size = size
+        self.message: Any = None
+        self.error: StreamsError | None = None
+
+    def release(self) -> None:
+        if self.size:
+            self.requests.give_back(self.size)
+            self.size = 0
 
 
-def _parser(message_type: type[Message]) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
+def _parser(message_type: type[Message], requests: InflightRequests) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> _Received:
+        received = _Received(requests, 0)
         try:
-            return message_type.FromString(data)
+            # Refused here, before the parse copies it again.
+            requests.take(len(data))
+        except ResourceExhausted as exc:
+            received.error = exc
+            return received
+        received.size = len(data)
+        try:
+            received.message = message_type.FromString(data)
         except DecodeError as exc:
-            return _Malformed(message_type, str(exc))
+            received.error = InvalidArgument(
+                f"request: not a valid {message_type.DESCRIPTOR.name}: {exc}"
+            )
+        return received
 
     return parse
 
@@ -77,12 +108,18 @@ class StreamsService:
         metrics: Metrics,
         auth: TokenAuth | None = None,
         pages: PageTokens | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self._store = store
         self._limits = lim
         self._metrics = metrics
         self._auth = auth
         self._pages = pages or PageTokens.load(None)
+        # Shared with the store's tail windows when the server builds both.
+        self._memory = memory or MemoryBudget(lim.memory_budget_bytes)
+        self._requests = InflightRequests(lim.max_inflight_request_bytes)
+        self._streams = 0
+        metrics.watch_memory(self._memory, self._requests)
         # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
         # while the calls already running finish; gRPC's own stop would cancel
         # calls it has accepted but not yet handed over (CANCELLED, not retried).
@@ -122,49 +159,63 @@ class StreamsService:
             wrap = self._stream if kind is stream else self._unary
             handlers[name] = kind(
                 wrap(name, method),
-                request_deserializer=_parser(request_type),
+                request_deserializer=_parser(request_type, self._requests),
                 response_serializer=serialize,
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._rpc(name, request, context) as caller:
-                return await method(request, context, caller)
+        async def handle(received: _Received, context: grpc.aio.ServicerContext) -> Any:
+            # No await between the parse and here: the bytes counted are given back.
+            try:
+                async with self._rpc(name, received, context) as caller:
+                    return await method(received.message, context, caller)
+            finally:
+                received.release()
 
         return handle
 
     def _stream(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            self._metrics.active_consume_streams.inc()
+        async def handle(
+            received: _Received, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
             try:
-                async with self._rpc(name, request, context) as caller:
+                async with self._rpc(name, received, context, stream=True) as caller:
                     # Ends the stream when a token reload revokes what it needs.
-                    async for response in caller.until_revoked(method(request, context, caller)):
+                    stream = method(received.message, context, caller)
+                    async for response in caller.until_revoked(stream):
                         yield response
             finally:
-                self._metrics.active_consume_streams.dec()
+                received.release()
 
         return handle
 
     @contextlib.asynccontextmanager
     async def _rpc(
-        self, name: str, request: Any, context: grpc.aio.ServicerContext
+        self,
+        name: str,
+        received: _Received,
+        context: grpc.aio.ServicerContext,
+        stream: bool = False,
     ) -> AsyncIterator[Caller]:
-        """Authenticates, rejects unparsable requests, and turns every error into
-        the status its type names (and a metric, and a log line)."""
+        """Authenticates, rejects unparsable requests and streams over the cap, and
+        turns every error into the status its type names (and a metric, and a log line)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._running += 1
         self._idle.clear()
+        admitted = False
         try:
             if self._draining:
                 raise Unavailable(f"{name}: the server is shutting down; retry")
+            if received.error is not None:
+                raise received.error
             caller = (
                 self._auth.authenticate(context.invocation_metadata()) if self._auth else ANYONE
             )
-            if isinstance(request, _Malformed):
-                raise InvalidArgument(request.message)
+            if stream:
+                self._admit_stream(name)
+                admitted = True
             yield caller
         except StreamsError as exc:
             code = exc.code
@@ -179,6 +230,9 @@ class StreamsService:
             log.exception("%s failed", name, extra={"method": name})
             await context.abort(code, f"{name}: internal error; the server log has details")
         finally:
+            if admitted:
+                self._streams -= 1
+                self._metrics.active_consume_streams.dec()
             self._running -= 1
             if not self._running:
                 self._idle.set()
@@ -192,9 +246,19 @@ class StreamsService:
                         "code": code.name,
                         "peer": context.peer(),
                         "ms": round((time.perf_counter() - started) * 1000, 3),
-                        "space": getattr(request, "space", None),
+                        "space": getattr(received.message, "space", None),
                     },
                 )
+
+    def _admit_stream(self, name: str) -> None:
+        cap = self._limits.max_concurrent_streams
+        if self._streams >= cap:
+            raise ResourceExhausted(
+                f"{name}: {self._streams} streams are open, the most max_concurrent_streams "
+                f"({cap}) allows; retry later"
+            )
+        self._streams += 1
+        self._metrics.active_consume_streams.inc()
 
     # -- RPCs ------------------------------------------------------------
 
@@ -226,16 +290,25 @@ class StreamsService:
                 last = min(last, self._store.last_offset(target))
             await context.send_initial_metadata(())
             remaining = query.limit or U64_MAX
+            needed = 1  # memory the next response needs at least
             while remaining and first <= last:
-                batch = self._store.read(
-                    target,
-                    first,
-                    last,
-                    min(query.max_batch, remaining),
-                    self._limits.max_response_bytes,
-                )
+                room = await self._memory.room_for(needed)
+                share = room // (RESPONSE_COPIES * _RESPONSE_SHARE)
+                size = max(1, min(self._limits.max_response_bytes, share))
+                batch = self._store.read(target, first, last, min(query.max_batch, remaining), size)
                 if batch.count:
-                    yield batch.framed
+                    cost = RESPONSE_COPIES * len(batch.framed)
+                    if cost > self._memory.response_room():
+                        # One record, larger than what is left: wait until it fits.
+                        needed = cost
+                        continue
+                    needed = 1
+                    self._memory.charge(cost)
+                    try:
+                        yield batch.framed
+                    finally:
+                        # gRPC has taken it (the stream asks for the next), or the stream ended.
+                        self._memory.refund(cost)
                     self._metrics.consumed_records.inc(batch.count)
                     first += batch.count
                     remaining -= batch.count

@@ -37,6 +37,7 @@ from streams.errors import (
     SequenceMismatch,
     Unavailable,
 )
+from streams.memory import MemoryBudget
 from streams.model import (
     ProduceResult,
     Records,
@@ -68,10 +69,12 @@ class StoreOptions:
     sync: bool = True
     dedupe_window_ns: int = _DAY_NS
     dedupe_sweep_limit: int = 10_000
-    # In-memory window of the latest records of each followed space (and of
-    # each of its segments): followers read these without touching RocksDB.
+    # In-memory window of the latest records of each followed space or
+    # segment: followers read these without touching RocksDB. All windows
+    # together stay within `memory`, the server's budget.
     tail_window_records: int = 10_000
     tail_window_bytes: int = 16 * 1024 * 1024
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
     # Followers are woken at most once per this many seconds (see Tail).
     follow_linger: float = 0.0
     clock: Callable[[], int] = field(default=time.time_ns)
@@ -167,7 +170,10 @@ class RocksStore:
         self._spaces: dict[str, _Space] = {}
         self._pending: list[_Pending] = []
         self._tail = Tail(
-            options.tail_window_records, options.tail_window_bytes, options.follow_linger
+            options.tail_window_records,
+            options.tail_window_bytes,
+            options.follow_linger,
+            options.memory,
         )
         self._group = GroupCommit(
             self._sync_wal if options.sync else None, self._publish, options.on_fsync

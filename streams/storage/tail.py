@@ -10,28 +10,41 @@ from disk and rejoins the window. Offsets are dense, so the switch from disk
 to memory cannot skip or repeat a record: the follower always asks for
 exactly the next offset.
 
-Windows exist only for spaces with followers, each bounded by record count
-and bytes; they hold only durable records (appended when an fsync covers
-them).
+Windows exist only for targets with followers (a space, or one segment of
+it), each bounded by record count and bytes, and all of them together by the
+server's memory budget (:class:`~streams.memory.MemoryBudget`): past it, the
+windows read least recently are dropped first. A window is a cache, so
+dropping one only sends its followers to RocksDB. Windows hold only durable
+records (appended when an fsync covers them).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from streams import codec
 from streams.errors import Unavailable
+from streams.memory import MemoryBudget
 from streams.model import Records, Target
+
+# What a held record costs beyond its bytes: the bytes object's header (33) and
+# its slot in the window's list (8). It dominates for small records.
+RECORD_OVERHEAD = 41
+
+
+def _cost(records: Sequence[bytes]) -> int:
+    return sum(len(r) for r in records) + RECORD_OVERHEAD * len(records)
 
 
 class Window:
     """The latest durable records of one target: offsets ``first`` and on, contiguous.
 
     A list with a moving head rather than a deque, so that a follower's read
-    is a slice (O(records read)) wherever it starts in the window.
+    is a slice (O(records read)) wherever it starts in the window. ``size`` is
+    what the records cost in memory (:data:`RECORD_OVERHEAD` included).
     """
 
     __slots__ = ("first", "head", "items", "max_bytes", "max_records", "size")
@@ -54,18 +67,32 @@ class Window:
 
     def append(self, offset: int, records: Sequence[bytes]) -> None:
         if offset != self.end:
-            # A gap (the space was not followed when those were committed):
+            # A gap (the target was not followed when those were committed):
             # start over, so the window stays contiguous.
             self.items.clear()
             self.head = 0
             self.size = 0
             self.first = offset
         self.items.extend(records)
-        self.size += sum(len(r) for r in records)
+        self.size += _cost(records)
         while len(self) > self.max_records or (self.size > self.max_bytes and len(self) > 1):
-            self.size -= len(self.items[self.head])
-            self.head += 1
-            self.first += 1
+            self._drop_first()
+        self._compact()
+
+    def trim(self, max_bytes: int) -> None:
+        """Drops the oldest records until the window costs at most ``max_bytes``."""
+        while self.size > max_bytes and len(self):
+            self._drop_first()
+        self._compact()
+
+    def _drop_first(self) -> None:
+        self.size -= len(self.items[self.head]) + RECORD_OVERHEAD
+        # Released now, not at the next compaction: the budget counts it gone.
+        self.items[self.head] = b""
+        self.head += 1
+        self.first += 1
+
+    def _compact(self) -> None:
         if self.head * 2 > len(self.items):
             del self.items[: self.head]  # amortized O(1) per record
             self.head = 0
@@ -118,12 +145,24 @@ class Subscription:
 
 
 class Tail:
-    """Followers' wake-ups and the in-memory windows of followed spaces."""
+    """Followers' wake-ups and the in-memory windows of followed targets."""
 
-    def __init__(self, window_records: int, window_bytes: int, linger: float = 0.0) -> None:
-        assert window_records >= 1 and window_bytes >= 1 and linger >= 0
+    def __init__(
+        self,
+        window_records: int,
+        window_bytes: int,
+        linger: float = 0.0,
+        memory: MemoryBudget | None = None,
+    ) -> None:
+        if window_records < 1 or window_bytes < 1 or linger < 0:
+            raise ValueError(
+                f"tail: window_records ({window_records}) and window_bytes ({window_bytes}) "
+                f"must be positive, linger ({linger}) not negative"
+            )
         self._window_records = window_records
         self._window_bytes = window_bytes
+        self._memory = memory or MemoryBudget()
+        self._memory.shrink_windows = self._shrink
         # Wake-ups closer together than `linger` seconds are merged, so that
         # under a high commit rate each follower sends one response per
         # `linger` rather than one per transaction: gRPC's per-message cost,
@@ -136,14 +175,23 @@ class Tail:
         self._followers: Counter[Target] = Counter()
         self._spaces: Counter[str] = Counter()  # followers per space, all targets
         self._events: dict[Target, asyncio.Event] = {}
-        # space -> segment ("" for the space itself) -> window
-        self._windows: dict[str, dict[str, Window]] = {}
+        # Windows of followed targets, the least recently read first.
+        self._windows: OrderedDict[Target, Window] = OrderedDict()
         self._closed = False
 
     @property
     def waiting_targets(self) -> int:
         """Targets with a wake-up event (for tests: it drops back with the followers)."""
         return len(self._events)
+
+    @property
+    def memory(self) -> MemoryBudget:
+        return self._memory
+
+    @property
+    def windows(self) -> int:
+        """Windows held right now (for tests)."""
+        return len(self._windows)
 
     @property
     def active(self) -> int:
@@ -161,17 +209,18 @@ class Tail:
         return Subscription(self, target, last_offset)
 
     def release(self, target: Target) -> None:
+        if self._followers[target] < 1 or self._spaces[target.space] < 1:
+            raise RuntimeError(f"tail: {target.describe()} released more often than subscribed")
         self._followers[target] -= 1
         self._spaces[target.space] -= 1
-        assert self._followers[target] >= 0 and self._spaces[target.space] >= 0
         if not self._followers[target]:
             # Nobody waits on it any more (a follower of a target that never
-            # gets a record must not leave its event behind).
+            # gets a record must not leave its event or its window behind).
             del self._followers[target]
             self._events.pop(target, None)
+            self._drop(target)
         if not self._spaces[target.space]:
             del self._spaces[target.space]
-            self._windows.pop(target.space, None)
 
     async def changed(self, target: Target) -> None:
         """Returns at the next publish that touches ``target`` (or at close)."""
@@ -195,24 +244,49 @@ class Tail:
 
         ``records`` are the transaction's records in position order (empty when
         the space had no followers at commit time); ``segments`` holds, per
-        segment touched, its name, first sequence and records.
+        segment touched, its name, first sequence and records. Only targets
+        with followers get them in a window.
         """
-        windows = self._windows.get(space) if records else None
-        if windows is None and records and self.followed(space):
-            windows = self._windows[space] = {}
-        if windows is not None:
-            self._window(windows, "").append(first_position, records)
-            for segment, first_sequence, segment_records in segments:
-                self._window(windows, segment).append(first_sequence, segment_records)
+        self._append(Target(space), first_position, records)
+        for segment, first_sequence, segment_records in segments:
+            self._append(Target(space, segment), first_sequence, segment_records)
         self._wake(Target(space))
         for segment, _, _ in segments:
             self._wake(Target(space, segment))
 
-    def _window(self, windows: dict[str, Window], segment: str) -> Window:
-        window = windows.get(segment)
+    def _append(self, target: Target, first: int, records: Sequence[bytes]) -> None:
+        if not records or target not in self._followers:
+            return
+        window = self._windows.get(target)
         if window is None:
-            window = windows[segment] = Window(self._window_records, self._window_bytes)
-        return window
+            window = self._windows[target] = Window(self._window_records, self._window_bytes)
+        before = window.size
+        window.append(first, records)
+        self._memory.windows += window.size - before
+        self._shrink(self._memory.used - self._memory.capacity, keep=target)
+        over = self._memory.used - self._memory.capacity
+        if over > 0:
+            # No other window is left and it still does not fit: keep its newest.
+            before = window.size
+            window.trim(max(0, window.size - over))
+            self._memory.windows -= before - window.size
+
+    def _shrink(self, needed: int, keep: Target | None = None) -> None:
+        """Drops the windows read least recently (but ``keep``'s) until ``needed``
+        bytes are freed or none is left."""
+        freed = 0
+        while freed < needed:
+            oldest = next((t for t in self._windows if t != keep), None)
+            if oldest is None:
+                return
+            freed += self._drop(oldest)
+
+    def _drop(self, target: Target) -> int:
+        window = self._windows.pop(target, None)
+        if window is None:
+            return 0
+        self._memory.windows -= window.size
+        return window.size
 
     def _wake(self, target: Target) -> None:
         if target not in self._events:
@@ -241,9 +315,11 @@ class Tail:
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
     ) -> Records | None:
         """Records from memory, or None when the window does not hold ``first``."""
-        windows = self._windows.get(target.space)
-        window = windows.get(target.segment) if windows else None
-        found = window.slice(first, last, max_records, max_bytes) if window else None
+        window = self._windows.get(target)
+        if window is None:
+            return None
+        self._windows.move_to_end(target)  # read recently: evicted last
+        found = window.slice(first, last, max_records, max_bytes)
         if found is None:
             return None
         return Records(codec.consume_response(found), len(found))
@@ -251,6 +327,7 @@ class Tail:
     def reset(self) -> None:
         """Drops the windows and wakes every follower (after the store was reopened)."""
         self._windows.clear()
+        self._memory.windows = 0
         self._wake_all()
 
     def close(self) -> None:
