@@ -28,6 +28,7 @@ from streams import config as config_module
 from streams import logs
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config
+from streams.errors import DataLoss
 from streams.metrics import Metrics
 from streams.service import SERVICE_NAME, StreamsService
 from streams.storage.rocksdb import RocksStore, StoreOptions
@@ -200,4 +201,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except AuthFileError as exc:
             print(f"streams-server: --auth-tokens: {exc}", file=sys.stderr)
             sys.exit(2)
-    asyncio.run(_run(cfg, auth))
+    try:
+        asyncio.run(_run(cfg, auth))
+    except DataLoss as exc:  # only opening the store lets it through: the data is damaged
+        print(f"streams-server: refusing to start: {exc}", file=sys.stderr)
+        sys.exit(2)
