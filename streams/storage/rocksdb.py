@@ -622,7 +622,7 @@ class RocksStore:
         parts: list[bytes] = []
         count = size = 0
         with self._chunks(prefix, last) as iterator:
-            iterator.seek_for_prev(prefix + keys.u64(first))
+            _seek_chunk(iterator, prefix + keys.u64(first))
             # Offsets are dense up to the durable watermark: each chunk starts
             # where the one before it ended, and the last one reaches ``last``.
             while count < max_records and first + count <= last:
@@ -662,7 +662,7 @@ class RocksStore:
         self, iterator: rocksdict.RdictIter, prefix: bytes, target: Target, offset: int
     ) -> tuple[int, Chunk]:
         """The chunk holding ``offset`` (a durable one) and its first offset."""
-        iterator.seek_for_prev(prefix + keys.u64(offset))
+        _seek_chunk(iterator, prefix + keys.u64(offset))
         chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
         if not chunk_first <= offset < chunk_first + chunk.count:
             raise self._missing(iterator, target, offset)
@@ -676,8 +676,18 @@ class RocksStore:
         if not iterator.valid():
             raise self._missing(iterator, target, offset)
         chunk_first = keys.read_u64(iterator.key(), len(prefix))
-        try:
+        with self._well_formed(target, chunk_first):
             return chunk_first, Chunk(iterator.value())
+
+    def _record(self, chunk: Chunk, index: int, target: Target, chunk_first: int) -> bytes:
+        with self._well_formed(target, chunk_first):
+            return chunk.record(index)
+
+    @contextlib.contextmanager
+    def _well_formed(self, target: Target, chunk_first: int) -> Iterator[None]:
+        """Turns a malformed chunk into DataLoss naming where it is."""
+        try:
+            yield
         except MalformedChunk as exc:
             raise self._data_loss(
                 f"{target.describe()}: the chunk from offset {chunk_first} under {self._path} "
@@ -716,8 +726,9 @@ class RocksStore:
             # record stands for all of its records.
             while low <= high:
                 middle = (low + high) // 2
-                _, chunk = self._chunk_at(iterator, prefix, target, middle)
-                if codec.record_timestamp_ns(chunk.record(0)) >= timestamp_ns:
+                chunk_first, chunk = self._chunk_at(iterator, prefix, target, middle)
+                record = self._record(chunk, 0, target, chunk_first)
+                if codec.record_timestamp_ns(record) >= timestamp_ns:
                     high = middle - 1
                 else:
                     low = middle + 1
@@ -731,7 +742,7 @@ class RocksStore:
         prefix = self._prefix(target)
         with self._chunks(prefix, last) as iterator:
             chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
-        return chunk.record(last - chunk_first)
+        return self._record(chunk, last - chunk_first, target, chunk_first)
 
     def list_spaces(
         self, after: str | None, limit: int, include: Callable[[str], bool] | None = None
@@ -787,6 +798,16 @@ class RocksStore:
         await self._group.drain()
         if self._db_open:
             _close_db(self._db)
+
+
+def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
+    """Moves to the chunk holding the record at ``key``: the chunk that starts
+    there, else the one before it. A forward seek first: a backward one reads
+    the table block before the key too, so a damaged block would fail reads of
+    the segment stored next to it."""
+    iterator.seek(key)
+    if not (iterator.valid() and iterator.key() == key):
+        iterator.seek_for_prev(key)
 
 
 def _close_db(db: rocksdict.Rdict) -> None:
