@@ -115,6 +115,14 @@ class Unavailable(StreamsError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DataLoss(StreamsError):
+    """Stored data is damaged (a checksum failed) or missing: what was asked for
+    cannot be served, and nothing short of it is. The message names the target
+    or the file; the operator restores it (see docs/guarantees.md)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class Unauthenticated(StreamsError):
     """No bearer token, or one the server does not know."""
 
@@ -138,3 +146,10 @@ class Cancelled(StreamsError):
     """The call was cancelled before it finished."""
 
     code = grpc.StatusCode.CANCELLED
+
+
+class InvariantViolation(RuntimeError):
+    """A state the code rules out was reached: a bug, never the client's fault.
+    Not a :class:`StreamsError`: the server logs it with its traceback and
+    answers INTERNAL. Raised by checks that always run (``python -O`` strips
+    ``assert``)."""

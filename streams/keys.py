@@ -36,12 +36,14 @@ TERMINATOR = b"\x00"
 def name(value: str) -> bytes:
     """A name's bytes with its terminator; the name must not contain U+0000."""
     raw = value.encode("utf-8")
-    assert TERMINATOR not in raw, "names never contain U+0000 (validated before)"
+    if TERMINATOR in raw:  # validation refuses such names before they get here
+        raise ValueError(f"name {value!r} contains U+0000, which would end it early")
     return raw + TERMINATOR
 
 
 def u64(value: int) -> bytes:
-    assert 0 <= value <= U64_MAX, value
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"{value} does not fit an unsigned 64-bit key number")
     return _U64.pack(value)
 
 
@@ -93,7 +95,8 @@ def expiry_key(expires_ns: int, space: str, transaction_id: str) -> bytes:
 
 def split_expiry_key(key: bytes) -> tuple[int, bytes]:
     """The expiry time and the dedupe key that an expiry key points at."""
-    assert key[:1] == EXPIRY
+    if key[:1] != EXPIRY or len(key) < 9:
+        raise ValueError(f"not an expiry key: {key!r}")
     return read_u64(key, 1), DEDUPE + key[9:]
 
 
@@ -109,5 +112,6 @@ def prefix_end(prefix: bytes) -> bytes:
     Prefixes here end in a terminator or a tag, never in 0xFF, so
     incrementing the last byte is exact.
     """
-    assert prefix and prefix[-1] != 0xFF, prefix
+    if not prefix or prefix[-1] == 0xFF:
+        raise ValueError(f"no key range ends {prefix!r}: it is empty or ends in 0xFF")
     return prefix[:-1] + bytes([prefix[-1] + 1])

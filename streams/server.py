@@ -33,6 +33,7 @@ from streams import config as config_module
 from streams import logs
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config
+from streams.errors import DataLoss
 from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
@@ -276,4 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PageKeyError as exc:
         print(f"streams-server: --page-token-key: {exc}", file=sys.stderr)
         sys.exit(2)
-    asyncio.run(_run(cfg, auth, pages))
+    try:
+        asyncio.run(_run(cfg, auth, pages))
+    except DataLoss as exc:  # only opening the store lets it through: the data is damaged
+        print(f"streams-server: refusing to start: {exc}", file=sys.stderr)
+        sys.exit(2)

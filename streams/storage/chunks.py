@@ -18,6 +18,12 @@ from collections.abc import Iterator, Sequence
 from streams import codec
 
 _U32 = struct.Struct("<I")
+
+
+class MalformedChunk(ValueError):
+    """A stored value is not a chunk: its header or framing does not add up."""
+
+
 # A chunk closes once its body passes this size (a larger record gets one of
 # its own): large enough that a Produce is a few puts, small enough that a
 # read starting inside a chunk wastes little.
@@ -26,7 +32,8 @@ CHUNK_BYTES = 128 * 1024
 
 def pack(records: Sequence[bytes], max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
     """Cuts ``records`` into chunks; yields (index of the chunk's first record, value)."""
-    assert records and max_bytes > 0
+    if not records or max_bytes < 1:
+        raise ValueError(f"nothing to pack: {len(records)} records, max_bytes {max_bytes}")
     start = 0
     ends: list[int] = []
     parts: list[bytes] = []
@@ -50,9 +57,17 @@ class Chunk:
 
     def __init__(self, value: bytes) -> None:
         self.value = value
-        self.count = _U32.unpack_from(value)[0]
+        self.count = _U32.unpack_from(value)[0] if len(value) >= 4 else 0
         self.body = 4 + 4 * self.count
-        assert self.count >= 1 and len(value) >= self.body, "a chunk holds at least one record"
+        if (
+            self.count < 1
+            or len(value) < self.body
+            or len(value) < self.body + self._end(self.count - 1)
+        ):
+            raise MalformedChunk(
+                f"a chunk of {len(value)} bytes claims {self.count} records: at least one "
+                "record and its offsets must fit"
+            )
 
     def _end(self, index: int) -> int:
         """Body offset after record ``index`` (0-based); 0 before the first."""
@@ -69,9 +84,10 @@ class Chunk:
     def record(self, index: int) -> bytes:
         """The ``Record`` bytes of record ``index``, without their framing."""
         frame = self.framed(index, index + 1)
-        assert frame[0] == 0x0A, "a frame is tag, varint length, record"
+        if not frame or frame[0] != 0x0A:
+            raise MalformedChunk(f"record {index} of a chunk is not framed as tag, length, record")
         cut = 1
-        while frame[cut] & 0x80:  # the varint's continuation bytes
+        while cut < len(frame) and frame[cut] & 0x80:  # the varint's continuation bytes
             cut += 1
         return frame[cut + 1 :]
 

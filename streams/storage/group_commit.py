@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from streams.errors import Unavailable
+from streams.errors import InvariantViolation, Unavailable
 
 
 class SyncAborted(Exception):
@@ -61,7 +61,7 @@ class GroupCommit:
 
     def ticket(self) -> int:
         """Takes a ticket for a write that has just gone into the store."""
-        self._check()
+        self.check()
         self._written += 1
         if self._sync is None:
             self._durable = self._written
@@ -70,14 +70,18 @@ class GroupCommit:
 
     async def wait(self, ticket: int) -> None:
         """Returns once an fsync has covered ``ticket``; raises Unavailable if one failed."""
-        self._check()
-        assert 0 <= ticket <= self._written, (ticket, self._written)
+        self.check()
+        if not 0 <= ticket <= self._written:
+            raise InvariantViolation(f"ticket {ticket} was never handed out (last {self._written})")
         if ticket <= self._durable:
             return
+        sync = self._sync
+        if sync is None:  # ticket() makes every write durable at once then
+            raise InvariantViolation(f"ticket {ticket} is not durable though writes need no fsync")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((ticket, future))
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run(sync))
         await future
 
     async def barrier(self) -> None:
@@ -89,17 +93,22 @@ class GroupCommit:
         if self._task is not None:
             await asyncio.shield(self._task)
 
-    def _check(self) -> None:
+    @property
+    def idle(self) -> bool:
+        """No fsync is running or queued."""
+        return self._task is None
+
+    def check(self) -> None:
+        """Raises Unavailable once an fsync has failed: writes stay stopped."""
         if self.failure is not None:
             raise Unavailable(f"writes are stopped: {self.failure}")
 
-    async def _run(self) -> None:
+    async def _run(self, sync: Callable[[], None]) -> None:
         try:
             while self._durable < self._written:
                 covered = self._written
-                assert self._sync is not None
                 started = time.perf_counter()
-                await asyncio.to_thread(self._sync)
+                await asyncio.to_thread(sync)
                 if self._observe is not None:
                     self._observe(time.perf_counter() - started)
                 # A reset() while this fsync ran may have moved past it already.

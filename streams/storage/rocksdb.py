@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import struct
 import time
@@ -31,6 +32,8 @@ import rocksdict
 from streams import codec, keys
 from streams.errors import (
     AlreadyExists,
+    DataLoss,
+    InvariantViolation,
     OffsetMismatch,
     OutOfRange,
     ResourceExhausted,
@@ -47,15 +50,21 @@ from streams.model import (
     Target,
     Transaction,
 )
-from streams.storage import chunks
-from streams.storage.chunks import Chunk
+from streams.storage import chunks, recovery
+from streams.storage.chunks import Chunk, MalformedChunk
 from streams.storage.group_commit import GroupCommit, SyncAborted
 from streams.storage.tail import Subscription, Tail
+
+log = logging.getLogger(__name__)
 
 _SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
 _SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
 _DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
 _DAY_NS = 24 * 3600 * 1_000_000_000
+# After a full disk, reopening writable is retried no sooner than this, the
+# wait doubling while the disk stays full up to the cap.
+_REOPEN_FIRST_WAIT = 0.5
+_REOPEN_MAX_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +89,20 @@ class StoreOptions:
     clock: Callable[[], int] = field(default=time.time_ns)
     # Called with each WAL fsync's duration in seconds (metrics).
     on_fsync: Callable[[float], None] | None = None
+    # RocksDB's memtable size. It bounds the write-ahead log too, so recovery
+    # (after a crash, or once a full disk has room again) replays at most
+    # about this much and needs about this much free space.
+    memtable_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.dedupe_window_ns < 1:
             raise ValueError(f"dedupe_window_ns must be positive, got {self.dedupe_window_ns}")
-        for name in ("dedupe_sweep_limit", "tail_window_records", "tail_window_bytes"):
+        for name in (
+            "dedupe_sweep_limit",
+            "tail_window_records",
+            "tail_window_bytes",
+            "memtable_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -156,15 +174,21 @@ class RocksStore:
         await store.close()
     """
 
-    def __init__(self, path: Path, db: rocksdict.Rdict, options: StoreOptions) -> None:
+    def __init__(
+        self, path: Path, db: rocksdict.Rdict, options: StoreOptions, read_only: str | None = None
+    ) -> None:
         self._path = path
         self._db = db
         self._options = options
-        # Set when a write failed for lack of space: RocksDB then refuses every
-        # write until the database is reopened, which is tried once space is back.
-        self._disk_full: str | None = None
+        # Why writes are refused for lack of space (a write failed, or the store
+        # was opened read-only): RocksDB then refuses every write until the
+        # database is reopened, which is retried with back-off (see _resume_writes).
+        self._disk_full: str | None = read_only
         self._db_open = True
-        self._last_reopen = 0.0
+        self._next_reopen = 0.0
+        self._reopen_wait = _REOPEN_FIRST_WAIT
+        # The last write that failed for another reason; cleared by a write that works.
+        self._write_failure: str | None = None
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = False  # the group commit fsyncs the WAL
         self._spaces: dict[str, _Space] = {}
@@ -183,35 +207,76 @@ class RocksStore:
     @classmethod
     def open(cls, path: Path, options: StoreOptions | None = None) -> RocksStore:
         """Opens (creating if needed) the store at ``path`` and rebuilds its state
-        from the catalog: O(segments), never O(records)."""
+        from the catalog: O(segments), never O(records).
+
+        Raises DataLoss when the write-ahead log or the catalog is damaged
+        (see :mod:`streams.storage.recovery`); opens read-only, serving reads,
+        when the disk is too full to recover (see :attr:`write_error`).
+        """
+        options = options or StoreOptions()
         _create_durably(path)
-        store = cls(path, _open_db(path), options or StoreOptions())
-        store._load_catalog()
+        opened = recovery.open_db(path, options.memtable_bytes)
+        store = cls(path, opened.db, options, opened.read_only)
+        try:
+            store._load_catalog()
+        except BaseException:
+            _close_db(opened.db)
+            raise
         return store
 
     def _load_catalog(self) -> None:
         self._spaces.clear()
-        for key, value in self._scan(keys.SPACE):
+        for key, value in self._scan(keys.SPACE, "the space catalog"):
             name = keys.first_name(key, keys.SPACE)
             position, ts = _SPACE_CATALOG.unpack(value)
             self._spaces[name] = _Space(keys.space_prefix(name), position, ts)
-        for key, value in self._scan(keys.SEGMENT):
+        for key, value in self._scan(keys.SEGMENT, "the segment catalog"):
             space_name = keys.first_name(key, keys.SEGMENT)
-            space = self._spaces[space_name]
             segment_name = keys.first_name(key, keys.segment_catalog_prefix(space_name))
             sequence, position, ts = _SEGMENT_CATALOG.unpack(value)
-            assert position <= space.last_position, (space_name, segment_name)
+            space = self._spaces.get(space_name)
+            if space is None or position > space.last_position:
+                raise self._data_loss(
+                    f"the catalog of segment {segment_name!r} of space {space_name!r} under "
+                    f"{self._path} says position {position}, past its space's "
+                    f"{space.last_position if space else 'missing entry'}"
+                )
             space.segments[segment_name] = _Segment(
                 keys.segment_prefix(space_name, segment_name), sequence, position, ts
             )
 
-    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Items under ``prefix`` from ``start`` on, in key order."""
-        # A generator, so the options (which own the upper bound the native
-        # iterator points at) live exactly as long as the iteration.
+    def _scan(
+        self, prefix: bytes, what: str, start: bytes | None = None, end: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Items under ``prefix`` (below ``end`` if given) from ``start`` on, in key
+        order; raises DataLoss if a damaged block cuts the scan short."""
+        # A generator, so the options (which own the bound the native iterator
+        # points at) live exactly as long as the iteration.
         read_options = rocksdict.ReadOptions()
-        read_options.set_iterate_upper_bound(keys.prefix_end(prefix))
-        yield from self._db.items(from_key=start or prefix, read_opt=read_options)
+        read_options.set_iterate_upper_bound(end or keys.prefix_end(prefix))
+        iterator = self._db.iter(read_options)
+        iterator.seek(start or prefix)
+        while iterator.valid():
+            yield iterator.key(), iterator.value()
+            iterator.next()
+        # An iterator also stops at a block it cannot read: only its status tells.
+        try:
+            iterator.status()
+        except Exception as exc:
+            raise self._data_loss(f"{what} under {self._path} cannot be read: {exc}") from exc
+
+    def _get(self, key: bytes, what: str) -> bytes | None:
+        try:
+            return self._db.get(key)
+        except Exception as exc:
+            if recovery.is_corruption(exc):
+                raise self._data_loss(f"{what} cannot be read: {exc}") from exc
+            raise
+
+    def _data_loss(self, message: str) -> DataLoss:
+        """The error for damaged or missing stored data, logged for the operator."""
+        log.error("data loss: %s", message, extra={"data": str(self._path)})
+        return DataLoss(message)
 
     # -- writes ----------------------------------------------------------
 
@@ -229,7 +294,10 @@ class RocksStore:
     def _find_duplicate(self, txn: Transaction) -> ProduceResult | None:
         if not txn.transaction_id:
             return None
-        raw = self._db.get(keys.dedupe_key(txn.space, txn.transaction_id))
+        raw = self._get(
+            keys.dedupe_key(txn.space, txn.transaction_id),
+            f"the dedupe entry of transaction_id {txn.transaction_id!r} in space {txn.space!r}",
+        )
         if raw is None:
             return None
         expires, fingerprint = _DEDUPE_HEAD.unpack_from(raw)
@@ -290,7 +358,11 @@ class RocksStore:
             acks.append(SegmentAck(append.segment, first_sequence, sequence))
         batch.put(keys.space_catalog_key(txn.space), _SPACE_CATALOG.pack(position, ts))
         result = ProduceResult(tuple(acks), first_position, position, ts)
-        assert position - first_position + 1 == txn.record_count
+        if position - first_position + 1 != txn.record_count:
+            raise InvariantViolation(
+                f"positions {first_position}..{position} do not number the "
+                f"{txn.record_count} records of the transaction"
+            )
         if txn.transaction_id:
             expires = ts + self._options.dedupe_window_ns
             response = codec.produce_response(result).SerializeToString()
@@ -330,7 +402,10 @@ class RocksStore:
         self._pending.append(
             _Pending(ticket, txn.space, space, first_position, position, ts, touched, records)
         )
-        assert self._group.ticket() == ticket
+        # Taken outside any assert: ``python -O`` strips asserts, side effects included.
+        taken = self._group.ticket()
+        if taken != ticket:
+            raise InvariantViolation(f"the write took ticket {taken}, readers wait for {ticket}")
         return ticket, result
 
     def _write(self, batch: rocksdict.WriteBatch) -> None:
@@ -338,12 +413,15 @@ class RocksStore:
             self._db.write(batch, self._write_options)
         except Exception as exc:
             text = str(exc)
-            if "No space" in text or "NoSpace" in text or self._disk_full is not None:
-                self._disk_full = self._disk_full or text
+            if recovery.is_no_space(exc) or self._disk_full is not None:
+                self._disk_full = self._disk_full or f"the disk under {self._path} is full: {text}"
+                log.error("writes refused: %s", self._disk_full)
                 raise ResourceExhausted(
                     f"disk full, nothing was written; writes resume once space is freed: {text}"
                 ) from exc
+            self._write_failure = f"a write to the store failed: {text}"
             raise Unavailable(f"storage write failed, nothing was written: {text}") from exc
+        self._write_failure = None
 
     def _sync_wal(self) -> None:
         """The group commit's fsync (runs in a worker thread)."""
@@ -358,38 +436,77 @@ class RocksStore:
                 raise SyncAborted(str(exc)) from exc
             raise
 
+    @property
+    def write_error(self) -> str | None:
+        """Why writes are refused right now (a failed fsync, a full disk, a
+        read-only start, a failed write); None when writes work."""
+        if self._closed:
+            return "the store is closed"
+        if not self._db_open:
+            return f"the store under {self._path} could not be reopened"
+        return self._group.failure or self._disk_full or self._write_failure
+
     async def _check_writable(self) -> None:
         """Raises unless writes can go on; after a full disk, reopens the store
-        once space is back (at most once a second)."""
+        writable once RocksDB can recover (tried with back-off)."""
         self._check_open()
+        self._group.check()
         if self._disk_full is None:
             return
-        now = time.monotonic()
-        needed = _wal_bytes(self._path) + _REOPEN_HEADROOM
-        if now - self._last_reopen < 1.0 or _free_bytes(self._path) < needed:
-            raise ResourceExhausted(
-                f"disk full, nothing was written; writes resume once {needed} bytes are free "
-                f"under {self._path}: {self._disk_full}"
-            )
-        self._last_reopen = now
-        await self._group.drain()
-        self._reopen()
+        if self._reopen_due():
+            await self._group.drain()
+        self._resume_writes()
+
+    def _check_writable_now(self) -> None:
+        """:meth:`_check_writable` for callers that cannot await: the reopen waits
+        for a moment when no fsync runs."""
+        self._check_open()
+        self._group.check()
+        if self._disk_full is not None:
+            self._resume_writes()
+
+    def _reopen_due(self) -> bool:
+        return time.monotonic() >= self._next_reopen
+
+    def _resume_writes(self) -> None:
+        """Reopens RocksDB writable if the back-off allows; raises ResourceExhausted
+        while it cannot (the disk is still too full to recover the log)."""
+        if self._disk_full is None:  # another writer reopened it meanwhile
+            return
+        if self._reopen_due() and self._group.idle:
+            try:
+                self._reopen()
+            except ResourceExhausted:
+                self._next_reopen = time.monotonic() + self._reopen_wait
+                self._reopen_wait = min(self._reopen_wait * 2, _REOPEN_MAX_WAIT)
+                raise
+            self._reopen_wait = _REOPEN_FIRST_WAIT
+            log.info("writes resumed under %s", self._path)
+            return
+        raise ResourceExhausted(f"disk full, nothing was written: {self._disk_full}")
 
     def _reopen(self) -> None:
         """Reopens RocksDB and rebuilds memory from what is on disk: transactions
-        whose outcome was unknown are there or not, as the WAL has them."""
+        whose outcome was unknown are there or not, as the WAL has them. Raises
+        ResourceExhausted when it could only reopen read-only."""
         _close_db(self._db)
         self._db_open = False
         try:
-            self._db = _open_db(self._path)
+            opened = recovery.open_db(self._path, self._options.memtable_bytes)
+        except DataLoss:
+            raise
         except Exception as exc:
             raise Unavailable(f"reopening the store after a full disk failed: {exc}") from exc
+        self._db = opened.db
         self._db_open = True
-        self._disk_full = None
+        self._disk_full = opened.read_only
+        self._write_failure = None
         self._pending.clear()
         self._load_catalog()
         self._group.reset()
         self._tail.reset()
+        if self._disk_full is not None:
+            raise ResourceExhausted(f"disk full, nothing was written: {self._disk_full}")
 
     def _publish(self, covered: int) -> None:
         """Moves the durable watermarks over every transaction up to ``covered``."""
@@ -424,7 +541,7 @@ class RocksStore:
                 f"offset: {offset} is past the last offset ({last}) of {target.describe()}"
             )
         key = keys.offset_key(consumer, target.space, target.segment)
-        raw = self._db.get(key)
+        raw = self._get(key, f"the offset of consumer {consumer!r} for {target.describe()}")
         stored = keys.read_u64(raw) if raw is not None else None
         if expected is not None and expected != (stored or 0):
             shown = "none" if stored is None else str(stored)
@@ -444,22 +561,27 @@ class RocksStore:
         self._check_open()
         # A Commit still awaiting its fsync is not acknowledged: wait it out.
         await self._group.barrier()
-        raw = self._db.get(keys.offset_key(consumer, target.space, target.segment))
+        raw = self._get(
+            keys.offset_key(consumer, target.space, target.segment),
+            f"the offset of consumer {consumer!r} for {target.describe()}",
+        )
         return keys.read_u64(raw) if raw is not None else None
 
     def sweep_expired_dedupe(self) -> int:
-        """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many."""
-        self._check_open()
+        """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many.
+
+        Fails as writes do (Unavailable, ResourceExhausted) while they are
+        refused, and with DataLoss if the entries cannot be read."""
+        self._check_writable_now()
         now = self._options.clock()
-        read_options = rocksdict.ReadOptions()
-        read_options.set_iterate_upper_bound(keys.EXPIRY + keys.u64(now + 1))
         batch = rocksdict.WriteBatch(raw_mode=True)
         swept = 0
-        for expiry_key in self._db.keys(from_key=keys.EXPIRY, read_opt=read_options):
+        end = keys.EXPIRY + keys.u64(now + 1)
+        for expiry_key, _ in self._scan(keys.EXPIRY, "the dedupe expiry index", end=end):
             if swept == self._options.dedupe_sweep_limit:
                 break
             _, dedupe_key = keys.split_expiry_key(expiry_key)
-            raw = self._db.get(dedupe_key)
+            raw = self._get(dedupe_key, "a dedupe entry")
             # The id may have been reused after it expired: keep the newer entry.
             if raw is not None and _DEDUPE_HEAD.unpack_from(raw)[0] <= now:
                 batch.delete(dedupe_key)
@@ -468,11 +590,6 @@ class RocksStore:
         if swept:
             self._write(batch)
         return swept
-
-    @property
-    def write_error(self) -> str | None:
-        """Why writes are refused now (a failed fsync, a full disk); None when they work."""
-        return self._group.failure or self._disk_full
 
     @property
     def sweep_limit(self) -> int:
@@ -497,7 +614,8 @@ class RocksStore:
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
     ) -> Records:
-        assert max_records >= 1 and max_bytes >= 1
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError(f"max_records ({max_records}) and max_bytes ({max_bytes}) must be > 0")
         self._check_open()
         first = max(first, 1)
         last = min(last, self.last_offset(target))
@@ -510,14 +628,14 @@ class RocksStore:
         parts: list[bytes] = []
         count = size = 0
         with self._chunks(prefix, last) as iterator:
-            iterator.seek_for_prev(prefix + keys.u64(first))
-            while iterator.valid() and count < max_records:
-                chunk_first = keys.read_u64(iterator.key(), len(prefix))
-                chunk = Chunk(iterator.value())
+            _seek_chunk(iterator, prefix + keys.u64(first))
+            # Offsets are dense up to the durable watermark: each chunk starts
+            # where the one before it ended, and the last one reaches ``last``.
+            while count < max_records and first + count <= last:
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, first + count)
                 skip = first + count - chunk_first
-                # Offsets are dense up to the durable watermark: each chunk
-                # starts where the one before it ended.
-                assert 0 <= skip < chunk.count and (count == 0 or skip == 0), (target, first)
+                if not 0 <= skip < chunk.count or (count and skip):
+                    raise self._missing(iterator, target, first + count)
                 stop = min(chunk.count, skip + max_records - count, last - chunk_first + 1)
                 stop = chunk.fit(skip, stop, max_bytes - size, at_least_one=count == 0)
                 if stop == skip:
@@ -528,7 +646,6 @@ class RocksStore:
                 if stop < chunk.count:
                     break
                 iterator.next()
-        assert count >= 1, (target, first, last)
         return Records(b"".join(parts), count)
 
     @contextlib.contextmanager
@@ -548,15 +665,50 @@ class RocksStore:
             del iterator, read_options
 
     def _chunk_at(
-        self, iterator: rocksdict.RdictIter, prefix: bytes, offset: int
+        self, iterator: rocksdict.RdictIter, prefix: bytes, target: Target, offset: int
     ) -> tuple[int, Chunk]:
         """The chunk holding ``offset`` (a durable one) and its first offset."""
-        iterator.seek_for_prev(prefix + keys.u64(offset))
-        assert iterator.valid(), (prefix, offset)
-        chunk_first = keys.read_u64(iterator.key(), len(prefix))
-        chunk = Chunk(iterator.value())
-        assert chunk_first <= offset < chunk_first + chunk.count, (prefix, offset)
+        _seek_chunk(iterator, prefix + keys.u64(offset))
+        chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+        if not chunk_first <= offset < chunk_first + chunk.count:
+            raise self._missing(iterator, target, offset)
         return chunk_first, chunk
+
+    def _chunk_here(
+        self, iterator: rocksdict.RdictIter, prefix: bytes, target: Target, offset: int
+    ) -> tuple[int, Chunk]:
+        """The chunk the iterator is on and its first offset; DataLoss if there is
+        none, though ``offset`` is durable."""
+        if not iterator.valid():
+            raise self._missing(iterator, target, offset)
+        chunk_first = keys.read_u64(iterator.key(), len(prefix))
+        with self._well_formed(target, chunk_first):
+            return chunk_first, Chunk(iterator.value())
+
+    def _record(self, chunk: Chunk, index: int, target: Target, chunk_first: int) -> bytes:
+        with self._well_formed(target, chunk_first):
+            return chunk.record(index)
+
+    @contextlib.contextmanager
+    def _well_formed(self, target: Target, chunk_first: int) -> Iterator[None]:
+        """Turns a malformed chunk into DataLoss naming where it is."""
+        try:
+            yield
+        except MalformedChunk as exc:
+            raise self._data_loss(
+                f"{target.describe()}: the chunk from offset {chunk_first} under {self._path} "
+                f"is malformed: {exc}"
+            ) from exc
+
+    def _missing(self, iterator: rocksdict.RdictIter, target: Target, offset: int) -> DataLoss:
+        """DataLoss for a durable ``offset`` that no readable chunk holds."""
+        try:
+            iterator.status()
+        except Exception as exc:  # a block failed its checksum or could not be read
+            cause = str(exc)
+        else:
+            cause = f"no stored chunk under {self._path} holds it, though the catalog lists it"
+        return self._data_loss(f"{target.describe()}: offset {offset} cannot be read: {cause}")
 
     def subscribe(self, target: Target) -> Subscription:
         self._check_open()
@@ -580,8 +732,9 @@ class RocksStore:
             # record stands for all of its records.
             while low <= high:
                 middle = (low + high) // 2
-                _, chunk = self._chunk_at(iterator, prefix, middle)
-                if codec.record_timestamp_ns(chunk.record(0)) >= timestamp_ns:
+                chunk_first, chunk = self._chunk_at(iterator, prefix, target, middle)
+                record = self._record(chunk, 0, target, chunk_first)
+                if codec.record_timestamp_ns(record) >= timestamp_ns:
                     high = middle - 1
                 else:
                     low = middle + 1
@@ -594,8 +747,8 @@ class RocksStore:
             return None
         prefix = self._prefix(target)
         with self._chunks(prefix, last) as iterator:
-            chunk_first, chunk = self._chunk_at(iterator, prefix, last)
-        return chunk.record(last - chunk_first)
+            chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
+        return self._record(chunk, last - chunk_first, target, chunk_first)
 
     def list_spaces(
         self,
@@ -615,7 +768,7 @@ class RocksStore:
                 if after_key >= keys.prefix_end(scope):
                     continue
                 start = max(start, after_key)
-            for key, _ in self._scan(scope, start):
+            for key, _ in self._scan(scope, "the space catalog", start):
                 name = keys.first_name(key, keys.SPACE)
                 space = self._spaces[name]
                 if space.durable_position and (include is None or include(name)):
@@ -632,7 +785,7 @@ class RocksStore:
         prefix = keys.segment_catalog_prefix(space_name)
         start = keys.segment_catalog_key(space_name, after) + b"\x00" if after is not None else None
         found = []
-        for key, _ in self._scan(prefix, start):
+        for key, _ in self._scan(prefix, f"the segment catalog of space {space_name!r}", start):
             name = keys.first_name(key, prefix)
             segment = space.segments[name]
             if segment.durable_sequence:
@@ -665,19 +818,14 @@ class RocksStore:
             _close_db(self._db)
 
 
-_REOPEN_HEADROOM = 8 * 1024 * 1024
-
-
-def _open_db(path: Path) -> rocksdict.Rdict:
-    options = rocksdict.Options(raw_mode=True)
-    options.create_if_missing(True)
-    db = rocksdict.Rdict(str(path), options)
-    # Records recovered from the WAL may sit only in the page cache (a kill -9
-    # before their fsync). With default options recovery already writes them
-    # to fsynced table files; this fsync keeps them durable before anyone
-    # reads them should recovery ever keep them in the WAL instead.
-    db.flush_wal(True)
-    return db
+def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
+    """Moves to the chunk holding the record at ``key``: the chunk that starts
+    there, else the one before it. A forward seek first: a backward one reads
+    the table block before the key too, so a damaged block would fail reads of
+    the segment stored next to it."""
+    iterator.seek(key)
+    if not (iterator.valid() and iterator.key() == key):
+        iterator.seek_for_prev(key)
 
 
 def _close_db(db: rocksdict.Rdict) -> None:
@@ -685,16 +833,6 @@ def _close_db(db: rocksdict.Rdict) -> None:
     again ("Writer has previous error") but still releases the database."""
     with contextlib.suppress(Exception):
         db.close()
-
-
-def _free_bytes(path: Path) -> int:
-    stats = os.statvfs(path)
-    return stats.f_bavail * stats.f_frsize
-
-
-def _wal_bytes(path: Path) -> int:
-    """Reopening replays the WAL into new table files: about this much room."""
-    return sum(p.stat().st_size for p in path.glob("*.log"))
 
 
 def _create_durably(path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -92,30 +92,44 @@ def failures(server: InProc, task: str) -> float:
     return registry.get_sample_value("streams_background_failures_total", {"task": task}) or 0.0
 
 
-def test_a_sweeper_failing_on_a_full_disk_is_retried_and_shutdown_still_closes(
-    small_disk: Path, caplog: pytest.LogCaptureFixture
+def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The issue: the sweeper died silently, then stop() re-raised its error and
-    never drained or closed the store."""
-    data = small_disk / "data"
-    server = InProc(data, dedupe_window_seconds=0.3, dedupe_sweep_seconds=0.1)
+    """The issue: the dedupe sweeper died silently when it raised (on a full disk,
+    from which the store now recovers by itself), then stop() re-raised its error
+    and never drained or closed the store. Any background step that raises must
+    be logged, counted and retried, and must not keep stop() from closing."""
+    data = tmp_path / "data"
+    server = InProc(data)
     try:
-        fill(small_disk / "filler", 4 << 20)
+        produced = server.stub.Produce(
+            pb.ProduceRequest(
+                space="full", writes=[pb.SegmentWrite(segment="s", records=[pb.RecordInput()])]
+            ),
+            timeout=10,
+        )
+        assert produced.last_position == 1
+
+        async def no_space() -> None:
+            raise OSError(28, "No space left on device")
+
         with caplog.at_level(logging.ERROR, logger="streams.supervisor"):
-            produce_until_refused(server, "t")
-            # Entries acked just before the disk filled expire, and their sweep fails.
-            wait_until(lambda: failures(server, "dedupe-sweep") >= 2, 15, "a retried sweep")
-        assert "dedupe-sweep failed" in caplog.text
-        assert server.server.background.running == ["dedupe-sweep", "write-state"]
-        (small_disk / "filler").unlink()
+            server.run(_start(server, no_space))
+            wait_until(lambda: failures(server, "failing-step") >= 2, 15, "a retried step")
+        assert "failing-step failed" in caplog.text
+        assert "failing-step" in server.server.background.running
     finally:
-        server.close()  # stop() must not raise the sweeper's error
+        server.close()  # stop() must not raise the step's error
     # The store was closed: RocksDB's lock is free, and every ack is there.
     reopened = RocksStore.open(data)
     try:
-        assert reopened.last_offset(Target("full", "s")) >= 1
+        assert reopened.last_offset(Target("full", "s")) == 1
     finally:
         asyncio.run(reopened.close())
+
+
+async def _start(server: InProc, step: Callable[[], Awaitable[None]]) -> None:
+    server.server.background.every("failing-step", 3600, step)
 
 
 def test_health_metric_and_log_follow_the_stores_write_state(

@@ -5,7 +5,11 @@ mounts; a filler file leaves only a few MiB free, then records of 256 KiB are
 produced until the disk is full. The contract: Produce fails with
 RESOURCE_EXHAUSTED (or UNAVAILABLE) and writes nothing, nothing acked is lost
 (also across a restart), reads keep working, and once the filler is deleted,
-writes work again without a restart.
+writes work again without a restart. The same holds when the store's own data
+filled most of the disk (recovery needs room for about one memtable, not for
+the whole log), and a server started on a full disk serves reads, refuses
+writes with RESOURCE_EXHAUSTED, and takes writes once space is back; RocksDB's
+info logs (one per open) stay bounded however often it is restarted.
 
 Failed fsync: tmpfs never fails an fsync, so the data directory goes on an
 ext4 filesystem on a loop device whose 256 MiB image file is sparse, on a
@@ -31,6 +35,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from streams.storage.recovery import INFO_LOG_FILES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 
@@ -183,10 +188,8 @@ def test_disk_full_refuses_writes_and_keeps_reads(full_disk: FullDisk) -> None:
     assert alive(fd.server), f"refused with {codes}, then died"
 
 
-def test_writes_resume_once_space_is_freed_without_restart(full_disk: FullDisk) -> None:
-    fd = full_disk
-    pid = fd.server.proc.pid if fd.server.proc else None
-    fd.filler.unlink()
+def produce_once_space_is_back(mount: Path, stub: pb_grpc.StreamsServiceStub, log: Log) -> None:
+    """Produces one small record, retrying refusals for up to RECOVERY_SECONDS."""
     deadline = time.monotonic() + RECOVERY_SECONDS
     errors: list[str] = []
     ack = None
@@ -195,20 +198,27 @@ def test_writes_resume_once_space_is_freed_without_restart(full_disk: FullDisk) 
         data = payload("after", n, 1000)
         n += 1
         try:
-            ack = produce_one(fd.stub, SEGMENT, data)
+            ack = produce_one(stub, SEGMENT, data)
         except grpc.RpcError as err:
             assert err.code() in FULL_CODES, (err.code(), err.details())
-            fd.log.refused.append((data, err.code(), err.details() or ""))
+            log.refused.append((data, err.code(), err.details() or ""))
             errors.append(f"{err.code().name}: {err.details()}")
             time.sleep(0.5)
     assert ack is not None, (
-        f"{free_bytes(fd.mount) >> 20} MiB free again, but Produce still fails "
+        f"{free_bytes(mount) >> 20} MiB free again, but Produce still fails "
         f"{RECOVERY_SECONDS:.0f}s later ({len(errors)} tries) without a restart; last: "
         f"{errors[-1] if errors else None}"
     )
+    log.acked.append(data)
+    assert ack.acks[0].last_sequence == len(log.acked), "refused writes took a sequence"
+
+
+def test_writes_resume_once_space_is_freed_without_restart(full_disk: FullDisk) -> None:
+    fd = full_disk
+    pid = fd.server.proc.pid if fd.server.proc else None
+    fd.filler.unlink()
+    produce_once_space_is_back(fd.mount, fd.stub, fd.log)
     assert fd.server.proc is not None and fd.server.proc.pid == pid, "the server restarted"
-    fd.log.acked.append(data)
-    assert ack.acks[0].last_sequence == len(fd.log.acked), "refused writes took a sequence"
     check_reads(fd.stub, fd.log, fd.before)
     # And keeps working: a few more, and a commit.
     for i in range(5):
@@ -229,6 +239,55 @@ def test_nothing_acked_is_lost_across_a_restart_after_disk_full(full_disk: FullD
     ack = produce_one(fd.stub, SEGMENT, data)
     fd.log.acked.append(data)
     assert ack.acks[0].last_sequence == len(fd.log.acked), "refused writes took a sequence"
+    check_reads(fd.stub, fd.log, fd.before)
+
+
+def test_writes_resume_after_the_store_itself_filled_the_disk(tmp_path: Path) -> None:
+    """The store's own data fills most of the disk (a small filler leaves it 40
+    MiB): once the filler goes, writes resume without a restart, though far
+    less is free than the store holds."""
+    with tmpfs(tmp_path / "fs", FS_SIZE) as mount:
+        server = ServerProcess(mount / "data", tmp_path / "server.log")
+        server.start()
+        try:
+            before = [payload("before", 0, 1000)]
+            produce_one(server.stub, "before", before[0])
+            server.stub.Commit(pb.CommitRequest(consumer="c", space=SPACE, offset=1))
+            fill(mount / "filler", 40 * 1024 * 1024)
+            log = Log()
+            produce_until_full(server.stub, log)
+            filler = (mount / "filler").stat().st_size
+            stored = sum(p.stat().st_blocks * 512 for p in (mount / "data").iterdir())
+            assert stored > filler, f"the store holds {stored} bytes, the filler {filler}"
+            (mount / "filler").unlink()
+            produce_once_space_is_back(mount, server.stub, log)
+            check_reads(server.stub, log, before)
+        finally:
+            server.close()
+
+
+def info_logs(data: Path) -> list[str]:
+    return sorted(p.name for p in data.iterdir() if p.name.startswith("LOG"))
+
+
+def test_a_start_on_a_full_disk_serves_reads_and_takes_writes_once_space_is_back(
+    full_disk: FullDisk,
+) -> None:
+    fd = full_disk
+    data = fd.server.data_dir
+    for _ in range(6):  # each start opens RocksDB (and its info log) at least once
+        fd.server.stop()
+        fd.server.start()
+        check_reads(fd.stub, fd.log, fd.before)
+        with pytest.raises(grpc.RpcError) as caught:
+            produce_one(fd.stub, SEGMENT, payload("refused", 0, 1000))
+        err = caught.value
+        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
+        assert "full" in (err.details() or ""), err.details()
+    logs = info_logs(data)
+    assert len(logs) <= 1 + INFO_LOG_FILES, f"RocksDB's info logs keep growing: {logs}"
+    fd.filler.unlink()
+    produce_once_space_is_back(fd.mount, fd.stub, fd.log)
     check_reads(fd.stub, fd.log, fd.before)
 
 

@@ -1,17 +1,24 @@
-"""The RocksDB store directly: durable watermark, group commit, fsync failure, dedupe expiry."""
+"""The RocksDB store directly: durable watermark, group commit, fsync failure, dedupe expiry,
+corruption (a damaged write-ahead log or table file) and invariants."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import rocksdict
 
-from streams.errors import Unavailable
+from streams import codec, keys
+from streams.errors import DataLoss, Unavailable
 from streams.model import SegmentAppend, Target, Transaction
+from streams.storage.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20
 
@@ -20,6 +27,12 @@ def txn(space: str, segment: str, n: int = 1, txid: str = "") -> Transaction:
     bodies = tuple(b"\x0a\x01" + bytes([65 + i % 26]) for i in range(n))
     fingerprint = b"f" * 32 if txid else b""
     return Transaction(space, (SegmentAppend(segment, bodies, None),), txid, fingerprint)
+
+
+def payload_txn(space: str, segment: str, payload: bytes) -> Transaction:
+    """One record whose payload is ``payload``."""
+    body = b"\x0a" + codec.varint(len(payload)) + payload
+    return Transaction(space, (SegmentAppend(segment, (body,), None),), "", b"")
 
 
 def wrap_sync(store: RocksStore, around: Callable[[Callable[[], None]], None]) -> None:
@@ -146,3 +159,237 @@ def test_data_folder_is_created_with_its_parents(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert (tmp_path / "a" / "b" / "db" / "CURRENT").exists()
+
+
+# -- fsync failure as the health check sees it ---------------------------------
+
+
+def test_write_error_says_why_writes_are_refused_and_the_sweeper_fails_alike(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db")
+        await store.produce(txn("s", "a", txid="t"))
+        assert store.write_error is None
+        assert store.sweep_expired_dedupe() == 0
+
+        def fail(_: Callable[[], None]) -> None:
+            raise OSError(5, "Input/output error")
+
+        wrap_sync(store, fail)
+        with pytest.raises(Unavailable, match="fsync"):
+            await store.produce(txn("s", "a"))
+        assert store.write_error is not None and "fsync" in store.write_error
+        with pytest.raises(Unavailable, match="fsync"):
+            store.sweep_expired_dedupe()
+        await store.close()
+        assert store.write_error == "the store is closed"
+
+    asyncio.run(scenario())
+
+
+# -- corruption ------------------------------------------------------------------
+
+
+def crash_image(store_dir: Path, image: Path) -> Path:
+    """A copy of an open store's directory: what a kill -9 would leave (every
+    acknowledged write is in its fsynced write-ahead log)."""
+    shutil.copytree(store_dir, image)
+    return image
+
+
+def wal_of(path: Path) -> Path:
+    logs = sorted(path.glob("*.log"))
+    assert len(logs) == 1, f"expected one write-ahead log under {path}: {logs}"
+    return logs[0]
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)
+        f.seek(offset)
+        f.write(bytes([old[0] ^ 0xFF]))
+
+
+def fill_store(path: Path, transactions: int) -> list[bytes]:
+    """Acks ``transactions`` records at ``path`` and leaves the crash image of the
+    open store next to it (``image``); returns the payloads acked."""
+    payloads = [f"record {i} ".encode() + os.urandom(200) for i in range(transactions)]
+
+    async def scenario() -> None:
+        store = RocksStore.open(path)
+        for data in payloads:
+            await store.produce(payload_txn("s", "a", data))
+        crash_image(path, path.with_name("image"))
+        await store.close()
+
+    asyncio.run(scenario())
+    return payloads
+
+
+def payloads_in(path: Path) -> list[bytes]:
+    async def scenario() -> list[bytes]:
+        store = RocksStore.open(path)
+        try:
+            last = store.last_offset(Target("s", "a"))
+            records = store.read(Target("s", "a"), 1, last, last + 1, 64 * MIB)
+            return [pb.Record.FromString(r).payload for r in split_framed(records.framed)]
+        finally:
+            await store.close()
+
+    return asyncio.run(scenario())
+
+
+def split_framed(framed: bytes) -> list[bytes]:
+    """The Record bytes of ConsumeResponse-framed records."""
+    out = []
+    i = 0
+    while i < len(framed):
+        length, i = _varint(framed, i + 1)
+        out.append(framed[i : i + length])
+        i += length
+    return out
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def test_wal_damaged_before_its_end_refuses_to_open(tmp_path: Path) -> None:
+    fill_store(tmp_path / "db", 300)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    flip_byte(wal, wal.stat().st_size // 2)
+    before = {p.name: p.read_bytes() for p in image.iterdir() if p.is_file()}
+    with pytest.raises(DataLoss) as caught:
+        RocksStore.open(image)
+    message = str(caught.value)
+    assert wal.name in message and str(image) in message, message
+    assert "damaged" in message, message
+    # Nothing was repaired behind the operator's back: the log and tables are as they were.
+    after = {p.name: p.read_bytes() for p in image.iterdir() if p.is_file()}
+    for name, data in before.items():
+        if name.endswith((".log", ".sst")) or name.startswith(("MANIFEST", "CURRENT")):
+            assert after.get(name) == data, f"{name} was changed by the refused open"
+
+
+@pytest.mark.parametrize("tear", ["truncated", "zeroed", "garbage"])
+def test_torn_wal_tail_opens_with_every_write_before_it(tmp_path: Path, tear: str) -> None:
+    """The write a crash or power cut interrupted (never acknowledged) is dropped;
+    every write before it stays, whether its bytes are missing, zeros or garbage."""
+    payloads = fill_store(tmp_path / "db", 50)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    size = wal.stat().st_size
+    # The last record of the log is the last transaction (its chunks and catalog
+    # entries, well over 100 bytes): damaging its last 100 bytes tears it alone.
+    if tear == "truncated":
+        os.truncate(wal, size - 100)
+    else:
+        with open(wal, "r+b") as f:
+            f.seek(size - 100)
+            f.write(bytes(100) if tear == "zeroed" else os.urandom(100))
+    assert payloads_in(image) == payloads[:-1]
+
+
+def sst_store(path: Path) -> tuple[list[bytes], list[bytes]]:
+    """A closed store whose records are all in table files; payloads of segments a and b."""
+    a = [f"a{i} ".encode() + os.urandom(3000) for i in range(40)]
+    b = [f"b{i} ".encode() + os.urandom(3000) for i in range(5)]
+
+    async def scenario() -> None:
+        store = RocksStore.open(path)
+        for data in a:
+            await store.produce(payload_txn("s", "a", data))
+        for data in b:
+            await store.produce(payload_txn("s", "b", data))
+        await store.close()
+
+    asyncio.run(scenario())
+    db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True))
+    db.flush(True)
+    db.close()
+    return a, b
+
+
+def damage_in_tables(path: Path, data: bytes) -> int:
+    """Flips a byte inside every stored copy of ``data`` (in data blocks); returns how many."""
+    flipped = 0
+    for sst in path.glob("*.sst"):
+        content = sst.read_bytes()
+        at = content.find(data)
+        while at != -1:
+            flip_byte(sst, at + len(data) // 2)
+            flipped += 1
+            at = content.find(data, at + 1)
+    return flipped
+
+
+def test_damaged_table_block_answers_data_loss_never_a_short_read(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    a, b = sst_store(path)
+    # The 30th record of segment a, under its segment key and its space key.
+    assert damage_in_tables(path, a[29]) == 2
+
+    async def scenario() -> None:
+        store = RocksStore.open(path)
+        segment, space = Target("s", "a"), Target("s")
+        for target in (segment, space):
+            with pytest.raises(DataLoss) as caught:
+                store.read(target, 1, 100, 1000, 64 * MIB)
+            assert target.describe() in str(caught.value), caught.value
+            assert ".sst" in str(caught.value), caught.value
+        # Before the damage, reads work; at it, DataLoss names the offset.
+        assert store.read(segment, 1, 29, 1000, 64 * MIB).count == 29
+        with pytest.raises(DataLoss, match="offset 30"):
+            store.read(segment, 30, 40, 1000, 64 * MIB)
+        # Segment b shares no block with the damage.
+        intact = store.read(Target("s", "b"), 1, 5, 100, 64 * MIB).framed
+        assert [pb.Record.FromString(r).payload for r in split_framed(intact)] == b
+        assert store.peek(Target("s", "b")) is not None
+        # A time search that has to look at the damaged chunk.
+        (before_damage,) = split_framed(store.read(segment, 29, 29, 1, MIB).framed)
+        damaged_ts = codec.record_timestamp_ns(before_damage)
+        with pytest.raises(DataLoss):
+            store.first_at_or_after(segment, damaged_ts + 1)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_damaged_last_record_fails_peek_with_data_loss(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    a, _ = sst_store(path)
+    assert damage_in_tables(path, a[-1]) == 2
+
+    async def scenario() -> None:
+        store = RocksStore.open(path)
+        with pytest.raises(DataLoss, match="offset 40"):
+            store.peek(Target("s", "a"))
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+# -- invariants, checked with asserts stripped -----------------------------------
+
+
+def test_malformed_chunks_and_keys_raise_specific_errors() -> None:
+    with pytest.raises(MalformedChunk):
+        Chunk(b"\x00\x00\x00\x00")  # no records
+    with pytest.raises(MalformedChunk):
+        Chunk(b"\x05\x00\x00\x00\x01")  # five records claimed, no room for them
+    with pytest.raises(MalformedChunk):
+        Chunk(b"\x01\x00\x00\x00\x03\x00\x00\x00\x0b\x01x").record(0)  # wrong tag
+    with pytest.raises(ValueError):
+        keys.u64(-1)
+    with pytest.raises(ValueError):
+        keys.name("a\x00b")
