@@ -118,19 +118,23 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         threads = [threading.Thread(target=p.run, daemon=True) for p in producers]
         for thread in threads:
             thread.start()
-        wait_until(lambda: all(len(p.acked) >= 5 for p in producers), what="producers running")
-        # A large Produce (10 MB, some tenths of a second of work) surely in the
-        # server's hands when the signal comes: it must finish and be acked.
         big = pb.ProduceRequest(
             space="big",
             writes=[pb.SegmentWrite(segment="s", records=[pb.RecordInput(payload=BIG)] * 10_000)],
         )
-        in_flight = stub.Produce.future(big, timeout=CALL_TIMEOUT)
-        time.sleep(0.15)
+        assert stub.Produce(big, timeout=CALL_TIMEOUT).acks[0].last_sequence == 10_000
+        wait_until(lambda: all(len(p.acked) >= 5 for p in producers), what="producers running")
+        # A large read (10 MB) in the server's hands when the signal comes (its
+        # initial metadata came) and held there by flow control (nothing is read
+        # yet): it must run to its end.
+        in_flight = stub.Consume(pb.ConsumeRequest(space="big", segment="s"), timeout=CALL_TIMEOUT)
+        in_flight.initial_metadata()
 
         server.send(signal.SIGTERM)
         sent = time.monotonic()
-        assert in_flight.result().acks[0].last_sequence == 10_000
+        got = [record for response in in_flight for record in response.records]
+        assert [r.sequence for r in got] == list(range(1, 10_001))
+        assert got[-1].payload == BIG
         for thread in threads:
             thread.join(grace + 5)
         assert not any(t.is_alive() for t in threads), "a Produce got neither an ack nor an error"
