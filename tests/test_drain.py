@@ -11,9 +11,8 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
-
-from .conftest import InProcessServer
-from .ops.helpers import wait_until
+from tests.support.inproc import InProcessServer
+from tests.support.waiting import wait_until
 
 
 def produce(server: InProcessServer, payload: bytes) -> pb.ProduceResponse:

@@ -17,10 +17,11 @@ import pytest
 
 from streams import Client
 from streams.cli import main
-from tests.conftest import InProcessServer
-from tests.ops.helpers import wait_until
+from tests.support.inproc import InProcessServer
+from tests.support.process import REPO_ROOT, ServerProcess, free_port
+from tests.support.waiting import wait_until
 
-from .conftest import REPO_ROOT, ServerProcess, free_port, unique
+from .conftest import unique
 
 
 def cli(

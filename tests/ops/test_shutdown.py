@@ -13,17 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
 
-from .helpers import (
-    CALL_TIMEOUT,
-    NOT_SERVING,
-    SERVING,
-    ServerProcess,
-    produce,
-    read_all,
-    rpc_code,
-    wait_until,
-)
+from .helpers import CALL_TIMEOUT, NOT_SERVING, SERVING, produce, read_all, rpc_code, wait_until
 
 BIG = bytes(range(256)) * 4
 
@@ -108,7 +100,7 @@ class Producer:
 
 def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
     grace = 5.0
-    server = ServerProcess(tmp_path, "--shutdown-grace", str(grace))
+    server = ServerProcess(tmp_path / "data", flags=["--shutdown-grace", str(grace)])
     with server.start():
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -164,7 +156,7 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         )
         channel.close()
 
-    restarted = ServerProcess(tmp_path, data=server.data, name="restarted")
+    restarted = ServerProcess(server.data, tmp_path / "restarted.log")
     with restarted.start():
         channel = grpc.insecure_channel(restarted.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -193,7 +185,7 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
 
 def test_sigint_refuses_new_calls_and_exits_within_the_grace(tmp_path: Path) -> None:
     grace = 3.0
-    server = ServerProcess(tmp_path, "--shutdown-grace", str(grace))
+    server = ServerProcess(tmp_path / "data", flags=["--shutdown-grace", str(grace)])
     with server.start():
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -222,7 +214,7 @@ def test_sigint_refuses_new_calls_and_exits_within_the_grace(tmp_path: Path) -> 
         assert time.monotonic() - sent < grace + 2.0
         channel.close()
     # The late Produce was refused, not written.
-    with ServerProcess(tmp_path, data=server.data, name="restarted").start() as again:
+    with ServerProcess(server.data, tmp_path / "restarted.log").start() as again:
         with grpc.insecure_channel(again.target) as channel:
             stored = read_all(pb_grpc.StreamsServiceStub(channel), "s", "a")
             assert [r.payload for r in stored] == [b"one"]

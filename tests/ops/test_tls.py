@@ -10,8 +10,10 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess
 
-from .helpers import SERVICE, SERVING, InProc, Pki, ServerProcess, health_status, produce, rpc_code
+from .helpers import SERVICE, SERVING, Pki, health_status, produce, rpc_code
 
 QUICK = 5.0
 
@@ -22,13 +24,15 @@ def peek_code(channel: grpc.Channel) -> grpc.StatusCode:
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path, pki: Pki) -> Iterator[InProc]:
-    with InProc(tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
+def tls_server(tmp_path: Path, pki: Pki) -> Iterator[InProcessServer]:
+    with InProcessServer(
+        tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key
+    ) as server:
         yield server
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_a_tls_client_works(tls_server: InProc, pki: Pki, host: str) -> None:
+def test_a_tls_client_works(tls_server: InProcessServer, pki: Pki, host: str) -> None:
     target = f"{host}:{tls_server.port}"
     with grpc.secure_channel(target, pki.channel_credentials()) as channel:
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -38,12 +42,12 @@ def test_a_tls_client_works(tls_server: InProc, pki: Pki, host: str) -> None:
         assert health_status(channel, SERVICE) == SERVING
 
 
-def test_a_plaintext_client_fails(tls_server: InProc) -> None:
+def test_a_plaintext_client_fails(tls_server: InProcessServer) -> None:
     with grpc.insecure_channel(tls_server.target) as channel:
         assert peek_code(channel) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_that_does_not_trust_the_ca_fails(tls_server: InProc, pki: Pki) -> None:
+def test_a_client_that_does_not_trust_the_ca_fails(tls_server: InProcessServer, pki: Pki) -> None:
     credentials = pki.channel_credentials(root=pki.rogue_ca)
     with grpc.secure_channel(tls_server.target, credentials) as channel:
         assert peek_code(channel) == grpc.StatusCode.UNAVAILABLE
@@ -54,10 +58,12 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[
     """The real process, configured by flags."""
     tmp = tmp_path_factory.mktemp("mtls")
     server = ServerProcess(
-        tmp,
-        "--tls-cert", str(pki.server_cert),
-        "--tls-key", str(pki.server_key),
-        "--tls-client-ca", str(pki.ca),
+        tmp / "data",
+        flags=[
+            "--tls-cert", str(pki.server_cert),
+            "--tls-key", str(pki.server_key),
+            "--tls-client-ca", str(pki.ca),
+        ],
     )  # fmt: skip
     with server.start():
         yield server
