@@ -12,8 +12,8 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
-
-from .conftest import InProcessServer
+from tests.support.inproc import InProcessServer
+from tests.support.waiting import wait_until
 
 
 def produce(stub: streams_pb2_grpc.StreamsServiceStub, space: str, segment: str, n: int) -> None:
@@ -26,13 +26,6 @@ def produce(stub: streams_pb2_grpc.StreamsServiceStub, space: str, segment: str,
 def records(stream: Iterator[pb.ConsumeResponse]) -> Iterator[pb.Record]:
     for response in stream:
         yield from response.records
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_handoff_from_stored_to_live_under_concurrent_writes(inproc: InProcessServer) -> None:
@@ -136,13 +129,13 @@ def test_cancel_and_deadline_release_the_stream(inproc: InProcessServer) -> None
     assert store.tail.active == 10
     for stream in streams:
         stream.cancel()
-    wait_until(lambda: store.tail.active == 0)
+    wait_until(lambda: store.tail.active == 0, timeout=10, what="the stream released")
 
     stream = stub.Consume(pb.ConsumeRequest(space="s", follow=True), timeout=0.3)
     with pytest.raises(grpc.RpcError) as error:
         list(stream)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: store.tail.active == 0)
+    wait_until(lambda: store.tail.active == 0, timeout=10, what="the stream released")
     assert store.tail.waiting_targets == 0
 
 
@@ -181,7 +174,7 @@ def test_a_thousand_followers_on_one_space_receive_every_record(inproc: InProces
 
     results = asyncio.run(scenario())
     assert all(positions == list(range(1, total + 1)) for positions in results)
-    wait_until(lambda: inproc.server.store.tail.active == 0)
+    wait_until(lambda: inproc.server.store.tail.active == 0, timeout=10, what="no followers")
 
 
 def test_stalled_follower_does_not_hold_back_a_fast_one(inproc: InProcessServer) -> None:

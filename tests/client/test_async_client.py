@@ -17,7 +17,7 @@ from streams.client import (
     OutOfRange,
     SequenceMismatch,
 )
-from tests.conftest import InProcessServer
+from tests.support.inproc import InProcessServer
 
 Body = Callable[[AsyncClient], Awaitable[None]]
 

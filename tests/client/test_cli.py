@@ -5,18 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from streams import Client
 from streams.cli import main
+from tests.support.inproc import InProcessServer
+from tests.support.process import REPO_ROOT, ServerProcess, free_port
+from tests.support.waiting import wait_until
 
-from .conftest import REPO_ROOT, ServerProcess, free_port, unique
+from .conftest import unique
 
 
 def cli(
@@ -117,25 +122,51 @@ def test_consume_options(target: str) -> None:
     assert lines(cli("consume", space, "--from-time", future, target=target)) == []
 
 
-def test_follow_prints_records_as_they_come(target: str) -> None:
+def lines_of(stream: IO[str] | None) -> queue.Queue[str]:
+    """Each line of ``stream`` as it comes, read in a thread."""
+    assert stream is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_follow_prints_records_as_they_come(inproc: InProcessServer) -> None:
     space = unique("follow")
-    env = {**os.environ, "STREAMS_TARGET": target}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "consume", space, "--follow", "--limit", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
-    )  # fmt: skip
-    try:
-        with Client(target) as client:
-            # The follower starts from the first record, so nothing can be missed
-            # whenever it connects.
+    with Client(inproc.target) as client:
+        client.produce(space, "a", b"before")
+        # Without PYTHONUNBUFFERED: the command itself must flush each line.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        env["STREAMS_TARGET"] = inproc.target
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "consume", space, "--follow", "--from-end",
+             "--limit", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+        )  # fmt: skip
+        try:
+            printed = lines_of(proc.stdout)
+            # The server holds the follower with its start fixed (at the end):
+            # only what comes from now on may be printed.
+            wait_until(
+                lambda: inproc.server.store.tail.followed(space) or proc.poll() is not None,
+                timeout=30,
+                what="the CLI to follow",
+            )
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             client.produce(space, "a", b"one")
-            time.sleep(0.3)
+            # Printed while the command still runs, before the next record exists.
+            assert json.loads(printed.get(timeout=30))["payload"] == "one"
             client.produce(space, "b", b"two")
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert [json.loads(x)["payload"] for x in out.splitlines()] == ["one", "two"]
+            assert json.loads(printed.get(timeout=30))["payload"] == "two"
+            assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            proc.kill()
+            proc.wait(10)
+    assert printed.empty()
 
 
 def test_commit_offset_spaces_segments(target: str) -> None:

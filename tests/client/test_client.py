@@ -22,7 +22,7 @@ from streams.client import (
     SequenceMismatch,
     StreamsError,
 )
-from tests.conftest import InProcessServer
+from tests.support.inproc import InProcessServer
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from streams import Client
+from tests.support.process import REPO_ROOT, ServerProcess
 
-from .conftest import REPO_ROOT, ServerProcess, unique
+from .conftest import unique
 
 NODE_DIR = REPO_ROOT / "tests" / "interop" / "node"
 PROGRAM = NODE_DIR / "interop.js"

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from streams import Client, Consumer, RetryPolicy, Unavailable
-from tests.conftest import InProcessServer
-
-from .conftest import ServerProcess, free_port
+from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess, free_port
 
 PATIENT = RetryPolicy(attempts=60, initial_backoff=0.05, max_backoff=0.25)
 
 
 def test_produce_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", free_port())
+    server = ServerProcess(tmp_path / "data", port=free_port())
     starter = threading.Timer(0.5, server.start)
     started = time.monotonic()
     starter.start()
@@ -45,7 +44,7 @@ def test_without_retries_unavailable_is_raised_at_once() -> None:
 def test_the_same_transaction_id_after_a_restart_writes_once(tmp_path: Path) -> None:
     # What a retry after a lost answer does: the first attempt committed, the
     # server restarted, the client sends the same request again under the same id.
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(tmp_path / "data", port=free_port()).start()
     try:
         with Client(server.target, retry=PATIENT) as client:
             first = client.produce("s", "a", [b"x", b"y"])
@@ -60,7 +59,7 @@ def test_the_same_transaction_id_after_a_restart_writes_once(tmp_path: Path) -> 
 
 
 def test_follow_reconnects_across_a_restart_without_gap_or_duplicate(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(tmp_path / "data", port=free_port()).start()
     try:
         with Client(server.target, retry=PATIENT) as client:
             client.produce("s", "a", [b"1", b"2"])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO_ROOT
+from tests.support.process import REPO_ROOT
 
 CACHE = REPO_ROOT / ".pytest_cache" / "mypy"  # ignored by git, kept between runs
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from streams.v1 import streams_pb2 as pb
+from tests.support.process import ServerProcess
 
-from .conftest import ServerProcess
 from .helpers import (
     Stub,
     assert_status,

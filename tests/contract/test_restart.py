@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
+from tests.support.process import ServerProcess
 
-from .conftest import ServerProcess
 from .helpers import (
     Stub,
     assert_status,

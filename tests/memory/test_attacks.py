@@ -21,7 +21,8 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
-from tests.ops.helpers import ServerProcess, free_port, sample, scrape, wait_until
+from tests.ops.helpers import sample, scrape, wait_until
+from tests.support.process import ServerProcess, free_port
 
 MIB = 1024 * 1024
 BUDGET = 8 * MIB
@@ -54,8 +55,10 @@ class Server:
         settings |= {f"STREAMS_{key.upper()}": str(value) for key, value in env.items()}
         if not sync:
             flags.append("--no-sync")
-        self.process = ServerProcess(tmp / name, *flags, env=settings, name=name)
         (tmp / name).mkdir()
+        self.process = ServerProcess(
+            tmp / name / "data", tmp / name / "server.log", flags=flags, env=settings
+        )
         self.process.start()
         assert self.process.proc is not None
         self.pid = self.process.proc.pid

@@ -12,29 +12,30 @@ import pytest
 from streams.limits import Limits
 from streams.model import Target
 from streams.v1 import streams_pb2 as pb
-from tests.ops.helpers import InProc, produce, sample, scrape, wait_until
+from tests.ops.helpers import produce, sample, scrape, wait_until
+from tests.support.inproc import InProcessServer
 
 
 @pytest.fixture
-def capped(tmp_path: Path) -> Iterator[InProc]:
+def capped(tmp_path: Path) -> Iterator[InProcessServer]:
     limits = Limits(
         max_concurrent_streams=3, max_request_bytes=1024, max_inflight_request_bytes=1024
     )
-    with InProc(tmp_path / "data", limits=limits, metrics_listen="127.0.0.1:0") as server:
+    with InProcessServer(tmp_path / "data", limits=limits, metrics_listen="127.0.0.1:0") as server:
         yield server
 
 
-def metric(server: InProc, name: str, **labels: str) -> float:
+def metric(server: InProcessServer, name: str, **labels: str) -> float:
     return sample(scrape(server.server.metrics_port), name, **labels)
 
 
-def follow(server: InProc, space: str) -> grpc.Call:
+def follow(server: InProcessServer, space: str) -> grpc.Call:
     call = server.stub.Consume(pb.ConsumeRequest(space=space, from_end=True, follow=True))
     call.initial_metadata()  # the stream is open on the server
     return call
 
 
-def test_streams_beyond_the_cap_are_refused_until_one_ends(capped: InProc) -> None:
+def test_streams_beyond_the_cap_are_refused_until_one_ends(capped: InProcessServer) -> None:
     calls = [follow(capped, "s") for _ in range(3)]
     refused = capped.stub.Consume(pb.ConsumeRequest(space="s", from_end=True, follow=True))
     with pytest.raises(grpc.RpcError) as caught:
@@ -50,7 +51,7 @@ def test_streams_beyond_the_cap_are_refused_until_one_ends(capped: InProc) -> No
         call.cancel()
 
 
-def test_request_bytes_in_flight_beyond_the_cap_are_refused(capped: InProc) -> None:
+def test_request_bytes_in_flight_beyond_the_cap_are_refused(capped: InProcessServer) -> None:
     # A follow stream's request stays in flight as long as the stream: its bytes count.
     name = "n" * 255
     held = capped.stub.Consume(

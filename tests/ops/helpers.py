@@ -1,71 +1,41 @@
-"""Shared helpers of the operations tests: servers (in-process and subprocess),
-metrics scraping, TLS certificates, token files, sockets.
+"""Shared helpers of the operations tests: metrics scraping, TLS certificates,
+token files, sockets (the servers are tests/support's).
 
 Everything runs on loopback against real servers over real RocksDB.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
 import datetime
 import ipaddress
 import json
 import os
-import queue
-import re
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.auth import TokenAuth
-from streams.config import Config
-from streams.server import StreamsServer
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import REPO_ROOT
+from tests.support.waiting import wait_until
 
-T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["REPO_ROOT", "wait_until"]  # re-exported for the ops tests
+
 SERVICE = "streams.v1.StreamsService"
-START_TIMEOUT = 30.0
 CALL_TIMEOUT = 10.0
-_LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:\[\]]+):(\d+)")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-# -- waiting -------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Polls ``predicate`` until it returns something truthy; fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- sockets ---------------------------------------------------------------
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -136,172 +106,6 @@ def rpc_code(call: Callable[[], Any]) -> grpc.StatusCode:
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
-
-
-# -- in-process server -------------------------------------------------------
-
-
-class InProc:
-    """A StreamsServer on its own event loop thread, optionally with token auth;
-    ``config`` overrides go to :class:`Config` (listen defaults to 127.0.0.1:0)."""
-
-    def __init__(self, data: Path, auth: TokenAuth | None = None, **overrides: Any) -> None:
-        self.config = dataclasses.replace(Config(listen="127.0.0.1:0", data=data), **overrides)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server = StreamsServer(self.config, auth)
-        self.port = self.run(self.server.start())
-        self.target = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.target)
-        self.stub = pb_grpc.StreamsServiceStub(self.channel)
-        self._stopping: concurrent.futures.Future[None] | None = None
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def begin_stop(self, grace: float) -> concurrent.futures.Future[None]:
-        """Starts a graceful stop without waiting for it."""
-        self._stopping = asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop)
-        return self._stopping
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.channel.close()
-        if self._stopping is not None:
-            self._stopping.result(30)
-        else:
-            self.run(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-    def __enter__(self) -> InProc:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# -- subprocess server -------------------------------------------------------
-
-
-class ServerProcess:
-    """``python server.py`` (or another ``command``) as a child process.
-
-    ``flags`` go on the command line; ``env`` adds STREAMS_* variables to an
-    environment cleared of every other STREAMS_* variable. Unless
-    ``listen_flags`` is false, ``--listen 127.0.0.1:0 --data DATA`` come first.
-    Standard error goes to ``log_path``; standard output is read for the
-    ``listening on HOST:PORT`` line.
-    """
-
-    def __init__(
-        self,
-        tmp: Path,
-        *flags: str,
-        env: dict[str, str] | None = None,
-        data: Path | None = None,
-        listen_flags: bool = True,
-        command: Sequence[str] = (sys.executable, "server.py"),
-        name: str = "server",
-    ) -> None:
-        self.data = data or tmp / "data"
-        self.log_path = tmp / f"{name}.stderr"
-        self.flags = list(flags)
-        self.extra_env = dict(env or {})
-        self.listen_flags = listen_flags
-        self.command = list(command)
-        self.proc: subprocess.Popen[str] | None = None
-        self.target = ""
-        self.port = 0
-        self.stdout_lines: list[str] = []
-        self._log: IO[str] | None = None
-
-    def argv(self) -> list[str]:
-        head = ["--listen", "127.0.0.1:0", "--data", str(self.data)] if self.listen_flags else []
-        return [*self.command, *head, *self.flags]
-
-    def spawn(self) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMS_")}
-        env.update(self.extra_env)
-        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            self.argv(),
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=env,
-        )
-        return self.proc
-
-    def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
-        """Spawns and waits for the ``listening on`` line; returns self."""
-        proc = self.spawn()
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                line = None
-            if line is None:
-                self.kill()
-                raise AssertionError(
-                    f"server did not print 'listening on' (stdout {self.stdout_lines!r});"
-                    f" stderr:\n{self.stderr()[-3000:]}"
-                )
-            self.stdout_lines.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                break
-        self.port = int(match.group(2))
-        self.target = f"127.0.0.1:{self.port}"
-        return self
-
-    def stderr(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def send(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        """Waits for the exit; returns the exit code."""
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout=timeout)
-        finally:
-            if self._log is not None and self.proc.poll() is not None:
-                self._log.close()
-                self._log = None
-        return code
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int:
-        self.send(sig)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.wait(10)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
-
-def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
 
 
 def run_python(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 30):

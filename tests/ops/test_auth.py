@@ -15,13 +15,13 @@ import pytest
 from streams.auth import TokenAuth
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess
 
 from .helpers import (
     CALL_TIMEOUT,
     SERVICE,
     SERVING,
-    InProc,
-    ServerProcess,
     bearer,
     health_status,
     produce,
@@ -78,10 +78,10 @@ def code_of(call: Callable[[Metadata], Any], metadata: Metadata) -> grpc.StatusC
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProc]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     tmp = tmp_path_factory.mktemp("auth")
     auth = TokenAuth.load(write_tokens(tmp / "tokens.json", TOKENS))
-    with InProc(tmp / "data", auth=auth) as srv:
+    with InProcessServer(tmp / "data", auth=auth) as srv:
         for space in SPACES:
             produce(srv.stub, space, "s", [b"seed"], call_metadata=bearer("admin"))
         srv.stub.Commit(
@@ -104,17 +104,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProc]:
     ],
     ids=["no-token", "unknown", "basic-scheme", "no-scheme", "empty-token", "token-prefix"],
 )
-def test_no_or_unknown_token_is_unauthenticated(server: InProc, metadata: Metadata) -> None:
+def test_no_or_unknown_token_is_unauthenticated(
+    server: InProcessServer, metadata: Metadata
+) -> None:
     for method, call in calls(server.stub, "orders").items():
         assert code_of(call, metadata) == grpc.StatusCode.UNAUTHENTICATED, method
 
 
-def test_health_needs_no_token(server: InProc) -> None:
+def test_health_needs_no_token(server: InProcessServer) -> None:
     assert health_status(server.channel, "") == SERVING
     assert health_status(server.channel, SERVICE) == SERVING
 
 
-def test_a_token_works_within_its_spaces_and_actions(server: InProc) -> None:
+def test_a_token_works_within_its_spaces_and_actions(server: InProcessServer) -> None:
     for space in ("orders", "orders-a", "billing"):
         for method, call in calls(server.stub, space).items():
             if method in ("Peek", "GetOffset") and space != "orders-a":
@@ -131,7 +133,7 @@ def test_a_token_works_within_its_spaces_and_actions(server: InProc) -> None:
     [("rw-orders", "zeta"), ("rw-orders", "billing-eu"), ("ro-orders", "billing")],
 )
 def test_a_space_outside_the_globs_is_permission_denied(
-    server: InProc, token: str, space: str
+    server: InProcessServer, token: str, space: str
 ) -> None:
     for method, call in calls(server.stub, space).items():
         if method == "ListSpaces":
@@ -139,7 +141,7 @@ def test_a_space_outside_the_globs_is_permission_denied(
         assert code_of(call, bearer(token)) == grpc.StatusCode.PERMISSION_DENIED, method
 
 
-def test_reads_need_read_access(server: InProc) -> None:
+def test_reads_need_read_access(server: InProcessServer) -> None:
     table = calls(server.stub, "logs")
     for method in READS:
         if method == "ListSpaces":
@@ -149,7 +151,7 @@ def test_reads_need_read_access(server: InProc) -> None:
         )
 
 
-def test_list_spaces_needs_read_access(server: InProc) -> None:
+def test_list_spaces_needs_read_access(server: InProcessServer) -> None:
     """A token without read access may not list spaces at all (the issue: read
     allows the lists), rather than getting an empty list."""
     try:
@@ -162,7 +164,7 @@ def test_list_spaces_needs_read_access(server: InProc) -> None:
         pytest.fail(f"a write-only token listed spaces: {[s.name for s in reply.spaces]}")
 
 
-def list_all(server: InProc, token: str, page_size: int) -> list[list[str]]:
+def list_all(server: InProcessServer, token: str, page_size: int) -> list[list[str]]:
     pages, page_token = [], ""
     while True:
         reply = server.stub.ListSpaces(
@@ -179,7 +181,7 @@ def list_all(server: InProc, token: str, page_size: int) -> list[list[str]]:
 
 @pytest.mark.parametrize("page_size", [1, 2, 3, 100])
 def test_list_spaces_shows_only_allowed_spaces_and_pages_right(
-    server: InProc, page_size: int
+    server: InProcessServer, page_size: int
 ) -> None:
     allowed = {
         "rw-orders": ["billing", "orders", "orders-a", "orders-b", "orders-c"],
@@ -199,7 +201,7 @@ def test_sighup_reloads_the_token_file(tmp_path: Path) -> None:
         tmp_path / "tokens.json",
         [{"token": "old", "spaces": ["*"], "access": ["read", "write"]}],
     )
-    server = ServerProcess(tmp_path, "--auth-tokens", str(tokens))
+    server = ServerProcess(tmp_path / "data", flags=["--auth-tokens", str(tokens)])
     with server.start(), grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.StreamsServiceStub(channel)
         produce_ = calls(stub, "orders")["Produce"]
@@ -273,19 +275,19 @@ READER = {"token": "reader", "spaces": ["orders*"], "access": ["read"]}
 ADMIN = {"token": "admin", "spaces": ["*"], "access": ["read", "write"]}
 
 
-async def _reload(server: InProc) -> None:
+async def _reload(server: InProcessServer) -> None:
     server.server.reload_auth()  # what SIGHUP runs, on the server's loop
 
 
 @pytest.fixture
-def reloadable(tmp_path: Path) -> Iterator[tuple[InProc, Path]]:
+def reloadable(tmp_path: Path) -> Iterator[tuple[InProcessServer, Path]]:
     path = write_tokens(tmp_path / "tokens.json", [READER, ADMIN])
-    with InProc(tmp_path / "data", auth=TokenAuth.load(path)) as srv:
+    with InProcessServer(tmp_path / "data", auth=TokenAuth.load(path)) as srv:
         produce(srv.stub, "orders", "s", [b"first"], call_metadata=bearer("admin"))
         yield srv, path
 
 
-def follow(srv: InProc, **request: Any) -> Any:
+def follow(srv: InProcessServer, **request: Any) -> Any:
     """A follow stream of the reader token, once it has its first record."""
     stream = srv.stub.Consume(
         pb.ConsumeRequest(space="orders", follow=True, **request),
@@ -306,7 +308,7 @@ def follow(srv: InProc, **request: Any) -> Any:
     ids=["token-removed", "space-removed", "read-removed"],
 )
 def test_a_reload_ends_open_streams_the_token_no_longer_allows(
-    reloadable: tuple[InProc, Path],
+    reloadable: tuple[InProcessServer, Path],
     reader: dict[str, Any] | None,
     code: grpc.StatusCode,
     words: str,
@@ -336,7 +338,9 @@ def test_a_reload_ends_open_streams_the_token_no_longer_allows(
     assert refused == code
 
 
-def test_a_reload_that_still_allows_the_stream_keeps_it(reloadable: tuple[InProc, Path]) -> None:
+def test_a_reload_that_still_allows_the_stream_keeps_it(
+    reloadable: tuple[InProcessServer, Path],
+) -> None:
     srv, path = reloadable
     stream = follow(srv)
     # Narrowed, but still covering what the stream reads.
@@ -353,7 +357,9 @@ def test_a_reload_that_still_allows_the_stream_keeps_it(reloadable: tuple[InProc
     stream.cancel()
 
 
-def test_a_reload_ends_a_stream_that_is_busy_sending(reloadable: tuple[InProc, Path]) -> None:
+def test_a_reload_ends_a_stream_that_is_busy_sending(
+    reloadable: tuple[InProcessServer, Path],
+) -> None:
     """Records keep coming while the token goes: no record produced after the
     reload reaches the stream, which ends PERMISSION_DENIED."""
     srv, path = reloadable

@@ -14,18 +14,9 @@ import pytest
 from streams import config
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess, free_port
 
-from .helpers import (
-    CALL_TIMEOUT,
-    ServerProcess,
-    free_port,
-    listening_ports,
-    produce,
-    rpc_code,
-    run_python,
-    sample,
-    scrape,
-)
+from .helpers import CALL_TIMEOUT, listening_ports, produce, rpc_code, run_python, sample, scrape
 
 # The options the operations issue names, with the default --help must show.
 OPS_DEFAULTS = {
@@ -119,7 +110,7 @@ def test_every_option_is_read_from_its_variable(options: dict[str, str]) -> None
 def test_json_logs_with_request_fields_from_the_environment(tmp_path: Path) -> None:
     metrics_port = free_port()
     server = ServerProcess(
-        tmp_path,
+        tmp_path / "data",
         listen_flags=False,
         env={
             "STREAMS_LISTEN": "127.0.0.1:0",
@@ -158,7 +149,7 @@ def test_json_logs_with_request_fields_from_the_environment(tmp_path: Path) -> N
 
 
 def test_text_logs_by_default_and_no_metrics_listener(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)
+    server = ServerProcess(tmp_path / "data")
     with server.start(), grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.StreamsServiceStub(channel)
         produce(stub, "orders", "eu", [b"x"])

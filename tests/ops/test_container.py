@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from streams.healthcheck import default_target
+from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess, free_port
 
-from .helpers import REPO_ROOT, SERVICE, SERVING, InProc, ServerProcess, free_port, health_status
+from .helpers import REPO_ROOT, SERVICE, SERVING, health_status
 from .helpers import run_python as run
 
 Instruction = tuple[str, str]
@@ -107,7 +109,7 @@ def test_healthcheck_runs_the_health_module(image: list[Instruction]) -> None:
     assert default_target(env_of(image)) == f"127.0.0.1:{port}"
 
 
-def test_healthcheck_command_exit_codes(inproc: InProc) -> None:
+def test_healthcheck_command_exit_codes(inproc: InProcessServer) -> None:
     ok = run(["-m", "streams.healthcheck", "--target", inproc.target])
     assert ok.returncode == 0, ok.stderr
     assert "SERVING" in ok.stdout
@@ -121,7 +123,7 @@ def test_healthcheck_command_exit_codes(inproc: InProc) -> None:
 
 
 def test_scripts_serve_starts_and_answers_health(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, command=[str(REPO_ROOT / "scripts" / "serve")])
+    server = ServerProcess(tmp_path / "data", command=[str(REPO_ROOT / "scripts" / "serve")])
     with server.start(timeout=120), grpc.insecure_channel(server.target) as channel:
         assert health_status(channel, "") == SERVING
         assert health_status(channel, SERVICE) == SERVING

@@ -22,8 +22,9 @@ from streams.storage.rocksdb import RocksStore
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2 as pb
 from tests.reliability.support import fill, tmpfs
+from tests.support.inproc import InProcessServer
 
-from .helpers import NOT_SERVING, SERVICE, SERVING, InProc, health_status, wait_until
+from .helpers import NOT_SERVING, SERVICE, SERVING, health_status, wait_until
 
 RECORD = b"r" * (256 * 1024)
 
@@ -71,7 +72,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def produce_until_refused(server: InProc, txid_prefix: str) -> int:
+def produce_until_refused(server: InProcessServer, txid_prefix: str) -> int:
     """Produces big records (with transaction ids) until one is refused."""
     for n in range(1000):
         request = pb.ProduceRequest(
@@ -87,7 +88,7 @@ def produce_until_refused(server: InProc, txid_prefix: str) -> int:
     pytest.fail("the disk never filled up")
 
 
-def failures(server: InProc, task: str) -> float:
+def failures(server: InProcessServer, task: str) -> float:
     registry = server.server.metrics.registry
     return registry.get_sample_value("streams_background_failures_total", {"task": task}) or 0.0
 
@@ -100,7 +101,7 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
     and never drained or closed the store. Any background step that raises must
     be logged, counted and retried, and must not keep stop() from closing."""
     data = tmp_path / "data"
-    server = InProc(data)
+    server = InProcessServer(data)
     try:
         produced = server.stub.Produce(
             pb.ProduceRequest(
@@ -119,7 +120,7 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
         assert "failing-step failed" in caplog.text
         assert "failing-step" in server.server.background.running
     finally:
-        server.close()  # stop() must not raise the step's error
+        server.stop()  # stop() must not raise the step's error
     # The store was closed: RocksDB's lock is free, and every ack is there.
     reopened = RocksStore.open(data)
     try:
@@ -128,14 +129,14 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
         asyncio.run(reopened.close())
 
 
-async def _start(server: InProc, step: Callable[[], Awaitable[None]]) -> None:
+async def _start(server: InProcessServer, step: Callable[[], Awaitable[None]]) -> None:
     server.server.background.every("failing-step", 3600, step)
 
 
 def test_health_metric_and_log_follow_the_stores_write_state(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with InProc(small_disk / "data") as server:
+    with InProcessServer(small_disk / "data") as server:
         health = health_pb2_grpc.HealthStub(server.channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=60)
         statuses: list[int] = []
@@ -177,7 +178,7 @@ def test_health_metric_and_log_follow_the_stores_write_state(
         reader.join(5)
 
 
-def _produce_small(server: InProc) -> bool:
+def _produce_small(server: InProcessServer) -> bool:
     request = pb.ProduceRequest(
         space="full", writes=[pb.SegmentWrite(segment="s", records=[pb.RecordInput(payload=b"x")])]
     )

@@ -10,22 +10,26 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .helpers import NOT_SERVING, SERVICE, SERVING, InProc, health_status
+from tests.support.inproc import InProcessServer
+
+from .helpers import NOT_SERVING, SERVICE, SERVING, health_status
 
 
-def test_both_services_serving_once_started(inproc: InProc) -> None:
+def test_both_services_serving_once_started(inproc: InProcessServer) -> None:
     assert health_status(inproc.channel, "") == SERVING
     assert health_status(inproc.channel, SERVICE) == SERVING
 
 
-def test_unknown_service_is_not_found(inproc: InProc) -> None:
+def test_unknown_service_is_not_found(inproc: InProcessServer) -> None:
     with pytest.raises(grpc.RpcError) as error:
         health_status(inproc.channel, "no.such.Service")
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.parametrize("service", ["", SERVICE])
-def test_watch_sees_not_serving_as_soon_as_shutdown_starts(inproc: InProc, service: str) -> None:
+def test_watch_sees_not_serving_as_soon_as_shutdown_starts(
+    inproc: InProcessServer, service: str
+) -> None:
     health = health_pb2_grpc.HealthStub(inproc.channel)
     watch = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
     assert next(watch).status == SERVING

@@ -14,8 +14,9 @@ from streams.auth import Caller, Grant, TokenAuth, literal_prefix
 from streams.model import SegmentAppend, Transaction
 from streams.storage.rocksdb import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
+from tests.support.inproc import InProcessServer
 
-from .helpers import CALL_TIMEOUT, InProc, bearer, produce, write_tokens
+from .helpers import CALL_TIMEOUT, bearer, produce, write_tokens
 
 NOISE = [f"noise-{n:04d}" for n in range(2000)]
 SEEN = ["billing", "orders", "orders-a", "orders-b", "ordinal"]
@@ -89,7 +90,7 @@ def test_listing_through_the_service_follows_the_patterns(tmp_path: Path) -> Non
     ]
     auth = TokenAuth.load(write_tokens(tmp_path / "tokens.json", tokens))
     names = ["a", "billing", "billxng", "orders", "orders-a", "orders-c", "ordinal", "zeta", "zz"]
-    with InProc(tmp_path / "data", auth=auth) as server:
+    with InProcessServer(tmp_path / "data", auth=auth) as server:
         for name in names:
             produce(server.stub, name, "s", [b"x"], call_metadata=bearer("admin"))
 

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
+from tests.support.inproc import InProcessServer
 
 from .helpers import (
     CALL_TIMEOUT,
-    InProc,
     listening_ports,
     produce,
     read_all,
@@ -25,12 +25,12 @@ from .helpers import (
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[InProc]:
-    with InProc(tmp_path / "data", metrics_listen="127.0.0.1:0") as srv:
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(tmp_path / "data", metrics_listen="127.0.0.1:0") as srv:
         yield srv
 
 
-def test_counters_histograms_and_storage_follow_the_calls(server: InProc) -> None:
+def test_counters_histograms_and_storage_follow_the_calls(server: InProcessServer) -> None:
     port = server.server.metrics_port
     assert port != 0
     before = scrape(port)
@@ -68,7 +68,7 @@ def test_counters_histograms_and_storage_follow_the_calls(server: InProc) -> Non
     assert sample(after, "streams_storage_bytes") > 0
 
 
-def test_active_consume_streams_counts_open_followers(server: InProc) -> None:
+def test_active_consume_streams_counts_open_followers(server: InProcessServer) -> None:
     port = server.server.metrics_port
     stub = server.stub
     produce(stub, "live", "s", [b"first"])
@@ -97,7 +97,7 @@ def test_active_consume_streams_counts_open_followers(server: InProc) -> None:
     )
 
 
-def test_storage_bytes_grow_with_the_data(server: InProc) -> None:
+def test_storage_bytes_grow_with_the_data(server: InProcessServer) -> None:
     port = server.server.metrics_port
     before = sample(scrape(port), "streams_storage_bytes")
     for _ in range(4):
@@ -109,7 +109,7 @@ def test_storage_bytes_grow_with_the_data(server: InProc) -> None:
 
 def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:
     before = listening_ports(os.getpid())
-    with InProc(tmp_path / "data") as server:
+    with InProcessServer(tmp_path / "data") as server:
         assert server.server.metrics_port == 0
         # The server opened the gRPC port and nothing else (the subprocess
         # variant of this check, with the real defaults, is in test_config.py).

@@ -16,24 +16,25 @@ import pytest
 
 from streams.page_tokens import MAX_TOKEN_CHARS, PageKeyError, PageTokens
 from streams.v1 import streams_pb2 as pb
+from tests.support.inproc import InProcessServer
 
-from .helpers import CALL_TIMEOUT, InProc, produce, rpc_code, run_python
+from .helpers import CALL_TIMEOUT, produce, rpc_code, run_python
 
 SPACES = ["a", "b", "c", "d"]
 
 
-def seed(server: InProc) -> None:
+def seed(server: InProcessServer) -> None:
     for space in SPACES:
         produce(server.stub, space, "s1", [b"x"])
         produce(server.stub, space, "s2", [b"x"])
 
 
-def list_spaces(server: InProc, token: str = "", size: int = 1) -> pb.ListSpacesResponse:
+def list_spaces(server: InProcessServer, token: str = "", size: int = 1) -> pb.ListSpacesResponse:
     request = pb.ListSpacesRequest(page_size=size, page_token=token)
     return server.stub.ListSpaces(request, timeout=CALL_TIMEOUT)
 
 
-def spaces_code(server: InProc, token: str) -> grpc.StatusCode:
+def spaces_code(server: InProcessServer, token: str) -> grpc.StatusCode:
     return rpc_code(lambda: list_spaces(server, token))
 
 
@@ -42,13 +43,13 @@ def b64(raw: bytes) -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[InProc]:
-    with InProc(tmp_path / "data") as srv:
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(tmp_path / "data") as srv:
         seed(srv)
         yield srv
 
 
-def test_a_token_forged_with_a_checksum_is_refused(server: InProc) -> None:
+def test_a_token_forged_with_a_checksum_is_refused(server: InProcessServer) -> None:
     """Anyone could compute the old CRC32 "signature": such a token must not work."""
     name = b"b"
     crc = zlib.crc32(b"spaces\x00" + name).to_bytes(4, "big")
@@ -56,7 +57,7 @@ def test_a_token_forged_with_a_checksum_is_refused(server: InProc) -> None:
     assert spaces_code(server, forged) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_forged_and_tampered_tokens_are_refused(server: InProc) -> None:
+def test_forged_and_tampered_tokens_are_refused(server: InProcessServer) -> None:
     issued = list_spaces(server).next_page_token
     assert issued
     assert [s.name for s in list_spaces(server, issued, 10).spaces] == ["b", "c", "d"]
@@ -77,7 +78,7 @@ def test_forged_and_tampered_tokens_are_refused(server: InProc) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT, what
 
 
-def test_a_token_only_serves_the_listing_it_came_from(server: InProc) -> None:
+def test_a_token_only_serves_the_listing_it_came_from(server: InProcessServer) -> None:
     spaces_token = list_spaces(server).next_page_token
     segments = server.stub.ListSegments(
         pb.ListSegmentsRequest(space="a", page_size=1), timeout=CALL_TIMEOUT
@@ -95,22 +96,22 @@ def test_a_token_only_serves_the_listing_it_came_from(server: InProc) -> None:
 
 def test_tokens_from_another_server_or_before_a_restart_are_refused(tmp_path: Path) -> None:
     """Without --page-token-key each process has its own random key."""
-    with InProc(tmp_path / "one") as one, InProc(tmp_path / "two") as two:
+    with InProcessServer(tmp_path / "one") as one, InProcessServer(tmp_path / "two") as two:
         seed(one)
         seed(two)
         token = list_spaces(one).next_page_token
         assert spaces_code(two, token) == grpc.StatusCode.INVALID_ARGUMENT
-    with InProc(tmp_path / "one") as again:
+    with InProcessServer(tmp_path / "one") as again:
         assert spaces_code(again, token) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_shared_key_serves_tokens_across_servers_and_restarts(tmp_path: Path) -> None:
     key = tmp_path / "page.key"
     key.write_text("0123456789abcdef0123456789abcdef\n")
-    with InProc(tmp_path / "one", page_token_key=key) as one:
+    with InProcessServer(tmp_path / "one", page_token_key=key) as one:
         seed(one)
         token = list_spaces(one).next_page_token
-    with InProc(tmp_path / "one", page_token_key=key) as restarted:
+    with InProcessServer(tmp_path / "one", page_token_key=key) as restarted:
         assert [s.name for s in list_spaces(restarted, token, 10).spaces] == ["b", "c", "d"]
 
 

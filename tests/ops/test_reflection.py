@@ -8,7 +8,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from .helpers import CALL_TIMEOUT, SERVICE, InProc
+from tests.support.inproc import InProcessServer
+
+from .helpers import CALL_TIMEOUT, SERVICE
 
 METHODS = {
     # name: (request, response, server streaming)
@@ -22,7 +24,7 @@ METHODS = {
 }
 
 
-def test_lists_services_and_describes_every_method(inproc: InProc) -> None:
+def test_lists_services_and_describes_every_method(inproc: InProcessServer) -> None:
     database = ProtoReflectionDescriptorDatabase(inproc.channel)
     services = set(database.get_services())
     assert {SERVICE, "grpc.health.v1.Health"} <= services
@@ -35,7 +37,7 @@ def test_lists_services_and_describes_every_method(inproc: InProc) -> None:
     assert not any(m.client_streaming for m in service.methods)
 
 
-def test_describes_a_message(inproc: InProc) -> None:
+def test_describes_a_message(inproc: InProcessServer) -> None:
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(inproc.channel))
     request = pool.FindMessageTypeByName("streams.v1.ProduceRequest")
     assert {"space", "writes", "transaction_id"} <= set(request.fields_by_name)
@@ -45,7 +47,7 @@ def test_describes_a_message(inproc: InProc) -> None:
     assert {"payload", "metadata"} <= set(record_input.fields_by_name)
 
 
-def test_a_generic_client_calls_through_reflected_descriptors(inproc: InProc) -> None:
+def test_a_generic_client_calls_through_reflected_descriptors(inproc: InProcessServer) -> None:
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(inproc.channel))
     method = pool.FindServiceByName(SERVICE).methods_by_name["Produce"]
     request_class = message_factory.GetMessageClass(method.input_type)

@@ -13,17 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
 
-from .helpers import (
-    CALL_TIMEOUT,
-    NOT_SERVING,
-    SERVING,
-    ServerProcess,
-    produce,
-    read_all,
-    rpc_code,
-    wait_until,
-)
+from .helpers import CALL_TIMEOUT, NOT_SERVING, SERVING, produce, read_all, rpc_code, wait_until
 
 BIG = bytes(range(256)) * 4
 
@@ -108,7 +100,7 @@ class Producer:
 
 def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
     grace = 5.0
-    server = ServerProcess(tmp_path, "--shutdown-grace", str(grace))
+    server = ServerProcess(tmp_path / "data", flags=["--shutdown-grace", str(grace)])
     with server.start():
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -118,19 +110,23 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         threads = [threading.Thread(target=p.run, daemon=True) for p in producers]
         for thread in threads:
             thread.start()
-        wait_until(lambda: all(len(p.acked) >= 5 for p in producers), what="producers running")
-        # A large Produce (10 MB, some tenths of a second of work) surely in the
-        # server's hands when the signal comes: it must finish and be acked.
         big = pb.ProduceRequest(
             space="big",
             writes=[pb.SegmentWrite(segment="s", records=[pb.RecordInput(payload=BIG)] * 10_000)],
         )
-        in_flight = stub.Produce.future(big, timeout=CALL_TIMEOUT)
-        time.sleep(0.15)
+        assert stub.Produce(big, timeout=CALL_TIMEOUT).acks[0].last_sequence == 10_000
+        wait_until(lambda: all(len(p.acked) >= 5 for p in producers), what="producers running")
+        # A large read (10 MB) in the server's hands when the signal comes (its
+        # initial metadata came) and held there by flow control (nothing is read
+        # yet): it must run to its end.
+        in_flight = stub.Consume(pb.ConsumeRequest(space="big", segment="s"), timeout=CALL_TIMEOUT)
+        in_flight.initial_metadata()
 
         server.send(signal.SIGTERM)
         sent = time.monotonic()
-        assert in_flight.result().acks[0].last_sequence == 10_000
+        got = [record for response in in_flight for record in response.records]
+        assert [r.sequence for r in got] == list(range(1, 10_001))
+        assert got[-1].payload == BIG
         for thread in threads:
             thread.join(grace + 5)
         assert not any(t.is_alive() for t in threads), "a Produce got neither an ack nor an error"
@@ -160,7 +156,7 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
         )
         channel.close()
 
-    restarted = ServerProcess(tmp_path, data=server.data, name="restarted")
+    restarted = ServerProcess(server.data, tmp_path / "restarted.log")
     with restarted.start():
         channel = grpc.insecure_channel(restarted.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -189,7 +185,7 @@ def test_sigterm_during_produce_and_follow(tmp_path: Path) -> None:
 
 def test_sigint_refuses_new_calls_and_exits_within_the_grace(tmp_path: Path) -> None:
     grace = 3.0
-    server = ServerProcess(tmp_path, "--shutdown-grace", str(grace))
+    server = ServerProcess(tmp_path / "data", flags=["--shutdown-grace", str(grace)])
     with server.start():
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -218,7 +214,7 @@ def test_sigint_refuses_new_calls_and_exits_within_the_grace(tmp_path: Path) -> 
         assert time.monotonic() - sent < grace + 2.0
         channel.close()
     # The late Produce was refused, not written.
-    with ServerProcess(tmp_path, data=server.data, name="restarted").start() as again:
+    with ServerProcess(server.data, tmp_path / "restarted.log").start() as again:
         with grpc.insecure_channel(again.target) as channel:
             stored = read_all(pb_grpc.StreamsServiceStub(channel), "s", "a")
             assert [r.payload for r in stored] == [b"one"]

@@ -12,13 +12,13 @@ import pytest
 from streams.auth import TokenAuth
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess
 
 from .helpers import (
     SERVICE,
     SERVING,
-    InProc,
     Pki,
-    ServerProcess,
     health_status,
     produce,
     rpc_code,
@@ -35,13 +35,15 @@ def peek_code(channel: grpc.Channel) -> grpc.StatusCode:
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path, pki: Pki) -> Iterator[InProc]:
-    with InProc(tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
+def tls_server(tmp_path: Path, pki: Pki) -> Iterator[InProcessServer]:
+    with InProcessServer(
+        tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key
+    ) as server:
         yield server
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_a_tls_client_works(tls_server: InProc, pki: Pki, host: str) -> None:
+def test_a_tls_client_works(tls_server: InProcessServer, pki: Pki, host: str) -> None:
     target = f"{host}:{tls_server.port}"
     with grpc.secure_channel(target, pki.channel_credentials()) as channel:
         stub = pb_grpc.StreamsServiceStub(channel)
@@ -51,12 +53,12 @@ def test_a_tls_client_works(tls_server: InProc, pki: Pki, host: str) -> None:
         assert health_status(channel, SERVICE) == SERVING
 
 
-def test_a_plaintext_client_fails(tls_server: InProc) -> None:
+def test_a_plaintext_client_fails(tls_server: InProcessServer) -> None:
     with grpc.insecure_channel(tls_server.target) as channel:
         assert peek_code(channel) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_that_does_not_trust_the_ca_fails(tls_server: InProc, pki: Pki) -> None:
+def test_a_client_that_does_not_trust_the_ca_fails(tls_server: InProcessServer, pki: Pki) -> None:
     credentials = pki.channel_credentials(root=pki.rogue_ca)
     with grpc.secure_channel(tls_server.target, credentials) as channel:
         assert peek_code(channel) == grpc.StatusCode.UNAVAILABLE
@@ -67,10 +69,12 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[
     """The real process, configured by flags."""
     tmp = tmp_path_factory.mktemp("mtls")
     server = ServerProcess(
-        tmp,
-        "--tls-cert", str(pki.server_cert),
-        "--tls-key", str(pki.server_key),
-        "--tls-client-ca", str(pki.ca),
+        tmp / "data",
+        flags=[
+            "--tls-cert", str(pki.server_cert),
+            "--tls-key", str(pki.server_key),
+            "--tls-client-ca", str(pki.ca),
+        ],
     )  # fmt: skip
     with server.start():
         yield server
@@ -112,12 +116,12 @@ def server_env(pki: Pki) -> dict[str, str]:
 
 
 @pytest.fixture
-def tls_auth_server(tmp_path: Path, pki: Pki) -> Iterator[InProc]:
+def tls_auth_server(tmp_path: Path, pki: Pki) -> Iterator[InProcessServer]:
     """TLS and bearer tokens: the health service needs neither a token nor a
     client certificate."""
     grant = {"token": "t", "spaces": ["*"], "access": ["read"]}
     tokens = write_tokens(tmp_path / "tokens.json", [grant])
-    with InProc(
+    with InProcessServer(
         tmp_path / "data", auth=TokenAuth.load(tokens), tls_cert=pki.server_cert,
         tls_key=pki.server_key,
     ) as server:  # fmt: skip
@@ -126,7 +130,7 @@ def tls_auth_server(tmp_path: Path, pki: Pki) -> Iterator[InProc]:
 
 @pytest.mark.parametrize("service", ["", SERVICE])
 def test_the_health_check_speaks_tls_from_the_servers_environment(
-    tls_auth_server: InProc, pki: Pki, service: str
+    tls_auth_server: InProcessServer, pki: Pki, service: str
 ) -> None:
     done = healthcheck(tls_auth_server.port, server_env(pki), "--service", service)
     assert done.returncode == 0, done.stderr
@@ -137,7 +141,9 @@ def test_the_health_check_speaks_tls_from_the_servers_environment(
     assert with_ca.returncode == 0, with_ca.stderr
 
 
-def test_the_health_check_refuses_a_server_it_cannot_verify(tls_server: InProc, pki: Pki) -> None:
+def test_the_health_check_refuses_a_server_it_cannot_verify(
+    tls_server: InProcessServer, pki: Pki
+) -> None:
     rogue = {**server_env(pki), "STREAMS_HEALTHCHECK_CA": str(pki.rogue_ca)}
     done = healthcheck(tls_server.port, rogue)
     assert done.returncode == 1

@@ -1,8 +1,7 @@
 """Shared helpers for the reliability suites (fuzz, disk full, soak).
 
-The server always runs as a subprocess (``python server.py --listen
-127.0.0.1:0 --data DIR``, via the contract suite's :class:`ServerProcess`):
-grpc and fork do not mix, and a crash must not take the test process with it.
+The server always runs as a subprocess (tests/support/process.py): grpc and
+fork do not mix, and a crash must not take the test process with it.
 """
 
 from __future__ import annotations
@@ -18,16 +17,13 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
-from tests.contract.conftest import ServerProcess
 
 __all__ = [
     "CONTRACT_CODES",
     "COUNTERS",
-    "ServerProcess",
     "bytes_field",
     "list_all_spaces",
     "need_root_feature",
-    "pid_of",
     "rss_kib",
     "tmpfs",
     "varint",
@@ -59,15 +55,6 @@ COUNTERS: dict[str, object] = {}
 def count(key: str, n: int = 1) -> None:
     """Adds ``n`` to the integer counter ``key``."""
     COUNTERS[key] = int(COUNTERS.get(key, 0)) + n  # type: ignore[call-overload]
-
-
-def pid_of(server: ServerProcess) -> int:
-    assert server.proc is not None, "the server is not running"
-    return server.proc.pid
-
-
-def alive(server: ServerProcess) -> bool:
-    return server.proc is not None and server.proc.poll() is None
 
 
 def rss_kib(pid: int) -> int:

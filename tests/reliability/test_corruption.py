@@ -31,9 +31,7 @@ import rocksdict
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
-
-from ..contract.conftest import REPO_ROOT
-from .harness import Server
+from tests.support.process import REPO_ROOT, ServerProcess
 
 SPACE = "c"
 DEADLINE = 30.0
@@ -101,11 +99,11 @@ def start_outcome(data: Path, log_path: Path) -> tuple[int | None, str]:
 
 def test_wal_damaged_in_its_middle_refuses_to_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Server(data, tmp_path / "server.log")
+    server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     acked = [produce(server.stub, "a", os.urandom(100)) for _ in range(2000)]
     assert acked[-1].acks[0].last_sequence == 2000
-    server.kill9()
+    server.kill()
     wal = the_wal(data)
     flip_byte(wal, wal.stat().st_size // 2)
 
@@ -124,14 +122,14 @@ def test_wal_damaged_in_its_middle_refuses_to_start(tmp_path: Path) -> None:
 
 def test_torn_wal_tail_starts_with_every_acked_record(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Server(data, tmp_path / "server.log")
+    server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     payloads = [os.urandom(300) for _ in range(200)]
     for payload in payloads:
         produce(server.stub, "a", payload)
     size = the_wal(data).stat().st_size  # all 200 acked: fsynced up to here
     produce(server.stub, "a", os.urandom(300))
-    server.kill9()
+    server.kill()
     wal = the_wal(data)
     # Cut the last write in the middle, as a crash before its fsync leaves it.
     os.truncate(wal, (size + wal.stat().st_size) // 2)
@@ -146,7 +144,7 @@ def test_torn_wal_tail_starts_with_every_acked_record(tmp_path: Path) -> None:
 
 def test_damaged_table_block_answers_data_loss(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Server(data, tmp_path / "server.log")
+    server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     # Records larger than a table block (4 KiB): each one in a block of its own.
     payloads = [f"{i}:".encode() + os.urandom(5000) for i in range(60)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,13 +32,10 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
-
-from .harness import (
+from tests.support.journal import (
     UNKNOWN_OUTCOME,
     Follower,
-    Gate,
     Journal,
-    Server,
     ack_numbers,
     check_store,
     commit_key,
@@ -45,6 +43,9 @@ from .harness import (
     request_records,
     stored_numbers,
 )
+from tests.support.process import ServerProcess
+
+from .harness import Gate
 from .support import COUNTERS
 
 SPACES = ("crash-a", "crash-b")
@@ -63,7 +64,7 @@ CALL_TIMEOUT = 5.0
 class Run:
     """Shared state of one crash run."""
 
-    def __init__(self, server: Server, seed: int) -> None:
+    def __init__(self, server: ServerProcess, seed: int) -> None:
         self.server = server
         self.gate = Gate()
         self.journal = Journal()
@@ -177,6 +178,14 @@ class Run:
             time.sleep(0.01)
 
 
+def kill9_while_starting(server: ServerProcess, delay: float) -> None:
+    """Starts the server and SIGKILLs it ``delay`` s later, whether or not it is
+    ready yet (a crash during recovery or right after it)."""
+    server.spawn(stdout=subprocess.DEVNULL)
+    time.sleep(delay)
+    server.kill()
+
+
 def make_request(rng: random.Random, txid: str) -> pb.ProduceRequest:
     """A transaction over 1 to 3 distinct segments of one space; now and then a big one."""
     space = rng.choice(SPACES)
@@ -248,7 +257,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
     rng = random.Random(seed)
     data = tmp_path / "data"
     data.mkdir()
-    server = Server(data, tmp_path / "server.log")
+    server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     run = Run(server, seed)
     threads = [
@@ -287,15 +296,16 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             time.sleep(rng.uniform(0.05, 0.5))
             run.gate.shut()
             if graceful:
-                code = server.sigterm()
+                code = server.stop()
                 if code != 0:
                     fail([f"SIGTERM under load: the server exited with {code}"], "SIGTERM")
             else:
-                server.kill9()
+                server.kill()  # calls in flight meet a dead server
+                server.close_channel()
             run.gate.close()
             if not graceful and cycle % 4 == 0:
                 # Now and then a second crash, during (or right after) the recovery.
-                server.kill9_while_starting(rng.uniform(0.0, 0.5))
+                kill9_while_starting(server, rng.uniform(0.0, 0.5))
                 figures["kills_while_starting"] += 1
             server.start()
             report, _ = check_store(server.stub, run.journal, SPACES, run.followers)
@@ -378,7 +388,7 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
     """The checker itself: fed a journal that disagrees with the store, it must complain."""
     data = tmp_path / "data"
     data.mkdir()
-    server = Server(data, tmp_path / "server.log")
+    server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     try:
         journal = Journal()

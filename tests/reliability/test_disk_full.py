@@ -38,8 +38,9 @@ import pytest
 from streams.storage.recovery import INFO_LOG_FILES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
 
-from .support import ServerProcess, alive, fill, free_bytes, need_root_feature, tmpfs
+from .support import fill, free_bytes, need_root_feature, tmpfs
 
 SPACE = "df"
 SEGMENT = "big"
@@ -185,7 +186,7 @@ def test_disk_full_refuses_writes_and_keeps_reads(full_disk: FullDisk) -> None:
         assert fd.stub.GetOffset(pb.GetOffsetRequest(consumer="c2", space=SPACE)).offset == 2
     except grpc.RpcError as err:
         assert err.code() in FULL_CODES, (err.code(), err.details())
-    assert alive(fd.server), f"refused with {codes}, then died"
+    assert fd.server.alive(), f"refused with {codes}, then died"
 
 
 def produce_once_space_is_back(mount: Path, stub: pb_grpc.StreamsServiceStub, log: Log) -> None:
@@ -473,6 +474,6 @@ def test_failed_fsync_stops_writes_and_says_why(failing_fsync_fs: Path, tmp_path
         assert [r.payload for r in records] == log.acked
         peek = stub.Peek(pb.PeekRequest(space=SPACE, segment=SEGMENT), timeout=DEADLINE)
         assert peek.record.sequence == len(log.acked)
-        assert alive(server)
+        assert server.alive()
     finally:
         server.close()

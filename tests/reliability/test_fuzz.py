@@ -32,17 +32,9 @@ from hypothesis import strategies as st
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
 
-from .support import (
-    SERVICE,
-    ServerProcess,
-    alive,
-    bytes_field,
-    count,
-    key,
-    list_all_spaces,
-    varint,
-)
+from .support import SERVICE, bytes_field, count, key, list_all_spaces, varint
 
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
@@ -234,7 +226,7 @@ def check_case(fz: Fuzz, method: str, body: bytes) -> Outcome:
     before = _state(fz.stub, method, m) if writer else None
 
     outcome = invoke(fz.channel, method, body, FOLLOW_DEADLINE if follow else CALL_DEADLINE)
-    assert alive(fz.server), f"the server died on {method} {body[:200]!r}"
+    assert fz.server.alive(), f"the server died on {method} {body[:200]!r}"
     where = f"{method} ({len(body)} bytes) {body[:160]!r} -> {outcome.code.name}: "
     where += outcome.details[:300]
 
@@ -302,7 +294,7 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
         )
         yield Fuzz(server, server.channel, stub)
         # Still answering after everything the fuzzer threw at it.
-        assert alive(server), f"server died; log:\n{server.log_path.read_text()[-4000:]}"
+        assert server.alive(), f"server died; log:\n{server.log_path.read_text()[-4000:]}"
         list_all_spaces(stub)
     finally:
         server.close()
@@ -754,7 +746,7 @@ def test_transaction_id_with_huge_expected_sequence(fz: Fuzz, expected: int) -> 
 
 def test_server_still_serves_after_fuzzing(fz: Fuzz) -> None:
     """Runs last in the module: the process is alive and answers every RPC."""
-    assert alive(fz.server)
+    assert fz.server.alive()
     stub = fz.stub
     with contextlib.suppress(grpc.RpcError):
         stub.GetOffset(pb.GetOffsetRequest(consumer="c", space="fz-0"))

@@ -38,9 +38,8 @@ from hypothesis.stateful import (
 )
 
 from streams.v1 import streams_pb2 as pb
-
-from ..contract.helpers import ts_key
-from .harness import Server
+from tests.contract.helpers import ts_key
+from tests.support.process import ServerProcess
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -220,7 +219,7 @@ class StreamsMachine(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(prefix="streams-model-"))
         data = self.tmp / "data"
         data.mkdir()
-        self.server = Server(data, self.tmp / "server.log")
+        self.server = ServerProcess(data, self.tmp / "server.log")
         self.server.start()
         resp = self.stub.ListSpaces(pb.ListSpacesRequest(), timeout=CALL_TIMEOUT)
         assert list(resp.spaces) == [] and resp.next_page_token == ""

@@ -14,14 +14,14 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
-from tests.ops.helpers import ServerProcess
+from tests.support.process import ServerProcess
 
 DEADLINE = 10.0
 
 
 @pytest.fixture
 def optimized_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path, command=(sys.executable, "-O", "server.py"), name="server-O")
+    server = ServerProcess(tmp_path / "data", command=(sys.executable, "-O", "server.py"))
     server.start()
     try:
         yield server

@@ -15,7 +15,8 @@ of that process, so everything not fsynced is gone, directory entries included.
   with its acknowledged sequences and positions, no transaction is partly
   there, sequences and positions are dense, retried unacknowledged
   transactions are written exactly once, committed offsets are intact, and
-  the follower never saw a record that is now missing.
+  the follower never saw a record that is now missing (the journal checker of
+  tests/support/journal.py, shared with the kill -9 harness).
 - Controls, proving the harness can see a missing fsync: acks given under
   ``--no-sync`` are lost by a power cut (and not by ``kill -9`` alone), and a
   RocksDB that creates its own directory loses everything.
@@ -29,39 +30,44 @@ import contextlib
 import ctypes.util
 import importlib.util
 import os
-import queue
 import random
-import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.journal import (
+    CheckReport,
+    Follower,
+    Journal,
+    assert_clean,
+    check_store,
+    commit_key,
+    read_target,
+)
+from tests.support.process import ServerProcess
 
 from .lazyfs import LazyFS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 RPC_TIMEOUT = 15.0
 CYCLES = 5
 PRODUCERS = 3
 SEGMENTS = ("s0", "s1", "s2", "s3")
 SPACE = "power"
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+# Committed forward to acknowledged ends: (consumer, segment), "" for the space.
+CONSUMERS = (("space-reader", ""), ("s0-reader", "s0"))
 
 
 def _fuse_missing() -> str | None:
@@ -94,83 +100,17 @@ def lazyfs(tmp_path: Path) -> Iterator[LazyFS]:
 # -- the server --------------------------------------------------------------
 
 
-def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-class Server:
-    """``python server.py --listen 127.0.0.1:0 --data DIR [extra]``; killed with SIGKILL."""
-
-    def __init__(self, data: Path, log_path: Path) -> None:
-        self.data = data
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-        self.channel: grpc.Channel | None = None
-        self.stub: pb_grpc.StreamsServiceStub
-
-    def start(self, *extra: str) -> None:
-        assert self.proc is None
-        self.close_channel()  # the last life's clients are done with it
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMS_")}
-        args = ["server.py", "--listen", "127.0.0.1:0", "--data", str(self.data), *extra]
-        with open(self.log_path, "a") as log:
-            log.write(f"--- start {' '.join(extra)} {time.strftime('%H:%M:%S')}\n")
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-            )
-        assert self.proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_drain, args=(self.proc.stdout, lines), daemon=True).start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                line = None
-            if line is None:
-                self.kill()
-                pytest.fail(f"the server did not start; log:\n{self.log_path.read_text()[-4000:]}")
-            match = _LISTENING.search(line)
-            if match:
-                break
-        self.channel = grpc.insecure_channel(f"{match.group(1)}:{match.group(2)}")
-        grpc.channel_ready_future(self.channel).result(timeout=START_TIMEOUT)
-        self.stub = pb_grpc.StreamsServiceStub(self.channel)
-
-    def kill(self) -> None:
-        """``kill -9``: the process dies at once; the filesystem keeps what it was given."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=START_TIMEOUT)
-
-    def close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-
-
 @pytest.fixture
-def servers(lazyfs: LazyFS) -> Iterator[list[Server]]:
+def servers(lazyfs: LazyFS) -> Iterator[list[ServerProcess]]:
     """Every server a test starts; all killed before the filesystem goes away."""
-    started: list[Server] = []
+    started: list[ServerProcess] = []
     yield started
     for server in started:
         server.kill()
         server.close_channel()
 
 
-def power_cut(server: Server, fs: LazyFS) -> None:
+def power_cut(server: ServerProcess, fs: LazyFS) -> None:
     """The machine loses power: the server and every unfsynced change die together."""
     server.kill()
     fs.crash()
@@ -180,108 +120,66 @@ def power_cut(server: Server, fs: LazyFS) -> None:
 # -- the workload and what was acknowledged -----------------------------------
 
 
-@dataclass(frozen=True)
-class Txn:
-    txid: str
-    writes: tuple[tuple[str, tuple[bytes, ...]], ...]  # (segment, payloads)
-
-    def request(self) -> pb.ProduceRequest:
-        return pb.ProduceRequest(
-            space=SPACE,
-            transaction_id=self.txid,
-            writes=[
-                pb.SegmentWrite(
-                    segment=segment, records=[pb.RecordInput(payload=p) for p in payloads]
-                )
-                for segment, payloads in self.writes
-            ],
-        )
-
-    def records(self) -> list[tuple[str, bytes]]:
-        return sorted((segment, p) for segment, payloads in self.writes for p in payloads)
-
-    @property
-    def size(self) -> int:
-        return sum(len(payloads) for _, payloads in self.writes)
-
-
-def make_txn(rng: random.Random, txid: str) -> Txn:
+def make_request(rng: random.Random, txid: str) -> pb.ProduceRequest:
     count = 1 if rng.random() < 0.5 else rng.randint(2, 3)
-    segments = rng.sample(SEGMENTS, count)
     writes = []
-    for segment in segments:
-        payloads = tuple(
+    for segment in rng.sample(SEGMENTS, count):
+        payloads = [
             f"{txid}|{segment}|{i}|".encode() + rng.randbytes(rng.randint(0, 200))
             for i in range(rng.randint(1, 4))
+        ]
+        writes.append(
+            pb.SegmentWrite(segment=segment, records=[pb.RecordInput(payload=p) for p in payloads])
         )
-        writes.append((segment, payloads))
-    return Txn(txid, tuple(writes))
-
-
-def txid_of(payload: bytes) -> str:
-    return payload.split(b"|", 1)[0].decode()
+    return pb.ProduceRequest(space=SPACE, transaction_id=txid, writes=writes)
 
 
 @dataclass
-class Ledger:
+class Load:
     """What the clients were told, across every cycle."""
 
-    txns: dict[str, Txn] = field(default_factory=dict)  # every attempted transaction
-    acked: dict[str, pb.ProduceResponse] = field(default_factory=dict)
-    unknown: set[str] = field(default_factory=set)  # the call failed: outcome unknown
-    # consumer -> (segment, acknowledged offset or None, offsets maybe stored)
-    offsets: dict[str, tuple[str, int | None, set[int]]] = field(default_factory=dict)
-    seen: dict[int, str] = field(default_factory=dict)  # position -> txid seen by a follower
+    journal: Journal = field(default_factory=Journal)
+    follower: Follower = field(default_factory=lambda: Follower(SPACE, ""))
     errors: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     checked: int = 0  # acknowledged transactions verified, summed over checks
-
-    def last_position(self) -> int:
-        with self.lock:
-            return max((a.last_position for a in self.acked.values()), default=0)
-
-    def last_sequence(self, segment: str) -> int:
-        with self.lock:
-            ends = [
-                k.last_sequence for a in self.acked.values() for k in a.acks if k.segment == segment
-            ]
-            return max(ends, default=0)
 
 
 _CUT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
 
 
 def produce_loop(
-    stub: pb_grpc.StreamsServiceStub, ledger: Ledger, prefix: str, seed: int, stop: threading.Event
+    stub: pb_grpc.StreamsServiceStub, load: Load, prefix: str, seed: int, stop: threading.Event
 ) -> None:
     rng = random.Random(seed)
     n = 0
     while not stop.is_set():
-        txn = make_txn(rng, f"{prefix}-{n}")
+        txn = load.journal.sent(make_request(rng, f"{prefix}-{n}"))
         n += 1
-        with ledger.lock:
-            ledger.txns[txn.txid] = txn
         try:
-            ack = stub.Produce(txn.request(), timeout=RPC_TIMEOUT)
+            ack = stub.Produce(txn.request, timeout=RPC_TIMEOUT)
         except grpc.RpcError as exc:
-            with ledger.lock:
-                ledger.unknown.add(txn.txid)
-                if exc.code() not in _CUT_CODES:
-                    ledger.errors.append(f"Produce {txn.txid}: {exc.code()} {exc.details()}")
+            load.journal.unanswered(txn)
+            if exc.code() not in _CUT_CODES:
+                load.errors.append(f"Produce {txn.txid}: {exc.code()} {exc.details()}")
             return
-        with ledger.lock:
-            ledger.acked[txn.txid] = ack
+        load.journal.acked(txn, ack)
 
 
-def commit_loop(stub: pb_grpc.StreamsServiceStub, ledger: Ledger, stop: threading.Event) -> None:
+def commit_loop(stub: pb_grpc.StreamsServiceStub, load: Load, stop: threading.Event) -> None:
     """Commits a space offset and a segment offset, forward, to acknowledged ends."""
+    journal = load.journal
     while not stop.wait(0.02):
-        for consumer, (segment, stored, maybe) in list(ledger.offsets.items()):
-            target = ledger.last_sequence(segment) if segment else ledger.last_position()
+        for consumer, segment in CONSUMERS:
+            key = commit_key(consumer, SPACE, segment)
+            with journal.lock:
+                if segment:
+                    target = journal.acked_sequence[(SPACE, segment)]
+                else:
+                    target = journal.acked_position[SPACE]
+                stored = journal.commits[key].acked
             if target == 0 or target == stored:
                 continue
-            with ledger.lock:
-                ledger.offsets[consumer] = (segment, stored, {*maybe, target})
+            journal.commit_unanswered(key, target)
             try:
                 request = pb.CommitRequest(
                     consumer=consumer, space=SPACE, segment=segment, offset=target
@@ -289,106 +187,60 @@ def commit_loop(stub: pb_grpc.StreamsServiceStub, ledger: Ledger, stop: threadin
                 reply = stub.Commit(request, timeout=RPC_TIMEOUT)
             except grpc.RpcError as exc:
                 if exc.code() not in _CUT_CODES:
-                    ledger.errors.append(f"Commit {consumer}: {exc.code()} {exc.details()}")
+                    load.errors.append(f"Commit {consumer}: {exc.code()} {exc.details()}")
                 return
-            with ledger.lock:
-                ledger.offsets[consumer] = (segment, reply.offset, {reply.offset})
+            journal.commit_acked(key, reply.offset)
 
 
-def follow_loop(stub: pb_grpc.StreamsServiceStub, ledger: Ledger) -> None:
+def follow_loop(stub: pb_grpc.StreamsServiceStub, load: Load) -> None:
+    follower = load.follower
+    request = pb.ConsumeRequest(space=SPACE, from_offset=follower.next_offset, follow=True)
     try:
-        for response in stub.Consume(
-            pb.ConsumeRequest(space=SPACE, from_offset=1, follow=True), timeout=120
-        ):
-            with ledger.lock:
-                for record in response.records:
-                    ledger.seen[record.position] = txid_of(record.payload)
+        for response in stub.Consume(request, timeout=120):
+            follower.received(response.records)
     except grpc.RpcError as exc:
         if exc.code() not in (*_CUT_CODES, grpc.StatusCode.DEADLINE_EXCEEDED):
-            ledger.errors.append(f"follow: {exc.code()} {exc.details()}")
+            load.errors.append(f"follow: {exc.code()} {exc.details()}")
+    except AssertionError:
+        pass  # a gap or a duplicate: in follower.errors, reported by the check
 
 
 # -- checks --------------------------------------------------------------------
 
 
-def read_space(stub: pb_grpc.StreamsServiceStub, space: str) -> list[pb.Record]:
-    records: list[pb.Record] = []
-    while True:
-        request = pb.ConsumeRequest(space=space, from_offset=len(records) + 1)
-        batch = [r for resp in stub.Consume(request, timeout=RPC_TIMEOUT) for r in resp.records]
-        if not batch:
-            return records
-        records.extend(batch)
-
-
-def check_store(stub: pb_grpc.StreamsServiceStub, ledger: Ledger) -> dict[str, list[pb.Record]]:
-    """Checks the store against everything acknowledged; returns the records by txid."""
-    records = read_space(stub, SPACE)
-    assert [r.position for r in records] == list(range(1, len(records) + 1)), "positions dense"
-    by_segment: dict[str, list[int]] = defaultdict(list)
-    by_txid: dict[str, list[pb.Record]] = defaultdict(list)
-    for record in records:
-        by_segment[record.segment].append(record.sequence)
-        by_txid[txid_of(record.payload)].append(record)
-    for segment, sequences in by_segment.items():
-        assert sequences == list(range(1, len(sequences) + 1)), f"sequences of {segment} dense"
-    for txid, found in by_txid.items():
-        # All of a transaction or nothing, exactly once, at consecutive positions.
-        assert txid in ledger.txns, f"a record of a transaction never sent: {txid}"
-        assert sorted((r.segment, r.payload) for r in found) == ledger.txns[txid].records(), (
-            f"transaction {txid} is partly present or duplicated"
-        )
-        first, last = found[0].position, found[-1].position
-        assert last - first + 1 == len(found), f"transaction {txid} is not contiguous"
-    for txid, ack in ledger.acked.items():
-        kept = by_txid.get(txid)
-        assert kept, f"acknowledged transaction {txid} lost (ack {ack})"
-        assert (kept[0].position, kept[-1].position) == (ack.first_position, ack.last_position)
-        for segment_ack in ack.acks:
-            sequences = [r.sequence for r in kept if r.segment == segment_ack.segment]
-            assert (sequences[0], sequences[-1]) == (
-                segment_ack.first_sequence,
-                segment_ack.last_sequence,
-            ), f"{txid} in {segment_ack.segment}"
-        ledger.checked += 1
-    for position, txid in ledger.seen.items():
-        assert position <= len(records), f"a follower saw position {position}, now missing"
-        assert txid_of(records[position - 1].payload) == txid, f"position {position} changed"
-    for consumer, (segment, stored, maybe) in ledger.offsets.items():
-        try:
-            offset: int | None = stub.GetOffset(
-                pb.GetOffsetRequest(consumer=consumer, space=SPACE, segment=segment),
-                timeout=RPC_TIMEOUT,
-            ).offset
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
-            offset = None
-        allowed: set[int | None] = {*maybe, stored}  # stored None: never acknowledged
-        assert offset in allowed, (
-            f"offset of {consumer}: {offset}, acknowledged {stored}, maybe {sorted(maybe)}"
-        )
-        with ledger.lock:
-            ledger.offsets[consumer] = (segment, offset, set())
-    return by_txid
+def check(stub: pb_grpc.StreamsServiceStub, load: Load) -> CheckReport:
+    """Checks the store against everything acknowledged (failing on any
+    problem); what was read back is the new baseline of committed offsets."""
+    report, _ = check_store(stub, load.journal, [SPACE], [load.follower])
+    assert_clean(report)
+    load.checked += report.acked_present
+    for key, offset in report.offsets_read.items():
+        if offset is not None:
+            load.journal.commit_acked(key, offset)
+    return report
 
 
 def retry_unknown(
-    stub: pb_grpc.StreamsServiceStub, ledger: Ledger, by_txid: dict[str, list[pb.Record]]
+    stub: pb_grpc.StreamsServiceStub, load: Load, report: CheckReport
 ) -> tuple[int, int]:
     """Retries each transaction whose call failed; returns (were there, newly written)."""
     there = written = 0
-    for txid in sorted(ledger.unknown):
-        ack = stub.Produce(ledger.txns[txid].request(), timeout=RPC_TIMEOUT)
-        if txid in by_txid:
-            assert ack.duplicate, f"{txid} was stored, its retry wrote it again"
-            assert ack.first_position == by_txid[txid][0].position
+    for txn in load.journal.pending():
+        stored = report.pending_stored[(txn.space, txn.txid)]
+        ack = stub.Produce(txn.request, timeout=RPC_TIMEOUT)
+        if stored:
+            assert ack.duplicate, f"{txn.txid} was stored, its retry wrote it again"
+            assert ack.first_position == stored[0].position
             there += 1
         else:
-            assert not ack.duplicate, f"{txid} was not stored, its retry says duplicate"
+            assert not ack.duplicate, f"{txn.txid} was not stored, its retry says duplicate"
             written += 1
-        ledger.acked[txid] = ack
-    ledger.unknown.clear()
+        load.journal.acked(txn, ack)
     return there, written
+
+
+def stored_txids(stub: pb_grpc.StreamsServiceStub) -> set[str]:
+    return {r.transaction_id for r in read_target(stub, SPACE, timeout=RPC_TIMEOUT)}
 
 
 # -- the tests -----------------------------------------------------------------
@@ -450,29 +302,42 @@ def test_lazyfs_drops_what_was_not_fsynced(lazyfs: LazyFS) -> None:
 
 
 def test_first_acknowledged_write_survives_a_power_cut(
-    lazyfs: LazyFS, servers: list[Server], tmp_path: Path
+    lazyfs: LazyFS, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     """A fresh data directory (two levels to create): cut right after the first ack."""
-    server = Server(lazyfs.mount_point / "fresh" / "streams", tmp_path / "server.log")
+    server = ServerProcess(lazyfs.mount_point / "fresh" / "streams", tmp_path / "server.log")
     servers.append(server)
     server.start()
-    ledger = Ledger()
-    txn = Txn("first", (("s0", (b"first|s0|0|",)), ("s1", (b"first|s1|0|", b"first|s1|1|"))))
-    ledger.txns[txn.txid] = txn
-    ledger.acked[txn.txid] = server.stub.Produce(txn.request(), timeout=RPC_TIMEOUT)
+    load = Load()
+    request = pb.ProduceRequest(
+        space=SPACE,
+        transaction_id="first",
+        writes=[
+            pb.SegmentWrite(segment="s0", records=[pb.RecordInput(payload=b"first|s0|0|")]),
+            pb.SegmentWrite(
+                segment="s1",
+                records=[
+                    pb.RecordInput(payload=b"first|s1|0|"),
+                    pb.RecordInput(payload=b"first|s1|1|"),
+                ],
+            ),
+        ],
+    )
+    txn = load.journal.sent(request)
+    load.journal.acked(txn, server.stub.Produce(request, timeout=RPC_TIMEOUT))
     power_cut(server, lazyfs)
 
     server.start()
-    check_store(server.stub, ledger)
-    assert ledger.checked == 1
+    check(server.stub, load)
+    assert load.checked == 1
     # And the first commit on a store that has just come back.
     reply = server.stub.Commit(
         pb.CommitRequest(consumer="c", space=SPACE, offset=3), timeout=RPC_TIMEOUT
     )
-    ledger.offsets["c"] = ("", reply.offset, set())
+    load.journal.commit_acked(commit_key("c", SPACE, ""), reply.offset)
     power_cut(server, lazyfs)
     server.start()
-    check_store(server.stub, ledger)
+    assert check(server.stub, load).offsets_checked == 1
     print(f"first start: 1 transaction (3 records) and 1 offset kept over {lazyfs.crashes} cuts")
 
 
@@ -484,18 +349,18 @@ class Figures:
     retried_written: int = 0
 
 
-def restart_and_check(server: Server, ledger: Ledger, figures: Figures) -> None:
+def restart_and_check(server: ServerProcess, load: Load, figures: Figures) -> None:
     """Starts the server, checks the store, retries every unacknowledged transaction."""
     server.start()
-    by_txid = check_store(server.stub, ledger)
-    there, written = retry_unknown(server.stub, ledger, by_txid)
+    report = check(server.stub, load)
+    there, written = retry_unknown(server.stub, load, report)
     figures.retried_there += there
     figures.retried_written += written
 
 
 def run_until_cut(
-    server: Server,
-    ledger: Ledger,
+    server: ServerProcess,
+    load: Load,
     rng: random.Random,
     name: str,
     cut: LazyFS | None,
@@ -505,12 +370,12 @@ def run_until_cut(
     stop = threading.Event()
     threads = [
         threading.Thread(
-            target=produce_loop, args=(server.stub, ledger, f"{name}p{p}", rng.random(), stop)
+            target=produce_loop, args=(server.stub, load, f"{name}p{p}", rng.random(), stop)
         )
         for p in range(PRODUCERS)
     ]
-    threads.append(threading.Thread(target=commit_loop, args=(server.stub, ledger, stop)))
-    threads.append(threading.Thread(target=follow_loop, args=(server.stub, ledger)))
+    threads.append(threading.Thread(target=commit_loop, args=(server.stub, load, stop)))
+    threads.append(threading.Thread(target=follow_loop, args=(server.stub, load)))
     for thread in threads:
         thread.start()
     time.sleep(rng.uniform(0.5, 1.5))
@@ -521,19 +386,18 @@ def run_until_cut(
     for thread in threads:
         thread.join(timeout=RPC_TIMEOUT + 5)
         assert not thread.is_alive(), "a client thread hung"
-    assert not ledger.errors, ledger.errors
+    assert not load.errors, load.errors
     if cut is not None:
         cut.mount()
 
 
 def test_acknowledged_writes_survive_power_cuts_under_load(
-    lazyfs: LazyFS, servers: list[Server], tmp_path: Path
+    lazyfs: LazyFS, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     rng = random.Random(os.environ.get("POWER_LOSS_SEED", "6"))
-    server = Server(lazyfs.mount_point / "data", tmp_path / "server.log")
+    server = ServerProcess(lazyfs.mount_point / "data", tmp_path / "server.log")
     servers.append(server)
-    ledger = Ledger()
-    ledger.offsets = {"space-reader": ("", None, set()), "s0-reader": ("s0", None, set())}
+    load = Load()
     figures = Figures()
     started = time.monotonic()
     server.start()  # a fresh data directory: the first cycle covers a first start
@@ -541,50 +405,53 @@ def test_acknowledged_writes_survive_power_cuts_under_load(
         if cycle % 2:
             # A process crash first: what it leaves unfsynced in the page cache
             # is read back at restart, and must be durable before anyone sees it.
-            run_until_cut(server, ledger, rng, f"k{cycle}", None)
+            run_until_cut(server, load, rng, f"k{cycle}", None)
             figures.process_kills += 1
-            restart_and_check(server, ledger, figures)
-        run_until_cut(server, ledger, rng, f"c{cycle}", lazyfs)
+            restart_and_check(server, load, figures)
+        run_until_cut(server, load, rng, f"c{cycle}", lazyfs)
         figures.power_cuts += 1
-        restart_and_check(server, ledger, figures)
-    by_txid = check_store(server.stub, ledger)  # the retries, exactly once
-    records = sum(len(r) for r in by_txid.values())
-    assert len(ledger.acked) >= CYCLES * 10, "too few transactions to mean anything"
-    assert ledger.seen, "the follower saw nothing"
+        restart_and_check(server, load, figures)
+    report = check(server.stub, load)  # the retries, exactly once
+    acked = sum(t.ack is not None for t in load.journal.txns.values())
+    assert acked >= CYCLES * 10, "too few transactions to mean anything"
+    assert load.follower.records, "the follower saw nothing"
     print(
         f"power cuts: {figures.power_cuts} under load (and {figures.process_kills} kill -9 "
-        f"alone) in {time.monotonic() - started:.1f}s; {len(ledger.acked)} transactions "
-        f"acknowledged ({records} records), {ledger.checked} acknowledged-transaction checks; "
-        f"unacknowledged retried: {figures.retried_there} had been stored (duplicate), "
-        f"{figures.retried_written} written once; follower saw {len(ledger.seen)} positions"
+        f"alone) in {time.monotonic() - started:.1f}s; {acked} transactions "
+        f"acknowledged ({report.records} records), {load.checked} acknowledged-transaction "
+        f"checks; unacknowledged retried: {figures.retried_there} had been stored "
+        f"(duplicate), {figures.retried_written} written once; follower saw "
+        f"{len(load.follower.records)} positions"
     )
 
 
 def test_harness_sees_a_missing_fsync(
-    lazyfs: LazyFS, servers: list[Server], tmp_path: Path
+    lazyfs: LazyFS, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     """Negative control: acks under --no-sync survive kill -9 but not a power cut."""
-    server = Server(lazyfs.mount_point / "nosync", tmp_path / "server.log")
+    server = ServerProcess(lazyfs.mount_point / "nosync", tmp_path / "server.log")
     servers.append(server)
     rng = random.Random(7)
-    first = [make_txn(rng, f"a-{n}") for n in range(30)]
-    second = [make_txn(rng, f"b-{n}") for n in range(30)]
-    ledger = Ledger(txns={t.txid: t for t in first + second})
+    first = [make_request(rng, f"a-{n}") for n in range(30)]
+    second = [make_request(rng, f"b-{n}") for n in range(30)]
+    load = Load()
+    acks: dict[str, pb.ProduceResponse] = {}
 
     server.start("--no-sync")
-    for txn in first:
-        ledger.acked[txn.txid] = server.stub.Produce(txn.request(), timeout=RPC_TIMEOUT)
+    for request in first:
+        acks[request.transaction_id] = server.stub.Produce(request, timeout=RPC_TIMEOUT)
+        load.journal.acked(load.journal.sent(request), acks[request.transaction_id])
     server.kill()  # kill -9 alone: the page cache keeps them
     server.start("--no-sync")  # (opening the store fsyncs the recovered WAL)
-    check_store(server.stub, ledger)
+    check(server.stub, load)
 
-    for txn in second:
-        ledger.acked[txn.txid] = server.stub.Produce(txn.request(), timeout=RPC_TIMEOUT)
+    for request in second:
+        acks[request.transaction_id] = server.stub.Produce(request, timeout=RPC_TIMEOUT)
     power_cut(server, lazyfs)
     server.start()
-    by_txid = read_by_txid(server.stub)
-    kept_first = sum(t.txid in by_txid for t in first)
-    kept_second = sum(t.txid in by_txid for t in second)
+    kept = stored_txids(server.stub)
+    kept_first = sum(r.transaction_id in kept for r in first)
+    kept_second = sum(r.transaction_id in kept for r in second)
     print(
         f"--no-sync control: {len(second)} acknowledged after the last fsync, "
         f"{len(second) - kept_second} lost by the power cut; "
@@ -592,16 +459,14 @@ def test_harness_sees_a_missing_fsync(
     )
     assert kept_first == len(first), "the cut lost data that had been fsynced"
     assert kept_second < len(second), "the harness lost nothing: it cannot see a missing fsync"
-    # What is left is still whole transactions, a prefix of the acknowledged ones.
-    ledger.acked = {t.txid: ledger.acked[t.txid] for t in first + second if t.txid in by_txid}
-    check_store(server.stub, ledger)
-
-
-def read_by_txid(stub: pb_grpc.StreamsServiceStub) -> dict[str, list[pb.Record]]:
-    by_txid: dict[str, list[pb.Record]] = defaultdict(list)
-    for record in read_space(stub, SPACE):
-        by_txid[txid_of(record.payload)].append(record)
-    return by_txid
+    # What is left is still whole transactions, as acknowledged; the lost ones
+    # count as sent but never answered.
+    survivors = Load()
+    for request in first + second:
+        txn = survivors.journal.sent(request)
+        if request.transaction_id in kept:
+            survivors.journal.acked(txn, acks[request.transaction_id])
+    check(server.stub, survivors)
 
 
 _RAW_ROCKSDB = textwrap.dedent(

@@ -33,8 +33,9 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
 
-from .support import COUNTERS, ServerProcess, alive, pid_of, rss_kib
+from .support import COUNTERS, rss_kib
 
 SPACE = "soak"
 PRODUCERS = 3
@@ -333,7 +334,7 @@ def soak_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def test_soak(soak_server: ServerProcess, soak_seconds: float) -> None:
     seed = random.randrange(1 << 30)
-    pid = pid_of(soak_server)
+    pid = soak_server.pid
     shared = Shared()
     samples: list[Sample] = []
     stop_sampling = threading.Event()
@@ -350,7 +351,7 @@ def test_soak(soak_server: ServerProcess, soak_seconds: float) -> None:
         sampler.join(5)
     elapsed = time.monotonic() - started
 
-    assert alive(soak_server), "the server died during the soak"
+    assert soak_server.alive(), "the server died during the soak"
     assert not shared.errors, f"seed {seed}: {len(shared.errors)} errors: {shared.errors[:10]}"
 
     # What the space holds, read once at the end, is exactly what was acked.

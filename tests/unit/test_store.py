@@ -45,10 +45,11 @@ def wrap_sync(store: RocksStore, around: Callable[[Callable[[], None]], None]) -
 def test_readers_see_records_only_once_fsynced(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = RocksStore.open(tmp_path / "db")
-        gate = threading.Event()
-        wrap_sync(store, lambda real: (gate.wait(10), real()))
+        syncing, gate = threading.Event(), threading.Event()
+        wrap_sync(store, lambda real: (syncing.set(), gate.wait(10), real()))
         produce = asyncio.ensure_future(store.produce(txn("s", "a", 3)))
-        await asyncio.sleep(0.05)
+        # Written, and its fsync under way: from here on readers must not see it.
+        assert await asyncio.to_thread(syncing.wait, 10), "the fsync never started"
         assert not produce.done()
         target = Target("s", "a")
         assert store.read(target, 1, 10, 10, MIB).count == 0

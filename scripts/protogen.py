@@ -1,9 +1,12 @@
 """Generates the Python stubs for protos/ (needs the dev extra, grpcio-tools).
 
-Usage: ``python -m streams.protogen OUT_ROOT`` writes ``OUT_ROOT/streams/v1/
+A developer tool that works on a checkout (it reads protos/ next to scripts/),
+so it is not part of the installed package.
+
+Usage: ``python scripts/protogen.py OUT_ROOT`` writes ``OUT_ROOT/streams/v1/
 streams_pb2.py``, ``.pyi`` and ``_pb2_grpc.py``. ``scripts/gen-protos`` writes
-them into the tree; a test writes them to a temporary folder and compares, so
-stale stubs fail the suite.
+them into the tree; tests/unit/test_stubs.py writes them to a temporary folder
+and compares, so stale stubs fail the suite.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+PROTO_ROOT = Path(__file__).resolve().parents[1] / "protos"
 PROTO_FILES = ("streams/v1/streams.proto",)
 GENERATED = (
     "streams/v1/streams_pb2.py",
