@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from streams.errors import StreamsError
+from streams.errors import DataLoss
 from streams.model import ProduceResult, SegmentAck
 from streams.v1 import streams_pb2 as pb
 
@@ -35,10 +34,8 @@ _U64_MAX = (1 << 64) - 1
 log = logging.getLogger(__name__)
 
 
-class CorruptRecord(StreamsError):
+class CorruptRecord(DataLoss):
     """A stored record does not parse: the store holds bytes it never wrote."""
-
-    code = grpc.StatusCode.DATA_LOSS
 
 
 def _encode_varint(value: int) -> bytes:

@@ -34,7 +34,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup(level: str, fmt: str) -> None:
     """Sends logs to standard error (standard output carries the ready line)."""
-    assert level in LEVELS and fmt in FORMATS, (level, fmt)
+    if level not in LEVELS or fmt not in FORMATS:
+        raise ValueError(f"log level {level!r} or format {fmt!r} is not one of {LEVELS}, {FORMATS}")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
