@@ -1,13 +1,16 @@
-"""The ``streams`` command line: produce, consume, peek, commit and list over gRPC.
+"""The ``streams`` command line: produce, consume, peek, commit, lag and list over gRPC.
 
-Every command prints JSON lines on standard output. Exit codes: 0 ok, 1 the
-server (or the connection) answered with an error (message on stderr), 2 a
-usage error. Examples::
+Commands print JSON lines on standard output (``--output`` picks bare payloads
+or a table instead). Exit codes: 0 ok, 1 the server (or the connection)
+answered with an error (message on stderr), 2 a usage error or bad input.
+Examples::
 
     streams produce orders eu '{"id": 1}' '{"id": 2}'
     streams produce orders eu --file events.jsonl        # one record per line
     streams consume orders eu --from 1 --limit 10
-    streams consume orders --consumer billing --follow
+    streams consume orders --consumer billing --commit   # tail -f that commits
+    streams consume orders --output json | streams produce copy --input json
+    streams lag orders --consumer billing
     streams commit orders --consumer billing --offset 42
     streams spaces
 """
@@ -15,22 +18,23 @@ usage error. Examples::
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from streams.cli_input import INPUTS, Batch, InputError, Line, batches, lines, records
+from streams.cli_output import OUTPUTS, emit, iso, printer, record_printer
 from streams.client import (
     DEFAULT_TARGET,
     Client,
-    NewRecord,
+    Consumer,
     NotFound,
     ProduceResult,
-    Record,
     SegmentInfo,
     SpaceInfo,
     StreamsError,
@@ -43,30 +47,17 @@ class UsageError(Exception):
     """A problem with the command line that argparse could not see (exit code 2)."""
 
 
+class LocatedServerError(Exception):
+    """A server error on a batch of input lines, with the line it is about."""
+
+    def __init__(self, where: str, error: StreamsError, acknowledged: int) -> None:
+        super().__init__(
+            f"{where}: {error.code.name}: {error.message} "
+            f"({acknowledged} records acknowledged before this batch)"
+        )
+
+
 # -- output -----------------------------------------------------------------------------------
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
-
-
-def record_json(record: Record) -> dict[str, Any]:
-    """A record as printed: the payload as text when it is UTF-8, else base64, and which."""
-    try:
-        payload, encoding = record.payload.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(record.payload).decode("ascii"), "base64"
-    return {
-        "space": record.space,
-        "segment": record.segment,
-        "sequence": record.sequence,
-        "position": record.position,
-        "timestamp": _iso(record.timestamp),
-        "payload": payload,
-        "payload_encoding": encoding,
-        "metadata": dict(record.metadata),
-        "transaction_id": record.transaction_id,
-    }
 
 
 def _ack_json(result: ProduceResult) -> dict[str, Any]:
@@ -78,15 +69,10 @@ def _ack_json(result: ProduceResult) -> dict[str, Any]:
         ],
         "first_position": result.first_position,
         "last_position": result.last_position,
-        "timestamp": _iso(result.timestamp),
+        "timestamp": iso(result.timestamp),
         "duplicate": result.duplicate,
         "transaction_id": result.transaction_id,
     }  # fmt: skip
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
 
 
 # -- argument types -----------------------------------------------------------------------------
@@ -145,107 +131,108 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr for a file of known size."""
+    """A one-line progress bar on stderr for a file of known size: the share of
+    the file whose records the server acknowledged, and how many records."""
 
     def __init__(self, total: int, out: IO[str], enabled: bool) -> None:
         self._total = max(total, 1)
         self._out = out
         self._enabled = enabled
-        self._shown = -1.0
+        self._shown = False
 
     def update(self, done: int, records: int) -> None:
         if not self._enabled:
             return
         fraction = min(done / self._total, 1.0)
-        if fraction - self._shown < 0.01 and fraction < 1.0:
-            return
-        self._shown = fraction
         bar = "#" * int(fraction * 30)
-        self._out.write(f"\r[{bar:<30}] {fraction:6.1%} {records} records")
+        self._out.write(f"\r[{bar:<30}] {fraction:6.1%} {records} records acknowledged")
         self._out.flush()
+        self._shown = True
 
     def finish(self) -> None:
-        if self._enabled:
+        """Ends the bar's line, so that what follows (an error, the prompt) starts a new one."""
+        if self._shown:
             self._out.write("\n")
             self._out.flush()
 
 
-def _lines(stream: IO[bytes], on_line: Any) -> Iterator[bytes]:
-    done = 0
-    for line in stream:
-        done += len(line)
-        on_line(done)
-        yield line.rstrip(b"\n").removesuffix(b"\r")
+_RECORD_INDEX = re.compile(r"writes\[(\d+)\]\.records\[(\d+)\]")
 
 
-def _batches(
-    payloads: Iterable[bytes], metadata: dict[str, str], max_records: int, max_bytes: int
-) -> Iterator[list[NewRecord]]:
-    batch: list[NewRecord] = []
-    size = 0
-    for payload in payloads:
-        if batch and (len(batch) >= max_records or size + len(payload) > max_bytes):
-            yield batch
-            batch, size = [], 0
-        batch.append(NewRecord(payload, metadata))
-        size += len(payload) + 16
-    if batch:
-        yield batch
+def _where(name: str, batch: Batch, error: StreamsError) -> str:
+    """The input line a server error is about: the record it names, else the batch's lines."""
+    found = _RECORD_INDEX.search(error.message)
+    line = found and batch.line_of(int(found[1]), int(found[2]))
+    if line:
+        return f"{name}:{line.number}"
+    first, last = batch.lines()
+    return f"{name}:{first}" if first == last else f"{name}:{first}-{last}"
+
+
+def _open_input(args: argparse.Namespace) -> tuple[IO[bytes], str, int]:
+    """The input stream, its name for messages, and its size (0 = unknown)."""
+    if args.file in (None, "-"):
+        return sys.stdin.buffer, "<stdin>", 0
+    path = Path(args.file)
+    try:
+        source = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"--file: cannot read {args.file!r}: {exc.strerror}") from None
+    return source, args.file, path.stat().st_size
 
 
 def cmd_produce(client: Client, args: argparse.Namespace) -> None:
     metadata = dict(args.metadata or [])
-    progress: _Progress | None = None
-    source: IO[bytes] | None = None
+    if args.segment is None and args.input != "json":
+        raise UsageError("SEGMENT is needed, unless --input json takes each record's own")
+    if args.segment is None and args.expected_sequence is not None:
+        raise UsageError("--expected-sequence needs SEGMENT")
     if args.payloads:
         if args.file is not None:
             raise UsageError("give payloads as arguments or --file, not both")
-        payloads: Iterable[bytes] = [p.encode() for p in args.payloads]
+        if args.input != "payload":
+            raise UsageError("--input json reads --file or standard input, not arguments")
+        source: IO[bytes] | None = None
+        name, total = "argument", 0
+        given: Iterable[Line] = [
+            Line(number, payload.encode(), 0) for number, payload in enumerate(args.payloads, 1)
+        ]
     else:
-        if args.file in (None, "-"):
-            source = sys.stdin.buffer
-            total = 0
-        else:
-            path = Path(args.file)
-            try:
-                source = path.open("rb")
-            except OSError as exc:
-                raise UsageError(f"--file: cannot read {args.file!r}: {exc.strerror}") from None
-            total = path.stat().st_size
-        show = args.progress if args.progress is not None else sys.stderr.isatty()
-        progress = _Progress(total, sys.stderr, show and total > 0)
-        records = 0
-
-        def on_line(done: int) -> None:
-            nonlocal records
-            records += 1
-            if progress is not None:
-                progress.update(done, records)
-
-        payloads = _lines(source, on_line)
+        source, name, total = _open_input(args)
+        given = lines(source)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = _Progress(total, sys.stderr, show and total > 0)
+    items = records(
+        given,
+        name=name, kind=args.input, segment=args.segment, metadata=metadata,
+    )  # fmt: skip
     expected = args.expected_sequence
+    acknowledged = 0
     try:
-        for number, batch in enumerate(
-            _batches(payloads, metadata, args.batch_size, args.batch_bytes)
-        ):
+        for number, batch in enumerate(batches(items, args.batch_size, args.batch_bytes)):
             txn = args.transaction_id and (
                 args.transaction_id if number == 0 else f"{args.transaction_id}:{number}"
             )
-            result = client.produce(
-                args.space, args.segment, batch, expected_sequence=expected, transaction_id=txn
-            )
+            transaction = client.transaction(args.space, transaction_id=txn)
+            for segment, entries in batch.writes.items():
+                transaction.add(segment, [e.record for e in entries], expected_sequence=expected)
+            try:
+                result = transaction.commit()
+            except StreamsError as exc:
+                raise LocatedServerError(_where(name, batch, exc), exc, acknowledged) from None
             if expected is not None:
                 expected = result.acks[0].last_sequence
-            _emit(_ack_json(result))
+            acknowledged += batch.count
+            progress.update(batch.end, acknowledged)
+            emit(_ack_json(result))
     finally:
-        if progress is not None:
-            progress.finish()
+        progress.finish()
         if source is not None and source is not sys.stdin.buffer:
             source.close()
 
 
-def cmd_consume(client: Client, args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {
+def _consume_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "from_offset": args.from_offset,
         "from_time": args.from_time,
         "from_consumer": args.consumer,
@@ -253,16 +240,48 @@ def cmd_consume(client: Client, args: argparse.Namespace) -> None:
         "to_offset": args.to,
         "limit": args.limit,
     }
+
+
+def cmd_consume(client: Client, args: argparse.Namespace) -> None:
     if args.from_end and not args.follow:
         raise UsageError("--from-end reads only new records: it needs --follow")
+    show = record_printer(args.output)
+    if args.commit:
+        _consume_and_commit(client, args, show)
+        return
     method = client.follow if args.follow else client.consume
-    with method(args.space, args.segment, **options) as stream:
+    with method(args.space, args.segment, **_consume_options(args)) as stream:
         for record in stream:
-            _emit(record_json(record))
+            show(record)
+
+
+def _consume_and_commit(client: Client, args: argparse.Namespace, show: Any) -> None:
+    """``tail -f`` that commits: a record counts as processed once it is printed
+    and flushed; the Consumer commits processed offsets as it goes and on exit.
+    A record whose printing failed (the reader went away) stays uncommitted."""
+    if args.consumer is None:
+        raise UsageError("--commit needs --consumer: whose offset to commit")
+    consumer = Consumer(
+        client, args.consumer, args.space, args.segment,
+        commit_every=args.commit_every, commit_interval=args.commit_interval,
+    )  # fmt: skip
+    printed = True
+    count = 0
+    try:
+        for record in consumer:
+            printed = False
+            show(record)
+            printed = True
+            count += 1
+            offset = record.offset_in(args.segment)
+            if (args.limit and count >= args.limit) or (args.to and offset >= args.to):
+                break
+    finally:
+        consumer.close(processed=printed)
 
 
 def cmd_peek(client: Client, args: argparse.Namespace) -> None:
-    _emit(record_json(client.peek(args.space, args.segment)))
+    record_printer(args.output)(client.peek(args.space, args.segment))
 
 
 def cmd_commit(client: Client, args: argparse.Namespace) -> None:
@@ -270,7 +289,7 @@ def cmd_commit(client: Client, args: argparse.Namespace) -> None:
         args.consumer, args.space, args.segment, offset=args.offset,
         expected_offset=args.expected_offset,
     )  # fmt: skip
-    _emit({"consumer": args.consumer, "space": args.space, "segment": args.segment,
+    emit({"consumer": args.consumer, "space": args.space, "segment": args.segment,
            "offset": offset})  # fmt: skip
 
 
@@ -283,13 +302,13 @@ def cmd_offset(client: Client, args: argparse.Namespace) -> None:
             else (f"space {args.space!r}")
         )
         raise NotFound(f"consumer {args.consumer!r} has no committed offset for {target}")
-    _emit({"consumer": args.consumer, "space": args.space, "segment": args.segment,
+    emit({"consumer": args.consumer, "space": args.space, "segment": args.segment,
            "offset": offset})  # fmt: skip
 
 
 def _space_json(info: SpaceInfo) -> dict[str, Any]:
     return {"name": info.name, "last_position": info.last_position,
-            "last_timestamp": _iso(info.last_timestamp)}  # fmt: skip
+            "last_timestamp": iso(info.last_timestamp)}  # fmt: skip
 
 
 def _segment_json(info: SegmentInfo) -> dict[str, Any]:
@@ -297,18 +316,60 @@ def _segment_json(info: SegmentInfo) -> dict[str, Any]:
         "name": info.name,
         "last_sequence": info.last_sequence,
         "last_position": info.last_position,
-        "last_timestamp": _iso(info.last_timestamp),
+        "last_timestamp": iso(info.last_timestamp),
     }
 
 
+SPACE_COLUMNS = ("name", "last_position", "last_timestamp")
+SEGMENT_COLUMNS = ("name", "last_sequence", "last_position", "last_timestamp")
+LAG_COLUMNS = ("consumer", "space", "segment", "committed", "last", "lag")
+
+
 def cmd_spaces(client: Client, args: argparse.Namespace) -> None:
+    show = printer(args.output, SPACE_COLUMNS)
     for info in client.list_spaces(page_size=args.page_size):
-        _emit(_space_json(info))
+        show(_space_json(info))
 
 
 def cmd_segments(client: Client, args: argparse.Namespace) -> None:
+    show = printer(args.output, SEGMENT_COLUMNS)
     for info in client.list_segments(args.space, page_size=args.page_size):
-        _emit(_segment_json(info))
+        show(_segment_json(info))
+
+
+def _last_offset(client: Client, space: str, segment: str) -> int:
+    """The target's last offset: the last record's sequence (segment) or position (space)."""
+    try:
+        return client.peek(space, segment).offset_in(segment)
+    except NotFound:
+        return 0
+
+
+def cmd_lag(client: Client, args: argparse.Namespace) -> None:
+    """Per named consumer with a committed offset on the target: last minus committed.
+
+    The API has no call that lists consumers, so they are named with --consumer;
+    one that never committed on a target is left out."""
+    if not args.consumer:
+        raise UsageError(
+            "--consumer is needed: the server offers no way to list consumers, so name them"
+        )
+    if args.space is None:
+        targets = [(info.name, "") for info in client.list_spaces()]
+    else:
+        targets = [(args.space, args.segment)]
+    show = printer(args.output, LAG_COLUMNS)
+    for space, segment in targets:
+        last: int | None = None
+        for consumer in dict.fromkeys(args.consumer):
+            committed = client.get_offset(consumer, space, segment)
+            if committed is None:
+                continue
+            if last is None:
+                last = _last_offset(client, space, segment)
+            lag = max(last - committed, 0)
+            show({"consumer": consumer, "space": space, "segment": segment,
+                  "committed": committed, "last": last, "lag": lag})  # fmt: skip
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -344,30 +405,41 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streams",
-        description="Talk to a Streams server. Every command prints JSON lines. "
-        "Exit codes: 0 ok, 1 server or connection error, 2 usage error.",
+        description="Talk to a Streams server. Commands print JSON lines (--output picks "
+        "others). Exit codes: 0 ok, 1 server or connection error, 2 usage error or bad input.",
     )
+    parser.add_argument("--version", action="version", version=f"streams {_version()}")
     _connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=description)
         _connection_options(sub, suppress=True)
+        # Errors found after parsing show this command's usage, not the top one's.
+        sub.set_defaults(parser=sub)
         return sub
+
+    def output(sub: argparse.ArgumentParser, choices: Sequence[str]) -> None:
+        sub.add_argument("--output", "-o", choices=choices, default="json",
+                         help="json lines (default), " + ", ".join(choices[1:]))  # fmt: skip
 
     p = command(
         "produce", "append records to a segment",
         "Append records to SEGMENT of SPACE: the PAYLOAD arguments, else one record per "
         "line of --file (or of standard input), sent in batches of --batch-size records; "
         "each batch is one transaction, retried safely under its transaction id. Prints one "
-        "JSON line per batch.",
+        "JSON line per batch. With --input json each line is a record as 'streams consume' "
+        "prints it (payload, payload_encoding, metadata; and its segment when SEGMENT is "
+        "not given), so records copy from one space to another.",
     )  # fmt: skip
     p.add_argument("space")
-    p.add_argument("segment")
+    p.add_argument("segment", nargs="?", help="(optional with --input json)")
     p.add_argument("payloads", nargs="*", metavar="PAYLOAD", help="record payloads (UTF-8)")
     p.add_argument(
         "--file", "-f", metavar="F", help="read one record per line from F ('-' = stdin)"
     )
+    p.add_argument("--input", "-i", choices=INPUTS, default="payload",
+                   help="what a line is: its payload (default), or a JSON record")  # fmt: skip
     p.add_argument("--metadata", "-m", type=_pair, action="append", metavar="KEY=VALUE",
                    help="metadata for every record (repeatable)")  # fmt: skip
     p.add_argument("--expected-sequence", type=_non_negative, metavar="N",
@@ -407,11 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after N records")  # fmt: skip
     p.add_argument("--follow", action="store_true",
                    help="stay open and print new records as they commit (Ctrl-C ends)")  # fmt: skip
+    p.add_argument("--commit", action="store_true",
+                   help="follow from --consumer's offset and commit each record once "
+                   "printed (at least once: a crash reprints at most what came since "
+                   "the last commit)")  # fmt: skip
+    p.add_argument("--commit-every", type=_positive, default=100, metavar="N",
+                   help="with --commit: commit every N records (default 100)")  # fmt: skip
+    p.add_argument("--commit-interval", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="with --commit: and every SECONDS (default 1)")  # fmt: skip
+    output(p, OUTPUTS)
     p.set_defaults(run=cmd_consume)
 
     p = command("peek", "print the last record", "Print the last record of SEGMENT, or of SPACE.")
     p.add_argument("space")
     p.add_argument("segment", nargs="?", default="")
+    output(p, OUTPUTS)
     p.set_defaults(run=cmd_peek)
 
     p = command(
@@ -435,14 +517,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("spaces", "list spaces", "List every space, by name, with its last numbers.")
     p.add_argument("--page-size", type=_non_negative, default=0, metavar="N")
+    output(p, ("json", "table"))
     p.set_defaults(run=cmd_spaces)
 
     p = command("segments", "list the segments of a space",
                 "List every segment of SPACE, by name, with its last numbers.")  # fmt: skip
     p.add_argument("space")
     p.add_argument("--page-size", type=_non_negative, default=0, metavar="N")
+    output(p, ("json", "table"))
     p.set_defaults(run=cmd_segments)
+
+    p = command(
+        "lag", "how far consumers are behind",
+        "For each --consumer with a committed offset on SEGMENT of SPACE, on SPACE, or "
+        "(no SPACE) on every space: the last offset, the committed one, and the lag "
+        "between them. The server cannot list consumers: name each one.",
+    )  # fmt: skip
+    p.add_argument("space", nargs="?")
+    p.add_argument("segment", nargs="?", default="")
+    p.add_argument("--consumer", "-c", action="append", metavar="C",
+                   help="a consumer to report (repeatable)")  # fmt: skip
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_lag)
     return parser
+
+
+def _version() -> str:
+    try:
+        return package_metadata.version("streams")
+    except package_metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _read(path: str | None, parser: argparse.ArgumentParser) -> bytes | None:
@@ -463,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (``streams`` exits with it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    parser = getattr(args, "parser", parser)
     client = Client(
         args.target,
         tls=args.tls,
@@ -476,6 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(client, args)
     except UsageError as exc:
         parser.error(str(exc))
+    except InputError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except LocatedServerError as exc:
+        _fail(str(exc), EXIT_SERVER)
     except StreamsError as exc:
         _fail(f"{exc.code.name}: {exc.message}", EXIT_SERVER)
     except KeyboardInterrupt:

@@ -6,16 +6,18 @@ import base64
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from streams import Client
+from streams import Client, NewRecord
 from streams.cli import main
 from tests.support.inproc import InProcessServer
 from tests.support.process import REPO_ROOT, ServerProcess, free_port
@@ -271,3 +273,229 @@ def test_console_script_is_installed() -> None:
         pytest.skip("the venv predates the console script: scripts/test reinstalls it")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "produce" in result.stdout
+
+
+# -- issue 11: version, usage, --commit, lag, outputs, round trip, input errors, progress --------
+
+
+def test_version_prints_the_package_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"streams {version('streams')}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["produce", "s", "a", "x", "--file", "f"], "produce"),
+        (["produce", "s", "a", "x", "--input", "json"], "produce"),
+        (["produce", "s"], "produce"),
+        (["consume", "s", "--from-end"], "consume"),
+        (["consume", "s", "--commit"], "consume"),
+        (["lag", "s"], "lag"),
+    ],
+)
+def test_a_commands_error_shows_that_commands_usage(
+    args: list[str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--target", f"127.0.0.1:{free_port()}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: streams {command} "), err
+
+
+def test_consume_commit_is_a_tail_that_commits_what_it_printed(target: str) -> None:
+    space = unique("tailc")
+    env = {**os.environ, "STREAMS_TARGET": target}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "consume", space, "--consumer", "c", "--commit",
+         "--commit-every", "1", "--output", "payload"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        with Client(target) as client:
+            for n in range(1, 4):
+                client.produce(space, "a", f"r{n}")
+                assert proc.stdout.readline() == f"r{n}\n".encode()
+                # Record n-1 was committed before record n was fetched and printed.
+                # (It may already have committed record n too.)
+                if n > 1:
+                    assert client.get_offset("c", space) in (n - 1, n)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130, proc.stderr.read() if proc.stderr else ""
+            # On the way out it committed the last record it printed.
+            assert client.get_offset("c", space) == 3
+            client.produce(space, "b", [b"r4", b"r5"])
+    finally:
+        proc.kill()
+        proc.wait()
+    # A new run resumes after the commit; --limit ends it, committed.
+    again = cli("consume", space, "--consumer", "c", "--commit", "--limit", "1", target=target)
+    assert [r["payload"] for r in lines(again)] == ["r4"]
+    with Client(target) as client:
+        assert client.get_offset("c", space) == 4
+
+
+def test_lag_per_named_consumer_with_a_commit(target: str) -> None:
+    space = unique("lag")
+    with Client(target) as client:
+        for n in range(10):
+            client.produce(space, "a" if n % 2 else "b", f"{n}")
+        client.commit("slow", space, offset=4)
+        client.commit("done", space, offset=10)
+        client.commit("seg", space, "a", offset=2)
+    rows = lines(cli("lag", space, "-c", "slow", "-c", "done", "-c", "never", target=target))
+    assert rows == [
+        {"consumer": "slow", "space": space, "segment": "", "committed": 4, "last": 10, "lag": 6},
+        {"consumer": "done", "space": space, "segment": "", "committed": 10, "last": 10, "lag": 0},
+    ]
+    (row,) = lines(cli("lag", space, "a", "--consumer", "seg", target=target))
+    assert (row["segment"], row["committed"], row["last"], row["lag"]) == ("a", 2, 5, 3)
+    # No SPACE: every space, with the consumers named.
+    everywhere = lines(cli("lag", "--consumer", "slow", target=target))
+    assert {"space": space, "lag": 6} in [
+        {"space": r["space"], "lag": r["lag"]} for r in everywhere
+    ]
+    table = cli("lag", space, "-c", "slow", "--output", "table", target=target)
+    header, first = table.stdout.splitlines()
+    assert header.split() == ["CONSUMER", "SPACE", "SEGMENT", "COMMITTED", "LAST", "LAG"]
+    assert first.split() == ["slow", space, "4", "10", "6"]
+
+
+def test_output_payload_and_table(target: str) -> None:
+    space = unique("out")
+    with Client(target) as client:
+        client.produce(space, "a", [NewRecord(b"one", {"k": "v"}), NewRecord(b"two\tx")])
+        client.produce(space, "b", [b"\xff\x00"])
+    raw = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "consume", space, "--output", "payload",
+         "--target", target],
+        capture_output=True, cwd=REPO_ROOT, timeout=30,
+    )  # fmt: skip
+    assert raw.returncode == 0 and raw.stdout == b"one\ntwo\tx\n\xff\x00\n"
+    table = cli("consume", space, "-o", "table", target=target)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert rows[0] == ["POSITION", "SEGMENT", "SEQUENCE", "TIMESTAMP", "PAYLOAD", "METADATA"]
+    assert [r[:3] + r[4:] for r in rows[1:]] == [
+        ["1", "a", "1", "one", "k=v"],
+        ["2", "a", "2", '"two\\tx"'],
+        ["3", "b", "1", "/wA="],
+    ]
+    spaces = cli("spaces", "--output", "table", target=target)
+    assert spaces.stdout.split("\n", 1)[0].split() == ["NAME", "LAST_POSITION", "LAST_TIMESTAMP"]
+    peek = cli("peek", space, "a", "-o", "payload", target=target)
+    assert peek.stdout == "two\tx\n"
+
+
+ROUND_TRIP = [
+    ("eu", NewRecord(b'{"id": 1}', {"type": "created"})),
+    ("us", NewRecord(b"line one\nline two", {"k": "v", "empty": ""})),
+    ("eu", NewRecord(b"\xff\xfe binary \x00", {})),
+    ("eu", NewRecord("ünïcödé ✓".encode(), {"ключ": "значение"})),
+    ("us", NewRecord(b"", {"only": "metadata"})),
+    ("asia", NewRecord(b"last", {})),
+]
+
+
+def _stored(client: Client, space: str) -> list[tuple[str, int, bytes, dict[str, str]]]:
+    return [(r.segment, r.sequence, r.payload, dict(r.metadata))
+            for r in client.consume(space)]  # fmt: skip
+
+
+@pytest.mark.parametrize("via", ["stdin", "file"])
+def test_consume_json_into_produce_copies_records(target: str, tmp_path: Path, via: str) -> None:
+    source, copy = unique("src"), unique("copy")
+    with Client(target) as client:
+        for segment, record in ROUND_TRIP:
+            client.produce(source, segment, record)
+    dumped = cli("consume", source, "--output", "json", target=target)
+    assert dumped.returncode == 0, dumped.stderr
+    if via == "file":
+        path = tmp_path / "dump.jsonl"
+        path.write_text(dumped.stdout)
+        loaded = cli("produce", copy, "--input", "json", "--file", str(path), target=target)
+    else:
+        loaded = cli("produce", copy, "--input", "json", target=target, stdin=dumped.stdout)
+    assert loaded.returncode == 0, loaded.stderr
+    with Client(target) as client:
+        original, copied = _stored(client, source), _stored(client, copy)
+        assert copied == original
+        assert [r.position for r in client.consume(copy)] == list(range(1, len(ROUND_TRIP) + 1))
+    # Into one named segment: payloads and metadata in the same order.
+    into = unique("one")
+    assert (
+        cli("produce", into, "all", "-i", "json", target=target, stdin=dumped.stdout).returncode
+        == 0
+    )
+    with Client(target) as client:
+        assert [(p, m) for _, _, p, m in _stored(client, into)] == [
+            (r.payload, dict(r.metadata)) for _, r in ROUND_TRIP
+        ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"segment": "a"}', "'payload': expected a string"),
+        ('{"segment": "a", "payload": "x", "payload_encoding": "rot13"}', "'payload_encoding'"),
+        ('{"segment": "a", "payload": "!!", "payload_encoding": "base64"}', "not base64"),
+        ('{"segment": "a", "payload": "x", "metadata": {"k": 1}}', "'metadata'"),
+        ('{"payload": "x"}', "no 'segment'"),
+    ],
+)
+def test_bad_input_lines_are_named_and_exit_2(
+    target: str, tmp_path: Path, line: str, message: str
+) -> None:
+    space = unique("badline")
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"segment": "a", "payload": "fine"}\n' + line + "\n")
+    result = cli("produce", space, "--input", "json", "--file", str(path), target=target)
+    assert result.returncode == 2
+    assert f"streams: error: {path}:2: " in result.stderr and message in result.stderr, (
+        result.stderr
+    )
+    piped = cli("produce", space, "-i", "json", target=target, stdin=path.read_text())
+    assert piped.returncode == 2 and "<stdin>:2: " in piped.stderr
+
+
+def test_a_server_error_names_the_line_of_the_record(target: str, tmp_path: Path) -> None:
+    space = unique("bigline")
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb\n" + "x" * (2 * 1024 * 1024) + "\nd\n")
+    result = cli("produce", space, "s", "--file", str(path), target=target)
+    assert result.returncode == 1
+    assert f"streams: error: {path}:3: INVALID_ARGUMENT: " in result.stderr, result.stderr
+    assert "records[2].payload" in result.stderr
+
+
+def _stderr_of_produce(target: str, path: Path) -> tuple[int, str]:
+    """Standard error as written: text mode would turn the bar's carriage returns into newlines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "produce", unique("progress"), "s", "--file",
+         str(path), "--progress", "--batch-size", "10", "--target", target],
+        capture_output=True, cwd=REPO_ROOT, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stderr.decode()
+
+
+def test_progress_counts_acknowledged_records_and_ends_its_line(
+    target: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.txt"
+    # Batches of 10: the third holds a payload the server refuses.
+    path.write_text("".join(f"{n}\n" for n in range(25)) + "x" * (2 * 1024 * 1024) + "\n")
+    code, err = _stderr_of_produce(target, path)
+    assert code == 1
+    bar, error = err.rsplit("\r", 1)[1].split("\n", 1)
+    assert bar.endswith(" 20 records acknowledged"), err
+    assert error.startswith(f"streams: error: {path}:26: INVALID_ARGUMENT"), err
+    assert "20 records acknowledged before this batch" in error
+    good = tmp_path / "good.txt"
+    good.write_text("".join(f"{n}\n" for n in range(25)))
+    code, err = _stderr_of_produce(target, good)
+    assert code == 0 and err.endswith("100.0% 25 records acknowledged\n"), err
