@@ -275,7 +275,7 @@ def test_a_start_on_a_full_disk_serves_reads_and_takes_writes_once_space_is_back
     full_disk: FullDisk,
 ) -> None:
     fd = full_disk
-    data = fd.server.data_dir
+    data = fd.server.data
     for _ in range(6):  # each start opens RocksDB (and its info log) at least once
         fd.server.stop()
         fd.server.start()
