@@ -272,8 +272,8 @@ class AsyncRecordStream(AsyncIterator[Record]):
         while True:
             try:
                 metadata = await self._call.initial_metadata()
-                if not self._call.done() or await self._call.code() == grpc.StatusCode.OK:
-                    self._cursor.connected(metadata)
+                failed = self._call.done() and await self._call.code() != grpc.StatusCode.OK
+                self._cursor.connected(metadata, failed)
                 async for response in self._call:
                     for record in self._cursor.records(response):
                         yield record

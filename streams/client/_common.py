@@ -572,20 +572,28 @@ class ReadCursor:
         self._next: int | None = None
         self.retrier = Retrier.stream(policy, request)
 
-    def connected(self, metadata: Iterable[tuple[str, Any]] | None) -> None:
-        """The server's initial metadata arrived: the stream's start is fixed."""
-        self.retrier.progressed()
-        if self._next is not None:
-            return
+    def connected(self, metadata: Iterable[tuple[str, Any]] | None, failed: bool) -> None:
+        """Takes a call's initial metadata; ``failed`` when the call had already
+        ended in an error (then the metadata may be empty: the server never answered).
+
+        Headers that came mean the server took the request: the retry clock
+        starts again, and before any record ``streams-start`` is where to resume,
+        even when the call broke since.
+        """
+        start = None
         for key, value in metadata or ():
             if key != START_HEADER:
                 continue
             text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
             if text.isascii() and text.isdigit():
-                self._next = int(text)
+                start = int(text)
             else:
                 _log.warning("%s: ignoring %s=%r: not a decimal offset",
                              describe(self._request), START_HEADER, text)  # fmt: skip
+        if start is not None and self._next is None:
+            self._next = start
+        if start is not None or not failed:
+            self.retrier.progressed()
 
     def records(self, response: pb.ConsumeResponse) -> Iterator[Record]:
         segment = self._request.segment

@@ -337,8 +337,8 @@ class RecordStream(Iterator[Record]):
         while True:
             try:
                 metadata = self._call.initial_metadata()
-                if not self._call.done() or self._call.code() is grpc.StatusCode.OK:
-                    self._cursor.connected(metadata)
+                failed = self._call.done() and self._call.code() is not grpc.StatusCode.OK
+                self._cursor.connected(metadata, failed)
                 for response in self._call:
                     yield from self._cursor.records(response)
                 return

@@ -78,12 +78,13 @@ class FaultProxy:
         responses = self.upstream.unary_stream(f"/{SERVICE}/Consume")(request)
         context.add_callback(responses.cancel)
         broken = [False]
+        with self.lock:  # breakable from here: before the client can know it is open
+            self._live.append((responses, broken))
         headers = list(responses.initial_metadata() or ())
         if self.start_header is not None and all(k != START_HEADER for k, _ in headers):
             headers.append((START_HEADER, self.start_header))
         context.send_initial_metadata(headers)
         with self.lock:
-            self._live.append((responses, broken))
             self.opened += 1
             self._opened.notify_all()
         try:
