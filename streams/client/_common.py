@@ -434,9 +434,7 @@ def describe(request: Any) -> str:
     space = getattr(request, "space", "")
     segment = getattr(request, "segment", "")
     where = f" {space}/{segment}" if segment else f" {space}" if space else ""
-    if getattr(request, "follow", False):
-        method += " (follow)"
-    return f"{method}{where}"
+    return f"{method}{where}{' (follow)' if getattr(request, 'follow', False) else ''}"
 
 
 class Retrier:
