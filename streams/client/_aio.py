@@ -35,7 +35,7 @@ from streams.client._common import (
     SegmentInfo,
     SpaceInfo,
 )
-from streams.errors import NotFound
+from streams.errors import NotFound, StreamsError
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -99,17 +99,21 @@ class AsyncClient:
         retrier = c.Retrier.unary(self._conn.retry, request, safe)
         while True:
             try:
-                return await method(
+                response = await method(
                     request,
                     timeout=self._conn.deadline(timeout),
                     metadata=self._conn.metadata(),
                 )
+                if response is not None:
+                    return response
+                # grpc.aio logs an answer that does not parse and hands over None.
+                error: StreamsError = c.TransportError(f"INTERNAL: {c.UNPARSED_ANSWER}")
             except grpc.RpcError as exc:
                 error = c.error_from_rpc(exc)
-                delay = None if self._closed else retrier.delay(error)
-                if delay is None:
-                    raise error from None
-                await asyncio.sleep(delay)
+            delay = None if self._closed else retrier.delay(error)
+            if delay is None:
+                raise error from None
+            await asyncio.sleep(delay)
 
     async def produce(
         self,

@@ -74,8 +74,9 @@ class TransportError(StreamsError):
 # its Python layer give the INTERNAL statuses they make for a broken transport; the
 # Streams server's own INTERNAL says "internal error; the server log has details".
 # An unknown message counts as the server's: not retried, so the error surfaces.
+UNPARSED_ANSWER = "Exception deserializing response!"  # grpc's words
 _TRANSPORT_INTERNAL = re.compile(
-    r"Received RST_STREAM|Stream removed|Exception deserializing response"
+    rf"Received RST_STREAM|Stream removed|{re.escape(UNPARSED_ANSWER)}"
     r"|Failed parsing HTTP/2|Received unexpected EOS|Received http2 header with status"
 )
 
