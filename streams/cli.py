@@ -35,6 +35,7 @@ from streams.client import (
     Consumer,
     NotFound,
     ProduceResult,
+    RetryPolicy,
     SegmentInfo,
     SpaceInfo,
     StreamsError,
@@ -399,7 +400,8 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     group.add_argument("--key", metavar="PEM", default=default(None),
                        help="client private key for mutual TLS")  # fmt: skip
     group.add_argument("--timeout", type=_seconds, metavar="SECONDS", default=default(30.0),
-                       help="deadline of each unary call attempt (default 30)")  # fmt: skip
+                       help="deadline of each unary call attempt, and how long to retry "
+                            "an unreachable server (default 30)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -576,6 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         private_key=_read(args.key, parser),
         token=args.token,
         timeout=args.timeout,
+        # A command line waits for the server as long as for one call, not the
+        # library's 5 minutes.
+        retry=RetryPolicy(max_elapsed=args.timeout),
     )
     try:
         args.run(client, args)

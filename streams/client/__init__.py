@@ -26,6 +26,7 @@ from streams.client._aio import AsyncClient, AsyncConsumer, AsyncRecordStream, A
 from streams.client._common import (
     DEFAULT_TARGET,
     NewRecord,
+    OnError,
     ProduceResult,
     Record,
     RecordLike,
@@ -68,6 +69,7 @@ __all__ = [
     "NewRecord",
     "NotFound",
     "OffsetMismatch",
+    "OnError",
     "OutOfRange",
     "PermissionDenied",
     "ProduceResult",

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+import inspect
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -19,6 +27,7 @@ import grpc.aio
 from streams.client import _common as c
 from streams.client._common import (
     DEFAULT_TARGET,
+    OnError,
     ProduceResult,
     Record,
     RecordLike,
@@ -26,7 +35,7 @@ from streams.client._common import (
     SegmentInfo,
     SpaceInfo,
 )
-from streams.errors import NotFound
+from streams.errors import NotFound, StreamsError
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -68,12 +77,14 @@ class AsyncClient:
         )  # fmt: skip
         self._channel = self._conn.channel(grpc.aio)
         self._stub = streams_pb2_grpc.StreamsServiceStub(self._channel)
+        self._closed = False
 
     @property
     def target(self) -> str:
         return self._conn.target
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -85,20 +96,24 @@ class AsyncClient:
     async def _unary(
         self, method: Callable[..., Any], request: Any, timeout: float | None, safe: bool = True
     ) -> Any:
-        retrier = c.Retrier.unary(self._conn.retry, safe)
+        retrier = c.Retrier.unary(self._conn.retry, request, safe)
         while True:
             try:
-                return await method(
+                response = await method(
                     request,
                     timeout=self._conn.deadline(timeout),
                     metadata=self._conn.metadata(),
                 )
+                if response is not None:
+                    return response
+                # grpc.aio logs an answer that does not parse and hands over None.
+                error: StreamsError = c.TransportError(f"INTERNAL: {c.UNPARSED_ANSWER}")
             except grpc.RpcError as exc:
                 error = c.error_from_rpc(exc)
-                delay = retrier.delay(error)
-                if delay is None:
-                    raise error from None
-                await asyncio.sleep(delay)
+            delay = None if self._closed else retrier.delay(error)
+            if delay is None:
+                raise error from None
+            await asyncio.sleep(delay)
 
     async def produce(
         self,
@@ -260,6 +275,9 @@ class AsyncRecordStream(AsyncIterator[Record]):
     async def _iterate(self) -> AsyncGenerator[Record, None]:
         while True:
             try:
+                metadata = await self._call.initial_metadata()
+                failed = self._call.done() and await self._call.code() != grpc.StatusCode.OK
+                self._cursor.connected(metadata, failed)
                 async for response in self._call:
                     for record in self._cursor.records(response):
                         yield record
@@ -319,6 +337,9 @@ class AsyncConsumer:
         async with AsyncConsumer(client, "billing", "orders") as consumer:
             async for record in consumer:
                 await bill(record)
+
+        async with AsyncConsumer(client, "billing", "orders") as consumer:
+            await consumer.run(bill, on_error=OnError.SKIP)   # see Consumer.run
     """
 
     def __init__(
@@ -371,6 +392,34 @@ class AsyncConsumer:
             raise
         self._schedule.hand_out(record)
         return record
+
+    async def run(
+        self,
+        handler: Callable[[Record], Awaitable[object]],
+        *,
+        on_error: OnError | Callable[[Record, Exception], object] = OnError.STOP,
+    ) -> None:
+        """See :meth:`streams.Consumer.run`: awaits ``handler(record)`` per record;
+        ``on_error`` may be a plain function or a coroutine function.
+
+        Example::
+
+            async def park(record: Record, exc: Exception) -> None:
+                await client.produce("orders-parked", record.segment, record)
+
+            async with AsyncConsumer(client, "billing", "orders") as consumer:
+                await consumer.run(bill, on_error=park)
+        """
+        c.check_on_error(on_error)
+        async for record in self:
+            try:
+                await handler(record)
+            except Exception as exc:
+                callback = c.handler_failed(self.name, on_error, record, exc)
+                if callback is not None:
+                    outcome = callback(record, exc)
+                    if inspect.isawaitable(outcome):
+                        await outcome
 
     async def _commit(self, offset: int) -> None:
         async with self._lock:

@@ -7,11 +7,13 @@ Nothing in here does I/O; :mod:`streams.client._sync` and
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
+import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -41,6 +43,8 @@ from streams.model import SegmentAck
 from streams.v1 import streams_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# Consume's initial metadata: the first offset (decimal) the stream will deliver.
+START_HEADER = "streams-start"
 
 _BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -55,6 +59,26 @@ _BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.CANCELLED: Cancelled,
 }
+
+
+class TransportError(StreamsError):
+    """INTERNAL that gRPC made up on this side because the connection or the
+    answer broke (a reset stream, an HTTP/2 protocol error, a response that does
+    not parse): the server may or may not have acted. An INTERNAL the server
+    itself sent stays a plain :class:`StreamsError` (code INTERNAL)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+# gRPC does not mark which side made a status. These are the messages its core and
+# its Python layer give the INTERNAL statuses they make for a broken transport; the
+# Streams server's own INTERNAL says "internal error; the server log has details".
+# An unknown message counts as the server's: not retried, so the error surfaces.
+UNPARSED_ANSWER = "Exception deserializing response!"  # grpc's words
+_TRANSPORT_INTERNAL = re.compile(
+    rf"Received RST_STREAM|Stream removed|{re.escape(UNPARSED_ANSWER)}"
+    r"|Failed parsing HTTP/2|Received unexpected EOS|Received http2 header with status"
+)
 
 
 def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
@@ -89,6 +113,8 @@ def error_from_status(
     kind = _BY_CODE.get(code)
     if kind is not None:
         return kind(message)
+    if code is grpc.StatusCode.INTERNAL and _TRANSPORT_INTERNAL.match(message):
+        return TransportError(f"{code.name}: {message}")
     error = StreamsError(f"{code.name}: {message}")
     error.code = code
     return error
@@ -319,66 +345,146 @@ def commit_request(
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How calls are retried on UNAVAILABLE and DEADLINE_EXCEEDED.
+    """How calls are retried, and follow streams reconnected, while the server is
+    unreachable or a call's outcome is unknown.
 
-    ``attempts`` counts the first try; the waits grow from ``initial_backoff`` by
-    ``multiplier`` up to ``max_backoff``, each shortened by up to ``jitter`` of
-    itself at random. Only calls that are safe to repeat are retried: every read,
-    ``produce`` (it always carries a transaction id, so a repeat is answered as a
-    duplicate), and ``commit`` without ``expected_offset``. Follow and consume
-    streams reconnect on UNAVAILABLE from the record after the last one they
-    delivered; their count of attempts starts again after each record.
+    A call keeps trying for ``max_elapsed`` seconds of failures in a row (default
+    300: a server restart, a sidecar that starts late, an app that starts before
+    Streams), and at most ``attempts`` times counting the first try (None = no
+    limit but time). The waits grow from ``initial_backoff`` by ``multiplier`` up
+    to ``max_backoff``, each shortened by up to ``jitter`` of itself at random.
+    When either limit is reached the last error is raised. Each retry logs one
+    WARNING on logger ``streams.client``: the call, the error, the attempt and
+    the wait before the next.
+
+    Retried, because repeating them is safe: ``produce`` and transactions (they
+    always carry a transaction id, so a repeat that follows a write is answered
+    as a duplicate), every read, and ``commit`` without ``expected_offset``; after
+    any status that leaves the outcome unknown: UNAVAILABLE, DEADLINE_EXCEEDED
+    (each attempt's own deadline), CANCELLED that the caller did not ask for
+    (closing the client asks), UNKNOWN, and INTERNAL made by gRPC on this side
+    for a broken transport (an INTERNAL the server sends is not retried: it says
+    something repeating cannot mend). Follow and consume streams reconnect on the
+    same statuses but DEADLINE_EXCEEDED (the stream's own timeout), from the
+    record after the last one they delivered, or before any record from the start
+    the server fixed (``streams-start``); the clock and the count start again
+    each time a stream reconnects or a record arrives.
 
     Example::
 
-        Client("streams:50051", retry=RetryPolicy(attempts=10, max_backoff=5.0))
+        Client("streams:50051")                                  # 5 minutes, waits up to 2 s
+        Client("streams:50051", retry=RetryPolicy(max_elapsed=10.0))
+        Client("streams:50051", retry=RetryPolicy(max_elapsed=None))   # forever
         Client("streams:50051", retry=RetryPolicy(attempts=1))   # never retry
     """
 
-    attempts: int = 6
+    attempts: int | None = None
+    max_elapsed: float | None = 300.0
     initial_backoff: float = 0.1
-    max_backoff: float = 3.0
+    max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2
 
+    def __post_init__(self) -> None:
+        if self.attempts is not None and self.attempts < 1:
+            raise ValueError(f"attempts: must be at least 1 or None, got {self.attempts}")
+        if self.max_elapsed is not None and self.max_elapsed < 0:
+            raise ValueError(f"max_elapsed: must be >= 0 or None, got {self.max_elapsed}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter: must be between 0 and 1, got {self.jitter}")
+
     def backoffs(self) -> Iterator[float]:
-        """The waits before the 2nd, 3rd, ... attempts."""
+        """The waits before the 2nd, 3rd, ... attempts (``max_elapsed`` aside)."""
         wait = self.initial_backoff
-        for _ in range(self.attempts - 1):
+        tries = 1
+        while self.attempts is None or tries < self.attempts:
             yield wait * (1 - self.jitter * random.random())
             wait = min(wait * self.multiplier, self.max_backoff)
+            tries += 1
 
 
-_RETRY_UNARY = (Unavailable, DeadlineExceeded)
-# A consumer's commit that failed with these is tried again at the next chance.
-TRANSIENT_COMMIT_ERRORS = _RETRY_UNARY
 _log = logging.getLogger("streams.client")
 
 
-class Retrier:
-    """One call's retry state: ``delay(error)`` is the wait before trying again, or None."""
+def outcome_unknown(error: StreamsError) -> bool:
+    """True when the failed call may or may not have taken effect, so that a call
+    safe to repeat is worth repeating (see :class:`RetryPolicy`)."""
+    return isinstance(error, Unavailable | DeadlineExceeded | Cancelled | TransportError) or (
+        error.code is grpc.StatusCode.UNKNOWN
+    )
 
-    def __init__(self, policy: RetryPolicy, retryable: tuple[type[StreamsError], ...]) -> None:
+
+def _stream_broke(error: StreamsError) -> bool:
+    # A stream's DEADLINE_EXCEEDED is its own timeout, asked for by the caller.
+    return outcome_unknown(error) and not isinstance(error, DeadlineExceeded)
+
+
+def status_text(error: StreamsError) -> str:
+    """The error with its status name in front, once."""
+    text = str(error)
+    return text if text.startswith(f"{error.code.name}:") else f"{error.code.name}: {text}"
+
+
+def _never(error: StreamsError) -> bool:
+    return False
+
+
+def describe(request: Any) -> str:
+    """What a call is, for log lines: its method and target."""
+    method = type(request).__name__.removesuffix("Request")
+    space = getattr(request, "space", "")
+    segment = getattr(request, "segment", "")
+    where = f" {space}/{segment}" if segment else f" {space}" if space else ""
+    return f"{method}{where}{' (follow)' if getattr(request, 'follow', False) else ''}"
+
+
+class Retrier:
+    """One call's retry state: ``delay(error)`` is the wait before trying again, or
+    None when the error is not retried or the policy's limits are reached."""
+
+    def __init__(
+        self, policy: RetryPolicy, retryable: Callable[[StreamsError], bool], what: str
+    ) -> None:
         self._policy = policy
         self._retryable = retryable
+        self._what = what
         self._waits = policy.backoffs()
+        self._failures = 0
+        self._since: float | None = None  # when the failures in a row began
 
     @classmethod
-    def unary(cls, policy: RetryPolicy, safe: bool = True) -> Retrier:
-        return cls(policy, _RETRY_UNARY if safe else ())
+    def unary(cls, policy: RetryPolicy, request: Any, safe: bool = True) -> Retrier:
+        return cls(policy, outcome_unknown if safe else _never, describe(request))
 
     @classmethod
-    def stream(cls, policy: RetryPolicy) -> Retrier:
-        return cls(policy, (Unavailable,))
+    def stream(cls, policy: RetryPolicy, request: Any) -> Retrier:
+        return cls(policy, _stream_broke, describe(request))
 
     def delay(self, error: StreamsError) -> float | None:
-        if not isinstance(error, self._retryable):
+        if not self._retryable(error):
             return None
-        return next(self._waits, None)
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        self._failures += 1
+        wait = next(self._waits, None)
+        budget = self._policy.max_elapsed
+        if wait is not None and budget is not None:
+            left = budget - (now - self._since)
+            wait = min(wait, left) if left > 0 else None
+        if wait is None:
+            return None
+        _log.warning(
+            "%s: %s; attempt %d failed, retrying in %.2f s",
+            self._what, status_text(error), self._failures, wait,
+        )  # fmt: skip
+        return wait
 
     def progressed(self) -> None:
-        """The call got somewhere: start counting attempts again."""
+        """The call got somewhere: start counting attempts and time again."""
         self._waits = self._policy.backoffs()
+        self._failures = 0
+        self._since = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,15 +559,40 @@ class ReadCursor:
     """Where a consume or follow stream stands, so it can reconnect without a gap.
 
     After a record, a reconnect asks for the next offset of the same target, with
-    ``limit`` reduced by what was delivered. Before any record it repeats the
-    original request (for ``from_end`` that start is taken again at reconnect).
+    ``limit`` reduced by what was delivered. Before any record it asks for the
+    start the server announced in ``streams-start`` (so ``from_end`` and
+    ``from_time`` lose nothing), or repeats the original request when the server
+    sent none.
     """
 
     def __init__(self, request: pb.ConsumeRequest, policy: RetryPolicy) -> None:
         self._request = request
         self._delivered = 0
         self._next: int | None = None
-        self.retrier = Retrier.stream(policy)
+        self.retrier = Retrier.stream(policy, request)
+
+    def connected(self, metadata: Iterable[tuple[str, Any]] | None, failed: bool) -> None:
+        """Takes a call's initial metadata; ``failed`` when the call had already
+        ended in an error (then the metadata may be empty: the server never answered).
+
+        Headers that came mean the server took the request: the retry clock
+        starts again, and before any record ``streams-start`` is where to resume,
+        even when the call broke since.
+        """
+        start = None
+        for key, value in metadata or ():
+            if key != START_HEADER:
+                continue
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            if text.isascii() and text.isdigit():
+                start = int(text)
+            else:
+                _log.warning("%s: ignoring %s=%r: not a decimal offset",
+                             describe(self._request), START_HEADER, text)  # fmt: skip
+        if start is not None and self._next is None:
+            self._next = start
+        if start is not None or not failed:
+            self.retrier.progressed()
 
     def records(self, response: pb.ConsumeResponse) -> Iterator[Record]:
         segment = self._request.segment
@@ -493,6 +624,57 @@ class ReadCursor:
 
 
 # -- consumers --------------------------------------------------------------------------------
+
+
+class OnError(enum.Enum):
+    """What ``Consumer.run`` does when the handler raises on a record.
+
+    ``STOP`` (the default) raises the handler's exception: the record is not
+    committed, so the next consumer of that name starts at it again. ``SKIP``
+    logs the record and the exception (logger ``streams.client``, ERROR, with the
+    traceback) and goes on: the record counts as processed and is committed with
+    the next ones. To keep the record somewhere (a dead-letter space, say), give
+    ``run`` a callable instead: it gets the record and the exception, and the
+    record counts as processed once it returns; if it raises, ``run`` stops as
+    under ``STOP``.
+
+    Example::
+
+        consumer.run(bill, on_error=OnError.SKIP)
+        consumer.run(bill, on_error=lambda record, exc: client.produce(
+            "orders-failed", record.segment, NewRecord(record.payload, {"error": repr(exc)})))
+    """
+
+    STOP = "stop"
+    SKIP = "skip"
+
+
+def handler_failed(
+    consumer: str,
+    on_error: OnError | Callable[[Record, Exception], Any],
+    record: Record,
+    error: Exception,
+) -> Callable[[Record, Exception], Any] | None:
+    """Applies ``on_error`` to a record the handler raised on: raises the error
+    under STOP, logs it under SKIP, returns the callback to call otherwise."""
+    if on_error is OnError.STOP:
+        raise error
+    if on_error is OnError.SKIP:
+        _log.error(
+            "consumer %r: skipping the record at %s/%s sequence %d (position %d): "
+            "the handler raised %r",
+            consumer, record.space, record.segment, record.sequence, record.position, error,
+            exc_info=error,
+        )  # fmt: skip
+        return None
+    return on_error
+
+
+def check_on_error(on_error: object) -> None:
+    """Raises TypeError for an ``on_error`` that is neither an OnError nor callable."""
+    if not isinstance(on_error, OnError) and not callable(on_error):
+        raise TypeError(f"on_error: expected OnError.STOP, OnError.SKIP or a callable, "
+                        f"got {on_error!r}")  # fmt: skip
 
 
 class CommitSchedule:
@@ -546,10 +728,11 @@ class CommitSchedule:
 
     def failed(self, consumer: str, offset: int, error: Exception) -> bool:
         """Logs a commit that failed; True when it is worth trying again later
-        (the server was unreachable or slow: the client's retries ran out).
+        (its outcome is unknown, the server unreachable or slow: the client's
+        retries ran out).
         Any other error is kept, and :meth:`raise_failure` gives it to the
         application: retrying cannot mend a denied or invalid commit."""
-        if isinstance(error, TRANSIENT_COMMIT_ERRORS):
+        if isinstance(error, StreamsError) and outcome_unknown(error):
             _log.warning(
                 "consumer %r: commit of offset %d failed, retrying later: %s",
                 consumer,

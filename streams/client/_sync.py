@@ -14,6 +14,7 @@ import grpc
 from streams.client import _common as c
 from streams.client._common import (
     DEFAULT_TARGET,
+    OnError,
     ProduceResult,
     Record,
     RecordLike,
@@ -45,7 +46,8 @@ class Client:
     ``certificate_chain``, PEM bytes) for a TLS channel; ``token`` sends
     ``authorization: Bearer <token>`` with every call; ``timeout`` is the default
     deadline in seconds of each unary call attempt (None = none; streams have none
-    unless given one); ``retry`` a :class:`RetryPolicy`; ``keepalive_time`` /
+    unless given one); ``retry`` a :class:`RetryPolicy` (by default calls and
+    streams ride out 5 minutes of server downtime); ``keepalive_time`` /
     ``keepalive_timeout`` in seconds; ``channel_options`` raw gRPC channel options.
     """
 
@@ -72,13 +74,15 @@ class Client:
         )  # fmt: skip
         self._channel = self._conn.channel(grpc)
         self._stub = streams_pb2_grpc.StreamsServiceStub(self._channel)
+        self._closed = False
 
     @property
     def target(self) -> str:
         return self._conn.target
 
     def close(self) -> None:
-        """Closes the channel; streams still open end with an error."""
+        """Closes the channel; calls and streams still open end with :class:`Cancelled`."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -96,8 +100,8 @@ class Client:
         timeout: float | None,
         safe: bool = True,
     ) -> Any:
-        """One unary call, retried on UNAVAILABLE / DEADLINE_EXCEEDED when ``safe``."""
-        retrier = c.Retrier.unary(self._conn.retry, safe)
+        """One unary call, retried while its outcome is unknown when ``safe``."""
+        retrier = c.Retrier.unary(self._conn.retry, request, safe)
         while True:
             try:
                 return method(
@@ -107,7 +111,7 @@ class Client:
                 )
             except grpc.RpcError as exc:
                 error = c.error_from_rpc(exc)
-                delay = retrier.delay(error)
+                delay = None if self._closed else retrier.delay(error)
                 if delay is None:
                     raise error from None
                 time.sleep(delay)
@@ -129,7 +133,8 @@ class Client:
         ``expected_sequence``: 0 = the segment must be empty, N = its last sequence
         must be N (else :class:`SequenceMismatch`, whose ``actual`` is the real one).
         The call carries ``transaction_id`` (a new uuid4 when None), so a retry after
-        UNAVAILABLE or DEADLINE_EXCEEDED never writes twice.
+        a status that leaves the outcome unknown (UNAVAILABLE, CANCELLED, ...: see
+        :class:`RetryPolicy`) never writes twice.
 
         Example::
 
@@ -206,7 +211,8 @@ class Client:
 
         It ends at ``to_offset`` or ``limit``, on ``close()``, or when ``timeout``
         passes (:class:`DeadlineExceeded`). After a server restart it reconnects
-        from the record after the last one it yielded. ``stream.ready()`` returns
+        from the record after the last one it yielded, or, before any, from the
+        start the server fixed (see :class:`RetryPolicy`). ``stream.ready()`` returns
         once the start point is fixed: everything committed afterwards will come.
 
         Example::
@@ -330,6 +336,9 @@ class RecordStream(Iterator[Record]):
     def _iterate(self) -> Iterator[Record]:
         while True:
             try:
+                metadata = self._call.initial_metadata()
+                failed = self._call.done() and self._call.code() is not grpc.StatusCode.OK
+                self._cursor.connected(metadata, failed)
                 for response in self._call:
                     yield from self._cursor.records(response)
                 return
@@ -384,6 +393,12 @@ class Consumer:
         with Consumer(client, "billing", "orders", commit_every=100) as consumer:
             for record in consumer:
                 bill(record)    # an exception here leaves this record uncommitted
+
+    :meth:`run` calls a handler per record instead, with a policy for a record the
+    handler fails on (a poison record that would stop every restart)::
+
+        with Consumer(client, "billing", "orders") as consumer:
+            consumer.run(bill, on_error=OnError.SKIP)   # log it, commit past it
     """
 
     def __init__(
@@ -444,6 +459,39 @@ class Consumer:
         with self._lock:
             self._schedule.hand_out(record)
         return record
+
+    def run(
+        self,
+        handler: Callable[[Record], object],
+        *,
+        on_error: OnError | Callable[[Record, Exception], object] = OnError.STOP,
+    ) -> None:
+        """Calls ``handler`` on each record until the stream ends or the consumer is
+        closed (from another thread, say).
+
+        When the handler raises (an ``Exception``), ``on_error`` decides:
+        ``OnError.STOP`` raises it, and the record is not committed;
+        ``OnError.SKIP`` logs it and goes on; a callable gets the record and the
+        exception (to park the record elsewhere) and the consumer goes on, or
+        stops if the callable raises. A record skipped or handed to the callable
+        counts as processed: the committed offset moves past it.
+
+        Example::
+
+            def park(record: Record, exc: Exception) -> None:
+                client.produce("orders-parked", record.segment, record)
+
+            with Consumer(client, "billing", "orders") as consumer:
+                consumer.run(bill, on_error=park)
+        """
+        c.check_on_error(on_error)
+        for record in self:
+            try:
+                handler(record)
+            except Exception as exc:
+                callback = c.handler_failed(self.name, on_error, record, exc)
+                if callback is not None:
+                    callback(record, exc)
 
     def _commit(self, offset: int) -> None:
         with self._lock:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -21,77 +20,30 @@ import pytest
 from streams import AsyncClient, Client, Consumer, RetryPolicy
 from streams.client import AsyncConsumer
 from streams.errors import PermissionDenied
-from tests.conftest import InProcessServer
+from tests.support.inproc import InProcessServer
 
-SERVICE = "streams.v1.StreamsService"
+from .fault_proxy import FaultProxy, Forward
+
 ONCE = RetryPolicy(attempts=1)  # every failed commit reaches the consumer
 
 
-class CommitFaults:
-    """A pass-through gRPC proxy that fails Commit calls on demand."""
+class CommitFaults(FaultProxy):
+    """The pass-through proxy, failing Commit calls on demand."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = grpc.insecure_channel(upstream)
-        self.lock = threading.Lock()
+        super().__init__(upstream)
         self.queued: list[grpc.StatusCode] = []  # the next commits fail with these
         self.always: grpc.StatusCode | None = None  # then every commit fails with this
         self.failed = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        methods = {
-            "Produce": "unary", "Consume": "stream", "Peek": "unary", "Commit": "unary",
-            "GetOffset": "unary", "ListSpaces": "unary", "ListSegments": "unary",
-        }  # fmt: skip
-        handlers = {
-            name: (
-                grpc.unary_stream_rpc_method_handler(self._stream(name))
-                if kind == "stream"
-                else grpc.unary_unary_rpc_method_handler(self._unary(name))
-            )
-            for name, kind in methods.items()
-        }
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
-        )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        self.target = f"127.0.0.1:{self.port}"
+        self.hooks["Commit"] = self._commit
 
-    def _fault(self) -> grpc.StatusCode | None:
+    def _commit(self, forward: Forward, context: grpc.ServicerContext) -> bytes:
         with self.lock:
             fault = self.queued.pop(0) if self.queued else self.always
             self.failed += fault is not None
-            return fault
-
-    def _unary(self, name: str) -> Any:
-        call = self.upstream.unary_unary(f"/{SERVICE}/{name}")
-
-        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-            if name == "Commit" and (fault := self._fault()) is not None:
-                context.abort(fault, f"injected by the test proxy: {fault.name}")
-            try:
-                return call(request, timeout=10)
-            except grpc.RpcError as exc:
-                context.abort(exc.code(), exc.details() or "")
-
-        return handle
-
-    def _stream(self, name: str) -> Any:
-        call = self.upstream.unary_stream(f"/{SERVICE}/{name}")
-
-        def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-            responses = call(request)
-            context.add_callback(responses.cancel)
-            try:
-                yield from responses
-            except grpc.RpcError as exc:
-                if exc.code() is not grpc.StatusCode.CANCELLED:
-                    context.abort(exc.code(), exc.details() or "")
-
-        return handle
-
-    def close(self) -> None:
-        self.server.stop(0)
-        self.upstream.close()
+        if fault is not None:
+            context.abort(fault, f"injected by the test proxy: {fault.name}")
+        return forward()
 
 
 @pytest.fixture

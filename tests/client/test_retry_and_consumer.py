@@ -3,6 +3,7 @@ start late, stop and restart on the same port and data."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,46 @@ def test_produce_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
     finally:
         starter.join()
         server.stop()
+
+
+def test_by_default_a_client_waits_longer_than_a_restart(tmp_path: Path) -> None:
+    # The old default gave up after about 3 s (issue 11, item 1); a sidecar restart
+    # or an app that starts before Streams takes longer. The 4 s are the scenario.
+    server = ServerProcess(tmp_path / "data", port=free_port())
+    starter = threading.Timer(4.0, server.start)
+    starter.start()
+    try:
+        with Client(server.target) as client:
+            assert client.produce("late", "a", b"x").acks[0].last_sequence == 1
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_retries_stop_at_the_time_budget_and_log_each_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = RetryPolicy(max_elapsed=1.0, initial_backoff=0.05, max_backoff=0.2)
+    with Client(f"127.0.0.1:{free_port()}", retry=policy) as client:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="streams.client"), pytest.raises(Unavailable):
+            client.produce("s", "a", b"x")
+        elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 5, elapsed
+    lines = [r.getMessage() for r in caplog.records if r.name == "streams.client"]
+    assert len(lines) >= 3, lines
+    for n, line in enumerate(lines, 1):
+        assert line.startswith("Produce s: UNAVAILABLE: "), line
+        assert f"attempt {n} failed, retrying in " in line, line
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("attempts", 0), ("max_elapsed", -1.0), ("jitter", 1.5)]
+)
+def test_a_retry_policy_out_of_range_is_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetryPolicy(**{field: value})
 
 
 def test_without_retries_unavailable_is_raised_at_once() -> None:
