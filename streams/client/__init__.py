@@ -39,6 +39,7 @@ from streams.client._sync import Client, Consumer, RecordStream, Transaction
 from streams.errors import (
     AlreadyExists,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -63,6 +64,7 @@ __all__ = [
     "Cancelled",
     "Client",
     "Consumer",
+    "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",

@@ -26,6 +26,7 @@ from streams.errors import (
     SEGMENT_TRAILER,
     AlreadyExists,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -58,6 +59,7 @@ _BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 
