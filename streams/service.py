@@ -43,6 +43,10 @@ RESPONSE_COPIES = 2
 # A response takes at most this share of the memory left for responses, so
 # followers that stop reading leave room for the others (always one record).
 _RESPONSE_SHARE = 4
+# At shutdown, how long no call may have come in before gRPC's server is
+# stopped (see StreamsService.drain): long enough for the serving loop to take
+# every call gRPC holds for it, short next to any grace period.
+DRAIN_QUIET_SECONDS = 0.1
 
 
 class _Received:
@@ -121,22 +125,41 @@ class StreamsService:
         self._streams = 0
         metrics.watch_memory(self._memory, self._requests)
         # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
-        # while the calls already running finish; gRPC's own stop would cancel
-        # calls it has accepted but not yet handed over (CANCELLED, not retried).
+        # while the calls already running finish (see drain).
         self._draining = False
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_call = 0.0  # loop time at which the last call entered a handler
 
-    async def drain(self, timeout: float | None) -> bool:
+    async def drain(self, timeout: float, quiet: float = DRAIN_QUIET_SECONDS) -> bool:
         """Refuses new calls with UNAVAILABLE and waits (up to ``timeout``
-        seconds) for the running ones to finish; True if they all did."""
+        seconds) until no call runs and none has come in for ``quiet`` seconds;
+        True if that happened in time.
+
+        gRPC's own stop, which follows, would CANCEL every call its core has
+        accepted but not yet handed to a handler (the serving loop takes them one
+        at a time, so under load some wait there), and every call that reaches
+        it after the stop began. Waiting for a quiet spell lets the serving loop
+        hand over every waiting call, each answered UNAVAILABLE here, and leaves
+        the stop a moment in which clients send nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._draining = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        self._last_call = loop.time()
+        while True:
+            if not self._idle.is_set():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return False
+            settled = self._last_call + quiet
+            if loop.time() >= settled and self._idle.is_set():
+                return True
+            if settled > deadline:
+                return False
+            await asyncio.sleep(settled - loop.time())
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
@@ -204,6 +227,7 @@ class StreamsService:
         code = grpc.StatusCode.OK
         self._running += 1
         self._idle.clear()
+        self._last_call = asyncio.get_running_loop().time()
         admitted = False
         try:
             if self._draining:
