@@ -28,12 +28,14 @@ from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
-from streams.model import SegmentInfo, SpaceInfo, Target
+from streams.model import Cut, Records, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
 SERVICE_NAME = "streams.v1.StreamsService"
+# Consume's initial metadata: the first offset the read delivers (see the contract).
+START_HEADER = "streams-start"
 _Named = TypeVar("_Named", SpaceInfo, SegmentInfo)
 log = logging.getLogger(__name__)
 # A response handed to gRPC is in memory twice until sent: the bytes the
@@ -312,14 +314,18 @@ class StreamsService:
             if sub is None:
                 # Without follow, the read ends at what was stored when it started.
                 last = min(last, self._store.last_offset(target))
-            await context.send_initial_metadata(())
+            await context.send_initial_metadata(((START_HEADER, str(first)),))
             remaining = query.limit or U64_MAX
             needed = 1  # memory the next response needs at least
             while remaining and first <= last:
                 room = await self._memory.room_for(needed)
                 share = room // (RESPONSE_COPIES * _RESPONSE_SHARE)
-                size = max(1, min(self._limits.max_response_bytes, share))
-                batch = self._store.read(target, first, last, min(query.max_batch, remaining), size)
+                cut = Cut(
+                    min(query.max_batch, remaining),
+                    max(1, min(self._limits.max_response_bytes, share)),
+                    self._limits.max_filter_skip_bytes,
+                )
+                batch, after = self._read(query, first, last, cut)
                 if batch.count:
                     cost = RESPONSE_COPIES * len(batch.framed)
                     if cost > self._memory.response_room():
@@ -334,12 +340,25 @@ class StreamsService:
                         # gRPC has taken it (the stream asks for the next), or the stream ended.
                         self._memory.refund(cost)
                     self._metrics.consumed_records.inc(batch.count)
-                    first += batch.count
+                    first = after
                     remaining -= batch.count
+                elif after > first:
+                    # Only other segments' records so far: let other calls run, go on.
+                    first = after
+                    await asyncio.sleep(0)
                 elif sub is None:
                     break
                 else:
                     await sub.wait(first)
+
+    def _read(
+        self, query: validation.ConsumeQuery, first: int, last: int, cut: Cut
+    ) -> tuple[Records, int]:
+        """One step of a read: records from ``first``, and where the next step starts."""
+        if query.segment_prefix:
+            return self._store.read_matching(query.target, first, last, cut, query.segment_prefix)
+        batch = self._store.read(query.target, first, last, cut.max_records, cut.max_bytes)
+        return batch, first + batch.count
 
     async def _start(self, query: validation.ConsumeQuery) -> int:
         """The first offset the read may return."""
