@@ -262,8 +262,11 @@ class StreamsService:
             self._running -= 1
             if not self._running:
                 self._idle.set()
+            self._metrics.requests.labels(name, code.name).inc()
             if code is not grpc.StatusCode.OK:
                 self._metrics.errors.labels(name, code.name).inc()
+            if not getattr(received.message, "follow", False):
+                self._metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "rpc",

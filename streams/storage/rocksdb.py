@@ -568,6 +568,21 @@ class RocksStore:
         )
         return keys.read_u64(raw) if raw is not None else None
 
+    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]:
+        """Up to ``limit`` committed offsets in (consumer, space, segment) order, each
+        as its consumer, target and lag (the target's last durable offset minus the
+        committed one, at least 0); and whether there are more."""
+        self._check_open()
+        found: list[tuple[str, Target, int]] = []
+        for key, value in self._scan(keys.OFFSET, "the committed offsets"):
+            if len(found) == limit:
+                return found, True
+            consumer, space, segment = keys.split_offset_key(key)
+            target = Target(space, segment)
+            behind = self.last_offset(target) - keys.read_u64(value)
+            found.append((consumer, target, max(0, behind)))
+        return found, False
+
     def sweep_expired_dedupe(self) -> int:
         """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many.
 

@@ -69,11 +69,11 @@ def help_options() -> dict[str, str]:
     blocks: dict[str, str] = {}
     current = None
     for line in result.stdout.splitlines():
-        match = re.match(r"^  (--[a-z0-9-]+)", line)
+        match = re.match(r"^  (--(?!version\b)[a-z0-9-]+)", line)
         if match:
             current = match.group(1)
             blocks[current] = line
-        elif re.match(r"^  -h, --help", line) or not line.startswith("  "):
+        elif re.match(r"^  (-h, --help|--version)", line) or not line.startswith("  "):
             current = None
         elif current is not None:
             blocks[current] += " " + line.strip()
