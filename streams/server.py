@@ -109,6 +109,8 @@ class StreamsServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = self._credentials() if cfg.tls_cert else None
         startup.check_bindable("--listen", cfg.listen)
+        if cfg.metrics_listen:
+            startup.check_bindable("--metrics-listen", cfg.metrics_listen)
         # One budget for the tail's windows and the service's buffered responses.
         memory = MemoryBudget(cfg.limits.memory_budget_bytes)
         self._store = _open_store(
@@ -279,6 +281,7 @@ def _nothing() -> None:
 def _open_store(data: Path, options: StoreOptions) -> RocksStore:
     """The store, or OptionError naming --data when the folder cannot hold one
     (DataLoss, for a damaged store, goes through)."""
+    startup.check_data_folder(data)
     try:
         return RocksStore.open(data, options)
     except DataLoss:

@@ -43,6 +43,17 @@ def check_bindable(option: str, address: str) -> None:
     raise OptionError(option, address, f"cannot listen there: {reasons[0]}")
 
 
+def check_data_folder(path: Path) -> None:
+    """Raises when ``path`` cannot become a folder: it, or the nearest of its
+    parents that exists, is something else (RocksDB would say "File exists")."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it is" if existing == path else f"{existing} is"
+        raise OptionError("--data", path, f"{where} not a directory")
+
+
 def read_file(option: str, path: Path) -> bytes:
     try:
         return path.read_bytes()
