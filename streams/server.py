@@ -293,6 +293,13 @@ def _open_store(data: Path, options: StoreOptions) -> RocksStore:
 
 async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
     server = StreamsServer(cfg, auth, pages)
+    # Handlers first: a signal that comes as soon as the ready line is out (or
+    # during the start) stops the server gracefully rather than killing it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     await server.start()
     print(f"listening on {server.address}", flush=True)
     log.info(
@@ -303,11 +310,6 @@ async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
                "tls": cfg.tls_cert is not None, "auth": auth is not None,
                "metrics": server.metrics_address},
     )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     await stop.wait()
     log.info("shutting down, grace %.1fs", cfg.shutdown_grace)
     try:

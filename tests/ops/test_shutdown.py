@@ -222,3 +222,13 @@ def test_sigint_refuses_new_calls_and_exits_within_the_grace(tmp_path: Path) -> 
             stored = read_all(pb_grpc.StreamsServiceStub(channel), "s", "a")
             assert [r.payload for r in stored] == [b"one"]
         assert again.stop() == 0
+
+
+def test_sigterm_right_after_the_ready_line_is_a_graceful_stop(tmp_path: Path) -> None:
+    """The signal handlers are in place before `listening on` is printed: a
+    supervisor that stops the server as soon as it is ready gets exit code 0."""
+    for attempt in range(5):
+        server = ServerProcess(tmp_path, data=tmp_path / f"data{attempt}")
+        with server.start():
+            server.send(signal.SIGTERM)
+            assert server.wait() == 0, (attempt, server.stderr()[-2000:])
