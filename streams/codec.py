@@ -30,6 +30,8 @@ NANOS = 1_000_000_000
 _SEQUENCE_TAG = b"\x28"  # Record.sequence = 5, varint
 _POSITION_TAG = b"\x30"  # Record.position = 6, varint
 _RECORDS_TAG = b"\x0a"  # ConsumeResponse.records = 1, length-delimited
+_SPACE_TAG = 0x1A  # Record.space = 3, length-delimited
+_SEGMENT_TAG = 0x22  # Record.segment = 4, length-delimited
 _U64_MAX = (1 << 64) - 1
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,53 @@ def record(header: bytes, sequence: int, position: int, body: bytes) -> bytes:
     return b"".join(
         (header, _SEQUENCE_TAG, varint(sequence), _POSITION_TAG, varint(position), body)
     )
+
+
+def segment_span(buffer: bytes, start: int = 0) -> tuple[int, int]:
+    """Where the segment name (UTF-8) of the stored record at ``start`` of
+    ``buffer`` lies, read in place: a record leads with its header (see
+    :func:`record_header`), whose fields are serialized in number order: space,
+    then segment. :class:`CorruptRecord` if the bytes do not say so."""
+    try:
+        if buffer[start] != _SPACE_TAG:
+            raise IndexError
+        length, at = _read_varint(buffer, start + 1)
+        at += length
+        if buffer[at] != _SEGMENT_TAG:
+            raise IndexError
+        length, at = _read_varint(buffer, at + 1)
+    except IndexError:
+        raise CorruptRecord(
+            f"a stored record at byte {start} does not start with its space and segment: "
+            "the store is damaged"
+        ) from None
+    if at + length > len(buffer):
+        raise CorruptRecord(
+            f"a stored record at byte {start} names a segment of {length} bytes past its end: "
+            "the store is damaged"
+        )
+    return at, at + length
+
+
+def in_segments(buffer: bytes, start: int, prefix: bytes) -> bool:
+    """Whether the stored record at ``start`` of ``buffer`` belongs to a segment
+    whose name starts with ``prefix`` (UTF-8 bytes: a string prefix is a byte
+    prefix in UTF-8)."""
+    begin, end = segment_span(buffer, start)
+    return end - begin >= len(prefix) and buffer.startswith(prefix, begin)
+
+
+def _read_varint(buffer: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``at`` and the index after it; IndexError when cut short."""
+    value = shift = 0
+    while shift < 64:
+        byte = buffer[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    raise IndexError("varint: longer than 10 bytes")
 
 
 # The largest timestamp field (seconds and nanos of 9999-12-31T23:59:59.999999999Z)

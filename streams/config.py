@@ -1,12 +1,16 @@
 """Server options: each one a command-line flag and a ``STREAMS_*`` variable.
 
 A flag wins over its environment variable, which wins over the default.
-``python server.py --help`` lists every option with its default.
+``python server.py --help`` lists every option with its default. A bad value
+ends the server at start with exit code 2 and one line naming the option and
+the value; relative paths are taken from the directory the server was started
+in.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -17,6 +21,16 @@ from streams import logs
 from streams.limits import Limits
 
 _DEFAULT_LIMITS = Limits()
+MIB = 1024 * 1024
+
+
+class OptionError(Exception):
+    """An option whose value the server cannot start with (found once it tries:
+    an address in use, an unusable data directory, an unreadable TLS file)."""
+
+    def __init__(self, option: str, value: object, reason: str) -> None:
+        super().__init__(f"{option} {str(value)!r}: {reason}")
+        self.option = option
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +52,8 @@ class Config:
     tls_client_ca: Path | None = None
     auth_tokens: Path | None = None
     page_token_key: Path | None = None
+    memtable_bytes: int = 16 * MIB
+    metrics_lag_series: int = 1000
     limits: Limits = field(default_factory=Limits)
 
 
@@ -110,8 +126,34 @@ class _Parser:
         )
 
 
+def address(text: str) -> str:
+    """HOST:PORT as gRPC and the metrics endpoint take it: a port in 0-65535
+    (0 picks a free one) after the last colon, a host before it, an IPv6
+    address in brackets."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port:
+        raise argparse.ArgumentTypeError(f"{text!r} has no port: write HOST:PORT")
+    if not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port {port!r} is not a number in 0-65535")
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no host: write HOST:PORT")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: write an IPv6 host in brackets, [{host}]:PORT")
+    return text
+
+
+def _optional_address(text: str) -> str:
+    return address(text) if text else ""
+
+
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _absolute(path: Path | None) -> Path | None:
+    """Relative paths are the caller's: resolved once, against the directory the
+    server was started in."""
+    return None if path is None else path.absolute()
 
 
 def _token_file(text: str) -> Path:
@@ -133,7 +175,19 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     """
     p = _Parser(dict(os.environ) if environ is None else environ)
     d = Config()
-    p.add("listen", str, d.listen, "HOST:PORT to serve gRPC on; port 0 picks a free port.")
+    p.parser.add_argument(
+        "--version",
+        action="version",
+        version=f"streams-server {importlib.metadata.version('streams')}",
+        help="Print the version and exit.",
+    )
+    p.add(
+        "listen",
+        address,
+        d.listen,
+        "HOST:PORT to serve gRPC on; port 0 picks a free port.",
+        metavar="HOST:PORT",
+    )
     p.add("data", Path, d.data, "Folder of the RocksDB database (created if missing).")
     p.add_switch(
         "no-sync",
@@ -177,9 +231,25 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     )
     p.add(
         "metrics-listen",
-        str,
+        _optional_address,
         d.metrics_listen,
-        "HOST:PORT serving Prometheus metrics at /metrics; empty: off.",
+        "HOST:PORT serving Prometheus metrics at /metrics (and /healthz); empty: off.",
+        metavar="HOST:PORT",
+    )
+    p.add(
+        "metrics-lag-series",
+        int,
+        d.metrics_lag_series,
+        "Most streams_consumer_lag series (one per committed offset, the first in consumer, "
+        "space, segment order).",
+    )
+    p.add(
+        "memtable-bytes",
+        int,
+        d.memtable_bytes,
+        "RocksDB's memtable size. It bounds the write-ahead log too: recovery after a "
+        "crash or a full disk replays at most about this much and needs about this much "
+        "free space.",
     )
     p.add(
         "tls-cert",
@@ -228,6 +298,9 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     for name in ("dedupe_window_seconds", "dedupe_sweep_seconds"):
         if getattr(args, name) <= 0:
             p.parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("memtable_bytes", "metrics_lag_series"):
+        if getattr(args, name) < 1:
+            p.parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     if args.follow_linger_ms < 0:
         p.parser.error("--follow-linger-ms must not be negative")
     if args.shutdown_grace < 0:
@@ -238,7 +311,7 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         p.parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return Config(
         listen=args.listen,
-        data=args.data,
+        data=args.data.absolute(),
         sync=not args.no_sync,
         dedupe_window_seconds=args.dedupe_window_seconds,
         dedupe_sweep_seconds=args.dedupe_sweep_seconds,
@@ -247,10 +320,12 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         log_level=args.log_level,
         log_format=args.log_format,
         metrics_listen=args.metrics_listen,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        auth_tokens=args.auth_tokens,
-        page_token_key=args.page_token_key,
+        tls_cert=_absolute(args.tls_cert),
+        tls_key=_absolute(args.tls_key),
+        tls_client_ca=_absolute(args.tls_client_ca),
+        auth_tokens=_absolute(args.auth_tokens),
+        page_token_key=_absolute(args.page_token_key),
+        memtable_bytes=args.memtable_bytes,
+        metrics_lag_series=args.metrics_lag_series,
         limits=lim,
     )

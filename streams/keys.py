@@ -85,6 +85,15 @@ def offset_key(consumer: str, space: str, segment: str) -> bytes:
     return OFFSET + name(consumer) + name(space) + segment.encode("utf-8") + TERMINATOR
 
 
+def split_offset_key(key: bytes) -> tuple[str, str, str]:
+    """The consumer, space and segment ("" for a space-level offset) of an offset key."""
+    parts = key[1:].split(TERMINATOR)
+    if key[:1] != OFFSET or len(parts) != 4 or parts[3]:
+        raise ValueError(f"not an offset key: {key!r}")
+    consumer, space, segment, _ = (part.decode("utf-8") for part in parts)
+    return consumer, space, segment
+
+
 def dedupe_key(space: str, transaction_id: str) -> bytes:
     return DEDUPE + name(space) + transaction_id.encode("utf-8")
 

@@ -63,6 +63,13 @@ class Limits:
     max_concurrent_streams: int = _limit(
         2_000, "Most Consume streams open at once; more are RESOURCE_EXHAUSTED."
     )
+    # A segment_prefix read that finds nothing for a long stretch still gives
+    # the event loop back after this much, and goes on at its next turn.
+    max_filter_skip_bytes: int = _limit(
+        4 * MIB,
+        "Most bytes of other segments' records one step of a segment_prefix read skips "
+        "before other calls run (the read then goes on).",
+    )
     max_inflight_request_bytes: int = _limit(
         32 * MIB,
         "Most request bytes being handled at once, all calls together; "

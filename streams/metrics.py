@@ -1,35 +1,77 @@
-"""Prometheus metrics, on a registry of their own (no process-global state).
+"""Prometheus metrics, on a registry of their own.
 
 Example::
 
     metrics = Metrics(data_dir=Path("data"))
     metrics.produced(records=100, size=10_000)
-    server, thread = metrics.serve("127.0.0.1:9100")   # GET /metrics
+    server, thread = metrics.serve("127.0.0.1:9464", serving=lambda: True)  # GET /metrics
+
+Cardinality stays bounded: requests are labelled by method (the service's
+seven) and status code (gRPC's seventeen); consumer lag has one series per
+committed offset, for at most ``lag_series`` of them (``--metrics-lag-series``,
+the first in consumer, space, segment order), with
+``streams_consumer_lag_truncated`` saying when there are more.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client as prom
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from streams import metrics_http
+from streams.errors import StreamsError
 from streams.memory import InflightRequests, MemoryBudget
+from streams.model import Target
 
 # Latencies here run from ~0.1 ms (no-sync, memory) to seconds (a stalled disk).
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 )  # fmt: skip
+# A whole call: a Consume of many stored records may take a minute.
+_REQUEST_BUCKETS = (*_LATENCY_BUCKETS, 10, 30, 60)
+# How long a scrape waits for the event loop to read the committed offsets.
+_LAG_READ_SECONDS = 5.0
+
+
+class LagSource(Protocol):
+    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
 
 
 class Metrics:
     """The server's metrics; one instance per server."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, lag_series: int = 1000) -> None:
+        # prometheus_client's switch is process-wide: no `_created` series, which
+        # double every counter and histogram for a value Prometheus does not use.
+        prom.disable_created_metrics()
         self.registry = prom.CollectorRegistry(auto_describe=True)
+        self.lag_series = lag_series
         r = self.registry
+        self.requests = prom.Counter(
+            "streams_requests",
+            "RPCs by method and final status code, OK included (the error ratio is the share "
+            "with code != OK).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.request_seconds = prom.Histogram(
+            "streams_request_duration_seconds",
+            "Time each RPC took in the server, from its handler's start to its status, by "
+            "method (follow streams excluded: they last as long as their client stays).",
+            ["method"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
         self.produced_records = prom.Counter(
             "streams_produced_records",
             "Records written by Produce (duplicates excluded).",
@@ -118,10 +160,65 @@ class Metrics:
         self._memory_waiting.set_function(lambda: memory.waiting)
         self._inflight_request_bytes.set_function(lambda: requests.used)
 
-    def serve(self, listen: str) -> tuple[WSGIServer, threading.Thread]:
-        """Serves ``/metrics`` on ``listen`` (HOST:PORT, port 0 picks one) in a thread."""
-        host, _, port = listen.rpartition(":")
-        return prom.start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+    def watch_store(self, store: LagSource) -> None:
+        """Exports each committed consumer's lag, read from ``store`` on the
+        running event loop (the store's thread) at each scrape."""
+        self.registry.register(_ConsumerLag(store, asyncio.get_running_loop(), self.lag_series))
+
+    def serve(
+        self, listen: str, serving: Callable[[], bool]
+    ) -> tuple[WSGIServer, threading.Thread]:
+        """Serves ``/metrics`` and ``/healthz`` (see :mod:`streams.metrics_http`) on
+        ``listen`` (HOST:PORT, port 0 picks one) in a thread."""
+        return metrics_http.serve(listen, self.registry, serving)
+
+
+class _ConsumerLag(Collector):
+    """``streams_consumer_lag`` per committed offset, bounded (see the module)."""
+
+    def __init__(self, store: LagSource, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._store = store
+        self._loop = loop
+        self._limit = limit
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag, truncated = self._families()
+        try:
+            found, more = self._read()
+        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
+            # The loop is busy or gone, the store closed or damaged: no lag this scrape.
+            return iter(())
+        for consumer, target, behind in found:
+            lag.add_metric([consumer, target.space, target.segment], behind)
+        truncated.add_metric([], int(more))
+        return iter((lag, truncated))
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "streams_consumer_lag",
+            "Records a consumer has yet to process: its target's last offset minus its "
+            "committed offset (segment empty: a space-level offset).",
+            labels=["consumer", "space", "segment"],
+        )
+        truncated = GaugeMetricFamily(
+            "streams_consumer_lag_truncated",
+            f"1 when more consumers committed offsets than --metrics-lag-series ({self._limit}) "
+            "allows series for; those past it (in consumer, space, segment order) have none.",
+        )
+        return lag, truncated
+
+    def _read(self) -> tuple[list[tuple[str, Target, int]], bool]:
+        async def read() -> tuple[list[tuple[str, Target, int]], bool]:
+            return self._store.consumer_lags(self._limit)
+
+        future = asyncio.run_coroutine_threadsafe(read(), self._loop)
+        try:
+            return future.result(_LAG_READ_SECONDS)
+        finally:
+            future.cancel()
 
 
 def _folder_size(folder: Path) -> int:

@@ -97,3 +97,19 @@ class Records:
 
 
 Records.EMPTY = Records(b"", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """How much one step of a read may return, and (filtered by segment) skip."""
+
+    max_records: int
+    max_bytes: int
+    max_skip_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1 or self.max_bytes < 1 or self.max_skip_bytes < 0:
+            raise ValueError(
+                f"max_records ({self.max_records}) and max_bytes ({self.max_bytes}) must be "
+                f"positive, max_skip_bytes ({self.max_skip_bytes}) not negative"
+            )

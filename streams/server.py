@@ -17,12 +17,14 @@ Example (in-process, as the tests do)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -30,9 +32,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from streams import config as config_module
-from streams import logs
+from streams import logs, startup
 from streams.auth import AuthFileError, TokenAuth
-from streams.config import Config
+from streams.config import Config, OptionError
 from streams.errors import DataLoss
 from streams.memory import MemoryBudget
 from streams.metrics import Metrics
@@ -63,7 +65,7 @@ class StreamsServer:
         self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
         self.metrics_port = 0
-        self.metrics = Metrics(config.data)
+        self.metrics = Metrics(config.data, config.metrics_lag_series)
         self._store: RocksStore | None = None
         self._server: grpc.aio.Server | None = None
         self._service: StreamsService | None = None
@@ -73,6 +75,7 @@ class StreamsServer:
             on_failure=lambda name: self.metrics.background_failures.labels(name).inc()
         )
         self._writable = True
+        self._stopping = False
 
     @property
     def store(self) -> RocksStore:
@@ -87,13 +90,30 @@ class StreamsServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        """Opens the store and starts serving; returns the bound port."""
+        """Opens the store and starts serving; returns the bound port.
+
+        Raises OptionError (naming the option) for an address that does not
+        bind, an unusable data directory or unreadable TLS files, DataLoss for a
+        damaged store; what was started is stopped again first.
+        """
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(ShutdownError):  # each failed step is logged
+                await self.stop(0)
+            raise
+
+    async def _start(self) -> int:
         cfg = self.config
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        credentials = self._credentials() if cfg.tls_cert else None
+        startup.check_bindable("--listen", cfg.listen)
+        if cfg.metrics_listen:
+            startup.check_bindable("--metrics-listen", cfg.metrics_listen)
         # One budget for the tail's windows and the service's buffered responses.
         memory = MemoryBudget(cfg.limits.memory_budget_bytes)
-        self._store = RocksStore.open(
+        self._store = _open_store(
             cfg.data,
             StoreOptions(
                 sync=cfg.sync,
@@ -101,8 +121,10 @@ class StreamsServer:
                 on_fsync=self.metrics.fsync_seconds.observe,
                 follow_linger=cfg.follow_linger_ms / 1000,
                 memory=memory,
+                memtable_bytes=cfg.memtable_bytes,
             ),
         )
+        self.metrics.watch_store(self._store)
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.limits.max_request_bytes),
@@ -120,30 +142,45 @@ class StreamsServer:
         # The descriptor pool must know the service for reflection to describe it
         # (importing the generated module registers it).
         streams_pb2.DESCRIPTOR.services_by_name["StreamsService"]
-        self.port = (
-            self._server.add_secure_port(cfg.listen, self._credentials())
-            if cfg.tls_cert
-            else self._server.add_insecure_port(cfg.listen)
-        )
-        if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.listen}")
-        await self._server.start()
+        try:
+            self.port = (
+                self._server.add_secure_port(cfg.listen, credentials)
+                if credentials
+                else self._server.add_insecure_port(cfg.listen)
+            )
+        except RuntimeError as exc:  # it bound a moment ago: something took it since
+            raise OptionError("--listen", cfg.listen, f"cannot listen there: {exc}") from None
         if cfg.metrics_listen:
-            self._metrics_http = self.metrics.serve(cfg.metrics_listen)
+            try:
+                self._metrics_http = self.metrics.serve(cfg.metrics_listen, self._serving)
+            except OSError as exc:
+                raise OptionError(
+                    "--metrics-listen", cfg.metrics_listen, exc.strerror or str(exc)
+                ) from None
             self.metrics_port = self._metrics_http[0].server_port
+        await self._server.start()
         for service_name in HEALTH_SERVICES:
             await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         self.background.every("dedupe-sweep", cfg.dedupe_sweep_seconds, self._sweep_dedupe)
         self.background.every("write-state", WRITE_CHECK_SECONDS, self._check_writes)
         return self.port
 
+    @property
+    def metrics_address(self) -> str | None:
+        """HOST:PORT of /metrics with the real port, once started; None when off."""
+        if not self.metrics_port:
+            return None
+        host = self.config.metrics_listen.rsplit(":", 1)[0]
+        return f"{host}:{self.metrics_port}"
+
     def _credentials(self) -> grpc.ServerCredentials:
         cfg = self.config
         if cfg.tls_cert is None or cfg.tls_key is None:
             raise ValueError("TLS needs both tls_cert and tls_key")
-        client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+        cert, key = startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
+        client_ca = startup.read_client_ca(cfg.tls_client_ca) if cfg.tls_client_ca else None
         return grpc.ssl_server_credentials(
-            [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+            [(key, cert)],
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
@@ -191,6 +228,7 @@ class StreamsServer:
         logged); then ShutdownError names the steps that failed.
         """
         grace = grace or 0.0
+        self._stopping = True
         deadline = asyncio.get_running_loop().time() + grace
         store, service, server = self._store, self._service, self._server
 
@@ -220,6 +258,10 @@ class StreamsServer:
         if failed:
             raise ShutdownError(f"shutdown: {', '.join(failed)} failed (see the log)")
 
+    def _serving(self) -> bool:
+        """What /healthz says: serving from start until shutdown begins."""
+        return self._server is not None and not self._stopping
+
     def _stop_metrics_http(self) -> None:
         if self._metrics_http is not None:
             http, self._metrics_http = self._metrics_http[0], None
@@ -236,21 +278,38 @@ def _nothing() -> None:
     return None
 
 
+def _open_store(data: Path, options: StoreOptions) -> RocksStore:
+    """The store, or OptionError naming --data when the folder cannot hold one
+    (DataLoss, for a damaged store, goes through)."""
+    startup.check_data_folder(data)
+    try:
+        return RocksStore.open(data, options)
+    except DataLoss:
+        raise
+    except Exception as exc:  # OSError making the folder, RocksDB's own errors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OptionError("--data", data, f"cannot hold the store: {reason}") from None
+
+
 async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
     server = StreamsServer(cfg, auth, pages)
-    await server.start()
-    print(f"listening on {server.address}", flush=True)
-    log.info(
-        "serving",
-        extra={"listen": server.address, "data": str(cfg.data), "sync": cfg.sync,
-               "tls": cfg.tls_cert is not None, "auth": auth is not None,
-               "metrics": cfg.metrics_listen or None},
-    )  # fmt: skip
+    # Handlers first: a signal that comes as soon as the ready line is out (or
+    # during the start) stops the server gracefully rather than killing it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
+    await server.start()
+    print(f"listening on {server.address}", flush=True)
+    log.info(
+        "serving on %s, metrics %s",
+        server.address,
+        f"on http://{server.metrics_address}/metrics" if server.metrics_address else "off",
+        extra={"listen": server.address, "data": str(cfg.data), "sync": cfg.sync,
+               "tls": cfg.tls_cert is not None, "auth": auth is not None,
+               "metrics": server.metrics_address},
+    )  # fmt: skip
     await stop.wait()
     log.info("shutting down, grace %.1fs", cfg.shutdown_grace)
     try:
@@ -279,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     try:
         asyncio.run(_run(cfg, auth, pages))
+    except OptionError as exc:
+        print(f"streams-server: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except DataLoss as exc:  # only opening the store lets it through: the data is damaged
         print(f"streams-server: refusing to start: {exc}", file=sys.stderr)
         sys.exit(2)

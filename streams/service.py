@@ -28,12 +28,14 @@ from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
-from streams.model import SegmentInfo, SpaceInfo, Target
+from streams.model import Cut, Records, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
 SERVICE_NAME = "streams.v1.StreamsService"
+# Consume's initial metadata: the first offset the read delivers (see the contract).
+START_HEADER = "streams-start"
 _Named = TypeVar("_Named", SpaceInfo, SegmentInfo)
 log = logging.getLogger(__name__)
 # A response handed to gRPC is in memory twice until sent: the bytes the
@@ -43,6 +45,10 @@ RESPONSE_COPIES = 2
 # A response takes at most this share of the memory left for responses, so
 # followers that stop reading leave room for the others (always one record).
 _RESPONSE_SHARE = 4
+# At shutdown, how long no call may have come in before gRPC's server is
+# stopped (see StreamsService.drain): long enough for the serving loop to take
+# every call gRPC holds for it, short next to any grace period.
+DRAIN_QUIET_SECONDS = 0.1
 
 
 class _Received:
@@ -121,22 +127,41 @@ class StreamsService:
         self._streams = 0
         metrics.watch_memory(self._memory, self._requests)
         # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
-        # while the calls already running finish; gRPC's own stop would cancel
-        # calls it has accepted but not yet handed over (CANCELLED, not retried).
+        # while the calls already running finish (see drain).
         self._draining = False
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_call = 0.0  # loop time at which the last call entered a handler
 
-    async def drain(self, timeout: float | None) -> bool:
+    async def drain(self, timeout: float, quiet: float = DRAIN_QUIET_SECONDS) -> bool:
         """Refuses new calls with UNAVAILABLE and waits (up to ``timeout``
-        seconds) for the running ones to finish; True if they all did."""
+        seconds) until no call runs and none has come in for ``quiet`` seconds;
+        True if that happened in time.
+
+        gRPC's own stop, which follows, would CANCEL every call its core has
+        accepted but not yet handed to a handler (the serving loop takes them one
+        at a time, so under load some wait there), and every call that reaches
+        it after the stop began. Waiting for a quiet spell lets the serving loop
+        hand over every waiting call, each answered UNAVAILABLE here, and leaves
+        the stop a moment in which clients send nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._draining = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        self._last_call = loop.time()
+        while True:
+            if not self._idle.is_set():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return False
+            settled = self._last_call + quiet
+            if loop.time() >= settled and self._idle.is_set():
+                return True
+            if settled > deadline:
+                return False
+            await asyncio.sleep(settled - loop.time())
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
@@ -204,6 +229,7 @@ class StreamsService:
         code = grpc.StatusCode.OK
         self._running += 1
         self._idle.clear()
+        self._last_call = asyncio.get_running_loop().time()
         admitted = False
         try:
             if self._draining:
@@ -236,8 +262,11 @@ class StreamsService:
             self._running -= 1
             if not self._running:
                 self._idle.set()
+            self._metrics.requests.labels(name, code.name).inc()
             if code is not grpc.StatusCode.OK:
                 self._metrics.errors.labels(name, code.name).inc()
+            if not getattr(received.message, "follow", False):
+                self._metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "rpc",
@@ -288,14 +317,18 @@ class StreamsService:
             if sub is None:
                 # Without follow, the read ends at what was stored when it started.
                 last = min(last, self._store.last_offset(target))
-            await context.send_initial_metadata(())
+            await context.send_initial_metadata(((START_HEADER, str(first)),))
             remaining = query.limit or U64_MAX
             needed = 1  # memory the next response needs at least
             while remaining and first <= last:
                 room = await self._memory.room_for(needed)
                 share = room // (RESPONSE_COPIES * _RESPONSE_SHARE)
-                size = max(1, min(self._limits.max_response_bytes, share))
-                batch = self._store.read(target, first, last, min(query.max_batch, remaining), size)
+                cut = Cut(
+                    min(query.max_batch, remaining),
+                    max(1, min(self._limits.max_response_bytes, share)),
+                    self._limits.max_filter_skip_bytes,
+                )
+                batch, after = self._read(query, first, last, cut)
                 if batch.count:
                     cost = RESPONSE_COPIES * len(batch.framed)
                     if cost > self._memory.response_room():
@@ -310,12 +343,25 @@ class StreamsService:
                         # gRPC has taken it (the stream asks for the next), or the stream ended.
                         self._memory.refund(cost)
                     self._metrics.consumed_records.inc(batch.count)
-                    first += batch.count
+                    first = after
                     remaining -= batch.count
+                elif after > first:
+                    # Only other segments' records so far: let other calls run, go on.
+                    first = after
+                    await asyncio.sleep(0)
                 elif sub is None:
                     break
                 else:
                     await sub.wait(first)
+
+    def _read(
+        self, query: validation.ConsumeQuery, first: int, last: int, cut: Cut
+    ) -> tuple[Records, int]:
+        """One step of a read: records from ``first``, and where the next step starts."""
+        if query.segment_prefix:
+            return self._store.read_matching(query.target, first, last, cut, query.segment_prefix)
+        batch = self._store.read(query.target, first, last, cut.max_records, cut.max_bytes)
+        return batch, first + batch.count
 
     async def _start(self, query: validation.ConsumeQuery) -> int:
         """The first offset the read may return."""

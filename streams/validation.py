@@ -34,9 +34,14 @@ def show(value: object) -> str:
 
 def name(field: str, value: str) -> str:
     """Checks a space, segment or consumer name."""
-    size = len(value.encode("utf-8"))
-    if size == 0:
+    if not value:
         raise InvalidArgument(f"{field}: must not be empty")
+    return name_prefix(field, value)
+
+
+def name_prefix(field: str, value: str) -> str:
+    """Checks the start of a name (empty allowed): what a name may hold, no more."""
+    size = len(value.encode("utf-8"))
     if size > limits.MAX_NAME_BYTES:
         raise InvalidArgument(
             f"{field}: {show(value)} is {size} bytes, over the {limits.MAX_NAME_BYTES}-byte limit"
@@ -175,10 +180,17 @@ class ConsumeQuery:
     limit: int  # 0 = no limit
     max_batch: int
     follow: bool
+    segment_prefix: bytes = b""  # UTF-8; empty: every segment
 
 
 def consume(request: pb.ConsumeRequest, lim: Limits) -> ConsumeQuery:
     where = target(request.space, request.segment)
+    prefix = name_prefix("segment_prefix", request.segment_prefix)
+    if prefix and not where.is_space:
+        raise InvalidArgument(
+            f"segment_prefix: {show(prefix)} filters a space read; leave it empty when "
+            f"segment is set ({show(where.segment)})"
+        )
     start = request.WhichOneof("start")
     consumer = name("from_consumer", request.from_consumer) if start == "from_consumer" else ""
     ts_ns = _timestamp("from_timestamp", request.from_timestamp) if start == "from_timestamp" else 0
@@ -194,6 +206,7 @@ def consume(request: pb.ConsumeRequest, lim: Limits) -> ConsumeQuery:
         limit=request.limit,
         max_batch=request.max_batch or lim.default_batch,
         follow=request.follow,
+        segment_prefix=prefix.encode("utf-8"),
     )
 
 

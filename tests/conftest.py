@@ -19,6 +19,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long the load soak (tests/reliability/test_soak.py) runs; default 60 "
         "(or STREAMS_SOAK_SECONDS)",
     )
+    parser.addoption(
+        "--sigterm-cycles",
+        type=int,
+        default=None,
+        help="SIGTERM-under-load cycles of tests/reliability/test_sigterm.py; default 50 "
+        "(or STREAMS_SIGTERM_CYCLES)",
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Protocol
 
 from streams.model import (
+    Cut,
     ProduceResult,
     Records,
     SegmentInfo,
@@ -61,6 +62,16 @@ class Store(Protocol):
         """Stored records of ``target`` with offsets ``first..last``, capped at the
         durable last offset, at most ``max_records`` and ``max_bytes`` of framed
         response (always at least one record when one is in range)."""
+        ...
+
+    def read_matching(
+        self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes
+    ) -> tuple[Records, int]:
+        """:meth:`read` of a space, only records of segments whose name (UTF-8)
+        starts with ``segment_prefix``; also returns the offset after the last
+        record looked at, where the next step starts. Skips at most about
+        ``cut.max_skip_bytes`` of other records per call (the step may then
+        return no record, having made progress)."""
         ...
 
     def subscribe(self, target: Target) -> Subscription:

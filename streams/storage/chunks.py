@@ -83,13 +83,18 @@ class Chunk:
 
     def record(self, index: int) -> bytes:
         """The ``Record`` bytes of record ``index``, without their framing."""
-        frame = self.framed(index, index + 1)
-        if not frame or frame[0] != 0x0A:
+        return self.value[self.record_start(index) : self.body + self._end(index)]
+
+    def record_start(self, index: int) -> int:
+        """Where the ``Record`` bytes of record ``index`` start in :attr:`value`."""
+        at = self.body + self._end(index - 1)
+        end = self.body + self._end(index)
+        if not at < end or self.value[at] != 0x0A:
             raise MalformedChunk(f"record {index} of a chunk is not framed as tag, length, record")
-        cut = 1
-        while cut < len(frame) and frame[cut] & 0x80:  # the varint's continuation bytes
-            cut += 1
-        return frame[cut + 1 :]
+        at += 1
+        while at < end and self.value[at] & 0x80:  # the varint's continuation bytes
+            at += 1
+        return min(at + 1, end)
 
     def fit(self, start: int, stop: int, budget: int, at_least_one: bool) -> int:
         """The largest ``end`` in ``start..stop`` whose records fit ``budget`` bytes

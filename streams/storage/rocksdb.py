@@ -42,6 +42,7 @@ from streams.errors import (
 )
 from streams.memory import MemoryBudget
 from streams.model import (
+    Cut,
     ProduceResult,
     Records,
     SegmentAck,
@@ -567,6 +568,21 @@ class RocksStore:
         )
         return keys.read_u64(raw) if raw is not None else None
 
+    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]:
+        """Up to ``limit`` committed offsets in (consumer, space, segment) order, each
+        as its consumer, target and lag (the target's last durable offset minus the
+        committed one, at least 0); and whether there are more."""
+        self._check_open()
+        found: list[tuple[str, Target, int]] = []
+        for key, value in self._scan(keys.OFFSET, "the committed offsets"):
+            if len(found) == limit:
+                return found, True
+            consumer, space, segment = keys.split_offset_key(key)
+            target = Target(space, segment)
+            behind = self.last_offset(target) - keys.read_u64(value)
+            found.append((consumer, target, max(0, behind)))
+        return found, False
+
     def sweep_expired_dedupe(self) -> int:
         """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many.
 
@@ -648,6 +664,53 @@ class RocksStore:
                 iterator.next()
         return Records(b"".join(parts), count)
 
+    def read_matching(
+        self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes
+    ) -> tuple[Records, int]:
+        if not target.is_space or cut.max_skip_bytes < 1:
+            raise ValueError(
+                f"a read by segment prefix is of a space and skips something: {target}, {cut}"
+            )
+        self._check_open()
+        first = max(first, 1)
+        last = min(last, self.last_offset(target))
+        if first > last:
+            return Records.EMPTY, first
+        recent = self._tail.read_matching(target, first, last, cut, segment_prefix)
+        if recent is not None:
+            return recent
+        prefix = self._prefix(target)
+        parts: list[bytes] = []
+        count = size = skipped = 0
+        offset = first
+        with self._chunks(prefix, last) as iterator:
+            _seek_chunk(iterator, prefix + keys.u64(first))
+            # A chunk under the space key holds records of one segment write, so
+            # its first record tells whether the chunk is wanted or skipped whole.
+            while count < cut.max_records and offset <= last and skipped < cut.max_skip_bytes:
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                skip = offset - chunk_first
+                if not 0 <= skip < chunk.count or (offset != first and skip):
+                    raise self._missing(iterator, target, offset)
+                stop = min(chunk.count, last - chunk_first + 1)
+                with self._well_formed(target, chunk_first):
+                    wanted = codec.in_segments(chunk.value, chunk.record_start(0), segment_prefix)
+                if wanted:
+                    stop = min(stop, skip + cut.max_records - count)
+                    stop = chunk.fit(skip, stop, cut.max_bytes - size, at_least_one=count == 0)
+                    if stop == skip:
+                        break
+                    parts.append(chunk.framed(skip, stop))
+                    size += chunk.size(skip, stop)
+                    count += stop - skip
+                else:
+                    skipped += chunk.size(skip, stop)
+                offset = chunk_first + stop
+                if stop < chunk.count:
+                    break
+                iterator.next()
+        return Records(b"".join(parts), count), offset
+
     @contextlib.contextmanager
     def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
         """An iterator over the chunks of ``prefix`` that start at or before ``last``.
@@ -694,7 +757,7 @@ class RocksStore:
         """Turns a malformed chunk into DataLoss naming where it is."""
         try:
             yield
-        except MalformedChunk as exc:
+        except (MalformedChunk, codec.CorruptRecord) as exc:
             raise self._data_loss(
                 f"{target.describe()}: the chunk from offset {chunk_first} under {self._path} "
                 f"is malformed: {exc}"

@@ -28,7 +28,7 @@ from types import TracebackType
 from streams import codec
 from streams.errors import Unavailable
 from streams.memory import MemoryBudget
-from streams.model import Records, Target
+from streams.model import Cut, Records, Target
 
 # What a held record costs beyond its bytes: the bytes object's header (33) and
 # its slot in the window's list (8). It dominates for small records.
@@ -105,6 +105,33 @@ class Window:
         start = self.head + first - self.first
         stop = start + min(last - first + 1, max_records)
         return codec.take(self.items[start:stop], max_records, max_bytes)
+
+    def matching(
+        self, first: int, last: int, cut: Cut, prefix: bytes
+    ) -> tuple[list[bytes], int] | None:
+        """Records ``first..last`` of segments whose name starts with ``prefix``,
+        cut as ``Store.read`` cuts them, and the offset after the last one looked
+        at; None when the window does not hold ``first``. Skips at most
+        ``cut.max_skip_bytes`` of other records (then returns what it has)."""
+        if not self.first <= first < self.end:
+            return None
+        found: list[bytes] = []
+        size = skipped = 0
+        offset = first
+        stop = min(last + 1, self.end)
+        while offset < stop and skipped < cut.max_skip_bytes:
+            stored = self.items[self.head + offset - self.first]
+            if codec.in_segments(stored, 0, prefix):
+                size += codec.framed_size(stored)
+                if found and size > cut.max_bytes:
+                    break
+                found.append(stored)
+                if len(found) == cut.max_records:
+                    return found, offset + 1
+            else:
+                skipped += len(stored)
+            offset += 1
+        return found, offset
 
 
 class Subscription:
@@ -323,6 +350,21 @@ class Tail:
         if found is None:
             return None
         return Records(codec.consume_response(found), len(found))
+
+    def read_matching(
+        self, target: Target, first: int, last: int, cut: Cut, prefix: bytes
+    ) -> tuple[Records, int] | None:
+        """:meth:`Window.matching` of the target's window, or None when the window
+        does not hold ``first``."""
+        window = self._windows.get(target)
+        if window is None:
+            return None
+        self._windows.move_to_end(target)
+        found = window.matching(first, last, cut, prefix)
+        if found is None:
+            return None
+        records, after = found
+        return Records(codec.consume_response(records), len(records)), after
 
     def reset(self) -> None:
         """Drops the windows and wakes every follower (after the store was reopened)."""

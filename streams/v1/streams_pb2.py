@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18streams/v1/streams.proto\x12\nstreams.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x06Record\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x32\n\x08metadata\x18\x02 \x03(\x0b\x32 .streams.v1.Record.MetadataEntry\x12\r\n\x05space\x18\x03 \x01(\t\x12\x0f\n\x07segment\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x10\n\x08position\x18\x06 \x01(\x04\x12-\n\ttimestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransaction_id\x18\x08 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0bRecordInput\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x37\n\x08metadata\x18\x02 \x03(\x0b\x32%.streams.v1.RecordInput.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x0eProduceRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12(\n\x06writes\x18\x02 \x03(\x0b\x32\x18.streams.v1.SegmentWrite\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"\x7f\n\x0cSegmentWrite\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12(\n\x07records\x18\x02 \x03(\x0b\x32\x17.streams.v1.RecordInput\x12\x1e\n\x11\x65xpected_sequence\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x14\n\x12_expected_sequence\"\xa8\x01\n\x0fProduceResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.streams.v1.SegmentAck\x12\x16\n\x0e\x66irst_position\x18\x02 \x01(\x04\x12\x15\n\rlast_position\x18\x03 \x01(\x04\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"L\n\nSegmentAck\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\"\xf8\x01\n\x0e\x43onsumeRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x15\n\x0b\x66rom_offset\x18\x03 \x01(\x04H\x00\x12\x34\n\x0e\x66rom_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x17\n\rfrom_consumer\x18\x05 \x01(\tH\x00\x12\x12\n\x08\x66rom_end\x18\t \x01(\x08H\x00\x12\x11\n\tto_offset\x18\x06 \x01(\x04\x12\r\n\x05limit\x18\x07 \x01(\x04\x12\x11\n\tmax_batch\x18\x08 \x01(\r\x12\x0e\n\x06\x66ollow\x18\n \x01(\x08\x42\x07\n\x05start\"6\n\x0f\x43onsumeResponse\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.streams.v1.Record\"-\n\x0bPeekRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\"2\n\x0cPeekResponse\x12\"\n\x06record\x18\x01 \x01(\x0b\x32\x12.streams.v1.Record\"\x83\x01\n\rCommitRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x1c\n\x0f\x65xpected_offset\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_expected_offset\" \n\x0e\x43ommitResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\"D\n\x10GetOffsetRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"#\n\x11GetOffsetResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\":\n\x11ListSpacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x12ListSpacesResponse\x12%\n\x06spaces\x18\x01 \x03(\x0b\x32\x15.streams.v1.SpaceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\tSpaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlast_position\x18\x02 \x01(\x04\x12\x32\n\x0elast_timestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13ListSegmentsRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x14ListSegmentsResponse\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.streams.v1.SegmentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x0bSegmentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_position\x18\x03 \x01(\x04\x12\x32\n\x0elast_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x80\x04\n\x0eStreamsService\x12\x42\n\x07Produce\x12\x1a.streams.v1.ProduceRequest\x1a\x1b.streams.v1.ProduceResponse\x12\x44\n\x07\x43onsume\x12\x1a.streams.v1.ConsumeRequest\x1a\x1b.streams.v1.ConsumeResponse0\x01\x12\x39\n\x04Peek\x12\x17.streams.v1.PeekRequest\x1a\x18.streams.v1.PeekResponse\x12?\n\x06\x43ommit\x12\x19.streams.v1.CommitRequest\x1a\x1a.streams.v1.CommitResponse\x12H\n\tGetOffset\x12\x1c.streams.v1.GetOffsetRequest\x1a\x1d.streams.v1.GetOffsetResponse\x12K\n\nListSpaces\x12\x1d.streams.v1.ListSpacesRequest\x1a\x1e.streams.v1.ListSpacesResponse\x12Q\n\x0cListSegments\x12\x1f.streams.v1.ListSegmentsRequest\x1a .streams.v1.ListSegmentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18streams/v1/streams.proto\x12\nstreams.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x06Record\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x32\n\x08metadata\x18\x02 \x03(\x0b\x32 .streams.v1.Record.MetadataEntry\x12\r\n\x05space\x18\x03 \x01(\t\x12\x0f\n\x07segment\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x10\n\x08position\x18\x06 \x01(\x04\x12-\n\ttimestamp\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransaction_id\x18\x08 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x0bRecordInput\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x37\n\x08metadata\x18\x02 \x03(\x0b\x32%.streams.v1.RecordInput.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x0eProduceRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12(\n\x06writes\x18\x02 \x03(\x0b\x32\x18.streams.v1.SegmentWrite\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"\x7f\n\x0cSegmentWrite\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12(\n\x07records\x18\x02 \x03(\x0b\x32\x17.streams.v1.RecordInput\x12\x1e\n\x11\x65xpected_sequence\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x14\n\x12_expected_sequence\"\xa8\x01\n\x0fProduceResponse\x12$\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x16.streams.v1.SegmentAck\x12\x16\n\x0e\x66irst_position\x18\x02 \x01(\x04\x12\x15\n\rlast_position\x18\x03 \x01(\x04\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"L\n\nSegmentAck\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\"\x90\x02\n\x0e\x43onsumeRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\x12\x15\n\x0b\x66rom_offset\x18\x03 \x01(\x04H\x00\x12\x34\n\x0e\x66rom_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x17\n\rfrom_consumer\x18\x05 \x01(\tH\x00\x12\x12\n\x08\x66rom_end\x18\t \x01(\x08H\x00\x12\x11\n\tto_offset\x18\x06 \x01(\x04\x12\r\n\x05limit\x18\x07 \x01(\x04\x12\x11\n\tmax_batch\x18\x08 \x01(\r\x12\x0e\n\x06\x66ollow\x18\n \x01(\x08\x12\x16\n\x0esegment_prefix\x18\x0b \x01(\tB\x07\n\x05start\"6\n\x0f\x43onsumeResponse\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.streams.v1.Record\"-\n\x0bPeekRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\"2\n\x0cPeekResponse\x12\"\n\x06record\x18\x01 \x01(\x0b\x32\x12.streams.v1.Record\"\x83\x01\n\rCommitRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x1c\n\x0f\x65xpected_offset\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_expected_offset\" \n\x0e\x43ommitResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\"D\n\x10GetOffsetRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\r\n\x05space\x18\x02 \x01(\t\x12\x0f\n\x07segment\x18\x03 \x01(\t\"#\n\x11GetOffsetResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\":\n\x11ListSpacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x12ListSpacesResponse\x12%\n\x06spaces\x18\x01 \x03(\x0b\x32\x15.streams.v1.SpaceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\tSpaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlast_position\x18\x02 \x01(\x04\x12\x32\n\x0elast_timestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x13ListSegmentsRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x14ListSegmentsResponse\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.streams.v1.SegmentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x0bSegmentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_position\x18\x03 \x01(\x04\x12\x32\n\x0elast_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x80\x04\n\x0eStreamsService\x12\x42\n\x07Produce\x12\x1a.streams.v1.ProduceRequest\x1a\x1b.streams.v1.ProduceResponse\x12\x44\n\x07\x43onsume\x12\x1a.streams.v1.ConsumeRequest\x1a\x1b.streams.v1.ConsumeResponse0\x01\x12\x39\n\x04Peek\x12\x17.streams.v1.PeekRequest\x1a\x18.streams.v1.PeekResponse\x12?\n\x06\x43ommit\x12\x19.streams.v1.CommitRequest\x1a\x1a.streams.v1.CommitResponse\x12H\n\tGetOffset\x12\x1c.streams.v1.GetOffsetRequest\x1a\x1d.streams.v1.GetOffsetResponse\x12K\n\nListSpaces\x12\x1d.streams.v1.ListSpacesRequest\x1a\x1e.streams.v1.ListSpacesResponse\x12Q\n\x0cListSegments\x12\x1f.streams.v1.ListSegmentsRequest\x1a .streams.v1.ListSegmentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,33 +53,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEGMENTACK']._serialized_start=879
   _globals['_SEGMENTACK']._serialized_end=955
   _globals['_CONSUMEREQUEST']._serialized_start=958
-  _globals['_CONSUMEREQUEST']._serialized_end=1206
-  _globals['_CONSUMERESPONSE']._serialized_start=1208
-  _globals['_CONSUMERESPONSE']._serialized_end=1262
-  _globals['_PEEKREQUEST']._serialized_start=1264
-  _globals['_PEEKREQUEST']._serialized_end=1309
-  _globals['_PEEKRESPONSE']._serialized_start=1311
-  _globals['_PEEKRESPONSE']._serialized_end=1361
-  _globals['_COMMITREQUEST']._serialized_start=1364
-  _globals['_COMMITREQUEST']._serialized_end=1495
-  _globals['_COMMITRESPONSE']._serialized_start=1497
-  _globals['_COMMITRESPONSE']._serialized_end=1529
-  _globals['_GETOFFSETREQUEST']._serialized_start=1531
-  _globals['_GETOFFSETREQUEST']._serialized_end=1599
-  _globals['_GETOFFSETRESPONSE']._serialized_start=1601
-  _globals['_GETOFFSETRESPONSE']._serialized_end=1636
-  _globals['_LISTSPACESREQUEST']._serialized_start=1638
-  _globals['_LISTSPACESREQUEST']._serialized_end=1696
-  _globals['_LISTSPACESRESPONSE']._serialized_start=1698
-  _globals['_LISTSPACESRESPONSE']._serialized_end=1782
-  _globals['_SPACEINFO']._serialized_start=1784
-  _globals['_SPACEINFO']._serialized_end=1884
-  _globals['_LISTSEGMENTSREQUEST']._serialized_start=1886
-  _globals['_LISTSEGMENTSREQUEST']._serialized_end=1961
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=1963
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=2053
-  _globals['_SEGMENTINFO']._serialized_start=2055
-  _globals['_SEGMENTINFO']._serialized_end=2180
-  _globals['_STREAMSSERVICE']._serialized_start=2183
-  _globals['_STREAMSSERVICE']._serialized_end=2695
+  _globals['_CONSUMEREQUEST']._serialized_end=1230
+  _globals['_CONSUMERESPONSE']._serialized_start=1232
+  _globals['_CONSUMERESPONSE']._serialized_end=1286
+  _globals['_PEEKREQUEST']._serialized_start=1288
+  _globals['_PEEKREQUEST']._serialized_end=1333
+  _globals['_PEEKRESPONSE']._serialized_start=1335
+  _globals['_PEEKRESPONSE']._serialized_end=1385
+  _globals['_COMMITREQUEST']._serialized_start=1388
+  _globals['_COMMITREQUEST']._serialized_end=1519
+  _globals['_COMMITRESPONSE']._serialized_start=1521
+  _globals['_COMMITRESPONSE']._serialized_end=1553
+  _globals['_GETOFFSETREQUEST']._serialized_start=1555
+  _globals['_GETOFFSETREQUEST']._serialized_end=1623
+  _globals['_GETOFFSETRESPONSE']._serialized_start=1625
+  _globals['_GETOFFSETRESPONSE']._serialized_end=1660
+  _globals['_LISTSPACESREQUEST']._serialized_start=1662
+  _globals['_LISTSPACESREQUEST']._serialized_end=1720
+  _globals['_LISTSPACESRESPONSE']._serialized_start=1722
+  _globals['_LISTSPACESRESPONSE']._serialized_end=1806
+  _globals['_SPACEINFO']._serialized_start=1808
+  _globals['_SPACEINFO']._serialized_end=1908
+  _globals['_LISTSEGMENTSREQUEST']._serialized_start=1910
+  _globals['_LISTSEGMENTSREQUEST']._serialized_end=1985
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=1987
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=2077
+  _globals['_SEGMENTINFO']._serialized_start=2079
+  _globals['_SEGMENTINFO']._serialized_end=2204
+  _globals['_STREAMSSERVICE']._serialized_start=2207
+  _globals['_STREAMSSERVICE']._serialized_end=2719
 # @@protoc_insertion_point(module_scope)

@@ -96,7 +96,7 @@ class SegmentAck(_message.Message):
     def __init__(self, segment: _Optional[str] = ..., first_sequence: _Optional[int] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("space", "segment", "from_offset", "from_timestamp", "from_consumer", "from_end", "to_offset", "limit", "max_batch", "follow")
+    __slots__ = ("space", "segment", "from_offset", "from_timestamp", "from_consumer", "from_end", "to_offset", "limit", "max_batch", "follow", "segment_prefix")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ConsumeRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     space: str
     segment: str
     from_offset: int
@@ -117,7 +118,8 @@ class ConsumeRequest(_message.Message):
     limit: int
     max_batch: int
     follow: bool
-    def __init__(self, space: _Optional[str] = ..., segment: _Optional[str] = ..., from_offset: _Optional[int] = ..., from_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_consumer: _Optional[str] = ..., from_end: _Optional[bool] = ..., to_offset: _Optional[int] = ..., limit: _Optional[int] = ..., max_batch: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    segment_prefix: str
+    def __init__(self, space: _Optional[str] = ..., segment: _Optional[str] = ..., from_offset: _Optional[int] = ..., from_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., from_consumer: _Optional[str] = ..., from_end: _Optional[bool] = ..., to_offset: _Optional[int] = ..., limit: _Optional[int] = ..., max_batch: _Optional[int] = ..., follow: _Optional[bool] = ..., segment_prefix: _Optional[str] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
     __slots__ = ("records",)

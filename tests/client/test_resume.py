@@ -100,7 +100,6 @@ def test_a_follower_without_the_header_starts_as_it_asked(
             assert next(stream).payload == b"2"
 
 
-@pytest.mark.xfail(strict=True, reason="server sends streams-start: lead")
 def test_the_server_announces_the_start_and_the_follower_resumes_from_it(
     proxy: FaultProxy, inproc: InProcessServer
 ) -> None:

@@ -60,11 +60,11 @@ def help_options() -> dict[str, str]:
     blocks: dict[str, str] = {}
     current = None
     for line in result.stdout.splitlines():
-        match = re.match(r"^  (--[a-z0-9-]+)", line)
+        match = re.match(r"^  (--(?!version\b)[a-z0-9-]+)", line)
         if match:
             current = match.group(1)
             blocks[current] = line
-        elif re.match(r"^  -h, --help", line) or not line.startswith("  "):
+        elif re.match(r"^  (-h, --help|--version)", line) or not line.startswith("  "):
             current = None
         elif current is not None:
             blocks[current] += " " + line.strip()
@@ -165,3 +165,12 @@ def test_text_logs_by_default_and_no_metrics_listener(tmp_path: Path) -> None:
     assert any(re.search(r"INFO streams: serving", line) for line in lines)
     # Request lines are debug only: none at the default level.
     assert not any(re.search(r"\brpc\b", line) for line in lines)
+
+
+def test_memtable_bytes_reaches_rocksdb(tmp_path: Path) -> None:
+    """--memtable-bytes sets RocksDB's write buffer (its OPTIONS file says so)."""
+    server = ServerProcess(tmp_path, "--memtable-bytes", str(3 << 20))
+    with server.start():
+        assert server.stop() == 0
+    options = sorted((tmp_path / "data").glob("OPTIONS-*"))[-1].read_text()
+    assert re.search(rf"^\s*write_buffer_size={3 << 20}$", options, re.MULTILINE)

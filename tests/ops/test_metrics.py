@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 from streams.v1 import streams_pb2 as pb
 from tests.support.inproc import InProcessServer
+from tests.support.process import ServerProcess
 
 from .helpers import (
     CALL_TIMEOUT,
@@ -114,3 +118,133 @@ def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:
         # The server opened the gRPC port and nothing else (the subprocess
         # variant of this check, with the real defaults, is in test_config.py).
         assert listening_ports(os.getpid()) - before == {server.port}
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` of the metrics endpoint: status and body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_requests_are_counted_by_method_and_code_ok_included(server: InProcessServer) -> None:
+    port = server.server.metrics_port
+    stub = server.stub
+    produce(stub, "orders", "eu", [b"a"])
+    produce(stub, "orders", "eu", [b"b"])
+    bad = pb.ProduceRequest(space="orders", writes=[])
+    assert rpc_code(lambda: stub.Produce(bad, timeout=CALL_TIMEOUT)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    read_all(stub, "orders")
+    after = scrape(port)
+    assert sample(after, "streams_requests_total", method="Produce", code="OK") == 2
+    assert sample(after, "streams_requests_total", method="Produce", code="INVALID_ARGUMENT") == 1
+    assert sample(after, "streams_requests_total", method="Consume", code="OK") == 1
+    # The error ratio, as an alert would compute it.
+    produced = [
+        v
+        for (name, labels), v in after.items()
+        if name == "streams_requests_total" and ("method", "Produce") in labels
+    ]
+    assert sum(produced) == 3
+
+
+def test_every_rpc_has_a_latency_histogram_follow_streams_excluded(server: InProcessServer) -> None:
+    port = server.server.metrics_port
+    stub = server.stub
+    produce(stub, "s", "a", [b"x"])
+    read_all(stub, "s")
+    stub.Peek(pb.PeekRequest(space="s"), timeout=CALL_TIMEOUT)
+    stub.Commit(pb.CommitRequest(consumer="c", space="s", offset=1), timeout=CALL_TIMEOUT)
+    stub.GetOffset(pb.GetOffsetRequest(consumer="c", space="s"), timeout=CALL_TIMEOUT)
+    stub.ListSpaces(pb.ListSpacesRequest(), timeout=CALL_TIMEOUT)
+    stub.ListSegments(pb.ListSegmentsRequest(space="s"), timeout=CALL_TIMEOUT)
+    follow = stub.Consume(pb.ConsumeRequest(space="s", follow=True), timeout=30)
+    next(follow)
+    follow.cancel()
+    wait_until(
+        lambda: sample(scrape(port), "streams_requests_total", method="Consume", code="CANCELLED"),
+        what="the cancelled follow stream to be counted",
+    )
+    after = scrape(port)
+    for method in ("Produce", "Peek", "Commit", "GetOffset", "ListSpaces", "ListSegments"):
+        assert sample(after, "streams_request_duration_seconds_count", method=method) == 1
+        assert sample(after, "streams_request_duration_seconds_sum", method=method) > 0
+    # The stored read is timed; the follow stream, which lasts as long as its client, is not.
+    assert sample(after, "streams_request_duration_seconds_count", method="Consume") == 1
+
+
+def test_no_created_series(server: InProcessServer) -> None:
+    produce(server.stub, "s", "a", [b"x"])
+    status, text = get(server.server.metrics_port, "/metrics")
+    assert status == 200
+    assert "streams_requests_total" in text
+    assert "_created" not in text
+
+
+def test_healthz_has_its_own_answer_and_other_paths_are_not_found(server: InProcessServer) -> None:
+    port = server.server.metrics_port
+    status, body = get(port, "/healthz")
+    assert (status, body) == (200, "serving\n")
+    assert "streams_" not in body
+    for path in ("/", "/other", "/metricsx"):
+        status, body = get(port, path)
+        assert status == 404 and "streams_" not in body, path
+
+
+def test_consumer_lag_per_committed_consumer(server: InProcessServer) -> None:
+    port = server.server.metrics_port
+    stub = server.stub
+    produce(stub, "orders", "eu", [b"1", b"2", b"3"])
+    produce(stub, "orders", "us", [b"4", b"5"])
+    commit = stub.Commit
+    commit(pb.CommitRequest(consumer="billing", space="orders", offset=2), timeout=CALL_TIMEOUT)
+    commit(
+        pb.CommitRequest(consumer="billing", space="orders", segment="us", offset=1),
+        timeout=CALL_TIMEOUT,
+    )
+    commit(pb.CommitRequest(consumer="audit", space="orders", offset=5), timeout=CALL_TIMEOUT)
+    lag = scrape(port)
+    assert sample(lag, "streams_consumer_lag", consumer="billing", space="orders", segment="") == 3
+    assert (
+        sample(lag, "streams_consumer_lag", consumer="billing", space="orders", segment="us") == 1
+    )
+    assert sample(lag, "streams_consumer_lag", consumer="audit", space="orders", segment="") == 0
+    assert sample(lag, "streams_consumer_lag_truncated") == 0
+    produce(stub, "orders", "us", [b"6"])
+    lag = scrape(port)
+    assert sample(lag, "streams_consumer_lag", consumer="billing", space="orders", segment="") == 4
+    assert sample(lag, "streams_consumer_lag", consumer="audit", space="orders", segment="") == 1
+
+
+def test_consumer_lag_series_are_bounded(tmp_path: Path) -> None:
+    with InProcessServer(
+        tmp_path / "data", metrics_listen="127.0.0.1:0", metrics_lag_series=2
+    ) as server:
+        produce(server.stub, "s", "a", [b"x"] * 4)
+        for consumer in ("c1", "c2", "c3"):
+            server.stub.Commit(
+                pb.CommitRequest(consumer=consumer, space="s", offset=1), timeout=CALL_TIMEOUT
+            )
+        lag = scrape(server.server.metrics_port)
+        series = {
+            dict(labels)["consumer"] for name, labels in lag if name == "streams_consumer_lag"
+        }
+        assert series == {"c1", "c2"}
+        assert sample(lag, "streams_consumer_lag_truncated") == 1
+
+
+def test_the_log_names_the_metrics_port_actually_bound(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", flags=["--metrics-listen", "127.0.0.1:0"])
+    with server.start():
+        produce(server.stub, "s", "a", [b"x"])
+        found = wait_until(
+            lambda: re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", server.stderr()),
+            what="the serving log line",
+        )
+        port = int(found.group(1))
+        assert port != 0
+        assert sample(scrape(port), "streams_produced_records_total") == 1

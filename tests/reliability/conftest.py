@@ -1,7 +1,8 @@
 """Fixtures and the end-of-run figures of the reliability suites.
 
 The soak's length: ``--soak-seconds 600`` (registered in tests/conftest.py so
-that it works however pytest is started) or ``STREAMS_SOAK_SECONDS=600``.
+that it works however pytest is started) or ``STREAMS_SOAK_SECONDS=600``; the
+SIGTERM cycles: ``--sigterm-cycles 500`` or ``STREAMS_SIGTERM_CYCLES=500``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ def soak_seconds(request: pytest.FixtureRequest) -> float:
     if value is None:
         value = os.environ.get("STREAMS_SOAK_SECONDS", 60.0)
     return float(value)
+
+
+@pytest.fixture
+def sigterm_cycles(request: pytest.FixtureRequest) -> int:
+    value = request.config.getoption("--sigterm-cycles", default=None)
+    if value is None:
+        value = os.environ.get("STREAMS_SIGTERM_CYCLES", 50)
+    return int(value)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -12,7 +12,7 @@ from streams.limits import Limits
 
 def test_defaults_are_the_contracts() -> None:
     cfg = config.parse([], environ={})
-    assert (cfg.listen, cfg.data, cfg.sync) == ("127.0.0.1:50051", Path("data"), True)
+    assert (cfg.listen, cfg.data, cfg.sync) == ("127.0.0.1:50051", Path.cwd() / "data", True)
     assert cfg.limits == Limits()
     assert cfg.limits.max_payload_bytes == 1 << 20
     assert cfg.limits.max_request_bytes == 16 << 20
