@@ -81,10 +81,12 @@ class MemoryBudget:
 
     def fits(self, size: int, peer: str = "") -> bool:
         """Whether a response of ``size`` bytes to ``peer`` may be charged now."""
+        if not self.responses:
+            return True  # alone: even a response larger than the budget goes
         room = self.response_room()
         if size > room:
             return False
-        if size <= self.fair_share or not self.responses:
+        if size <= self.fair_share:
             return True
         return room - size >= self.capacity // 2 and peer not in self._large
 

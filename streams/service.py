@@ -198,35 +198,42 @@ class StreamsService:
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        # A read that does not fit the memory budget is dropped and run again
-        # once it would; a write's response (small: it answers the request,
-        # which stays counted in flight) waits as it is.
-        rerun = name in _READS
-
         async def handle(received: _Received, context: grpc.aio.ServicerContext) -> bytes:
             # No await between the parse and here: the bytes counted are given back.
             try:
                 async with self._rpc(name, received, context) as caller:
                     peer = context.peer()
-                    while True:
-                        response = await method(received.message, context, caller)
-                        data = (
-                            response
-                            if isinstance(response, bytes)
-                            else response.SerializeToString()
-                        )
-                        cost = RESPONSE_COPIES * len(data)
-                        if not rerun or self._memory.fits(cost, peer):
-                            break
-                        del response, data
-                        await self._memory.room_for(cost, peer)
-                    await self._memory.room_for(cost, peer)
-                    self._hold_until_done(name, context, peer, cost)
+                    data = await self._response(name, method, received, context, caller, peer)
+                    self._hold_until_done(name, context, peer, RESPONSE_COPIES * len(data))
                     return data
             finally:
                 received.release()
 
         return handle
+
+    async def _response(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]],
+        received: _Received,
+        context: grpc.aio.ServicerContext,
+        caller: Caller,
+        peer: str,
+    ) -> bytes:
+        """The call's response, serialized, once it fits the memory budget. A
+        read that does not fit is dropped and run again once it would; a
+        write's answer (small, and its request stays counted in flight) waits
+        as it is."""
+        while True:
+            response = await method(received.message, context, caller)
+            data: bytes = response if isinstance(response, bytes) else response.SerializeToString()
+            cost = RESPONSE_COPIES * len(data)
+            if name not in _READS or self._memory.fits(cost, peer):
+                break
+            del response, data
+            await self._memory.room_for(cost, peer)
+        await self._memory.room_for(cost, peer)
+        return data
 
     def _hold_until_done(
         self, name: str, context: grpc.aio.ServicerContext, peer: str, cost: int
@@ -236,11 +243,11 @@ class StreamsService:
         self._memory.charge(cost, peer)
         timer = self._slow.watch(peer, name, cost // RESPONSE_COPIES)
 
-        def release(_: object) -> None:
+        def release(_: grpc.aio.ServicerContext) -> None:
             timer.cancel()
             self._memory.refund(cost, peer)
 
-        context.add_done_callback(release)
+        context.add_done_callback(release)  # type: ignore[arg-type]  # the stub wants its own class
 
     def _stream(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         async def handle(
