@@ -43,6 +43,7 @@ class Config:
     dedupe_window_seconds: float = 24 * 3600.0
     dedupe_sweep_seconds: float = 60.0
     shutdown_grace: float = 10.0
+    slow_consumer_seconds: float = 10.0
     follow_linger_ms: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
@@ -215,6 +216,13 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "Seconds in-flight calls may run on after SIGTERM/SIGINT before they are cancelled.",
     )
     p.add(
+        "slow-consumer-seconds",
+        float,
+        d.slow_consumer_seconds,
+        "A client that does not take a response within this many seconds (its HTTP/2 "
+        "window stays shut) has its connection closed, freeing what it holds.",
+    )
+    p.add(
         "follow-linger-ms",
         float,
         d.follow_linger_ms,
@@ -303,6 +311,8 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
             p.parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
     if args.follow_linger_ms < 0:
         p.parser.error("--follow-linger-ms must not be negative")
+    if not args.slow_consumer_seconds > 0:
+        p.parser.error("--slow-consumer-seconds must be positive")
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -316,6 +326,7 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         dedupe_window_seconds=args.dedupe_window_seconds,
         dedupe_sweep_seconds=args.dedupe_sweep_seconds,
         shutdown_grace=args.shutdown_grace,
+        slow_consumer_seconds=args.slow_consumer_seconds,
         follow_linger_ms=args.follow_linger_ms,
         log_level=args.log_level,
         log_format=args.log_format,

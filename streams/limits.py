@@ -63,6 +63,18 @@ class Limits:
     max_concurrent_streams: int = _limit(
         2_000, "Most Consume streams open at once; more are RESOURCE_EXHAUSTED."
     )
+    # gRPC core reads each request whole (up to max_request_bytes) before the
+    # server sees it; these two bound how many it can be reading at once.
+    max_connections: int = _limit(
+        2_000,
+        "Most client connections at once (gRPC's grpc.max_allowed_incoming_connections); "
+        "more are closed as they come.",
+    )
+    max_streams_per_connection: int = _limit(
+        2_200,
+        "Most calls in flight on one connection (HTTP/2 MAX_CONCURRENT_STREAMS, "
+        "grpc.max_concurrent_streams); a client queues the ones beyond it.",
+    )
     # A segment_prefix read that finds nothing for a long stretch still gives
     # the event loop back after this much, and goes on at its next turn.
     max_filter_skip_bytes: int = _limit(
@@ -94,6 +106,11 @@ class Limits:
             raise ValueError(
                 f"memory_budget_bytes ({self.memory_budget_bytes}) is under "
                 f"{MIN_MEMORY_BUDGET_BYTES}: it must hold the largest response twice over"
+            )
+        if self.max_streams_per_connection < 2:
+            raise ValueError(
+                f"max_streams_per_connection ({self.max_streams_per_connection}) must be at "
+                "least 2: a follower and a Produce on one connection"
             )
         if self.max_inflight_request_bytes < self.max_request_bytes:
             raise ValueError(

@@ -127,13 +127,19 @@ class Metrics:
         self._memory_used = prom.Gauge(
             "streams_memory_used_bytes",
             "Memory of the budget in use, by use: windows (live-tail cache, evicted first) "
-            "or responses (handed to gRPC, not yet sent).",
+            "or responses (Consume's and unary calls', handed to gRPC, not yet sent).",
             ["use"],
             registry=r,
         )
         self._memory_waiting = prom.Gauge(
             "streams_memory_waiting_streams",
-            "Consume streams waiting for memory of the budget to send their next response.",
+            "Calls waiting for memory of the budget to send their next response.",
+            registry=r,
+        )
+        self.slow_consumers = prom.Counter(
+            "streams_slow_consumers",
+            "Connections closed because their client did not take a response within "
+            "--slow-consumer-seconds (each also logged as a warning).",
             registry=r,
         )
         self._inflight_request_bytes = prom.Gauge(

@@ -112,7 +112,10 @@ class StreamsServer:
         if cfg.metrics_listen:
             startup.check_bindable("--metrics-listen", cfg.metrics_listen)
         # One budget for the tail's windows and the service's buffered responses.
-        memory = MemoryBudget(cfg.limits.memory_budget_bytes)
+        lim = cfg.limits
+        memory = MemoryBudget(
+            lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
+        )
         self._store = _open_store(
             cfg.data,
             StoreOptions(
@@ -127,13 +130,16 @@ class StreamsServer:
         self.metrics.watch_store(self._store)
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", cfg.limits.max_request_bytes),
+                ("grpc.max_receive_message_length", lim.max_request_bytes),
+                ("grpc.max_allowed_incoming_connections", lim.max_connections),
+                ("grpc.max_concurrent_streams", lim.max_streams_per_connection),
                 ("grpc.so_reuseport", 0),
             ]
         )
         self._service = StreamsService(
-            self._store, cfg.limits, self.metrics, self.auth, self.pages, memory
-        )
+            self._store, lim, self.metrics, self.auth, self.pages, memory,
+            cfg.slow_consumer_seconds,
+        )  # fmt: skip
         self._server.add_generic_rpc_handlers((self._service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -1,11 +1,15 @@
 """The gRPC servicer: each RPC is request -> validation -> storage -> response.
 
 Handlers are registered by hand rather than through the generated base class
-so that Consume and Peek can send stored record bytes as they are (a custom
-response serializer that passes bytes through), so that a request that is
-not valid protobuf (bad UTF-8 in a string, say) becomes INVALID_ARGUMENT
-instead of gRPC's generic INTERNAL, and so that the raw size of every request
-is counted (``--max-inflight-request-bytes``) before it is parsed.
+so that Consume and Peek can send stored record bytes as they are (every
+response goes to gRPC as bytes, through a serializer that passes them on), so
+that a request that is not valid protobuf (bad UTF-8 in a string, say) becomes
+INVALID_ARGUMENT instead of gRPC's generic INTERNAL, and so that the raw size of
+every request is counted (``--max-inflight-request-bytes``) before it is parsed.
+
+Every response is charged to the memory budget from when it is built until
+gRPC has taken it (:mod:`streams.memory`), under the slow-consumer deadline
+(:mod:`streams.slow_consumers`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
 from streams.model import Cut, Records, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
+from streams.slow_consumers import SlowConsumers
 from streams.storage.base import Store
 from streams.v1 import streams_pb2 as pb
 
@@ -42,9 +47,11 @@ log = logging.getLogger(__name__)
 # handler yields and gRPC core's copy of them (measured: a follower that stops
 # reading holds 2.1 MiB per 1 MiB response).
 RESPONSE_COPIES = 2
-# A response takes at most this share of the memory left for responses, so
-# followers that stop reading leave room for the others (always one record).
-_RESPONSE_SHARE = 4
+# How long a client may leave a response untaken before its connection is
+# closed (--slow-consumer-seconds; NATS's write_deadline is 10 s too).
+SLOW_CONSUMER_SECONDS = 10.0
+# Unary calls without side effects: run again rather than held while waiting for memory.
+_READS = frozenset({"Peek", "GetOffset", "ListSpaces", "ListSegments"})
 # At shutdown, how long no call may have come in before gRPC's server is
 # stopped (see StreamsService.drain): long enough for the serving loop to take
 # every call gRPC holds for it, short next to any grace period.
@@ -115,6 +122,7 @@ class StreamsService:
         auth: TokenAuth | None = None,
         pages: PageTokens | None = None,
         memory: MemoryBudget | None = None,
+        slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS,
     ) -> None:
         self._store = store
         self._limits = lim
@@ -122,7 +130,10 @@ class StreamsService:
         self._auth = auth
         self._pages = pages or PageTokens.load(None)
         # Shared with the store's tail windows when the server builds both.
-        self._memory = memory or MemoryBudget(lim.memory_budget_bytes)
+        self._memory = memory or MemoryBudget(
+            lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
+        )
+        self._slow = SlowConsumers(slow_consumer_seconds, metrics.slow_consumers.inc)
         self._requests = InflightRequests(lim.max_inflight_request_bytes)
         self._streams = 0
         metrics.watch_memory(self._memory, self._requests)
@@ -165,40 +176,78 @@ class StreamsService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
-        rpcs: dict[str, tuple[Any, type[Message], Callable[[Any], bytes]]] = {
-            "Produce": (unary, pb.ProduceRequest, pb.ProduceResponse.SerializeToString),
-            "Consume": (stream, pb.ConsumeRequest, _raw),
-            "Peek": (unary, pb.PeekRequest, _raw),
-            "Commit": (unary, pb.CommitRequest, pb.CommitResponse.SerializeToString),
-            "GetOffset": (unary, pb.GetOffsetRequest, pb.GetOffsetResponse.SerializeToString),
-            "ListSpaces": (unary, pb.ListSpacesRequest, pb.ListSpacesResponse.SerializeToString),
-            "ListSegments": (
-                unary,
-                pb.ListSegmentsRequest,
-                pb.ListSegmentsResponse.SerializeToString,
-            ),
+        rpcs: dict[str, tuple[Any, type[Message]]] = {
+            "Produce": (unary, pb.ProduceRequest),
+            "Consume": (stream, pb.ConsumeRequest),
+            "Peek": (unary, pb.PeekRequest),
+            "Commit": (unary, pb.CommitRequest),
+            "GetOffset": (unary, pb.GetOffsetRequest),
+            "ListSpaces": (unary, pb.ListSpacesRequest),
+            "ListSegments": (unary, pb.ListSegmentsRequest),
         }
         handlers = {}
-        for name, (kind, request_type, serialize) in rpcs.items():
+        for name, (kind, request_type) in rpcs.items():
             method = getattr(self, _snake(name))
             wrap = self._stream if kind is stream else self._unary
+            # Responses are bytes by then (see _unary): sized and charged as sent.
             handlers[name] = kind(
                 wrap(name, method),
                 request_deserializer=_parser(request_type, self._requests),
-                response_serializer=serialize,
+                response_serializer=_raw,
             )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        async def handle(received: _Received, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(received: _Received, context: grpc.aio.ServicerContext) -> bytes:
             # No await between the parse and here: the bytes counted are given back.
             try:
                 async with self._rpc(name, received, context) as caller:
-                    return await method(received.message, context, caller)
+                    peer = context.peer()
+                    data = await self._response(name, method, received, context, caller, peer)
+                    self._hold_until_done(name, context, peer, RESPONSE_COPIES * len(data))
+                    return data
             finally:
                 received.release()
 
         return handle
+
+    async def _response(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]],
+        received: _Received,
+        context: grpc.aio.ServicerContext,
+        caller: Caller,
+        peer: str,
+    ) -> bytes:
+        """The call's response, serialized, once it fits the memory budget. A
+        read that does not fit is dropped and run again once it would; a
+        write's answer (small, and its request stays counted in flight) waits
+        as it is."""
+        while True:
+            response = await method(received.message, context, caller)
+            data: bytes = response if isinstance(response, bytes) else response.SerializeToString()
+            cost = RESPONSE_COPIES * len(data)
+            if name not in _READS or self._memory.fits(cost, peer):
+                break
+            del response, data
+            await self._memory.room_for(cost, peer)
+        await self._memory.room_for(cost, peer)
+        return data
+
+    def _hold_until_done(
+        self, name: str, context: grpc.aio.ServicerContext, peer: str, cost: int
+    ) -> None:
+        """Charges a unary response to the memory budget until its call is done:
+        gRPC has sent it, or the call ended otherwise."""
+        self._memory.charge(cost, peer)
+        timer = self._slow.watch(peer, name, cost // RESPONSE_COPIES)
+
+        def release(_: grpc.aio.ServicerContext) -> None:
+            timer.cancel()
+            self._memory.refund(cost, peer)
+
+        context.add_done_callback(release)  # type: ignore[arg-type]  # the stub wants its own class
 
     def _stream(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         async def handle(
@@ -246,7 +295,8 @@ class StreamsService:
         except StreamsError as exc:
             code = exc.code
             await context.abort(exc.code, exc.message, exc.trailers())
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: gRPC dropped the stream (its client went away).
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
@@ -318,30 +368,38 @@ class StreamsService:
                 # Without follow, the read ends at what was stored when it started.
                 last = min(last, self._store.last_offset(target))
             await context.send_initial_metadata(((START_HEADER, str(first)),))
+            peer = context.peer()
             remaining = query.limit or U64_MAX
             needed = 1  # memory the next response needs at least
             while remaining and first <= last:
-                room = await self._memory.room_for(needed)
-                share = room // (RESPONSE_COPIES * _RESPONSE_SHARE)
+                await self._memory.room_for(needed, peer)
                 cut = Cut(
                     min(query.max_batch, remaining),
-                    max(1, min(self._limits.max_response_bytes, share)),
+                    max(
+                        1,
+                        min(
+                            self._limits.max_response_bytes,
+                            self._memory.allowance(peer) // RESPONSE_COPIES,
+                        ),
+                    ),
                     self._limits.max_filter_skip_bytes,
                 )
                 batch, after = self._read(query, first, last, cut)
                 if batch.count:
                     cost = RESPONSE_COPIES * len(batch.framed)
-                    if cost > self._memory.response_room():
-                        # One record, larger than what is left: wait until it fits.
+                    if not self._memory.fits(cost, peer):
+                        # One record, larger than the response may take: wait until it fits.
                         needed = cost
                         continue
                     needed = 1
-                    self._memory.charge(cost)
+                    self._memory.charge(cost, peer)
+                    timer = self._slow.watch(peer, "Consume", len(batch.framed))
                     try:
                         yield batch.framed
                     finally:
                         # gRPC has taken it (the stream asks for the next), or the stream ended.
-                        self._memory.refund(cost)
+                        timer.cancel()
+                        self._memory.refund(cost, peer)
                     self._metrics.consumed_records.inc(batch.count)
                     first = after
                     remaining -= batch.count

@@ -61,7 +61,9 @@ class Store(Protocol):
     ) -> Records:
         """Stored records of ``target`` with offsets ``first..last``, capped at the
         durable last offset, at most ``max_records`` and ``max_bytes`` of framed
-        response (always at least one record when one is in range)."""
+        response (always at least one record when one is in range). A damaged
+        record ends the read before it: DataLoss names its offset when it is
+        ``first``, else the records before it are returned (the next read raises)."""
         ...
 
     def read_matching(

@@ -648,10 +648,15 @@ class RocksStore:
             # Offsets are dense up to the durable watermark: each chunk starts
             # where the one before it ended, and the last one reaches ``last``.
             while count < max_records and first + count <= last:
-                chunk_first, chunk = self._chunk_here(iterator, prefix, target, first + count)
-                skip = first + count - chunk_first
-                if not 0 <= skip < chunk.count or (count and skip):
-                    raise self._missing(iterator, target, first + count)
+                try:
+                    chunk_first, chunk = self._chunk_here(iterator, prefix, target, first + count)
+                    skip = first + count - chunk_first
+                    if not 0 <= skip < chunk.count or (count and skip):
+                        raise self._missing(iterator, target, first + count)
+                except DataLoss:
+                    if count:
+                        break  # what comes before the damage goes out; the next read raises
+                    raise
                 stop = min(chunk.count, skip + max_records - count, last - chunk_first + 1)
                 stop = chunk.fit(skip, stop, max_bytes - size, at_least_one=count == 0)
                 if stop == skip:
@@ -688,13 +693,20 @@ class RocksStore:
             # A chunk under the space key holds records of one segment write, so
             # its first record tells whether the chunk is wanted or skipped whole.
             while count < cut.max_records and offset <= last and skipped < cut.max_skip_bytes:
-                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
-                skip = offset - chunk_first
-                if not 0 <= skip < chunk.count or (offset != first and skip):
-                    raise self._missing(iterator, target, offset)
+                try:
+                    chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                    skip = offset - chunk_first
+                    if not 0 <= skip < chunk.count or (offset != first and skip):
+                        raise self._missing(iterator, target, offset)
+                    with self._well_formed(target, chunk_first):
+                        wanted = codec.in_segments(
+                            chunk.value, chunk.record_start(0), segment_prefix
+                        )
+                except DataLoss:
+                    if offset != first:
+                        break  # as in read: the next read starts at the damage and raises
+                    raise
                 stop = min(chunk.count, last - chunk_first + 1)
-                with self._well_formed(target, chunk_first):
-                    wanted = codec.in_segments(chunk.value, chunk.record_start(0), segment_prefix)
                 if wanted:
                     stop = min(stop, skip + cut.max_records - count)
                     stop = chunk.fit(skip, stop, cut.max_bytes - size, at_least_one=count == 0)

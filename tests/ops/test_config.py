@@ -38,6 +38,7 @@ VALUES = {
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--shutdown-grace": "3.5",
+    "--slow-consumer-seconds": "2.5",
     "--follow-linger-ms": "7.5",
     "--log-level": "debug",
     "--log-format": "json",
