@@ -122,20 +122,22 @@ def scan(files: Sequence[Path]) -> Scan:
     """Reads ``files`` (oldest first) and finds the first break and any intact
     write after it. Reads each file whole: the log is bounded by the memtable."""
     intact = 0
-    last_intact: Write | None = None
+    last_found: tuple[Path, tuple[int, int, bytes]] | None = None
     broken: Break | None = None
     later: list[Write] = []
     for path in files:
         data = path.read_bytes()
         for event in _events(path, data):
-            if isinstance(event, Write):
-                if broken is None:
-                    intact += 1
-                    last_intact = event
-                else:
-                    later.append(event)
-            elif broken is None:
-                broken = event
+            if isinstance(event, Break):
+                broken = broken or event
+                continue
+            # Most writes only count: the header is read for the last one before the break.
+            if broken is None:
+                intact += 1
+                last_found = path, event
+            else:
+                later.append(_write(path, event))
+    last_intact = _write(*last_found) if last_found else None
     return Scan(tuple(files), intact, last_intact, broken, tuple(later))
 
 
@@ -147,8 +149,9 @@ class _Pending:
     header: bytes
 
 
-def _events(path: Path, data: bytes) -> Iterator[Write | Break]:
-    """The intact writes of one file and its breaks, in file order."""
+def _events(path: Path, data: bytes) -> Iterator[tuple[int, int, bytes] | Break]:
+    """The intact writes of one file (start, end, header bytes) and its breaks,
+    in file order."""
     size = len(data)
     pos = 0
     pending: _Pending | None = None
@@ -168,21 +171,21 @@ def _events(path: Path, data: bytes) -> Iterator[Write | Break]:
             pos = _resync(data, pos)
             continue
         kind = _RECYCLED.get(record.type, record.type)
-        payload = data[record.payload : record.end]
+        payload = data[record.payload : record.payload + _BATCH_HEADER.size]
         if kind in (_FULL, _FIRST):
             if pending is not None:
                 reason = "a write lost its end"
                 yield _broken(path, data, pending.start, pos, record, reason, pending.header)
             pending = None
             if kind == _FULL:
-                yield _write(path, pos, record.end, payload)
+                yield pos, record.end, payload
             else:
                 pending = _Pending(pos, payload[: _BATCH_HEADER.size])
         elif kind in (_MIDDLE, _LAST) and pending is not None:
             # A write's header may start in a (tiny) FIRST and go on in the next fragment.
             pending.header += payload[: _BATCH_HEADER.size - len(pending.header)]
             if kind == _LAST:
-                yield _write(path, pending.start, record.end, pending.header)
+                yield pending.start, record.end, pending.header
                 pending = None
         # A MIDDLE or LAST with no FIRST before it is the rest of a write whose
         # break was already reported.
@@ -268,8 +271,9 @@ def _broken(
     return Break(path, start, size, kind, reason, *_batch(header))
 
 
-def _write(path: Path, start: int, end: int, payload: bytes) -> Write:
-    sequence, count = _batch(payload)
+def _write(path: Path, found: tuple[int, int, bytes]) -> Write:
+    start, end, header = found
+    sequence, count = _batch(header)
     return Write(path, start, end, sequence or 0, count or 0)
 
 
