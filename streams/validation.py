@@ -70,7 +70,8 @@ def known_fields(message: Message, field: str = "") -> None:
     if not len(unknown):
         return
     by_number = message.DESCRIPTOR.fields_by_number
-    for item in unknown:
+    for index in range(len(unknown)):
+        item = unknown[index]
         known = by_number.get(item.field_number)
         if known is None:
             continue
@@ -80,7 +81,7 @@ def known_fields(message: Message, field: str = "") -> None:
             raise InvalidArgument(
                 f"{where}: a map entry whose key or value has the wrong wire type"
             )
-        kind = FieldDescriptorProto.Type.Name(known.type).removeprefix("TYPE_").lower()
+        kind = FieldDescriptorProto.Type.Name(known.type).removeprefix("TYPE_").lower()  # type: ignore[arg-type]
         raise InvalidArgument(f"{where}: wrong wire type ({wire}) for a {kind} field")
     message.DiscardUnknownFields()
 

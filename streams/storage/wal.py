@@ -165,7 +165,7 @@ def _events(path: Path, data: bytes) -> Iterator[tuple[int, int, bytes] | Break]
             start, header = (pending.start, pending.header) if pending else (pos, b"")
             if not header and record is not None:
                 header = data[record.payload : record.payload + _BATCH_HEADER.size]
-            reason = record.bad if record else "the file ends inside a record header"
+            reason = record.bad if record and record.bad else "the file ends inside a record header"
             yield _broken(path, data, start, pos, record, reason, header)
             pending = None
             pos = _resync(data, pos)
