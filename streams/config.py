@@ -56,6 +56,7 @@ class Config:
     memtable_bytes: int = 16 * MIB
     metrics_lag_series: int = 1000
     limits: Limits = field(default_factory=Limits)
+    wal_tail_damage: str = "refuse"
 
 
 def _env(name: str) -> str:
@@ -291,6 +292,15 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "key per process (page tokens from before a restart are refused).",
         metavar="FILE",
     )
+    p.add(
+        "wal-tail-damage",
+        str,
+        d.wal_tail_damage,
+        "A damaged last write in the write-ahead log (a complete record that fails its "
+        "checksum, or a tail the server recorded durable): refuse to start, or drop it and "
+        "start. A write a crash cut short is always dropped.",
+        choices=("refuse", "drop"),
+    )
     for limit in fields(Limits):
         p.add(
             limit.name.replace("_", "-"),
@@ -339,4 +349,5 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         memtable_bytes=args.memtable_bytes,
         metrics_lag_series=args.metrics_lag_series,
         limits=lim,
+        wal_tail_damage=args.wal_tail_damage,
     )

@@ -125,6 +125,7 @@ class StreamsServer:
                 follow_linger=cfg.follow_linger_ms / 1000,
                 memory=memory,
                 memtable_bytes=cfg.memtable_bytes,
+                wal_tail_damage=cfg.wal_tail_damage,
             ),
         )
         self.metrics.watch_store(self._store)

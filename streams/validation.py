@@ -12,7 +12,10 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from streams import codec, limits
 from streams.errors import InvalidArgument
@@ -22,6 +25,7 @@ from streams.v1 import streams_pb2 as pb
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _SHOWN_CHARS = 80
+_WIRE_TYPES = ("varint", "fixed64", "length-delimited", "group start", "group end", "fixed32")
 
 
 def show(value: object) -> str:
@@ -55,6 +59,33 @@ def name_prefix(field: str, value: str) -> str:
     return value
 
 
+def known_fields(message: Message, field: str = "") -> None:
+    """Drops ``message``'s unknown fields (its own, not its submessages'), or
+    raises InvalidArgument when one has a known field's number: that field came
+    with the wrong wire type (or, for a map, as a malformed entry), which the
+    parser keeps as an unknown field instead of refusing, so the field would
+    silently read as empty. Truly unknown numbers stay ignored, as protobuf
+    wants of fields from a newer schema."""
+    unknown = UnknownFieldSet(message)
+    if not len(unknown):
+        return
+    by_number = message.DESCRIPTOR.fields_by_number
+    for index in range(len(unknown)):
+        item = unknown[index]
+        known = by_number.get(item.field_number)
+        if known is None:
+            continue
+        where = f"{field}.{known.name}" if field else known.name
+        wire = _WIRE_TYPES[item.wire_type] if item.wire_type < len(_WIRE_TYPES) else "?"
+        if known.message_type is not None and known.message_type.GetOptions().map_entry:
+            raise InvalidArgument(
+                f"{where}: a map entry whose key or value has the wrong wire type"
+            )
+        kind = FieldDescriptorProto.Type.Name(known.type).removeprefix("TYPE_").lower()  # type: ignore[arg-type]
+        raise InvalidArgument(f"{where}: wrong wire type ({wire}) for a {kind} field")
+    message.DiscardUnknownFields()
+
+
 def target(space: str, segment: str, segment_field: str = "segment") -> Target:
     """A segment target, or a whole-space target when ``segment`` is empty."""
     return Target(name("space", space), name(segment_field, segment) if segment else "")
@@ -63,11 +94,12 @@ def target(space: str, segment: str, segment_field: str = "segment") -> Target:
 def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
     """The Produce as a transaction of record bodies ready to store.
 
-    Drops the request's unknown fields, at every depth, first: a record is
-    stored as its known fields only, so bytes a producer adds can neither stand
-    for a server field (space, sequence, timestamp...) nor make it unreadable.
+    Drops the request's unknown fields, at every depth (see :func:`known_fields`):
+    a record is stored as its known fields only, so bytes a producer adds can
+    neither stand for a server field (space, sequence, timestamp...) nor make it
+    unreadable, and a known field of the wrong wire type is refused.
     """
-    request.DiscardUnknownFields()
+    known_fields(request)
     space = name("space", request.space)
     if not request.writes:
         raise InvalidArgument("writes: must hold at least one SegmentWrite")
@@ -87,6 +119,7 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
     seen: set[str] = set()
     appends = []
     for i, write in enumerate(request.writes):
+        known_fields(write, f"writes[{i}]")
         segment = name(f"writes[{i}].segment", write.segment)
         if segment in seen:
             raise InvalidArgument(
@@ -110,11 +143,15 @@ def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits, budget: in
     (at most ``budget`` bytes of body) are checked.
 
     This runs for every record of every Produce: the common case (a body
-    within the payload limit and the budget, no metadata) costs one
-    serialization and two comparisons.
+    within the payload limit and the budget, no metadata, no unknown field)
+    costs one serialization and three comparisons.
     """
     # Deterministic, so a retry of the same request has the same fingerprint.
     body = record.SerializeToString(deterministic=True)
+    # A body longer than its payload's field holds unknown fields (or metadata).
+    if record.metadata or len(body) != _payload_field_bytes(len(record.payload)):
+        known_fields(record, f"writes[{i}].records[{j}]")
+        body = record.SerializeToString(deterministic=True)
     size = len(body)
     # The body holds the payload, so only a body over the limit can hide one.
     if size > lim.max_payload_bytes and len(record.payload) > lim.max_payload_bytes:
@@ -132,6 +169,12 @@ def _record_body(i: int, j: int, record: pb.RecordInput, lim: Limits, budget: in
             f"segment and transaction_id), over max_record_bytes ({lim.max_record_bytes})"
         )
     return body
+
+
+def _payload_field_bytes(size: int) -> int:
+    """The bytes of a RecordInput.payload of ``size`` bytes on the wire (tag 1
+    byte, varint length, bytes); proto3 leaves an empty one out."""
+    return 1 + (size.bit_length() + 6) // 7 + size if size else 0
 
 
 def _check_metadata(field: str, metadata: Mapping[str, str], lim: Limits) -> None:
@@ -184,6 +227,9 @@ class ConsumeQuery:
 
 
 def consume(request: pb.ConsumeRequest, lim: Limits) -> ConsumeQuery:
+    known_fields(request)
+    if request.HasField("from_timestamp"):
+        known_fields(request.from_timestamp, "from_timestamp")
     where = target(request.space, request.segment)
     prefix = name_prefix("segment_prefix", request.segment_prefix)
     if prefix and not where.is_space:

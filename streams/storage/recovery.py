@@ -1,20 +1,25 @@
 """Opening RocksDB: a torn tail is recovered, damage is refused, a full disk still serves reads.
 
-Recovery replays the write-ahead log with RocksDB's *tolerate corrupted tail
-records* mode: a log that ends in a partial record (the write a crash or a
-power cut interrupted, never acknowledged) opens as usual, while a bad record
-stops the open. RocksDB's default mode, *point in time*, would instead drop
-everything after the first bad record and say nothing, acknowledged writes
-included.
+Before RocksDB replays its write-ahead log, :mod:`streams.storage.wal` reads
+the log with its checksums and finds where, if anywhere, it stops being
+intact, since RocksDB cannot tell the cases apart and drops some damage
+without a word (see that module). Then:
 
-A bad record is not always damage: a power cut can also leave the last
-record complete in length but with garbage or zeros in it. So when the log
-does not open, two read-only replays (which write nothing) tell the cases
-apart: one stops at the first bad record, the other skips bad records and
-goes on. If the second finds writes after the damage, acknowledged writes
-would be lost: the open fails with :class:`~streams.errors.DataLoss` naming
-the log files. Otherwise only the tail was bad, and the store opens with
-point-in-time recovery, which drops just that tail.
+- No break: RocksDB opens with *tolerate corrupted tail records*, as usual.
+- A break with intact writes after it: acknowledged writes would be lost, so
+  the open fails with :class:`~streams.errors.DataLoss` naming the file, the
+  damaged bytes and the writes after them. Nothing is changed on disk.
+- A torn tail (the file ends inside the last write, or zeros fill it to the
+  end) that the server never recorded as durable (see
+  :mod:`streams.storage.durable_mark`): a crash or a power cut left it, the
+  write was never acknowledged; the file is cut back to the last intact write
+  (what RocksDB's *point in time* recovery would keep) with a warning naming
+  the bytes.
+- Any other break of the last write (a complete record whose checksum fails,
+  or a tail the server had recorded durable): damage that may have been
+  acknowledged. Refused (DataLoss), unless the operator says to drop it
+  (``tail_damage="drop"``, ``--wal-tail-damage drop``): then it is dropped
+  with an error naming the file, the bytes and the write.
 
 Writable recovery flushes the replayed log into a table file, so it needs
 free space about the size of the memtable (which also bounds the log). When
@@ -24,7 +29,9 @@ memory, nothing written) and says why writes are refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,7 @@ from pathlib import Path
 import rocksdict
 
 from streams.errors import DataLoss
+from streams.storage import durable_mark, wal
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +50,19 @@ INFO_LOG_BYTES = 1024 * 1024
 
 _Mode = Callable[[], rocksdict.DBRecoveryMode]
 _TOLERATE_TAIL: _Mode = rocksdict.DBRecoveryMode.tolerate_corrupted_tail_records
-_POINT_IN_TIME: _Mode = rocksdict.DBRecoveryMode.point_in_time
-_SKIP_DAMAGE: _Mode = rocksdict.DBRecoveryMode.skip_any_corrupted_record
+
+
+TAIL_DAMAGE = ("refuse", "drop")
 
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """An open database; ``read_only`` says why writes are refused, if they are."""
+    """An open database; ``read_only`` says why writes are refused, if they are;
+    ``dropped`` what recovery dropped from the log, if anything."""
 
     db: rocksdict.Rdict
     read_only: str | None
+    dropped: str | None = None
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -63,29 +74,127 @@ def is_corruption(exc: BaseException) -> bool:
     return "Corruption" in str(exc)
 
 
-def open_db(path: Path, memtable_bytes: int) -> Opened:
+def open_db(path: Path, memtable_bytes: int, tail_damage: str = "refuse") -> Opened:
     """Opens the database at ``path`` writable, or read-only when the disk is too
-    full to recover; raises DataLoss when the log is damaged before its end."""
-    mode = _TOLERATE_TAIL
+    full to recover; raises DataLoss when the log is damaged (see the module)."""
+    if tail_damage not in TAIL_DAMAGE:
+        raise ValueError(f"tail_damage must be one of {TAIL_DAMAGE}, got {tail_damage!r}")
+    found = wal.scan(log_files(path))
+    dropped = None
+    if found.broken is not None:
+        dropped = _judge(path, found, found.broken, tail_damage)
+        _cut(found.broken)
     try:
-        return Opened(_open(path, memtable_bytes, mode), None)
+        db = _open(path, memtable_bytes, _TOLERATE_TAIL)
     except Exception as exc:
-        failure = exc
         if is_corruption(exc):
-            _check_tail_only(path, memtable_bytes, exc)
-            mode = _POINT_IN_TIME
-            try:
-                return Opened(_open(path, memtable_bytes, mode), None)
-            except Exception as again:
-                failure = again
-        if not is_no_space(failure):
+            raise DataLoss(
+                f"RocksDB cannot recover the write-ahead log of {path} ({exc}; log files: "
+                f"{_names(found.files)}); the data directory was left as it is"
+            ) from exc
+        if not is_no_space(exc):
             raise
-    reason = (
-        f"the disk under {path} is full ({failure}); reads are served, writes resume "
-        "once RocksDB can recover its log, which needs about one memtable of free space"
+        reason = (
+            f"the disk under {path} is full ({exc}); reads are served, writes resume "
+            "once RocksDB can recover its log, which needs about one memtable of free space"
+        )
+        log.error("opening the store read-only: %s", reason)
+        return Opened(_open(path, memtable_bytes, _TOLERATE_TAIL, read_only=True), reason, dropped)
+    _check_recovered(path, db, found)
+    return Opened(db, None, dropped)
+
+
+def log_files(path: Path) -> list[Path]:
+    """RocksDB's write-ahead log files under ``path``, oldest first."""
+    logs = [p for p in path.glob("*.log") if p.stem.isdigit()]
+    return sorted(logs, key=lambda p: int(p.stem))
+
+
+def _judge(path: Path, found: wal.Scan, broken_at: wal.Break, tail_damage: str) -> str:
+    """Raises DataLoss unless the break may be dropped; returns what is dropped.
+    Decided from the log and the durable mark alone: RocksDB is not asked, as
+    some damage makes its replay loop forever (a FULL record's type byte with
+    one bit flipped into a recycled-log type)."""
+    base, durable = durable_mark.read(path)
+    # What recovery keeps: the writes before the break, else what the tables held.
+    kept = found.last_intact.last_sequence if found.last_intact else base
+    where = f"the write-ahead log of {path}"
+    broken = found.describe_break()
+    if found.later:
+        raise DataLoss(
+            f"{where} is damaged before its end: {broken}; {found.describe_later()} would be "
+            "lost; the data directory was left as it is"
+        )
+    if broken_at.kind != "damage" and durable <= kept:
+        log.warning(
+            "%s ends in a torn write, dropped: %s. A crash or power cut leaves this and the "
+            "write was never acknowledged (writes are acknowledged after their fsync; the "
+            "server recorded writes durable up to sequence %d, all kept)",
+            where,
+            broken,
+            durable,
+        )
+        return f"a torn write: {broken}"
+    if durable > kept:
+        why = (
+            f"the server had recorded writes up to sequence {durable} as durable "
+            f"({durable_mark.NAME}) and the log keeps them only up to {kept}: "
+            f"{durable - kept} acknowledged sequence numbers are damaged"
+        )
+    else:
+        why = (
+            "a complete record that fails its checksum is damage, never a write a crash "
+            "cut short, and it may have been acknowledged"
+        )
+    if tail_damage != "drop":
+        raise DataLoss(
+            f"{where} has a damaged last write: {broken}; {why}. The data directory was "
+            "left as it is. To start anyway, dropping that write and nothing before it, "
+            "start once with --wal-tail-damage drop (STREAMS_WAL_TAIL_DAMAGE=drop)"
+        )
+    log.error(
+        "%s has a damaged last write, dropped (--wal-tail-damage drop): %s; %s; every write "
+        "up to sequence %d is kept",
+        where,
+        broken,
+        why,
+        kept,
     )
-    log.error("opening the store read-only: %s", reason)
-    return Opened(_open(path, memtable_bytes, mode, read_only=True), reason)
+    return f"a damaged write: {broken}"
+
+
+def _cut(broken: wal.Break) -> None:
+    """Drops the log from the break on, durably, so that RocksDB replays an
+    intact log (and never meets the damage)."""
+    fd = os.open(broken.file, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, broken.start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_recovered(path: Path, db: rocksdict.Rdict, found: wal.Scan) -> None:
+    """Raises DataLoss if RocksDB recovered fewer writes than the log holds intact."""
+    if found.last_intact is None:
+        return
+    latest = db.latest_sequence_number()
+    if latest < found.last_intact.last_sequence:
+        _close(db)
+        raise DataLoss(
+            f"RocksDB recovered the write-ahead log of {path} up to sequence {latest}, "
+            f"but it holds intact writes up to {found.last_intact.last_sequence} "
+            f"(log files: {_names(found.files)})"
+        )
+
+
+def _names(files: tuple[Path, ...]) -> str:
+    return ", ".join(p.name for p in files) or "none"
+
+
+def _close(db: rocksdict.Rdict) -> None:
+    with contextlib.suppress(Exception):
+        db.close()
 
 
 def _options(memtable_bytes: int, mode: _Mode) -> rocksdict.Options:
@@ -113,32 +222,3 @@ def _open(path: Path, memtable_bytes: int, mode: _Mode, read_only: bool = False)
     # should recovery ever keep them in the WAL instead.
     db.flush_wal(True)
     return db
-
-
-def _latest_sequence(path: Path, memtable_bytes: int, mode: _Mode) -> int:
-    access = rocksdict.AccessType.read_only(False)
-    db = rocksdict.Rdict(str(path), _options(memtable_bytes, mode), access_type=access)
-    try:
-        return db.latest_sequence_number()
-    finally:
-        db.close()
-
-
-def _check_tail_only(path: Path, memtable_bytes: int, error: Exception) -> None:
-    """Raises DataLoss unless the bad record that stopped recovery is at the end of the log."""
-    up_to_damage = _latest_sequence(path, memtable_bytes, _POINT_IN_TIME)
-    past_damage = _latest_sequence(path, memtable_bytes, _SKIP_DAMAGE)
-    logs = ", ".join(sorted(p.name for p in path.glob("*.log"))) or "none"
-    if past_damage > up_to_damage:
-        raise DataLoss(
-            f"the write-ahead log of {path} is damaged before its end ({error}; log files: "
-            f"{logs}): {past_damage - up_to_damage} writes were logged after the damage and "
-            "would be lost; the data directory was left as it is"
-        )
-    log.warning(
-        "the write-ahead log of %s ends in a bad record (%s; log files: %s): a write cut off "
-        "by a crash, never acknowledged; dropping it",
-        path,
-        error,
-        logs,
-    )

@@ -53,6 +53,7 @@ from streams.model import (
 )
 from streams.storage import chunks, recovery
 from streams.storage.chunks import Chunk, MalformedChunk
+from streams.storage.durable_mark import DurableMark
 from streams.storage.group_commit import GroupCommit, SyncAborted
 from streams.storage.tail import Subscription, Tail
 
@@ -94,8 +95,16 @@ class StoreOptions:
     # (after a crash, or once a full disk has room again) replays at most
     # about this much and needs about this much free space.
     memtable_bytes: int = 16 * 1024 * 1024
+    # A damaged last write in the WAL (see streams.storage.recovery): "refuse"
+    # to open, or "drop" it and open.
+    wal_tail_damage: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
+            raise ValueError(
+                f"wal_tail_damage must be one of {recovery.TAIL_DAMAGE}, "
+                f"got {self.wal_tail_damage!r}"
+            )
         if self.dedupe_window_ns < 1:
             raise ValueError(f"dedupe_window_ns must be positive, got {self.dedupe_window_ns}")
         for name in (
@@ -180,7 +189,12 @@ class RocksStore:
     ) -> None:
         self._path = path
         self._db = db
+        # What recovery dropped from the WAL at the last open (a torn or damaged
+        # last write), for the operator; None when it dropped nothing.
+        self.recovery_dropped: str | None = None
         self._options = options
+        # How far the WAL is durable, for telling a torn tail from damage after a crash.
+        self._mark = self._durable_mark() if read_only is None else None
         # Why writes are refused for lack of space (a write failed, or the store
         # was opened read-only): RocksDB then refuses every write until the
         # database is reopened, which is retried with back-off (see _resume_writes).
@@ -216,14 +230,22 @@ class RocksStore:
         """
         options = options or StoreOptions()
         _create_durably(path)
-        opened = recovery.open_db(path, options.memtable_bytes)
-        store = cls(path, opened.db, options, opened.read_only)
+        opened = recovery.open_db(path, options.memtable_bytes, options.wal_tail_damage)
         try:
+            store = cls(path, opened.db, options, opened.read_only)
+            store.recovery_dropped = opened.dropped
             store._load_catalog()
         except BaseException:
             _close_db(opened.db)
             raise
         return store
+
+    def _durable_mark(self) -> DurableMark | None:
+        """The durable mark, starting at what the open recovered (all of it in
+        table files); None under --no-sync, where nothing waits for an fsync."""
+        if not self._options.sync:
+            return None
+        return DurableMark(self._path, self._db.latest_sequence_number())
 
     def _load_catalog(self) -> None:
         self._spaces.clear()
@@ -428,6 +450,8 @@ class RocksStore:
         """The group commit's fsync (runs in a worker thread)."""
         if self._disk_full is not None:
             raise SyncAborted(self._disk_full)
+        # Every write up to here is in the WAL file: the fsync covers it.
+        sequence = self._db.latest_sequence_number()
         try:
             self._db.flush_wal(True)
         except Exception as exc:
@@ -436,6 +460,17 @@ class RocksStore:
             if self._disk_full is not None or "previous error" in str(exc):
                 raise SyncAborted(str(exc)) from exc
             raise
+        mark = self._mark
+        if mark is not None:
+            try:
+                mark.record(sequence)
+            except OSError as exc:
+                # Only a proof of durability is lost (recovery then judges a torn
+                # tail by its shape alone): writes go on.
+                log.error("the durable mark under %s cannot be written: %s", self._path, exc)
+                self._mark = None
+                with contextlib.suppress(OSError):
+                    mark.close()
 
     @property
     def write_error(self) -> str | None:
@@ -492,8 +527,13 @@ class RocksStore:
         ResourceExhausted when it could only reopen read-only."""
         _close_db(self._db)
         self._db_open = False
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
         try:
-            opened = recovery.open_db(self._path, self._options.memtable_bytes)
+            opened = recovery.open_db(
+                self._path, self._options.memtable_bytes, self._options.wal_tail_damage
+            )
         except DataLoss:
             raise
         except Exception as exc:
@@ -501,6 +541,8 @@ class RocksStore:
         self._db = opened.db
         self._db_open = True
         self._disk_full = opened.read_only
+        if opened.read_only is None:
+            self._mark = self._durable_mark()
         self._write_failure = None
         self._pending.clear()
         self._load_catalog()
@@ -889,6 +931,9 @@ class RocksStore:
         self._closed = True
         self._tail.close()
         await self._group.drain()
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
         if self._db_open:
             _close_db(self._db)
 

@@ -48,6 +48,7 @@ VALUES = {
     "--tls-client-ca": "ca.pem",
     "--auth-tokens": "tokens.json",
     "--page-token-key": "page.key",
+    "--wal-tail-damage": "drop",
 }
 # What an option needs beside it to be valid, given through the environment.
 _TLS = {"STREAMS_TLS_CERT": "cert.pem", "STREAMS_TLS_KEY": "key.pem"}

@@ -4,8 +4,16 @@
   kill -9): the server refuses to start, exit code 2, with one line on stderr
   naming the log file and the data directory. (RocksDB's default recovery
   would start and silently drop every acknowledged record after the damage.)
-- A torn tail (the log cut inside its last write, as a crash leaves it): the
-  server starts and serves every record acknowledged before it.
+- A damaged last write (a byte flipped inside the last acknowledged write
+  after kill -9; issue 10's F4): refused, exit code 2, one line naming the log
+  file, the bytes and the way out; with ``--wal-tail-damage drop`` the server
+  starts without that write and logs an ERROR naming what it dropped.
+- A torn tail (the log cut inside its last write, as a crash before that
+  write's fsync leaves it): the server starts and serves every record
+  acknowledged before it. The crash before the fsync is simulated by putting
+  back the durable mark (STREAMS-DURABLE) as it was before that write: the
+  server writes it after each fsync, so a cut through an acknowledged write is
+  told apart (and refused, like any damage to an acknowledged write).
 - A damaged table block (a byte flipped inside the data of a table file): reads
   that reach it answer DATA_LOSS naming the target and the file, the server
   logs it, and everything else keeps being served.
@@ -120,6 +128,36 @@ def test_wal_damaged_in_its_middle_refuses_to_start(tmp_path: Path) -> None:
     assert "Traceback" not in stderr, stderr[-2000:]
 
 
+def test_damaged_last_acked_write_is_refused_then_dropped_on_request(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, tmp_path / "server.log")
+    server.start()
+    payloads = [f"{i:04} ".encode() + os.urandom(200) for i in range(40)]
+    for payload in payloads:
+        produce(server.stub, "a", payload)
+    server.kill()
+    wal = the_wal(data)
+    flip_byte(wal, wal.read_bytes().find(payloads[-1]) + 20)
+
+    code, stderr = start_outcome(data, tmp_path / "restart.log")
+    assert code == 2, f"exit code {code}; stderr:\n{stderr[-2000:]}"
+    refusal = [line for line in stderr.splitlines() if "refusing to start" in line]
+    assert len(refusal) == 1, f"one line must say why; stderr:\n{stderr[-2000:]}"
+    for part in (wal.name, str(data), "damaged last write", "bytes ", "--wal-tail-damage drop"):
+        assert part in refusal[0], (part, refusal[0])
+
+    server.start("--wal-tail-damage", "drop")
+    try:
+        assert [r.payload for r in consume(server.stub, segment="a")] == payloads[:-1]
+        ack = produce(server.stub, "a", b"after")
+        assert ack.acks[0].first_sequence == 40, "sequences must stay dense"
+    finally:
+        server.stop()
+    errors = [line for line in server.log_path.read_text().splitlines() if " ERROR " in line]
+    dropped = [line for line in errors if "damaged last write, dropped" in line]
+    assert len(dropped) == 1 and wal.name in dropped[0] and "bytes " in dropped[0], errors
+
+
 def test_torn_wal_tail_starts_with_every_acked_record(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = ServerProcess(data, tmp_path / "server.log")
@@ -128,8 +166,11 @@ def test_torn_wal_tail_starts_with_every_acked_record(tmp_path: Path) -> None:
     for payload in payloads:
         produce(server.stub, "a", payload)
     size = the_wal(data).stat().st_size  # all 200 acked: fsynced up to here
+    mark = (data / "STREAMS-DURABLE").read_bytes()
     produce(server.stub, "a", os.urandom(300))
     server.kill()
+    # As if the server died before the last write's fsync: the mark had not moved.
+    (data / "STREAMS-DURABLE").write_bytes(mark)
     wal = the_wal(data)
     # Cut the last write in the middle, as a crash before its fsync leaves it.
     os.truncate(wal, (size + wal.stat().st_size) // 2)

@@ -4,6 +4,7 @@ corruption (a damaged write-ahead log or table file) and invariants."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from streams.storage.rocksdb import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20
+BLOCK = 32 * 1024  # RocksDB's log block
 
 
 def txn(space: str, segment: str, n: int = 1, txid: str = "") -> Transaction:
@@ -213,15 +215,18 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([old[0] ^ 0xFF]))
 
 
-def fill_store(path: Path, transactions: int) -> list[bytes]:
-    """Acks ``transactions`` records at ``path`` and leaves the crash image of the
-    open store next to it (``image``); returns the payloads acked."""
-    payloads = [f"record {i} ".encode() + os.urandom(200) for i in range(transactions)]
+def fill_store(path: Path, transactions: int, unacked: int = 0) -> list[bytes]:
+    """Acks ``transactions`` records at ``path``, then writes ``unacked`` more that no
+    fsync covers (as a crash during a group commit leaves them), and leaves the crash
+    image of the open store next to it (``image``); returns every payload written."""
+    payloads = [f"record {i} ".encode() + os.urandom(200) for i in range(transactions + unacked)]
 
     async def scenario() -> None:
         store = RocksStore.open(path)
-        for data in payloads:
+        for data in payloads[:transactions]:
             await store.produce(payload_txn("s", "a", data))
+        for data in payloads[transactions:]:
+            store._commit(payload_txn("s", "a", data))  # in the WAL, never fsynced
         crash_image(path, path.with_name("image"))
         await store.close()
 
@@ -229,9 +234,9 @@ def fill_store(path: Path, transactions: int) -> list[bytes]:
     return payloads
 
 
-def payloads_in(path: Path) -> list[bytes]:
+def payloads_in(path: Path, options: StoreOptions | None = None) -> list[bytes]:
     async def scenario() -> list[bytes]:
-        store = RocksStore.open(path)
+        store = RocksStore.open(path, options)
         try:
             last = store.last_offset(Target("s", "a"))
             records = store.read(Target("s", "a"), 1, last, last + 1, 64 * MIB)
@@ -264,41 +269,192 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def unchanged_on_disk(path: Path) -> Callable[[], None]:
+    """A check that the log, tables and manifest under ``path`` are as they are now."""
+    before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+
+    def check() -> None:
+        after = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+        for name, data in before.items():
+            if name.endswith((".log", ".sst")) or name.startswith(("MANIFEST", "CURRENT")):
+                assert after.get(name) == data, f"{name} was changed by the refused open"
+
+    return check
+
+
 def test_wal_damaged_before_its_end_refuses_to_open(tmp_path: Path) -> None:
     fill_store(tmp_path / "db", 300)
     image = tmp_path / "image"
     wal = wal_of(image)
     flip_byte(wal, wal.stat().st_size // 2)
-    before = {p.name: p.read_bytes() for p in image.iterdir() if p.is_file()}
+    unchanged = unchanged_on_disk(image)
+    with pytest.raises(DataLoss) as caught:
+        RocksStore.open(image, StoreOptions(wal_tail_damage="drop"))  # no drop mid-log
+    message = str(caught.value)
+    assert wal.name in message and str(image) in message, message
+    assert "damaged before its end" in message and "intact writes after it" in message, message
+    # Nothing was repaired behind the operator's back: the log and tables are as they were.
+    unchanged()
+
+
+def test_wal_damaged_a_few_writes_before_its_end_refuses_to_open(tmp_path: Path) -> None:
+    """A flipped byte in the 5th write from the end, all in one 32 KiB block:
+    RocksDB drops the rest of a block after a bad checksum, so skipping the bad
+    record saw no later write and the acknowledged writes after it were dropped."""
+    payloads = fill_store(tmp_path / "db", 40)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    at = wal.read_bytes().find(payloads[35])
+    assert at // BLOCK == wal.stat().st_size // BLOCK, "the last writes share one block"
+    flip_byte(wal, at + 20)
+    with pytest.raises(DataLoss, match=r"4 intact writes after it"):
+        RocksStore.open(image)
+
+
+def test_last_acked_write_damaged_is_refused_or_dropped_on_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte flipped inside the last acknowledged write (kill -9, then damage)
+    is refused with the way out in the message; dropped only when the operator
+    says so, with an error naming the file, the bytes and the write."""
+    payloads = fill_store(tmp_path / "db", 40)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    at = wal.read_bytes().find(payloads[-1])
+    flip_byte(wal, at + 20)
+    unchanged = unchanged_on_disk(image)
     with pytest.raises(DataLoss) as caught:
         RocksStore.open(image)
     message = str(caught.value)
-    assert wal.name in message and str(image) in message, message
-    assert "damaged" in message, message
-    # Nothing was repaired behind the operator's back: the log and tables are as they were.
-    after = {p.name: p.read_bytes() for p in image.iterdir() if p.is_file()}
-    for name, data in before.items():
-        if name.endswith((".log", ".sst")) or name.startswith(("MANIFEST", "CURRENT")):
-            assert after.get(name) == data, f"{name} was changed by the refused open"
+    assert "damaged last write" in message and wal.name in message, message
+    assert "checksum" in message and "--wal-tail-damage drop" in message, message
+    unchanged()
+
+    caplog.set_level(logging.ERROR, logger="streams.storage.recovery")
+    assert payloads_in(image, StoreOptions(wal_tail_damage="drop")) == payloads[:-1]
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    text = error.getMessage()
+    assert wal.name in text and "bytes " in text and "acknowledged" in text, text
+    # Dropped once: the next open finds an intact log and refuses nothing.
+    assert payloads_in(image) == payloads[:-1]
 
 
-@pytest.mark.parametrize("tear", ["truncated", "zeroed", "garbage"])
-def test_torn_wal_tail_opens_with_every_write_before_it(tmp_path: Path, tear: str) -> None:
-    """The write a crash or power cut interrupted (never acknowledged) is dropped;
-    every write before it stays, whether its bytes are missing, zeros or garbage."""
-    payloads = fill_store(tmp_path / "db", 50)
+def test_last_write_spanning_blocks_damaged_in_its_middle_is_refused(tmp_path: Path) -> None:
+    """One large write (fragments over several 32 KiB blocks) with a byte flipped
+    in a middle fragment: its later fragments are intact but start no write."""
+    path = tmp_path / "db"
+    big = [b"big %04d " % i + os.urandom(100) for i in range(1000)]
+
+    async def scenario() -> None:
+        store = RocksStore.open(path)
+        for i in range(5):
+            await store.produce(payload_txn("s", "a", b"small %d" % i))
+        bodies = tuple(b"\x0a" + codec.varint(len(p)) + p for p in big)
+        await store.produce(Transaction("s", (SegmentAppend("a", bodies, None),), "", b""))
+        crash_image(path, tmp_path / "image")
+        await store.close()
+
+    asyncio.run(scenario())
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    assert wal.stat().st_size > 3 * BLOCK
+    flip_byte(wal, wal.read_bytes().find(big[500]) + 50)
+    with pytest.raises(DataLoss, match="damaged last write"):
+        RocksStore.open(image)
+    assert payloads_in(image, StoreOptions(wal_tail_damage="drop")) == [
+        b"small %d" % i for i in range(5)
+    ]
+
+
+@pytest.mark.parametrize("tear", ["truncated", "zeroed"])
+def test_torn_wal_tail_opens_with_every_acked_write(
+    tmp_path: Path, tear: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The write a crash or power cut interrupted (never fsynced, never acked) is
+    dropped, whether its bytes are missing or zeros; every acked write stays."""
+    payloads = fill_store(tmp_path / "db", 50, unacked=1)
     image = tmp_path / "image"
     wal = wal_of(image)
     size = wal.stat().st_size
-    # The last record of the log is the last transaction (its chunks and catalog
-    # entries, well over 100 bytes): damaging its last 100 bytes tears it alone.
+    # The unacked write is well over 100 bytes: damaging its last 100 bytes tears it alone.
     if tear == "truncated":
         os.truncate(wal, size - 100)
     else:
         with open(wal, "r+b") as f:
             f.seek(size - 100)
-            f.write(bytes(100) if tear == "zeroed" else os.urandom(100))
+            f.write(bytes(100))
+    caplog.set_level(logging.WARNING, logger="streams.storage.recovery")
     assert payloads_in(image) == payloads[:-1]
+    (warning,) = caplog.records
+    assert warning.levelno == logging.WARNING and "torn write" in warning.getMessage()
+    assert wal.name in warning.getMessage()
+
+
+def test_unacked_last_write_with_garbage_is_refused(tmp_path: Path) -> None:
+    """A complete last record that fails its checksum with no zeros in it: no
+    crash leaves that, so even an unacked write is refused (it may be damage)."""
+    payloads = fill_store(tmp_path / "db", 50, unacked=1)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    with open(wal, "r+b") as f:
+        f.seek(wal.stat().st_size - 100)
+        f.write(os.urandom(100))
+    with pytest.raises(DataLoss, match="fails its checksum"):
+        RocksStore.open(image)
+    assert payloads_in(image, StoreOptions(wal_tail_damage="drop")) == payloads[:-1]
+
+
+def test_acked_write_cut_from_the_tail_is_refused(tmp_path: Path) -> None:
+    """A cut through a write the server had fsynced and acked is no torn write:
+    the durable mark says so."""
+    fill_store(tmp_path / "db", 50)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    os.truncate(wal, wal.stat().st_size - 100)
+    with pytest.raises(DataLoss, match=r"recorded writes up to sequence \d+ as durable"):
+        RocksStore.open(image)
+
+
+def _records(wal: Path) -> list[tuple[int, int, int]]:
+    """(offset, length, type) of the physical records of a log with no break."""
+    data = wal.read_bytes()
+    out = []
+    pos = 0
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:
+            pos += BLOCK - pos % BLOCK
+            continue
+        length, rtype = data[pos + 4] | data[pos + 5] << 8, data[pos + 6]
+        out.append((pos, length, rtype))
+        pos += 7 + length
+    return out
+
+
+@pytest.mark.parametrize("damage", ["type bit", "length bit", "zeroed header"])
+def test_damage_rocksdb_would_skip_silently_is_refused(tmp_path: Path, damage: str) -> None:
+    """One flipped bit RocksDB's tolerant recovery reads as the end of the log
+    (a FULL record's type turned into a recycled one; a length in the last block
+    turned larger than what is left) or seven zero bytes at a record start (read
+    as padding): it started, dropping acknowledged writes without a word."""
+    payloads = fill_store(tmp_path / "db", 40)
+    image = tmp_path / "image"
+    wal = wal_of(image)
+    records = _records(wal)
+    offset = records[-10][0]
+    with open(wal, "r+b") as f:
+        f.seek(offset)
+        header = bytearray(f.read(7))
+        if damage == "type bit":
+            header[6] ^= 0x04  # FULL (1) -> recyclable FULL (5)
+        elif damage == "length bit":
+            header[5] ^= 0x40  # + 16 KiB: past the end of the file
+        else:
+            header[:] = bytes(7)
+        f.seek(offset)
+        f.write(header)
+    with pytest.raises(DataLoss, match="damaged before its end"):
+        RocksStore.open(image)
+    assert len(payloads) == 40
 
 
 def sst_store(path: Path) -> tuple[list[bytes], list[bytes]]:
