@@ -285,6 +285,9 @@ class StreamsService:
                 raise Unavailable(f"{name}: the server is shutting down; retry")
             if received.error is not None:
                 raise received.error
+            # Every RPC: a known field with the wrong wire type is refused, not
+            # read as empty (Produce and Consume also check their submessages).
+            validation.known_fields(received.message)
             caller = (
                 self._auth.authenticate(context.invocation_metadata()) if self._auth else ANYONE
             )

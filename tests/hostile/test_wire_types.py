@@ -96,3 +96,26 @@ def test_a_consume_field_of_the_wrong_wire_type_is_refused(server: InProcessServ
     outcome = call(server.channel, "Consume", request)
     assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, (outcome.code, outcome.details)
     assert "to_offset: wrong wire type (length-delimited) for a uint64 field" in outcome.details
+
+
+@pytest.mark.parametrize(
+    ("method", "field_number", "name"),
+    [
+        ("Peek", 1, "space"),
+        ("Commit", 4, "offset"),
+        ("GetOffset", 1, "consumer"),
+        ("ListSpaces", 1, "page_size"),
+        ("ListSegments", 1, "space"),
+    ],
+)
+def test_every_rpc_refuses_a_known_field_with_the_wrong_wire_type(
+    server: InProcessServer, method: str, field_number: int, name: str
+) -> None:
+    """Sent as fixed32, a field the RPC knows (string or integer) would read as
+    empty or 0 if the parser's unknown field were dropped."""
+    raw = tag(field_number, I32) + b"\x01\x02\x03\x04"
+    rpc = server.channel.unary_unary(f"/streams.v1.StreamsService/{method}")
+    with pytest.raises(grpc.RpcError) as caught:
+        rpc(raw, timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert name in (caught.value.details() or "")
