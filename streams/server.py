@@ -122,6 +122,7 @@ class StreamsServer:
                 follow_linger=cfg.follow_linger_ms / 1000,
                 memory=memory,
                 memtable_bytes=cfg.memtable_bytes,
+                catalog_cache_bytes=cfg.limits.catalog_cache_bytes,
             ),
         )
         self.metrics.watch_store(self._store)
