@@ -168,7 +168,11 @@ class RocksStore:
         self._write_failure: str | None = None
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = False  # the group commit fsyncs the WAL
-        self._catalog = Catalog(options.catalog_cache_bytes, self._get, self._data_loss)
+        self._catalog = Catalog(
+            options.catalog_cache_bytes,
+            self._get,
+            lambda text: self._data_loss(f"{text} (data directory {self._path})"),
+        )
         self._pending: list[_Pending] = []
         self._tail = Tail(
             options.tail_window_records,
