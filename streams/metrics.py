@@ -25,7 +25,7 @@ from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client as prom
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams import metrics_http
@@ -45,6 +45,27 @@ _LAG_READ_SECONDS = 5.0
 
 class LagSource(Protocol):
     def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
+
+
+class CatalogCache(Protocol):
+    """What the store's cache of space and segment numbers holds (see
+    streams/storage/catalog.py)."""
+
+    capacity_bytes: int
+    bytes: int
+    loads: int
+    evictions: int
+
+    @property
+    def evictable(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
+class StoreSource(LagSource, Protocol):
+    @property
+    def catalog(self) -> CatalogCache: ...
 
 
 class Metrics:
@@ -166,10 +187,12 @@ class Metrics:
         self._memory_waiting.set_function(lambda: memory.waiting)
         self._inflight_request_bytes.set_function(lambda: requests.used)
 
-    def watch_store(self, store: LagSource) -> None:
+    def watch_store(self, store: StoreSource) -> None:
         """Exports each committed consumer's lag, read from ``store`` on the
-        running event loop (the store's thread) at each scrape."""
+        running event loop (the store's thread) at each scrape, and what its
+        catalog cache holds."""
         self.registry.register(_ConsumerLag(store, asyncio.get_running_loop(), self.lag_series))
+        self.registry.register(_CatalogCacheCollector(store.catalog))
 
     def serve(
         self, listen: str, serving: Callable[[], bool]
@@ -225,6 +248,46 @@ class _ConsumerLag(Collector):
             return future.result(_LAG_READ_SECONDS)
         finally:
             future.cancel()
+
+
+class _CatalogCacheCollector(Collector):
+    """The catalog cache's size, bound and traffic, read at each scrape (plain
+    integers: reading them from the scrape thread needs no lock)."""
+
+    def __init__(self, cache: CatalogCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        cache = self._cache
+        entries = GaugeMetricFamily(
+            "streams_catalog_cache_entries",
+            "Spaces and segments whose numbers are in memory: evictable, or pending (a "
+            "write awaits its fsync; kept until durable, even past the bound).",
+            labels=["state"],
+        )
+        entries.add_metric(["evictable"], cache.evictable)
+        entries.add_metric(["pending"], cache.pending)
+        yield entries
+        yield GaugeMetricFamily(
+            "streams_catalog_cache_bytes",
+            "Estimated memory of the cached space and segment numbers.",
+            value=cache.bytes,
+        )
+        yield GaugeMetricFamily(
+            "streams_catalog_cache_capacity_bytes",
+            "The catalog cache's bound (--catalog-cache-bytes).",
+            value=cache.capacity_bytes,
+        )
+        yield CounterMetricFamily(
+            "streams_catalog_cache_loads",
+            "Space and segment numbers read from disk because they were not cached.",
+            value=cache.loads,
+        )
+        yield CounterMetricFamily(
+            "streams_catalog_cache_evictions",
+            "Space and segment numbers dropped from memory to stay within the bound.",
+            value=cache.evictions,
+        )
 
 
 def _folder_size(folder: Path) -> int:

@@ -126,6 +126,7 @@ class StreamsServer:
                 memory=memory,
                 memtable_bytes=cfg.memtable_bytes,
                 wal_tail_damage=cfg.wal_tail_damage,
+                catalog_cache_bytes=cfg.limits.catalog_cache_bytes,
             ),
         )
         self.metrics.watch_store(self._store)

@@ -4,8 +4,10 @@ Layout (see :mod:`streams.keys`): records are stored in chunks (see
 :mod:`streams.storage.chunks`), each chunk twice, under its segment key and
 under its space key, so a segment read and a space read are each one bounded
 forward scan that slices stored, already framed bytes onto the wire. A
-catalog entry per segment and per space holds its last numbers, so start-up
-reads the catalog, never the records.
+catalog entry per segment and per space holds its last numbers; they are read
+when first used and cached within a bound (:mod:`streams.storage.catalog`), so
+start-up reads neither the records nor the catalog, and memory does not grow
+with the number of segments.
 
 Writes run on the event loop thread, one at a time, with no await between
 checking the state and writing the batch: that is the one ordered write path,
@@ -40,6 +42,7 @@ from streams.errors import (
     SequenceMismatch,
     Unavailable,
 )
+from streams.limits import DEFAULT_CATALOG_CACHE_BYTES
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
@@ -52,6 +55,7 @@ from streams.model import (
     Transaction,
 )
 from streams.storage import chunks, recovery
+from streams.storage.catalog import SEGMENT_ENTRY, SPACE_ENTRY, Catalog, SegmentState, SpaceState
 from streams.storage.chunks import Chunk, MalformedChunk
 from streams.storage.durable_mark import DurableMark
 from streams.storage.group_commit import GroupCommit, SyncAborted
@@ -59,8 +63,6 @@ from streams.storage.tail import Subscription, Tail
 
 log = logging.getLogger(__name__)
 
-_SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
-_SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
 _DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
 _DAY_NS = 24 * 3600 * 1_000_000_000
 # After a full disk, reopening writable is retried no sooner than this, the
@@ -98,6 +100,9 @@ class StoreOptions:
     # A damaged last write in the WAL (see streams.storage.recovery): "refuse"
     # to open, or "drop" it and open.
     wal_tail_damage: str = "refuse"
+    # Memory for the numbers of recently used spaces and segments (see
+    # streams.storage.catalog); the others are read from disk when used.
+    catalog_cache_bytes: int = DEFAULT_CATALOG_CACHE_BYTES
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -112,46 +117,17 @@ class StoreOptions:
             "tail_window_records",
             "tail_window_bytes",
             "memtable_bytes",
+            "catalog_cache_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-
-class _Segment:
-    """A segment's numbers: ``last_*`` as written, ``durable_*`` as readers see them."""
-
-    __slots__ = (
-        "durable_position",
-        "durable_sequence",
-        "durable_ts",
-        "last_position",
-        "last_sequence",
-        "last_ts",
-        "prefix",
-    )
-
-    def __init__(self, prefix: bytes, sequence: int, position: int, ts: int) -> None:
-        self.prefix = prefix
-        self.last_sequence = self.durable_sequence = sequence
-        self.last_position = self.durable_position = position
-        self.last_ts = self.durable_ts = ts
-
-
-class _Space:
-    __slots__ = ("durable_position", "durable_ts", "last_position", "last_ts", "prefix", "segments")
-
-    def __init__(self, prefix: bytes, position: int, ts: int) -> None:
-        self.prefix = prefix
-        self.last_position = self.durable_position = position
-        self.last_ts = self.durable_ts = ts
-        self.segments: dict[str, _Segment] = {}
 
 
 @dataclass(slots=True)
 class _Touched:
     """One segment of a committed transaction."""
 
-    state: _Segment
+    state: SegmentState
     name: str
     first_sequence: int
     last_sequence: int
@@ -165,7 +141,7 @@ class _Pending:
 
     ticket: int
     space_name: str
-    space: _Space
+    space: SpaceState
     first_position: int
     position: int
     ts: int
@@ -206,7 +182,11 @@ class RocksStore:
         self._write_failure: str | None = None
         self._write_options = rocksdict.WriteOptions()
         self._write_options.sync = False  # the group commit fsyncs the WAL
-        self._spaces: dict[str, _Space] = {}
+        self._catalog = Catalog(
+            options.catalog_cache_bytes,
+            self._get,
+            lambda text: self._data_loss(f"{text} (data directory {self._path})"),
+        )
         self._pending: list[_Pending] = []
         self._tail = Tail(
             options.tail_window_records,
@@ -221,8 +201,8 @@ class RocksStore:
 
     @classmethod
     def open(cls, path: Path, options: StoreOptions | None = None) -> RocksStore:
-        """Opens (creating if needed) the store at ``path`` and rebuilds its state
-        from the catalog: O(segments), never O(records).
+        """Opens (creating if needed) the store at ``path``: O(1) in segments and
+        records, whose numbers are read from the catalog when first used.
 
         Raises DataLoss when the write-ahead log or the catalog is damaged
         (see :mod:`streams.storage.recovery`); opens read-only, serving reads,
@@ -233,11 +213,10 @@ class RocksStore:
         opened = recovery.open_db(path, options.memtable_bytes, options.wal_tail_damage)
         try:
             store = cls(path, opened.db, options, opened.read_only)
-            store.recovery_dropped = opened.dropped
-            store._load_catalog()
         except BaseException:
             _close_db(opened.db)
             raise
+        store.recovery_dropped = opened.dropped
         return store
 
     def _durable_mark(self) -> DurableMark | None:
@@ -246,27 +225,6 @@ class RocksStore:
         if not self._options.sync:
             return None
         return DurableMark(self._path, self._db.latest_sequence_number())
-
-    def _load_catalog(self) -> None:
-        self._spaces.clear()
-        for key, value in self._scan(keys.SPACE, "the space catalog"):
-            name = keys.first_name(key, keys.SPACE)
-            position, ts = _SPACE_CATALOG.unpack(value)
-            self._spaces[name] = _Space(keys.space_prefix(name), position, ts)
-        for key, value in self._scan(keys.SEGMENT, "the segment catalog"):
-            space_name = keys.first_name(key, keys.SEGMENT)
-            segment_name = keys.first_name(key, keys.segment_catalog_prefix(space_name))
-            sequence, position, ts = _SEGMENT_CATALOG.unpack(value)
-            space = self._spaces.get(space_name)
-            if space is None or position > space.last_position:
-                raise self._data_loss(
-                    f"the catalog of segment {segment_name!r} of space {space_name!r} under "
-                    f"{self._path} says position {position}, past its space's "
-                    f"{space.last_position if space else 'missing entry'}"
-                )
-            space.segments[segment_name] = _Segment(
-                keys.segment_prefix(space_name, segment_name), sequence, position, ts
-            )
 
     def _scan(
         self, prefix: bytes, what: str, start: bytes | None = None, end: bytes | None = None
@@ -310,7 +268,8 @@ class RocksStore:
             # The original may still await its fsync: answer only once it is durable.
             await self._group.barrier()
             return duplicate
-        ticket, result = self._commit(txn)
+        with self._catalog.held():  # the states the commit moves stay cached
+            ticket, result = self._commit(txn)
         await self._group.wait(ticket)
         return result
 
@@ -335,9 +294,12 @@ class RocksStore:
         return dataclasses.replace(original, duplicate=True)
 
     def _commit(self, txn: Transaction) -> tuple[int, ProduceResult]:
-        """Checks, numbers and writes ``txn`` as one batch; no await in here."""
-        space = self._spaces.get(txn.space)
-        segments = [space.segments.get(a.segment) if space else None for a in txn.appends]
+        """Checks, numbers and writes ``txn`` as one batch; no await in here.
+        Runs within ``self._catalog.held()``."""
+        space = self._catalog.space(txn.space)
+        segments = [
+            self._catalog.segment(txn.space, a.segment) if space else None for a in txn.appends
+        ]
         for append, segment in zip(txn.appends, segments, strict=True):
             actual = segment.last_sequence if segment else 0
             if append.expected_sequence is not None and append.expected_sequence != actual:
@@ -350,14 +312,14 @@ class RocksStore:
         ts = max(self._options.clock(), space.last_ts if space else 0)
         position = space.last_position if space else 0
         first_position = position + 1
-        space_prefix = space.prefix if space else keys.space_prefix(txn.space)
+        space_prefix = keys.space_prefix(txn.space)
         batch = rocksdict.WriteBatch(raw_mode=True)
         acks = []
         keep = self._tail.followed(txn.space)
         kept: list[list[bytes]] = []
         last_positions = []
         for append, segment in zip(txn.appends, segments, strict=True):
-            prefix = segment.prefix if segment else keys.segment_prefix(txn.space, append.segment)
+            prefix = keys.segment_prefix(txn.space, append.segment)
             sequence = segment.last_sequence if segment else 0
             first_sequence = sequence + 1
             header = codec.record_header(txn.space, append.segment, ts, txn.transaction_id)
@@ -376,10 +338,10 @@ class RocksStore:
             last_positions.append(position)
             batch.put(
                 keys.segment_catalog_key(txn.space, append.segment),
-                _SEGMENT_CATALOG.pack(sequence, position, ts),
+                SEGMENT_ENTRY.pack(sequence, position, ts),
             )
             acks.append(SegmentAck(append.segment, first_sequence, sequence))
-        batch.put(keys.space_catalog_key(txn.space), _SPACE_CATALOG.pack(position, ts))
+        batch.put(keys.space_catalog_key(txn.space), SPACE_ENTRY.pack(position, ts))
         result = ProduceResult(tuple(acks), first_position, position, ts)
         if position - first_position + 1 != txn.record_count:
             raise InvariantViolation(
@@ -396,16 +358,20 @@ class RocksStore:
             batch.put(keys.expiry_key(expires, txn.space, txn.transaction_id), b"")
         self._write(batch)
         # The batch is in: only now does memory move, so a failed write leaves no trace.
+        # Pending until durable: the durable numbers now exist only in memory.
         if space is None:
-            space = self._spaces[txn.space] = _Space(space_prefix, 0, 0)
+            space = self._catalog.new_space(txn.space)
+        else:
+            self._catalog.pin(space)
         space.last_position, space.last_ts = position, ts
         touched = []
         for append, segment, ack, values, last_position in zip(
             txn.appends, segments, acks, kept, last_positions, strict=True
         ):
             if segment is None:
-                prefix = keys.segment_prefix(txn.space, append.segment)
-                segment = space.segments[append.segment] = _Segment(prefix, 0, 0, 0)
+                segment = self._catalog.new_segment(txn.space, append.segment)
+            else:
+                self._catalog.pin(segment)
             segment.last_sequence = ack.last_sequence
             segment.last_position = last_position
             segment.last_ts = ts
@@ -545,7 +511,7 @@ class RocksStore:
             self._mark = self._durable_mark()
         self._write_failure = None
         self._pending.clear()
-        self._load_catalog()
+        self._catalog.clear()
         self._group.reset()
         self._tail.reset()
         if self._disk_full is not None:
@@ -559,10 +525,12 @@ class RocksStore:
                 break
             pending.space.durable_position = pending.position
             pending.space.durable_ts = pending.ts
+            self._catalog.settle(pending.space)
             for touched in pending.segments:
                 touched.state.durable_sequence = touched.last_sequence
                 touched.state.durable_position = touched.last_position
                 touched.state.durable_ts = pending.ts
+                self._catalog.settle(touched.state)
             done += 1
         published = self._pending[:done]
         del self._pending[:done]
@@ -656,12 +624,11 @@ class RocksStore:
     # -- reads -----------------------------------------------------------
 
     def last_offset(self, target: Target) -> int:
-        space = self._spaces.get(target.space)
-        if space is None:
-            return 0
+        self._check_open()
         if target.is_space:
-            return space.durable_position
-        segment = space.segments.get(target.segment)
+            space = self._catalog.space(target.space)
+            return space.durable_position if space else 0
+        segment = self._catalog.segment(target.space, target.segment)
         return segment.durable_sequence if segment else 0
 
     def _prefix(self, target: Target) -> bytes:
@@ -836,6 +803,11 @@ class RocksStore:
         self._tail.close()
 
     @property
+    def catalog(self) -> Catalog:
+        """The cache of space and segment numbers, for metrics and tests."""
+        return self._catalog
+
+    @property
     def tail(self) -> Tail:
         """The live tail (followers and windows), for metrics and tests."""
         return self._tail
@@ -885,32 +857,24 @@ class RocksStore:
                 if after_key >= keys.prefix_end(scope):
                     continue
                 start = max(start, after_key)
-            for key, _ in self._scan(scope, "the space catalog", start):
+            for key, value in self._scan(scope, "the space catalog", start):
                 name = keys.first_name(key, keys.SPACE)
-                space = self._spaces[name]
-                if space.durable_position and (include is None or include(name)):
-                    found.append(SpaceInfo(name, space.durable_position, space.durable_ts))
+                position, ts = self._catalog.listed_space(key, value)
+                if position and (include is None or include(name)):
+                    found.append(SpaceInfo(name, position, ts))
                     if len(found) == limit:
                         return found
         return found
 
     def list_segments(self, space_name: str, after: str | None, limit: int) -> list[SegmentInfo]:
         self._check_open()
-        space = self._spaces.get(space_name)
-        if space is None:
-            return []
         prefix = keys.segment_catalog_prefix(space_name)
         start = keys.segment_catalog_key(space_name, after) + b"\x00" if after is not None else None
         found = []
-        for key, _ in self._scan(prefix, f"the segment catalog of space {space_name!r}", start):
-            name = keys.first_name(key, prefix)
-            segment = space.segments[name]
-            if segment.durable_sequence:
-                found.append(
-                    SegmentInfo(
-                        name, segment.durable_sequence, segment.durable_position, segment.durable_ts
-                    )
-                )
+        for key, value in self._scan(prefix, f"the segment catalog of space {space_name!r}", start):
+            sequence, position, ts = self._catalog.listed_segment(key, value)
+            if sequence:
+                found.append(SegmentInfo(keys.first_name(key, prefix), sequence, position, ts))
                 if len(found) == limit:
                     break
         return found
