@@ -39,8 +39,9 @@ from common import (
     wait_for_quiet,
 )
 
-from streams import codec, keys
-from streams.storage import chunks
+from streams import codec
+from streams.storage.rocksdb import chunks
+from streams.storage.rocksdb import layout as keys
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 

@@ -40,7 +40,7 @@ from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
 from streams.service import SERVICE_NAME, StreamsService
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2
 

@@ -24,13 +24,13 @@ from google.protobuf.message import DecodeError, Message
 from streams import codec, validation
 from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
-from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
 from streams.model import Cut, Records, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
 from streams.storage.base import Store
+from streams.storage.rocksdb.layout import U64_MAX
 from streams.v1 import streams_pb2 as pb
 
 SERVICE_NAME = "streams.v1.StreamsService"

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streams.model import Target
-from streams.storage.rocksdb import RocksStore
+from streams.storage.rocksdb.store import RocksStore
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2 as pb
 from tests.reliability.support import fill, tmpfs

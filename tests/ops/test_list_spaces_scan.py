@@ -12,7 +12,7 @@ import pytest
 
 from streams.auth import Caller, Grant, TokenAuth, literal_prefix
 from streams.model import SegmentAppend, Transaction
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 from tests.support.inproc import InProcessServer
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from streams import codec, keys
+from streams import codec
 from streams.errors import DataLoss
 from streams.model import Cut, SegmentAppend, Target, Transaction
-from streams.storage import chunks
-from streams.storage.rocksdb import RocksStore
+from streams.storage.rocksdb import chunks
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.store import RocksStore
 from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from streams import codec, keys
+from streams import codec
 from streams.errors import DataLoss, Unavailable
 from streams.model import SegmentAppend, Target, Transaction
-from streams.storage.chunks import Chunk, MalformedChunk
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import rocksdict
 
-from streams import codec, keys
+from streams import codec
 from streams.errors import (
     AlreadyExists,
     DataLoss,
@@ -51,9 +51,10 @@ from streams.model import (
     Target,
     Transaction,
 )
-from streams.storage import chunks, recovery
-from streams.storage.chunks import Chunk, MalformedChunk
-from streams.storage.group_commit import GroupCommit, SyncAborted
+from streams.storage.rocksdb import chunks, recovery
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
+from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
 from streams.storage.tail import Subscription, Tail
 
 log = logging.getLogger(__name__)
