@@ -44,7 +44,7 @@ _LAG_READ_SECONDS = 5.0
 
 
 class LagSource(Protocol):
-    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
+    async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
 
 
 class Metrics:
@@ -143,7 +143,7 @@ class Metrics:
         )
         disk = prom.Gauge(
             "streams_storage_bytes",
-            "Size on disk of the RocksDB folder (SST, WAL, manifest).",
+            "Size on disk of the --data folder (for the rocksdb storage: SST, WAL, manifest).",
             registry=r,
         )
         disk.set_function(lambda: _folder_size(data_dir))
@@ -211,10 +211,8 @@ class _ConsumerLag(Collector):
         return lag, truncated
 
     def _read(self) -> tuple[list[tuple[str, Target, int]], bool]:
-        async def read() -> tuple[list[tuple[str, Target, int]], bool]:
-            return self._store.consumer_lags(self._limit)
-
-        future = asyncio.run_coroutine_threadsafe(read(), self._loop)
+        lags = self._store.consumer_lags(self._limit)
+        future = asyncio.run_coroutine_threadsafe(lags, self._loop)
         try:
             return future.result(_LAG_READ_SECONDS)
         finally:

@@ -35,6 +35,7 @@ OPS_DEFAULTS = {
 VALUES = {
     "--listen": "0.0.0.0:6000",
     "--data": "/srv/streams",
+    "--storage": "memory",
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--shutdown-grace": "3.5",
@@ -169,7 +170,7 @@ def test_text_logs_by_default_and_no_metrics_listener(tmp_path: Path) -> None:
 
 def test_memtable_bytes_reaches_rocksdb(tmp_path: Path) -> None:
     """--memtable-bytes sets RocksDB's write buffer (its OPTIONS file says so)."""
-    server = ServerProcess(tmp_path, "--memtable-bytes", str(3 << 20))
+    server = ServerProcess(tmp_path / "data", flags=["--memtable-bytes", str(3 << 20)])
     with server.start():
         assert server.stop() == 0
     options = sorted((tmp_path / "data").glob("OPTIONS-*"))[-1].read_text()

@@ -122,11 +122,14 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
     finally:
         server.stop()  # stop() must not raise the step's error
     # The store was closed: RocksDB's lock is free, and every ack is there.
-    reopened = RocksStore.open(data)
-    try:
-        assert reopened.last_offset(Target("full", "s")) == 1
-    finally:
-        asyncio.run(reopened.close())
+    async def reopen() -> int:
+        reopened = RocksStore.open(data)
+        try:
+            return await reopened.last_offset(Target("full", "s"))
+        finally:
+            await reopened.close()
+
+    assert asyncio.run(reopen()) == 1
 
 
 async def _start(server: InProcessServer, step: Callable[[], Awaitable[None]]) -> None:

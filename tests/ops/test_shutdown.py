@@ -224,7 +224,7 @@ def test_sigterm_right_after_the_ready_line_is_a_graceful_stop(tmp_path: Path) -
     """The signal handlers are in place before `listening on` is printed: a
     supervisor that stops the server as soon as it is ready gets exit code 0."""
     for attempt in range(5):
-        server = ServerProcess(tmp_path, data=tmp_path / f"data{attempt}")
+        server = ServerProcess(tmp_path / f"data{attempt}")
         with server.start():
             server.send(signal.SIGTERM)
             assert server.wait() == 0, (attempt, server.stderr()[-2000:])

@@ -15,7 +15,8 @@ import rocksdict
 
 from streams import codec
 from streams.errors import DataLoss, Unavailable
-from streams.model import SegmentAppend, Target, Transaction
+from streams.model import Cut, SegmentAppend, Target, Transaction
+from streams.storage.batches import FramedBatch
 from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb.store import RocksStore, StoreOptions
@@ -36,6 +37,13 @@ def payload_txn(space: str, segment: str, payload: bytes) -> Transaction:
     return Transaction(space, (SegmentAppend(segment, (body,), None),), "", b"")
 
 
+async def read(
+    store: RocksStore, target: Target, first: int, last: int, records: int, size: int
+) -> FramedBatch:
+    batch, _ = await store.read(target, first, last, Cut(records, size))
+    return batch
+
+
 def wrap_sync(store: RocksStore, around: Callable[[Callable[[], None]], None]) -> None:
     """Runs the store's real WAL fsync through ``around`` (to gate or fail it)."""
     real = store._group._sync
@@ -53,16 +61,16 @@ def test_readers_see_records_only_once_fsynced(tmp_path: Path) -> None:
         assert await asyncio.to_thread(syncing.wait, 10), "the fsync never started"
         assert not produce.done()
         target = Target("s", "a")
-        assert store.read(target, 1, 10, 10, MIB).count == 0
-        assert store.read(Target("s"), 1, 10, 10, MIB).count == 0
-        assert store.peek(target) is None
-        assert store.list_spaces(None, 10) == []
-        assert store.list_segments("s", None, 10) == []
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 0
+        assert (await read(store, Target("s"), 1, 10, 10, MIB)).count == 0
+        assert await store.peek(target) is None
+        assert await store.list_spaces(None, 10) == []
+        assert await store.list_segments("s", None, 10) == []
         gate.set()
         result = await produce
         assert (result.first_position, result.last_position) == (1, 3)
-        assert store.read(target, 1, 10, 10, MIB).count == 3
-        assert store.peek(target) is not None
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 3
+        assert await store.peek(target) is not None
         await store.close()
 
     asyncio.run(scenario())
@@ -95,8 +103,8 @@ def test_failed_fsync_stops_writes_and_hides_what_it_covered(tmp_path: Path) -> 
             await store.produce(txn("s", "a"))
         with pytest.raises(Unavailable, match="writes are stopped"):
             await store.produce(txn("s", "b"))
-        assert store.last_offset(Target("s", "a")) == 1
-        assert store.read(Target("s"), 1, 10, 10, MIB).count == 1
+        assert await store.last_offset(Target("s", "a")) == 1
+        assert (await read(store, Target("s"), 1, 10, 10, MIB)).count == 1
         await store.close()
 
     asyncio.run(scenario())
@@ -131,7 +139,7 @@ def test_no_sync_acks_without_fsync_and_reads_at_once(tmp_path: Path) -> None:
         store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
         result = await store.produce(txn("s", "a", 4))
         assert result.last_position == 4
-        assert store.read(Target("s", "a"), 1, 4, 10, MIB).count == 4
+        assert (await read(store, Target("s", "a"), 1, 4, 10, MIB)).count == 4
         await store.close()
 
     asyncio.run(scenario())
@@ -144,8 +152,8 @@ def test_restart_rebuilds_numbers_from_the_catalog(tmp_path: Path) -> None:
         await store.produce(txn("s", "b", 2))
         await store.close()
         store = RocksStore.open(tmp_path / "db")
-        assert store.last_offset(Target("s")) == 5
-        assert store.last_offset(Target("s", "a")) == 3
+        assert await store.last_offset(Target("s")) == 5
+        assert await store.last_offset(Target("s", "a")) == 3
         result = await store.produce(txn("s", "a"))
         assert (result.acks[0].first_sequence, result.first_position) == (4, 6)
         await store.close()
@@ -234,35 +242,13 @@ def payloads_in(path: Path) -> list[bytes]:
     async def scenario() -> list[bytes]:
         store = RocksStore.open(path)
         try:
-            last = store.last_offset(Target("s", "a"))
-            records = store.read(Target("s", "a"), 1, last, last + 1, 64 * MIB)
-            return [pb.Record.FromString(r).payload for r in split_framed(records.framed)]
+            last = await store.last_offset(Target("s", "a"))
+            records = await read(store, Target("s", "a"), 1, last, last + 1, 64 * MIB)
+            return [pb.Record.FromString(r).payload for r in codec.split_framed(records.to_wire())]
         finally:
             await store.close()
 
     return asyncio.run(scenario())
-
-
-def split_framed(framed: bytes) -> list[bytes]:
-    """The Record bytes of ConsumeResponse-framed records."""
-    out = []
-    i = 0
-    while i < len(framed):
-        length, i = _varint(framed, i + 1)
-        out.append(framed[i : i + length])
-        i += length
-    return out
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            return value, i
-        shift += 7
 
 
 def test_wal_damaged_before_its_end_refuses_to_open(tmp_path: Path) -> None:
@@ -346,22 +332,24 @@ def test_damaged_table_block_answers_data_loss_never_a_short_read(tmp_path: Path
         segment, space = Target("s", "a"), Target("s")
         for target in (segment, space):
             with pytest.raises(DataLoss) as caught:
-                store.read(target, 1, 100, 1000, 64 * MIB)
+                (await read(store, target, 1, 100, 1000, 64 * MIB))
             assert target.describe() in str(caught.value), caught.value
             assert ".sst" in str(caught.value), caught.value
         # Before the damage, reads work; at it, DataLoss names the offset.
-        assert store.read(segment, 1, 29, 1000, 64 * MIB).count == 29
+        assert (await read(store, segment, 1, 29, 1000, 64 * MIB)).count == 29
         with pytest.raises(DataLoss, match="offset 30"):
-            store.read(segment, 30, 40, 1000, 64 * MIB)
+            (await read(store, segment, 30, 40, 1000, 64 * MIB))
         # Segment b shares no block with the damage.
-        intact = store.read(Target("s", "b"), 1, 5, 100, 64 * MIB).framed
-        assert [pb.Record.FromString(r).payload for r in split_framed(intact)] == b
-        assert store.peek(Target("s", "b")) is not None
+        intact = (await read(store, Target("s", "b"), 1, 5, 100, 64 * MIB)).to_wire()
+        assert [pb.Record.FromString(r).payload for r in codec.split_framed(intact)] == b
+        assert await store.peek(Target("s", "b")) is not None
         # A time search that has to look at the damaged chunk.
-        (before_damage,) = split_framed(store.read(segment, 29, 29, 1, MIB).framed)
+        (before_damage,) = codec.split_framed(
+            (await read(store, segment, 29, 29, 1, MIB)).to_wire()
+        )
         damaged_ts = codec.record_timestamp_ns(before_damage)
         with pytest.raises(DataLoss):
-            store.first_at_or_after(segment, damaged_ts + 1)
+            await store.first_at_or_after(segment, damaged_ts + 1)
         await store.close()
 
     asyncio.run(scenario())
@@ -375,7 +363,7 @@ def test_damaged_last_record_fails_peek_with_data_loss(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = RocksStore.open(path)
         with pytest.raises(DataLoss, match="offset 40"):
-            store.peek(Target("s", "a"))
+            await store.peek(Target("s", "a"))
         await store.close()
 
     asyncio.run(scenario())
