@@ -121,6 +121,7 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
         assert "failing-step" in server.server.background.running
     finally:
         server.stop()  # stop() must not raise the step's error
+
     # The store was closed: RocksDB's lock is free, and every ack is there.
     async def reopen() -> int:
         reopened = RocksStore.open(data)
