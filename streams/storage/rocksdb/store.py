@@ -236,11 +236,7 @@ class RocksStore:
 
     def _check_format(self) -> None:
         raw = self._get(keys.FORMAT, "the on-disk format version")
-        try:
-            keys.format_version(raw)
-        except keys.UnknownFormat as exc:
-            log.error("refusing the data under %s: %s", self._path, exc)
-            raise
+        keys.format_version(raw)
         if raw is None and self._disk_full is None:
             # Stamped (and fsynced) before this code writes anything else.
             self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
