@@ -23,6 +23,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
@@ -59,9 +60,15 @@ class StreamsServer:
     """The store, the service and the gRPC server, started and stopped together."""
 
     def __init__(
-        self, config: Config, auth: TokenAuth | None = None, pages: PageTokens | None = None
+        self,
+        config: Config,
+        auth: TokenAuth | None = None,
+        pages: PageTokens | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` stamps transactions (nanoseconds since the epoch); tests pin it."""
         self.config = config
+        self._clock = clock
         self.auth = auth
         self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
@@ -124,6 +131,7 @@ class StreamsServer:
                 memory=memory,
                 options=cfg.storage_options,
                 on_fsync=self.metrics.fsync_seconds.observe,
+                clock=self._clock,
             )
         )
         self.metrics.watch_store(self._store)
