@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -93,7 +93,7 @@ class _Parser:
     def add(
         self,
         flag: str,
-        kind: type,
+        kind: Callable[[str], Any],
         default: object,
         text: str,
         choices: Sequence[str] | None = None,
