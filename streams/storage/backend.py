@@ -31,6 +31,9 @@ from typing import Any
 from streams.memory import MemoryBudget
 from streams.storage.port import Store
 
+# The contract's default dedupe window (--dedupe-window-seconds).
+DEFAULT_DEDUPE_WINDOW_NS = 24 * 3600 * 1_000_000_000
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -68,7 +71,7 @@ class Setup:
 
     data: Path
     sync: bool = True
-    dedupe_window_ns: int = 24 * 3600 * 1_000_000_000
+    dedupe_window_ns: int = DEFAULT_DEDUPE_WINDOW_NS
     # Followers are woken at most once per this many seconds (see streams.storage.tail).
     follow_linger: float = 0.0
     # Shared with the service: the backend's caches stay within it.

@@ -33,7 +33,7 @@ from streams.model import (
     Transaction,
 )
 from streams.storage import port
-from streams.storage.backend import Backend, Setup
+from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Backend, Setup
 from streams.storage.batches import RecordList
 from streams.storage.port import BackgroundTask
 from streams.storage.tail import Subscription, Tail
@@ -44,7 +44,6 @@ BACKEND = Backend(
     "streams.storage.memory:open_store",
 )
 
-_DAY_NS = 24 * 3600 * 1_000_000_000
 # How often expired dedupe entries are dropped.
 SWEEP_SECONDS = 60.0
 
@@ -72,7 +71,7 @@ class MemoryStore:
 
     def __init__(
         self,
-        dedupe_window_ns: int = _DAY_NS,
+        dedupe_window_ns: int = DEFAULT_DEDUPE_WINDOW_NS,
         clock: Callable[[], int] = time.time_ns,
         follow_linger: float = 0.0,
         memory: MemoryBudget | None = None,

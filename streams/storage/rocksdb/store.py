@@ -49,7 +49,7 @@ from streams.model import (
     Transaction,
 )
 from streams.storage import port
-from streams.storage.backend import Setup
+from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Setup
 from streams.storage.batches import EMPTY, FramedBatch
 from streams.storage.port import BackgroundTask
 from streams.storage.rocksdb import chunks, recovery
@@ -61,7 +61,6 @@ from streams.storage.tail import Subscription, Tail
 
 log = logging.getLogger(__name__)
 
-_DAY_NS = 24 * 3600 * 1_000_000_000
 # After a full disk, reopening writable is retried no sooner than this, the
 # wait doubling while the disk stays full up to the cap.
 _REOPEN_FIRST_WAIT = 0.5
@@ -77,7 +76,7 @@ class StoreOptions:
     """
 
     sync: bool = True
-    dedupe_window_ns: int = _DAY_NS
+    dedupe_window_ns: int = DEFAULT_DEDUPE_WINDOW_NS
     # Expired dedupe entries are deleted every this many seconds, at most this
     # many per step (steps follow each other, letting calls run between them).
     dedupe_sweep_seconds: float = 60.0
