@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import struct
 import sys
 import tempfile
 import time
@@ -39,14 +38,14 @@ from common import (
     wait_for_quiet,
 )
 
-from streams import codec, keys
-from streams.storage import chunks
+from streams import codec
+from streams.storage.rocksdb import chunks
+from streams.storage.rocksdb import layout as keys
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
 SPACE_SEGMENTS = 10
 SETUP_TIMEOUT_S = 60.0
-_U64 = struct.Struct(">Q")
 
 
 @dataclass(frozen=True)
@@ -212,9 +211,10 @@ class RawBatch:
 
 @dataclass
 class RawLayout:
-    """The server's key layout (``streams/keys.py``) and stored values
-    (``streams/storage/chunks.py``: chunks of serialized ``Record`` bytes),
-    rebuilt here."""
+    """The server's puts, from the RocksDB engine's own layout (keys and value
+    formats, ``streams/storage/rocksdb/layout.py``) and chunks
+    (``streams/storage/rocksdb/chunks.py``: chunks of serialized ``Record``
+    bytes)."""
 
     space: str
     payload_bytes: int
@@ -238,16 +238,16 @@ class RawLayout:
                 for i in range(count)
             ]
             for index, chunk in chunks.pack(values):
-                items.append((segment_prefix + _U64.pack(first_sequence + index), chunk))
-                items.append((space_prefix + _U64.pack(position + 1 + index), chunk))
+                items.append((segment_prefix + keys.u64(first_sequence + index), chunk))
+                items.append((space_prefix + keys.u64(position + 1 + index), chunk))
             position += count
             items.append(
                 (
                     keys.segment_catalog_key(self.space, segment),
-                    struct.pack(">QQQ", first_sequence + count - 1, position, ts),
+                    keys.SEGMENT_CATALOG.pack(first_sequence + count - 1, position, ts),
                 )
             )
-        items.append((keys.space_catalog_key(self.space), struct.pack(">QQ", position, ts)))
+        items.append((keys.space_catalog_key(self.space), keys.SPACE_CATALOG.pack(position, ts)))
         return RawBatch(items, position - first_position + 1)
 
     def batch_items(
@@ -323,11 +323,11 @@ def raw_scan(db: rocksdict.Rdict, prefix: bytes, first: int = 1, limit: int = 0)
     """One bounded forward scan of the values under ``prefix`` (a segment or
     space prefix) from offset ``first`` on: all of them, or ``limit``."""
     read_options = rocksdict.ReadOptions()
-    end = keys.prefix_end(prefix) if not limit else prefix + _U64.pack(first + limit)
+    end = keys.prefix_end(prefix) if not limit else prefix + keys.u64(first + limit)
     read_options.set_iterate_upper_bound(end)
     before = time.perf_counter()
     count = 0
-    for value in db.values(from_key=prefix + _U64.pack(first), read_opt=read_options):
+    for value in db.values(from_key=prefix + keys.u64(first), read_opt=read_options):
         count += chunks.Chunk(value).count
     return Rate(count, time.perf_counter() - before, [])
 

@@ -57,7 +57,7 @@ from workers import (
     merge,
 )
 
-from streams import keys
+from streams.storage.rocksdb import layout as keys
 from streams.v1 import streams_pb2 as pb
 
 PAYLOAD = bytes(range(100))  # every record: 100 bytes

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         Transaction,
         Unauthenticated,
         Unavailable,
+        Unimplemented,
     )
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "Transaction",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
 ]
 
 if not TYPE_CHECKING:

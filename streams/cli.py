@@ -27,6 +27,7 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from streams import status
 from streams.cli_input import INPUTS, Batch, InputError, Line, batches, lines, records
 from streams.cli_output import OUTPUTS, emit, iso, printer, record_printer
 from streams.client import (
@@ -53,7 +54,7 @@ class LocatedServerError(Exception):
 
     def __init__(self, where: str, error: StreamsError, acknowledged: int) -> None:
         super().__init__(
-            f"{where}: {error.code.name}: {error.message} "
+            f"{where}: {status.code_of(error).name}: {error.message} "
             f"({acknowledged} records acknowledged before this batch)"
         )
 
@@ -591,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LocatedServerError as exc:
         _fail(str(exc), EXIT_SERVER)
     except StreamsError as exc:
-        _fail(f"{exc.code.name}: {exc.message}", EXIT_SERVER)
+        _fail(f"{status.code_of(exc).name}: {exc.message}", EXIT_SERVER)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams.errors import DataLoss
-from streams.model import ProduceResult, SegmentAck
+from streams.model import ProduceResult, Record, SegmentAck
 from streams.v1 import streams_pb2 as pb
 
 NANOS = 1_000_000_000
@@ -94,6 +94,55 @@ def record(header: bytes, sequence: int, position: int, body: bytes) -> bytes:
     return b"".join(
         (header, _SEQUENCE_TAG, varint(sequence), _POSITION_TAG, varint(position), body)
     )
+
+
+def stored(rec: Record) -> bytes:
+    """The serialized ``Record`` of a domain record (what :func:`record` builds)."""
+    header = record_header(rec.space, rec.segment, rec.timestamp_ns, rec.transaction_id)
+    return record(header, rec.sequence, rec.position, rec.body)
+
+
+def parse_stored(raw: bytes) -> Record:
+    """The domain record of bytes that :func:`record` built; its body is the
+    bytes after the numbers, as they were produced. :class:`CorruptRecord` if
+    the bytes were not built so."""
+    try:
+        msg = pb.Record.FromString(raw)
+    except DecodeError as exc:
+        raise CorruptRecord(f"a stored record ({len(raw)} bytes) does not parse ({exc})") from None
+    ts = timestamp_ns(msg.timestamp)
+    head = b"".join(
+        (
+            record_header(msg.space, msg.segment, ts, msg.transaction_id),
+            _SEQUENCE_TAG,
+            varint(msg.sequence),
+            _POSITION_TAG,
+            varint(msg.position),
+        )
+    )
+    if not raw.startswith(head):
+        raise CorruptRecord(f"a stored record ({len(raw)} bytes) does not start with its header")
+    return Record(
+        msg.space, msg.segment, msg.sequence, msg.position, ts, msg.transaction_id, raw[len(head) :]
+    )
+
+
+def split_framed(framed: bytes) -> list[bytes]:
+    """The ``Record`` bytes of records framed as a ``ConsumeResponse``'s ``records``."""
+    out = []
+    at = 0
+    try:
+        while at < len(framed):
+            if framed[at] != _RECORDS_TAG[0]:
+                raise IndexError
+            length, at = _read_varint(framed, at + 1)
+            if at + length > len(framed):
+                raise IndexError
+            out.append(framed[at : at + length])
+            at += length
+    except IndexError:
+        raise CorruptRecord(f"framed records ({len(framed)} bytes) are cut short at {at}") from None
+    return out
 
 
 def segment_span(buffer: bytes, start: int = 0) -> tuple[int, int]:

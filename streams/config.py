@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from streams import logs
 from streams.limits import Limits
+from streams.storage import registry
 
 _DEFAULT_LIMITS = Limits()
-MIB = 1024 * 1024
 
 
 class OptionError(Exception):
@@ -39,9 +39,12 @@ class Config:
 
     listen: str = "127.0.0.1:50051"
     data: Path = Path("data")
+    storage: str = registry.DEFAULT
+    # The options that storage backends own (see streams.storage.backend), by
+    # dest name; a backend takes the defaults of those left out.
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
     sync: bool = True
     dedupe_window_seconds: float = 24 * 3600.0
-    dedupe_sweep_seconds: float = 60.0
     shutdown_grace: float = 10.0
     slow_consumer_seconds: float = 10.0
     follow_linger_ms: float = 0.0
@@ -53,10 +56,8 @@ class Config:
     tls_client_ca: Path | None = None
     auth_tokens: Path | None = None
     page_token_key: Path | None = None
-    memtable_bytes: int = 16 * MIB
     metrics_lag_series: int = 1000
     limits: Limits = field(default_factory=Limits)
-    wal_tail_damage: str = "refuse"
 
 
 def _env(name: str) -> str:
@@ -86,14 +87,14 @@ class _Parser:
         self.environ = environ
         self.parser = _OneLineErrors(
             prog="streams-server",
-            description="Streams: an event-stream store served over gRPC, on RocksDB.",
+            description="Streams: an event-stream store served over gRPC.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
 
     def add(
         self,
         flag: str,
-        kind: type,
+        kind: Callable[[str], Any],
         default: object,
         text: str,
         choices: Sequence[str] | None = None,
@@ -190,7 +191,17 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "HOST:PORT to serve gRPC on; port 0 picks a free port.",
         metavar="HOST:PORT",
     )
-    p.add("data", Path, d.data, "Folder of the RocksDB database (created if missing).")
+    p.add("data", Path, d.data, "Folder of the stored data (created if missing).")
+    backends = registry.backends()
+    p.add(
+        "storage",
+        str,
+        d.storage,
+        "Storage backend: "
+        + "; ".join(f"{name}: {backend.summary}" for name, backend in sorted(backends.items()))
+        + ".",
+        choices=sorted(backends),
+    )
     p.add_switch(
         "no-sync",
         "Ack writes once they are in the write-ahead log, without fsyncing it: much "
@@ -203,12 +214,6 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         float,
         d.dedupe_window_seconds,
         "How long a transaction_id is remembered for deduplication.",
-    )
-    p.add(
-        "dedupe-sweep-seconds",
-        float,
-        d.dedupe_sweep_seconds,
-        "How often expired dedupe entries are deleted.",
     )
     p.add(
         "shutdown-grace",
@@ -252,14 +257,9 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "Most streams_consumer_lag series (one per committed offset, the first in consumer, "
         "space, segment order).",
     )
-    p.add(
-        "memtable-bytes",
-        int,
-        d.memtable_bytes,
-        "RocksDB's memtable size. It bounds the write-ahead log too: recovery after a "
-        "crash or a full disk replays at most about this much and needs about this much "
-        "free space.",
-    )
+    for name, backend in sorted(backends.items()):
+        for option in backend.options:
+            p.add(option.name, option.kind, option.default, f"[{name} storage] {option.help}")
     p.add(
         "tls-cert",
         _optional_path,
@@ -292,15 +292,6 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "key per process (page tokens from before a restart are refused).",
         metavar="FILE",
     )
-    p.add(
-        "wal-tail-damage",
-        str,
-        d.wal_tail_damage,
-        "A damaged last write in the write-ahead log (a complete record that fails its "
-        "checksum, or a tail the server recorded durable): refuse to start, or drop it and "
-        "start. A write a crash cut short is always dropped.",
-        choices=("refuse", "drop"),
-    )
     for limit in fields(Limits):
         p.add(
             limit.name.replace("_", "-"),
@@ -313,12 +304,10 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         lim = Limits(**{limit.name: getattr(args, limit.name) for limit in fields(Limits)})
     except ValueError as exc:
         p.parser.error(str(exc))
-    for name in ("dedupe_window_seconds", "dedupe_sweep_seconds"):
-        if getattr(args, name) <= 0:
-            p.parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("memtable_bytes", "metrics_lag_series"):
-        if getattr(args, name) < 1:
-            p.parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be positive")
+    if args.dedupe_window_seconds <= 0:
+        p.parser.error("--dedupe-window-seconds must be positive")
+    if args.metrics_lag_series < 1:
+        p.parser.error(f"--metrics-lag-series {args.metrics_lag_series}: must be positive")
     if args.follow_linger_ms < 0:
         p.parser.error("--follow-linger-ms must not be negative")
     if not args.slow_consumer_seconds > 0:
@@ -332,9 +321,14 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     return Config(
         listen=args.listen,
         data=args.data.absolute(),
+        storage=args.storage,
+        storage_options={
+            option.dest: getattr(args, option.dest)
+            for backend in backends.values()
+            for option in backend.options
+        },
         sync=not args.no_sync,
         dedupe_window_seconds=args.dedupe_window_seconds,
-        dedupe_sweep_seconds=args.dedupe_sweep_seconds,
         shutdown_grace=args.shutdown_grace,
         slow_consumer_seconds=args.slow_consumer_seconds,
         follow_linger_ms=args.follow_linger_ms,
@@ -346,8 +340,6 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         tls_client_ca=_absolute(args.tls_client_ca),
         auth_tokens=_absolute(args.auth_tokens),
         page_token_key=_absolute(args.page_token_key),
-        memtable_bytes=args.memtable_bytes,
         metrics_lag_series=args.metrics_lag_series,
         limits=lim,
-        wal_tail_damage=args.wal_tail_damage,
     )

@@ -22,7 +22,6 @@ RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 # A buffered response is charged twice its size (gRPC keeps its own copy until
 # sent), and one response of the largest size must always fit.
 MIN_MEMORY_BUDGET_BYTES = 2 * RESPONSE_BYTES_CAP
-DEFAULT_CATALOG_CACHE_BYTES = 64 * MIB
 
 
 def _limit(default: int, text: str) -> Any:
@@ -87,13 +86,6 @@ class Limits:
         32 * MIB,
         "Most request bytes being handled at once, all calls together; "
         "more are RESOURCE_EXHAUSTED.",
-    )
-    # The numbers of spaces and segments are read from disk when used and kept
-    # within this; see streams/storage/catalog.py.
-    catalog_cache_bytes: int = _limit(
-        DEFAULT_CATALOG_CACHE_BYTES,
-        "Memory for the numbers of recently used spaces and segments (about 400 bytes plus "
-        "their names each); the others are read from disk when used.",
     )
 
     def __post_init__(self) -> None:

@@ -44,7 +44,7 @@ _LAG_READ_SECONDS = 5.0
 
 
 class LagSource(Protocol):
-    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
+    async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
 
 
 class CatalogCache(Protocol):
@@ -61,11 +61,6 @@ class CatalogCache(Protocol):
 
     @property
     def pending(self) -> int: ...
-
-
-class StoreSource(LagSource, Protocol):
-    @property
-    def catalog(self) -> CatalogCache: ...
 
 
 class Metrics:
@@ -170,7 +165,7 @@ class Metrics:
         )
         disk = prom.Gauge(
             "streams_storage_bytes",
-            "Size on disk of the RocksDB folder (SST, WAL, manifest).",
+            "Size on disk of the --data folder (for the rocksdb storage: SST, WAL, manifest).",
             registry=r,
         )
         disk.set_function(lambda: _folder_size(data_dir))
@@ -187,12 +182,14 @@ class Metrics:
         self._memory_waiting.set_function(lambda: memory.waiting)
         self._inflight_request_bytes.set_function(lambda: requests.used)
 
-    def watch_store(self, store: StoreSource) -> None:
+    def watch_store(self, store: LagSource) -> None:
         """Exports each committed consumer's lag, read from ``store`` on the
         running event loop (the store's thread) at each scrape, and what its
-        catalog cache holds."""
+        catalog cache holds, when it has one (the rocksdb engine's)."""
         self.registry.register(_ConsumerLag(store, asyncio.get_running_loop(), self.lag_series))
-        self.registry.register(_CatalogCacheCollector(store.catalog))
+        catalog: CatalogCache | None = getattr(store, "catalog", None)
+        if catalog is not None:
+            self.registry.register(_CatalogCacheCollector(catalog))
 
     def serve(
         self, listen: str, serving: Callable[[], bool]
@@ -240,10 +237,8 @@ class _ConsumerLag(Collector):
         return lag, truncated
 
     def _read(self) -> tuple[list[tuple[str, Target, int]], bool]:
-        async def read() -> tuple[list[tuple[str, Target, int]], bool]:
-            return self._store.consumer_lags(self._limit)
-
-        future = asyncio.run_coroutine_threadsafe(read(), self._loop)
+        lags = self._store.consumer_lags(self._limit)
+        future = asyncio.run_coroutine_threadsafe(lags, self._loop)
         try:
             return future.result(_LAG_READ_SECONDS)
         finally:

@@ -1,13 +1,15 @@
 """The validated commands and results that flow between the service and storage.
 
 Validation turns wire requests into these; a storage backend takes and returns
-only these (and stored record bytes), never gRPC objects.
+only these, never gRPC or protobuf objects (see :mod:`streams.storage.port`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+
+# Offsets, sequences and positions are uint64 on the wire.
+MAX_OFFSET = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +89,17 @@ class SegmentInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Records:
-    """Records read for one Consume response: already framed as the response's
-    ``records`` field (so they go to the wire as they are), and how many."""
+class Record:
+    """A committed record: where it is, when and by which transaction it was
+    written, and its body as it was produced (see :class:`SegmentAppend`)."""
 
-    framed: bytes
-    count: int
-    EMPTY: ClassVar[Records]
-
-
-Records.EMPTY = Records(b"", 0)
+    space: str
+    segment: str
+    sequence: int
+    position: int
+    timestamp_ns: int
+    transaction_id: str
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)

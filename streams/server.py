@@ -23,8 +23,8 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -40,7 +40,9 @@ from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
 from streams.service import SERVICE_NAME, StreamsService
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage import registry
+from streams.storage.backend import Setup
+from streams.storage.port import Store
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2
 
@@ -58,15 +60,21 @@ class StreamsServer:
     """The store, the service and the gRPC server, started and stopped together."""
 
     def __init__(
-        self, config: Config, auth: TokenAuth | None = None, pages: PageTokens | None = None
+        self,
+        config: Config,
+        auth: TokenAuth | None = None,
+        pages: PageTokens | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``clock`` stamps transactions (nanoseconds since the epoch); tests pin it."""
         self.config = config
+        self._clock = clock
         self.auth = auth
         self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
         self.metrics_port = 0
         self.metrics = Metrics(config.data, config.metrics_lag_series)
-        self._store: RocksStore | None = None
+        self._store: Store | None = None
         self._server: grpc.aio.Server | None = None
         self._service: StreamsService | None = None
         self._health = health.aio.HealthServicer()
@@ -78,7 +86,7 @@ class StreamsServer:
         self._stopping = False
 
     @property
-    def store(self) -> RocksStore:
+    def store(self) -> Store:
         if self._store is None:
             raise RuntimeError("the server is not started")
         return self._store
@@ -94,7 +102,8 @@ class StreamsServer:
 
         Raises OptionError (naming the option) for an address that does not
         bind, an unusable data directory or unreadable TLS files, DataLoss for a
-        damaged store; what was started is stopped again first.
+        damaged store (the storage backend names its own options); what was
+        started is stopped again first.
         """
         try:
             return await self._start()
@@ -116,18 +125,17 @@ class StreamsServer:
         memory = MemoryBudget(
             lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
         )
-        self._store = _open_store(
-            cfg.data,
-            StoreOptions(
+        self._store = await registry.get(cfg.storage).open(
+            Setup(
+                data=cfg.data,
                 sync=cfg.sync,
                 dedupe_window_ns=int(cfg.dedupe_window_seconds * 1e9),
-                on_fsync=self.metrics.fsync_seconds.observe,
                 follow_linger=cfg.follow_linger_ms / 1000,
                 memory=memory,
-                memtable_bytes=cfg.memtable_bytes,
-                wal_tail_damage=cfg.wal_tail_damage,
-                catalog_cache_bytes=cfg.limits.catalog_cache_bytes,
-            ),
+                options=cfg.storage_options,
+                on_fsync=self.metrics.fsync_seconds.observe,
+                clock=self._clock,
+            )
         )
         self.metrics.watch_store(self._store)
         self._server = grpc.aio.server(
@@ -169,7 +177,8 @@ class StreamsServer:
         await self._server.start()
         for service_name in HEALTH_SERVICES:
             await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        self.background.every("dedupe-sweep", cfg.dedupe_sweep_seconds, self._sweep_dedupe)
+        for task in self._store.background():
+            self.background.every(task.name, task.interval, task.step)
         self.background.every("write-state", WRITE_CHECK_SECONDS, self._check_writes)
         return self.port
 
@@ -192,12 +201,6 @@ class StreamsServer:
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
-
-    async def _sweep_dedupe(self) -> None:
-        store = self.store
-        # A full sweep means more may be waiting: go on, letting calls run between.
-        while store.sweep_expired_dedupe() == store.sweep_limit:
-            await asyncio.sleep(0)
 
     async def _check_writes(self) -> None:
         """Carries the store's write state to health, the metric and the log."""
@@ -286,19 +289,6 @@ def _nothing() -> None:
     return None
 
 
-def _open_store(data: Path, options: StoreOptions) -> RocksStore:
-    """The store, or OptionError naming --data when the folder cannot hold one
-    (DataLoss, for a damaged store, goes through)."""
-    startup.check_data_folder(data)
-    try:
-        return RocksStore.open(data, options)
-    except DataLoss:
-        raise
-    except Exception as exc:  # OSError making the folder, RocksDB's own errors
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise OptionError("--data", data, f"cannot hold the store: {reason}") from None
-
-
 async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
     server = StreamsServer(cfg, auth, pages)
     # Handlers first: a signal that comes as soon as the ready line is out (or
@@ -314,7 +304,8 @@ async def _run(cfg: Config, auth: TokenAuth | None, pages: PageTokens) -> None:
         "serving on %s, metrics %s",
         server.address,
         f"on http://{server.metrics_address}/metrics" if server.metrics_address else "off",
-        extra={"listen": server.address, "data": str(cfg.data), "sync": cfg.sync,
+        extra={"listen": server.address, "storage": cfg.storage, "data": str(cfg.data),
+               "sync": cfg.sync,
                "tls": cfg.tls_cert is not None, "auth": auth is not None,
                "metrics": server.metrics_address},
     )  # fmt: skip

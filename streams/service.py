@@ -25,17 +25,16 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from streams import codec, validation
+from streams import codec, status, validation
 from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
-from streams.keys import U64_MAX
 from streams.limits import Limits
 from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
-from streams.model import Cut, Records, SegmentInfo, SpaceInfo, Target
+from streams.model import MAX_OFFSET, Cut, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
 from streams.slow_consumers import SlowConsumers
-from streams.storage.base import Store
+from streams.storage.port import RecordBatch, Store
 from streams.v1 import streams_pb2 as pb
 
 SERVICE_NAME = "streams.v1.StreamsService"
@@ -106,7 +105,7 @@ def _snake(name: str) -> str:
 
 
 class StreamsService:
-    """Serves ``streams.v1.StreamsService`` over a :class:`~streams.storage.base.Store`.
+    """Serves ``streams.v1.StreamsService`` over a :class:`~streams.storage.port.Store`.
 
     Example::
 
@@ -296,8 +295,8 @@ class StreamsService:
                 admitted = True
             yield caller
         except StreamsError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message, exc.trailers())
+            code = status.code_of(exc)
+            await context.abort(code, exc.message, status.trailers_of(exc))
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: gRPC dropped the stream (its client went away).
             code = grpc.StatusCode.CANCELLED
@@ -364,15 +363,16 @@ class StreamsService:
         target = query.target
         caller.check("read", target.space)
         # Subscribed before the start is fixed, so nothing committed after it is missed.
-        with self._store.subscribe(target) if query.follow else contextlib.nullcontext() as sub:
+        following = self._store.follow(target) if query.follow else contextlib.nullcontext()
+        async with following as sub:
             first = await self._start(query)
-            last = query.to_offset or U64_MAX
+            last = query.to_offset or MAX_OFFSET
             if sub is None:
                 # Without follow, the read ends at what was stored when it started.
-                last = min(last, self._store.last_offset(target))
+                last = min(last, await self._store.last_offset(target))
             await context.send_initial_metadata(((START_HEADER, str(first)),))
             peer = context.peer()
-            remaining = query.limit or U64_MAX
+            remaining = query.limit or MAX_OFFSET
             needed = 1  # memory the next response needs at least
             while remaining and first <= last:
                 await self._memory.room_for(needed, peer)
@@ -387,18 +387,20 @@ class StreamsService:
                     ),
                     self._limits.max_filter_skip_bytes,
                 )
-                batch, after = self._read(query, first, last, cut)
+                prefix = query.segment_prefix
+                batch, after = await self._store.read(target, first, last, cut, prefix)
                 if batch.count:
-                    cost = RESPONSE_COPIES * len(batch.framed)
+                    wire = batch.to_wire()
+                    cost = RESPONSE_COPIES * len(wire)
                     if not self._memory.fits(cost, peer):
                         # One record, larger than the response may take: wait until it fits.
                         needed = cost
                         continue
                     needed = 1
                     self._memory.charge(cost, peer)
-                    timer = self._slow.watch(peer, "Consume", len(batch.framed))
+                    timer = self._slow.watch(peer, "Consume", len(wire))
                     try:
-                        yield batch.framed
+                        yield wire
                     finally:
                         # gRPC has taken it (the stream asks for the next), or the stream ended.
                         timer.cancel()
@@ -415,27 +417,18 @@ class StreamsService:
                 else:
                     await sub.wait(first)
 
-    def _read(
-        self, query: validation.ConsumeQuery, first: int, last: int, cut: Cut
-    ) -> tuple[Records, int]:
-        """One step of a read: records from ``first``, and where the next step starts."""
-        if query.segment_prefix:
-            return self._store.read_matching(query.target, first, last, cut, query.segment_prefix)
-        batch = self._store.read(query.target, first, last, cut.max_records, cut.max_bytes)
-        return batch, first + batch.count
-
     async def _start(self, query: validation.ConsumeQuery) -> int:
         """The first offset the read may return."""
         match query.start:
             case "from_offset":
                 return max(1, query.from_offset)
             case "from_timestamp":
-                return self._store.first_at_or_after(query.target, query.from_timestamp_ns)
+                return await self._store.first_at_or_after(query.target, query.from_timestamp_ns)
             case "from_consumer":
                 committed = await self._store.get_offset(query.from_consumer, query.target)
                 return (committed or 0) + 1
             case "from_end":
-                return self._store.last_offset(query.target) + 1
+                return await self._store.last_offset(query.target) + 1
             case _:
                 return 1
 
@@ -444,11 +437,11 @@ class StreamsService:
     ) -> bytes:
         target = validation.target(request.space, request.segment)
         caller.check("read", target.space)
-        stored = self._store.peek(target)
-        if stored is None:
+        last: RecordBatch | None = await self._store.peek(target)
+        if last is None:
             raise NotFound(f"space, segment: {target.describe()} has no records")
         # A PeekResponse is its one Record field, framed like ConsumeResponse's.
-        return codec.consume_response((stored,))
+        return last.to_wire()
 
     async def commit(
         self, request: pb.CommitRequest, context: grpc.aio.ServicerContext, caller: Caller
@@ -478,7 +471,7 @@ class StreamsService:
         # Only spaces the token may read (another's space names are theirs),
         # scanning only the name ranges its patterns can match.
         visible = None if caller is ANYONE else (lambda space: caller.allows("read", space))
-        found = self._store.list_spaces(after, size + 1, visible, caller.prefixes("read"))
+        found = await self._store.list_spaces(after, size + 1, visible, caller.prefixes("read"))
         page, token = self._page(found, size, "spaces")
         return pb.ListSpacesResponse(
             spaces=[
@@ -500,7 +493,8 @@ class StreamsService:
         size = validation.page_size(request.page_size)
         scope = f"segments\x00{space}"
         after = self._pages.decode(scope, request.page_token)
-        page, token = self._page(self._store.list_segments(space, after, size + 1), size, scope)
+        found = await self._store.list_segments(space, after, size + 1)
+        page, token = self._page(found, size, scope)
         return pb.ListSegmentsResponse(
             segments=[
                 pb.SegmentInfo(

@@ -52,6 +52,7 @@ from streams.errors import (
     StreamsError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 
 __all__ = [
@@ -88,4 +89,5 @@ __all__ = [
     "Transaction",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
 ]

@@ -21,55 +21,25 @@ from typing import Any, Self
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from streams.errors import (
-    ACTUAL_TRAILER,
-    SEGMENT_TRAILER,
-    AlreadyExists,
-    Cancelled,
-    DataLoss,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OffsetMismatch,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    SequenceMismatch,
-    StreamsError,
-    Unauthenticated,
-    Unavailable,
-)
+from streams import status
+from streams.errors import Cancelled, DeadlineExceeded, StreamsError, Unavailable
 from streams.model import SegmentAck
+from streams.status import StatusError
 from streams.v1 import streams_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Consume's initial metadata: the first offset (decimal) the stream will deliver.
 START_HEADER = "streams-start"
 
-_BY_CODE: dict[grpc.StatusCode, type[StreamsError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.CANCELLED: Cancelled,
-    grpc.StatusCode.DATA_LOSS: DataLoss,
-}
 
-
-class TransportError(StreamsError):
+class TransportError(StatusError):
     """INTERNAL that gRPC made up on this side because the connection or the
     answer broke (a reset stream, an HTTP/2 protocol error, a response that does
     not parse): the server may or may not have acted. An INTERNAL the server
-    itself sent stays a plain :class:`StreamsError` (code INTERNAL)."""
+    itself sent stays a plain :class:`~streams.status.StatusError` (code INTERNAL)."""
 
-    code = grpc.StatusCode.INTERNAL
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.INTERNAL)
 
 
 # gRPC does not mark which side made a status. These are the messages its core and
@@ -84,13 +54,8 @@ _TRANSPORT_INTERNAL = re.compile(
 
 
 def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
-    """The specific :class:`StreamsError` for a failed gRPC call.
-
-    FAILED_PRECONDITION becomes :class:`SequenceMismatch` (with ``segment`` and
-    ``actual``) or :class:`OffsetMismatch` (with ``actual``, None when nothing was
-    stored); a status with no type of its own becomes a plain :class:`StreamsError`
-    whose ``code`` is that status.
-    """
+    """The specific :class:`StreamsError` for a failed gRPC call (see
+    :func:`error_from_status`)."""
     call: Any = exc
     code = call.code() if callable(getattr(call, "code", None)) else grpc.StatusCode.UNKNOWN
     details = call.details() if callable(getattr(call, "details", None)) else str(exc)
@@ -103,23 +68,12 @@ def error_from_rpc(exc: grpc.RpcError) -> StreamsError:
 def error_from_status(
     code: grpc.StatusCode, details: str | None, trailers: Iterable[tuple[str, Any]] | None = ()
 ) -> StreamsError:
-    """The specific :class:`StreamsError` for a status code, its message and the
-    trailing metadata that carries a mismatch's values."""
+    """:func:`streams.status.error_from_status`, except that an INTERNAL which
+    gRPC made up for a broken transport becomes :class:`TransportError`."""
     message = details or code.name
-    if code is grpc.StatusCode.FAILED_PRECONDITION:
-        values = dict(trailers or ())
-        if SEGMENT_TRAILER in values:
-            return SequenceMismatch.from_trailers(message, values)
-        if ACTUAL_TRAILER in values:
-            return OffsetMismatch.from_trailers(message, values)
-    kind = _BY_CODE.get(code)
-    if kind is not None:
-        return kind(message)
     if code is grpc.StatusCode.INTERNAL and _TRANSPORT_INTERNAL.match(message):
         return TransportError(f"{code.name}: {message}")
-    error = StreamsError(f"{code.name}: {message}")
-    error.code = code
-    return error
+    return status.error_from_status(code, details, trailers)
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -412,7 +366,7 @@ def outcome_unknown(error: StreamsError) -> bool:
     """True when the failed call may or may not have taken effect, so that a call
     safe to repeat is worth repeating (see :class:`RetryPolicy`)."""
     return isinstance(error, Unavailable | DeadlineExceeded | Cancelled | TransportError) or (
-        error.code is grpc.StatusCode.UNKNOWN
+        status.code_of(error) is grpc.StatusCode.UNKNOWN
     )
 
 
@@ -424,7 +378,8 @@ def _stream_broke(error: StreamsError) -> bool:
 def status_text(error: StreamsError) -> str:
     """The error with its status name in front, once."""
     text = str(error)
-    return text if text.startswith(f"{error.code.name}:") else f"{error.code.name}: {text}"
+    name = status.code_of(error).name
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 def _never(error: StreamsError) -> bool:

@@ -1,10 +1,7 @@
-"""Storage: the engine behind the service.
+"""Storage: the backends behind the service.
 
-:class:`~streams.storage.base.Store` is the narrow interface every backend
-implements; :class:`~streams.storage.rocksdb.RocksStore` is the embedded one.
+:mod:`streams.storage.port` is the interface (and the rules) every backend
+implements; :mod:`streams.storage.registry` lists the backends by name
+(``--storage``): :mod:`streams.storage.rocksdb`, the durable embedded engine,
+and :mod:`streams.storage.memory`, the reference backend.
 """
-
-from streams.storage.base import Store
-from streams.storage.rocksdb import RocksStore, StoreOptions
-
-__all__ = ["RocksStore", "Store", "StoreOptions"]

@@ -28,7 +28,8 @@ from types import TracebackType
 from streams import codec
 from streams.errors import Unavailable
 from streams.memory import MemoryBudget
-from streams.model import Cut, Records, Target
+from streams.model import Cut, Target
+from streams.storage.batches import FramedBatch
 
 # What a held record costs beyond its bytes: the bytes object's header (33) and
 # its slot in the window's list (8). It dominates for small records.
@@ -136,10 +137,11 @@ class Window:
 
 class Subscription:
     """A follower's hold on a target: keeps its space's window, waits for records.
+    Held from :meth:`Tail.subscribe` until closed (``with`` or ``async with``).
 
     Example::
 
-        with tail.subscribe(target, store.last_offset) as subscription:
+        async with tail.subscribe(target, store.last_offset) as subscription:
             await subscription.wait(next_offset)
     """
 
@@ -163,6 +165,17 @@ class Subscription:
         return self
 
     def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
@@ -340,7 +353,7 @@ class Tail:
 
     def read(
         self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> Records | None:
+    ) -> FramedBatch | None:
         """Records from memory, or None when the window does not hold ``first``."""
         window = self._windows.get(target)
         if window is None:
@@ -349,11 +362,11 @@ class Tail:
         found = window.slice(first, last, max_records, max_bytes)
         if found is None:
             return None
-        return Records(codec.consume_response(found), len(found))
+        return FramedBatch(codec.consume_response(found), len(found))
 
     def read_matching(
         self, target: Target, first: int, last: int, cut: Cut, prefix: bytes
-    ) -> tuple[Records, int] | None:
+    ) -> tuple[FramedBatch, int] | None:
         """:meth:`Window.matching` of the target's window, or None when the window
         does not hold ``first``."""
         window = self._windows.get(target)
@@ -364,7 +377,7 @@ class Tail:
         if found is None:
             return None
         records, after = found
-        return Records(codec.consume_response(records), len(records)), after
+        return FramedBatch(codec.consume_response(records), len(records)), after
 
     def reset(self) -> None:
         """Drops the windows and wakes every follower (after the store was reopened)."""

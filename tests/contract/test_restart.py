@@ -98,6 +98,7 @@ def _check_after_restart(stub: Stub, before: dict[str, object], sent: dict[str, 
     assert off("c1", "s1", "a") == 4
 
 
+@pytest.mark.durable
 @pytest.mark.parametrize("how", ["sigterm", "kill9"])
 def test_everything_survives_restart(fresh_server: ServerProcess, how: str) -> None:
     sent = _fill(fresh_server.stub)
@@ -109,6 +110,7 @@ def test_everything_survives_restart(fresh_server: ServerProcess, how: str) -> N
     _check_after_restart(fresh_server.stub, before, sent)
 
 
+@pytest.mark.durable
 def test_two_restarts_in_a_row(fresh_server: ServerProcess) -> None:
     produce(fresh_server.stub, "s", "a", [b"1"])
     fresh_server.kill9_and_restart()
@@ -124,6 +126,7 @@ def test_two_restarts_in_a_row(fresh_server: ServerProcess) -> None:
     ]
 
 
+@pytest.mark.durable
 def test_listen_and_data_from_environment(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()

@@ -35,6 +35,7 @@ OPS_DEFAULTS = {
 VALUES = {
     "--listen": "0.0.0.0:6000",
     "--data": "/srv/streams",
+    "--storage": "memory",
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--shutdown-grace": "3.5",

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streams.model import Target
-from streams.storage.rocksdb import RocksStore
+from streams.storage.rocksdb.store import RocksStore
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2 as pb
 from tests.reliability.support import fill, tmpfs
@@ -121,12 +121,16 @@ def test_a_failing_background_task_is_retried_and_shutdown_still_closes(
         assert "failing-step" in server.server.background.running
     finally:
         server.stop()  # stop() must not raise the step's error
+
     # The store was closed: RocksDB's lock is free, and every ack is there.
-    reopened = RocksStore.open(data)
-    try:
-        assert reopened.last_offset(Target("full", "s")) == 1
-    finally:
-        asyncio.run(reopened.close())
+    async def reopen() -> int:
+        reopened = RocksStore.open(data)
+        try:
+            return await reopened.last_offset(Target("full", "s"))
+        finally:
+            await reopened.close()
+
+    assert asyncio.run(reopen()) == 1
 
 
 async def _start(server: InProcessServer, step: Callable[[], Awaitable[None]]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from streams.auth import Caller, Grant, TokenAuth, literal_prefix
 from streams.model import SegmentAppend, Transaction
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 from tests.support.inproc import InProcessServer
 
@@ -61,13 +61,13 @@ def test_the_scan_visits_only_names_the_token_may_match(
         looked_at.append(name)
         return who.allows("read", name)
 
-    found = store.list_spaces(None, 1000, include, who.prefixes("read"))
+    found = asyncio.run(store.list_spaces(None, 1000, include, who.prefixes("read")))
     assert [info.name for info in found] == visible
     assert len(looked_at) <= most_looked_at, f"scanned {len(looked_at)} names: {looked_at[:5]}"
     # Paging through the ranges, one by one, gives the same names in order.
     paged: list[str] = []
     after = None
-    while page := store.list_spaces(after, 1, include, who.prefixes("read")):
+    while page := asyncio.run(store.list_spaces(after, 1, include, who.prefixes("read"))):
         paged.append(page[0].name)
         after = page[0].name
     assert paged == visible

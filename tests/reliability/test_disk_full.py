@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from streams.storage.recovery import INFO_LOG_FILES
+from streams.storage.rocksdb.recovery import INFO_LOG_FILES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.process import ServerProcess

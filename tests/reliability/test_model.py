@@ -1,7 +1,7 @@
-"""Model-based testing: random command sequences against a real server and a model.
+"""Model-based testing: random command sequences against a real server, a model and an oracle.
 
-A hypothesis `RuleBasedStateMachine` drives one real server subprocess per run (fresh
-data directory) with random sequences of Produce (1 to 3 segments from a small pool
+A hypothesis `RuleBasedStateMachine` drives one real server subprocess per run (RocksDB
+storage, fresh data directory) with random sequences of Produce (1 to 3 segments from a small pool
 with prefix pairs, right and wrong expected_sequence, transaction ids reused with the
 same and with different content, invalid shapes), Consume (every start, bounds, batch
 sizes, segment or whole space, follow with a reachable bound), Peek, Commit (with and
@@ -9,6 +9,13 @@ without compare-and-set, past the end), GetOffset, paged ListSpaces/ListSegments
 restarts (SIGTERM and kill -9). Every answer, values and status codes, is compared with
 a small in-memory model written from the contract (shared/contract/v1.md) and the
 README's choices where the contract is silent.
+
+The oracle: each call also goes to a second server, in this process, on the memory
+backend (``--storage memory``, the port's reference implementation), which is never
+restarted; the RocksDB server's answer must equal the oracle's, operation by operation
+(status code, message and every field, responses cut alike). The oracle's clock is
+pinned to the timestamp the RocksDB server gave each transaction, so that its answers
+can be equal.
 
 Timestamps cannot be predicted: the model takes each transaction's timestamp from its
 ack, then checks it never decreases along positions and is the one timestamp of every
@@ -37,8 +44,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from streams import codec
 from streams.v1 import streams_pb2 as pb
 from tests.contract.helpers import ts_key
+from tests.support.inproc import InProcessServer
 from tests.support.process import ServerProcess
 
 OK = grpc.StatusCode.OK
@@ -76,6 +85,16 @@ def call(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, Any]:
         return OK, fn()
     except grpc.RpcError as err:
         return err.code(), err.details() or ""
+
+
+class PinnedClock:
+    """The oracle's clock: it reads what the test last set."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,15 +231,24 @@ class Model:
 
 
 class StreamsMachine(RuleBasedStateMachine):
-    """One server subprocess per run; every answer checked against `Model`."""
+    """One server subprocess per run; every answer checked against `Model` and the oracle."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="streams-model-"))
         data = self.tmp / "data"
         data.mkdir()
-        self.server = ServerProcess(data, self.tmp / "server.log")
+        # One page-token key for both servers, so that their tokens are equal too.
+        key = self.tmp / "page-token.key"
+        key.write_bytes(os.urandom(32))
+        self.server = ServerProcess(
+            data, self.tmp / "server.log", flags=["--page-token-key", str(key)]
+        )
         self.server.start()
+        self.oracle_clock = PinnedClock()
+        self.oracle = InProcessServer(
+            self.tmp / "oracle", clock=self.oracle_clock, storage="memory", page_token_key=key
+        )
         resp = self.stub.ListSpaces(pb.ListSpacesRequest(), timeout=CALL_TIMEOUT)
         assert list(resp.spaces) == [] and resp.next_page_token == ""
         self.model = Model()
@@ -231,12 +259,21 @@ class StreamsMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.server.close()
+            self.oracle.stop()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
     def stub(self) -> Any:
         return self.server.stub
+
+    def both(self, what: str, fn: Callable[[Any], Any]) -> tuple[grpc.StatusCode, Any]:
+        """``fn`` on the RocksDB server's stub and on the oracle's: their answers
+        must be equal. Returns the RocksDB server's."""
+        got = call(lambda: fn(self.stub))
+        want = call(lambda: fn(self.oracle.stub))
+        assert got == want, f"{what}: the RocksDB server answered {got}, the oracle {want}"
+        return got
 
     @initialize(data=st.data())
     def some_records(self, data: st.DataObject) -> None:
@@ -367,6 +404,12 @@ class StreamsMachine(RuleBasedStateMachine):
     def _produce(self, req: pb.ProduceRequest) -> None:
         code, want = self.model.produce_check(req)
         got_code, got = call(lambda: self.stub.Produce(req, timeout=CALL_TIMEOUT))
+        if got_code == OK:
+            self.oracle_clock.now = codec.timestamp_ns(got.timestamp)
+        oracle = call(lambda: self.oracle.stub.Produce(req, timeout=CALL_TIMEOUT))
+        assert (got_code, got) == oracle, (
+            f"Produce {req}: the RocksDB server answered {got_code.name} {got}, the oracle {oracle}"
+        )
         event(f"Produce {code.name}{' duplicate' if isinstance(want, pb.ProduceResponse) else ''}")
         assert got_code == code, (
             f"Produce {req}: expected {code.name}, got {got_code.name}: {got}"
@@ -470,7 +513,9 @@ class StreamsMachine(RuleBasedStateMachine):
         ):
             req.follow = data.draw(st.booleans(), label="follow")
 
-        code, got = call(lambda: list(self.stub.Consume(req, timeout=CALL_TIMEOUT)))
+        code, got = self.both(
+            "Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT))
+        )
         event(f"Consume {start_kind}: {'some' if want else 'no'} records"
               f"{', follow' if req.follow else ''}")
         if req.max_batch > 10_000:
@@ -490,15 +535,18 @@ class StreamsMachine(RuleBasedStateMachine):
         field = data.draw(st.sampled_from(("space", "segment", "from_consumer")), label="field")
         req = pb.ConsumeRequest(space="m", segment="a")
         setattr(req, field, bad)
-        code, got = call(lambda: list(self.stub.Consume(req, timeout=CALL_TIMEOUT)))
+        code, got = self.both(
+            "Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT))
+        )
         assert code == INVALID, f"Consume with bad {field} {bad!r}: {code.name} {got}"
 
     @rule(data=st.data())
     def peek(self, data: st.DataObject) -> None:
         space, segment = self._target(data)
         items = self.model.target(space, segment)
-        code, got = call(
-            lambda: self.stub.Peek(pb.PeekRequest(space=space, segment=segment),
+        code, got = self.both(
+            "Peek",
+            lambda stub: stub.Peek(pb.PeekRequest(space=space, segment=segment),
                                    timeout=CALL_TIMEOUT)
         )
         if not items:
@@ -532,7 +580,7 @@ class StreamsMachine(RuleBasedStateMachine):
                                  if x != (stored or 0) and not (x == 0 and stored is None)]),
                 label="wrong expected_offset",
             )
-        code, got = call(lambda: self.stub.Commit(req, timeout=CALL_TIMEOUT))
+        code, got = self.both("Commit", lambda stub: stub.Commit(req, timeout=CALL_TIMEOUT))
         event(f"Commit {code.name}")
         if not valid_name(consumer):
             assert code == INVALID, f"Commit with consumer {consumer!r}: {code.name} {got}"
@@ -554,7 +602,9 @@ class StreamsMachine(RuleBasedStateMachine):
         space, segment = self._target(data)
         consumer = data.draw(st.sampled_from((*CONSUMERS, "\x7f")), label="consumer")
         req = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
-        code, got = call(lambda: self.stub.GetOffset(req, timeout=CALL_TIMEOUT))
+        code, got = self.both(
+            "GetOffset", lambda stub: stub.GetOffset(req, timeout=CALL_TIMEOUT)
+        )
         if not valid_name(consumer):
             assert code == INVALID, f"GetOffset {consumer!r}: {code.name} {got}"
             return
@@ -568,14 +618,14 @@ class StreamsMachine(RuleBasedStateMachine):
     # ---- Lists ----------------------------------------------------------------------
 
     def _pages(
-        self, data: st.DataObject, fetch: Callable[[int, str], Any], field: str
+        self, data: st.DataObject, fetch: Callable[[Any, int, str], Any], field: str
     ) -> list[Any] | None:
         """All pages, or None after checking a bad page_size / token is refused."""
         page_size = data.draw(st.sampled_from((0, 1, 1, 2, 3, 1001, -1)), label="page_size")
         bad_token = data.draw(st.sampled_from(("", "", "", "", "garbage", "AAAA")),
                               label="page_token")
         if page_size < 0 or bad_token:
-            code, got = call(lambda: fetch(page_size, bad_token))
+            code, got = self.both(field, lambda stub: fetch(stub, page_size, bad_token))
             assert code == INVALID, f"page_size {page_size} token {bad_token!r}: {code.name}"
             assert ("page_size" if page_size < 0 else "page_token") in got, got
             return None
@@ -583,7 +633,9 @@ class StreamsMachine(RuleBasedStateMachine):
         pages = []
         token = ""
         for _ in range(100):
-            code, page = call(lambda token=token: fetch(page_size, token))
+            code, page = self.both(
+                field, lambda stub, token=token: fetch(stub, page_size, token)
+            )
             assert code == OK, f"list page: {code.name} {page}"
             pages.append(page)
             assert len(getattr(page, field)) <= cap
@@ -601,7 +653,7 @@ class StreamsMachine(RuleBasedStateMachine):
     def list_spaces(self, data: st.DataObject) -> None:
         items = self._pages(
             data,
-            lambda size, token: self.stub.ListSpaces(
+            lambda stub, size, token: stub.ListSpaces(
                 pb.ListSpacesRequest(page_size=size, page_token=token), timeout=CALL_TIMEOUT
             ),
             "spaces",
@@ -620,7 +672,7 @@ class StreamsMachine(RuleBasedStateMachine):
         space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE)), label="space")
         items = self._pages(
             data,
-            lambda size, token: self.stub.ListSegments(
+            lambda stub, size, token: stub.ListSegments(
                 pb.ListSegmentsRequest(space=space, page_size=size, page_token=token),
                 timeout=CALL_TIMEOUT,
             ),

@@ -9,7 +9,8 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,15 +25,22 @@ T = TypeVar("T")
 
 
 class InProcessServer:
-    """A started server plus a stub, optionally with token auth; ``overrides``
-    go to :class:`Config` (listen defaults to 127.0.0.1:0)."""
+    """A started server plus a stub, optionally with token auth and a clock of
+    the test's; ``overrides`` go to :class:`Config` (listen defaults to
+    127.0.0.1:0)."""
 
-    def __init__(self, data: Path, auth: TokenAuth | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        data: Path,
+        auth: TokenAuth | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        **overrides: Any,
+    ) -> None:
         self.config = dataclasses.replace(Config(listen="127.0.0.1:0", data=data), **overrides)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server = StreamsServer(self.config, auth)
+        self.server = StreamsServer(self.config, auth, clock=clock)
         self.port = self.run(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.target)

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from streams import keys
 from streams.errors import DataLoss, SequenceMismatch
 from streams.model import SegmentAppend, Target, Transaction
-from streams.storage.catalog import SEGMENT_ENTRY, entry_bytes
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.catalog import SEGMENT_ENTRY, entry_bytes
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 
-from .test_store import wrap_sync
+from .test_store import read, wrap_sync
 
 MIB = 1 << 20
 SEGMENTS = 20_000
@@ -85,13 +85,13 @@ def test_evicted_segments_come_back_with_exact_numbers(tmp_path: Path) -> None:
         positions = expected_positions()
         for i in random.Random(1).sample(range(SEGMENTS), 500):
             target = Target("s", name(i))
-            assert store.last_offset(target) == records_of(i)
+            assert await store.last_offset(target) == records_of(i)
             records = pb.ConsumeResponse.FromString(
-                store.read(target, 1, 10, 10, MIB).framed
+                (await read(store, target, 1, 10, 10, MIB)).to_wire()
             ).records
             assert [r.sequence for r in records] == list(range(1, records_of(i) + 1))
             assert records[-1].position == positions[i]
-        assert store.last_offset(Target("s")) == positions[-1]
+        assert await store.last_offset(Target("s")) == positions[-1]
         # A second write to every segment, each with expected_sequence: sequences go on
         # from the reloaded numbers and positions stay dense.
         last = positions[-1]
@@ -122,7 +122,7 @@ def test_expected_sequence_on_an_evicted_segment_is_exact(tmp_path: Path) -> Non
             with pytest.raises(SequenceMismatch) as caught:
                 await store.produce(stale)
             assert caught.value.actual == 2
-        assert store.last_offset(target) == 2
+        assert await store.last_offset(target) == 2
         exact = Transaction("s", (SegmentAppend(name(7), (b"",), 2),), "", b"")
         result = await store.produce(exact)
         assert (result.acks[0].first_sequence, result.first_position) == (
@@ -140,7 +140,7 @@ def test_listings_page_over_evicted_segments_and_spaces(tmp_path: Path) -> None:
         await fill(store)
         positions = expected_positions()
         listed, after = [], None
-        while page := store.list_segments("s", after, 1000):
+        while page := await store.list_segments("s", after, 1000):
             listed += page
             after = page[-1].name
         assert [(s.name, s.last_sequence, s.last_position) for s in listed] == [
@@ -151,12 +151,12 @@ def test_listings_page_over_evicted_segments_and_spaces(tmp_path: Path) -> None:
         # Many spaces, each evicted: their positions and listing are exact.
         for k in range(300):
             await store.produce(write_many(range(k % 4 + 1), space=f"space-{k:03d}"))
-        spaces = store.list_spaces(None, 1000)
+        spaces = await store.list_spaces(None, 1000)
         assert [(s.name, s.last_position) for s in spaces] == [
             ("s", positions[-1]),
             *((f"space-{k:03d}", sum(records_of(i) for i in range(k % 4 + 1))) for k in range(300)),
         ]
-        assert store.last_offset(Target("space-000")) == 1
+        assert await store.last_offset(Target("space-000")) == 1
         within_bound(store)
         await store.close()
 
@@ -170,7 +170,7 @@ def test_restart_reads_no_catalog_entry_until_used(tmp_path: Path) -> None:
         await store.close()
         store = RocksStore.open(tmp_path / "db", options())
         assert store.catalog.loads == 0 and store.catalog.bytes == 0
-        assert store.last_offset(Target("s", name(SEGMENTS - 1))) == records_of(SEGMENTS - 1)
+        assert await store.last_offset(Target("s", name(SEGMENTS - 1))) == records_of(SEGMENTS - 1)
         assert store.catalog.loads == 2  # the segment and its space
         result = await store.produce(write_many(range(3), expected=True))
         assert result.first_position == expected_positions()[-1] + 1
@@ -194,19 +194,19 @@ def test_a_write_awaiting_its_fsync_is_never_evicted(tmp_path: Path) -> None:
         assert await asyncio.to_thread(syncing.wait, 10), "the fsync never started"
         # Evict everything evictable: every other segment goes through the cache.
         for i in range(1000):
-            store.last_offset(Target("s", name(i)))
-        assert store.last_offset(target) == 3
-        assert store.read(target, 1, 10, 10, MIB).count == 3
-        assert store.last_offset(Target("s")) == expected_positions(1000)[-1]
-        listed = store.list_segments("s", name(4), 1)
+            await store.last_offset(Target("s", name(i)))
+        assert await store.last_offset(target) == 3
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 3
+        assert await store.last_offset(Target("s")) == expected_positions(1000)[-1]
+        listed = await store.list_segments("s", name(4), 1)
         assert (listed[0].name, listed[0].last_sequence) == (name(5), 3)
-        assert store.list_spaces(None, 1)[0].last_position == expected_positions(1000)[-1]
+        assert (await store.list_spaces(None, 1))[0].last_position == expected_positions(1000)[-1]
         assert store.catalog.pending == 2  # the segment and its space
         gate.set()
         result = await produce
         assert store.catalog.pending == 0
-        assert store.last_offset(target) == result.acks[0].last_sequence == 6
-        assert store.read(target, 1, 10, 10, MIB).count == 6
+        assert await store.last_offset(target) == result.acks[0].last_sequence == 6
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 6
         await store.close()
 
     asyncio.run(scenario())
@@ -230,12 +230,12 @@ def test_a_damaged_catalog_entry_is_data_loss_naming_it(tmp_path: Path) -> None:
         )
         store = RocksStore.open(tmp_path / "db", options())
         with pytest.raises(DataLoss, match=r"segment 'seg-000003' of space 's' is 5 bytes"):
-            store.last_offset(Target("s", name(3)))
+            await store.last_offset(Target("s", name(3)))
         with pytest.raises(DataLoss, match=r"'seg-000004' of space 's' says position 1000000"):
-            store.last_offset(Target("s", name(4)))
+            await store.last_offset(Target("s", name(4)))
         with pytest.raises(DataLoss, match="is 5 bytes"):
-            store.list_segments("s", None, 100)
-        assert store.last_offset(Target("s", name(2))) == 3
+            await store.list_segments("s", None, 100)
+        assert await store.last_offset(Target("s", name(2))) == 3
         await store.close()
 
     asyncio.run(scenario())
@@ -252,12 +252,12 @@ def test_entry_estimate_covers_what_a_cached_segment_takes(tmp_path: Path) -> No
             await store.produce(Transaction("s", appends, "", b""))
         await store.close()
         store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
-        store.last_offset(Target("s"))
+        await store.last_offset(Target("s"))
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             for n in long_names:
-                store.last_offset(Target("s", n))
+                await store.last_offset(Target("s", n))
             taken = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()

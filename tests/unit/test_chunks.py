@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams import codec
-from streams.storage.chunks import Chunk, pack
+from streams.storage.rocksdb.chunks import Chunk, pack
 
 records = st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=40)
 

@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import codec
+from streams import codec, status
 from streams.v1 import streams_pb2 as pb
 
 u64 = st.integers(min_value=1, max_value=2**64 - 1)
@@ -76,7 +76,7 @@ def test_a_damaged_record_is_corrupt_record_not_a_decode_error() -> None:
     damaged = codec.record(header, 1, 1, b"")[:-3] + b"\x3a\x7f"
     with pytest.raises(codec.CorruptRecord, match="does not parse") as info:
         codec.record_timestamp_ns(damaged)
-    assert info.value.code is grpc.StatusCode.DATA_LOSS
+    assert status.code_of(info.value) is grpc.StatusCode.DATA_LOSS
 
 
 @given(

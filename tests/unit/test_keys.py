@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import keys
 from streams.limits import MAX_NAME_BYTES
+from streams.storage.rocksdb import layout as keys
 
 # Valid names: 1 to 255 UTF-8 bytes, no control characters (U+0000-U+001F, U+007F).
 names = st.text(

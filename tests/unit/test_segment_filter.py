@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from streams import codec, keys
+from streams import codec
 from streams.errors import DataLoss
 from streams.model import Cut, SegmentAppend, Target, Transaction
-from streams.storage import chunks
-from streams.storage.rocksdb import RocksStore
+from streams.storage.rocksdb import chunks
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.store import RocksStore
 from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20
@@ -30,13 +31,15 @@ async def produce(store: RocksStore, *appends: tuple[str, list[bytes]]) -> None:
     await store.produce(Transaction("s", tuple(bodies), "", b""))
 
 
-def steps(store: RocksStore, prefix: bytes, cut: Cut) -> list[tuple[int, int, list[pb.Record]]]:
+async def steps(
+    store: RocksStore, prefix: bytes, cut: Cut
+) -> list[tuple[int, int, list[pb.Record]]]:
     """Reads every matching record step by step: (first, after, records) per step."""
     out = []
-    first, last = 1, store.last_offset(SPACE)
+    first, last = 1, await store.last_offset(SPACE)
     while first <= last:
-        batch, after = store.read_matching(SPACE, first, last, cut, prefix)
-        records = list(pb.ConsumeResponse.FromString(batch.framed).records)
+        batch, after = await store.read(SPACE, first, last, cut, prefix)
+        records = list(pb.ConsumeResponse.FromString(batch.to_wire()).records)
         assert len(records) == batch.count
         assert after > first, f"no progress from {first}"
         out.append((first, after, records))
@@ -67,14 +70,14 @@ def test_a_step_skips_at_most_its_budget_and_always_progresses(tmp_path: Path) -
             for _ in range(20):
                 await produce(store, ("b", [bytes(100_000)]))
             await produce(store, ("a", [b"last"]))
-            taken = steps(store, b"a", Cut(100, MIB, max_skip_bytes=250_000))
+            taken = await steps(store, b"a", Cut(100, MIB, max_skip_bytes=250_000))
             assert [r.payload for r in records_of(taken)] == [b"first", b"last"]
             assert [r.position for r in records_of(taken)] == [1, 22]
             # Each step skipped about its budget (three 100 kB chunks), then returned.
             assert len(taken) >= 7
             assert all(after - first <= 4 for first, after, _ in taken)
             # With a larger budget one step does it all.
-            assert len(steps(store, b"a", Cut(100, MIB, max_skip_bytes=10 * MIB))) == 1
+            assert len(await steps(store, b"a", Cut(100, MIB, max_skip_bytes=10 * MIB))) == 1
         finally:
             await store.close()
 
@@ -85,22 +88,19 @@ def test_the_window_and_rocksdb_give_the_same_records(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = RocksStore.open(tmp_path / "db")
         try:
-            with store.subscribe(SPACE):
+            async with store.follow(SPACE):
                 await mixed(store)
                 assert store.tail.windows == 1
                 cut = Cut(3, MIB, max_skip_bytes=40)  # small steps: many cuts in the window
                 assert store.tail.read_matching(SPACE, 1, 10, cut, b"a") is not None
-                from_window = {p: steps(store, p, cut) for p in (b"a", b"a/", b"ab", b"b/x")}
+                from_window = {p: await steps(store, p, cut) for p in (b"a", b"a/", b"ab", b"b/x")}
             assert store.tail.windows == 0
-            everything = list(
-                pb.ConsumeResponse.FromString(
-                    store.read(SPACE, 1, 10_000, 10_000, 4 * MIB).framed
-                ).records
-            )
+            batch, _ = await store.read(SPACE, 1, 10_000, Cut(10_000, 4 * MIB))
+            everything = list(pb.ConsumeResponse.FromString(batch.to_wire()).records)
             for prefix, taken in from_window.items():
                 want = [r for r in everything if r.segment.encode().startswith(prefix)]
                 assert records_of(taken) == want, prefix
-                assert records_of(steps(store, prefix, cut)) == want, prefix
+                assert records_of(await steps(store, prefix, cut)) == want, prefix
         finally:
             await store.close()
 
@@ -115,7 +115,7 @@ def test_a_damaged_record_header_is_data_loss(tmp_path: Path) -> None:
             (_, damaged), *_ = chunks.pack([b"\x7fnot a record"])
             store._db.put(keys.space_prefix("s") + keys.u64(1), damaged)
             with pytest.raises(DataLoss, match="chunk from offset 1"):
-                store.read_matching(SPACE, 1, 1, Cut(10, MIB, 1), b"a")
+                await store.read(SPACE, 1, 1, Cut(10, MIB, 1), b"a")
         finally:
             await store.close()
 

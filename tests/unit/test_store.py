@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from streams import codec, keys
+from streams import codec
 from streams.errors import DataLoss, Unavailable
-from streams.model import SegmentAppend, Target, Transaction
-from streams.storage.chunks import Chunk, MalformedChunk
-from streams.storage.rocksdb import RocksStore, StoreOptions
+from streams.model import Cut, SegmentAppend, Target, Transaction
+from streams.storage.batches import FramedBatch
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
+from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
 
 MIB = 1 << 20
@@ -35,6 +37,13 @@ def payload_txn(space: str, segment: str, payload: bytes) -> Transaction:
     """One record whose payload is ``payload``."""
     body = b"\x0a" + codec.varint(len(payload)) + payload
     return Transaction(space, (SegmentAppend(segment, (body,), None),), "", b"")
+
+
+async def read(
+    store: RocksStore, target: Target, first: int, last: int, records: int, size: int
+) -> FramedBatch:
+    batch, _ = await store.read(target, first, last, Cut(records, size))
+    return batch
 
 
 def wrap_sync(store: RocksStore, around: Callable[[Callable[[], None]], None]) -> None:
@@ -54,16 +63,16 @@ def test_readers_see_records_only_once_fsynced(tmp_path: Path) -> None:
         assert await asyncio.to_thread(syncing.wait, 10), "the fsync never started"
         assert not produce.done()
         target = Target("s", "a")
-        assert store.read(target, 1, 10, 10, MIB).count == 0
-        assert store.read(Target("s"), 1, 10, 10, MIB).count == 0
-        assert store.peek(target) is None
-        assert store.list_spaces(None, 10) == []
-        assert store.list_segments("s", None, 10) == []
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 0
+        assert (await read(store, Target("s"), 1, 10, 10, MIB)).count == 0
+        assert await store.peek(target) is None
+        assert await store.list_spaces(None, 10) == []
+        assert await store.list_segments("s", None, 10) == []
         gate.set()
         result = await produce
         assert (result.first_position, result.last_position) == (1, 3)
-        assert store.read(target, 1, 10, 10, MIB).count == 3
-        assert store.peek(target) is not None
+        assert (await read(store, target, 1, 10, 10, MIB)).count == 3
+        assert await store.peek(target) is not None
         await store.close()
 
     asyncio.run(scenario())
@@ -96,8 +105,8 @@ def test_failed_fsync_stops_writes_and_hides_what_it_covered(tmp_path: Path) -> 
             await store.produce(txn("s", "a"))
         with pytest.raises(Unavailable, match="writes are stopped"):
             await store.produce(txn("s", "b"))
-        assert store.last_offset(Target("s", "a")) == 1
-        assert store.read(Target("s"), 1, 10, 10, MIB).count == 1
+        assert await store.last_offset(Target("s", "a")) == 1
+        assert (await read(store, Target("s"), 1, 10, 10, MIB)).count == 1
         await store.close()
 
     asyncio.run(scenario())
@@ -132,7 +141,7 @@ def test_no_sync_acks_without_fsync_and_reads_at_once(tmp_path: Path) -> None:
         store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
         result = await store.produce(txn("s", "a", 4))
         assert result.last_position == 4
-        assert store.read(Target("s", "a"), 1, 4, 10, MIB).count == 4
+        assert (await read(store, Target("s", "a"), 1, 4, 10, MIB)).count == 4
         await store.close()
 
     asyncio.run(scenario())
@@ -145,8 +154,8 @@ def test_restart_rebuilds_numbers_from_the_catalog(tmp_path: Path) -> None:
         await store.produce(txn("s", "b", 2))
         await store.close()
         store = RocksStore.open(tmp_path / "db")
-        assert store.last_offset(Target("s")) == 5
-        assert store.last_offset(Target("s", "a")) == 3
+        assert await store.last_offset(Target("s")) == 5
+        assert await store.last_offset(Target("s", "a")) == 3
         result = await store.produce(txn("s", "a"))
         assert (result.acks[0].first_sequence, result.first_position) == (4, 6)
         await store.close()
@@ -238,35 +247,13 @@ def payloads_in(path: Path, options: StoreOptions | None = None) -> list[bytes]:
     async def scenario() -> list[bytes]:
         store = RocksStore.open(path, options)
         try:
-            last = store.last_offset(Target("s", "a"))
-            records = store.read(Target("s", "a"), 1, last, last + 1, 64 * MIB)
-            return [pb.Record.FromString(r).payload for r in split_framed(records.framed)]
+            last = await store.last_offset(Target("s", "a"))
+            records = await read(store, Target("s", "a"), 1, last, last + 1, 64 * MIB)
+            return [pb.Record.FromString(r).payload for r in codec.split_framed(records.to_wire())]
         finally:
             await store.close()
 
     return asyncio.run(scenario())
-
-
-def split_framed(framed: bytes) -> list[bytes]:
-    """The Record bytes of ConsumeResponse-framed records."""
-    out = []
-    i = 0
-    while i < len(framed):
-        length, i = _varint(framed, i + 1)
-        out.append(framed[i : i + length])
-        i += length
-    return out
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            return value, i
-        shift += 7
 
 
 def unchanged_on_disk(path: Path) -> Callable[[], None]:
@@ -330,7 +317,7 @@ def test_last_acked_write_damaged_is_refused_or_dropped_on_request(
     assert "checksum" in message and "--wal-tail-damage drop" in message, message
     unchanged()
 
-    caplog.set_level(logging.ERROR, logger="streams.storage.recovery")
+    caplog.set_level(logging.ERROR, logger="streams.storage.rocksdb.recovery")
     assert payloads_in(image, StoreOptions(wal_tail_damage="drop")) == payloads[:-1]
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     text = error.getMessage()
@@ -383,7 +370,7 @@ def test_torn_wal_tail_opens_with_every_acked_write(
         with open(wal, "r+b") as f:
             f.seek(size - 100)
             f.write(bytes(100))
-    caplog.set_level(logging.WARNING, logger="streams.storage.recovery")
+    caplog.set_level(logging.WARNING, logger="streams.storage.rocksdb.recovery")
     assert payloads_in(image) == payloads[:-1]
     (warning,) = caplog.records
     assert warning.levelno == logging.WARNING and "torn write" in warning.getMessage()
@@ -502,24 +489,26 @@ def test_damaged_table_block_answers_data_loss_at_the_damaged_offset(tmp_path: P
         # A read that reaches the damage returns what comes before it; the
         # next read, which starts at the damage, raises DataLoss naming it.
         for target in (segment, space):
-            before = store.read(target, 1, 100, 1000, 64 * MIB).count
+            before = (await read(store, target, 1, 100, 1000, 64 * MIB)).count
             assert before > 0, target  # the damage is in the middle of either
             with pytest.raises(DataLoss, match=f"offset {before + 1} ") as caught:
-                store.read(target, before + 1, 100, 1000, 64 * MIB)
+                await read(store, target, before + 1, 100, 1000, 64 * MIB)
             assert target.describe() in str(caught.value), caught.value
             assert ".sst" in str(caught.value), caught.value
-        assert store.read(segment, 1, 100, 1000, 64 * MIB).count == 29
+        assert (await read(store, segment, 1, 100, 1000, 64 * MIB)).count == 29
         with pytest.raises(DataLoss, match="offset 30"):
-            store.read(segment, 30, 40, 1000, 64 * MIB)
+            (await read(store, segment, 30, 40, 1000, 64 * MIB))
         # Segment b shares no block with the damage.
-        intact = store.read(Target("s", "b"), 1, 5, 100, 64 * MIB).framed
-        assert [pb.Record.FromString(r).payload for r in split_framed(intact)] == b
-        assert store.peek(Target("s", "b")) is not None
+        intact = (await read(store, Target("s", "b"), 1, 5, 100, 64 * MIB)).to_wire()
+        assert [pb.Record.FromString(r).payload for r in codec.split_framed(intact)] == b
+        assert await store.peek(Target("s", "b")) is not None
         # A time search that has to look at the damaged chunk.
-        (before_damage,) = split_framed(store.read(segment, 29, 29, 1, MIB).framed)
+        (before_damage,) = codec.split_framed(
+            (await read(store, segment, 29, 29, 1, MIB)).to_wire()
+        )
         damaged_ts = codec.record_timestamp_ns(before_damage)
         with pytest.raises(DataLoss):
-            store.first_at_or_after(segment, damaged_ts + 1)
+            await store.first_at_or_after(segment, damaged_ts + 1)
         await store.close()
 
     asyncio.run(scenario())
@@ -533,7 +522,7 @@ def test_damaged_last_record_fails_peek_with_data_loss(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = RocksStore.open(path)
         with pytest.raises(DataLoss, match="offset 40"):
-            store.peek(Target("s", "a"))
+            await store.peek(Target("s", "a"))
         await store.close()
 
     asyncio.run(scenario())

@@ -1,4 +1,6 @@
-"""Key encoding: how spaces, segments, sequences and offsets map to RocksDB keys.
+"""The RocksDB engine's on-disk layout: keys, value formats, format version.
+
+Key encoding: how spaces, segments, sequences and offsets map to RocksDB keys.
 
 Every key starts with a one-byte tag naming its key range, then names and
 numbers. A name is its UTF-8 bytes followed by a 0x00 terminator: valid names
@@ -14,11 +16,26 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
     O consumer 0 space 0 segment 0 -> committed offset (segment empty: space-level)
     D space 0 txid                 -> dedupe entry
     X expiry space 0 txid          -> dedupe expiry index (sweeping in time order)
+    V                              -> the on-disk format version (u64)
+
+Values: chunks of framed ``Record`` messages under R and P (see
+:mod:`.chunks`), and the fixed-size structs below. Any change to a key or a
+value format is a new :data:`FORMAT_VERSION`: a server refuses a data
+directory whose version it does not know (see :func:`format_version`).
 """
 
 from __future__ import annotations
 
 import struct
+
+# The layout this code writes and reads. Data directories written before the
+# version was stored have no V key and are version 1.
+FORMAT_VERSION = 1
+KNOWN_FORMATS = frozenset({1})
+
+SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
+SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
+DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
 
 RECORD = b"R"
 POSITION = b"P"
@@ -27,6 +44,7 @@ SPACE = b"A"
 OFFSET = b"O"
 DEDUPE = b"D"
 EXPIRY = b"X"
+FORMAT = b"V"
 
 _U64 = struct.Struct(">Q")
 U64_MAX = 2**64 - 1
@@ -124,3 +142,24 @@ def prefix_end(prefix: bytes) -> bytes:
     if not prefix or prefix[-1] == 0xFF:
         raise ValueError(f"no key range ends {prefix!r}: it is empty or ends in 0xFF")
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class UnknownFormat(Exception):
+    """The data directory is in an on-disk format this code does not read."""
+
+
+def format_version(raw: bytes | None) -> int:
+    """The format version stored as ``raw`` (the value of :data:`FORMAT`; None:
+    a directory from before versions were stored, which is version 1).
+    :class:`UnknownFormat` unless this code reads that version."""
+    if raw is None:
+        return 1
+    version = read_u64(raw) if len(raw) == _U64.size else None
+    if version not in KNOWN_FORMATS:
+        shown = f"{raw!r} (not a version number)" if version is None else str(version)
+        newer = " (written by a newer Streams?)" if version and version > FORMAT_VERSION else ""
+        raise UnknownFormat(
+            f"on-disk format version {shown}{newer}; this server reads version "
+            f"{', '.join(map(str, sorted(KNOWN_FORMATS)))} only; the data was left as it is"
+        )
+    return version

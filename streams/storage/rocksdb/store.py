@@ -1,11 +1,12 @@
-"""The embedded storage engine: RocksDB through rocksdict, one process.
+"""The RocksDB engine's store: a :class:`~streams.storage.port.Store` on
+RocksDB through rocksdict, one process.
 
-Layout (see :mod:`streams.keys`): records are stored in chunks (see
-:mod:`streams.storage.chunks`), each chunk twice, under its segment key and
+Layout (see :mod:`.layout`): records are stored in chunks (see
+:mod:`.chunks`), each chunk twice, under its segment key and
 under its space key, so a segment read and a space read are each one bounded
 forward scan that slices stored, already framed bytes onto the wire. A
 catalog entry per segment and per space holds its last numbers; they are read
-when first used and cached within a bound (:mod:`streams.storage.catalog`), so
+when first used and cached within a bound (:mod:`streams.storage.rocksdb.catalog`), so
 start-up reads neither the records nor the catalog, and memory does not grow
 with the number of segments.
 
@@ -15,15 +16,20 @@ so sequences and positions are never shared or skipped. The batch goes to
 RocksDB with sync off; :class:`GroupCommit` then fsyncs the WAL off the loop
 and the writer is acked. Only then do readers see the records: every read is
 capped at the durable watermark, as Kafka caps reads at its high watermark.
+
+Records are stored as they go to the wire (serialized ``Record`` messages,
+numbers included, framed as a ``ConsumeResponse``'s ``records``), so a read
+hands stored bytes to the service as a :class:`FramedBatch` without decoding
+them: this engine's own optimisation, which the port does not require.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,40 +37,34 @@ from pathlib import Path
 
 import rocksdict
 
-from streams import codec, keys
-from streams.errors import (
-    AlreadyExists,
-    DataLoss,
-    InvariantViolation,
-    OffsetMismatch,
-    OutOfRange,
-    ResourceExhausted,
-    SequenceMismatch,
-    Unavailable,
-)
-from streams.limits import DEFAULT_CATALOG_CACHE_BYTES
+from streams import codec, startup
+from streams.config import OptionError
+from streams.errors import DataLoss, InvariantViolation, ResourceExhausted, Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
     ProduceResult,
-    Records,
     SegmentAck,
     SegmentInfo,
     SpaceInfo,
     Target,
     Transaction,
 )
-from streams.storage import chunks, recovery
-from streams.storage.catalog import SEGMENT_ENTRY, SPACE_ENTRY, Catalog, SegmentState, SpaceState
-from streams.storage.chunks import Chunk, MalformedChunk
-from streams.storage.durable_mark import DurableMark
-from streams.storage.group_commit import GroupCommit, SyncAborted
+from streams.storage import port
+from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Setup
+from streams.storage.batches import EMPTY, FramedBatch
+from streams.storage.port import BackgroundTask
+from streams.storage.rocksdb import chunks, recovery
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.catalog import Catalog, SegmentState, SpaceState
+from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
+from streams.storage.rocksdb.durable_mark import DurableMark
+from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
+from streams.storage.rocksdb.layout import DEDUPE_HEAD, SEGMENT_CATALOG, SPACE_CATALOG
 from streams.storage.tail import Subscription, Tail
 
 log = logging.getLogger(__name__)
 
-_DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
-_DAY_NS = 24 * 3600 * 1_000_000_000
 # After a full disk, reopening writable is retried no sooner than this, the
 # wait doubling while the disk stays full up to the cap.
 _REOPEN_FIRST_WAIT = 0.5
@@ -80,7 +80,10 @@ class StoreOptions:
     """
 
     sync: bool = True
-    dedupe_window_ns: int = _DAY_NS
+    dedupe_window_ns: int = DEFAULT_DEDUPE_WINDOW_NS
+    # Expired dedupe entries are deleted every this many seconds, at most this
+    # many per step (steps follow each other, letting calls run between them).
+    dedupe_sweep_seconds: float = 60.0
     dedupe_sweep_limit: int = 10_000
     # In-memory window of the latest records of each followed space or
     # segment: followers read these without touching RocksDB. All windows
@@ -97,12 +100,12 @@ class StoreOptions:
     # (after a crash, or once a full disk has room again) replays at most
     # about this much and needs about this much free space.
     memtable_bytes: int = 16 * 1024 * 1024
-    # A damaged last write in the WAL (see streams.storage.recovery): "refuse"
+    # A damaged last write in the WAL (see streams.storage.rocksdb.recovery): "refuse"
     # to open, or "drop" it and open.
     wal_tail_damage: str = "refuse"
     # Memory for the numbers of recently used spaces and segments (see
-    # streams.storage.catalog); the others are read from disk when used.
-    catalog_cache_bytes: int = DEFAULT_CATALOG_CACHE_BYTES
+    # streams.storage.rocksdb.catalog); the others are read from disk when used.
+    catalog_cache_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -110,8 +113,11 @@ class StoreOptions:
                 f"wal_tail_damage must be one of {recovery.TAIL_DAMAGE}, "
                 f"got {self.wal_tail_damage!r}"
             )
-        if self.dedupe_window_ns < 1:
-            raise ValueError(f"dedupe_window_ns must be positive, got {self.dedupe_window_ns}")
+        if self.dedupe_window_ns < 1 or self.dedupe_sweep_seconds <= 0:
+            raise ValueError(
+                f"dedupe_window_ns ({self.dedupe_window_ns}) and dedupe_sweep_seconds "
+                f"({self.dedupe_sweep_seconds}) must be positive"
+            )
         for name in (
             "dedupe_sweep_limit",
             "tail_window_records",
@@ -150,13 +156,13 @@ class _Pending:
 
 
 class RocksStore:
-    """The RocksDB-backed :class:`~streams.storage.base.Store`.
+    """The RocksDB-backed :class:`~streams.storage.port.Store`.
 
     Example::
 
         store = RocksStore.open(Path("data"), StoreOptions())
         result = await store.produce(txn)
-        records = store.read(Target("orders", "eu"), 1, 100, 100, 4 << 20)
+        batch, after = await store.read(Target("orders", "eu"), 1, 100, Cut(100, 4 << 20))
         await store.close()
     """
 
@@ -205,14 +211,17 @@ class RocksStore:
         records, whose numbers are read from the catalog when first used.
 
         Raises DataLoss when the write-ahead log or the catalog is damaged
-        (see :mod:`streams.storage.recovery`); opens read-only, serving reads,
-        when the disk is too full to recover (see :attr:`write_error`).
+        (see :mod:`.recovery`), UnknownFormat when the data is in an on-disk
+        format this code does not read (see :mod:`.layout`); opens read-only,
+        serving reads, when the disk is too full to recover (see
+        :attr:`write_error`).
         """
         options = options or StoreOptions()
         _create_durably(path)
         opened = recovery.open_db(path, options.memtable_bytes, options.wal_tail_damage)
         try:
             store = cls(path, opened.db, options, opened.read_only)
+            store._check_format()
         except BaseException:
             _close_db(opened.db)
             raise
@@ -225,6 +234,14 @@ class RocksStore:
         if not self._options.sync:
             return None
         return DurableMark(self._path, self._db.latest_sequence_number())
+
+    def _check_format(self) -> None:
+        raw = self._get(keys.FORMAT, "the on-disk format version")
+        keys.format_version(raw)
+        if raw is None and self._disk_full is None:
+            # Stamped (and fsynced) before this code writes anything else.
+            self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
+            self._db.flush_wal(True)
 
     def _scan(
         self, prefix: bytes, what: str, start: bytes | None = None, end: bytes | None = None
@@ -282,15 +299,12 @@ class RocksStore:
         )
         if raw is None:
             return None
-        expires, fingerprint = _DEDUPE_HEAD.unpack_from(raw)
+        expires, fingerprint = DEDUPE_HEAD.unpack_from(raw)
         if expires <= self._options.clock():
             return None
         if fingerprint != txn.fingerprint:
-            raise AlreadyExists(
-                f"transaction_id: {txn.transaction_id!r} was already committed in space "
-                f"{txn.space!r} with different writes"
-            )
-        original = codec.parse_produce_response(raw[_DEDUPE_HEAD.size :])
+            raise port.already_exists(txn)
+        original = codec.parse_produce_response(raw[DEDUPE_HEAD.size :])
         return dataclasses.replace(original, duplicate=True)
 
     def _commit(self, txn: Transaction) -> tuple[int, ProduceResult]:
@@ -303,12 +317,7 @@ class RocksStore:
         for append, segment in zip(txn.appends, segments, strict=True):
             actual = segment.last_sequence if segment else 0
             if append.expected_sequence is not None and append.expected_sequence != actual:
-                raise SequenceMismatch(
-                    f"writes.expected_sequence: segment {append.segment!r} has last sequence "
-                    f"{actual}, not {append.expected_sequence}",
-                    segment=append.segment,
-                    actual=actual,
-                )
+                raise port.sequence_mismatch(append.segment, actual, append.expected_sequence)
         ts = max(self._options.clock(), space.last_ts if space else 0)
         position = space.last_position if space else 0
         first_position = position + 1
@@ -338,10 +347,10 @@ class RocksStore:
             last_positions.append(position)
             batch.put(
                 keys.segment_catalog_key(txn.space, append.segment),
-                SEGMENT_ENTRY.pack(sequence, position, ts),
+                SEGMENT_CATALOG.pack(sequence, position, ts),
             )
             acks.append(SegmentAck(append.segment, first_sequence, sequence))
-        batch.put(keys.space_catalog_key(txn.space), SPACE_ENTRY.pack(position, ts))
+        batch.put(keys.space_catalog_key(txn.space), SPACE_CATALOG.pack(position, ts))
         result = ProduceResult(tuple(acks), first_position, position, ts)
         if position - first_position + 1 != txn.record_count:
             raise InvariantViolation(
@@ -353,7 +362,7 @@ class RocksStore:
             response = codec.produce_response(result).SerializeToString()
             batch.put(
                 keys.dedupe_key(txn.space, txn.transaction_id),
-                _DEDUPE_HEAD.pack(expires, txn.fingerprint) + response,
+                DEDUPE_HEAD.pack(expires, txn.fingerprint) + response,
             )
             batch.put(keys.expiry_key(expires, txn.space, txn.transaction_id), b"")
         self._write(batch)
@@ -546,21 +555,14 @@ class RocksStore:
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         await self._check_writable()
-        last = self.last_offset(target)
+        last = self._last_offset(target)
         if offset > last:
-            raise OutOfRange(
-                f"offset: {offset} is past the last offset ({last}) of {target.describe()}"
-            )
+            raise port.out_of_range(offset, last, target)
         key = keys.offset_key(consumer, target.space, target.segment)
         raw = self._get(key, f"the offset of consumer {consumer!r} for {target.describe()}")
         stored = keys.read_u64(raw) if raw is not None else None
         if expected is not None and expected != (stored or 0):
-            shown = "none" if stored is None else str(stored)
-            raise OffsetMismatch(
-                f"expected_offset: {expected} does not match the stored offset ({shown}) of "
-                f"consumer {consumer!r} for {target.describe()}",
-                actual=stored,
-            )
+            raise port.offset_mismatch(expected, stored, consumer, target)
         batch = rocksdict.WriteBatch(raw_mode=True)
         batch.put(key, keys.u64(offset))
         self._write(batch)
@@ -578,10 +580,7 @@ class RocksStore:
         )
         return keys.read_u64(raw) if raw is not None else None
 
-    def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]:
-        """Up to ``limit`` committed offsets in (consumer, space, segment) order, each
-        as its consumer, target and lag (the target's last durable offset minus the
-        committed one, at least 0); and whether there are more."""
+    async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]:
         self._check_open()
         found: list[tuple[str, Target, int]] = []
         for key, value in self._scan(keys.OFFSET, "the committed offsets"):
@@ -589,7 +588,7 @@ class RocksStore:
                 return found, True
             consumer, space, segment = keys.split_offset_key(key)
             target = Target(space, segment)
-            behind = self.last_offset(target) - keys.read_u64(value)
+            behind = self._last_offset(target) - keys.read_u64(value)
             found.append((consumer, target, max(0, behind)))
         return found, False
 
@@ -609,7 +608,7 @@ class RocksStore:
             _, dedupe_key = keys.split_expiry_key(expiry_key)
             raw = self._get(dedupe_key, "a dedupe entry")
             # The id may have been reused after it expired: keep the newer entry.
-            if raw is not None and _DEDUPE_HEAD.unpack_from(raw)[0] <= now:
+            if raw is not None and DEDUPE_HEAD.unpack_from(raw)[0] <= now:
                 batch.delete(dedupe_key)
             batch.delete(expiry_key)
             swept += 1
@@ -617,13 +616,24 @@ class RocksStore:
             self._write(batch)
         return swept
 
-    @property
-    def sweep_limit(self) -> int:
-        return self._options.dedupe_sweep_limit
+    async def _sweep_all_expired(self) -> None:
+        # A full sweep means more may be waiting: go on, letting calls run between.
+        while self.sweep_expired_dedupe() == self._options.dedupe_sweep_limit:
+            await asyncio.sleep(0)
+
+    def background(self) -> Sequence[BackgroundTask]:
+        return (
+            BackgroundTask(
+                "dedupe-sweep", self._options.dedupe_sweep_seconds, self._sweep_all_expired
+            ),
+        )
 
     # -- reads -----------------------------------------------------------
 
-    def last_offset(self, target: Target) -> int:
+    async def last_offset(self, target: Target) -> int:
+        return self._last_offset(target)
+
+    def _last_offset(self, target: Target) -> int:
         self._check_open()
         if target.is_space:
             space = self._catalog.space(target.space)
@@ -636,16 +646,22 @@ class RocksStore:
             return keys.space_prefix(target.space)
         return keys.segment_prefix(target.space, target.segment)
 
-    def read(
-        self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> Records:
-        if max_records < 1 or max_bytes < 1:
-            raise ValueError(f"max_records ({max_records}) and max_bytes ({max_bytes}) must be > 0")
+    async def read(
+        self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes = b""
+    ) -> tuple[FramedBatch, int]:
         self._check_open()
+        if segment_prefix:
+            return self._read_matching(target, first, last, cut, segment_prefix)
+        batch = self._read(target, first, last, cut.max_records, cut.max_bytes)
+        return batch, max(first, 1) + batch.count
+
+    def _read(
+        self, target: Target, first: int, last: int, max_records: int, max_bytes: int
+    ) -> FramedBatch:
         first = max(first, 1)
-        last = min(last, self.last_offset(target))
+        last = min(last, self._last_offset(target))
         if first > last:
-            return Records.EMPTY
+            return EMPTY
         recent = self._tail.read(target, first, last, max_records, max_bytes)
         if recent is not None:
             return recent
@@ -676,20 +692,19 @@ class RocksStore:
                 if stop < chunk.count:
                     break
                 iterator.next()
-        return Records(b"".join(parts), count)
+        return FramedBatch(b"".join(parts), count)
 
-    def read_matching(
+    def _read_matching(
         self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes
-    ) -> tuple[Records, int]:
+    ) -> tuple[FramedBatch, int]:
         if not target.is_space or cut.max_skip_bytes < 1:
             raise ValueError(
                 f"a read by segment prefix is of a space and skips something: {target}, {cut}"
             )
-        self._check_open()
         first = max(first, 1)
-        last = min(last, self.last_offset(target))
+        last = min(last, self._last_offset(target))
         if first > last:
-            return Records.EMPTY, first
+            return EMPTY, first
         recent = self._tail.read_matching(target, first, last, cut, segment_prefix)
         if recent is not None:
             return recent
@@ -730,7 +745,7 @@ class RocksStore:
                 if stop < chunk.count:
                     break
                 iterator.next()
-        return Records(b"".join(parts), count), offset
+        return FramedBatch(b"".join(parts), count), offset
 
     @contextlib.contextmanager
     def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
@@ -794,12 +809,11 @@ class RocksStore:
             cause = f"no stored chunk under {self._path} holds it, though the catalog lists it"
         return self._data_loss(f"{target.describe()}: offset {offset} cannot be read: {cause}")
 
-    def subscribe(self, target: Target) -> Subscription:
+    def follow(self, target: Target) -> Subscription:
         self._check_open()
-        return self._tail.subscribe(target, self.last_offset)
+        return self._tail.subscribe(target, self._last_offset)
 
-    def end_subscriptions(self) -> None:
-        """Ends every follower's wait with Unavailable; no new ones start."""
+    async def end_subscriptions(self) -> None:
         self._tail.close()
 
     @property
@@ -812,10 +826,10 @@ class RocksStore:
         """The live tail (followers and windows), for metrics and tests."""
         return self._tail
 
-    def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
+    async def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
         self._check_open()
         prefix = self._prefix(target)
-        low, high = 1, self.last_offset(target)
+        low, high = 1, self._last_offset(target)
         with self._chunks(prefix, high) as iterator:
             # A transaction's records share its timestamp: a chunk's first
             # record stands for all of its records.
@@ -829,17 +843,18 @@ class RocksStore:
                     low = middle + 1
         return low
 
-    def peek(self, target: Target) -> bytes | None:
+    async def peek(self, target: Target) -> FramedBatch | None:
         self._check_open()
-        last = self.last_offset(target)
+        last = self._last_offset(target)
         if last == 0:
             return None
         prefix = self._prefix(target)
         with self._chunks(prefix, last) as iterator:
             chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
-        return self._record(chunk, last - chunk_first, target, chunk_first)
+        stored = self._record(chunk, last - chunk_first, target, chunk_first)
+        return FramedBatch(codec.consume_response((stored,)), 1)
 
-    def list_spaces(
+    async def list_spaces(
         self,
         after: str | None,
         limit: int,
@@ -866,7 +881,9 @@ class RocksStore:
                         return found
         return found
 
-    def list_segments(self, space_name: str, after: str | None, limit: int) -> list[SegmentInfo]:
+    async def list_segments(
+        self, space_name: str, after: str | None, limit: int
+    ) -> list[SegmentInfo]:
         self._check_open()
         prefix = keys.segment_catalog_prefix(space_name)
         start = keys.segment_catalog_key(space_name, after) + b"\x00" if after is not None else None
@@ -900,6 +917,35 @@ class RocksStore:
             self._mark = None
         if self._db_open:
             _close_db(self._db)
+
+
+async def open_store(setup: Setup) -> RocksStore:
+    """The rocksdb backend's opener (see :mod:`streams.storage.rocksdb`):
+    OptionError naming ``--data`` when the folder cannot hold a store or holds
+    one in an on-disk format this code does not read; DataLoss, for a damaged
+    store, goes through."""
+    startup.check_data_folder(setup.data)
+    options = StoreOptions(
+        sync=setup.sync,
+        dedupe_window_ns=setup.dedupe_window_ns,
+        dedupe_sweep_seconds=setup.options["dedupe_sweep_seconds"],
+        memory=setup.memory,
+        follow_linger=setup.follow_linger,
+        clock=setup.clock,
+        on_fsync=setup.on_fsync,
+        memtable_bytes=setup.options["memtable_bytes"],
+        wal_tail_damage=setup.options["wal_tail_damage"],
+        catalog_cache_bytes=setup.options["catalog_cache_bytes"],
+    )
+    try:
+        return RocksStore.open(setup.data, options)
+    except DataLoss:
+        raise
+    except keys.UnknownFormat as exc:
+        raise OptionError("--data", setup.data, str(exc)) from None
+    except Exception as exc:  # OSError making the folder, RocksDB's own errors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OptionError("--data", setup.data, f"cannot hold the store: {reason}") from None
 
 
 def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:

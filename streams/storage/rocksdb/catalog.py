@@ -1,6 +1,6 @@
 """The numbers of spaces and segments: a cache within a byte bound over the catalog on disk.
 
-Every space and segment has a catalog entry (see :mod:`streams.keys`) holding
+Every space and segment has a catalog entry (see :mod:`streams.storage.rocksdb.layout`) holding
 its last numbers, written in the same batch as its records. Start-up reads
 none of them: an entry is read when first used and kept in a cache of the
 most recently used ones, at most ``capacity_bytes`` (estimated, see
@@ -38,12 +38,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from streams import keys
 from streams.errors import InvariantViolation
-
-# The values of catalog entries.
-SEGMENT_ENTRY = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
-SPACE_ENTRY = struct.Struct(">QQ")  # last position, last timestamp ns
+from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.layout import SEGMENT_CATALOG as SEGMENT_ENTRY
+from streams.storage.rocksdb.layout import SPACE_CATALOG as SPACE_ENTRY
 
 # Memory of one cached segment beside its key's length: the state object, its
 # numbers, the key object and the cache's link and slot (CPython 3.11, 64-bit;

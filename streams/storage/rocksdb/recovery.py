@@ -1,6 +1,6 @@
 """Opening RocksDB: a torn tail is recovered, damage is refused, a full disk still serves reads.
 
-Before RocksDB replays its write-ahead log, :mod:`streams.storage.wal` reads
+Before RocksDB replays its write-ahead log, :mod:`streams.storage.rocksdb.wal` reads
 the log with its checksums and finds where, if anywhere, it stops being
 intact, since RocksDB cannot tell the cases apart and drops some damage
 without a word (see that module). Then:
@@ -11,7 +11,7 @@ without a word (see that module). Then:
   damaged bytes and the writes after them. Nothing is changed on disk.
 - A torn tail (the file ends inside the last write, or zeros fill it to the
   end) that the server never recorded as durable (see
-  :mod:`streams.storage.durable_mark`): a crash or a power cut left it, the
+  :mod:`streams.storage.rocksdb.durable_mark`): a crash or a power cut left it, the
   write was never acknowledged; the file is cut back to the last intact write
   (what RocksDB's *point in time* recovery would keep) with a warning naming
   the bytes.
@@ -39,7 +39,7 @@ from pathlib import Path
 import rocksdict
 
 from streams.errors import DataLoss
-from streams.storage import durable_mark, wal
+from streams.storage.rocksdb import durable_mark, wal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,115 @@
+"""How a storage backend plugs into the server: its name, its own options, and
+how it is opened.
+
+A backend module defines ``BACKEND``, a :class:`Backend` listed in
+:mod:`streams.storage.registry`. Its options become server options
+(``--NAME``, ``STREAMS_NAME``) like every other, shown by ``--help`` under
+the backend's name; the server opens the backend chosen by ``--storage``
+with a :class:`Setup` holding what every backend gets plus its own options.
+The module that implements the backend is imported only then, so that naming
+a backend loads nothing heavy (``import streams.server`` loads no engine).
+
+Example (a backend module)::
+
+    BACKEND = Backend(
+        "memory",
+        "everything in this process's memory, nothing durable",
+        "streams.storage.memory:open_store",
+    )
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.memory import MemoryBudget
+from streams.storage.port import Store
+
+# The contract's default dedupe window (--dedupe-window-seconds).
+DEFAULT_DEDUPE_WINDOW_NS = 24 * 3600 * 1_000_000_000
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be positive")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be positive")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A server option that a backend owns: ``--NAME``, ``STREAMS_NAME``.
+    ``kind`` parses its text (raising ValueError or ArgumentTypeError)."""
+
+    name: str
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What the server hands the backend it opens: the server-wide settings
+    and the backend's own options (by :attr:`Option.dest`)."""
+
+    data: Path
+    sync: bool = True
+    dedupe_window_ns: int = DEFAULT_DEDUPE_WINDOW_NS
+    # Followers are woken at most once per this many seconds (see streams.storage.tail).
+    follow_linger: float = 0.0
+    # Shared with the service: the backend's caches stay within it.
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # Called with each fsync's duration in seconds (metrics), by backends that fsync.
+    on_fsync: Callable[[float], None] | None = None
+    clock: Callable[[], int] = time.time_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A storage backend as the registry lists it."""
+
+    name: str
+    summary: str
+    # "module:function": an async function of a Setup that returns the open Store.
+    opener: str
+    options: tuple[Option, ...] = ()
+
+    def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """This backend's options: those in ``given``, defaults for the rest."""
+        return {option.dest: given.get(option.dest, option.default) for option in self.options}
+
+    async def open(self, setup: Setup) -> Store:
+        """Opens the backend (its module is imported now); ``setup.options``
+        are completed with the defaults of options it does not give."""
+        module, function = self.opener.split(":")
+        opener = getattr(importlib.import_module(module), function)
+        complete = Setup(
+            data=setup.data,
+            sync=setup.sync,
+            dedupe_window_ns=setup.dedupe_window_ns,
+            follow_linger=setup.follow_linger,
+            memory=setup.memory,
+            options=self.settings(setup.options),
+            on_fsync=setup.on_fsync,
+            clock=setup.clock,
+        )
+        store: Store = await opener(complete)
+        return store

@@ -1,0 +1,255 @@
+"""The storage port: what the service asks of a storage backend, and the rules
+every backend keeps.
+
+Every operation is ``async`` (a networked backend must not block the event
+loop), and takes and returns the domain types of :mod:`streams.model`:
+validated commands in, numbered records and results out, never a protobuf,
+gRPC or engine type. Offsets are plain ints: a sequence for a segment target,
+a position for a space target. A record's body (payload and metadata, as
+:class:`~streams.model.SegmentAppend` carries it) is opaque to a backend: it
+stores the bytes and gives them back unchanged.
+
+Records come out as a :class:`RecordBatch`, which the service hands to the
+wire as it is (:meth:`RecordBatch.to_wire`). A backend that numbers records
+at commit (JetStream assigns stream sequences then) keeps them its own way and
+frames them on read; the RocksDB engine stores them framed and slices stored
+bytes onto the wire, as its own optimisation (:mod:`streams.storage.batches`
+has both kinds).
+
+The rules, each checked for every backend by tests/storage/ (the conformance
+suite; the test that checks a rule is named after it):
+
+1. **All or nothing.** :meth:`Store.produce` commits a transaction whole or
+   not at all: on any error nothing of it is written, and no reader ever sees
+   part of it (a read's bounds may still cut inside one).
+2. **Durable point.** Produce and Commit return once durable (for the
+   RocksDB engine: in the fsynced write-ahead log; for the memory backend at
+   once, as it promises no durability). Every read (:meth:`Store.read`,
+   :meth:`Store.last_offset`, :meth:`Store.peek`,
+   :meth:`Store.first_at_or_after`, the lists, :meth:`Store.get_offset`) is
+   capped at what is durable: a reader never sees what a crash could take
+   back.
+3. **Dense numbers.** A segment's sequences are 1, 2, 3, ... and a space's
+   positions 1, 2, 3, ... in commit order, positions following the order of
+   the writes, then of the records; under concurrent producers no number is
+   shared or skipped.
+4. **Time.** One timestamp per transaction, from the backend's clock;
+   timestamps never decrease along the positions of a space (a clock that
+   steps back reuses the last timestamp).
+5. **Duplicates.** A transaction whose id (same space) was committed within
+   the dedupe window is not written again: with the same fingerprint it is
+   answered with the original result and ``duplicate=True``, only once the
+   original is durable; with another fingerprint it raises
+   :class:`~streams.errors.AlreadyExists`. The duplicate check comes before
+   the ``expected_sequence`` check; a durable backend keeps the entries across
+   restarts; past the window the id is free again.
+6. **Compare-and-set.** ``expected_sequence`` compares with the segment's
+   last sequence (0: the segment has none); a mismatch on any write raises
+   :class:`~streams.errors.SequenceMismatch` naming that segment and its last
+   sequence. Offsets: :meth:`Store.commit_offset` raises
+   :class:`~streams.errors.OutOfRange` past the target's last offset, then
+   :class:`~streams.errors.OffsetMismatch` when ``expected`` (0 matching "none
+   stored" too) differs from the stored offset.
+7. **Follow.** Once :meth:`Store.follow` is entered, every transaction that
+   becomes durable afterwards wakes :meth:`Subscription.wait`, and only once
+   it is durable; a target that does not exist yet can be followed;
+   :meth:`Store.end_subscriptions` ends every wait with
+   :class:`~streams.errors.Unavailable`.
+8. **Limits.** A read returns at most ``cut.max_records`` records and
+   ``cut.max_bytes`` bytes of :meth:`RecordBatch.to_wire` (always at least one
+   record when one is in range), and a read by segment prefix looks past about
+   ``cut.max_skip_bytes`` of other records at most per call.
+9. **Names.** Names are prefix-safe (segment ``a`` never sees the records of
+   ``ab``, nor space ``m`` those of ``m/x``) and lists order them by their
+   UTF-8 bytes.
+10. **Closing.** After :meth:`Store.close` every operation raises
+    :class:`~streams.errors.Unavailable`.
+
+A backend is picked by name from :mod:`streams.storage.registry`; it owns its
+options, its start-up, its background work (:meth:`Store.background`, run by
+the server's supervisor) and its shutdown (:meth:`Store.close`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from streams.errors import AlreadyExists, OffsetMismatch, OutOfRange, SequenceMismatch
+from streams.model import (
+    Cut,
+    ProduceResult,
+    Record,
+    SegmentInfo,
+    SpaceInfo,
+    Target,
+    Transaction,
+)
+
+
+class RecordBatch(Protocol):
+    """Records read for one response, in offset order."""
+
+    @property
+    def count(self) -> int: ...
+
+    def to_wire(self) -> bytes:
+        """The records framed as the ``records`` field of a ``ConsumeResponse``
+        (for one record, also a ``PeekResponse``): what the service sends."""
+        ...
+
+    def records(self) -> Sequence[Record]:
+        """The records as domain values."""
+        ...
+
+
+class Subscription(Protocol):
+    """A follower's hold on a target, from :meth:`Store.follow`."""
+
+    async def wait(self, offset: int) -> None:
+        """Returns once ``offset`` of the target is durable. Raises Unavailable
+        when the store shuts down."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundTask:
+    """Work a backend needs done now and then (dedupe expiry, maintenance):
+    the server's supervisor runs ``step`` every ``interval`` seconds, logging,
+    counting and retrying its failures."""
+
+    name: str
+    interval: float
+    step: Callable[[], Awaitable[object]]
+
+
+class Store(Protocol):
+    """A storage backend (see the rules in this module's docstring)."""
+
+    async def produce(self, txn: Transaction) -> ProduceResult:
+        """Commits ``txn`` all or nothing; returns once it is durable.
+
+        Raises SequenceMismatch, AlreadyExists, Unavailable, ResourceExhausted.
+        """
+        ...
+
+    async def last_offset(self, target: Target) -> int:
+        """The last durable offset of ``target``; 0 when it has none."""
+        ...
+
+    async def read(
+        self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes = b""
+    ) -> tuple[RecordBatch, int]:
+        """Durable records of ``target`` with offsets ``first..last``, cut by
+        ``cut``, and the offset where the next read starts.
+
+        With a ``segment_prefix`` (UTF-8; a space target only, and a positive
+        ``cut.max_skip_bytes``) only records of segments whose name starts with
+        it; the batch may then be empty while the next offset moves on.
+
+        A damaged record ends the read before it: DataLoss names its offset when
+        it is ``first``, else the records before it are returned (and the next
+        read raises).
+        """
+        ...
+
+    def follow(self, target: Target) -> AbstractAsyncContextManager[Subscription]:
+        """Follows ``target`` (it need not exist yet) while the context is open."""
+        ...
+
+    async def end_subscriptions(self) -> None:
+        """Ends every subscription's wait with Unavailable; no new one starts
+        (at shutdown)."""
+        ...
+
+    async def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
+        """The offset of the first durable record stamped at or after
+        ``timestamp_ns``; one past the last offset when there is none."""
+        ...
+
+    async def peek(self, target: Target) -> RecordBatch | None:
+        """The last durable record of ``target`` (a batch of one), or None."""
+        ...
+
+    async def commit_offset(
+        self, consumer: str, target: Target, offset: int, expected: int | None
+    ) -> int:
+        """Stores ``consumer``'s offset durably (compare-and-set when ``expected``
+        is not None). Raises OutOfRange, OffsetMismatch, Unavailable."""
+        ...
+
+    async def get_offset(self, consumer: str, target: Target) -> int | None:
+        """The durable offset ``consumer`` committed for ``target``, or None."""
+        ...
+
+    async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]:
+        """Up to ``limit`` committed offsets in (consumer, space, segment) order,
+        each with its lag (the target's last offset minus the committed one, at
+        least 0); and whether there are more."""
+        ...
+
+    async def list_spaces(
+        self,
+        after: str | None,
+        limit: int,
+        include: Callable[[str], bool] | None = None,
+        prefixes: Sequence[str] | None = None,
+    ) -> list[SpaceInfo]:
+        """Up to ``limit`` spaces with durable records, by name, after ``after``,
+        only those ``include`` accepts when it is given, looked for only among
+        names that start with one of ``prefixes`` (sorted, none a prefix of
+        another) when they are given."""
+        ...
+
+    async def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:
+        """Up to ``limit`` segments of ``space`` with durable records, by name."""
+        ...
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writes are refused right now, None while they work (a state kept
+        in memory, read by the health check)."""
+        ...
+
+    def background(self) -> Sequence[BackgroundTask]:
+        """The periodic work this backend needs (started once it is open)."""
+        ...
+
+    async def close(self) -> None:
+        """Waits for pending writes to become durable, then closes the store."""
+        ...
+
+
+# The errors of the rules, worded once for every backend.
+
+
+def sequence_mismatch(segment: str, actual: int, expected: int) -> SequenceMismatch:
+    return SequenceMismatch(
+        f"writes.expected_sequence: segment {segment!r} has last sequence {actual}, not {expected}",
+        segment=segment,
+        actual=actual,
+    )
+
+
+def already_exists(txn: Transaction) -> AlreadyExists:
+    return AlreadyExists(
+        f"transaction_id: {txn.transaction_id!r} was already committed in space "
+        f"{txn.space!r} with different writes"
+    )
+
+
+def out_of_range(offset: int, last: int, target: Target) -> OutOfRange:
+    return OutOfRange(f"offset: {offset} is past the last offset ({last}) of {target.describe()}")
+
+
+def offset_mismatch(
+    expected: int, stored: int | None, consumer: str, target: Target
+) -> OffsetMismatch:
+    shown = "none" if stored is None else str(stored)
+    return OffsetMismatch(
+        f"expected_offset: {expected} does not match the stored offset ({shown}) of "
+        f"consumer {consumer!r} for {target.describe()}",
+        actual=stored,
+    )

@@ -1,0 +1,154 @@
+"""The port conformance suite's backends: every test of tests/storage/ that
+takes ``backend`` runs against each one, opened through the registry as the
+server opens it. A new backend (JetStream) joins by adding its :class:`Harness`
+to :data:`HARNESSES`; it is accepted once it passes the suite."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from streams import codec
+from streams.model import SegmentAppend, Transaction
+from streams.storage import registry
+from streams.storage.backend import Setup
+from streams.storage.port import Store
+
+T = TypeVar("T")
+DAY_NS = 24 * 3600 * 1_000_000_000
+
+
+class Clock:
+    """A clock the test sets: the backends stamp transactions with it."""
+
+    def __init__(self, now: int = 1_700_000_000_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Gate:
+    """Holds a backend's durability: writes are made but not yet durable until
+    :meth:`open` (see :attr:`Harness.hold`)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._open = threading.Event()
+
+    def pass_through(self) -> None:
+        """Called where the backend makes writes durable: blocks until opened."""
+        self.reached.set()
+        if not self._open.wait(30):
+            raise TimeoutError("the test never opened the gate")
+
+    async def wait_reached(self) -> None:
+        if not await asyncio.to_thread(self.reached.wait, 30):
+            raise TimeoutError("no write reached the point where it becomes durable")
+
+    def open(self) -> None:
+        self._open.set()
+
+
+def _hold_rocksdb(store: Any) -> Gate:
+    """The RocksDB engine's writes become durable in its group commit's fsync."""
+    gate = Gate()
+    sync = store._group._sync
+    assert sync is not None, "held durability needs sync on"
+
+    def held() -> None:
+        gate.pass_through()
+        sync()
+
+    store._group._sync = held
+    return gate
+
+
+@dataclass
+class Harness:
+    """One backend as the suite drives it."""
+
+    name: str
+    data: Path
+    # Whatever it stores survives close() and a new open() on the same data.
+    durable: bool
+    # Makes the next writes wait before they become durable; None when a
+    # backend's writes are durable as soon as they are made.
+    hold: Callable[[Store], Gate] | None
+    clock: Clock = field(default_factory=Clock)
+    options: dict[str, Any] = field(default_factory=dict)
+    gates: list[Gate] = field(default_factory=list)
+
+    def held(self, store: Store) -> Gate:
+        """Holds the durability of ``store``'s next writes (opened at the end of
+        :meth:`run` at the latest, so that a failing test does not hang)."""
+        if self.hold is None:
+            pytest.skip(f"{self.name}: a write is durable as soon as it is made")
+        gate = self.hold(store)
+        self.gates.append(gate)
+        return gate
+
+    async def open(self, dedupe_window_ns: int = DAY_NS) -> Store:
+        setup = Setup(
+            data=self.data,
+            clock=self.clock,
+            dedupe_window_ns=dedupe_window_ns,
+            options=self.options,
+        )
+        return await registry.get(self.name).open(setup)
+
+    def run(self, scenario: Callable[[Store], Awaitable[T]], **open_args: Any) -> T:
+        """Runs ``scenario`` on a freshly opened store, closing it after."""
+
+        async def main() -> T:
+            store = await self.open(**open_args)
+            try:
+                return await scenario(store)
+            finally:
+                for gate in self.gates:
+                    gate.open()
+                await store.close()
+
+        return asyncio.run(main())
+
+
+HARNESSES: dict[str, Callable[[Path], Harness]] = {
+    "rocksdb": lambda tmp: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
+    "memory": lambda tmp: Harness("memory", tmp / "data", durable=False, hold=None),
+}
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    assert set(HARNESSES) == set(registry.backends()), "every backend must be in the suite"
+    yield HARNESSES[request.param](tmp_path)
+
+
+def txn(
+    space: str,
+    *writes: tuple[str, int] | tuple[str, int, int | None],
+    txid: str = "",
+    tag: bytes = b"",
+) -> Transaction:
+    """A transaction of ``(segment, records[, expected_sequence])`` writes; each
+    body is a ``RecordInput`` with a payload naming its write and index (and
+    ``tag``), so that records are told apart when read back."""
+    appends = []
+    for write in writes:
+        segment, count = write[0], write[1]
+        expected = write[2] if len(write) > 2 else None
+        bodies = tuple(body(f"{segment}:{i}".encode() + tag) for i in range(count))
+        appends.append(SegmentAppend(segment, bodies, expected))
+    fingerprint = (txid.encode() + tag).ljust(32, b".")[:32] if txid else b""
+    return Transaction(space, tuple(appends), txid, fingerprint)
+
+
+def body(payload: bytes) -> bytes:
+    """A RecordInput holding ``payload`` (field 1, length-delimited)."""
+    return b"\x0a" + codec.varint(len(payload)) + payload
