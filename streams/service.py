@@ -446,6 +446,7 @@ class StreamsService:
     async def commit(
         self, request: pb.CommitRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CommitResponse:
+        validation.written_name("consumer", request.consumer)
         consumer, target = _offset_target(request, caller)
         expected = request.expected_offset if request.HasField("expected_offset") else None
         offset = await self._store.commit_offset(consumer, target, request.offset, expected)
