@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from streams import codec, status, validation
+from streams import codec, status, unbuilt, validation
 from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
 from streams.limits import Limits
@@ -194,7 +194,35 @@ class StreamsService:
                 request_deserializer=_parser(request_type, self._requests),
                 response_serializer=_raw,
             )
+        for name, spec in unbuilt.UNBUILT.items():
+            handlers[name] = self._unbuilt_handler(name, spec)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+    def _unbuilt_handler(self, name: str, spec: unbuilt.Unbuilt) -> grpc.RpcMethodHandler:
+        """A handler that checks the call as far as it cheaply can, then answers UNIMPLEMENTED."""
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext, caller: Caller) -> Any:
+            caller.check(spec.action, spec.space_of(request))
+            raise unbuilt.refuse(name)
+
+        async def refuse_stream(
+            request: Any, context: grpc.aio.ServicerContext, caller: Caller
+        ) -> AsyncIterator[bytes]:
+            await refuse(request, context, caller)
+            yield b""  # never reached: refuse raises
+
+        parse = _parser(spec.request_type, self._requests)
+        if spec.kind == unbuilt.UNARY:
+            method = grpc.unary_unary_rpc_method_handler(self._unary(name, refuse), parse, _raw)
+        elif spec.kind == unbuilt.SERVER_STREAM:
+            method = grpc.unary_stream_rpc_method_handler(
+                self._stream(name, refuse_stream), parse, _raw
+            )
+        else:
+            method = grpc.stream_stream_rpc_method_handler(
+                self._bidi(name, refuse_stream), parse, _raw
+            )
+        return method
 
     def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def handle(received: _Received, context: grpc.aio.ServicerContext) -> bytes:
@@ -260,6 +288,23 @@ class StreamsService:
                         yield response
             finally:
                 received.release()
+
+        return handle
+
+    def _bidi(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
+        """A bidirectional stream, checked as :meth:`_stream` checks its one
+        request, on its first message (the later ones are the method's)."""
+        stream = self._stream(name, method)
+
+        async def handle(
+            requests: AsyncIterator[_Received], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            first = await anext(aiter(requests), None)
+            if first is None:
+                first = _Received(self._requests, 0)
+                first.error = InvalidArgument(f"{name}: the stream ended before its first message")
+            async for response in stream(first, context):
+                yield response
 
         return handle
 
@@ -446,6 +491,7 @@ class StreamsService:
     async def commit(
         self, request: pb.CommitRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CommitResponse:
+        validation.written_name("consumer", request.consumer)
         consumer, target = _offset_target(request, caller)
         expected = request.expected_offset if request.HasField("expected_offset") else None
         offset = await self._store.commit_offset(consumer, target, request.offset, expected)

@@ -25,6 +25,8 @@ from streams.v1 import streams_pb2 as pb
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _SHOWN_CHARS = 80
+# Names the server keeps for itself (such as the dead-letter space `$parked`).
+RESERVED_PREFIX = "$"
 _WIRE_TYPES = ("varint", "fixed64", "length-delimited", "group start", "group end", "fixed32")
 
 
@@ -41,6 +43,17 @@ def name(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(f"{field}: must not be empty")
     return name_prefix(field, value)
+
+
+def written_name(field: str, value: str) -> str:
+    """Checks a name a client writes to: a name starting with ``$`` is the
+    server's (contract, "Reserved names"); reads of such names stay allowed."""
+    name(field, value)
+    if value.startswith(RESERVED_PREFIX):
+        raise InvalidArgument(
+            f"{field}: {show(value)} starts with {RESERVED_PREFIX!r}, reserved for the server"
+        )
+    return value
 
 
 def name_prefix(field: str, value: str) -> str:
@@ -100,7 +113,7 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
     unreadable, and a known field of the wrong wire type is refused.
     """
     known_fields(request)
-    space = name("space", request.space)
+    space = written_name("space", request.space)
     if not request.writes:
         raise InvalidArgument("writes: must hold at least one SegmentWrite")
     txid = request.transaction_id
@@ -120,7 +133,7 @@ def transaction(request: pb.ProduceRequest, lim: Limits) -> Transaction:
     appends = []
     for i, write in enumerate(request.writes):
         known_fields(write, f"writes[{i}]")
-        segment = name(f"writes[{i}].segment", write.segment)
+        segment = written_name(f"writes[{i}].segment", write.segment)
         if segment in seen:
             raise InvalidArgument(
                 f"writes[{i}].segment: {show(segment)} is named twice in one request"

@@ -69,6 +69,66 @@ class StreamsServiceStub:
                 request_serializer=streams_dot_v1_dot_streams__pb2.ListSegmentsRequest.SerializeToString,
                 response_deserializer=streams_dot_v1_dot_streams__pb2.ListSegmentsResponse.FromString,
                 _registered_method=True)
+        self.Trim = channel.unary_unary(
+                '/streams.v1.StreamsService/Trim',
+                request_serializer=streams_dot_v1_dot_streams__pb2.TrimRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.TrimResponse.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/streams.v1.StreamsService/DeleteSegment',
+                request_serializer=streams_dot_v1_dot_streams__pb2.DeleteSegmentRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteSpace = channel.unary_unary(
+                '/streams.v1.StreamsService/DeleteSpace',
+                request_serializer=streams_dot_v1_dot_streams__pb2.DeleteSpaceRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.DeleteSpaceResponse.FromString,
+                _registered_method=True)
+        self.ConfigureSpace = channel.unary_unary(
+                '/streams.v1.StreamsService/ConfigureSpace',
+                request_serializer=streams_dot_v1_dot_streams__pb2.ConfigureSpaceRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.ConfigureSpaceResponse.FromString,
+                _registered_method=True)
+        self.GetSpace = channel.unary_unary(
+                '/streams.v1.StreamsService/GetSpace',
+                request_serializer=streams_dot_v1_dot_streams__pb2.GetSpaceRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.GetSpaceResponse.FromString,
+                _registered_method=True)
+        self.GetSegment = channel.unary_unary(
+                '/streams.v1.StreamsService/GetSegment',
+                request_serializer=streams_dot_v1_dot_streams__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.GetSegmentResponse.FromString,
+                _registered_method=True)
+        self.WatchSegments = channel.unary_stream(
+                '/streams.v1.StreamsService/WatchSegments',
+                request_serializer=streams_dot_v1_dot_streams__pb2.WatchSegmentsRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.WatchSegmentsResponse.FromString,
+                _registered_method=True)
+        self.CreateGroup = channel.unary_unary(
+                '/streams.v1.StreamsService/CreateGroup',
+                request_serializer=streams_dot_v1_dot_streams__pb2.CreateGroupRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.CreateGroupResponse.FromString,
+                _registered_method=True)
+        self.GetGroup = channel.unary_unary(
+                '/streams.v1.StreamsService/GetGroup',
+                request_serializer=streams_dot_v1_dot_streams__pb2.GetGroupRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.GetGroupResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/streams.v1.StreamsService/ListGroups',
+                request_serializer=streams_dot_v1_dot_streams__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/streams.v1.StreamsService/DeleteGroup',
+                request_serializer=streams_dot_v1_dot_streams__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.stream_stream(
+                '/streams.v1.StreamsService/Subscribe',
+                request_serializer=streams_dot_v1_dot_streams__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=streams_dot_v1_dot_streams__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class StreamsServiceServicer:
@@ -123,6 +183,91 @@ class StreamsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trim(self, request, context):
+        """Removes a prefix of a segment, or of every segment of a space.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """Removes every record of a segment; its numbering is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSpace(self, request, context):
+        """Removes every record, offset, group and config of a space; its numbering
+        is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureSpace(self, request, context):
+        """Sets a space's retention policy, replacing the previous config whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSpace(self, request, context):
+        """One space's info.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegment(self, request, context):
+        """One segment's info.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSegments(self, request, context):
+        """The info of a space's segments, then each change to it, live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGroup(self, request, context):
+        """Creates a consumer group on a space.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGroup(self, request, context):
+        """A group's settings and progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Groups of a space, ordered by name, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Deletes a group and ends its members' streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request_iterator, context):
+        """Joins a group as a member: receives deliveries, sends acks and nacks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +305,66 @@ def add_StreamsServiceServicer_to_server(servicer, server):
                     servicer.ListSegments,
                     request_deserializer=streams_dot_v1_dot_streams__pb2.ListSegmentsRequest.FromString,
                     response_serializer=streams_dot_v1_dot_streams__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'Trim': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trim,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.TrimRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.TrimResponse.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.DeleteSegmentRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.DeleteSegmentResponse.SerializeToString,
+            ),
+            'DeleteSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSpace,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.DeleteSpaceRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.DeleteSpaceResponse.SerializeToString,
+            ),
+            'ConfigureSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureSpace,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.ConfigureSpaceRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.ConfigureSpaceResponse.SerializeToString,
+            ),
+            'GetSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSpace,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.GetSpaceRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.GetSpaceResponse.SerializeToString,
+            ),
+            'GetSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegment,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.GetSegmentRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.GetSegmentResponse.SerializeToString,
+            ),
+            'WatchSegments': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSegments,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.WatchSegmentsRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.WatchSegmentsResponse.SerializeToString,
+            ),
+            'CreateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGroup,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.CreateGroupRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.CreateGroupResponse.SerializeToString,
+            ),
+            'GetGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGroup,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.GetGroupRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.GetGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.ListGroupsRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=streams_dot_v1_dot_streams__pb2.SubscribeRequest.FromString,
+                    response_serializer=streams_dot_v1_dot_streams__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +556,330 @@ class StreamsService:
             '/streams.v1.StreamsService/ListSegments',
             streams_dot_v1_dot_streams__pb2.ListSegmentsRequest.SerializeToString,
             streams_dot_v1_dot_streams__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/Trim',
+            streams_dot_v1_dot_streams__pb2.TrimRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.TrimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/DeleteSegment',
+            streams_dot_v1_dot_streams__pb2.DeleteSegmentRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.DeleteSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/DeleteSpace',
+            streams_dot_v1_dot_streams__pb2.DeleteSpaceRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.DeleteSpaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/ConfigureSpace',
+            streams_dot_v1_dot_streams__pb2.ConfigureSpaceRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.ConfigureSpaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/GetSpace',
+            streams_dot_v1_dot_streams__pb2.GetSpaceRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.GetSpaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/GetSegment',
+            streams_dot_v1_dot_streams__pb2.GetSegmentRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.GetSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/streams.v1.StreamsService/WatchSegments',
+            streams_dot_v1_dot_streams__pb2.WatchSegmentsRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.WatchSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/CreateGroup',
+            streams_dot_v1_dot_streams__pb2.CreateGroupRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.CreateGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/GetGroup',
+            streams_dot_v1_dot_streams__pb2.GetGroupRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.GetGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/ListGroups',
+            streams_dot_v1_dot_streams__pb2.ListGroupsRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streams.v1.StreamsService/DeleteGroup',
+            streams_dot_v1_dot_streams__pb2.DeleteGroupRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/streams.v1.StreamsService/Subscribe',
+            streams_dot_v1_dot_streams__pb2.SubscribeRequest.SerializeToString,
+            streams_dot_v1_dot_streams__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,18 @@ METHODS = {
     "GetOffset": ("GetOffsetRequest", "GetOffsetResponse", False),
     "ListSpaces": ("ListSpacesRequest", "ListSpacesResponse", False),
     "ListSegments": ("ListSegmentsRequest", "ListSegmentsResponse", False),
+    "Trim": ("TrimRequest", "TrimResponse", False),
+    "DeleteSegment": ("DeleteSegmentRequest", "DeleteSegmentResponse", False),
+    "DeleteSpace": ("DeleteSpaceRequest", "DeleteSpaceResponse", False),
+    "ConfigureSpace": ("ConfigureSpaceRequest", "ConfigureSpaceResponse", False),
+    "GetSpace": ("GetSpaceRequest", "GetSpaceResponse", False),
+    "GetSegment": ("GetSegmentRequest", "GetSegmentResponse", False),
+    "WatchSegments": ("WatchSegmentsRequest", "WatchSegmentsResponse", True),
+    "CreateGroup": ("CreateGroupRequest", "CreateGroupResponse", False),
+    "GetGroup": ("GetGroupRequest", "GetGroupResponse", False),
+    "ListGroups": ("ListGroupsRequest", "ListGroupsResponse", False),
+    "DeleteGroup": ("DeleteGroupRequest", "DeleteGroupResponse", False),
+    "Subscribe": ("SubscribeRequest", "SubscribeResponse", True),
 }
 
 
@@ -34,7 +46,7 @@ def test_lists_services_and_describes_every_method(inproc: InProcessServer) -> N
         m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in service.methods
     }
     assert found == METHODS
-    assert not any(m.client_streaming for m in service.methods)
+    assert {m.name for m in service.methods if m.client_streaming} == {"Subscribe"}
 
 
 def test_describes_a_message(inproc: InProcessServer) -> None:
