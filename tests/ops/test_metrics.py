@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,6 +35,18 @@ def server(tmp_path: Path) -> Iterator[InProcessServer]:
         yield srv
 
 
+def scrape_once_counted(port: int, *series: tuple[str, dict[str, str]]) -> Any:
+    """A scrape that has every one of ``series``: a call is counted as it ends,
+    which its client may see before the server has counted it."""
+    keys = [(name, frozenset(labels.items())) for name, labels in series]
+
+    def counted() -> Any:
+        samples = scrape(port)
+        return samples if all(key in samples for key in keys) else None
+
+    return wait_until(counted, what=f"{series} counted")
+
+
 def test_counters_histograms_and_storage_follow_the_calls(server: InProcessServer) -> None:
     port = server.server.metrics_port
     assert port != 0
@@ -55,7 +68,11 @@ def test_counters_histograms_and_storage_follow_the_calls(server: InProcessServe
         grpc.StatusCode.NOT_FOUND
     )
 
-    after = scrape(port)
+    after = scrape_once_counted(
+        port,
+        ("streams_errors_total", {"method": "Produce", "code": "INVALID_ARGUMENT"}),
+        ("streams_errors_total", {"method": "Peek", "code": "NOT_FOUND"}),
+    )
     assert sample(after, "streams_produced_records_total") == 3
     written = sum(len(p) + len("type") + len("created") for p in payloads)
     produced_bytes = sample(after, "streams_produced_bytes_total")
@@ -139,7 +156,11 @@ def test_requests_are_counted_by_method_and_code_ok_included(server: InProcessSe
         grpc.StatusCode.INVALID_ARGUMENT
     )
     read_all(stub, "orders")
-    after = scrape(port)
+    after = scrape_once_counted(
+        port,
+        ("streams_requests_total", {"method": "Produce", "code": "INVALID_ARGUMENT"}),
+        ("streams_requests_total", {"method": "Consume", "code": "OK"}),
+    )
     assert sample(after, "streams_requests_total", method="Produce", code="OK") == 2
     assert sample(after, "streams_requests_total", method="Produce", code="INVALID_ARGUMENT") == 1
     assert sample(after, "streams_requests_total", method="Consume", code="OK") == 1
