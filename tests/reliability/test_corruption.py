@@ -39,6 +39,7 @@ import rocksdict
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.damage import flip_byte, the_wal
 from tests.support.process import REPO_ROOT, ServerProcess
 
 SPACE = "c"
@@ -57,20 +58,6 @@ def produce(stub: pb_grpc.StreamsServiceStub, segment: str, data: bytes) -> pb.P
 def consume(stub: pb_grpc.StreamsServiceStub, **fields: object) -> list[pb.Record]:
     request = pb.ConsumeRequest(space=SPACE, **fields)  # type: ignore[arg-type]
     return [r for response in stub.Consume(request, timeout=DEADLINE) for r in response.records]
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        old = f.read(1)
-        f.seek(offset)
-        f.write(bytes([old[0] ^ 0xFF]))
-
-
-def the_wal(data: Path) -> Path:
-    logs = sorted(data.glob("*.log"))
-    assert len(logs) == 1, f"expected one write-ahead log: {logs}"
-    return logs[0]
 
 
 def start_outcome(data: Path, log_path: Path) -> tuple[int | None, str]:

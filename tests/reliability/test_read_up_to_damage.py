@@ -19,7 +19,8 @@ import pytest
 import rocksdict
 
 from streams.v1 import streams_pb2 as pb
-from tests.reliability.test_corruption import DEADLINE, SPACE, flip_byte, produce
+from tests.reliability.test_corruption import DEADLINE, SPACE, produce
+from tests.support.damage import flip_byte
 from tests.support.process import ServerProcess
 
 RECORDS = 60

@@ -22,6 +22,7 @@ from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb.store import RocksStore, StoreOptions
 from streams.v1 import streams_pb2 as pb
+from tests.support.damage import flip_byte, the_wal
 
 MIB = 1 << 20
 BLOCK = 32 * 1024  # RocksDB's log block
@@ -210,20 +211,6 @@ def crash_image(store_dir: Path, image: Path) -> Path:
     return image
 
 
-def wal_of(path: Path) -> Path:
-    logs = sorted(path.glob("*.log"))
-    assert len(logs) == 1, f"expected one write-ahead log under {path}: {logs}"
-    return logs[0]
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        old = f.read(1)
-        f.seek(offset)
-        f.write(bytes([old[0] ^ 0xFF]))
-
-
 def fill_store(path: Path, transactions: int, unacked: int = 0) -> list[bytes]:
     """Acks ``transactions`` records at ``path``, then writes ``unacked`` more that no
     fsync covers (as a crash during a group commit leaves them), and leaves the crash
@@ -272,7 +259,7 @@ def unchanged_on_disk(path: Path) -> Callable[[], None]:
 def test_wal_damaged_before_its_end_refuses_to_open(tmp_path: Path) -> None:
     fill_store(tmp_path / "db", 300)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     flip_byte(wal, wal.stat().st_size // 2)
     unchanged = unchanged_on_disk(image)
     with pytest.raises(DataLoss) as caught:
@@ -290,7 +277,7 @@ def test_wal_damaged_a_few_writes_before_its_end_refuses_to_open(tmp_path: Path)
     record saw no later write and the acknowledged writes after it were dropped."""
     payloads = fill_store(tmp_path / "db", 40)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     at = wal.read_bytes().find(payloads[35])
     assert at // BLOCK == wal.stat().st_size // BLOCK, "the last writes share one block"
     flip_byte(wal, at + 20)
@@ -306,7 +293,7 @@ def test_last_acked_write_damaged_is_refused_or_dropped_on_request(
     says so, with an error naming the file, the bytes and the write."""
     payloads = fill_store(tmp_path / "db", 40)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     at = wal.read_bytes().find(payloads[-1])
     flip_byte(wal, at + 20)
     unchanged = unchanged_on_disk(image)
@@ -343,7 +330,7 @@ def test_last_write_spanning_blocks_damaged_in_its_middle_is_refused(tmp_path: P
 
     asyncio.run(scenario())
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     assert wal.stat().st_size > 3 * BLOCK
     flip_byte(wal, wal.read_bytes().find(big[500]) + 50)
     with pytest.raises(DataLoss, match="damaged last write"):
@@ -361,7 +348,7 @@ def test_torn_wal_tail_opens_with_every_acked_write(
     dropped, whether its bytes are missing or zeros; every acked write stays."""
     payloads = fill_store(tmp_path / "db", 50, unacked=1)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     size = wal.stat().st_size
     # The unacked write is well over 100 bytes: damaging its last 100 bytes tears it alone.
     if tear == "truncated":
@@ -382,7 +369,7 @@ def test_unacked_last_write_with_garbage_is_refused(tmp_path: Path) -> None:
     crash leaves that, so even an unacked write is refused (it may be damage)."""
     payloads = fill_store(tmp_path / "db", 50, unacked=1)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     with open(wal, "r+b") as f:
         f.seek(wal.stat().st_size - 100)
         f.write(os.urandom(100))
@@ -396,7 +383,7 @@ def test_acked_write_cut_from_the_tail_is_refused(tmp_path: Path) -> None:
     the durable mark says so."""
     fill_store(tmp_path / "db", 50)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     os.truncate(wal, wal.stat().st_size - 100)
     with pytest.raises(DataLoss, match=r"recorded writes up to sequence \d+ as durable"):
         RocksStore.open(image)
@@ -425,7 +412,7 @@ def test_damage_rocksdb_would_skip_silently_is_refused(tmp_path: Path, damage: s
     as padding): it started, dropping acknowledged writes without a word."""
     payloads = fill_store(tmp_path / "db", 40)
     image = tmp_path / "image"
-    wal = wal_of(image)
+    wal = the_wal(image)
     records = _records(wal)
     offset = records[-10][0]
     with open(wal, "r+b") as f:
