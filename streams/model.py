@@ -74,18 +74,76 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """When records of a space are removed by the background retention pass;
+    0 means no limit of that kind."""
+
+    max_age_ns: int = 0
+    max_records_per_segment: int = 0
+    # The space's bytes (see SpaceInfo.bytes) after a pass, at most.
+    max_bytes: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.max_age_ns or self.max_records_per_segment or self.max_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceConfig:
+    """A space's stored configuration, replaced whole by ConfigureSpace.
+    ``retention`` None: the server's default policy applies."""
+
+    retention: RetentionPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SpaceInfo:
+    """A space's numbers. ``first_position`` is the first retained position
+    (``last_position + 1`` when none is retained); ``bytes`` is the sum of
+    :func:`record_bytes` over its retained records; ``config`` is None until
+    ConfigureSpace stores one."""
+
     name: str
     last_position: int
     last_timestamp_ns: int
+    first_position: int
+    record_count: int
+    bytes: int
+    config: SpaceConfig | None
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentInfo:
+    """A segment's numbers; ``first_sequence`` as SpaceInfo's first position.
+    ``deleted``: DeleteSegment (or DeleteSpace) removed it and it was not
+    written since (such infos appear only where a caller asks for them)."""
+
     name: str
     last_sequence: int
     last_position: int
     last_timestamp_ns: int
+    first_sequence: int
+    record_count: int
+    bytes: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What a trim, delete or retention pass removed."""
+
+    records: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Removed) -> Removed:
+        return Removed(self.records + other.records, self.bytes + other.bytes)
+
+
+def record_bytes(body: bytes) -> int:
+    """A record's size as SpaceInfo/SegmentInfo ``bytes`` and ``max_bytes``
+    count it: its stored body (payload and metadata, with their few bytes of
+    framing), the same in every backend."""
+    return len(body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from streams.model import (
     SpaceInfo,
     Target,
     Transaction,
+    record_bytes,
 )
 from streams.storage import port
 from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Backend, Setup
@@ -237,18 +238,36 @@ class MemoryStore:
             if prefixes is not None and not name.startswith(tuple(prefixes)):
                 continue
             if include is None or include(name):
-                last = self._spaces[name][-1]
-                found.append(SpaceInfo(name, last.position, last.timestamp_ns))
+                log = self._spaces[name]
+                last = log[-1]
+                found.append(
+                    SpaceInfo(
+                        name, last.position, last.timestamp_ns, 1, len(log), _bytes(log), None
+                    )
+                )
         return found[:limit]
 
-    async def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:
+    async def list_segments(
+        self, space: str, after: str | None, limit: int, include_deleted: bool = False
+    ) -> list[SegmentInfo]:
         self._check_open()
         segments = self._segments.get(space, {})
         found = []
         for name in sorted(segments, key=_utf8):
             if after is None or _utf8(name) > _utf8(after):
-                last = segments[name][-1]
-                found.append(SegmentInfo(name, last.sequence, last.position, last.timestamp_ns))
+                log = segments[name]
+                last = log[-1]
+                found.append(
+                    SegmentInfo(
+                        name,
+                        last.sequence,
+                        last.position,
+                        last.timestamp_ns,
+                        1,
+                        len(log),
+                        _bytes(log),
+                    )
+                )
         return found[:limit]
 
     # -- life cycle ------------------------------------------------------
@@ -268,6 +287,10 @@ class MemoryStore:
     async def close(self) -> None:
         self._closed = True
         self._tail.close()
+
+
+def _bytes(log: list[Record]) -> int:
+    return sum(record_bytes(record.body) for record in log)
 
 
 def _timestamp(record: Record) -> int:

@@ -64,6 +64,25 @@ suite; the test that checks a rule is named after it):
    UTF-8 bytes.
 10. **Closing.** After :meth:`Store.close` every operation raises
     :class:`~streams.errors.Unavailable`.
+11. **Prefix removal.** :meth:`Store.trim`, the deletes and retention remove
+    a prefix of each segment (a space trim: every record below a position,
+    whatever its segment), so a segment's retained records stay dense from its
+    first to its last sequence; a space read skips removed records (its
+    positions may jump). A removal is one durable change, visible to every
+    read, peek, list, info and follower once the call returns, and never
+    undone (not by a crash either); the disk space may be reclaimed later.
+    Reads that start before the first retained offset start there.
+12. **Numbers are never reused.** After any removal, even a delete, the next
+    sequence of a segment and position of a space follow the last ones ever
+    assigned; ``expected_sequence`` compares with that last sequence. A
+    deleted target is unknown to trims and infos (NotFound) and leaves the
+    lists until it is written again; deleting what does not exist is a no-op.
+13. **Offsets survive trims.** A committed offset below the first retained
+    offset is kept; a delete removes the target's offsets (a space delete:
+    every offset of the space, and its config).
+14. **Catalog changes are watched.** Once :meth:`Store.watch` is entered,
+    every durable change of a segment's numbers in that space (append, trim,
+    delete) is reported by :meth:`SegmentWatch.changes`, coalesced by name.
 
 A backend is picked by name from :mod:`streams.storage.registry`; it owns its
 options, its start-up, its background work (:meth:`Store.background`, run by
@@ -82,7 +101,10 @@ from streams.model import (
     Cut,
     ProduceResult,
     Record,
+    Removed,
+    RetentionPolicy,
     SegmentInfo,
+    SpaceConfig,
     SpaceInfo,
     Target,
     Transaction,
@@ -114,6 +136,29 @@ class Subscription(Protocol):
         ...
 
 
+class SegmentWatch(Protocol):
+    """A watcher's hold on a space's catalog, from :meth:`Store.watch`."""
+
+    async def changes(self) -> frozenset[str] | None:
+        """Waits until a segment of the space changed since the last call (or
+        since the watch began), then returns the changed names, each once.
+        None: more changed than a watch keeps track of (a bounded number);
+        the caller then re-reads every segment (deleted ones included). Raises
+        Unavailable when the store shuts down."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """What a backend's files take, for the metrics."""
+
+    # Bytes the backend's files take now.
+    bytes: int
+    # Bytes given back to the file system by reclaiming removed records, in
+    # total since the store opened.
+    reclaimed_bytes: int
+
+
 @dataclass(frozen=True, slots=True)
 class BackgroundTask:
     """Work a backend needs done now and then (dedupe expiry, maintenance):
@@ -136,7 +181,8 @@ class Store(Protocol):
         ...
 
     async def last_offset(self, target: Target) -> int:
-        """The last durable offset of ``target``; 0 when it has none."""
+        """The last durable offset ever assigned in ``target`` (kept after
+        removals); 0 when it has none."""
         ...
 
     async def read(
@@ -170,7 +216,8 @@ class Store(Protocol):
         ...
 
     async def peek(self, target: Target) -> RecordBatch | None:
-        """The last durable record of ``target`` (a batch of one), or None."""
+        """The last durable retained record of ``target`` (a batch of one), or
+        None."""
         ...
 
     async def commit_offset(
@@ -197,14 +244,77 @@ class Store(Protocol):
         include: Callable[[str], bool] | None = None,
         prefixes: Sequence[str] | None = None,
     ) -> list[SpaceInfo]:
-        """Up to ``limit`` spaces with durable records, by name, after ``after``,
+        """Up to ``limit`` spaces with durable records or a config (not deleted
+        since), by name, after ``after``,
         only those ``include`` accepts when it is given, looked for only among
         names that start with one of ``prefixes`` (sorted, none a prefix of
         another) when they are given."""
         ...
 
-    async def list_segments(self, space: str, after: str | None, limit: int) -> list[SegmentInfo]:
-        """Up to ``limit`` segments of ``space`` with durable records, by name."""
+    async def list_segments(
+        self, space: str, after: str | None, limit: int, include_deleted: bool = False
+    ) -> list[SegmentInfo]:
+        """Up to ``limit`` segments of ``space`` ever written, by name (deleted
+        ones only with ``include_deleted``)."""
+        ...
+
+    async def first_offset(self, target: Target) -> int:
+        """The first retained durable offset of ``target``: ``last_offset + 1``
+        when nothing is retained (1 for a target never written)."""
+        ...
+
+    async def trim(self, target: Target, before: int) -> tuple[int, Removed]:
+        """Removes every record of ``target`` with an offset below ``before``
+        (rule 11); returns the first retained offset afterwards and what was
+        removed. A ``before`` at or below the first offset changes nothing.
+
+        Raises NotFound for a target never written or deleted (a space that
+        only has a config is found), OutOfRange when ``before`` is past the
+        last offset + 1.
+        """
+        ...
+
+    async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
+        """Removes every record of the segment, its consumers' offsets, and it
+        from the lists (rule 12); a no-op for an unknown or deleted segment.
+        ``expected`` as ``expected_sequence`` in Produce (SequenceMismatch)."""
+        ...
+
+    async def delete_space(self, space: str) -> Removed:
+        """Removes every record, segment, offset and the config of ``space``;
+        a no-op for an unknown or deleted space."""
+        ...
+
+    async def configure_space(self, space: str, config: SpaceConfig) -> None:
+        """Stores ``config`` durably, replacing the space's previous one; the
+        space is then found by :meth:`get_space` even with no records."""
+        ...
+
+    async def get_space(self, space: str) -> SpaceInfo | None:
+        """The space's info; None when it was never written nor configured, or
+        deleted since."""
+        ...
+
+    async def get_segment(
+        self, space: str, segment: str, include_deleted: bool = False
+    ) -> SegmentInfo | None:
+        """The segment's info; None when never written (or deleted, unless
+        ``include_deleted``)."""
+        ...
+
+    def watch(self, space: str) -> AbstractAsyncContextManager[SegmentWatch]:
+        """Watches the catalog of ``space`` (it need not exist) while open."""
+        ...
+
+    async def enforce_retention(self, defaults: RetentionPolicy) -> Removed:
+        """One retention pass over every space: each space's policy (``defaults``
+        where its config has none) applied as by :meth:`trim`, by the backend's
+        clock. Its cost follows what it removes plus the number of spaces, and
+        it never holds writes for more than a few milliseconds at a time."""
+        ...
+
+    def disk_usage(self) -> DiskUsage | None:
+        """What the backend's files take (None: it keeps no files)."""
         ...
 
     @property

@@ -167,8 +167,9 @@ class Run:
                     self.error(f"follower {f.space}/{f.segment!r}: stream ended with no error")
                 except grpc.RpcError as err:
                     if err.code() not in UNKNOWN_OUTCOME:
-                        self.error(f"follower {f.space}/{f.segment!r}: {err.code()} "
-                                   f"{err.details()}")
+                        self.error(
+                            f"follower {f.space}/{f.segment!r}: {err.code()} {err.details()}"
+                        )
                 except ValueError:
                     pass
                 except AssertionError as err:  # gap or duplicate: recorded in f.errors
@@ -213,13 +214,16 @@ def ack_shape_problem(req: pb.ProduceRequest, resp: pb.ProduceResponse) -> str |
         if a.last_sequence - a.first_sequence + 1 != len(w.records) or a.first_sequence < 1:
             return f"ack {a} for {len(w.records)} records"
     if resp.last_position - resp.first_position + 1 != len(request_records(req)):
-        return f"positions {resp.first_position}..{resp.last_position} for " \
-               f"{len(request_records(req))} records"
+        return (
+            f"positions {resp.first_position}..{resp.last_position} for "
+            f"{len(request_records(req))} records"
+        )
     return None
 
 
-def retry_unanswered(run: Run, report_pending: dict[tuple[str, str], list[pb.Record]],
-                     problems: list[str]) -> tuple[int, int]:
+def retry_unanswered(
+    run: Run, report_pending: dict[tuple[str, str], list[pb.Record]], problems: list[str]
+) -> tuple[int, int]:
     """Retries every unanswered transaction with its own id; checks exactly-once."""
     duplicates = fresh = 0
     for txn in run.journal.pending():
@@ -264,20 +268,31 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         threading.Thread(target=run.producer, args=(i,), daemon=True) for i in range(PRODUCERS)
     ]
     threads.append(threading.Thread(target=run.committer, daemon=True))
-    threads += [threading.Thread(target=run.follower, args=(f,), daemon=True)
-                for f in run.followers]
+    threads += [
+        threading.Thread(target=run.follower, args=(f,), daemon=True) for f in run.followers
+    ]
     started = time.monotonic()
     figures = dict.fromkeys(
-        ("cycles", "sigterm_cycles", "kills_while_starting", "checks", "retried_duplicate",
-         "retried_fresh", "follower_records_checked", "offset_checks", "pending_present",
-         "pending_absent"),
+        (
+            "cycles",
+            "sigterm_cycles",
+            "kills_while_starting",
+            "checks",
+            "retried_duplicate",
+            "retried_fresh",
+            "follower_records_checked",
+            "offset_checks",
+            "pending_present",
+            "pending_absent",
+        ),
         0,
     )
 
     def fail(problems: list[str], when: str) -> None:
         log = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
         pytest.fail(
-            f"seed {seed}, {when}: {len(problems)} problem(s):\n  " + "\n  ".join(problems[:40])
+            f"seed {seed}, {when}: {len(problems)} problem(s):\n  "
+            + "\n  ".join(problems[:40])
             + f"\nserver log tail:\n{log}"
         )
 

@@ -287,8 +287,10 @@ class StreamsMachine(RuleBasedStateMachine):
             writes = [
                 pb.SegmentWrite(
                     segment=seg,
-                    records=[pb.RecordInput(payload=f"init {i} {seg} {j}".encode())
-                             for j in range(data.draw(st.integers(1, 3), label="records"))],
+                    records=[
+                        pb.RecordInput(payload=f"init {i} {seg} {j}".encode())
+                        for j in range(data.draw(st.integers(1, 3), label="records"))
+                    ],
                 )
                 for seg in segments
             ]
@@ -305,8 +307,7 @@ class StreamsMachine(RuleBasedStateMachine):
         space = data.draw(st.sampled_from(SPACES), label="space")
         shape = data.draw(
             st.sampled_from(
-                ("ok",) * 15 + ("no_writes", "no_records", "segment_twice", "bad_name",
-                                "long_txid")
+                ("ok",) * 15 + ("no_writes", "no_records", "segment_twice", "bad_name", "long_txid")
             ),
             label="shape",
         )
@@ -338,8 +339,9 @@ class StreamsMachine(RuleBasedStateMachine):
                 w.expected_sequence = last
             elif check == "wrong":
                 w.expected_sequence = data.draw(
-                    st.sampled_from([x for x in (0, last - 1, last + 1, last + 7) if x >= 0
-                                     and x != last]),
+                    st.sampled_from(
+                        [x for x in (0, last - 1, last + 1, last + 7) if x >= 0 and x != last]
+                    ),
                     label=f"wrong expected_sequence {seg}",
                 )
             writes.append(w)
@@ -376,8 +378,16 @@ class StreamsMachine(RuleBasedStateMachine):
             data.draw(st.sampled_from(self.sent), label="request to change")
         )
         change = data.draw(
-            st.sampled_from(("payload", "metadata", "extra record", "expected_sequence",
-                             "segment order", "drop write")),
+            st.sampled_from(
+                (
+                    "payload",
+                    "metadata",
+                    "extra record",
+                    "expected_sequence",
+                    "segment order",
+                    "drop write",
+                )
+            ),
             label="change",
         )
         w = req.writes[0]
@@ -411,9 +421,7 @@ class StreamsMachine(RuleBasedStateMachine):
             f"Produce {req}: the RocksDB server answered {got_code.name} {got}, the oracle {oracle}"
         )
         event(f"Produce {code.name}{' duplicate' if isinstance(want, pb.ProduceResponse) else ''}")
-        assert got_code == code, (
-            f"Produce {req}: expected {code.name}, got {got_code.name}: {got}"
-        )
+        assert got_code == code, f"Produce {req}: expected {code.name}, got {got_code.name}: {got}"
         if req.transaction_id and code != INVALID:
             self.sent.append(req.SerializeToString())
         if code == EXISTS:
@@ -429,8 +437,7 @@ class StreamsMachine(RuleBasedStateMachine):
         if isinstance(want, pb.ProduceResponse):  # a duplicate: the original answer
             assert got.duplicate, f"a repeat of {req.transaction_id!r} must say duplicate=true"
             assert ack_numbers(got) == ack_numbers(want), (
-                f"duplicate answer {ack_numbers(got)} differs from the original "
-                f"{ack_numbers(want)}"
+                f"duplicate answer {ack_numbers(got)} differs from the original {ack_numbers(want)}"
             )
             return
         assert not got.duplicate, f"a first write answered duplicate=true: {req}"
@@ -455,9 +462,7 @@ class StreamsMachine(RuleBasedStateMachine):
         if known and data.draw(st.sampled_from((True, True, True, False)), label="known"):
             return data.draw(st.sampled_from(known), label="target")
         space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE)), label="space")
-        segment = data.draw(
-            st.sampled_from(("", "", *SEGMENTS, UNKNOWN_SEGMENT)), label="segment"
-        )
+        segment = data.draw(st.sampled_from(("", "", *SEGMENTS, UNKNOWN_SEGMENT)), label="segment")
         return space, segment
 
     @rule(data=st.data())
@@ -499,25 +504,30 @@ class StreamsMachine(RuleBasedStateMachine):
             req.to_offset = data.draw(st.integers(1, top + 2), label="to_offset")
         if data.draw(st.booleans(), label="has limit"):
             req.limit = data.draw(st.integers(1, 4), label="limit")
-        req.max_batch = data.draw(st.sampled_from((0, 0, 1, 2, 3, 10_000, 10_001)),
-                                  label="max_batch")
+        req.max_batch = data.draw(
+            st.sampled_from((0, 0, 1, 2, 3, 10_000, 10_001)), label="max_batch"
+        )
         want = items[start:]
         if req.to_offset:
             want = want[: max(req.to_offset - start, 0)]
         if req.limit:
             want = want[: req.limit]
         # follow=True only when the bound is reached by stored records: it must then end.
-        if want and start_kind != "end" and (
-            (req.limit and len(want) == req.limit)
-            or (req.to_offset and start + len(want) == req.to_offset)
+        if (
+            want
+            and start_kind != "end"
+            and (
+                (req.limit and len(want) == req.limit)
+                or (req.to_offset and start + len(want) == req.to_offset)
+            )
         ):
             req.follow = data.draw(st.booleans(), label="follow")
 
-        code, got = self.both(
-            "Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT))
+        code, got = self.both("Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT)))
+        event(
+            f"Consume {start_kind}: {'some' if want else 'no'} records"
+            f"{', follow' if req.follow else ''}"
         )
-        event(f"Consume {start_kind}: {'some' if want else 'no'} records"
-              f"{', follow' if req.follow else ''}")
         if req.max_batch > 10_000:
             assert code == INVALID, f"max_batch {req.max_batch}: {code.name} {got}"
             assert "max_batch" in got, got
@@ -535,9 +545,7 @@ class StreamsMachine(RuleBasedStateMachine):
         field = data.draw(st.sampled_from(("space", "segment", "from_consumer")), label="field")
         req = pb.ConsumeRequest(space="m", segment="a")
         setattr(req, field, bad)
-        code, got = self.both(
-            "Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT))
-        )
+        code, got = self.both("Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT)))
         assert code == INVALID, f"Consume with bad {field} {bad!r}: {code.name} {got}"
 
     @rule(data=st.data())
@@ -546,8 +554,9 @@ class StreamsMachine(RuleBasedStateMachine):
         items = self.model.target(space, segment)
         code, got = self.both(
             "Peek",
-            lambda stub: stub.Peek(pb.PeekRequest(space=space, segment=segment),
-                                   timeout=CALL_TIMEOUT)
+            lambda stub: stub.Peek(
+                pb.PeekRequest(space=space, segment=segment), timeout=CALL_TIMEOUT
+            ),
         )
         if not items:
             assert code == NOT_FOUND, f"Peek {space!r}/{segment!r} on nothing: {code.name} {got}"
@@ -560,8 +569,9 @@ class StreamsMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def commit(self, data: st.DataObject) -> None:
         space, segment = self._target(data)
-        consumer = data.draw(st.sampled_from((*CONSUMERS, *CONSUMERS, "", "\x01")),
-                             label="consumer")
+        consumer = data.draw(
+            st.sampled_from((*CONSUMERS, *CONSUMERS, "", "\x01")), label="consumer"
+        )
         top = self.model.last(space, segment)
         key = (consumer, space, segment)
         stored = self.model.offsets.get(key)
@@ -576,8 +586,13 @@ class StreamsMachine(RuleBasedStateMachine):
             req.expected_offset = stored or 0
         elif cas == "wrong":
             req.expected_offset = data.draw(
-                st.sampled_from([x for x in (0, 1, 2, (stored or 0) + 1, top + 5)
-                                 if x != (stored or 0) and not (x == 0 and stored is None)]),
+                st.sampled_from(
+                    [
+                        x
+                        for x in (0, 1, 2, (stored or 0) + 1, top + 5)
+                        if x != (stored or 0) and not (x == 0 and stored is None)
+                    ]
+                ),
                 label="wrong expected_offset",
             )
         code, got = self.both("Commit", lambda stub: stub.Commit(req, timeout=CALL_TIMEOUT))
@@ -602,9 +617,7 @@ class StreamsMachine(RuleBasedStateMachine):
         space, segment = self._target(data)
         consumer = data.draw(st.sampled_from((*CONSUMERS, "\x7f")), label="consumer")
         req = pb.GetOffsetRequest(consumer=consumer, space=space, segment=segment)
-        code, got = self.both(
-            "GetOffset", lambda stub: stub.GetOffset(req, timeout=CALL_TIMEOUT)
-        )
+        code, got = self.both("GetOffset", lambda stub: stub.GetOffset(req, timeout=CALL_TIMEOUT))
         if not valid_name(consumer):
             assert code == INVALID, f"GetOffset {consumer!r}: {code.name} {got}"
             return
@@ -622,8 +635,9 @@ class StreamsMachine(RuleBasedStateMachine):
     ) -> list[Any] | None:
         """All pages, or None after checking a bad page_size / token is refused."""
         page_size = data.draw(st.sampled_from((0, 1, 1, 2, 3, 1001, -1)), label="page_size")
-        bad_token = data.draw(st.sampled_from(("", "", "", "", "garbage", "AAAA")),
-                              label="page_token")
+        bad_token = data.draw(
+            st.sampled_from(("", "", "", "", "garbage", "AAAA")), label="page_token"
+        )
         if page_size < 0 or bad_token:
             code, got = self.both(field, lambda stub: fetch(stub, page_size, bad_token))
             assert code == INVALID, f"page_size {page_size} token {bad_token!r}: {code.name}"
@@ -633,9 +647,7 @@ class StreamsMachine(RuleBasedStateMachine):
         pages = []
         token = ""
         for _ in range(100):
-            code, page = self.both(
-                field, lambda stub, token=token: fetch(stub, page_size, token)
-            )
+            code, page = self.both(field, lambda stub, token=token: fetch(stub, page_size, token))
             assert code == OK, f"list page: {code.name} {page}"
             pages.append(page)
             assert len(getattr(page, field)) <= cap
@@ -680,9 +692,7 @@ class StreamsMachine(RuleBasedStateMachine):
         )
         if items is None:
             return
-        got = [
-            (s.name, s.last_sequence, s.last_position, ts_key(s.last_timestamp)) for s in items
-        ]
+        got = [(s.name, s.last_sequence, s.last_position, ts_key(s.last_timestamp)) for s in items]
         want = [
             (seg, log[-1].sequence, log[-1].position, log[-1].ts)
             for (sp, seg), log in sorted(
@@ -711,8 +721,10 @@ class StreamsMachine(RuleBasedStateMachine):
 
 # Shrinking restarts a server per attempt and can take minutes: opt in with
 # STREAMS_MODEL_SHRINK=1 (a failure is reported with its full, unshrunk steps otherwise).
-_PHASES = tuple(Phase) if os.environ.get("STREAMS_MODEL_SHRINK") else (
-    Phase.explicit, Phase.reuse, Phase.generate
+_PHASES = (
+    tuple(Phase)
+    if os.environ.get("STREAMS_MODEL_SHRINK")
+    else (Phase.explicit, Phase.reuse, Phase.generate)
 )
 StreamsMachine.TestCase.settings = settings(
     max_examples=int(os.environ.get("STREAMS_MODEL_EXAMPLES", "40")),

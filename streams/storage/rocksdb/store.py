@@ -876,13 +876,14 @@ class RocksStore:
                 name = keys.first_name(key, keys.SPACE)
                 position, ts = self._catalog.listed_space(key, value)
                 if position and (include is None or include(name)):
-                    found.append(SpaceInfo(name, position, ts))
+                    # Provisional until the engine keeps first offsets and sizes (issue 13).
+                    found.append(SpaceInfo(name, position, ts, 1, position, 0, None))
                     if len(found) == limit:
                         return found
         return found
 
     async def list_segments(
-        self, space_name: str, after: str | None, limit: int
+        self, space_name: str, after: str | None, limit: int, include_deleted: bool = False
     ) -> list[SegmentInfo]:
         self._check_open()
         prefix = keys.segment_catalog_prefix(space_name)
@@ -891,7 +892,9 @@ class RocksStore:
         for key, value in self._scan(prefix, f"the segment catalog of space {space_name!r}", start):
             sequence, position, ts = self._catalog.listed_segment(key, value)
             if sequence:
-                found.append(SegmentInfo(keys.first_name(key, prefix), sequence, position, ts))
+                name = keys.first_name(key, prefix)
+                # Provisional until the engine keeps first offsets and sizes (issue 13).
+                found.append(SegmentInfo(name, sequence, position, ts, 1, sequence, 0))
                 if len(found) == limit:
                     break
         return found
