@@ -66,11 +66,13 @@ def test_lists_carry_the_same_infos(stub: Stub, space: str) -> None:
         ("a", 2, 1),
         ("b", 1, 1),
     ]
-    spaces = stub.ListSpaces(pb.ListSpacesRequest(page_size=1000)).spaces
-    page_token = ""
-    found = [s for s in spaces if s.name == space]
-    while not found and page_token:
-        found = [s for s in spaces if s.name == space]
+    found, token = [], ""
+    while True:
+        page = stub.ListSpaces(pb.ListSpacesRequest(page_size=1000, page_token=token))
+        found += [s for s in page.spaces if s.name == space]
+        token = page.next_page_token
+        if not token:
+            break
     assert found == [get_space(stub, space)]
     assert found[0].config.retention.max_bytes == 10**9
 
