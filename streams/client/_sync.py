@@ -503,7 +503,8 @@ class _Reconnecting(Iterator[T]):
                 if self._closed:
                     return
                 error = c.error_from_rpc(exc)
-                delay = self._retrier().delay(error)
+                # Closing the client ends its streams with CANCELLED, as its calls.
+                delay = None if self._client._closed else self._retrier().delay(error)
                 if delay is None:
                     raise error from None
                 if self._done():
