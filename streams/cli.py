@@ -353,7 +353,9 @@ def _retention_text(config: SpaceConfig | None) -> str:
     if policy is None:
         return "default"
     limits = [
-        f"max_age={policy.max_age.total_seconds():g}s" if policy.max_age else "",
+        f"max_age={policy.max_age.total_seconds():.6f}".rstrip("0").rstrip(".") + "s"
+        if policy.max_age
+        else "",
         f"max_records_per_segment={policy.max_records_per_segment}"
         if policy.max_records_per_segment
         else "",
