@@ -232,3 +232,9 @@ def test_peek_after_trim_is_the_last_retained(stub: Stub, five: str) -> None:
     trim(stub, five, before_offset=6)
     assert_status(lambda: stub.Peek(pb.PeekRequest(space=five)), NOT_FOUND)
     assert_status(lambda: stub.Peek(pb.PeekRequest(space=five, segment="a")), NOT_FOUND)
+
+
+@pytest.mark.parametrize(("space", "segment"), [("$parked", ""), ("$", "a"), ("ok", "$x")])
+def test_trim_of_a_reserved_name_is_invalid(stub: Stub, space: str, segment: str) -> None:
+    request = pb.TrimRequest(space=space, segment=segment, before_offset=1)
+    assert_status(lambda: stub.Trim(request), INVALID, ("space", "segment"), "reserved")
