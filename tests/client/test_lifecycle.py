@@ -15,6 +15,7 @@ import pytest
 
 from streams import (
     AsyncClient,
+    Cancelled,
     Client,
     DeadlineExceeded,
     InvalidArgument,
@@ -349,6 +350,22 @@ def test_watch_resumes_after_a_restart_with_what_changed(tmp_path: Path) -> None
         assert dict(watch.segments) == {n: client.get_segment(space, n) for n in ("b", "c")}
         watch.close()
         assert events.next() is None
+
+
+def test_closing_the_client_ends_its_streams_with_cancelled(server: InProcessServer) -> None:
+    # Before: a stream whose client was closed took the CANCELLED for a broken
+    # connection and kept retrying (on a closed channel) for the retry budget.
+    client = Client(server.target)
+    space = unique("closing")
+    stream = client.follow(space, from_end=True)
+    stream.ready()  # the server holds the follower
+    follow = Events(stream)
+    watch = Events(client.watch_segments(space))
+    assert watch.next() == SnapshotComplete()
+    client.close()
+    for events in (follow, watch):
+        with pytest.raises(Cancelled):
+            events.next(timeout=10)
 
 
 # -- asyncio ---------------------------------------------------------------------------------------
