@@ -1,4 +1,5 @@
-"""The ``streams`` command line: produce, consume, peek, commit, lag and list over gRPC.
+"""The ``streams`` command line: produce, consume, peek, commit, lag, list, and the data
+lifecycle (trim, delete, configure, info, watch) over gRPC.
 
 Commands print JSON lines on standard output (``--output`` picks bare payloads
 or a table instead). Exit codes: 0 ok, 1 the server (or the connection)
@@ -13,6 +14,10 @@ Examples::
     streams lag orders --consumer billing
     streams commit orders --consumer billing --offset 42
     streams spaces
+    streams trim orders eu --before 1000                 # keep sequences 1000...
+    streams configure orders --max-age 604800            # retention: 7 days
+    streams info orders eu
+    streams watch orders --prefix customer-
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -36,8 +41,15 @@ from streams.client import (
     Consumer,
     NotFound,
     ProduceResult,
+    RetentionPolicy,
     RetryPolicy,
+    SegmentEvent,
     SegmentInfo,
+    SegmentsDeleted,
+    SegmentsUpdated,
+    SnapshotComplete,
+    SnapshotSegments,
+    SpaceConfig,
     SpaceInfo,
     StreamsError,
 )
@@ -104,6 +116,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    """Decimal seconds, 0 or more (0 = no limit), as the server's options take them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
     return value
 
 
@@ -308,29 +331,83 @@ def cmd_offset(client: Client, args: argparse.Namespace) -> None:
            "offset": offset})  # fmt: skip
 
 
+def _config_json(config: SpaceConfig | None) -> dict[str, Any] | None:
+    """A space's config; a retention of null is the server's default, a limit of 0 none."""
+    if config is None:
+        return None
+    policy = config.retention
+    if policy is None:
+        return {"retention": None}
+    return {
+        "retention": {
+            "max_age": policy.max_age.total_seconds() if policy.max_age else 0,
+            "max_records_per_segment": policy.max_records_per_segment or 0,
+            "max_bytes": policy.max_bytes or 0,
+        }
+    }
+
+
+def _retention_text(config: SpaceConfig | None) -> str:
+    """The retention of a space in one table cell."""
+    policy = config.retention if config is not None else None
+    if policy is None:
+        return "default"
+    limits = [
+        f"max_age={policy.max_age.total_seconds():.6f}".rstrip("0").rstrip(".") + "s"
+        if policy.max_age
+        else "",
+        f"max_records_per_segment={policy.max_records_per_segment}"
+        if policy.max_records_per_segment
+        else "",
+        f"max_bytes={policy.max_bytes}" if policy.max_bytes else "",
+    ]
+    return ",".join(x for x in limits if x) or "forever"
+
+
 def _space_json(info: SpaceInfo) -> dict[str, Any]:
-    return {"name": info.name, "last_position": info.last_position,
-            "last_timestamp": iso(info.last_timestamp)}  # fmt: skip
+    return {
+        "name": info.name,
+        "first_position": info.first_position,
+        "last_position": info.last_position,
+        "last_timestamp": iso(info.last_timestamp),
+        "record_count": info.record_count,
+        "bytes": info.bytes,
+        "config": _config_json(info.config),
+    }
 
 
 def _segment_json(info: SegmentInfo) -> dict[str, Any]:
     return {
         "name": info.name,
+        "first_sequence": info.first_sequence,
         "last_sequence": info.last_sequence,
         "last_position": info.last_position,
         "last_timestamp": iso(info.last_timestamp),
+        "record_count": info.record_count,
+        "bytes": info.bytes,
     }
 
 
-SPACE_COLUMNS = ("name", "last_position", "last_timestamp")
-SEGMENT_COLUMNS = ("name", "last_sequence", "last_position", "last_timestamp")
+SPACE_COLUMNS = ("name", "first_position", "last_position", "record_count", "bytes",
+                 "retention", "last_timestamp")  # fmt: skip
+SEGMENT_COLUMNS = ("name", "first_sequence", "last_sequence", "record_count", "bytes",
+                   "last_position", "last_timestamp")  # fmt: skip
+WATCH_COLUMNS = ("event", *SEGMENT_COLUMNS)
 LAG_COLUMNS = ("consumer", "space", "segment", "committed", "last", "lag")
 
 
+def _space_printer(output: str) -> Callable[[SpaceInfo], None]:
+    """Spaces as JSON lines (config nested), or table rows (retention in one cell)."""
+    show = printer(output, SPACE_COLUMNS)
+    if output == "table":
+        return lambda info: show({**_space_json(info), "retention": _retention_text(info.config)})
+    return lambda info: show(_space_json(info))
+
+
 def cmd_spaces(client: Client, args: argparse.Namespace) -> None:
-    show = printer(args.output, SPACE_COLUMNS)
+    show = _space_printer(args.output)
     for info in client.list_spaces(page_size=args.page_size):
-        show(_space_json(info))
+        show(info)
 
 
 def cmd_segments(client: Client, args: argparse.Namespace) -> None:
@@ -372,6 +449,83 @@ def cmd_lag(client: Client, args: argparse.Namespace) -> None:
             lag = max(last - committed, 0)
             show({"consumer": consumer, "space": space, "segment": segment,
                   "committed": committed, "last": last, "lag": lag})  # fmt: skip
+
+
+def cmd_trim(client: Client, args: argparse.Namespace) -> None:
+    first = client.trim(args.space, args.segment, before_offset=args.before,
+                        before_time=args.before_time)  # fmt: skip
+    emit({"space": args.space, "segment": args.segment, "first_offset": first})
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> None:
+    if args.segment:
+        if args.whole_space:
+            raise UsageError("--whole-space deletes SPACE: give no SEGMENT with it")
+        client.delete_segment(args.space, args.segment, expected_sequence=args.expected_sequence)
+    else:
+        if not args.whole_space:
+            raise UsageError(
+                "no SEGMENT: deleting every record of SPACE needs --whole-space, "
+                "so that a forgotten SEGMENT never deletes a space"
+            )
+        if args.expected_sequence is not None:
+            raise UsageError("--expected-sequence needs SEGMENT")
+        client.delete_space(args.space)
+    emit({"space": args.space, "segment": args.segment, "deleted": True})
+
+
+def cmd_configure(client: Client, args: argparse.Namespace) -> None:
+    limits = (args.max_age, args.max_records_per_segment, args.max_bytes)
+    if args.default_retention:
+        if any(limit is not None for limit in limits):
+            raise UsageError("--default-retention takes no limits: it drops the space's own")
+        config = SpaceConfig()
+    elif all(limit is None for limit in limits):
+        raise UsageError(
+            "give the retention: --max-age, --max-records-per-segment, --max-bytes "
+            "(0 = no limit), or --default-retention"
+        )
+    else:
+        config = SpaceConfig(
+            RetentionPolicy(
+                max_age=timedelta(seconds=args.max_age) if args.max_age else None,
+                max_records_per_segment=args.max_records_per_segment or None,
+                max_bytes=args.max_bytes or None,
+            )
+        )
+    stored = client.configure_space(args.space, config)
+    emit({"space": args.space, "config": _config_json(stored)})
+
+
+def cmd_info(client: Client, args: argparse.Namespace) -> None:
+    if args.segment:
+        printer(args.output, SEGMENT_COLUMNS)(
+            _segment_json(client.get_segment(args.space, args.segment))
+        )
+    else:
+        _space_printer(args.output)(client.get_space(args.space))
+
+
+def _event_rows(event: SegmentEvent) -> list[dict[str, Any]]:
+    """A watch event as printed: one line per segment (snapshot, updated) or name (deleted)."""
+    match event:
+        case SnapshotSegments(segments):
+            return [{"event": "snapshot", **_segment_json(info)} for info in segments]
+        case SegmentsUpdated(segments):
+            return [{"event": "updated", **_segment_json(info)} for info in segments]
+        case SegmentsDeleted(names):
+            return [{"event": "deleted", "name": name} for name in names]
+        case SnapshotComplete():
+            return [{"event": "snapshot_complete"}]
+    raise TypeError(f"unknown watch event {event!r}")
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> None:
+    show = printer(args.output, WATCH_COLUMNS)
+    with client.watch_segments(args.space, prefix=args.prefix) as watch:
+        for event in watch:
+            for row in _event_rows(event):
+                show(row)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -542,6 +696,76 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a consumer to report (repeatable)")  # fmt: skip
     output(p, ("json", "table"))
     p.set_defaults(run=cmd_lag)
+
+    p = command(
+        "trim", "remove the oldest records",
+        "Remove the records of SEGMENT (or of every segment of SPACE) below offset --before "
+        "(sequence, or position for SPACE), or older than --before-time. Prints the first "
+        "retained offset. Idempotent: a trim never brings a record back.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("segment", nargs="?", default="")
+    before = p.add_mutually_exclusive_group(required=True)
+    before.add_argument("--before", type=_non_negative, metavar="N",
+                        help="keep offsets N and up (at most the last offset + 1)")  # fmt: skip
+    before.add_argument("--before-time", type=_time, metavar="T",
+                        help="keep records at or after T (ISO 8601 or epoch seconds)")  # fmt: skip
+    p.set_defaults(run=cmd_trim)
+
+    p = command(
+        "delete", "delete a segment, or a space",
+        "Delete SEGMENT of SPACE (its records and consumer offsets), or with --whole-space "
+        "and no SEGMENT every record, offset and the config of SPACE. Numbers are kept: a "
+        "later produce continues after the old last one. Deleting what does not exist is OK.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("segment", nargs="?", default="")
+    p.add_argument("--expected-sequence", type=_non_negative, metavar="N",
+                   help="delete only if the segment's last sequence is N")  # fmt: skip
+    p.add_argument("--whole-space", action="store_true",
+                   help="delete SPACE itself (needed when no SEGMENT is given)")  # fmt: skip
+    p.set_defaults(run=cmd_delete)
+
+    p = command(
+        "configure", "set a space's retention",
+        "Store the retention policy of SPACE, replacing its config whole (a limit not given "
+        "is no limit); the server removes records past it in the background. Prints the "
+        "config as stored.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("--max-age", type=_duration, metavar="SECONDS",
+                   help="remove records older than SECONDS (decimal, 0 = forever)")  # fmt: skip
+    p.add_argument("--max-records-per-segment", type=_non_negative, metavar="N",
+                   help="keep the newest N records of each segment (0 = no limit)")  # fmt: skip
+    p.add_argument("--max-bytes", type=_non_negative, metavar="N",
+                   help="keep at most N bytes of records in the space (0 = no limit)")  # fmt: skip
+    p.add_argument("--default-retention", action="store_true",
+                   help="drop the space's own policy: the server's default applies")  # fmt: skip
+    p.set_defaults(run=cmd_configure)
+
+    p = command(
+        "info", "print a space's or a segment's numbers",
+        "Print the numbers of SEGMENT, or of SPACE (with its config): first and last "
+        "offsets, retained records and bytes.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("segment", nargs="?", default="")
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_info)
+
+    p = command(
+        "watch", "print a space's segments, then their changes",
+        "Print every segment of SPACE (whose name starts with --prefix) as a 'snapshot' "
+        "line, then 'snapshot_complete', then live an 'updated' line per segment written "
+        "or trimmed and a 'deleted' line per segment deleted (coalesced: the latest info "
+        "per segment). Reconnects after a server restart with what changed meanwhile. "
+        "Runs until Ctrl-C.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("--prefix", default="", metavar="P",
+                   help="only segments whose name starts with P")  # fmt: skip
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_watch)
     return parser
 
 

@@ -73,7 +73,8 @@ class Table:
         sys.stdout.flush()
 
     def row(self, obj: dict[str, Any]) -> None:
-        self._write([_cell(obj[c]) for c in self._columns])
+        """One row; a column the item lacks stays empty."""
+        self._write([_cell(obj.get(c, "")) for c in self._columns])
 
 
 def printer(output: str, columns: Sequence[str]) -> Callable[[dict[str, Any]], None]:

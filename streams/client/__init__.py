@@ -22,7 +22,13 @@ Example::
             print(record.position, record.segment, record.payload)
 """
 
-from streams.client._aio import AsyncClient, AsyncConsumer, AsyncRecordStream, AsyncTransaction
+from streams.client._aio import (
+    AsyncClient,
+    AsyncConsumer,
+    AsyncRecordStream,
+    AsyncSegmentWatch,
+    AsyncTransaction,
+)
 from streams.client._common import (
     DEFAULT_TARGET,
     NewRecord,
@@ -30,12 +36,19 @@ from streams.client._common import (
     ProduceResult,
     Record,
     RecordLike,
+    RetentionPolicy,
     RetryPolicy,
     SegmentAck,
+    SegmentEvent,
     SegmentInfo,
+    SegmentsDeleted,
+    SegmentsUpdated,
+    SnapshotComplete,
+    SnapshotSegments,
+    SpaceConfig,
     SpaceInfo,
 )
-from streams.client._sync import Client, Consumer, RecordStream, Transaction
+from streams.client._sync import Client, Consumer, RecordStream, SegmentWatch, Transaction
 from streams.errors import (
     AlreadyExists,
     Cancelled,
@@ -61,6 +74,7 @@ __all__ = [
     "AsyncClient",
     "AsyncConsumer",
     "AsyncRecordStream",
+    "AsyncSegmentWatch",
     "AsyncTransaction",
     "Cancelled",
     "Client",
@@ -80,10 +94,18 @@ __all__ = [
     "RecordLike",
     "RecordStream",
     "ResourceExhausted",
+    "RetentionPolicy",
     "RetryPolicy",
     "SegmentAck",
+    "SegmentEvent",
     "SegmentInfo",
+    "SegmentWatch",
+    "SegmentsDeleted",
+    "SegmentsUpdated",
     "SequenceMismatch",
+    "SnapshotComplete",
+    "SnapshotSegments",
+    "SpaceConfig",
     "SpaceInfo",
     "StreamsError",
     "Transaction",

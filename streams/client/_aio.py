@@ -15,11 +15,12 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Mapping,
     Sequence,
 )
 from datetime import datetime
-from types import TracebackType
-from typing import Any
+from types import MappingProxyType, TracebackType
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -32,12 +33,16 @@ from streams.client._common import (
     Record,
     RecordLike,
     RetryPolicy,
+    SegmentEvent,
     SegmentInfo,
+    SpaceConfig,
     SpaceInfo,
 )
 from streams.errors import NotFound, StreamsError
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
+
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -239,6 +244,71 @@ class AsyncClient:
             if not token:
                 return
 
+    async def get_space(self, space: str, *, timeout: float | None = None) -> SpaceInfo:
+        """See :meth:`streams.Client.get_space`."""
+        request = pb.GetSpaceRequest(space=space)
+        return c.to_space_info((await self._unary(self._stub.GetSpace, request, timeout)).space)
+
+    async def get_segment(
+        self, space: str, segment: str, *, timeout: float | None = None
+    ) -> SegmentInfo:
+        """See :meth:`streams.Client.get_segment`."""
+        request = pb.GetSegmentRequest(space=space, segment=segment)
+        response = await self._unary(self._stub.GetSegment, request, timeout)
+        return c.to_segment_info(response.segment)
+
+    async def trim(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        before_offset: int | None = None,
+        before_time: datetime | float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """See :meth:`streams.Client.trim`."""
+        request = c.trim_request(space, segment, before_offset, before_time)
+        return int((await self._unary(self._stub.Trim, request, timeout)).first_offset)
+
+    async def delete_segment(
+        self,
+        space: str,
+        segment: str,
+        *,
+        expected_sequence: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """See :meth:`streams.Client.delete_segment`."""
+        request = c.delete_segment_request(space, segment, expected_sequence)
+        await self._unary(self._stub.DeleteSegment, request, timeout)
+
+    async def delete_space(self, space: str, *, timeout: float | None = None) -> None:
+        """See :meth:`streams.Client.delete_space`."""
+        await self._unary(self._stub.DeleteSpace, pb.DeleteSpaceRequest(space=space), timeout)
+
+    async def configure_space(
+        self, space: str, config: SpaceConfig, *, timeout: float | None = None
+    ) -> SpaceConfig:
+        """See :meth:`streams.Client.configure_space`."""
+        request = pb.ConfigureSpaceRequest(space=space, config=c.space_config(config))
+        response = await self._unary(self._stub.ConfigureSpace, request, timeout)
+        return c.to_space_config(response.config)
+
+    def watch_segments(
+        self, space: str, *, prefix: str = "", timeout: float | None = None
+    ) -> AsyncSegmentWatch:
+        """See :meth:`streams.Client.watch_segments`; ``async for event in watch``.
+
+        Example::
+
+            async with client.watch_segments("orders") as watch:
+                async for event in watch:
+                    if isinstance(event, SegmentsUpdated):
+                        print([info.last_sequence for info in event.segments])
+        """
+        request = pb.WatchSegmentsRequest(space=space, prefix=prefix)
+        return AsyncSegmentWatch(self, request, timeout)
+
 
 class AsyncTransaction(c.TransactionBuilder):
     """See :class:`streams.client.Transaction`; ``await txn.commit()``."""
@@ -251,36 +321,50 @@ class AsyncTransaction(c.TransactionBuilder):
         return await self._client._produce(self.request(), timeout)
 
 
-class AsyncRecordStream(AsyncIterator[Record]):
-    """The records of an async consume or follow call; ``close()`` cancels it."""
+class _AsyncReconnecting(AsyncIterator[T]):
+    """See :class:`streams.client._sync._Reconnecting`: the same reconnecting
+    server stream, awaited; ``close()`` cancels it."""
 
-    def __init__(
-        self, client: AsyncClient, request: pb.ConsumeRequest, timeout: float | None
-    ) -> None:
+    def __init__(self, client: AsyncClient, timeout: float | None) -> None:
         self._client = client
-        self._cursor = c.ReadCursor(request, client._conn.retry)
         self._timeout = timeout
         self._closed = False
         self._call = self._start()
-        self._records = self._iterate()
+        self._items = self._iterate()
+
+    def _method(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _request(self) -> Any:
+        raise NotImplementedError
+
+    def _retrier(self) -> c.Retrier:
+        raise NotImplementedError
+
+    async def _connected(self) -> None:
+        """A call was started (before its first response)."""
+
+    def _convert(self, response: Any) -> Iterable[T]:
+        raise NotImplementedError
+
+    def _done(self) -> bool:
+        return False
 
     def _start(self) -> Any:
         conn = self._client._conn
-        return self._client._stub.Consume(
-            self._cursor.request(),
+        return self._method()(
+            self._request(),
             timeout=conn.deadline(self._timeout, default=False),
             metadata=conn.metadata(),
         )
 
-    async def _iterate(self) -> AsyncGenerator[Record, None]:
+    async def _iterate(self) -> AsyncGenerator[T, None]:
         while True:
             try:
-                metadata = await self._call.initial_metadata()
-                failed = self._call.done() and await self._call.code() != grpc.StatusCode.OK
-                self._cursor.connected(metadata, failed)
+                await self._connected()
                 async for response in self._call:
-                    for record in self._cursor.records(response):
-                        yield record
+                    for item in self._convert(response):
+                        yield item
                 return
             except asyncio.CancelledError:
                 if self._closed:
@@ -290,15 +374,64 @@ class AsyncRecordStream(AsyncIterator[Record]):
                 if self._closed:
                     return
                 error = c.error_from_rpc(exc)
-                delay = self._cursor.retrier.delay(error)
+                # Closing the client ends its streams with CANCELLED, as its calls.
+                delay = None if self._client._closed else self._retrier().delay(error)
                 if delay is None:
                     raise error from None
-                if self._cursor.done:
+                if self._done():
                     return
                 await asyncio.sleep(delay)
                 if self._closed:
                     return
                 self._call = self._start()
+
+    async def __anext__(self) -> T:
+        return await self._items.__anext__()
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        with contextlib.suppress(Exception):
+            await self._items.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncRecordStream(_AsyncReconnecting[Record]):
+    """The records of an async consume or follow call; ``close()`` cancels it."""
+
+    def __init__(
+        self, client: AsyncClient, request: pb.ConsumeRequest, timeout: float | None
+    ) -> None:
+        self._cursor = c.ReadCursor(request, client._conn.retry)
+        super().__init__(client, timeout)
+
+    def _method(self) -> Callable[..., Any]:
+        return self._client._stub.Consume
+
+    def _request(self) -> pb.ConsumeRequest:
+        return self._cursor.request()
+
+    def _retrier(self) -> c.Retrier:
+        return self._cursor.retrier
+
+    async def _connected(self) -> None:
+        metadata = await self._call.initial_metadata()
+        failed = self._call.done() and await self._call.code() != grpc.StatusCode.OK
+        self._cursor.connected(metadata, failed)
+
+    def _convert(self, response: pb.ConsumeResponse) -> Iterable[Record]:
+        return self._cursor.records(response)
+
+    def _done(self) -> bool:
+        return self._cursor.done
 
     async def ready(self) -> None:
         """Returns once the server has fixed the start point (or raises its error)."""
@@ -310,23 +443,37 @@ class AsyncRecordStream(AsyncIterator[Record]):
                 trailers = await self._call.trailing_metadata()
                 raise c.error_from_status(code, details, trailers)
 
-    async def __anext__(self) -> Record:
-        return await self._records.__anext__()
 
-    def close(self) -> None:
-        self._closed = True
-        self._call.cancel()
+class AsyncSegmentWatch(_AsyncReconnecting[SegmentEvent]):
+    """See :class:`streams.SegmentWatch`; ``async for event in watch``."""
 
-    async def aclose(self) -> None:
-        self.close()
-        with contextlib.suppress(Exception):
-            await self._records.aclose()
+    def __init__(
+        self, client: AsyncClient, request: pb.WatchSegmentsRequest, timeout: float | None
+    ) -> None:
+        self._view = c.WatchView(request, client._conn.retry)
+        super().__init__(client, timeout)
 
-    async def __aenter__(self) -> AsyncRecordStream:
-        return self
+    def _method(self) -> Callable[..., Any]:
+        return self._client._stub.WatchSegments
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    def _request(self) -> pb.WatchSegmentsRequest:
+        self._view.reconnecting()
+        return self._view.request
+
+    def _retrier(self) -> c.Retrier:
+        return self._view.retrier
+
+    def _convert(self, response: pb.WatchSegmentsResponse) -> Iterable[SegmentEvent]:
+        return self._view.events(response)
+
+    @property
+    def segments(self) -> Mapping[str, SegmentInfo]:
+        """See :attr:`streams.SegmentWatch.segments`."""
+        return MappingProxyType(self._view.known)
+
+    @property
+    def snapshot_complete(self) -> bool:
+        return self._view.complete
 
 
 class AsyncConsumer:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import grpc
@@ -151,22 +151,90 @@ class ProduceResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """When the server's background retention pass removes a space's oldest records.
+
+    Each limit is None for no limit of that kind: ``max_age`` (records older
+    than this go), ``max_records_per_segment`` (each segment keeps at most its
+    newest N), ``max_bytes`` (after each pass the space's ``bytes`` are at most
+    this; whole records go, oldest position first). ``RetentionPolicy()`` keeps
+    everything forever, whatever the server's default policy says.
+
+    Example::
+
+        RetentionPolicy(max_age=timedelta(days=7), max_bytes=10 * 2**30)
+    """
+
+    max_age: timedelta | None = None
+    max_records_per_segment: int | None = None
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None:
+            if not isinstance(self.max_age, timedelta):
+                raise TypeError(f"max_age: expected a timedelta or None, got {self.max_age!r}")
+            if self.max_age <= timedelta(0):
+                raise ValueError(f"max_age: must be positive (None = forever), "
+                                 f"got {self.max_age!r}")  # fmt: skip
+        for name in ("max_records_per_segment", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}: must be a positive int (None = no limit), "
+                                 f"got {value!r}")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceConfig:
+    """A space's stored configuration; ``configure_space`` replaces it whole.
+
+    ``retention`` None: the server's default policy (its ``--retention-*``
+    options) applies to the space.
+
+    Example::
+
+        client.configure_space("orders", SpaceConfig(RetentionPolicy(max_age=timedelta(days=7))))
+    """
+
+    retention: RetentionPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SpaceInfo:
-    """A space and its last numbers, as ``list_spaces`` returns it."""
+    """A space's numbers, as ``list_spaces`` and ``get_space`` return them.
+
+    ``first_position`` is the first retained position (``last_position + 1``
+    when no record is retained: all were trimmed, or none written);
+    ``record_count`` the retained records; ``bytes`` their payload plus
+    metadata; ``config`` as ``configure_space`` last stored it (None: never
+    configured, the server's default retention applies).
+    """
 
     name: str
     last_position: int
     last_timestamp: datetime
+    first_position: int
+    record_count: int
+    bytes: int
+    config: SpaceConfig | None
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentInfo:
-    """A segment and its last numbers, as ``list_segments`` returns it."""
+    """A segment's numbers, as ``list_segments``, ``get_segment`` and
+    ``watch_segments`` return them.
+
+    ``first_sequence`` is the first retained sequence (``last_sequence + 1``
+    when no record is retained); retained records are dense from it to
+    ``last_sequence``; ``record_count`` and ``bytes`` count them.
+    """
 
     name: str
     last_sequence: int
     last_position: int
     last_timestamp: datetime
+    first_sequence: int
+    record_count: int
+    bytes: int
 
 
 def to_record(msg: pb.Record) -> Record:
@@ -194,12 +262,56 @@ def to_produce_result(msg: pb.ProduceResponse, transaction_id: str) -> ProduceRe
     )
 
 
+def to_retention(msg: pb.RetentionPolicy) -> RetentionPolicy:
+    age = msg.max_age.ToTimedelta() if msg.HasField("max_age") else timedelta(0)
+    return RetentionPolicy(
+        max_age=age if age > timedelta(0) else None,
+        max_records_per_segment=msg.max_records_per_segment or None,
+        max_bytes=msg.max_bytes or None,
+    )
+
+
+def to_space_config(msg: pb.SpaceConfig) -> SpaceConfig:
+    return SpaceConfig(to_retention(msg.retention) if msg.HasField("retention") else None)
+
+
+def space_config(config: SpaceConfig) -> pb.SpaceConfig:
+    """The wire form: a limit of None is 0, a retention of None is left unset."""
+    if not isinstance(config, SpaceConfig):
+        raise TypeError(f"config: expected a SpaceConfig, got {config!r}")
+    msg = pb.SpaceConfig()
+    policy = config.retention
+    if policy is not None:
+        msg.retention.SetInParent()  # RetentionPolicy() (keep forever) is not "unset"
+        if policy.max_age is not None:
+            msg.retention.max_age.FromTimedelta(policy.max_age)
+        msg.retention.max_records_per_segment = policy.max_records_per_segment or 0
+        msg.retention.max_bytes = policy.max_bytes or 0
+    return msg
+
+
 def to_space_info(msg: pb.SpaceInfo) -> SpaceInfo:
-    return SpaceInfo(msg.name, msg.last_position, _utc(msg.last_timestamp))
+    return SpaceInfo(
+        name=msg.name,
+        last_position=msg.last_position,
+        last_timestamp=_utc(msg.last_timestamp),
+        first_position=msg.first_position,
+        record_count=msg.record_count,
+        bytes=msg.bytes,
+        config=to_space_config(msg.config) if msg.HasField("config") else None,
+    )
 
 
 def to_segment_info(msg: pb.SegmentInfo) -> SegmentInfo:
-    return SegmentInfo(msg.name, msg.last_sequence, msg.last_position, _utc(msg.last_timestamp))
+    return SegmentInfo(
+        name=msg.name,
+        last_sequence=msg.last_sequence,
+        last_position=msg.last_position,
+        last_timestamp=_utc(msg.last_timestamp),
+        first_sequence=msg.first_sequence,
+        record_count=msg.record_count,
+        bytes=msg.bytes,
+    )
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -293,6 +405,28 @@ def commit_request(
     request = pb.CommitRequest(consumer=consumer, space=space, segment=segment, offset=offset)
     if expected_offset is not None:
         request.expected_offset = expected_offset
+    return request
+
+
+def trim_request(
+    space: str, segment: str, before_offset: int | None, before_time: datetime | float | None
+) -> pb.TrimRequest:
+    request = pb.TrimRequest(space=space, segment=segment)
+    if before_offset is not None and before_time is None:
+        request.before_offset = before_offset
+    elif before_time is not None and before_offset is None:
+        request.before_timestamp.CopyFrom(timestamp(before_time))
+    else:
+        raise ValueError("give exactly one of before_offset, before_time")
+    return request
+
+
+def delete_segment_request(
+    space: str, segment: str, expected_sequence: int | None
+) -> pb.DeleteSegmentRequest:
+    request = pb.DeleteSegmentRequest(space=space, segment=segment)
+    if expected_sequence is not None:
+        request.expected_sequence = expected_sequence
     return request
 
 
@@ -578,6 +712,112 @@ class ReadCursor:
         if r.limit and self._delivered >= r.limit:
             return True
         return bool(r.to_offset and self._next is not None and self._next > r.to_offset)
+
+
+# -- watching segments -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSegments:
+    """Part of the initial snapshot: segments as they are when the watch starts
+    (in name order, in as many events as the server needs)."""
+
+    segments: tuple[SegmentInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotComplete:
+    """Every matching segment has been reported once; live changes follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsUpdated:
+    """The latest info of segments written, trimmed, or created since (coalesced:
+    a watcher that falls behind gets the latest info per segment, not every step)."""
+
+    segments: tuple[SegmentInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsDeleted:
+    """Names of segments deleted since (they left ``list_segments``)."""
+
+    names: tuple[str, ...]
+
+
+SegmentEvent = SnapshotSegments | SnapshotComplete | SegmentsUpdated | SegmentsDeleted
+"""What ``watch_segments`` yields; match on the type::
+
+    match event:
+        case SnapshotSegments(segments) | SegmentsUpdated(segments): ...
+        case SegmentsDeleted(names): ...
+        case SnapshotComplete(): ...
+"""
+
+
+class WatchView:
+    """A segment watch's view of the space, so that a reconnect resumes it.
+
+    After a reconnect the server sends a whole snapshot again. The view compares
+    it with what the caller was told: only segments whose info differs come out
+    (as :class:`SnapshotSegments` while the first snapshot is not complete, else
+    as :class:`SegmentsUpdated`), and segments the new snapshot lacks come out as
+    :class:`SegmentsDeleted` once it is complete. The caller never sees a second
+    snapshot, only what changed while the stream was down (coalesced, as live
+    changes are). Live changes the view already holds (the same info again, a
+    deletion of a name never reported) are dropped.
+    """
+
+    def __init__(self, request: pb.WatchSegmentsRequest, policy: RetryPolicy) -> None:
+        self.request = request
+        self.retrier = Retrier.stream(policy, request)
+        self.known: dict[str, SegmentInfo] = {}
+        self.complete = False  # the first snapshot was reported whole
+        self._seen: set[str] | None = set()  # names of the snapshot being read; None: live
+
+    def reconnecting(self) -> None:
+        """The stream broke: the next connection starts with a snapshot again."""
+        self._seen = set()
+
+    def events(self, response: pb.WatchSegmentsResponse) -> list[SegmentEvent]:
+        self.retrier.progressed()
+        if self._seen is not None:
+            return self._snapshot(response, self._seen)
+        events: list[SegmentEvent] = []
+        changed = self._changed(response.segments)
+        if changed:
+            events.append(SegmentsUpdated(changed))
+        gone = tuple(name for name in response.deleted if self.known.pop(name, None) is not None)
+        if gone:
+            events.append(SegmentsDeleted(gone))
+        return events
+
+    def _changed(self, messages: Iterable[pb.SegmentInfo]) -> tuple[SegmentInfo, ...]:
+        changed = []
+        for msg in messages:
+            info = to_segment_info(msg)
+            if self.known.get(info.name) != info:
+                self.known[info.name] = info
+                changed.append(info)
+        return tuple(changed)
+
+    def _snapshot(self, response: pb.WatchSegmentsResponse, seen: set[str]) -> list[SegmentEvent]:
+        seen.update(msg.name for msg in response.segments)
+        events: list[SegmentEvent] = []
+        changed = self._changed(response.segments)
+        if changed:
+            events.append(SegmentsUpdated(changed) if self.complete else SnapshotSegments(changed))
+        if response.snapshot_complete:
+            self._seen = None
+            if not self.complete:
+                self.complete = True
+                events.append(SnapshotComplete())
+            gone = tuple(name for name in self.known if name not in seen)
+            for name in gone:
+                del self.known[name]
+            if gone:
+                events.append(SegmentsDeleted(gone))
+        return events
 
 
 # -- consumers --------------------------------------------------------------------------------

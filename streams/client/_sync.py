@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, TypeVar
+from types import MappingProxyType, TracebackType
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -19,7 +19,9 @@ from streams.client._common import (
     Record,
     RecordLike,
     RetryPolicy,
+    SegmentEvent,
     SegmentInfo,
+    SpaceConfig,
     SpaceInfo,
 )
 from streams.errors import NotFound
@@ -295,6 +297,143 @@ class Client:
             if not token:
                 return
 
+    def get_space(self, space: str, *, timeout: float | None = None) -> SpaceInfo:
+        """A space's numbers and config; :class:`NotFound` when it is unknown or deleted.
+
+        Example::
+
+            info = client.get_space("orders")
+            print(info.first_position, info.last_position, info.record_count, info.bytes)
+        """
+        response = self._unary(self._stub.GetSpace, pb.GetSpaceRequest(space=space), timeout)
+        return c.to_space_info(response.space)
+
+    def get_segment(self, space: str, segment: str, *, timeout: float | None = None) -> SegmentInfo:
+        """A segment's numbers; :class:`NotFound` when it is unknown or deleted.
+
+        Example::
+
+            info = client.get_segment("orders", "eu")
+            print(info.first_sequence, info.last_sequence, info.record_count)
+        """
+        request = pb.GetSegmentRequest(space=space, segment=segment)
+        return c.to_segment_info(self._unary(self._stub.GetSegment, request, timeout).segment)
+
+    def trim(
+        self,
+        space: str,
+        segment: str = "",
+        *,
+        before_offset: int | None = None,
+        before_time: datetime | float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Removes the records of a segment (or, ``segment=""``, of every segment of
+        the space) whose offset is below ``before_offset``, or whose timestamp is
+        below ``before_time`` (datetime, naive = UTC, or epoch seconds); give one.
+        Returns the target's first retained offset (its last + 1 when nothing is left).
+
+        Removal is visible to every read at once; reads that start earlier start
+        at the first retained record. Trimming again is harmless (it never brings
+        a record back), so the call is retried like a read. ``before_offset`` above
+        the last offset + 1: :class:`OutOfRange`; unknown target: :class:`NotFound`.
+
+        Example::
+
+            first = client.trim("orders", "eu", before_offset=1000)   # keeps 1000...
+            client.trim("orders", before_time=datetime.now(UTC) - timedelta(days=30))
+        """
+        request = c.trim_request(space, segment, before_offset, before_time)
+        return int(self._unary(self._stub.Trim, request, timeout).first_offset)
+
+    def delete_segment(
+        self,
+        space: str,
+        segment: str,
+        *,
+        expected_sequence: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Removes every record of a segment and its consumers' offsets; it leaves
+        ``list_segments``. Numbers are kept: a later produce continues after the
+        old last sequence. Deleting what does not exist is OK.
+
+        ``expected_sequence`` (as in :meth:`produce`): delete only if the
+        segment's last sequence is still N, else :class:`SequenceMismatch`.
+
+        Example::
+
+            client.delete_segment("orders", "customer-42", expected_sequence=17)
+        """
+        # Retried like a read: a delete that went through left the last
+        # sequence as it was, so even its compare-and-set holds on a repeat.
+        request = c.delete_segment_request(space, segment, expected_sequence)
+        self._unary(self._stub.DeleteSegment, request, timeout)
+
+    def delete_space(self, space: str, *, timeout: float | None = None) -> None:
+        """Removes every record, consumer offset and the config of a space; it leaves
+        ``list_spaces``. Positions are kept: a later produce continues after the
+        old last position. Deleting what does not exist is OK.
+
+        Example::
+
+            client.delete_space("orders-staging")
+        """
+        self._unary(self._stub.DeleteSpace, pb.DeleteSpaceRequest(space=space), timeout)
+
+    def configure_space(
+        self, space: str, config: SpaceConfig, *, timeout: float | None = None
+    ) -> SpaceConfig:
+        """Stores a space's config, replacing the previous one whole; returns it as
+        the server stored it. Allowed before the space has records.
+
+        ``config.retention`` is enforced by the server's background pass (every
+        ``--retention-interval``): records past the policy are removed as by
+        :meth:`trim`. ``SpaceConfig()`` (no retention) hands the space back to the
+        server's default policy.
+
+        Example::
+
+            client.configure_space("orders", SpaceConfig(
+                retention=RetentionPolicy(max_age=timedelta(days=7), max_bytes=2**30)))
+        """
+        request = pb.ConfigureSpaceRequest(space=space, config=c.space_config(config))
+        return c.to_space_config(self._unary(self._stub.ConfigureSpace, request, timeout).config)
+
+    def watch_segments(
+        self, space: str, *, prefix: str = "", timeout: float | None = None
+    ) -> SegmentWatch:
+        """The segments of ``space`` (those whose name starts with ``prefix``), then
+        their changes, live: iterate the :class:`SegmentWatch` for events.
+
+        First :class:`SnapshotSegments` (the current info, in name order, in one or
+        more events), then :class:`SnapshotComplete` (also when there are none),
+        then :class:`SegmentsUpdated` (appends, trims, a segment written anew) and
+        :class:`SegmentsDeleted` as they happen, coalesced: a slow reader gets the
+        latest info per segment, never a backlog. It ends on ``close()``, or when
+        ``timeout`` passes (:class:`DeadlineExceeded`).
+
+        After a server restart it reconnects (see :class:`RetryPolicy`) and
+        yields only what changed meanwhile, as updates and deletions: it compares
+        the new snapshot with ``watch.segments``, its view of every watched
+        segment (kept in memory, one :class:`SegmentInfo` per segment).
+
+        Example::
+
+            with client.watch_segments("orders", prefix="customer-") as watch:
+                for event in watch:
+                    match event:
+                        case SnapshotSegments(segments) | SegmentsUpdated(segments):
+                            for info in segments:
+                                print(info.name, info.first_sequence, info.last_sequence)
+                        case SegmentsDeleted(names):
+                            print("deleted", names)
+                        case SnapshotComplete():
+                            print("up to date:", len(watch.segments), "segments")
+        """
+        request = pb.WatchSegmentsRequest(space=space, prefix=prefix)
+        return SegmentWatch(self, request, timeout)
+
 
 class Transaction(c.TransactionBuilder):
     """Writes to several segments of one space, committed together by :meth:`commit`.
@@ -311,50 +450,113 @@ class Transaction(c.TransactionBuilder):
         return self._client._produce(self.request(), timeout)
 
 
-class RecordStream(Iterator[Record]):
+class _Reconnecting(Iterator[T]):
+    """A server stream that reconnects while its outcome is unknown (see
+    :class:`RetryPolicy`); subclasses say how to call and what a response yields.
+
+    ``close()`` (thread-safe) cancels the call; the iteration then simply ends.
+    """
+
+    def __init__(self, client: Client, timeout: float | None) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._closed = False
+        self._call = self._start()
+        self._items = self._iterate()
+
+    def _method(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _request(self) -> Any:
+        """The request of the next (re)connection."""
+        raise NotImplementedError
+
+    def _retrier(self) -> c.Retrier:
+        raise NotImplementedError
+
+    def _connected(self) -> None:
+        """A call was started (before its first response)."""
+
+    def _convert(self, response: Any) -> Iterable[T]:
+        raise NotImplementedError
+
+    def _done(self) -> bool:
+        """Nothing is left to reconnect for."""
+        return False
+
+    def _start(self) -> Any:
+        conn = self._client._conn
+        return self._method()(
+            self._request(),
+            timeout=conn.deadline(self._timeout, default=False),
+            metadata=conn.metadata(),
+        )
+
+    def _iterate(self) -> Iterator[T]:
+        while True:
+            try:
+                self._connected()
+                for response in self._call:
+                    yield from self._convert(response)
+                return
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                error = c.error_from_rpc(exc)
+                # Closing the client ends its streams with CANCELLED, as its calls.
+                delay = None if self._client._closed else self._retrier().delay(error)
+                if delay is None:
+                    raise error from None
+                if self._done():
+                    return
+                time.sleep(delay)
+                if self._closed:
+                    return
+                self._call = self._start()
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+    def close(self) -> None:
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RecordStream(_Reconnecting[Record]):
     """The records of a consume or follow call; iterate it, close it when done.
 
     ``close()`` (thread-safe) cancels the call; the iteration then simply ends.
     """
 
     def __init__(self, client: Client, request: pb.ConsumeRequest, timeout: float | None) -> None:
-        self._client = client
         self._cursor = c.ReadCursor(request, client._conn.retry)
-        self._timeout = timeout
-        self._closed = False
-        self._call = self._start()
-        self._records = self._iterate()
+        super().__init__(client, timeout)
 
-    def _start(self) -> Any:
-        conn = self._client._conn
-        return self._client._stub.Consume(
-            self._cursor.request(),
-            timeout=conn.deadline(self._timeout, default=False),
-            metadata=conn.metadata(),
-        )
+    def _method(self) -> Callable[..., Any]:
+        return self._client._stub.Consume
 
-    def _iterate(self) -> Iterator[Record]:
-        while True:
-            try:
-                metadata = self._call.initial_metadata()
-                failed = self._call.done() and self._call.code() is not grpc.StatusCode.OK
-                self._cursor.connected(metadata, failed)
-                for response in self._call:
-                    yield from self._cursor.records(response)
-                return
-            except grpc.RpcError as exc:
-                if self._closed:
-                    return
-                error = c.error_from_rpc(exc)
-                delay = self._cursor.retrier.delay(error)
-                if delay is None:
-                    raise error from None
-                if self._cursor.done:
-                    return
-                time.sleep(delay)
-                if self._closed:
-                    return
-                self._call = self._start()
+    def _request(self) -> pb.ConsumeRequest:
+        return self._cursor.request()
+
+    def _retrier(self) -> c.Retrier:
+        return self._cursor.retrier
+
+    def _connected(self) -> None:
+        metadata = self._call.initial_metadata()
+        failed = self._call.done() and self._call.code() is not grpc.StatusCode.OK
+        self._cursor.connected(metadata, failed)
+
+    def _convert(self, response: pb.ConsumeResponse) -> Iterable[Record]:
+        return self._cursor.records(response)
+
+    def _done(self) -> bool:
+        return self._cursor.done
 
     def ready(self) -> None:
         """Blocks until the server has fixed the start point (or raises its error)."""
@@ -364,18 +566,43 @@ class RecordStream(Iterator[Record]):
                 return
             raise c.error_from_rpc(self._call)
 
-    def __next__(self) -> Record:
-        return next(self._records)
 
-    def close(self) -> None:
-        self._closed = True
-        self._call.cancel()
+class SegmentWatch(_Reconnecting[SegmentEvent]):
+    """The events of ``watch_segments``: iterate it, close it when done.
 
-    def __enter__(self) -> RecordStream:
-        return self
+    ``segments`` is the view the events built so far (name -> latest
+    :class:`SegmentInfo`), ``snapshot_complete`` whether the first snapshot
+    has been reported whole. After a server restart the watch reconnects and
+    yields only what changed meanwhile (see :meth:`Client.watch_segments`).
+    """
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __init__(
+        self, client: Client, request: pb.WatchSegmentsRequest, timeout: float | None
+    ) -> None:
+        self._view = c.WatchView(request, client._conn.retry)
+        super().__init__(client, timeout)
+
+    def _method(self) -> Callable[..., Any]:
+        return self._client._stub.WatchSegments
+
+    def _request(self) -> pb.WatchSegmentsRequest:
+        self._view.reconnecting()
+        return self._view.request
+
+    def _retrier(self) -> c.Retrier:
+        return self._view.retrier
+
+    def _convert(self, response: pb.WatchSegmentsResponse) -> Iterable[SegmentEvent]:
+        return self._view.events(response)
+
+    @property
+    def segments(self) -> Mapping[str, SegmentInfo]:
+        """Every watched segment by name, as the events so far reported it (read-only)."""
+        return MappingProxyType(self._view.known)
+
+    @property
+    def snapshot_complete(self) -> bool:
+        return self._view.complete
 
 
 class Consumer:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
@@ -229,6 +230,15 @@ def test_unreachable_server_exits_1() -> None:
         ["produce", "s", "a", "x", "--file", "f"],
         ["produce", "s", "a", "--file", "/no/such/file"],
         ["produce", "s", "a", "-m", "novalue", "x"],
+        ["trim", "s", "a"],
+        ["trim", "s", "a", "--before", "1", "--before-time", "0"],
+        ["delete", "s"],
+        ["delete", "s", "a", "--whole-space"],
+        ["delete", "s", "--whole-space", "--expected-sequence", "1"],
+        ["configure", "s"],
+        ["configure", "s", "--max-age", "-1"],
+        ["configure", "s", "--max-age", "nan"],
+        ["configure", "s", "--default-retention", "--max-bytes", "1"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,7 +258,7 @@ def test_usage_error_exits_2_as_a_process() -> None:
 
 @pytest.mark.parametrize(
     "command", [["produce"], ["consume"], ["peek"], ["commit"], ["offset"], ["spaces"],
-                ["segments"]],
+                ["segments"], ["trim"], ["delete"], ["configure"], ["info"], ["watch"]],
 )  # fmt: skip
 def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -385,7 +395,10 @@ def test_output_payload_and_table(target: str) -> None:
         ["3", "b", "1", "/wA="],
     ]
     spaces = cli("spaces", "--output", "table", target=target)
-    assert spaces.stdout.split("\n", 1)[0].split() == ["NAME", "LAST_POSITION", "LAST_TIMESTAMP"]
+    assert spaces.stdout.split("\n", 1)[0].split() == [
+        "NAME", "FIRST_POSITION", "LAST_POSITION", "RECORD_COUNT", "BYTES", "RETENTION",
+        "LAST_TIMESTAMP",
+    ]  # fmt: skip
     peek = cli("peek", space, "a", "-o", "payload", target=target)
     assert peek.stdout == "two\tx\n"
 
@@ -499,3 +512,123 @@ def test_progress_counts_acknowledged_records_and_ends_its_line(
     good.write_text("".join(f"{n}\n" for n in range(25)))
     code, err = _stderr_of_produce(target, good)
     assert code == 0 and err.endswith("100.0% 25 records acknowledged\n"), err
+
+
+# -- issue 13: trim, delete, configure, info, watch ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lifecycle_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server on the memory backend (the first to build the data lifecycle)."""
+    server = ServerProcess(tmp_path_factory.mktemp("lifecycle") / "data",
+                           flags=["--storage", "memory"])  # fmt: skip
+    try:
+        yield server.start().target
+    finally:
+        server.close()
+
+
+def test_trim_info_and_lists_show_first_offsets(lifecycle_target: str) -> None:
+    target = lifecycle_target
+    space = unique("clitrim")
+    lines(cli("produce", space, "a", "a1", "a2", "a3", target=target))
+    lines(cli("produce", space, "b", "b1", target=target))
+    trimmed = lines(cli("trim", space, "a", "--before", "3", target=target))
+    assert trimmed == [{"space": space, "segment": "a", "first_offset": 3}]
+    (segment,) = lines(cli("info", space, "a", target=target))
+    assert {k: segment[k] for k in ("name", "first_sequence", "last_sequence", "record_count")} == {
+        "name": "a",
+        "first_sequence": 3,
+        "last_sequence": 3,
+        "record_count": 1,
+    }
+    assert segment["bytes"] > 0 and segment["last_timestamp"].endswith("Z")
+    (space_info,) = lines(cli("info", space, target=target))
+    assert (space_info["first_position"], space_info["last_position"]) == (3, 4)
+    assert (space_info["record_count"], space_info["config"]) == (2, None)
+    listed = lines(cli("segments", space, target=target))
+    assert [(s["name"], s["first_sequence"]) for s in listed] == [("a", 3), ("b", 1)]
+    assert [r["payload"] for r in lines(cli("consume", space, target=target))] == ["a3", "b1"]
+    # A trim by time of the whole space; past the end is OUT_OF_RANGE (exit 1).
+    assert lines(cli("trim", space, "--before-time", "2000-01-01T00:00:00Z",
+                     target=target))[0]["first_offset"] == 3  # fmt: skip
+    beyond = cli("trim", space, "a", "--before", "9", target=target)
+    assert beyond.returncode == 1 and "OUT_OF_RANGE" in beyond.stderr
+    table = cli("info", space, "a", "-o", "table", target=target)
+    assert table.stdout.split("\n")[1].split()[:4] == ["a", "3", "3", "1"]
+
+
+def test_delete_a_segment_then_the_space(lifecycle_target: str) -> None:
+    target = lifecycle_target
+    space = unique("clidel")
+    lines(cli("produce", space, "a", "a1", "a2", target=target))
+    lines(cli("produce", space, "b", "b1", target=target))
+    stale = cli("delete", space, "a", "--expected-sequence", "1", target=target)
+    assert stale.returncode == 1 and "FAILED_PRECONDITION" in stale.stderr
+    assert lines(cli("delete", space, "a", "--expected-sequence", "2", target=target)) == [
+        {"space": space, "segment": "a", "deleted": True}
+    ]
+    assert [s["name"] for s in lines(cli("segments", space, target=target))] == ["b"]
+    gone = cli("info", space, "a", target=target)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    assert lines(cli("delete", space, "--whole-space", target=target)) == [
+        {"space": space, "segment": "", "deleted": True}
+    ]
+    assert cli("info", space, target=target).returncode == 1
+    assert space not in [s["name"] for s in lines(cli("spaces", target=target))]
+
+
+def test_configure_replaces_the_retention(lifecycle_target: str) -> None:
+    target = lifecycle_target
+    space = unique("cliconf")
+    week = lines(cli("configure", space, "--max-age", "604800.5", "--max-bytes", "1000",
+                     target=target))  # fmt: skip
+    expected = {"max_age": 604800.5, "max_records_per_segment": 0, "max_bytes": 1000}
+    assert week == [{"space": space, "config": {"retention": expected}}]
+    assert lines(cli("info", space, target=target))[0]["config"] == {"retention": expected}
+    table = cli("info", space, "-o", "table", target=target).stdout.splitlines()
+    assert "max_age=604800.5s,max_bytes=1000" in table[1]
+    forever = lines(cli("configure", space, "--max-age", "0", target=target))[0]["config"]
+    assert forever == {"retention": {"max_age": 0, "max_records_per_segment": 0, "max_bytes": 0}}
+    assert "forever" in cli("info", space, "-o", "table", target=target).stdout
+    default = lines(cli("configure", space, "--default-retention", target=target))
+    assert default == [{"space": space, "config": {"retention": None}}]
+
+
+def test_watch_prints_the_snapshot_then_changes(lifecycle_target: str) -> None:
+    target = lifecycle_target
+    space = unique("cliwatch")
+    with Client(target) as client:
+        client.produce(space, "eu-1", b"x")
+        client.produce(space, "us-1", b"y")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        env["STREAMS_TARGET"] = target
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "watch", space, "--prefix", "eu-"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
+        )  # fmt: skip
+        try:
+            printed = lines_of(proc.stdout)
+            first = json.loads(printed.get(timeout=30))
+            assert (first["event"], first["name"], first["last_sequence"]) == (
+                "snapshot",
+                "eu-1",
+                1,
+            )
+            assert json.loads(printed.get(timeout=30)) == {"event": "snapshot_complete"}
+            client.produce(space, "us-1", b"not watched")
+            client.produce(space, "eu-2", b"z")
+            update = json.loads(printed.get(timeout=30))
+            assert (update["event"], update["name"], update["record_count"]) == (
+                "updated",
+                "eu-2",
+                1,
+            )
+            client.delete_segment(space, "eu-1")
+            assert json.loads(printed.get(timeout=30)) == {"event": "deleted", "name": "eu-1"}
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+        finally:
+            proc.kill()
+            proc.wait(10)

@@ -6,8 +6,9 @@
 //
 // It produces (one segment, then a multi-segment transaction and its retry),
 // consumes a segment and the whole space, follows the space while a child
-// process produces, peeks, commits and reads the offset back, lists, and checks
-// the error statuses. Every result is compared with what the contract says;
+// process produces, peeks, commits and reads the offset back, lists, checks
+// the error statuses, then trims and watches segments (WatchSegments: snapshot,
+// then live updates, trims and deletes). Every result is compared with what the contract says;
 // the first mismatch prints "MISMATCH: ..." on stderr and exits with 1.
 // On success the last line on stdout is "interop ok: N checks".
 "use strict";
@@ -103,6 +104,39 @@ function consume(client, request, { onReady, timeoutMs = 15_000 } = {}) {
     call.on("error", reject);
     call.on("end", () => resolve(records));
   });
+}
+
+// A WatchSegments stream read message by message: `next()` resolves with the
+// next response (or rejects with the stream's error).
+function watch(client, request, timeoutMs = 15_000) {
+  const call = client.WatchSegments(request, { deadline: Date.now() + timeoutMs });
+  const queued = [];
+  const waiting = [];
+  let failure = null;
+  call.on("data", (response) => {
+    const resolve = waiting.shift();
+    if (resolve) {
+      resolve.resolve(response);
+    } else {
+      queued.push(response);
+    }
+  });
+  call.on("error", (err) => {
+    failure = err;
+    waiting.splice(0).forEach((w) => w.reject(err));
+  });
+  return {
+    call,
+    next() {
+      if (queued.length > 0) {
+        return Promise.resolve(queued.shift());
+      }
+      if (failure) {
+        return Promise.reject(failure);
+      }
+      return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+    },
+  };
 }
 
 const text = (record) => Buffer.from(record.payload).toString("utf8");
@@ -276,6 +310,51 @@ async function main(target, space) {
   equal(rest.next_page_token, "", "list segments: no page after the last");
   await expectStatus(client, "Peek", { space: "bad\u0001name" }, grpc.status.INVALID_ARGUMENT,
     "control character in a name");
+
+  // -- trim, then watch segments (data lifecycle) ------------------------------------------
+  const trimmed = await unary(client, "Trim", { space, segment: "live", before_offset: "2" });
+  equal(trimmed.first_offset, "2", "Trim: first retained offset");
+  const afterTrim = await consume(client, { space, segment: "live", from_offset: "1" });
+  equal(afterTrim.map((r) => r.sequence), ["2", "3"], "consume after Trim: starts at the first kept");
+  const again2 = await unary(client, "Trim", { space, segment: "live", before_offset: "1" });
+  equal(again2.first_offset, "2", "Trim below the first offset: changes nothing");
+  await expectStatus(client, "Trim", { space, segment: "live", before_offset: "5" },
+    grpc.status.OUT_OF_RANGE, "Trim past the last offset + 1");
+  await expectStatus(client, "Trim", { space, segment: "nothing", before_offset: "1" },
+    grpc.status.NOT_FOUND, "Trim an unknown segment");
+  const byTime = await unary(client, "Trim",
+    { space, segment: "audit", before_timestamp: { seconds: "0", nanos: 0 } });
+  equal(byTime.first_offset, "1", "Trim before 1970: nothing removed");
+  const info = await unary(client, "GetSegment", { space, segment: "live" });
+  equal([info.segment.first_sequence, info.segment.last_sequence, info.segment.record_count],
+    ["2", "3", "2"], "GetSegment after Trim: first, last, count");
+
+  const watcher = watch(client, { space, prefix: "" });
+  const snapshot = [];
+  for (;;) {
+    const response = await watcher.next();
+    snapshot.push(...response.segments);
+    equal(response.deleted, [], "WatchSegments snapshot: nothing deleted");
+    if (response.snapshot_complete) {
+      break;
+    }
+  }
+  equal(snapshot.map((s) => [s.name, s.first_sequence, s.last_sequence]),
+    [["audit", "1", "2"], ["live", "2", "3"], ["orders", "1", "3"]],
+    "WatchSegments snapshot: every segment in name order");
+  await unary(client, "Produce",
+    { space, writes: [{ segment: "live", records: [{ payload: Buffer.from("live 4") }] }] });
+  const appended = await watcher.next();
+  equal(appended.segments.map((s) => [s.name, s.last_sequence, s.record_count]),
+    [["live", "4", "3"]], "WatchSegments: an append");
+  await unary(client, "Trim", { space, segment: "live", before_offset: "4" });
+  const cut = await watcher.next();
+  equal(cut.segments.map((s) => [s.name, s.first_sequence, s.record_count]),
+    [["live", "4", "1"]], "WatchSegments: a trim");
+  await unary(client, "DeleteSegment", { space, segment: "audit" });
+  const removed = await watcher.next();
+  equal([removed.segments.length, removed.deleted], [0, ["audit"]], "WatchSegments: a delete");
+  watcher.call.cancel();
 
   client.close();
   console.log(`interop ok: ${checks} checks`);
