@@ -183,6 +183,8 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    if value > limits.MAX_UINT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is over the largest ({limits.MAX_UINT64})")
     return value
 
 
@@ -373,6 +375,12 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
     if not args.retention_interval > 0:
         p.parser.error(f"--retention-interval {args.retention_interval}: must be positive")
     max_age_ns = round(args.retention_max_age * 1e9)
+    if args.retention_max_age and not max_age_ns:
+        # Rounded to 0 it would mean the opposite: keep records forever.
+        p.parser.error(
+            f"--retention-max-age {args.retention_max_age}: under a nanosecond "
+            "(0 keeps records forever)"
+        )
     if max_age_ns > limits.MAX_AGE_NS:
         p.parser.error(
             f"--retention-max-age {args.retention_max_age}: over the longest "

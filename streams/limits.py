@@ -20,6 +20,8 @@ MAX_PAGE_SIZE = 1000
 # The longest retention max_age: a signed 64-bit count of nanoseconds (about
 # 292 years), which every backend can store.
 MAX_AGE_NS = 2**63 - 1
+# The widest count a retention policy takes: the wire's uint64.
+MAX_UINT64 = 2**64 - 1
 # The default gRPC client refuses messages over 4 MiB; responses stay under.
 RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 # A buffered response is charged twice its size (gRPC keeps its own copy until

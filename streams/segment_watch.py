@@ -6,14 +6,16 @@ once live), never lost. Live changes come coalesced by name from
 :meth:`~streams.storage.port.SegmentWatch.changes`: a watcher whose client
 reads slowly is not sent a backlog but, once it reads again, the latest info
 of each segment that changed meanwhile (or, past what a watch keeps track
-of, every segment again). Each response holds at most ``max_bytes``
-(``--max-response-bytes``) and at least one segment.
+of, every segment again). Each response holds at least one segment and at
+most what the memory budget allows it when it is built (as a Consume batch,
+and never over ``--max-response-bytes``); it is built once the previous one
+was taken, so a watcher whose client stops reading holds one response.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 
 from streams import infos
 from streams.model import SegmentInfo
@@ -25,23 +27,24 @@ PAGE = 1000
 # The bytes snapshot_complete adds to a response (tag and value).
 _COMPLETE_FLAG_BYTES = 2
 
+# Waits until the memory budget has room for the next response, then gives
+# the most bytes that response may take.
+Room = Callable[[], Awaitable[int]]
+
 
 async def responses(
-    store: Store, space: str, prefix: str, max_bytes: int
-) -> AsyncGenerator[pb.WatchSegmentsResponse, None]:
-    """The responses of one WatchSegments call, until the store shuts down
-    (Unavailable) or the caller stops iterating."""
-    limit = max(1, max_bytes - _COMPLETE_FLAG_BYTES)
+    store: Store, space: str, prefix: str, room: Room
+) -> AsyncGenerator[bytes, None]:
+    """The serialized responses of one WatchSegments call, until the store
+    shuts down (Unavailable) or the caller stops iterating. Each response is
+    built only once the previous one was taken and ``room`` allows it, and
+    only its bytes are kept, so a watcher whose client stops reading holds
+    one response, no more."""
     async with store.watch(space) as watch:
-        pending: pb.WatchSegmentsResponse | None = None
-        async with contextlib.aclosing(_packed(_listing(store, space, prefix), limit)) as snapshot:
-            async for message in snapshot:
-                if pending is not None:
-                    yield pending
-                pending = message
-        last = pending if pending is not None else pb.WatchSegmentsResponse()
-        last.snapshot_complete = True
-        yield last
+        snapshot = _packed(_listing(store, space, prefix), room, snapshot=True)
+        async with contextlib.aclosing(snapshot) as messages:
+            async for data in messages:
+                yield data
         while True:
             names = await watch.changes()
             changed = (
@@ -49,9 +52,9 @@ async def responses(
                 if names is None
                 else _current(store, space, sorted(n for n in names if n.startswith(prefix)))
             )
-            async with contextlib.aclosing(_packed(changed, limit)) as live:
-                async for message in live:
-                    yield message
+            async with contextlib.aclosing(_packed(changed, room)) as messages:
+                async for data in messages:
+                    yield data
 
 
 async def _listing(
@@ -85,29 +88,39 @@ async def _current(
 
 
 async def _packed(
-    found: AsyncIterator[SegmentInfo], limit: int
-) -> AsyncGenerator[pb.WatchSegmentsResponse, None]:
-    """``found`` cut into responses of at most ``limit`` bytes (at least one
-    segment each): live infos in ``segments``, deleted names in ``deleted``."""
-    message = pb.WatchSegmentsResponse()
-    size = 0
-    async for info in found:
-        if info.deleted:
-            cost = _field_bytes(len(info.name.encode("utf-8")))
-        else:
-            wire = infos.segment_info(info)
-            cost = _field_bytes(wire.ByteSize())
-        if size and size + cost > limit:
-            yield message
+    found: AsyncGenerator[SegmentInfo, None], room: Room, snapshot: bool = False
+) -> AsyncGenerator[bytes, None]:
+    """``found`` cut into serialized responses of at least one segment each:
+    live infos in ``segments``, deleted names in ``deleted``. For the
+    snapshot, the last has ``snapshot_complete`` (and is sent, empty, when
+    there is no segment). Only the next segment is read ahead, never the next
+    response."""
+    async with contextlib.aclosing(found):
+        carry = await anext(found, None)
+        if carry is None and not snapshot:
+            return
+        while True:
+            limit = max(1, await room() - _COMPLETE_FLAG_BYTES)
             message = pb.WatchSegmentsResponse()
             size = 0
-        if info.deleted:
-            message.deleted.append(info.name)
-        else:
-            message.segments.append(wire)
-        size += cost
-    if size:
-        yield message
+            while carry is not None:
+                wire = None if carry.deleted else infos.segment_info(carry)
+                name_size = len(carry.name.encode("utf-8"))
+                cost = _field_bytes(name_size if wire is None else wire.ByteSize())
+                if size and size + cost > limit:
+                    break
+                if wire is None:
+                    message.deleted.append(carry.name)
+                else:
+                    message.segments.append(wire)
+                size += cost
+                carry = await anext(found, None)
+            message.snapshot_complete = snapshot and carry is None
+            data = message.SerializeToString()
+            del message
+            yield data
+            if carry is None:
+                return
 
 
 def _field_bytes(size: int) -> int:

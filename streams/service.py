@@ -428,13 +428,7 @@ class StreamsService:
                 await self._memory.room_for(needed, peer)
                 cut = Cut(
                     min(query.max_batch, remaining),
-                    max(
-                        1,
-                        min(
-                            self._limits.max_response_bytes,
-                            self._memory.allowance(peer) // RESPONSE_COPIES,
-                        ),
-                    ),
+                    self._response_allowance(peer),
                     self._limits.max_filter_skip_bytes,
                 )
                 prefix = query.segment_prefix
@@ -460,6 +454,12 @@ class StreamsService:
                     break
                 else:
                     await sub.wait(first)
+
+    def _response_allowance(self, peer: str) -> int:
+        """The most bytes the next streamed response to ``peer`` may take
+        (at least 1: one record or segment always goes)."""
+        allowed = self._memory.allowance(peer) // RESPONSE_COPIES
+        return max(1, min(self._limits.max_response_bytes, allowed))
 
     @contextlib.contextmanager
     def _charged(self, peer: str, name: str, size: int) -> Iterator[None]:
@@ -640,10 +640,15 @@ class StreamsService:
         prefix = validation.name_prefix("prefix", request.prefix)
         caller.check("read", space)
         peer = context.peer()
-        feed = segment_watch.responses(self._store, space, prefix, self._limits.max_response_bytes)
+
+        async def room() -> int:
+            # As Consume: built only once memory is free, cut to what it may take.
+            await self._memory.room_for(1, peer)
+            return self._response_allowance(peer)
+
+        feed = segment_watch.responses(self._store, space, prefix, room)
         async with contextlib.aclosing(feed) as messages:
-            async for message in messages:
-                data = message.SerializeToString()
+            async for data in messages:
                 await self._memory.room_for(RESPONSE_COPIES * len(data), peer)
                 with self._charged(peer, "WatchSegments", len(data)):
                     yield data

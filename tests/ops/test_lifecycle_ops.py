@@ -26,6 +26,11 @@ def test_retention_options_from_flags_and_variables() -> None:
     )
     assert parsed.retention_interval == 0.5
     assert parsed.retention == RetentionPolicy(1_250_000_000, 7, 4096)
+    widest = config.parse(
+        ["--retention-max-bytes", str(2**64 - 1), "--retention-max-age", "0.000000001"],
+        environ={},
+    )
+    assert widest.retention == RetentionPolicy(1, 0, 2**64 - 1)
     defaults = config.parse([], environ={})
     assert (defaults.retention_interval, defaults.retention) == (60.0, RetentionPolicy())
 
@@ -41,6 +46,11 @@ def test_retention_options_from_flags_and_variables() -> None:
         ("--retention-max-age", "1e12", "longest"),
         ("--retention-max-records-per-segment", "-3", "negative"),
         ("--retention-max-bytes", "1.5", "whole number"),
+        # Under a nanosecond would round to 0, which means the opposite: forever.
+        ("--retention-max-age", "1e-10", "nanosecond"),
+        # As wide as the wire's uint64 (RetentionPolicy), no wider.
+        ("--retention-max-records-per-segment", str(2**64), "over"),
+        ("--retention-max-bytes", str(10**30), "over"),
     ],
 )
 def test_bad_retention_option_is_one_line_naming_it(flag: str, value: str, words: str) -> None:
