@@ -25,6 +25,9 @@ from streams.storage import registry
 
 _DEFAULT_LIMITS = Limits()
 
+# Shorter intervals would keep the retention pass, which visits every space, always running.
+MIN_RETENTION_INTERVAL = 0.01
+
 
 class OptionError(Exception):
     """An option whose value the server cannot start with (found once it tries:
@@ -372,8 +375,11 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         p.parser.error("--follow-linger-ms must not be negative")
     if not args.slow_consumer_seconds > 0:
         p.parser.error("--slow-consumer-seconds must be positive")
-    if not args.retention_interval > 0:
-        p.parser.error(f"--retention-interval {args.retention_interval}: must be positive")
+    if not args.retention_interval >= MIN_RETENTION_INTERVAL:
+        p.parser.error(
+            f"--retention-interval {args.retention_interval}: must be at least "
+            f"{MIN_RETENTION_INTERVAL} s (a pass scans every space)"
+        )
     max_age_ns = round(args.retention_max_age * 1e9)
     if args.retention_max_age and not max_age_ns:
         # Rounded to 0 it would mean the opposite: keep records forever.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from streams import codec
-from streams.errors import NotFound, Unavailable
+from streams.errors import Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
@@ -142,7 +142,7 @@ class MemoryStore:
         (a space with only a config is found)."""
         log = self._log(target)
         if log is None or log.deleted:
-            raise NotFound(f"{target.describe()} does not exist")
+            raise port.not_found(target)
         return log
 
     def _check_open(self) -> None:
@@ -204,6 +204,9 @@ class MemoryStore:
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         self._check_open()
+        log = self._log(target)
+        if log is not None and (log.deleted or self._spaces[target.space].deleted):
+            raise port.deleted(target)
         last = self._last_offset(target)
         if offset > last:
             raise port.out_of_range(offset, last, target)
@@ -246,7 +249,7 @@ class MemoryStore:
         log = self._log(Target(space, segment))
         actual = 0 if log is None else log.last
         if expected is not None and expected != actual:
-            raise port.sequence_mismatch(segment, actual, expected)
+            raise port.sequence_mismatch(segment, actual, expected, "expected_sequence")
         if log is None or log.deleted:
             return Removed()
         removed = self._remove(space, list(log.records))
@@ -434,16 +437,17 @@ class MemoryStore:
         prefixes: Sequence[str] | None = None,
     ) -> list[SpaceInfo]:
         self._check_open()
-        found = []
+        names = []
         for name in sorted(self._spaces, key=_utf8):
-            space = self._spaces[name]
-            if space.deleted or (after is not None and _utf8(name) <= _utf8(after)):
+            if len(names) == limit:
+                break
+            if self._spaces[name].deleted or (after is not None and _utf8(name) <= _utf8(after)):
                 continue
             if prefixes is not None and not name.startswith(tuple(prefixes)):
                 continue
             if include is None or include(name):
-                found.append(self._space_info(name, space))
-        return found[:limit]
+                names.append(name)
+        return [self._space_info(name, self._spaces[name]) for name in names]
 
     async def list_segments(
         self, space: str, after: str | None, limit: int, include_deleted: bool = False
@@ -451,14 +455,15 @@ class MemoryStore:
         self._check_open()
         found_space = self._spaces.get(space)
         segments = {} if found_space is None else found_space.segments
-        found = []
+        names = []
         for name in sorted(segments, key=_utf8):
-            segment = segments[name]
-            if segment.deleted and not include_deleted:
+            if len(names) == limit:
+                break
+            if segments[name].deleted and not include_deleted:
                 continue
             if after is None or _utf8(name) > _utf8(after):
-                found.append(self._segment_info(name, segment))
-        return found[:limit]
+                names.append(name)
+        return [self._segment_info(name, segments[name]) for name in names]
 
     # -- life cycle ------------------------------------------------------
 

@@ -79,7 +79,8 @@ suite; the test that checks a rule is named after it):
     lists until it is written again; deleting what does not exist is a no-op.
 13. **Offsets survive trims.** A committed offset below the first retained
     offset is kept; a delete removes the target's offsets (a space delete:
-    every offset of the space, and its config).
+    every offset of the space, and its config), and a commit to a deleted
+    target is NotFound until it is written again.
 14. **Catalog changes are watched.** Once :meth:`Store.watch` is entered,
     every durable change of a segment's numbers in that space (append, trim,
     delete) is reported by :meth:`SegmentWatch.changes`, coalesced by name.
@@ -96,7 +97,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from streams.errors import AlreadyExists, OffsetMismatch, OutOfRange, SequenceMismatch
+from streams.errors import (
+    AlreadyExists,
+    NotFound,
+    OffsetMismatch,
+    OutOfRange,
+    SequenceMismatch,
+)
 from streams.model import (
     Cut,
     ProduceResult,
@@ -224,7 +231,9 @@ class Store(Protocol):
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         """Stores ``consumer``'s offset durably (compare-and-set when ``expected``
-        is not None). Raises OutOfRange, OffsetMismatch, Unavailable."""
+        is not None). Raises NotFound for a deleted target (a delete removed
+        its offsets; committing would bring one back), OutOfRange,
+        OffsetMismatch, Unavailable."""
         ...
 
     async def get_offset(self, consumer: str, target: Target) -> int | None:
@@ -335,9 +344,11 @@ class Store(Protocol):
 # The errors of the rules, worded once for every backend.
 
 
-def sequence_mismatch(segment: str, actual: int, expected: int) -> SequenceMismatch:
+def sequence_mismatch(
+    segment: str, actual: int, expected: int, field: str = "writes.expected_sequence"
+) -> SequenceMismatch:
     return SequenceMismatch(
-        f"writes.expected_sequence: segment {segment!r} has last sequence {actual}, not {expected}",
+        f"{field}: segment {segment!r} has last sequence {actual}, not {expected}",
         segment=segment,
         actual=actual,
     )
@@ -352,6 +363,16 @@ def already_exists(txn: Transaction) -> AlreadyExists:
 
 def out_of_range(offset: int, last: int, target: Target) -> OutOfRange:
     return OutOfRange(f"offset: {offset} is past the last offset ({last}) of {target.describe()}")
+
+
+def not_found(target: Target) -> NotFound:
+    return NotFound(f"{target.describe()} does not exist (never written, or deleted)")
+
+
+def deleted(target: Target) -> NotFound:
+    return NotFound(
+        f"{target.describe()} was deleted, and its offsets with it: write to it again first"
+    )
 
 
 def trim_out_of_range(before: int, last: int, target: Target) -> OutOfRange:

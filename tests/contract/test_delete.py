@@ -91,6 +91,8 @@ def test_delete_segment_with_expected_sequence(stub: Stub, filled: str) -> None:
         "expected_sequence",
     )
     assert ("streams-actual", "2") in tuple(err.trailing_metadata() or ())
+    # The request's own field, not Produce's `writes.expected_sequence`.
+    assert "writes." not in (err.details() or "")
     assert payloads_of(consume_all(stub, filled, "a")) == [b"a1", b"a2"]
     delete_segment(stub, filled, "a", expected=2)
     assert consume_all(stub, filled, "a") == []
@@ -113,6 +115,21 @@ def test_delete_segment_removes_its_offsets_only(stub: Stub, filled: str) -> Non
     for segment in ("b", ""):
         get = pb.GetOffsetRequest(consumer="c", space=filled, segment=segment)
         assert stub.GetOffset(get).offset == 1
+
+
+def test_a_commit_to_a_deleted_target_is_not_found_until_it_is_written_again(
+    stub: Stub, filled: str
+) -> None:
+    delete_segment(stub, filled, "a")
+    commit = pb.CommitRequest(consumer="c", space=filled, segment="a", offset=1)
+    # A delete removes the target's offsets; a commit must not bring one back.
+    assert_status(lambda: stub.Commit(commit), NOT_FOUND, "deleted")
+    produce(stub, filled, "a", ["a3"])
+    assert stub.Commit(commit).offset == 1
+    stub.DeleteSpace(pb.DeleteSpaceRequest(space=filled))
+    for segment in ("", "b"):
+        commit = pb.CommitRequest(consumer="c", space=filled, segment=segment, offset=1)
+        assert_status(lambda: stub.Commit(commit), NOT_FOUND, "deleted")
 
 
 def test_delete_space_removes_everything(stub: Stub, filled: str) -> None:

@@ -38,7 +38,8 @@ def test_retention_options_from_flags_and_variables() -> None:
 @pytest.mark.parametrize(
     ("flag", "value", "words"),
     [
-        ("--retention-interval", "0", "positive"),
+        ("--retention-interval", "0", "at least 0.01"),
+        ("--retention-interval", "1e-300", "at least 0.01"),
         ("--retention-interval", "-1", "0 or more"),
         ("--retention-interval", "soon", "not a number"),
         ("--retention-max-age", "nan", "finite"),
