@@ -41,7 +41,8 @@ async def read(store: Store, target: Target, first: int = 1, last: int = 2**64 -
     batch, after = await store.read(target, first, last, ALL)
     records = list(batch.records())
     if records:
-        assert after == offsets(records[-1:], target)[0] + 1
+        # The next read may start past removed records, never before the last one read.
+        assert after > offsets(records[-1:], target)[0]
     return records
 
 
@@ -51,7 +52,8 @@ def offsets(records: list[Record], target: Target) -> list[int]:
 
 async def stepwise(store: Store, target: Target, first: int = 1) -> list[int]:
     """The offsets of ``target`` read one record per step from ``first``, each
-    step starting where the last one said, until the last offset."""
+    step starting where the last one said, until the last offset (a step may
+    move past removed records, so a record skipped wrongly is missing here)."""
     last = await store.last_offset(target)
     found: list[int] = []
     while first <= last:
@@ -59,7 +61,7 @@ async def stepwise(store: Store, target: Target, first: int = 1) -> list[int]:
         assert after > first, f"a read from {first} must move on"
         got = offsets(list(batch.records()), target)
         if got:
-            assert got[0] >= first and after == got[-1] + 1
+            assert got[0] >= first and after > got[-1]
         found += got
         first = after
     return found
@@ -288,7 +290,7 @@ def test_prefix_removal_reads_start_at_the_first_retained_offset(backend: Harnes
         assert await stepwise(store, a) == [3]
         # A read whose bounds hold only removed records returns none and moves on.
         batch, after = await store.read(space, 3, 3, ALL)
-        assert batch.count == 0 and after > 3
+        assert batch.count == 0 and after == 4
 
     backend.run(scenario)
 
@@ -912,6 +914,7 @@ def test_follow_reads_after_a_trim_honour_it(backend: Harness) -> None:
             assert await retained(store, targets[1]) == [3]
             await store.trim(Target("s"), 5)
             assert await retained(store, targets[0]) == [5]
+            assert await retained(store, targets[1]) == []
             assert await retained(store, targets[2]) == [2]
             await store.delete_segment("s", "b", None)
             assert await retained(store, targets[0]) == []
@@ -923,8 +926,8 @@ def test_follow_reads_after_a_trim_honour_it(backend: Harness) -> None:
             assert not waiting.done()
             await store.produce(txn("s", ("a", 1), ("b", 1)))
             await asyncio.wait_for(waiting, 10)
-            assert await retained(store, targets[1]) == [3, 4]
-            assert await retained(store, targets[0]) == [3, 6, 7]
+            assert await retained(store, targets[1]) == [4]
+            assert await retained(store, targets[0]) == [6, 7]
             assert await retained(store, targets[2]) == [3]
             await store.delete_space("s")
             for target in targets:
