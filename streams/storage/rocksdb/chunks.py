@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from streams import codec
+from streams.model import Record
 
 _U32 = struct.Struct("<I")
 
@@ -124,13 +125,13 @@ def _stored_size(framed: int) -> int:
     return size
 
 
-def body_sizes(
-    chunk: Chunk, start: int, stop: int, header: int, sequence: int, position: int
-) -> list[int]:
+def body_sizes(chunk: Chunk, head: Record, start: int, stop: int) -> list[int]:
     """The body sizes (what :func:`streams.model.record_bytes` counts) of records
-    ``start`` to ``stop - 1`` of ``chunk``, whose records share a header of
-    ``header`` bytes and number from ``sequence`` and ``position`` (those of
-    record 0): a stored record is its header, its numbers and its body."""
+    ``start`` to ``stop - 1`` of ``chunk``, whose first record is ``head``
+    (parsed): a stored record is the header its chunk shares (one segment
+    write), its numbers (consecutive in a chunk) and its body."""
+    sequence, position = head.sequence, head.position
+    header = len(chunk.record(0)) - len(head.body) - numbers_size(sequence, position)
     ends = struct.unpack_from(f"<{chunk.count}I", chunk.value, 4)
     sizes = []
     before = ends[start - 1] if start else 0

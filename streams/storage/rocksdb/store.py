@@ -61,7 +61,7 @@ from streams.storage import port
 from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Setup
 from streams.storage.batches import EMPTY, FramedBatch
 from streams.storage.port import BackgroundTask, DiskUsage
-from streams.storage.rocksdb import chunks, recovery
+from streams.storage.rocksdb import chunks, migrate, recovery
 from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.catalog import (
     Catalog,
@@ -283,11 +283,31 @@ class RocksStore:
 
     def _check_format(self) -> None:
         raw = self._get(keys.FORMAT, "the on-disk format version")
-        keys.format_version(raw)
-        if raw is None and self._disk_full is None:
-            # Stamped (and fsynced) before this code writes anything else.
-            self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
-            self._db.flush_wal(True)
+        version = keys.format_version(raw)
+        if version == keys.FORMAT_VERSION:
+            return
+        if raw is None and self._empty():
+            if self._disk_full is None:
+                # Stamped (and fsynced) before this code writes anything else.
+                self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
+                self._db.flush_wal(True)
+            return
+        if self._disk_full is not None:
+            raise keys.UnknownFormat(
+                f"on-disk format version {version} must be migrated to {keys.FORMAT_VERSION} "
+                f"once, which writes, but {self._disk_full}; the data was left as it is"
+            )
+        migrate.from_v1(
+            self._db,
+            self._scan,
+            lambda text: self._data_loss(f"{text} (data directory {self._path})"),
+        )
+
+    def _empty(self) -> bool:
+        """Whether the store holds nothing yet (a new data directory)."""
+        return all(
+            next(self._scan(tag, "the catalog"), None) is None for tag in (keys.SPACE, keys.OFFSET)
+        )
 
     def _scan(
         self, prefix: bytes, what: str, start: bytes | None = None, end: bytes | None = None
@@ -1138,9 +1158,8 @@ class RocksStore:
         return count < options.removal_slice_records and size < options.removal_slice_bytes
 
     def _body_sizes(self, chunk: Chunk, head: Record, start: int, stop: int) -> list[int]:
-        stored = len(self._record(chunk, 0, Target(head.space), 0))
-        header = stored - len(head.body) - chunks.numbers_size(head.sequence, head.position)
-        return chunks.body_sizes(chunk, start, stop, header, head.sequence, head.position)
+        with self._well_formed(Target(head.space, head.segment), head.sequence):
+            return chunks.body_sizes(chunk, head, start, stop)
 
     # -- reads -----------------------------------------------------------
 
