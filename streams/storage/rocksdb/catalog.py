@@ -8,13 +8,17 @@ most recently used ones, at most ``capacity_bytes`` (estimated, see
 segments exist. Spaces get the same treatment as segments: a million spaces
 of one segment each must fit as well as one space of a million segments.
 
-Each state has two sets of numbers: ``last_*`` as written, ``durable_*`` as
-readers see them (moved once the write is fsynced). Until they meet, the
-durable ones exist only here (the entry on disk already holds the last ones),
-so such a state is *pending*: held apart and never evicted. Once its writes
-are durable it becomes evictable again, and read back later from its entry on
-disk, where durable == last: the same numbers. Pending states are those of
-writes awaiting their fsync, at most the segments of the Produces in flight.
+Each state has two entries: ``last`` as written, ``durable`` as readers see
+it (moved once the write is fsynced). Until they meet, the durable one exists
+only here (the entry on disk already holds the last one), so such a state is
+*pending*: held apart and never evicted. Once its writes are durable it
+becomes evictable again, and read back later from its entry on disk, where
+durable == last. Pending states are those of writes awaiting their fsync: at
+most the segments of the Produces in flight and of one removal slice.
+
+A segment's entry is read within its space's: a space delete writes only the
+space's entry, and every segment whose last position it was deleted through
+reads as deleted (:meth:`SegmentEntry.within`).
 
 A name that has no entry is not cached: looking up names that do not exist
 costs a read each time and no memory.
@@ -24,9 +28,11 @@ Example::
     catalog = Catalog(64 << 20, get, damaged)
     with catalog.held():  # nothing is evicted while a commit holds states
         segment = catalog.segment("orders", "eu") or catalog.new_segment("orders", "eu")
-        ...  # write the batch, move segment.last_*
+        ...  # write the batch
         catalog.pin(segment)
-    ...  # after the fsync: move segment.durable_*
+        segment.last = new_entry
+    ...  # after the fsync
+    segment.durable = new_entry
     catalog.settle(segment)
 """
 

@@ -17,6 +17,10 @@ RocksDB with sync off; :class:`GroupCommit` then fsyncs the WAL off the loop
 and the writer is acked. Only then do readers see the records: every read is
 capped at the durable watermark, as Kafka caps reads at its high watermark.
 
+Removals (trim, deletes, retention) move first offsets in the catalog, in
+slices, and delete the chunks below them afterwards; see "removals" below
+and :mod:`.reclaim` for how the disk comes back.
+
 Records are stored as they go to the wire (serialized ``Record`` messages,
 numbers included, framed as a ``ConsumeResponse``'s ``records``), so a read
 hands stored bytes to the service as a :class:`FramedBatch` without decoding
@@ -944,8 +948,12 @@ class RocksStore:
         ranges = [self._range_below(keys.space_prefix(space), owner.durable.first)]
         for name in segments:
             state = self._catalog.segment(space, name, owner)
-            if state is not None:
-                prefix = keys.segment_prefix(space, name)
+            if state is None:
+                continue
+            prefix = keys.segment_prefix(space, name)
+            if state.durable.first > state.durable.sequence:  # nothing retained: no chunk holds it
+                ranges.append((prefix, prefix + keys.u64(state.durable.first)))
+            else:
                 ranges.append(self._range_below(prefix, state.durable.first))
         return ranges
 
