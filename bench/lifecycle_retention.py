@@ -15,7 +15,8 @@ scripts/bench (the lifecycle section) to call:
 - :func:`retention_pass`: ``segments`` segments of one record each over 10
   spaces; a pass with max_age where nothing is old enough (cost: the space
   catalog) and one where everything is (cost: what it removes), with time,
-  Python memory peak and chunks read.
+  Python memory peak (tracemalloc, which slows the pass), chunks read and the
+  longest event-loop stall (what a writer may wait behind a slice).
 """
 
 from __future__ import annotations
@@ -105,12 +106,16 @@ def retention_pass(segments: int) -> dict[str, float]:
             store = RocksStore.open(path, StoreOptions(sync=False, clock=lambda: now[0]))
             now[0] += 100 * 10**9
             reads = store.stats.chunk_reads
+            stop = asyncio.Event()
+            watcher = asyncio.ensure_future(_stalls(stop))
             tracemalloc.start()
             started = time.perf_counter()
             removed = await store.enforce_retention(RetentionPolicy(max_age_ns=age * 10**9))
             figures[f"{case}_s"] = time.perf_counter() - started
             figures[f"{case}_peak_mib"] = tracemalloc.get_traced_memory()[1] / (1 << 20)
             tracemalloc.stop()
+            stop.set()
+            figures[f"{case}_longest_loop_stall_ms"] = await watcher * 1000
             figures[f"{case}_removed"] = removed.records
             figures[f"{case}_chunk_reads"] = store.stats.chunk_reads - reads
             figures[f"{case}_slices"] = store.stats.removal_slices

@@ -135,6 +135,10 @@ class StoreOptions:
     # each durable on its own, letting writes run between them.
     removal_slice_records: int = 5_000
     removal_slice_bytes: int = 8 * 1024 * 1024
+    # ... and of at most this many chunks: each costs a parse and a catalog
+    # look-up, so records written one per transaction (one chunk each) make
+    # slices short in time too.
+    removal_slice_chunks: int = 128
     # How often the chunks of removed records are compacted away (see reclaim).
     reclaim_seconds: float = 60.0
 
@@ -157,6 +161,7 @@ class StoreOptions:
             "catalog_cache_bytes",
             "removal_slice_records",
             "removal_slice_bytes",
+            "removal_slice_chunks",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -1019,10 +1024,11 @@ class RocksStore:
         target = Target(space, segment)
         prefix = keys.segment_prefix(space, segment)
         offset = entry.first
-        count = size = last_position = 0
+        count = size = last_position = visited = 0
         with self._chunks(prefix, before - 1) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
-            while offset < before and self._slice_left(count, size):
+            while offset < before and self._slice_left(count, size, visited):
+                visited += 1
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                 skip = offset - chunk_first
                 if not 0 <= skip < chunk.count:
@@ -1075,11 +1081,12 @@ class RocksStore:
         target = Target(space)
         prefix = keys.space_prefix(space)
         offset = entry.first
-        count = size = 0
+        count = size = visited = 0
         touched: dict[str, tuple[SegmentState, SegmentEntry]] = {}
         with self._chunks(prefix, end - 1) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
-            while offset < end and self._slice_left(count, size):
+            while offset < end and self._slice_left(count, size, visited):
+                visited += 1
                 if max_bytes is not None and entry.size - size <= max_bytes:
                     break
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
@@ -1161,9 +1168,13 @@ class RocksStore:
     def _slice_budget(self) -> int:
         return self._options.removal_slice_records
 
-    def _slice_left(self, count: int, size: int) -> bool:
+    def _slice_left(self, count: int, size: int, chunks_read: int) -> bool:
         options = self._options
-        return count < options.removal_slice_records and size < options.removal_slice_bytes
+        return (
+            count < options.removal_slice_records
+            and size < options.removal_slice_bytes
+            and chunks_read < options.removal_slice_chunks
+        )
 
     def _body_sizes(self, chunk: Chunk, head: Record, start: int, stop: int) -> list[int]:
         with self._well_formed(Target(head.space, head.segment), head.sequence):
