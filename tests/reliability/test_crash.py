@@ -14,7 +14,16 @@ worker paused, the harness checks after each restart:
   written exactly once: duplicate=true with the numbers it was stored under, or written
   fresh, and then it was not stored before;
 - committed offsets: the last acked Commit (or a later unanswered one) is stored;
-- every record a follower received before the crash is stored, identical.
+- every record a follower received before the crash is stored, identical;
+- trims and deletes (a remover trims segments and spaces by offset and by
+  timestamp, and deletes segments and now and then a space, while the others
+  write): no record below an acknowledged trim point, nor one acked before an
+  acknowledged delete was sent, is ever readable again (segment reads, space
+  reads, peeks, lists, GetSpace/GetSegment); every segment is dense from its
+  first retained sequence to its last; the space read is the segment reads
+  merged; no number is acked twice (numbering continues after deletes); every
+  acked record no removal may have taken is there; infos (first offsets,
+  counts, bytes) agree with the records; unanswered removals are retried.
 
 STREAMS_CRASH_CYCLES (default 25) sets the number of kill -9 cycles, for longer runs.
 """
@@ -32,16 +41,15 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.journal import (
     UNKNOWN_OUTCOME,
     Follower,
     Journal,
-    ack_numbers,
     check_store,
     commit_key,
     read_target,
     request_records,
-    stored_numbers,
 )
 from tests.support.process import ServerProcess
 
@@ -68,12 +76,14 @@ class Run:
         self.server = server
         self.gate = Gate()
         self.journal = Journal()
-        self.followers = [Follower(sp, seg) for sp, seg in FOLLOWED]
+        self.followers = [Follower(sp, seg, gaps=True) for sp, seg in FOLLOWED]
         self.errors: list[str] = []
         self.seed = seed
         self.acks = 0
         self.unanswered = 0
         self.commits_acked = 0
+        self.removals_acked = 0
+        self.removals_unanswered = 0
 
     def error(self, text: str) -> None:
         self.errors.append(text)
@@ -137,6 +147,7 @@ class Run:
                 req = pb.CommitRequest(
                     consumer=consumer, space=space, segment=segment, offset=offset
                 )
+                sent_at = self.journal.tick()
                 try:
                     resp = self.server.stub.Commit(req, timeout=CALL_TIMEOUT)
                 except grpc.RpcError as err:
@@ -149,9 +160,29 @@ class Run:
                     continue
                 if resp.offset != offset:
                     self.error(f"Commit {key} {offset} answered offset {resp.offset}")
-                self.journal.commit_acked(key, offset)
+                self.journal.commit_acked(key, offset, sent_at)
                 self.commits_acked += 1
             time.sleep(0.002)
+
+    def remover(self) -> None:
+        """Trims (by offset and by timestamp, segments and spaces) and deletes."""
+        rng = random.Random(self.seed * 100 + 98)
+        while True:
+            with self.gate.inside() as ok:
+                if not ok:
+                    return
+                req = removal_request(rng, self.journal)
+                if req is not None:
+                    removal = self.journal.removal_sent(req)
+                    outcome = send_removal(self.server.stub, req)
+                    if isinstance(outcome, str):
+                        self.error(outcome)
+                    if outcome is None or isinstance(outcome, str):
+                        self.removals_unanswered += outcome is None
+                    else:
+                        self.journal.removal_acked(removal, *outcome)
+                        self.removals_acked += 1
+            time.sleep(rng.uniform(0.01, 0.06))
 
     def follower(self, f: Follower) -> None:
         while True:
@@ -177,6 +208,91 @@ class Run:
                     return
                 f.reconnects += 1
             time.sleep(0.01)
+
+
+def removal_request(
+    rng: random.Random, journal: Journal
+) -> pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest | None:
+    """A trim that keeps most of what was written (now and then all of it), a
+    delete of a segment now and then, of a space rarely."""
+    space = rng.choice(SPACES)
+    segment = rng.choice(SEGMENTS)
+    kind = rng.choices(
+        ("trim segment", "trim space", "trim by time", "delete segment", "delete space"),
+        (4, 3, 3, 1, 0.25),
+    )[0]
+    with journal.lock:
+        top = (
+            journal.acked_sequence[(space, segment)]
+            if kind == "trim segment"
+            else journal.acked_position[space]
+        )
+        stamps = [t.ack.timestamp for t in journal.txns.values() if t.ack and t.space == space]
+    if kind == "delete space":
+        return pb.DeleteSpaceRequest(space=space)
+    if kind == "delete segment":
+        req = pb.DeleteSegmentRequest(space=space, segment=segment)
+        if rng.random() < 0.2:
+            req.expected_sequence = journal.acked_sequence[(space, segment)]
+        return req
+    on = segment if kind == "trim segment" or rng.random() < 0.5 else ""
+    if kind == "trim by time":
+        if not stamps:
+            return None
+        stamp = rng.choice(stamps[-200:])
+        req = pb.TrimRequest(space=space, segment=on)
+        req.before_timestamp.CopyFrom(stamp)
+        req.before_timestamp.nanos = max(0, stamp.nanos + rng.choice((-1, 0, 1)))
+        return req
+    if top == 0:
+        return None
+    # Acked numbers are stored, so top + 1 is never past the end.
+    before = top + 1 if rng.random() < 0.1 else max(1, top + 1 - rng.randint(5, 80))
+    return pb.TrimRequest(space=space, segment=on, before_offset=before)
+
+
+def send_removal(
+    stub: pb_grpc.StreamsServiceStub,
+    req: pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest,
+) -> tuple[int, bool] | str | None:
+    """Sends one removal: (first offset, nothing removed) when answered,
+    None when the outcome is unknown, an error text otherwise."""
+    try:
+        if isinstance(req, pb.TrimRequest):
+            return stub.Trim(req, timeout=CALL_TIMEOUT).first_offset, False
+        if isinstance(req, pb.DeleteSegmentRequest):
+            stub.DeleteSegment(req, timeout=CALL_TIMEOUT)
+        else:
+            stub.DeleteSpace(req, timeout=CALL_TIMEOUT)
+        return 0, False
+    except grpc.RpcError as err:
+        if err.code() in UNKNOWN_OUTCOME:
+            return None
+        if err.code() == grpc.StatusCode.NOT_FOUND and isinstance(req, pb.TrimRequest):
+            return 0, True  # the target is deleted: nothing to trim
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and req.HasField("expected_sequence"):
+            return 0, True  # a write came first: nothing deleted
+        return f"{type(req).__name__} {req}: {err.code()} {err.details()}"
+    except ValueError:  # the channel was closed under us: unknown outcome
+        return None
+
+
+def retry_removals(run: Run, problems: list[str]) -> int:
+    """Sends each unanswered removal again (workers paused): once it is
+    answered, whatever the first try did is done. A delete goes again
+    without its expected_sequence (the first try may have applied it)."""
+    retried = 0
+    for removal in run.journal.unanswered_removals():
+        req = removal.request
+        if isinstance(req, pb.DeleteSegmentRequest):
+            req = pb.DeleteSegmentRequest(space=req.space, segment=req.segment)
+        outcome = send_removal(run.server.stub, req)
+        if outcome is None or isinstance(outcome, str):
+            problems.append(f"retry of {req}: {outcome or 'no answer'}")
+        elif not outcome[1]:  # NOT_FOUND: left unknown (a delete came after it)
+            run.journal.removal_acked(removal, outcome[0])
+            retried += 1
+    return retried
 
 
 def kill9_while_starting(server: ServerProcess, delay: float) -> None:
@@ -232,15 +348,9 @@ def retry_unanswered(
         resp = run.server.stub.Produce(txn.request, timeout=CALL_TIMEOUT)
         if resp.duplicate:
             duplicates += 1
-            if not stored:
-                problems.append(
-                    f"retry of {key} answered duplicate=true, but the transaction was not stored"
-                )
-            elif ack_numbers(resp) != stored_numbers(txn.request, stored):
-                problems.append(
-                    f"retry of {key}: duplicate ack {ack_numbers(resp)} differs from the stored "
-                    f"transaction {stored_numbers(txn.request, stored)}"
-                )
+            problem = run.journal.duplicate_problem(txn, resp, stored)
+            if problem:
+                problems.append(f"retry of {key} answered duplicate=true: {problem}")
         else:
             fresh += 1
             if stored:
@@ -268,6 +378,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         threading.Thread(target=run.producer, args=(i,), daemon=True) for i in range(PRODUCERS)
     ]
     threads.append(threading.Thread(target=run.committer, daemon=True))
+    threads.append(threading.Thread(target=run.remover, daemon=True))
     threads += [
         threading.Thread(target=run.follower, args=(f,), daemon=True) for f in run.followers
     ]
@@ -284,6 +395,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             "offset_checks",
             "pending_present",
             "pending_absent",
+            "removals_retried",
+            "removed_records",
+            "removal_checks",
         ),
         0,
     )
@@ -327,6 +441,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             problems = list(report.problems) + run.errors
             run.errors.clear()
             dup, fresh = retry_unanswered(run, report.pending_stored, problems)
+            figures["removals_retried"] += retry_removals(run, problems)
+            figures["removed_records"] += report.removed_records
+            figures["removal_checks"] += report.removal_checks
             figures["sigterm_cycles" if graceful else "cycles"] += 1
             figures["checks"] += report.transactions_checked
             figures["retried_duplicate"] += dup
@@ -340,7 +457,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             # What was read back is durable now: it is the new baseline for offsets.
             for key, got in report.offsets_read.items():
                 if got is not None:
-                    run.journal.commit_acked(key, got)
+                    run.journal.commit_acked(key, got, run.journal.tick())
             kills = figures["cycles"]
             if kills >= CYCLES or (
                 time.monotonic() - started > TIME_BUDGET and kills >= MIN_CYCLES
@@ -358,6 +475,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         problems = list(report.problems) + run.errors
         if run.journal.pending():
             problems.append(f"{len(run.journal.pending())} transactions left unresolved")
+        problems += [f"left unanswered: {r.request}" for r in run.journal.unanswered_removals()]
         if problems:
             fail(problems, "after the final graceful restart")
     finally:
@@ -378,6 +496,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         f"({figures['pending_present']} found stored / {figures['pending_absent']} not), "
         f"retries: {figures['retried_duplicate']} duplicate + {figures['retried_fresh']} fresh, "
         f"{run.commits_acked} commits acked, {figures['offset_checks']} offset checks, "
+        f"{run.removals_acked} trims/deletes acked ({run.removals_unanswered} unanswered, "
+        f"{figures['removals_retried']} retried), {figures['removal_checks']} records checked "
+        f"gone for good, {figures['removed_records']} maybe removed, "
         f"{followed} records followed, {figures['follower_records_checked']} follower "
         f"record checks"
     )
@@ -389,12 +510,16 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         ("transaction checks (over all cycles)", figures["checks"]),
         ("unanswered transactions retried", run.unanswered),
         ("follower record checks", figures["follower_records_checked"]),
+        ("trims and deletes acked", run.removals_acked),
+        ("records checked gone after an acked trim or delete", figures["removal_checks"]),
     ):
         COUNTERS[f"crash: {name}"] = value
     # The run must have exercised what it claims to test.
     assert figures["cycles"] >= MIN_CYCLES
     assert run.acks > 0
     assert run.commits_acked > 0
+    assert run.removals_acked > 0
+    assert figures["removal_checks"] > 0, "no acknowledged removal was ever checked"
     assert all(f.records for f in run.followers), [len(f.records) for f in run.followers]
     assert sum(f.reconnects for f in run.followers) >= MIN_CYCLES
 
@@ -439,5 +564,30 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
         assert "transaction crash-a/stored" in text and "partly present" in text
         assert "follower crash-a/'' offset 1" in text
         assert "committed offset ('c1', 'crash-a', '')" in text
+
+        # Removals the journal says were acknowledged, but the store still has
+        # what they removed: a trim point past a stored record, a deleted segment.
+        journal = Journal()
+        journal.acked(journal.sent(stored), pb.ProduceResponse())  # replaced below
+        journal.txns.clear()
+        kept = make_request(rng, "kept")
+        kept.space = SPACES[1]
+        txn = journal.sent(kept)
+        journal.acked(txn, server.stub.Produce(kept, timeout=CALL_TIMEOUT))
+        segment = kept.writes[0].segment
+        trim = journal.removal_sent(
+            pb.TrimRequest(space=SPACES[1], segment=segment, before_offset=2)
+        )
+        journal.removal_acked(trim, 2)
+        report, _ = check_store(server.stub, journal, [SPACES[1]])
+        text = "\n".join(report.problems)
+        assert f"({segment}/1) is readable after an acknowledged trim" in text, text
+        journal.removals.clear()
+        delete = journal.removal_sent(pb.DeleteSegmentRequest(space=SPACES[1], segment=segment))
+        journal.removal_acked(delete)
+        report, _ = check_store(server.stub, journal, [SPACES[1]])
+        text = "\n".join(report.problems)
+        assert f"segment {SPACES[1]}/{segment} is listed after its acknowledged delete" in text
+        assert "is readable after an acknowledged delete" in text, text
     finally:
         server.close()
