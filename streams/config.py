@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from streams import logs
+from streams import limits, logs
 from streams.limits import Limits
+from streams.model import RetentionPolicy
 from streams.storage import registry
 
 _DEFAULT_LIMITS = Limits()
@@ -57,6 +59,9 @@ class Config:
     auth_tokens: Path | None = None
     page_token_key: Path | None = None
     metrics_lag_series: int = 1000
+    # How often the retention pass runs, and the policy of spaces without one.
+    retention_interval: float = 60.0
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -159,6 +164,28 @@ def _absolute(path: Path | None) -> Path | None:
     return None if path is None else path.absolute()
 
 
+def seconds(text: str) -> float:
+    """A duration option: decimal seconds, not negative (``0.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds, 0 or more")
+    return value
+
+
+def count(text: str) -> int:
+    """A count option: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
 def _token_file(text: str) -> Path:
     # Empty must not mean "no authentication": a template that renders an
     # unset secret as "" would silently open the server to everyone.
@@ -257,6 +284,37 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "Most streams_consumer_lag series (one per committed offset, the first in consumer, "
         "space, segment order).",
     )
+    p.add(
+        "retention-interval",
+        seconds,
+        d.retention_interval,
+        "Seconds between retention passes: a record past its space's retention policy is "
+        "removed within this long.",
+        metavar="SECONDS",
+    )
+    p.add(
+        "retention-max-age",
+        seconds,
+        0.0,
+        "Default policy (spaces without one of their own, see ConfigureSpace): remove "
+        "records older than this many seconds; 0: keep them forever.",
+        metavar="SECONDS",
+    )
+    p.add(
+        "retention-max-records-per-segment",
+        count,
+        0,
+        "Default policy: keep at most this many records per segment (the newest); 0: no limit.",
+        metavar="COUNT",
+    )
+    p.add(
+        "retention-max-bytes",
+        count,
+        0,
+        "Default policy: keep at most this many bytes (payload and metadata) per space, "
+        "removing its oldest records; 0: no limit.",
+        metavar="BYTES",
+    )
     for name, backend in sorted(backends.items()):
         for option in backend.options:
             p.add(option.name, option.kind, option.default, f"[{name} storage] {option.help}")
@@ -312,6 +370,14 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         p.parser.error("--follow-linger-ms must not be negative")
     if not args.slow_consumer_seconds > 0:
         p.parser.error("--slow-consumer-seconds must be positive")
+    if not args.retention_interval > 0:
+        p.parser.error(f"--retention-interval {args.retention_interval}: must be positive")
+    max_age_ns = round(args.retention_max_age * 1e9)
+    if max_age_ns > limits.MAX_AGE_NS:
+        p.parser.error(
+            f"--retention-max-age {args.retention_max_age}: over the longest "
+            f"({limits.MAX_AGE_NS // 10**9} seconds)"
+        )
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -341,5 +407,9 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         auth_tokens=_absolute(args.auth_tokens),
         page_token_key=_absolute(args.page_token_key),
         metrics_lag_series=args.metrics_lag_series,
+        retention_interval=args.retention_interval,
+        retention=RetentionPolicy(
+            max_age_ns, args.retention_max_records_per_segment, args.retention_max_bytes
+        ),
         limits=lim,
     )

@@ -17,6 +17,9 @@ MAX_NAME_BYTES = 255
 MAX_TRANSACTION_ID_BYTES = 128
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# The longest retention max_age: a signed 64-bit count of nanoseconds (about
+# 292 years), which every backend can store.
+MAX_AGE_NS = 2**63 - 1
 # The default gRPC client refuses messages over 4 MiB; responses stay under.
 RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 # A buffered response is charged twice its size (gRPC keeps its own copy until

@@ -7,7 +7,7 @@ Example::
     server, thread = metrics.serve("127.0.0.1:9464", serving=lambda: True)  # GET /metrics
 
 Cardinality stays bounded: requests are labelled by method (the service's
-seven) and status code (gRPC's seventeen); consumer lag has one series per
+RPCs) and status code (gRPC's seventeen); consumer lag has one series per
 committed offset, for at most ``lag_series`` of them (``--metrics-lag-series``,
 the first in consumer, space, segment order), with
 ``streams_consumer_lag_truncated`` saying when there are more.
@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 from streams import metrics_http
 from streams.errors import StreamsError
 from streams.memory import InflightRequests, MemoryBudget
-from streams.model import Target
+from streams.model import Removed, Target
+from streams.storage.port import DiskUsage
 
 # Latencies here run from ~0.1 ms (no-sync, memory) to seconds (a stalled disk).
 _LATENCY_BUCKETS = (
@@ -39,12 +40,22 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 # A whole call: a Consume of many stored records may take a minute.
 _REQUEST_BUCKETS = (*_LATENCY_BUCKETS, 10, 30, 60)
+# The causes streams_removed_records and streams_removed_bytes count.
+REMOVAL_CAUSES = ("trim", "delete", "retention")
 # How long a scrape waits for the event loop to read the committed offsets.
 _LAG_READ_SECONDS = 5.0
 
 
 class LagSource(Protocol):
     async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
+
+
+class DiskSource(Protocol):
+    def disk_usage(self) -> DiskUsage | None: ...
+
+
+class WatchedStore(LagSource, DiskSource, Protocol):
+    """What the metrics read from the store at each scrape."""
 
 
 class CatalogCache(Protocol):
@@ -163,6 +174,23 @@ class Metrics:
             "Raw bytes of the requests being handled now (capped by --max-inflight-request-bytes).",
             registry=r,
         )
+        self._removed_records = prom.Counter(
+            "streams_removed_records",
+            "Records removed, by cause: trim (Trim), delete (DeleteSegment, DeleteSpace) or "
+            "retention (the background pass, --retention-interval).",
+            ["cause"],
+            registry=r,
+        )
+        self._removed_bytes = prom.Counter(
+            "streams_removed_bytes",
+            "Bytes (payload and metadata, as SpaceInfo.bytes counts them) of the records "
+            "removed, by cause (as streams_removed_records).",
+            ["cause"],
+            registry=r,
+        )
+        for cause in REMOVAL_CAUSES:
+            self._removed_records.labels(cause)
+            self._removed_bytes.labels(cause)
         disk = prom.Gauge(
             "streams_storage_bytes",
             "Size on disk of the --data folder (for the rocksdb storage: SST, WAL, manifest).",
@@ -174,6 +202,11 @@ class Metrics:
         self.produced_records.inc(records)
         self.produced_bytes.inc(size)
 
+    def removed(self, cause: str, removed: Removed) -> None:
+        """Counts what a trim, delete or retention pass removed."""
+        self._removed_records.labels(cause).inc(removed.records)
+        self._removed_bytes.labels(cause).inc(removed.bytes)
+
     def watch_memory(self, memory: MemoryBudget, requests: InflightRequests) -> None:
         """Exports the memory budget's use and the request bytes in flight."""
         self._memory_budget.set_function(lambda: memory.capacity)
@@ -182,11 +215,14 @@ class Metrics:
         self._memory_waiting.set_function(lambda: memory.waiting)
         self._inflight_request_bytes.set_function(lambda: requests.used)
 
-    def watch_store(self, store: LagSource) -> None:
-        """Exports each committed consumer's lag, read from ``store`` on the
-        running event loop (the store's thread) at each scrape, and what its
-        catalog cache holds, when it has one (the rocksdb engine's)."""
-        self.registry.register(_ConsumerLag(store, asyncio.get_running_loop(), self.lag_series))
+    def watch_store(self, store: WatchedStore) -> None:
+        """Exports each committed consumer's lag and the store's disk usage,
+        read from ``store`` on the running event loop (the store's thread) at
+        each scrape, and what its catalog cache holds, when it has one (the
+        rocksdb engine's)."""
+        loop = asyncio.get_running_loop()
+        self.registry.register(_ConsumerLag(store, loop, self.lag_series))
+        self.registry.register(_DiskUsage(store, loop))
         catalog: CatalogCache | None = getattr(store, "catalog", None)
         if catalog is not None:
             self.registry.register(_CatalogCacheCollector(catalog))
@@ -243,6 +279,49 @@ class _ConsumerLag(Collector):
             return future.result(_LAG_READ_SECONDS)
         finally:
             future.cancel()
+
+
+class _DiskUsage(Collector):
+    """``streams_disk_bytes`` and ``streams_disk_reclaimed_bytes_total`` from the
+    store's :meth:`~streams.storage.port.Store.disk_usage`, read on its loop;
+    nothing for a store that keeps no files."""
+
+    def __init__(self, store: DiskSource, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._loop = loop
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return iter(self._families(DiskUsage(0, 0)))
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        future = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
+        try:
+            usage = future.result(_LAG_READ_SECONDS)
+        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
+            return iter(())
+        finally:
+            future.cancel()
+        return iter(()) if usage is None else iter(self._families(usage))
+
+    async def _read(self) -> DiskUsage | None:
+        return self._store.disk_usage()
+
+    @staticmethod
+    def _families(usage: DiskUsage) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "streams_disk_bytes",
+                "Bytes the storage backend's files take now (removed records count until "
+                "their space is reclaimed).",
+                value=usage.bytes,
+            ),
+            CounterMetricFamily(
+                "streams_disk_reclaimed_bytes",
+                "Bytes given back to the file system by reclaiming removed records, since the "
+                "server started.",
+                value=usage.reclaimed_bytes,
+            ),
+        )
 
 
 class _CatalogCacheCollector(Collector):

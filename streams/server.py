@@ -180,6 +180,7 @@ class StreamsServer:
         for task in self._store.background():
             self.background.every(task.name, task.interval, task.step)
         self.background.every("write-state", WRITE_CHECK_SECONDS, self._check_writes)
+        self.background.every("retention", cfg.retention_interval, self._enforce_retention)
         return self.port
 
     @property
@@ -201,6 +202,18 @@ class StreamsServer:
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
+
+    async def _enforce_retention(self) -> None:
+        """One retention pass: each space's policy, or the server's default."""
+        started = time.perf_counter()
+        removed = await self.store.enforce_retention(self.config.retention)
+        self.metrics.removed("retention", removed)
+        if removed.records:
+            log.info(
+                "retention removed %d records (%d bytes) in %.3fs",
+                removed.records, removed.bytes, time.perf_counter() - started,
+                extra={"task": "retention", "records": removed.records, "bytes": removed.bytes},
+            )  # fmt: skip
 
     async def _check_writes(self) -> None:
         """Carries the store's write state to health, the metric and the log."""

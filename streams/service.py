@@ -19,13 +19,13 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from streams import codec, status, unbuilt, validation
+from streams import codec, infos, segment_watch, status, unbuilt, validation
 from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
 from streams.limits import Limits
@@ -50,7 +50,9 @@ RESPONSE_COPIES = 2
 # closed (--slow-consumer-seconds; NATS's write_deadline is 10 s too).
 SLOW_CONSUMER_SECONDS = 10.0
 # Unary calls without side effects: run again rather than held while waiting for memory.
-_READS = frozenset({"Peek", "GetOffset", "ListSpaces", "ListSegments"})
+_READS = frozenset({"Peek", "GetOffset", "ListSpaces", "ListSegments", "GetSpace", "GetSegment"})
+# Streams that last as long as their client stays: left out of the duration histogram.
+_OPEN_ENDED = frozenset({"WatchSegments"})
 # At shutdown, how long no call may have come in before gRPC's server is
 # stopped (see StreamsService.drain): long enough for the serving loop to take
 # every call gRPC holds for it, short next to any grace period.
@@ -183,6 +185,13 @@ class StreamsService:
             "GetOffset": (unary, pb.GetOffsetRequest),
             "ListSpaces": (unary, pb.ListSpacesRequest),
             "ListSegments": (unary, pb.ListSegmentsRequest),
+            "Trim": (unary, pb.TrimRequest),
+            "DeleteSegment": (unary, pb.DeleteSegmentRequest),
+            "DeleteSpace": (unary, pb.DeleteSpaceRequest),
+            "ConfigureSpace": (unary, pb.ConfigureSpaceRequest),
+            "GetSpace": (unary, pb.GetSpaceRequest),
+            "GetSegment": (unary, pb.GetSegmentRequest),
+            "WatchSegments": (stream, pb.WatchSegmentsRequest),
         }
         handlers = {}
         for name, (kind, request_type) in rpcs.items():
@@ -214,10 +223,6 @@ class StreamsService:
         parse = _parser(spec.request_type, self._requests)
         if spec.kind == unbuilt.UNARY:
             method = grpc.unary_unary_rpc_method_handler(self._unary(name, refuse), parse, _raw)
-        elif spec.kind == unbuilt.SERVER_STREAM:
-            method = grpc.unary_stream_rpc_method_handler(
-                self._stream(name, refuse_stream), parse, _raw
-            )
         else:
             method = grpc.stream_stream_rpc_method_handler(
                 self._bidi(name, refuse_stream), parse, _raw
@@ -362,7 +367,7 @@ class StreamsService:
             self._metrics.requests.labels(name, code.name).inc()
             if code is not grpc.StatusCode.OK:
                 self._metrics.errors.labels(name, code.name).inc()
-            if not getattr(received.message, "follow", False):
+            if name not in _OPEN_ENDED and not getattr(received.message, "follow", False):
                 self._metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -442,14 +447,8 @@ class StreamsService:
                         needed = cost
                         continue
                     needed = 1
-                    self._memory.charge(cost, peer)
-                    timer = self._slow.watch(peer, "Consume", len(wire))
-                    try:
+                    with self._charged(peer, "Consume", len(wire)):
                         yield wire
-                    finally:
-                        # gRPC has taken it (the stream asks for the next), or the stream ended.
-                        timer.cancel()
-                        self._memory.refund(cost, peer)
                     self._metrics.consumed_records.inc(batch.count)
                     first = after
                     remaining -= batch.count
@@ -462,8 +461,29 @@ class StreamsService:
                 else:
                     await sub.wait(first)
 
+    @contextlib.contextmanager
+    def _charged(self, peer: str, name: str, size: int) -> Iterator[None]:
+        """Charges a streamed response of ``size`` bytes to the memory budget
+        (and the slow-consumer deadline) while gRPC holds it: until the
+        stream asks for the next response, or ends."""
+        cost = RESPONSE_COPIES * size
+        self._memory.charge(cost, peer)
+        timer = self._slow.watch(peer, name, size)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            self._memory.refund(cost, peer)
+
     async def _start(self, query: validation.ConsumeQuery) -> int:
-        """The first offset the read may return."""
+        """The first offset the read may return: the requested start, or the
+        first retained offset when that is later (records below it were
+        trimmed or deleted; a committed offset below it is kept, and the read
+        starts at the first retained record)."""
+        requested = await self._requested_start(query)
+        return max(requested, await self._store.first_offset(query.target))
+
+    async def _requested_start(self, query: validation.ConsumeQuery) -> int:
         match query.start:
             case "from_offset":
                 return max(1, query.from_offset)
@@ -484,7 +504,7 @@ class StreamsService:
         caller.check("read", target.space)
         last: RecordBatch | None = await self._store.peek(target)
         if last is None:
-            raise NotFound(f"space, segment: {target.describe()} has no records")
+            raise NotFound(f"space, segment: {target.describe()} has no retained records")
         # A PeekResponse is its one Record field, framed like ConsumeResponse's.
         return last.to_wire()
 
@@ -520,15 +540,7 @@ class StreamsService:
         found = await self._store.list_spaces(after, size + 1, visible, caller.prefixes("read"))
         page, token = self._page(found, size, "spaces")
         return pb.ListSpacesResponse(
-            spaces=[
-                pb.SpaceInfo(
-                    name=info.name,
-                    last_position=info.last_position,
-                    last_timestamp=codec.timestamp(info.last_timestamp_ns),
-                )
-                for info in page
-            ],
-            next_page_token=token,
+            spaces=[infos.space_info(info) for info in page], next_page_token=token
         )
 
     async def list_segments(
@@ -542,17 +554,99 @@ class StreamsService:
         found = await self._store.list_segments(space, after, size + 1)
         page, token = self._page(found, size, scope)
         return pb.ListSegmentsResponse(
-            segments=[
-                pb.SegmentInfo(
-                    name=info.name,
-                    last_sequence=info.last_sequence,
-                    last_position=info.last_position,
-                    last_timestamp=codec.timestamp(info.last_timestamp_ns),
-                )
-                for info in page
-            ],
-            next_page_token=token,
+            segments=[infos.segment_info(info) for info in page], next_page_token=token
         )
+
+    async def trim(
+        self, request: pb.TrimRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.TrimResponse:
+        query = validation.trim(request)
+        target = query.target
+        caller.check("write", target.space)
+        before = query.before_offset
+        if before is None:
+            # Timestamps never decrease along offsets: every record below the
+            # first stamped at or after the point is stamped before it.
+            before = await self._store.first_at_or_after(target, query.before_timestamp_ns)
+        first, removed = await self._store.trim(target, before)
+        self._metrics.removed("trim", removed)
+        return pb.TrimResponse(first_offset=first)
+
+    async def delete_segment(
+        self, request: pb.DeleteSegmentRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.DeleteSegmentResponse:
+        # Not written_name: names stored before `$` was reserved can be deleted.
+        space = validation.name("space", request.space)
+        segment = validation.name("segment", request.segment)
+        caller.check("write", space)
+        expected = request.expected_sequence if request.HasField("expected_sequence") else None
+        removed = await self._store.delete_segment(space, segment, expected)
+        self._metrics.removed("delete", removed)
+        return pb.DeleteSegmentResponse()
+
+    async def delete_space(
+        self, request: pb.DeleteSpaceRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.DeleteSpaceResponse:
+        space = validation.name("space", request.space)
+        caller.check("write", space)
+        removed = await self._store.delete_space(space)
+        self._metrics.removed("delete", removed)
+        return pb.DeleteSpaceResponse()
+
+    async def configure_space(
+        self, request: pb.ConfigureSpaceRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.ConfigureSpaceResponse:
+        space = validation.written_name("space", request.space)
+        config = validation.space_config(request.config)
+        caller.check("write", space)
+        await self._store.configure_space(space, config)
+        response = pb.ConfigureSpaceResponse()
+        if request.HasField("config"):
+            # As sent, unknown fields dropped (validation did), no defaults filled in.
+            response.config.CopyFrom(request.config)
+        return response
+
+    async def get_space(
+        self, request: pb.GetSpaceRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.GetSpaceResponse:
+        space = validation.name("space", request.space)
+        caller.check("read", space)
+        info = await self._store.get_space(space)
+        if info is None:
+            raise NotFound(
+                f"space: {validation.show(space)} has no records and no config "
+                "(never written, or deleted)"
+            )
+        return pb.GetSpaceResponse(space=infos.space_info(info))
+
+    async def get_segment(
+        self, request: pb.GetSegmentRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.GetSegmentResponse:
+        space = validation.name("space", request.space)
+        segment = validation.name("segment", request.segment)
+        caller.check("read", space)
+        info = await self._store.get_segment(space, segment)
+        if info is None:
+            raise NotFound(
+                f"segment: {validation.show(segment)} of space {validation.show(space)} "
+                "does not exist (never written, or deleted)"
+            )
+        return pb.GetSegmentResponse(segment=infos.segment_info(info))
+
+    async def watch_segments(
+        self, request: pb.WatchSegmentsRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> AsyncIterator[bytes]:
+        space = validation.name("space", request.space)
+        prefix = validation.name_prefix("prefix", request.prefix)
+        caller.check("read", space)
+        peer = context.peer()
+        feed = segment_watch.responses(self._store, space, prefix, self._limits.max_response_bytes)
+        async with contextlib.aclosing(feed) as messages:
+            async for message in messages:
+                data = message.SerializeToString()
+                await self._memory.room_for(RESPONSE_COPIES * len(data), peer)
+                with self._charged(peer, "WatchSegments", len(data)):
+                    yield data
 
     def _page(self, found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str]:
         """Cuts a listing fetched one past ``size`` into a page and the next page's token."""

@@ -21,7 +21,7 @@ from streams.auth import Action
 from streams.errors import InvalidArgument, Unimplemented
 from streams.v1 import streams_pb2 as pb
 
-UNARY, SERVER_STREAM, BIDI = "unary", "server_stream", "bidi"
+UNARY, BIDI = "unary", "bidi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +40,6 @@ def _optional(field: str, value: str, check: Callable[[str, str], str]) -> None:
         check(field, value)
 
 
-def _trim(request: pb.TrimRequest) -> str:
-    _optional("segment", request.segment, validation.written_name)
-    return validation.written_name("space", request.space)
-
-
 def _space_and(field: str) -> Callable[[Any], str]:
     """The space of a request that also names one ``field`` (segment, group)."""
 
@@ -57,15 +52,6 @@ def _space_and(field: str) -> Callable[[Any], str]:
 
 def _space(request: Any) -> str:
     return validation.name("space", request.space)
-
-
-def _configure_space(request: pb.ConfigureSpaceRequest) -> str:
-    return validation.written_name("space", request.space)
-
-
-def _watch_segments(request: pb.WatchSegmentsRequest) -> str:
-    validation.name_prefix("prefix", request.prefix)
-    return _space(request)
 
 
 def _create_group(request: pb.CreateGroupRequest) -> str:
@@ -94,13 +80,6 @@ def _subscribe(request: pb.SubscribeRequest) -> str:
 
 
 UNBUILT: dict[str, Unbuilt] = {
-    "Trim": Unbuilt(UNARY, pb.TrimRequest, "write", _trim),
-    "DeleteSegment": Unbuilt(UNARY, pb.DeleteSegmentRequest, "write", _space_and("segment")),
-    "DeleteSpace": Unbuilt(UNARY, pb.DeleteSpaceRequest, "write", _space),
-    "ConfigureSpace": Unbuilt(UNARY, pb.ConfigureSpaceRequest, "write", _configure_space),
-    "GetSpace": Unbuilt(UNARY, pb.GetSpaceRequest, "read", _space),
-    "GetSegment": Unbuilt(UNARY, pb.GetSegmentRequest, "read", _space_and("segment")),
-    "WatchSegments": Unbuilt(SERVER_STREAM, pb.WatchSegmentsRequest, "read", _watch_segments),
     "CreateGroup": Unbuilt(UNARY, pb.CreateGroupRequest, "write", _create_group),
     "GetGroup": Unbuilt(UNARY, pb.GetGroupRequest, "read", _space_and("group")),
     "ListGroups": Unbuilt(UNARY, pb.ListGroupsRequest, "read", _list_groups),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -20,7 +21,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from streams import codec, limits
 from streams.errors import InvalidArgument
 from streams.limits import Limits
-from streams.model import SegmentAppend, Target, Transaction
+from streams.model import RetentionPolicy, SegmentAppend, SpaceConfig, Target, Transaction
 from streams.v1 import streams_pb2 as pb
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -279,3 +280,62 @@ def page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument(f"page_size: {value} is negative")
     return min(value or limits.DEFAULT_PAGE_SIZE, limits.MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class TrimQuery:
+    """A validated Trim: the target and where its retained records start, as
+    an offset or (``before_offset`` None) as a timestamp."""
+
+    target: Target
+    before_offset: int | None
+    before_timestamp_ns: int
+
+
+def trim(request: pb.TrimRequest) -> TrimQuery:
+    space = written_name("space", request.space)
+    segment = written_name("segment", request.segment) if request.segment else ""
+    match request.WhichOneof("before"):
+        case "before_offset":
+            return TrimQuery(Target(space, segment), request.before_offset, 0)
+        case "before_timestamp":
+            known_fields(request.before_timestamp, "before_timestamp")
+            ts_ns = _timestamp("before_timestamp", request.before_timestamp)
+            return TrimQuery(Target(space, segment), None, ts_ns)
+        case _:
+            raise InvalidArgument(
+                "before: set before_offset or before_timestamp (the trim point is required)"
+            )
+
+
+def space_config(message: pb.SpaceConfig, field: str = "config") -> SpaceConfig:
+    """A ConfigureSpace's config; no retention: the server's default policy."""
+    known_fields(message, field)
+    if not message.HasField("retention"):
+        return SpaceConfig(None)
+    retention = message.retention
+    where = f"{field}.retention"
+    known_fields(retention, where)
+    max_age_ns = 0
+    if retention.HasField("max_age"):
+        known_fields(retention.max_age, f"{where}.max_age")
+        max_age_ns = _duration(f"{where}.max_age", retention.max_age)
+    return SpaceConfig(
+        RetentionPolicy(max_age_ns, retention.max_records_per_segment, retention.max_bytes)
+    )
+
+
+def _duration(field: str, value: Duration) -> int:
+    """A non-negative duration in nanoseconds, at most limits.MAX_AGE_NS."""
+    seconds, nanos = value.seconds, value.nanos
+    if not 0 <= nanos < codec.NANOS:
+        raise InvalidArgument(f"{field}.nanos: {nanos} is outside 0..999999999")
+    if seconds < 0:
+        raise InvalidArgument(f"{field}.seconds: {seconds} is negative")
+    total = seconds * codec.NANOS + nanos
+    if total > limits.MAX_AGE_NS:
+        raise InvalidArgument(
+            f"{field}: {seconds}.{nanos:09d} s is over the longest duration "
+            f"({limits.MAX_AGE_NS // codec.NANOS} s)"
+        )
+    return total

@@ -354,6 +354,12 @@ def out_of_range(offset: int, last: int, target: Target) -> OutOfRange:
     return OutOfRange(f"offset: {offset} is past the last offset ({last}) of {target.describe()}")
 
 
+def trim_out_of_range(before: int, last: int, target: Target) -> OutOfRange:
+    return OutOfRange(
+        f"before_offset: {before} is past the last offset + 1 ({last + 1}) of {target.describe()}"
+    )
+
+
 def offset_mismatch(
     expected: int, stored: int | None, consumer: str, target: Target
 ) -> OffsetMismatch:

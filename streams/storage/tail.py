@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from streams import codec
@@ -30,6 +30,7 @@ from streams.errors import Unavailable
 from streams.memory import MemoryBudget
 from streams.model import Cut, Target
 from streams.storage.batches import FramedBatch
+from streams.storage.watches import MAX_CHANGE_BYTES, Watch, Watches
 
 # What a held record costs beyond its bytes: the bytes object's header (33) and
 # its slot in the window's list (8). It dominates for small records.
@@ -193,6 +194,7 @@ class Tail:
         window_bytes: int,
         linger: float = 0.0,
         memory: MemoryBudget | None = None,
+        watch_change_bytes: int = MAX_CHANGE_BYTES,
     ) -> None:
         if window_records < 1 or window_bytes < 1 or linger < 0:
             raise ValueError(
@@ -217,6 +219,7 @@ class Tail:
         self._events: dict[Target, asyncio.Event] = {}
         # Windows of followed targets, the least recently read first.
         self._windows: OrderedDict[Target, Window] = OrderedDict()
+        self._watches = Watches(watch_change_bytes)
         self._closed = False
 
     @property
@@ -247,6 +250,33 @@ class Tail:
         self._followers[target] += 1
         self._spaces[target.space] += 1
         return Subscription(self, target, last_offset)
+
+    def watch(self, space: str) -> Watch:
+        """A watch of ``space``'s segments (see :mod:`streams.storage.watches`)."""
+        return self._watches.watch(space)
+
+    @property
+    def watching(self) -> int:
+        """Open watches right now."""
+        return self._watches.active
+
+    def removed(self, space: str, segments: Iterable[str] | None) -> None:
+        """Records of ``segments`` of ``space`` (None: of any segment) were
+        removed: drops the windows that may hold them and tells watchers.
+
+        A window holds a dense run of offsets, which a removal may cut into
+        (a segment trim takes records out of the middle of its space's run);
+        its followers read the store until new records start a new window.
+        """
+        names = None if segments is None else tuple(segments)
+        self._drop(Target(space))
+        if names is None:
+            for target in [t for t in self._windows if t.space == space]:
+                self._drop(target)
+        else:
+            for name in names:
+                self._drop(Target(space, name))
+        self._watches.changed(space, names)
 
     def release(self, target: Target) -> None:
         if self._followers[target] < 1 or self._spaces[target.space] < 1:
@@ -293,6 +323,7 @@ class Tail:
         self._wake(Target(space))
         for segment, _, _ in segments:
             self._wake(Target(space, segment))
+        self._watches.changed(space, (segment for segment, _, _ in segments))
 
     def _append(self, target: Target, first: int, records: Sequence[bytes]) -> None:
         if not records or target not in self._followers:
@@ -386,9 +417,10 @@ class Tail:
         self._wake_all()
 
     def close(self) -> None:
-        """Ends every wait with Unavailable (at shutdown)."""
+        """Ends every wait and watch with Unavailable (at shutdown)."""
         self._closed = True
         self._wake_all()
+        self._watches.close()
 
     def _wake_all(self) -> None:
         if self._timer is not None:
