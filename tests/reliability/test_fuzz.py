@@ -37,6 +37,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams import limits
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.process import ServerProcess
@@ -104,7 +105,8 @@ VALID_CODES: dict[str, frozenset[Code]] = {
     "GetSegment": frozenset({Code.OK, Code.NOT_FOUND}),
     "WatchSegments": frozenset({Code.DEADLINE_EXCEEDED}),
 }
-# google.protobuf.Duration's range (about 10,000 years), in seconds.
+# google.protobuf.Duration's range (about 10,000 years), in seconds; the
+# server's retention ages go up to limits.MAX_AGE_NS.
 MAX_DURATION_SECONDS = 315_576_000_000
 FOLLOW_DEADLINE = 0.3
 CALL_DEADLINE = 30.0
@@ -136,6 +138,25 @@ def _utf8_len(value: str) -> int:
     return len(value.encode("utf-8"))
 
 
+def wrong_wire_types(m: Message, path: str = "") -> list[str]:
+    """A known field number with a wire type not its own reaches the parser as an
+    unknown field; read as empty it would change the request's meaning. Checked
+    in the request and in every message in it."""
+    out = []
+    known = m.DESCRIPTOR.fields_by_number
+    unknown = UnknownFieldSet(m)
+    for i in range(len(unknown)):
+        if unknown[i].field_number in known:
+            out.append(f"{path}{known[unknown[i].field_number].name}: wrong wire type")
+    for field, value in m.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        items = value if field.is_repeated else [value]
+        for item in items:
+            out.extend(wrong_wire_types(item, f"{path}{field.name}."))
+    return out
+
+
 def violations(method: str, m: Any) -> list[str]:
     """Why the contract says INVALID_ARGUMENT for the parsed request ``m`` (empty: valid)."""
     out: list[str] = []
@@ -153,13 +174,7 @@ def violations(method: str, m: Any) -> list[str]:
         if token and token not in ISSUED.get(scope, set()):
             out.append(f"page_token {token[:20]!r}")
 
-    # A known field number with a wire type not its own reaches the parser as an
-    # unknown field; read as empty it would change the request's meaning.
-    known = m.DESCRIPTOR.fields_by_number
-    unknown = UnknownFieldSet(m)
-    for i in range(len(unknown)):
-        if unknown[i].field_number in known:
-            out.append(f"{known[unknown[i].field_number].name}: wrong wire type")
+    out.extend(wrong_wire_types(m))
 
     if method == "Produce":
         check_written("space", m.space)
@@ -234,9 +249,8 @@ def violations(method: str, m: Any) -> list[str]:
         age = m.config.retention.max_age
         if (
             age.seconds < 0
-            or not -999_999_999 <= age.nanos <= 999_999_999
-            or age.nanos < 0
-            or age.seconds > MAX_DURATION_SECONDS
+            or not 0 <= age.nanos <= 999_999_999
+            or age.seconds * 1_000_000_000 + age.nanos > limits.MAX_AGE_NS
         ):
             out.append(
                 f"config.retention.max_age {age.seconds}s {age.nanos}ns is not a duration >= 0"
@@ -769,7 +783,7 @@ def test_watch_segments_snapshot_completes(fz: Fuzz) -> None:
         )
     )
     for space, prefix, want in (
-        ("fz-watch", "s0", [f"s{i:03}" for i in range(10)]),
+        ("fz-watch", "s00", [f"s{i:03}" for i in range(10)]),
         ("fz-watch", "", [f"s{i:03}" for i in range(30)]),
         ("fz-never-written", "", []),
         ("fz-watch", "zz", []),
