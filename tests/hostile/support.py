@@ -14,8 +14,23 @@ from streams.v1 import streams_pb2_grpc
 from .wire import records_of
 
 SERVICE = "/streams.v1.StreamsService/"
-STREAMING = {"Consume"}
-RPCS = ("Produce", "Consume", "Peek", "Commit", "GetOffset", "ListSpaces", "ListSegments")
+STREAMING = {"Consume", "WatchSegments"}
+RPCS = (
+    "Produce",
+    "Consume",
+    "Peek",
+    "Commit",
+    "GetOffset",
+    "ListSpaces",
+    "ListSegments",
+    "Trim",
+    "DeleteSegment",
+    "DeleteSpace",
+    "ConfigureSpace",
+    "GetSpace",
+    "GetSegment",
+    "WatchSegments",
+)
 # What a client may be told about its request; INTERNAL, UNKNOWN (or DATA_LOSS)
 # would mean the server broke on it.
 CLIENT_ERRORS = frozenset(
@@ -45,8 +60,14 @@ def call(channel: grpc.Channel, method: str, data: bytes) -> Outcome:
             SERVICE + method, request_serializer=None, response_deserializer=None
         )
         responses: list[bytes] = []
+        call = stream(data, timeout=DEADLINE)
         try:
-            responses.extend(stream(data, timeout=DEADLINE))
+            for response in call:
+                responses.append(response)
+                if method == "WatchSegments" and _snapshot_complete(response):
+                    # A watch goes on until cancelled: its snapshot is the answer.
+                    call.cancel()
+                    break
         except grpc.RpcError as err:
             return Outcome(err.code(), err.details() or "", responses)
         return Outcome(grpc.StatusCode.OK, "", responses)
@@ -57,6 +78,10 @@ def call(channel: grpc.Channel, method: str, data: bytes) -> Outcome:
         return Outcome(grpc.StatusCode.OK, "", [unary(data, timeout=DEADLINE)])
     except grpc.RpcError as err:
         return Outcome(err.code(), err.details() or "", [])
+
+
+def _snapshot_complete(response: bytes) -> bool:
+    return pb.WatchSegmentsResponse.FromString(response).snapshot_complete
 
 
 def assert_handled(outcome: Outcome, what: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
@@ -173,11 +174,14 @@ def produce_request(space: str) -> pb.ProduceRequest:
 @pytest.fixture(scope="module")
 def target(server: InProcessServer, ledger: Ledger) -> Target:
     victim = unique("victim")
-    for space in (victim, unique("other")):
+    # Trims and deletes act on a space of their own: the ledger's stay whole.
+    trimmed = unique("trimmed")
+    for space in (victim, unique("other"), trimmed):
         data = produce_request(space).SerializeToString()
         outcome = call(server.channel, "Produce", data)
         assert outcome.code is grpc.StatusCode.OK, outcome.details
-        ledger.acked(data, outcome.responses[0])
+        if space != trimmed:
+            ledger.acked(data, outcome.responses[0])
     stub = server.stub
     stub.Commit(pb.CommitRequest(consumer="c", space=victim, segment="a", offset=1))
     spaces_token = stub.ListSpaces(pb.ListSpacesRequest(page_size=1)).next_page_token
@@ -203,6 +207,26 @@ def target(server: InProcessServer, ledger: Ledger) -> Target:
         "ListSegments": pb.ListSegmentsRequest(
             space=victim, page_size=1, page_token=segments_token
         ),
+        "Trim": pb.TrimRequest(
+            space=trimmed, segment="a", before_timestamp=Timestamp(seconds=1, nanos=2)
+        ),
+        "DeleteSegment": pb.DeleteSegmentRequest(
+            space=trimmed, segment="doomed", expected_sequence=0
+        ),
+        "DeleteSpace": pb.DeleteSpaceRequest(space=unique("doomed")),
+        "ConfigureSpace": pb.ConfigureSpaceRequest(
+            space=unique("configured"),
+            config=pb.SpaceConfig(
+                retention=pb.RetentionPolicy(
+                    max_age=Duration(seconds=3600, nanos=5),
+                    max_records_per_segment=10**6,
+                    max_bytes=10**12,
+                )
+            ),
+        ),
+        "GetSpace": pb.GetSpaceRequest(space=victim),
+        "GetSegment": pb.GetSegmentRequest(space=victim, segment="a"),
+        "WatchSegments": pb.WatchSegmentsRequest(space=victim, prefix="a"),
     }
     return Target(server, ledger, victim, requests)
 

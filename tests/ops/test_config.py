@@ -30,6 +30,10 @@ OPS_DEFAULTS = {
     "--tls-key": "None",
     "--tls-client-ca": "None",
     "--auth-tokens": "None",
+    "--retention-interval": "60.0",
+    "--retention-max-age": "0.0",
+    "--retention-max-records-per-segment": "0",
+    "--retention-max-bytes": "0",
 }
 # A value for each option other than its default (limits: default - 1).
 VALUES = {
@@ -50,6 +54,10 @@ VALUES = {
     "--auth-tokens": "tokens.json",
     "--page-token-key": "page.key",
     "--wal-tail-damage": "drop",
+    "--retention-interval": "0.5",
+    "--retention-max-age": "3600.25",
+    "--retention-max-records-per-segment": "1000",
+    "--retention-max-bytes": "1000000",
 }
 # What an option needs beside it to be valid, given through the environment.
 _TLS = {"STREAMS_TLS_CERT": "cert.pem", "STREAMS_TLS_KEY": "key.pem"}
