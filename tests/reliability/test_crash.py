@@ -41,7 +41,6 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
-from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.journal import (
     UNKNOWN_OUTCOME,
     Follower,
@@ -53,7 +52,7 @@ from tests.support.journal import (
 )
 from tests.support.process import ServerProcess
 
-from .harness import Gate
+from .harness import Gate, removal_request, retry_removals, send_removal
 from .support import COUNTERS
 
 SPACES = ("crash-a", "crash-b")
@@ -171,10 +170,10 @@ class Run:
             with self.gate.inside() as ok:
                 if not ok:
                     return
-                req = removal_request(rng, self.journal)
+                req = removal_request(rng, self.journal, SPACES, SEGMENTS)
                 if req is not None:
                     removal = self.journal.removal_sent(req)
-                    outcome = send_removal(self.server.stub, req)
+                    outcome = send_removal(self.server.stub, req, CALL_TIMEOUT)
                     if isinstance(outcome, str):
                         self.error(outcome)
                     if outcome is None or isinstance(outcome, str):
@@ -208,91 +207,6 @@ class Run:
                     return
                 f.reconnects += 1
             time.sleep(0.01)
-
-
-def removal_request(
-    rng: random.Random, journal: Journal
-) -> pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest | None:
-    """A trim that keeps most of what was written (now and then all of it), a
-    delete of a segment now and then, of a space rarely."""
-    space = rng.choice(SPACES)
-    segment = rng.choice(SEGMENTS)
-    kind = rng.choices(
-        ("trim segment", "trim space", "trim by time", "delete segment", "delete space"),
-        (4, 3, 3, 1, 0.25),
-    )[0]
-    with journal.lock:
-        top = (
-            journal.acked_sequence[(space, segment)]
-            if kind == "trim segment"
-            else journal.acked_position[space]
-        )
-        stamps = [t.ack.timestamp for t in journal.txns.values() if t.ack and t.space == space]
-    if kind == "delete space":
-        return pb.DeleteSpaceRequest(space=space)
-    if kind == "delete segment":
-        req = pb.DeleteSegmentRequest(space=space, segment=segment)
-        if rng.random() < 0.2:
-            req.expected_sequence = journal.acked_sequence[(space, segment)]
-        return req
-    on = segment if kind == "trim segment" or rng.random() < 0.5 else ""
-    if kind == "trim by time":
-        if not stamps:
-            return None
-        stamp = rng.choice(stamps[-200:])
-        req = pb.TrimRequest(space=space, segment=on)
-        req.before_timestamp.CopyFrom(stamp)
-        req.before_timestamp.nanos = max(0, stamp.nanos + rng.choice((-1, 0, 1)))
-        return req
-    if top == 0:
-        return None
-    # Acked numbers are stored, so top + 1 is never past the end.
-    before = top + 1 if rng.random() < 0.1 else max(1, top + 1 - rng.randint(5, 80))
-    return pb.TrimRequest(space=space, segment=on, before_offset=before)
-
-
-def send_removal(
-    stub: pb_grpc.StreamsServiceStub,
-    req: pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest,
-) -> tuple[int, bool] | str | None:
-    """Sends one removal: (first offset, nothing removed) when answered,
-    None when the outcome is unknown, an error text otherwise."""
-    try:
-        if isinstance(req, pb.TrimRequest):
-            return stub.Trim(req, timeout=CALL_TIMEOUT).first_offset, False
-        if isinstance(req, pb.DeleteSegmentRequest):
-            stub.DeleteSegment(req, timeout=CALL_TIMEOUT)
-        else:
-            stub.DeleteSpace(req, timeout=CALL_TIMEOUT)
-        return 0, False
-    except grpc.RpcError as err:
-        if err.code() in UNKNOWN_OUTCOME:
-            return None
-        if err.code() == grpc.StatusCode.NOT_FOUND and isinstance(req, pb.TrimRequest):
-            return 0, True  # the target is deleted: nothing to trim
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and req.HasField("expected_sequence"):
-            return 0, True  # a write came first: nothing deleted
-        return f"{type(req).__name__} {req}: {err.code()} {err.details()}"
-    except ValueError:  # the channel was closed under us: unknown outcome
-        return None
-
-
-def retry_removals(run: Run, problems: list[str]) -> int:
-    """Sends each unanswered removal again (workers paused): once it is
-    answered, whatever the first try did is done. A delete goes again
-    without its expected_sequence (the first try may have applied it)."""
-    retried = 0
-    for removal in run.journal.unanswered_removals():
-        req = removal.request
-        if isinstance(req, pb.DeleteSegmentRequest):
-            req = pb.DeleteSegmentRequest(space=req.space, segment=req.segment)
-        outcome = send_removal(run.server.stub, req)
-        if outcome is None or isinstance(outcome, str):
-            problems.append(f"retry of {req}: {outcome or 'no answer'}")
-        elif not outcome[1]:  # NOT_FOUND: left unknown (a delete came after it)
-            run.journal.removal_acked(removal, outcome[0])
-            retried += 1
-    return retried
 
 
 def kill9_while_starting(server: ServerProcess, delay: float) -> None:
@@ -441,7 +355,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             problems = list(report.problems) + run.errors
             run.errors.clear()
             dup, fresh = retry_unanswered(run, report.pending_stored, problems)
-            figures["removals_retried"] += retry_removals(run, problems)
+            figures["removals_retried"] += retry_removals(server.stub, run.journal, problems)
             figures["removed_records"] += report.removed_records
             figures["removal_checks"] += report.removal_checks
             figures["sigterm_cycles" if graceful else "cycles"] += 1
