@@ -100,15 +100,17 @@ def removal_request(
     if kind == "trim by time":
         if not stamps:
             return None
-        stamp = rng.choice(stamps[-200:])
+        stamp = rng.choice(stamps)
         req = pb.TrimRequest(space=space, segment=on)
         req.before_timestamp.CopyFrom(stamp)
         req.before_timestamp.nanos = max(0, stamp.nanos + rng.choice((-1, 0, 1)))
         return req
     if top == 0:
         return None
-    # Acked numbers are stored, so top + 1 is never past the end.
-    before = top + 1 if rng.random() < 0.1 else max(1, top + 1 - rng.randint(5, 80))
+    # Acked numbers are stored, so top + 1 is never past the end. Mostly a
+    # trim that keeps a good part of what is there, so that the check of what
+    # must be kept has records to check.
+    before = top + 1 if rng.random() < 0.1 else max(1, int(top * rng.uniform(0.2, 0.9)))
     return pb.TrimRequest(space=space, segment=on, before_offset=before)
 
 

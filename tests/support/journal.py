@@ -257,7 +257,7 @@ class Journal:
         return removal
 
     def removal_acked(
-        self, removal: Removal, first_offset: int = 0, *, not_found: bool = False
+        self, removal: Removal, first_offset: int = 0, not_found: bool = False
     ) -> None:
         with self.lock:
             removal.acked_at = next(self._clock)
