@@ -1,13 +1,25 @@
-"""The crash harness's pacing: `Gate` lets it pause every worker thread between
-kill -9 cycles. The journal and its checker are tests/support/journal.py."""
+"""What the crash and power-loss harnesses share: `Gate` lets the crash harness
+pause every worker thread between kill -9 cycles; `removal_request`,
+`send_removal` and `retry_removals` are the trims and deletes both run under
+load. The journal and its checker are tests/support/journal.py."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-__all__ = ["Gate"]
+import grpc
+
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.journal import UNKNOWN_OUTCOME, Journal
+
+__all__ = ["Gate", "removal_request", "retry_removals", "send_removal"]
+
+Removal = pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest
+RETRY_TIMEOUT = 15.0
 
 
 class Gate:
@@ -57,3 +69,89 @@ class Gate:
         with self._cond:
             self.stopping = True
             self._cond.notify_all()
+
+
+def removal_request(
+    rng: random.Random, journal: Journal, spaces: Sequence[str], segments: Sequence[str]
+) -> Removal | None:
+    """A trim that keeps most of what was written (now and then all of it), a
+    delete of a segment now and then, of a space rarely."""
+    space = rng.choice(spaces)
+    segment = rng.choice(segments)
+    kind = rng.choices(
+        ("trim segment", "trim space", "trim by time", "delete segment", "delete space"),
+        (4, 3, 3, 1, 0.25),
+    )[0]
+    with journal.lock:
+        top = (
+            journal.acked_sequence[(space, segment)]
+            if kind == "trim segment"
+            else journal.acked_position[space]
+        )
+        stamps = [t.ack.timestamp for t in journal.txns.values() if t.ack and t.space == space]
+    if kind == "delete space":
+        return pb.DeleteSpaceRequest(space=space)
+    if kind == "delete segment":
+        req = pb.DeleteSegmentRequest(space=space, segment=segment)
+        if rng.random() < 0.2:
+            req.expected_sequence = journal.acked_sequence[(space, segment)]
+        return req
+    on = {"trim segment": segment, "trim space": ""}.get(kind, rng.choice((segment, "")))
+    if kind == "trim by time":
+        if not stamps:
+            return None
+        stamp = rng.choice(stamps)
+        req = pb.TrimRequest(space=space, segment=on)
+        req.before_timestamp.CopyFrom(stamp)
+        req.before_timestamp.nanos = max(0, stamp.nanos + rng.choice((-1, 0, 1)))
+        return req
+    if top == 0:
+        return None
+    # Acked numbers are stored, so top + 1 is never past the end. Mostly a
+    # trim that keeps a good part of what is there, so that the check of what
+    # must be kept has records to check.
+    before = top + 1 if rng.random() < 0.1 else max(1, int(top * rng.uniform(0.2, 0.9)))
+    return pb.TrimRequest(space=space, segment=on, before_offset=before)
+
+
+def send_removal(
+    stub: pb_grpc.StreamsServiceStub, req: Removal, timeout: float
+) -> tuple[int, bool] | str | None:
+    """Sends one removal: (first offset, nothing removed) when answered,
+    None when the outcome is unknown, an error text otherwise."""
+    try:
+        if isinstance(req, pb.TrimRequest):
+            return stub.Trim(req, timeout=timeout).first_offset, False
+        if isinstance(req, pb.DeleteSegmentRequest):
+            stub.DeleteSegment(req, timeout=timeout)
+        else:
+            stub.DeleteSpace(req, timeout=timeout)
+        return 0, False
+    except grpc.RpcError as err:
+        if err.code() in UNKNOWN_OUTCOME:
+            return None
+        if err.code() == grpc.StatusCode.NOT_FOUND and isinstance(req, pb.TrimRequest):
+            return 0, True  # the target is deleted: nothing to trim
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION and req.HasField("expected_sequence"):
+            return 0, True  # a write came first: nothing deleted
+        return f"{type(req).__name__} {req}: {err.code()} {err.details()}"
+    except ValueError:  # the channel was closed under us: unknown outcome
+        return None
+
+
+def retry_removals(stub: pb_grpc.StreamsServiceStub, journal: Journal, problems: list[str]) -> int:
+    """Sends each unanswered removal again (workers paused): once it is
+    answered, whatever the first try did is done. A delete goes again
+    without its expected_sequence (the first try may have applied it)."""
+    retried = 0
+    for removal in journal.unanswered_removals():
+        req = removal.request
+        if isinstance(req, pb.DeleteSegmentRequest):
+            req = pb.DeleteSegmentRequest(space=req.space, segment=req.segment)
+        outcome = send_removal(stub, req, RETRY_TIMEOUT)
+        if outcome is None or isinstance(outcome, str):
+            problems.append(f"retry of {req}: {outcome or 'no answer'}")
+        elif not outcome[1]:  # NOT_FOUND: left unknown (a delete came after it)
+            journal.removal_acked(removal, outcome[0])
+            retried += 1
+    return retried

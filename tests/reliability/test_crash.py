@@ -14,7 +14,16 @@ worker paused, the harness checks after each restart:
   written exactly once: duplicate=true with the numbers it was stored under, or written
   fresh, and then it was not stored before;
 - committed offsets: the last acked Commit (or a later unanswered one) is stored;
-- every record a follower received before the crash is stored, identical.
+- every record a follower received before the crash is stored, identical;
+- trims and deletes (a remover trims segments and spaces by offset and by
+  timestamp, and deletes segments and now and then a space, while the others
+  write): no record below an acknowledged trim point, nor one acked before an
+  acknowledged delete was sent, is ever readable again (segment reads, space
+  reads, peeks, lists, GetSpace/GetSegment); every segment is dense from its
+  first retained sequence to its last; the space read is the segment reads
+  merged; no number is acked twice (numbering continues after deletes); every
+  acked record no removal may have taken is there; infos (first offsets,
+  counts, bytes) agree with the records; unanswered removals are retried.
 
 STREAMS_CRASH_CYCLES (default 25) sets the number of kill -9 cycles, for longer runs.
 """
@@ -36,16 +45,14 @@ from tests.support.journal import (
     UNKNOWN_OUTCOME,
     Follower,
     Journal,
-    ack_numbers,
     check_store,
     commit_key,
     read_target,
     request_records,
-    stored_numbers,
 )
 from tests.support.process import ServerProcess
 
-from .harness import Gate
+from .harness import Gate, removal_request, retry_removals, send_removal
 from .support import COUNTERS
 
 SPACES = ("crash-a", "crash-b")
@@ -68,12 +75,14 @@ class Run:
         self.server = server
         self.gate = Gate()
         self.journal = Journal()
-        self.followers = [Follower(sp, seg) for sp, seg in FOLLOWED]
+        self.followers = [Follower(sp, seg, gaps=True) for sp, seg in FOLLOWED]
         self.errors: list[str] = []
         self.seed = seed
         self.acks = 0
         self.unanswered = 0
         self.commits_acked = 0
+        self.removals_acked = 0
+        self.removals_unanswered = 0
 
     def error(self, text: str) -> None:
         self.errors.append(text)
@@ -137,6 +146,7 @@ class Run:
                 req = pb.CommitRequest(
                     consumer=consumer, space=space, segment=segment, offset=offset
                 )
+                sent_at = self.journal.tick()
                 try:
                     resp = self.server.stub.Commit(req, timeout=CALL_TIMEOUT)
                 except grpc.RpcError as err:
@@ -149,9 +159,29 @@ class Run:
                     continue
                 if resp.offset != offset:
                     self.error(f"Commit {key} {offset} answered offset {resp.offset}")
-                self.journal.commit_acked(key, offset)
+                self.journal.commit_acked(key, offset, sent_at)
                 self.commits_acked += 1
             time.sleep(0.002)
+
+    def remover(self) -> None:
+        """Trims (by offset and by timestamp, segments and spaces) and deletes."""
+        rng = random.Random(self.seed * 100 + 98)
+        while True:
+            with self.gate.inside() as ok:
+                if not ok:
+                    return
+                req = removal_request(rng, self.journal, SPACES, SEGMENTS)
+                if req is not None:
+                    removal = self.journal.removal_sent(req)
+                    outcome = send_removal(self.server.stub, req, CALL_TIMEOUT)
+                    if isinstance(outcome, str):
+                        self.error(outcome)
+                    if outcome is None or isinstance(outcome, str):
+                        self.removals_unanswered += outcome is None
+                    else:
+                        self.journal.removal_acked(removal, *outcome)
+                        self.removals_acked += 1
+            time.sleep(rng.uniform(0.01, 0.06))
 
     def follower(self, f: Follower) -> None:
         while True:
@@ -232,15 +262,9 @@ def retry_unanswered(
         resp = run.server.stub.Produce(txn.request, timeout=CALL_TIMEOUT)
         if resp.duplicate:
             duplicates += 1
-            if not stored:
-                problems.append(
-                    f"retry of {key} answered duplicate=true, but the transaction was not stored"
-                )
-            elif ack_numbers(resp) != stored_numbers(txn.request, stored):
-                problems.append(
-                    f"retry of {key}: duplicate ack {ack_numbers(resp)} differs from the stored "
-                    f"transaction {stored_numbers(txn.request, stored)}"
-                )
+            problem = run.journal.duplicate_problem(txn, resp, stored)
+            if problem:
+                problems.append(f"retry of {key} answered duplicate=true: {problem}")
         else:
             fresh += 1
             if stored:
@@ -268,6 +292,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         threading.Thread(target=run.producer, args=(i,), daemon=True) for i in range(PRODUCERS)
     ]
     threads.append(threading.Thread(target=run.committer, daemon=True))
+    threads.append(threading.Thread(target=run.remover, daemon=True))
     threads += [
         threading.Thread(target=run.follower, args=(f,), daemon=True) for f in run.followers
     ]
@@ -284,6 +309,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             "offset_checks",
             "pending_present",
             "pending_absent",
+            "removals_retried",
+            "removed_records",
+            "removal_checks",
         ),
         0,
     )
@@ -327,6 +355,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             problems = list(report.problems) + run.errors
             run.errors.clear()
             dup, fresh = retry_unanswered(run, report.pending_stored, problems)
+            figures["removals_retried"] += retry_removals(server.stub, run.journal, problems)
+            figures["removed_records"] += report.removed_records
+            figures["removal_checks"] += report.removal_checks
             figures["sigterm_cycles" if graceful else "cycles"] += 1
             figures["checks"] += report.transactions_checked
             figures["retried_duplicate"] += dup
@@ -340,7 +371,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
             # What was read back is durable now: it is the new baseline for offsets.
             for key, got in report.offsets_read.items():
                 if got is not None:
-                    run.journal.commit_acked(key, got)
+                    run.journal.commit_acked(key, got, run.journal.tick())
             kills = figures["cycles"]
             if kills >= CYCLES or (
                 time.monotonic() - started > TIME_BUDGET and kills >= MIN_CYCLES
@@ -358,6 +389,7 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         problems = list(report.problems) + run.errors
         if run.journal.pending():
             problems.append(f"{len(run.journal.pending())} transactions left unresolved")
+        problems += [f"left unanswered: {r.request}" for r in run.journal.unanswered_removals()]
         if problems:
             fail(problems, "after the final graceful restart")
     finally:
@@ -378,6 +410,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         f"({figures['pending_present']} found stored / {figures['pending_absent']} not), "
         f"retries: {figures['retried_duplicate']} duplicate + {figures['retried_fresh']} fresh, "
         f"{run.commits_acked} commits acked, {figures['offset_checks']} offset checks, "
+        f"{run.removals_acked} trims/deletes acked ({run.removals_unanswered} unanswered, "
+        f"{figures['removals_retried']} retried), {figures['removal_checks']} records checked "
+        f"gone for good, {figures['removed_records']} maybe removed, "
         f"{followed} records followed, {figures['follower_records_checked']} follower "
         f"record checks"
     )
@@ -389,12 +424,16 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
         ("transaction checks (over all cycles)", figures["checks"]),
         ("unanswered transactions retried", run.unanswered),
         ("follower record checks", figures["follower_records_checked"]),
+        ("trims and deletes acked", run.removals_acked),
+        ("records checked gone after an acked trim or delete", figures["removal_checks"]),
     ):
         COUNTERS[f"crash: {name}"] = value
     # The run must have exercised what it claims to test.
     assert figures["cycles"] >= MIN_CYCLES
     assert run.acks > 0
     assert run.commits_acked > 0
+    assert run.removals_acked > 0
+    assert figures["removal_checks"] > 0, "no acknowledged removal was ever checked"
     assert all(f.records for f in run.followers), [len(f.records) for f in run.followers]
     assert sum(f.reconnects for f in run.followers) >= MIN_CYCLES
 
@@ -439,5 +478,30 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
         assert "transaction crash-a/stored" in text and "partly present" in text
         assert "follower crash-a/'' offset 1" in text
         assert "committed offset ('c1', 'crash-a', '')" in text
+
+        # Removals the journal says were acknowledged, but the store still has
+        # what they removed: a trim point past a stored record, a deleted segment.
+        journal = Journal()
+        journal.acked(journal.sent(stored), pb.ProduceResponse())  # replaced below
+        journal.txns.clear()
+        kept = make_request(rng, "kept")
+        kept.space = SPACES[1]
+        txn = journal.sent(kept)
+        journal.acked(txn, server.stub.Produce(kept, timeout=CALL_TIMEOUT))
+        segment = kept.writes[0].segment
+        trim = journal.removal_sent(
+            pb.TrimRequest(space=SPACES[1], segment=segment, before_offset=2)
+        )
+        journal.removal_acked(trim, 2)
+        report, _ = check_store(server.stub, journal, [SPACES[1]])
+        text = "\n".join(report.problems)
+        assert f"({segment}/1) is readable after an acknowledged trim" in text, text
+        journal.removals.clear()
+        delete = journal.removal_sent(pb.DeleteSegmentRequest(space=SPACES[1], segment=segment))
+        journal.removal_acked(delete)
+        report, _ = check_store(server.stub, journal, [SPACES[1]])
+        text = "\n".join(report.problems)
+        assert f"segment {SPACES[1]}/{segment} is listed after its acknowledged delete" in text
+        assert "is readable after an acknowledged delete" in text, text
     finally:
         server.close()

@@ -7,9 +7,15 @@ built by us, no client-side validation), and is checked against the contract:
 - where the contract fixes the status (a bad name, a limit, a page token the
   server did not issue, bytes that are not valid protobuf...) it is exactly
   that one; a request over 16 MiB is RESOURCE_EXHAUSTED;
-- a rejected Produce or Commit writes nothing: the space list (with every
-  space's last position), the segment list of the space named and the consumer
-  offset named are the same before and after;
+- a rejected Produce, Commit, Trim, Delete* or ConfigureSpace writes nothing:
+  the space list (with every space's last position), the segment list of the
+  space named (with each segment's numbers), the space's info and config and
+  the consumer offset named are the same before and after;
+- the lifecycle RPCs (Trim, DeleteSegment, DeleteSpace, ConfigureSpace,
+  GetSpace, GetSegment, WatchSegments) are fuzzed like the others; names
+  starting with ``$`` are INVALID_ARGUMENT wherever a client writes them;
+  WatchSegments streams until its deadline, its snapshot in name order, each
+  name matching the prefix;
 - the server process is alive after every case and still answers at the end.
 
 What the server sees is known by parsing the same bytes locally with the same
@@ -31,6 +37,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams import limits
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.process import ServerProcess
@@ -52,6 +59,13 @@ REQUEST_TYPES: dict[str, type[Message]] = {
     "GetOffset": pb.GetOffsetRequest,
     "ListSpaces": pb.ListSpacesRequest,
     "ListSegments": pb.ListSegmentsRequest,
+    "Trim": pb.TrimRequest,
+    "DeleteSegment": pb.DeleteSegmentRequest,
+    "DeleteSpace": pb.DeleteSpaceRequest,
+    "ConfigureSpace": pb.ConfigureSpaceRequest,
+    "GetSpace": pb.GetSpaceRequest,
+    "GetSegment": pb.GetSegmentRequest,
+    "WatchSegments": pb.WatchSegmentsRequest,
 }
 RESPONSE_TYPES: dict[str, type[Message]] = {
     "Produce": pb.ProduceResponse,
@@ -61,7 +75,19 @@ RESPONSE_TYPES: dict[str, type[Message]] = {
     "GetOffset": pb.GetOffsetResponse,
     "ListSpaces": pb.ListSpacesResponse,
     "ListSegments": pb.ListSegmentsResponse,
+    "Trim": pb.TrimResponse,
+    "DeleteSegment": pb.DeleteSegmentResponse,
+    "DeleteSpace": pb.DeleteSpaceResponse,
+    "ConfigureSpace": pb.ConfigureSpaceResponse,
+    "GetSpace": pb.GetSpaceResponse,
+    "GetSegment": pb.GetSegmentResponse,
+    "WatchSegments": pb.WatchSegmentsResponse,
 }
+# Server-streaming RPCs; a valid WatchSegments (and a Consume with follow) runs
+# until its deadline.
+STREAMING = frozenset({"Consume", "WatchSegments"})
+# RPCs that write: a rejected one must leave the store as it was.
+WRITERS = frozenset({"Produce", "Commit", "Trim", "DeleteSegment", "DeleteSpace", "ConfigureSpace"})
 # What a request the contract accepts may still answer, per RPC.
 VALID_CODES: dict[str, frozenset[Code]] = {
     "Produce": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS}),
@@ -71,7 +97,17 @@ VALID_CODES: dict[str, frozenset[Code]] = {
     "GetOffset": frozenset({Code.OK, Code.NOT_FOUND}),
     "ListSpaces": frozenset({Code.OK}),
     "ListSegments": frozenset({Code.OK}),
+    "Trim": frozenset({Code.OK, Code.NOT_FOUND, Code.OUT_OF_RANGE}),
+    "DeleteSegment": frozenset({Code.OK, Code.FAILED_PRECONDITION}),
+    "DeleteSpace": frozenset({Code.OK}),
+    "ConfigureSpace": frozenset({Code.OK}),
+    "GetSpace": frozenset({Code.OK, Code.NOT_FOUND}),
+    "GetSegment": frozenset({Code.OK, Code.NOT_FOUND}),
+    "WatchSegments": frozenset({Code.DEADLINE_EXCEEDED}),
 }
+# google.protobuf.Duration's range (about 10,000 years), in seconds; the
+# server's retention ages go up to limits.MAX_AGE_NS.
+MAX_DURATION_SECONDS = 315_576_000_000
 FOLLOW_DEADLINE = 0.3
 CALL_DEADLINE = 30.0
 
@@ -93,8 +129,32 @@ def bad_name(value: str) -> bool:
     return not 1 <= size <= 255 or any(ord(c) < 0x20 or c == "\x7f" for c in value)
 
 
+def reserved(value: str) -> bool:
+    """A name the server keeps for itself (contract, "Reserved names")."""
+    return value.startswith("$")
+
+
 def _utf8_len(value: str) -> int:
     return len(value.encode("utf-8"))
+
+
+def wrong_wire_types(m: Message, path: str = "") -> list[str]:
+    """A known field number with a wire type not its own reaches the parser as an
+    unknown field; read as empty it would change the request's meaning. Checked
+    in the request and in every message in it."""
+    out = []
+    known = m.DESCRIPTOR.fields_by_number
+    unknown = UnknownFieldSet(m)
+    for i in range(len(unknown)):
+        if unknown[i].field_number in known:
+            out.append(f"{path}{known[unknown[i].field_number].name}: wrong wire type")
+    for field, value in m.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        items = value if field.is_repeated else [value]
+        for item in items:
+            out.extend(wrong_wire_types(item, f"{path}{field.name}."))
+    return out
 
 
 def violations(method: str, m: Any) -> list[str]:
@@ -105,20 +165,19 @@ def violations(method: str, m: Any) -> list[str]:
         if not (empty_ok and value == "") and bad_name(value):
             out.append(f"{field} {value[:20]!r}")
 
+    def check_written(field: str, value: str, *, empty_ok: bool = False) -> None:
+        check_name(field, value, empty_ok=empty_ok)
+        if reserved(value):
+            out.append(f"{field} {value[:20]!r} is reserved")
+
     def check_token(scope: str, token: str) -> None:
         if token and token not in ISSUED.get(scope, set()):
             out.append(f"page_token {token[:20]!r}")
 
-    # A known field number with a wire type not its own reaches the parser as an
-    # unknown field; read as empty it would change the request's meaning.
-    known = m.DESCRIPTOR.fields_by_number
-    unknown = UnknownFieldSet(m)
-    for i in range(len(unknown)):
-        if unknown[i].field_number in known:
-            out.append(f"{known[unknown[i].field_number].name}: wrong wire type")
+    out.extend(wrong_wire_types(m))
 
     if method == "Produce":
-        check_name("space", m.space)
+        check_written("space", m.space)
         if not m.writes:
             out.append("no writes")
         if _utf8_len(m.transaction_id) > 128:
@@ -127,7 +186,7 @@ def violations(method: str, m: Any) -> list[str]:
             out.append("over 10,000 records")
         seen: set[str] = set()
         for w in m.writes:
-            check_name("segment", w.segment)
+            check_written("segment", w.segment)
             if w.segment in seen:
                 out.append("segment twice")
             seen.add(w.segment)
@@ -154,7 +213,11 @@ def violations(method: str, m: Any) -> list[str]:
     elif method == "Peek":
         check_name("space", m.space)
         check_name("segment", m.segment, empty_ok=True)
-    elif method in ("Commit", "GetOffset"):
+    elif method == "Commit":
+        check_written("consumer", m.consumer)
+        check_name("space", m.space)
+        check_name("segment", m.segment, empty_ok=True)
+    elif method == "GetOffset":
         check_name("consumer", m.consumer)
         check_name("space", m.space)
         check_name("segment", m.segment, empty_ok=True)
@@ -167,6 +230,35 @@ def violations(method: str, m: Any) -> list[str]:
         if m.page_size < 0:
             out.append("negative page_size")
         check_token(f"segments/{m.space}", m.page_token)
+    elif method == "Trim":
+        check_written("space", m.space)
+        check_written("segment", m.segment, empty_ok=True)
+        before = m.WhichOneof("before")
+        if before is None:
+            out.append("no before_offset nor before_timestamp")
+        if before == "before_timestamp" and not 0 <= m.before_timestamp.nanos <= 999_999_999:
+            out.append("before_timestamp.nanos out of range")
+    elif method in ("DeleteSegment", "GetSegment"):
+        # Deletes of reserved names are allowed (names stored before they were reserved).
+        check_name("space", m.space)
+        check_name("segment", m.segment)
+    elif method in ("DeleteSpace", "GetSpace"):
+        check_name("space", m.space)
+    elif method == "ConfigureSpace":
+        check_written("space", m.space)
+        age = m.config.retention.max_age
+        if (
+            age.seconds < 0
+            or not 0 <= age.nanos <= 999_999_999
+            or age.seconds * 1_000_000_000 + age.nanos > limits.MAX_AGE_NS
+        ):
+            out.append(
+                f"config.retention.max_age {age.seconds}s {age.nanos}ns is not a duration >= 0"
+            )
+    elif method == "WatchSegments":
+        check_name("space", m.space)
+        if _utf8_len(m.prefix) > 255 or any(ord(c) < 0x20 or c == "\x7f" for c in m.prefix):
+            out.append(f"prefix {m.prefix[:20]!r}")
     return out
 
 
@@ -182,16 +274,20 @@ class Outcome:
 
 def invoke(channel: grpc.Channel, method: str, body: bytes, timeout: float) -> Outcome:
     path = SERVICE + method
+    responses: list[bytes] = []
     try:
-        if method == "Consume":
+        if method in STREAMING:
             stream = channel.unary_stream(
                 path, request_serializer=None, response_deserializer=None
             )(body, timeout=timeout)
-            return Outcome(Code.OK, "", list(stream))
+            for raw in stream:
+                responses.append(raw)
+            return Outcome(Code.OK, "", responses)
         call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
         return Outcome(Code.OK, "", [call(body, timeout=timeout)])
     except grpc.RpcError as err:
-        return Outcome(err.code(), err.details() or "", [])
+        # What a stream sent before it ended is checked too.
+        return Outcome(err.code(), err.details() or "", responses)
 
 
 @dataclass
@@ -202,14 +298,24 @@ class Fuzz:
 
 
 def _state(stub: pb_grpc.StreamsServiceStub, method: str, m: Any) -> tuple[object, ...]:
-    """What a rejected Produce or Commit must leave unchanged."""
+    """What a rejected write must leave unchanged."""
     spaces = list_all_spaces(stub)
     segments: object = None
+    space_info: object = None
     if not bad_name(m.space):
         listing = stub.ListSegments(
             pb.ListSegmentsRequest(space=m.space, page_size=1000), timeout=CALL_DEADLINE
         )
-        segments = [(s.name, s.last_sequence, s.last_position) for s in listing.segments]
+        segments = [
+            (s.name, s.last_sequence, s.last_position, s.first_sequence, s.record_count)
+            for s in listing.segments
+        ]
+        try:
+            space_info = stub.GetSpace(
+                pb.GetSpaceRequest(space=m.space), timeout=CALL_DEADLINE
+            ).SerializeToString(deterministic=True)
+        except grpc.RpcError as err:
+            space_info = err.code()
     offset: object = None
     if method == "Commit":
         try:
@@ -219,7 +325,25 @@ def _state(stub: pb_grpc.StreamsServiceStub, method: str, m: Any) -> tuple[objec
             ).offset
         except grpc.RpcError as err:
             offset = err.code()
-    return spaces, segments, offset
+    return spaces, segments, space_info, offset
+
+
+def check_watch(m: pb.WatchSegmentsRequest, responses: list[Any], where: str) -> None:
+    """The snapshot: in name order, every name matching the prefix, then live changes."""
+    snapshot: list[bytes] = []
+    complete = 0
+    for response in responses:
+        for info in response.segments:
+            assert info.name.startswith(m.prefix), f"{info.name!r} outside the prefix: {where}"
+        assert all(name.startswith(m.prefix) for name in response.deleted), where
+        if not complete:
+            assert not response.deleted, f"a deletion inside the snapshot: {where}"
+            snapshot.extend(info.name.encode() for info in response.segments)
+        complete += response.snapshot_complete
+    assert complete <= 1, f"snapshot_complete in {complete} messages: {where}"
+    assert snapshot == sorted(snapshot) and len(set(snapshot)) == len(snapshot), (
+        f"snapshot not in name order: {where}"
+    )
 
 
 def check_case(fz: Fuzz, method: str, body: bytes) -> Outcome:
@@ -230,8 +354,8 @@ def check_case(fz: Fuzz, method: str, body: bytes) -> Outcome:
         m: Any = REQUEST_TYPES[method].FromString(body)
     except DecodeError:
         m = None
-    follow = method == "Consume" and m is not None and m.follow
-    writer = method in ("Produce", "Commit") and m is not None and len(body) <= MAX_REQUEST
+    follow = m is not None and ((method == "Consume" and m.follow) or method == "WatchSegments")
+    writer = method in WRITERS and m is not None and len(body) <= MAX_REQUEST
     before = _state(fz.stub, method, m) if writer else None
 
     outcome = invoke(fz.channel, method, body, FOLLOW_DEADLINE if follow else CALL_DEADLINE)
@@ -253,11 +377,28 @@ def check_case(fz: Fuzz, method: str, body: bytes) -> Outcome:
     if outcome.code is not Code.OK:
         assert outcome.details, f"an error must say what is wrong: {where}"
 
-    if outcome.code is Code.OK:
-        for raw in outcome.responses:
-            response: Any = RESPONSE_TYPES[method].FromString(raw)
+    if outcome.code in (Code.OK, Code.DEADLINE_EXCEEDED):
+        responses = [RESPONSE_TYPES[method].FromString(raw) for raw in outcome.responses]
+        if method == "WatchSegments":
+            check_watch(m, responses, where)
+        for response in responses:
             if method == "Consume":
                 assert 1 <= len(response.records) <= (m.max_batch or 10_000), where
+            if method == "Trim":
+                assert response.first_offset >= 1, where
+            if method == "ConfigureSpace":
+                assert response.config == m.config, f"config not as sent: {where}"
+            if method == "GetSpace":
+                info = response.space
+                assert info.name == m.space, where
+                assert info.first_position <= info.last_position + 1, where
+                assert info.record_count <= info.last_position - info.first_position + 1, where
+            if method == "GetSegment":
+                info = response.segment
+                assert info.name == m.segment, where
+                assert info.record_count == info.last_sequence - info.first_sequence + 1, (
+                    f"a segment's retained records are dense: {where}"
+                )
             if method in ("ListSpaces", "ListSegments") and response.next_page_token:
                 scope = "spaces" if method == "ListSpaces" else f"segments/{m.space}"
                 ISSUED.setdefault(scope, set()).add(response.next_page_token)
@@ -333,6 +474,7 @@ names = st.one_of(
     st.builds(lambda n, c: c * n, st.sampled_from([1_000, 70_000]), st.sampled_from(["x", "é"])),
     st.just(""),
     st.sampled_from(["/", ":", "a/b:c", " ", "\u0080", "\u009f", "\U0010ffff", "fz-0\x00"]),
+    st.sampled_from(["$", "$parked", "$x/y", "a$"]),
 )
 u64 = st.one_of(
     st.integers(0, 8),
@@ -422,6 +564,62 @@ def commit_requests(draw: st.DrawFn) -> pb.CommitRequest:
     )
     if draw(st.booleans()):
         request.expected_offset = draw(u64)
+    return request
+
+
+@st.composite
+def trim_requests(draw: st.DrawFn) -> pb.TrimRequest:
+    request = pb.TrimRequest(space=draw(names), segment=draw(st.one_of(st.just(""), names)))
+    before = draw(st.sampled_from(["none", "offset", "offset", "timestamp"]))
+    if before == "offset":
+        request.before_offset = draw(u64)
+    elif before == "timestamp":
+        request.before_timestamp.seconds = draw(
+            st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**34))
+        )
+        request.before_timestamp.nanos = draw(
+            st.one_of(st.integers(0, 999_999_999), st.integers(I32_MIN, I32_MAX))
+        )
+    return request
+
+
+@st.composite
+def delete_segment_requests(draw: st.DrawFn) -> pb.DeleteSegmentRequest:
+    request = pb.DeleteSegmentRequest(space=draw(names), segment=draw(names))
+    if draw(st.booleans()):
+        request.expected_sequence = draw(u64)
+    return request
+
+
+durations = st.one_of(
+    st.tuples(st.integers(0, 10**6), st.integers(0, 999_999_999)),
+    st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(I32_MIN, I32_MAX)),
+    st.sampled_from(
+        [
+            (0, 0),
+            (-1, 0),
+            (0, -1),
+            (1, -1),
+            (MAX_DURATION_SECONDS, 999_999_999),
+            (MAX_DURATION_SECONDS + 1, 0),
+            (2**62, 0),
+        ]
+    ),
+)
+
+
+@st.composite
+def configure_requests(draw: st.DrawFn) -> pb.ConfigureSpaceRequest:
+    request = pb.ConfigureSpaceRequest(space=draw(names))
+    if draw(st.integers(0, 5)):
+        retention = request.config.retention
+        seconds, nanos = draw(durations)
+        retention.max_age.seconds = seconds
+        retention.max_age.nanos = nanos
+        retention.max_records_per_segment = draw(u64)
+        retention.max_bytes = draw(u64)
+    elif draw(st.booleans()):
+        request.config.SetInParent()  # a config with no retention policy
     return request
 
 
@@ -527,6 +725,85 @@ def test_list_segments_fuzz(fz: Fuzz, data: st.DataObject) -> None:
     check_case(fz, "ListSegments", request.SerializeToString())
 
 
+@SETTINGS
+@given(request=trim_requests())
+def test_trim_fuzz(fz: Fuzz, request: pb.TrimRequest) -> None:
+    check_case(fz, "Trim", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=100)
+@given(request=delete_segment_requests())
+def test_delete_segment_fuzz(fz: Fuzz, request: pb.DeleteSegmentRequest) -> None:
+    check_case(fz, "DeleteSegment", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=60)
+@given(space=names)
+def test_delete_space_fuzz(fz: Fuzz, space: str) -> None:
+    check_case(fz, "DeleteSpace", pb.DeleteSpaceRequest(space=space).SerializeToString())
+
+
+@SETTINGS
+@given(request=configure_requests())
+def test_configure_space_fuzz(fz: Fuzz, request: pb.ConfigureSpaceRequest) -> None:
+    check_case(fz, "ConfigureSpace", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=100)
+@given(space=names)
+def test_get_space_fuzz(fz: Fuzz, space: str) -> None:
+    check_case(fz, "GetSpace", pb.GetSpaceRequest(space=space).SerializeToString())
+
+
+@settings(SETTINGS, max_examples=100)
+@given(space=names, segment=names)
+def test_get_segment_fuzz(fz: Fuzz, space: str, segment: str) -> None:
+    request = pb.GetSegmentRequest(space=space, segment=segment)
+    check_case(fz, "GetSegment", request.SerializeToString())
+
+
+@settings(SETTINGS, max_examples=40)
+@given(space=st.one_of(st.just("fz-many"), names), prefix=st.one_of(st.just(""), names))
+def test_watch_segments_fuzz(fz: Fuzz, space: str, prefix: str) -> None:
+    request = pb.WatchSegmentsRequest(space=space, prefix=prefix)
+    check_case(fz, "WatchSegments", request.SerializeToString())
+
+
+def test_watch_segments_snapshot_completes(fz: Fuzz) -> None:
+    """The snapshot of a space ends with snapshot_complete (also for no
+    segment), read until that message, not until a deadline."""
+    # A space of its own (the fuzzed deletes may have removed the others).
+    fz.stub.Produce(
+        pb.ProduceRequest(
+            space="fz-watch",
+            writes=[
+                pb.SegmentWrite(segment=f"s{i:03}", records=[pb.RecordInput(payload=b"x")])
+                for i in range(30)
+            ],
+        )
+    )
+    for space, prefix, want in (
+        ("fz-watch", "s00", [f"s{i:03}" for i in range(10)]),
+        ("fz-watch", "", [f"s{i:03}" for i in range(30)]),
+        ("fz-never-written", "", []),
+        ("fz-watch", "zz", []),
+    ):
+        stream = fz.stub.WatchSegments(
+            pb.WatchSegmentsRequest(space=space, prefix=prefix), timeout=CALL_DEADLINE
+        )
+        names_seen: list[str] = []
+        try:
+            for response in stream:
+                names_seen.extend(info.name for info in response.segments)
+                if response.snapshot_complete:
+                    break
+            else:
+                pytest.fail(f"WatchSegments {space}/{prefix!r} ended without snapshot_complete")
+        finally:
+            stream.cancel()
+        assert names_seen == want, (space, prefix, names_seen)
+
+
 # -- malformed protobuf bytes -----------------------------------------------
 
 INVALID_UTF8 = [
@@ -549,6 +826,13 @@ STRING_FIELDS: dict[str, list[int]] = {
     "GetOffset": [1, 2, 3],
     "ListSpaces": [2],
     "ListSegments": [1, 3],
+    "Trim": [1, 2],
+    "DeleteSegment": [1, 2],
+    "DeleteSpace": [1],
+    "ConfigureSpace": [1],
+    "GetSpace": [1],
+    "GetSegment": [1, 2],
+    "WatchSegments": [1, 2],
 }
 methods = st.sampled_from(sorted(REQUEST_TYPES))
 
@@ -566,6 +850,14 @@ def _valid_body(method: str) -> bytes:
         "GetOffset": pb.GetOffsetRequest(consumer="c", space="fz-0"),
         "ListSpaces": pb.ListSpacesRequest(page_size=2),
         "ListSegments": pb.ListSegmentsRequest(space="fz-many", page_size=2),
+        # The writes act on spaces of their own, so that the other cases keep meeting data.
+        "Trim": pb.TrimRequest(space="fz-trim", segment="a", before_offset=1),
+        "DeleteSegment": pb.DeleteSegmentRequest(space="fz-gone", segment="a"),
+        "DeleteSpace": pb.DeleteSpaceRequest(space="fz-gone"),
+        "ConfigureSpace": pb.ConfigureSpaceRequest(space="fz-configured"),
+        "GetSpace": pb.GetSpaceRequest(space="fz-0"),
+        "GetSegment": pb.GetSegmentRequest(space="fz-0", segment="a"),
+        "WatchSegments": pb.WatchSegmentsRequest(space="fz-many", prefix="s01"),
     }[method]
     return message.SerializeToString()
 

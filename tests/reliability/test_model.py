@@ -5,7 +5,10 @@ storage, fresh data directory) with random sequences of Produce (1 to 3 segments
 with prefix pairs, right and wrong expected_sequence, transaction ids reused with the
 same and with different content, invalid shapes), Consume (every start, bounds, batch
 sizes, segment or whole space, follow with a reachable bound), Peek, Commit (with and
-without compare-and-set, past the end), GetOffset, paged ListSpaces/ListSegments, and
+without compare-and-set, past the end), GetOffset, paged ListSpaces/ListSegments, the
+data lifecycle (Trim by offset and by timestamp of a segment or a space, DeleteSegment with
+and without expected_sequence, DeleteSpace, ConfigureSpace, GetSpace, GetSegment; reads,
+peeks, lists, commits and produces after them, ``streams-start`` of every Consume), and
 restarts (SIGTERM and kill -9). Every answer, values and status codes, is compared with
 a small in-memory model written from the contract (shared/contract/v1.md) and the
 README's choices where the contract is silent.
@@ -20,6 +23,10 @@ can be equal.
 Timestamps cannot be predicted: the model takes each transaction's timestamp from its
 ack, then checks it never decreases along positions and is the one timestamp of every
 record of that transaction (reads, peeks, lists, duplicates, from_timestamp).
+
+Retention passes are pushed out of the run (``--retention-interval`` of a day on both
+servers): they run on each server's own clock, so they could not be compared call by
+call; the contract tests check them.
 """
 
 from __future__ import annotations
@@ -64,11 +71,14 @@ SEGMENTS = ("a", "ab", "b", "a:b")
 UNKNOWN_SEGMENT = "a/"
 CONSUMERS = ("c", "cd")
 BAD_NAMES = ("bad\x00", "bad\x1f", "\x7f", "x" * 256)
+RESERVED = "$r"  # readable and deletable, never written by a client
 TXIDS = ("", "", "t1", "t2", "t3")
 PAYLOADS = (b"", b"x", b"y" * 40, b"\x00\xff\xfe")
 METADATAS: tuple[dict[str, str], ...] = ({}, {"k": "v"}, {"": "empty key", "k": "w"})
 DEFAULT_BATCH = 1000  # README: records per Consume response when max_batch is 0
 CALL_TIMEOUT = 10.0
+RETENTION_INTERVAL = 86_400.0  # no retention pass within a run
+NANOS = 1_000_000_000
 
 Ts = tuple[int, int]
 
@@ -77,6 +87,11 @@ def valid_name(name: str) -> bool:
     """Contract: UTF-8, 1 to 255 bytes, no U+0000-U+001F or U+007F."""
     raw = name.encode()
     return 1 <= len(raw) <= 255 and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+
+
+def written_name(name: str) -> bool:
+    """Contract, "Reserved names": a client never writes a name starting with $."""
+    return valid_name(name) and not name.startswith("$")
 
 
 def call(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, Any]:
@@ -109,6 +124,50 @@ class MRec:
     metadata: tuple[tuple[str, str], ...]
     txid: str
     ts: Ts
+
+
+def body_bytes(r: MRec) -> int:
+    """SpaceInfo/SegmentInfo ``bytes`` of one record: its body as the client sent it."""
+    body = pb.RecordInput(payload=r.payload, metadata=dict(r.metadata))
+    return len(body.SerializeToString(deterministic=True))
+
+
+# A stored config as the model sees it: None (a config with no retention, the
+# defaults apply) or (max_age ns, max_records_per_segment, max_bytes).
+MConfig = tuple[int, int, int] | None
+
+
+def config_of(message: pb.SpaceConfig) -> MConfig:
+    if not message.HasField("retention"):
+        return None
+    r = message.retention
+    return (r.max_age.seconds * NANOS + r.max_age.nanos, r.max_records_per_segment, r.max_bytes)
+
+
+def space_info(s: pb.SpaceInfo) -> tuple[object, ...]:
+    """A SpaceInfo as Model.space_info gives it."""
+    return (
+        s.name,
+        s.last_position,
+        ts_key(s.last_timestamp),
+        s.first_position,
+        s.record_count,
+        s.bytes,
+        s.HasField("config"),
+        config_of(s.config) if s.HasField("config") else None,
+    )
+
+
+def segment_info(s: pb.SegmentInfo) -> tuple[object, ...]:
+    return (
+        s.name,
+        s.last_sequence,
+        s.last_position,
+        ts_key(s.last_timestamp),
+        s.first_sequence,
+        s.record_count,
+        s.bytes,
+    )
 
 
 def seen(r: pb.Record) -> MRec:
@@ -146,21 +205,63 @@ def ack_numbers(resp: pb.ProduceResponse) -> tuple[object, ...]:
 
 
 class Model:
-    """The contract, in memory."""
+    """The contract, in memory. Logs keep every record ever written (numbers are
+    never reused); ``removed`` holds the positions trims and deletes took."""
 
     def __init__(self) -> None:
         self.space_log: dict[str, list[MRec]] = {}
         self.seg_log: dict[tuple[str, str], list[MRec]] = {}
         self.txns: dict[tuple[str, str], tuple[tuple[object, ...], pb.ProduceResponse]] = {}
         self.offsets: dict[tuple[str, str, str], int] = {}
+        self.removed: set[tuple[str, int]] = set()  # (space, position)
+        # Written or configured (and not deleted since): GetSpace finds it.
+        self.spaces: set[str] = set()
+        self.deleted_segments: set[tuple[str, str]] = set()
+        self.configs: dict[str, MConfig] = {}  # configured spaces
 
-    def target(self, space: str, segment: str) -> list[MRec]:
+    def log(self, space: str, segment: str) -> list[MRec]:
+        """Every record ever written to the target."""
         if segment:
             return self.seg_log.get((space, segment), [])
         return self.space_log.get(space, [])
 
+    def target(self, space: str, segment: str) -> list[MRec]:
+        """The retained records of the target."""
+        return [r for r in self.log(space, segment) if (space, r.position) not in self.removed]
+
     def last(self, space: str, segment: str) -> int:
-        return len(self.target(space, segment))
+        return len(self.log(space, segment))
+
+    def first(self, space: str, segment: str) -> int:
+        """The first retained offset; last + 1 when none is retained."""
+        kept = self.target(space, segment)
+        if not kept:
+            return self.last(space, segment) + 1
+        return kept[0].sequence if segment else kept[0].position
+
+    def found(self, space: str, segment: str) -> bool:
+        """Trim's and GetSegment's idea of existing: written (or, for a space,
+        configured) and not deleted since."""
+        if segment:
+            return (space, segment) in self.seg_log and (
+                space,
+                segment,
+            ) not in self.deleted_segments
+        return space in self.spaces
+
+    def removable(self) -> list[tuple[str, str]]:
+        """Segments with retained records, by name."""
+        return sorted(
+            (t for t in self.seg_log if self.target(*t)),
+            key=lambda t: (t[0].encode(), t[1].encode()),
+        )
+
+    def segments_of(self, space: str) -> list[str]:
+        """Listed segments, by name."""
+        return sorted(
+            (seg for (sp, seg) in self.seg_log if sp == space and self.found(sp, seg)),
+            key=str.encode,
+        )
 
     def last_ts(self, space: str) -> Ts | None:
         log = self.space_log.get(space)
@@ -169,16 +270,53 @@ class Model:
     def timestamps(self) -> list[Ts]:
         return sorted({r.ts for log in self.space_log.values() for r in log})
 
+    def at_or_after(self, space: str, segment: str, ts: Ts) -> int:
+        """The offset of the first record stamped at or after ``ts``; last + 1 if none."""
+        for r in self.log(space, segment):
+            if r.ts >= ts:
+                return r.sequence if segment else r.position
+        return self.last(space, segment) + 1
+
+    def remove(self, space: str, records: list[MRec]) -> None:
+        self.removed.update((space, r.position) for r in records)
+
+    def space_info(self, space: str) -> tuple[object, ...]:
+        log = self.space_log.get(space, [])
+        kept = self.target(space, "")
+        return (
+            space,
+            len(log),
+            log[-1].ts if log else (0, 0),
+            self.first(space, ""),
+            len(kept),
+            sum(body_bytes(r) for r in kept),
+            space in self.configs,
+            self.configs.get(space),
+        )
+
+    def segment_info(self, space: str, segment: str) -> tuple[object, ...]:
+        log = self.seg_log[(space, segment)]
+        kept = self.target(space, segment)
+        return (
+            segment,
+            len(log),
+            log[-1].position,
+            log[-1].ts,
+            self.first(space, segment),
+            len(kept),
+            sum(body_bytes(r) for r in kept),
+        )
+
     # ---- Produce --------------------------------------------------------------------
 
     def produce_check(self, req: pb.ProduceRequest) -> tuple[grpc.StatusCode, object]:
         """The expected outcome before anything is applied: validation, duplicate, CAS."""
         segments = [w.segment for w in req.writes]
         if (
-            not valid_name(req.space)
+            not written_name(req.space)
             or not req.writes
             or any(not w.records for w in req.writes)
-            or any(not valid_name(s) for s in segments)
+            or any(not written_name(s) for s in segments)
             or len(set(segments)) != len(segments)
             or len(req.transaction_id.encode()) > 128
         ):
@@ -226,6 +364,8 @@ class Model:
                 )
                 seg.append(rec)
                 log.append(rec)
+            self.deleted_segments.discard((space, w.segment))
+        self.spaces.add(space)
         if req.transaction_id:
             self.txns[(space, req.transaction_id)] = (writes_key(req), resp)
 
@@ -242,12 +382,23 @@ class StreamsMachine(RuleBasedStateMachine):
         key = self.tmp / "page-token.key"
         key.write_bytes(os.urandom(32))
         self.server = ServerProcess(
-            data, self.tmp / "server.log", flags=["--page-token-key", str(key)]
+            data,
+            self.tmp / "server.log",
+            flags=[
+                "--page-token-key",
+                str(key),
+                "--retention-interval",
+                str(RETENTION_INTERVAL),
+            ],
         )
         self.server.start()
         self.oracle_clock = PinnedClock()
         self.oracle = InProcessServer(
-            self.tmp / "oracle", clock=self.oracle_clock, storage="memory", page_token_key=key
+            self.tmp / "oracle",
+            clock=self.oracle_clock,
+            storage="memory",
+            page_token_key=key,
+            retention_interval=RETENTION_INTERVAL,
         )
         resp = self.stub.ListSpaces(pb.ListSpacesRequest(), timeout=CALL_TIMEOUT)
         assert list(resp.spaces) == [] and resp.next_page_token == ""
@@ -353,7 +504,7 @@ class StreamsMachine(RuleBasedStateMachine):
         elif shape == "segment_twice":
             writes.append(pb.SegmentWrite(segment=writes[0].segment, records=[pb.RecordInput()]))
         elif shape == "bad_name":
-            bad = data.draw(st.sampled_from(("", *BAD_NAMES)), label="bad name")
+            bad = data.draw(st.sampled_from(("", *BAD_NAMES, RESERVED)), label="bad name")
             if data.draw(st.booleans(), label="bad space"):
                 space = bad
             else:
@@ -362,6 +513,11 @@ class StreamsMachine(RuleBasedStateMachine):
             txid = "t" * 129
         req = pb.ProduceRequest(space=space, writes=writes, transaction_id=txid)
         self._produce(req)
+
+    @rule(data=st.data())
+    def produce_more(self, data: st.DataObject) -> None:
+        """Produce twice as often as the other rules: removals need something to remove."""
+        self.produce(data)
 
     @precondition(lambda self: bool(self.sent))
     @rule(data=st.data())
@@ -465,41 +621,51 @@ class StreamsMachine(RuleBasedStateMachine):
         segment = data.draw(st.sampled_from(("", "", *SEGMENTS, UNKNOWN_SEGMENT)), label="segment")
         return space, segment
 
+    def _stamp(self, data: st.DataObject, what: str) -> Timestamp:
+        """A timestamp near the stored ones, or before or after all of them.
+
+        The server's clock sets the timestamps, so what is drawn must not
+        depend on how many there are (hypothesis replays draws): an index
+        into them, and one nanosecond either side."""
+        stamps = self.model.timestamps()
+        pick = data.draw(st.integers(0, 63), label=f"{what} pick")
+        delta = data.draw(st.sampled_from((-1, 0, 1)), label=f"{what} delta")
+        if pick < 2 or not stamps:
+            sec, nanos = ((0, 1), (4_000_000_000, 0))[pick % 2]
+        else:
+            s, n = stamps[pick % len(stamps)]
+            sec, nanos = divmod(s * NANOS + n + delta, NANOS)
+        return Timestamp(seconds=sec, nanos=nanos)
+
     @rule(data=st.data())
     def consume(self, data: st.DataObject) -> None:
         space, segment = self._target(data)
-        items = self.model.target(space, segment)
-        top = len(items)
+        model = self.model
+        items = model.target(space, segment)
+        top = model.last(space, segment)
+
+        def offset(r: MRec) -> int:
+            return r.sequence if segment else r.position
+
         req = pb.ConsumeRequest(space=space, segment=segment)
         start_kind = data.draw(
             st.sampled_from(("none", "offset", "offset", "timestamp", "consumer", "end")),
             label="start",
         )
-        start = 0
+        start = 1  # the requested first offset
         if start_kind == "offset":
             req.from_offset = data.draw(st.integers(0, top + 2), label="from_offset")
-            start = max(req.from_offset, 1) - 1
+            start = max(req.from_offset, 1)
         elif start_kind == "timestamp":
-            # The server's clock sets the timestamps, so what is drawn must not
-            # depend on how many there are (hypothesis replays draws): an index
-            # into them, and one nanosecond either side.
-            stamps = self.model.timestamps()
-            pick = data.draw(st.integers(0, 63), label="timestamp pick")
-            delta = data.draw(st.sampled_from((-1, 0, 1)), label="timestamp delta")
-            if pick < 2 or not stamps:
-                sec, nanos = ((0, 1), (4_000_000_000, 0))[pick % 2]
-            else:
-                s, n = stamps[pick % len(stamps)]
-                sec, nanos = divmod(s * 1_000_000_000 + n + delta, 1_000_000_000)
-            req.from_timestamp.CopyFrom(Timestamp(seconds=sec, nanos=nanos))
-            start = next((i for i, r in enumerate(items) if r.ts >= (sec, nanos)), top)
+            req.from_timestamp.CopyFrom(self._stamp(data, "from_timestamp"))
+            start = model.at_or_after(space, segment, ts_key(req.from_timestamp))
         elif start_kind == "consumer":
             consumer = data.draw(st.sampled_from(CONSUMERS), label="from_consumer")
             req.from_consumer = consumer
-            start = self.model.offsets.get((consumer, space, segment), 0)
+            start = model.offsets.get((consumer, space, segment), 0) + 1
         elif start_kind == "end":
             req.from_end = True
-            start = top
+            start = top + 1
         if data.draw(st.booleans(), label="has to_offset"):
             req.to_offset = data.draw(st.integers(1, top + 2), label="to_offset")
         if data.draw(st.booleans(), label="has limit"):
@@ -507,9 +673,12 @@ class StreamsMachine(RuleBasedStateMachine):
         req.max_batch = data.draw(
             st.sampled_from((0, 0, 1, 2, 3, 10_000, 10_001)), label="max_batch"
         )
-        want = items[start:]
+        # Contract, "Numbers after deletion": a read starting before the first
+        # retained record starts there; streams-start says where it starts.
+        start = max(start, model.first(space, segment))
+        want = [r for r in items if offset(r) >= start]
         if req.to_offset:
-            want = want[: max(req.to_offset - start, 0)]
+            want = [r for r in want if offset(r) <= req.to_offset]
         if req.limit:
             want = want[: req.limit]
         # follow=True only when the bound is reached by stored records: it must then end.
@@ -518,25 +687,33 @@ class StreamsMachine(RuleBasedStateMachine):
             and start_kind != "end"
             and (
                 (req.limit and len(want) == req.limit)
-                or (req.to_offset and start + len(want) == req.to_offset)
+                or (req.to_offset and offset(want[-1]) == req.to_offset)
             )
         ):
             req.follow = data.draw(st.booleans(), label="follow")
 
-        code, got = self.both("Consume", lambda stub: list(stub.Consume(req, timeout=CALL_TIMEOUT)))
+        def read(stub: Any) -> tuple[str | None, list[pb.ConsumeResponse]]:
+            stream = stub.Consume(req, timeout=CALL_TIMEOUT)
+            responses = list(stream)
+            return dict(stream.initial_metadata()).get("streams-start"), responses
+
+        code, got = self.both("Consume", read)
         event(
             f"Consume {start_kind}: {'some' if want else 'no'} records"
             f"{', follow' if req.follow else ''}"
+            f"{', after a removal' if items != model.log(space, segment) else ''}"
         )
         if req.max_batch > 10_000:
             assert code == INVALID, f"max_batch {req.max_batch}: {code.name} {got}"
             assert "max_batch" in got, got
             return
         assert code == OK, f"Consume {req}: {code.name} {got}"
+        header, responses = got
+        assert header == str(start), f"Consume {req}: streams-start {header}, want {start}"
         cap = req.max_batch or DEFAULT_BATCH
-        for resp in got:
+        for resp in responses:
             assert 1 <= len(resp.records) <= cap, f"a response of {len(resp.records)} records"
-        records = [seen(r) for resp in got for r in resp.records]
+        records = [seen(r) for resp in responses for r in resp.records]
         assert records == want, f"Consume {req}:\n got  {records}\n want {want}"
 
     @rule(data=st.data())
@@ -672,11 +849,8 @@ class StreamsMachine(RuleBasedStateMachine):
         )
         if items is None:
             return
-        got = [(s.name, s.last_position, ts_key(s.last_timestamp)) for s in items]
-        want = [
-            (name, log[-1].position, log[-1].ts)
-            for name, log in sorted(self.model.space_log.items(), key=lambda kv: kv[0].encode())
-        ]
+        got = [space_info(s) for s in items]
+        want = [self.model.space_info(name) for name in sorted(self.model.spaces, key=str.encode)]
         assert got == want
 
     @rule(data=st.data())
@@ -692,15 +866,197 @@ class StreamsMachine(RuleBasedStateMachine):
         )
         if items is None:
             return
-        got = [(s.name, s.last_sequence, s.last_position, ts_key(s.last_timestamp)) for s in items]
-        want = [
-            (seg, log[-1].sequence, log[-1].position, log[-1].ts)
-            for (sp, seg), log in sorted(
-                self.model.seg_log.items(), key=lambda kv: kv[0][1].encode()
-            )
-            if sp == space
-        ]
+        got = [segment_info(s) for s in items]
+        want = [self.model.segment_info(space, seg) for seg in self.model.segments_of(space)]
         assert got == want
+
+    # ---- Lifecycle ------------------------------------------------------------------
+
+    def _name(self, data: st.DataObject, name: str, label: str) -> str:
+        """``name``, or now and then a bad or a reserved one."""
+        kind = data.draw(st.sampled_from(("ok",) * 12 + ("bad", "reserved")), label=label)
+        if kind == "bad":
+            return data.draw(st.sampled_from(BAD_NAMES), label=f"bad {label}")
+        return RESERVED if kind == "reserved" else name
+
+    @rule(data=st.data())
+    def trim(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        self._trim(data, self._name(data, space, "trim space"), segment)
+
+    @precondition(lambda self: bool(self.model.removable()))
+    @rule(data=st.data())
+    def trim_retained(self, data: st.DataObject) -> None:
+        """A trim of a segment, or of its space, that has retained records."""
+        space, segment = data.draw(st.sampled_from(self.model.removable()), label="target")
+        if data.draw(st.booleans(), label="whole space"):
+            segment = ""
+        self._trim(data, space, segment)
+
+    def _trim(self, data: st.DataObject, space: str, segment: str) -> None:
+        model = self.model
+        req = pb.TrimRequest(space=space, segment=segment)
+        top = model.last(space, segment)
+        kind = data.draw(
+            st.sampled_from(("offset", "offset", "offset", "timestamp", "timestamp", "none")),
+            label="before",
+        )
+        before = 0
+        if kind == "offset":
+            # Mostly a small step past the first retained offset; sometimes all, or past it.
+            first = model.first(space, segment)
+            req.before_offset = data.draw(
+                st.sampled_from(
+                    (first, first + 1, first + 1, first + 2, top, top + 1, top + 2, 0, 1)
+                ),
+                label="before_offset",
+            )
+            before = req.before_offset
+        elif kind == "timestamp":
+            req.before_timestamp.CopyFrom(self._stamp(data, "before_timestamp"))
+            before = model.at_or_after(space, segment, ts_key(req.before_timestamp))
+        code, got = self.both("Trim", lambda stub: stub.Trim(req, timeout=CALL_TIMEOUT))
+        event(f"Trim {kind} {'segment' if segment else 'space'}: {code.name}")
+        if not written_name(space) or (segment and not written_name(segment)) or kind == "none":
+            assert code == INVALID, f"Trim {req}: {code.name} {got}"
+            return
+        if not model.found(space, segment):
+            assert code == NOT_FOUND, f"Trim {req} of a target that does not exist: {code.name}"
+            return
+        if before > top + 1:
+            assert code == OUT_OF_RANGE, f"Trim {req} past {top} + 1: {code.name} {got}"
+            assert str(before) in got, f"OUT_OF_RANGE should name {before}: {got!r}"
+            return
+        assert code == OK, f"Trim {req}: {code.name} {got}"
+        offset_of = (lambda r: r.sequence) if segment else (lambda r: r.position)
+        model.remove(space, [r for r in model.target(space, segment) if offset_of(r) < before])
+        assert got.first_offset == model.first(space, segment), (
+            f"Trim {req}: first_offset {got.first_offset}, want {model.first(space, segment)}"
+        )
+
+    @rule(data=st.data())
+    def delete_segment(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        model = self.model
+        if not segment:
+            segment = data.draw(st.sampled_from((*SEGMENTS, UNKNOWN_SEGMENT)), label="segment")
+        segment = self._name(data, segment, "delete segment")
+        req = pb.DeleteSegmentRequest(space=space, segment=segment)
+        last = model.last(space, segment)
+        check = data.draw(st.sampled_from(("none", "none", "right", "wrong")), label="check")
+        if check == "right":
+            req.expected_sequence = last
+        elif check == "wrong":
+            req.expected_sequence = data.draw(
+                st.sampled_from([x for x in (0, last - 1, last + 1) if x >= 0 and x != last]),
+                label="wrong expected_sequence",
+            )
+        code, got = self.both(
+            "DeleteSegment", lambda stub: stub.DeleteSegment(req, timeout=CALL_TIMEOUT)
+        )
+        event(f"DeleteSegment {check}: {code.name}")
+        if not valid_name(segment):  # reserved names may be deleted
+            assert code == INVALID, f"DeleteSegment {req}: {code.name} {got}"
+            return
+        if req.HasField("expected_sequence") and req.expected_sequence != last:
+            assert code == FAILED, f"DeleteSegment {req} with last {last}: {code.name} {got}"
+            assert str(last) in got, f"FAILED_PRECONDITION should name {last}: {got!r}"
+            return
+        assert code == OK, f"DeleteSegment {req}: {code.name} {got}"
+        if model.found(space, segment):
+            model.remove(space, model.target(space, segment))
+            model.deleted_segments.add((space, segment))
+            for key in [k for k in model.offsets if k[1:] == (space, segment)]:
+                del model.offsets[key]
+
+    @rule(data=st.data())
+    def delete_space(self, data: st.DataObject) -> None:
+        space, _ = self._target(data)
+        space = self._name(data, space, "delete space")
+        model = self.model
+        code, got = self.both(
+            "DeleteSpace",
+            lambda stub: stub.DeleteSpace(pb.DeleteSpaceRequest(space=space), timeout=CALL_TIMEOUT),
+        )
+        event(f"DeleteSpace: {code.name}")
+        if not valid_name(space):
+            assert code == INVALID, f"DeleteSpace {space!r}: {code.name} {got}"
+            return
+        assert code == OK, f"DeleteSpace {space!r}: {code.name} {got}"
+        if space in model.spaces:
+            model.remove(space, model.target(space, ""))
+            model.spaces.discard(space)
+            model.configs.pop(space, None)
+            model.deleted_segments.update(k for k in model.seg_log if k[0] == space)
+            for key in [k for k in model.offsets if k[1] == space]:
+                del model.offsets[key]
+
+    @rule(data=st.data())
+    def configure_space(self, data: st.DataObject) -> None:
+        space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE)), label="space")
+        space = self._name(data, space, "configure space")
+        req = pb.ConfigureSpaceRequest(space=space)
+        shape = data.draw(
+            st.sampled_from(("retention", "retention", "empty", "unset", "negative", "nanos")),
+            label="config",
+        )
+        if shape != "unset":
+            req.config.SetInParent()
+        if shape in ("retention", "negative", "nanos"):
+            retention = req.config.retention
+            retention.SetInParent()
+            if data.draw(st.booleans(), label="max_age"):
+                retention.max_age.seconds = data.draw(
+                    st.sampled_from((0, 1, 3600, 10**9)), label="max_age s"
+                )
+                retention.max_age.nanos = data.draw(st.sampled_from((0, 5)), label="max_age ns")
+            retention.max_records_per_segment = data.draw(
+                st.sampled_from((0, 1, 1000)), label="max_records_per_segment"
+            )
+            retention.max_bytes = data.draw(st.sampled_from((0, 1, 10**6)), label="max_bytes")
+            if shape == "negative":
+                retention.max_age.seconds = -1
+            elif shape == "nanos":
+                retention.max_age.nanos = NANOS
+        code, got = self.both(
+            "ConfigureSpace", lambda stub: stub.ConfigureSpace(req, timeout=CALL_TIMEOUT)
+        )
+        event(f"ConfigureSpace {shape}: {code.name}")
+        if not written_name(space) or shape in ("negative", "nanos"):
+            assert code == INVALID, f"ConfigureSpace {req}: {code.name} {got}"
+            if written_name(space):
+                assert "max_age" in got, f"INVALID_ARGUMENT should name max_age: {got!r}"
+            return
+        assert code == OK, f"ConfigureSpace {req}: {code.name} {got}"
+        assert got.config == req.config, f"ConfigureSpace {req}: answered {got.config}"
+        self.model.spaces.add(space)
+        self.model.configs[space] = config_of(req.config)
+
+    @rule(data=st.data())
+    def get_space(self, data: st.DataObject) -> None:
+        space = data.draw(st.sampled_from((*SPACES, UNKNOWN_SPACE, RESERVED)), label="space")
+        code, got = self.both(
+            "GetSpace",
+            lambda stub: stub.GetSpace(pb.GetSpaceRequest(space=space), timeout=CALL_TIMEOUT),
+        )
+        if space not in self.model.spaces:
+            assert code == NOT_FOUND, f"GetSpace {space!r}: {code.name} {got}"
+            return
+        assert code == OK, f"GetSpace {space!r}: {code.name} {got}"
+        assert space_info(got.space) == self.model.space_info(space)
+
+    @rule(data=st.data())
+    def get_segment(self, data: st.DataObject) -> None:
+        space, segment = self._target(data)
+        if not segment:
+            segment = data.draw(st.sampled_from((*SEGMENTS, UNKNOWN_SEGMENT)), label="segment")
+        req = pb.GetSegmentRequest(space=space, segment=segment)
+        code, got = self.both("GetSegment", lambda stub: stub.GetSegment(req, timeout=CALL_TIMEOUT))
+        if not self.model.found(space, segment):
+            assert code == NOT_FOUND, f"GetSegment {req}: {code.name} {got}"
+            return
+        assert code == OK, f"GetSegment {req}: {code.name} {got}"
+        assert segment_info(got.segment) == self.model.segment_info(space, segment)
 
     # ---- Restarts -------------------------------------------------------------------
 
