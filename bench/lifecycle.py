@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -147,6 +148,10 @@ def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.25) -
     return True
 
 
+def share(part: float, whole: float) -> float:
+    return part / whole if whole else math.nan
+
+
 def p99_ms(latencies: list[float]) -> float:
     return percentile(latencies, 0.99) * 1000
 
@@ -175,6 +180,8 @@ class Reclaim:
     @property
     def given_back(self) -> float:
         """The share of :attr:`trimmed_disk` given back to the file system."""
+        if not self.trimmed_disk:
+            return math.nan
         return (self.before.allocated - self.reclaimed.allocated) / self.trimmed_disk
 
 
@@ -229,7 +236,7 @@ def reclaim_table(r: Reclaim) -> str:
             f"right after the trim ({fmt(r.trim_ms, 1)} ms)",
             r.right_after.mib,
             fmt(r.right_after.apparent / MIB, 1),
-            fmt((r.before.allocated - r.right_after.allocated) / r.trimmed_disk, 2),
+            fmt(share(r.before.allocated - r.right_after.allocated, r.trimmed_disk), 2),
         ],
         [
             f"{fmt(r.reclaim_seconds, 1)} s later"
@@ -472,7 +479,7 @@ class Figures:
 
     @property
     def p99_ratio(self) -> float:
-        return p99_ms(self.latency.during) / p99_ms(self.latency.idle)
+        return share(p99_ms(self.latency.during), p99_ms(self.latency.idle))
 
     def tables(self) -> list[tuple[str, str, str]]:
         """(title, note, table) of each part."""
