@@ -226,7 +226,9 @@ def test_a_damaged_catalog_entry_is_data_loss_naming_it(tmp_path: Path) -> None:
         damage(tmp_path / "db", keys.segment_catalog_key("s", name(3)), b"\x00" * 5)
         # Past its space's last position: the entries are written together, so damage.
         damage(
-            tmp_path / "db", keys.segment_catalog_key("s", name(4)), SEGMENT_ENTRY.pack(1, 10**6, 0)
+            tmp_path / "db",
+            keys.segment_catalog_key("s", name(4)),
+            SEGMENT_ENTRY.pack(1, 10**6, 1, 0, 0, 0),
         )
         store = RocksStore.open(tmp_path / "db", options())
         with pytest.raises(DataLoss, match=r"segment 'seg-000003' of space 's' is 5 bytes"):

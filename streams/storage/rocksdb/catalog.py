@@ -8,13 +8,17 @@ most recently used ones, at most ``capacity_bytes`` (estimated, see
 segments exist. Spaces get the same treatment as segments: a million spaces
 of one segment each must fit as well as one space of a million segments.
 
-Each state has two sets of numbers: ``last_*`` as written, ``durable_*`` as
-readers see them (moved once the write is fsynced). Until they meet, the
-durable ones exist only here (the entry on disk already holds the last ones),
-so such a state is *pending*: held apart and never evicted. Once its writes
-are durable it becomes evictable again, and read back later from its entry on
-disk, where durable == last: the same numbers. Pending states are those of
-writes awaiting their fsync, at most the segments of the Produces in flight.
+Each state has two entries: ``last`` as written, ``durable`` as readers see
+it (moved once the write is fsynced). Until they meet, the durable one exists
+only here (the entry on disk already holds the last one), so such a state is
+*pending*: held apart and never evicted. Once its writes are durable it
+becomes evictable again, and read back later from its entry on disk, where
+durable == last. Pending states are those of writes awaiting their fsync: at
+most the segments of the Produces in flight and of one removal slice.
+
+A segment's entry is read within its space's: a space delete writes only the
+space's entry, and every segment whose last position it was deleted through
+reads as deleted (:meth:`SegmentEntry.within`).
 
 A name that has no entry is not cached: looking up names that do not exist
 costs a read each time and no memory.
@@ -24,32 +28,35 @@ Example::
     catalog = Catalog(64 << 20, get, damaged)
     with catalog.held():  # nothing is evicted while a commit holds states
         segment = catalog.segment("orders", "eu") or catalog.new_segment("orders", "eu")
-        ...  # write the batch, move segment.last_*
+        ...  # write the batch
         catalog.pin(segment)
-    ...  # after the fsync: move segment.durable_*
+        segment.last = new_entry
+    ...  # after the fsync
+    segment.durable = new_entry
     catalog.settle(segment)
 """
 
 from __future__ import annotations
 
 import contextlib
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import NamedTuple, TypeVar
 
 from streams.errors import InvariantViolation
 from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.layout import CONFIGURED, DELETED
 from streams.storage.rocksdb.layout import SEGMENT_CATALOG as SEGMENT_ENTRY
 from streams.storage.rocksdb.layout import SPACE_CATALOG as SPACE_ENTRY
 
 # Memory of one cached segment beside its key's length: the state object, its
-# numbers, the key object and the cache's link and slot (CPython 3.11, 64-bit;
-# measured with tracemalloc by tests/unit/test_catalog.py, which keeps this an
-# upper bound). A space costs less.
+# entry tuple and numbers, the key object and the cache's link and slot
+# (CPython 3.11, 64-bit; measured with tracemalloc by
+# tests/unit/test_catalog.py, which keeps this an upper bound). A space costs
+# about as much.
 ENTRY_BYTES = 400
 
-_State = TypeVar("_State", bound="SpaceState")
+_State = TypeVar("_State", "SpaceState", "SegmentState")
 
 
 def entry_bytes(key: bytes) -> int:
@@ -57,30 +64,95 @@ def entry_bytes(key: bytes) -> int:
     return ENTRY_BYTES + len(key)
 
 
+class SpaceEntry(NamedTuple):
+    """A space's catalog entry (see :data:`~.layout.SPACE_CATALOG`)."""
+
+    position: int = 0
+    first: int = 1
+    records: int = 0
+    size: int = 0  # bytes retained
+    first_ts: int = 0
+    holes: int = 0
+    deleted_through: int = 0
+    flags: int = 0
+    ts: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.flags & DELETED)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.flags & CONFIGURED)
+
+    @property
+    def found(self) -> bool:
+        """Written to or configured, and not deleted since."""
+        return not self.deleted and bool(self.position or self.configured)
+
+    def pack(self) -> bytes:
+        return SPACE_ENTRY.pack(*self)
+
+
+class SegmentEntry(NamedTuple):
+    """A segment's catalog entry (see :data:`~.layout.SEGMENT_CATALOG`)."""
+
+    sequence: int = 0
+    position: int = 0
+    first: int = 1
+    size: int = 0  # bytes retained
+    flags: int = 0
+    ts: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.flags & DELETED)
+
+    @property
+    def records(self) -> int:
+        return self.sequence - self.first + 1
+
+    def pack(self) -> bytes:
+        return SEGMENT_ENTRY.pack(*self)
+
+    def within(self, space: SpaceEntry) -> SegmentEntry:
+        """This entry as its space's entry leaves it: a segment whose last
+        position the space was deleted through is deleted (a space delete
+        writes that one number instead of every segment's entry)."""
+        if self.flags & DELETED or self.position > space.deleted_through:
+            return self
+        return self._replace(first=self.sequence + 1, size=0, flags=DELETED)
+
+
 class SpaceState:
-    """A space's last and durable position and timestamp; ``key`` is its catalog key."""
+    """A space's catalog entry as written (``last``) and as readers see it
+    (``durable``, once the writes that made it are fsynced); ``key`` is its
+    catalog key."""
 
-    __slots__ = ("durable_position", "durable_ts", "key", "last_position", "last_ts")
+    __slots__ = ("durable", "key", "last")
 
-    def __init__(self, key: bytes, position: int, ts: int) -> None:
+    def __init__(self, key: bytes, entry: SpaceEntry) -> None:
         self.key = key
-        self.last_position = self.durable_position = position
-        self.last_ts = self.durable_ts = ts
+        self.last = self.durable = entry
 
     @property
     def settled(self) -> bool:
-        """Whether every write is durable (positions only grow with each write)."""
-        return self.durable_position == self.last_position
+        """Whether every write is durable."""
+        return self.durable is self.last or self.durable == self.last
 
 
-class SegmentState(SpaceState):
-    """A segment's numbers: its sequences beside its last position and timestamp."""
+class SegmentState:
+    """A segment's catalog entry, as :class:`SpaceState`."""
 
-    __slots__ = ("durable_sequence", "last_sequence")
+    __slots__ = ("durable", "key", "last")
 
-    def __init__(self, key: bytes, sequence: int, position: int, ts: int) -> None:
-        super().__init__(key, position, ts)
-        self.last_sequence = self.durable_sequence = sequence
+    def __init__(self, key: bytes, entry: SegmentEntry) -> None:
+        self.key = key
+        self.last = self.durable = entry
+
+    @property
+    def settled(self) -> bool:
+        return self.durable is self.last or self.durable == self.last
 
 
 class Catalog:
@@ -102,8 +174,9 @@ class Catalog:
         self.capacity_bytes = capacity_bytes
         self._get = get
         self._damaged = damaged
-        self._evictable: OrderedDict[bytes, SpaceState] = OrderedDict()  # least recent first
-        self._pending: dict[bytes, SpaceState] = {}
+        # Least recent first.
+        self._evictable: OrderedDict[bytes, SpaceState | SegmentState] = OrderedDict()
+        self._pending: dict[bytes, SpaceState | SegmentState] = {}
         self._holds = 0
         self.bytes = 0  # estimated, both kinds
         self.loads = 0  # entries read from disk
@@ -121,60 +194,85 @@ class Catalog:
 
     def space(self, name: str) -> SpaceState | None:
         """The state of space ``name``, read from disk if not cached; None if it
-        has never been written to."""
+        has never been written to nor configured."""
         key = keys.space_catalog_key(name)
         state = self._cached(key)
         if state is not None:
+            if not isinstance(state, SpaceState):
+                raise InvariantViolation(f"catalog key {key!r} holds a segment's state")
             return state
         raw = self._get(key, f"the catalog entry of space {name!r}")
         if raw is None:
             return None
-        position, ts = self._decode(SPACE_ENTRY, raw, f"space {name!r}")
+        entry = self.space_entry(raw, f"space {name!r}")
         self.loads += 1
-        return self._add(SpaceState(key, position, ts), self._evictable)
+        return self._add(SpaceState(key, entry), self._evictable)
 
-    def segment(self, space: str, name: str) -> SegmentState | None:
-        """The state of segment ``name`` of ``space``, read from disk if not cached;
-        None if it has never been written to."""
+    def segment(
+        self, space: str, name: str, owner: SpaceState | None = None
+    ) -> SegmentState | None:
+        """The state of segment ``name`` of ``space`` (whose state is ``owner``
+        when the caller has it), read from disk if not cached; None if it has
+        never been written to."""
         key = keys.segment_catalog_key(space, name)
         state = self._cached(key)
         if state is not None:
             if not isinstance(state, SegmentState):
                 raise InvariantViolation(f"catalog key {key!r} holds a space's state")
+            owner = owner or self.space(space)
+            if owner is None:
+                raise InvariantViolation(f"segment state {key!r} is cached without its space")
+            self._within(state, owner.last)
             return state
         what = f"segment {name!r} of space {space!r}"
         raw = self._get(key, f"the catalog entry of {what}")
         if raw is None:
             return None
-        sequence, position, ts = self._decode(SEGMENT_ENTRY, raw, what)
-        owner = self.space(space)
+        entry = self.segment_entry(raw, what)
+        owner = owner or self.space(space)
         # Both entries are written in one batch: a segment past its space is damage.
-        if owner is None or position > owner.last_position:
+        if owner is None or entry.position > owner.last.position:
             raise self._damaged(
-                f"the catalog entry of {what} says position {position}, past its space's "
-                f"{owner.last_position if owner else 'missing entry'}"
+                f"the catalog entry of {what} says position {entry.position}, past its space's "
+                f"{owner.last.position if owner else 'missing entry'}"
             )
         self.loads += 1
-        return self._add(SegmentState(key, sequence, position, ts), self._evictable)
+        return self._add(SegmentState(key, entry.within(owner.last)), self._evictable)
 
-    def listed_space(self, key: bytes, raw: bytes) -> tuple[int, int]:
-        """Durable position and timestamp of the space whose catalog entry a scan
-        found as ``key``, ``raw``; read without making it recently used."""
+    @staticmethod
+    def _within(state: SegmentState, space: SpaceEntry) -> None:
+        if space.deleted_through:
+            state.last = state.last.within(space)
+            state.durable = state.durable.within(space)
+
+    def listed_space(self, key: bytes, raw: bytes) -> SpaceEntry:
+        """The durable entry of the space whose catalog entry a scan found as
+        ``key``, ``raw``; read without making it recently used."""
         state = self._pending.get(key) or self._evictable.get(key)
+        if isinstance(state, SpaceState):
+            return state.durable
         if state is not None:
-            return state.durable_position, state.durable_ts
+            raise InvariantViolation(f"catalog key {key!r} holds a segment's state")
         # Not cached, so not pending: the entry on disk holds the durable numbers.
-        return self._decode(SPACE_ENTRY, raw, f"catalog key {key!r}")
+        return self.space_entry(raw, f"catalog key {key!r}")
 
-    def listed_segment(self, key: bytes, raw: bytes) -> tuple[int, int, int]:
-        """Durable sequence, position and timestamp of a segment a scan found; see
-        :meth:`listed_space`."""
+    def listed_segment(self, key: bytes, raw: bytes, space: SpaceEntry) -> SegmentEntry:
+        """The durable entry of a segment a scan found, within its space's
+        durable entry ``space``; see :meth:`listed_space`."""
         state = self._pending.get(key) or self._evictable.get(key)
         if isinstance(state, SegmentState):
-            return state.durable_sequence, state.durable_position, state.durable_ts
+            return state.durable.within(space)
         if state is not None:
             raise InvariantViolation(f"catalog key {key!r} holds a space's state")
-        return self._decode(SEGMENT_ENTRY, raw, f"catalog key {key!r}")
+        return self.segment_entry(raw, f"catalog key {key!r}").within(space)
+
+    def space_entry(self, raw: bytes, what: str) -> SpaceEntry:
+        self._check_size(SPACE_ENTRY.size, raw, what)
+        return SpaceEntry._make(SPACE_ENTRY.unpack(raw))
+
+    def segment_entry(self, raw: bytes, what: str) -> SegmentEntry:
+        self._check_size(SEGMENT_ENTRY.size, raw, what)
+        return SegmentEntry._make(SEGMENT_ENTRY.unpack(raw))
 
     # -- writes -----------------------------------------------------------
 
@@ -191,27 +289,28 @@ class Catalog:
 
     def new_space(self, name: str) -> SpaceState:
         """A pending state with no numbers, for a space being written to first."""
-        return self._add(SpaceState(keys.space_catalog_key(name), 0, 0), self._pending)
+        return self._add(SpaceState(keys.space_catalog_key(name), SpaceEntry()), self._pending)
 
     def new_segment(self, space: str, name: str) -> SegmentState:
         """A pending state with no numbers, for a segment being written to first."""
-        state = SegmentState(keys.segment_catalog_key(space, name), 0, 0, 0)
+        state = SegmentState(keys.segment_catalog_key(space, name), SegmentEntry())
         return self._add(state, self._pending)
 
-    def pin(self, state: SpaceState) -> None:
-        """Keeps ``state`` (being written to: its last numbers moved) until :meth:`settle`."""
+    def pin(self, state: SpaceState | SegmentState) -> None:
+        """Keeps ``state`` (being written to: its last entry moved) until :meth:`settle`."""
         if self._pending.get(state.key) is state:
             return
         if self._evictable.pop(state.key, None) is not state:
             raise InvariantViolation(f"catalog state {state.key!r} was evicted while in use")
         self._pending[state.key] = state
 
-    def settle(self, state: SpaceState) -> None:
-        """Makes ``state`` evictable again once its durable numbers caught up."""
+    def settle(self, state: SpaceState | SegmentState) -> None:
+        """Makes ``state`` evictable again once its durable entry caught up."""
         if not state.settled:
             return
         if self._pending.pop(state.key, None) is not state:
             raise InvariantViolation(f"catalog state {state.key!r} settled but was not pending")
+        state.durable = state.last  # one tuple for both, not two equal ones
         self._evictable[state.key] = state
         self._trim()
 
@@ -223,7 +322,7 @@ class Catalog:
 
     # -- inside -----------------------------------------------------------
 
-    def _cached(self, key: bytes) -> SpaceState | None:
+    def _cached(self, key: bytes) -> SpaceState | SegmentState | None:
         state = self._pending.get(key)
         if state is None:
             state = self._evictable.get(key)
@@ -231,7 +330,7 @@ class Catalog:
                 self._evictable.move_to_end(key)
         return state
 
-    def _add(self, state: _State, where: dict[bytes, SpaceState]) -> _State:
+    def _add(self, state: _State, where: dict[bytes, SpaceState | SegmentState]) -> _State:
         if state.key in self._pending or state.key in self._evictable:
             raise InvariantViolation(f"catalog state {state.key!r} is cached twice")
         where[state.key] = state
@@ -247,9 +346,6 @@ class Catalog:
             self.bytes -= entry_bytes(key)
             self.evictions += 1
 
-    def _decode(self, layout: struct.Struct, raw: bytes, what: str) -> tuple[Any, ...]:
-        if len(raw) != layout.size:
-            raise self._damaged(
-                f"the catalog entry of {what} is {len(raw)} bytes, not {layout.size}"
-            )
-        return layout.unpack(raw)
+    def _check_size(self, size: int, raw: bytes, what: str) -> None:
+        if len(raw) != size:
+            raise self._damaged(f"the catalog entry of {what} is {len(raw)} bytes, not {size}")

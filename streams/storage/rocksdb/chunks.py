@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 
 from streams import codec
+from streams.model import Record
 
 _U32 = struct.Struct("<I")
 
@@ -109,3 +110,40 @@ class Chunk:
             else:
                 high = middle
         return max(low, start + 1) if at_least_one else low
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _stored_size(framed: int) -> int:
+    """The length of a ``Record`` whose framing (tag, varint length, record)
+    takes ``framed`` bytes."""
+    size = framed - 2
+    while 1 + _varint_size(size) + size > framed:
+        size -= 1
+    return size
+
+
+def body_sizes(chunk: Chunk, head: Record, start: int, stop: int) -> list[int]:
+    """The body sizes (what :func:`streams.model.record_bytes` counts) of records
+    ``start`` to ``stop - 1`` of ``chunk``, whose first record is ``head``
+    (parsed): a stored record is the header its chunk shares (one segment
+    write), its numbers (consecutive in a chunk) and its body."""
+    sequence, position = head.sequence, head.position
+    header = len(chunk.record(0)) - len(head.body) - numbers_size(sequence, position)
+    ends = struct.unpack_from(f"<{chunk.count}I", chunk.value, 4)
+    sizes = []
+    before = ends[start - 1] if start else 0
+    for index in range(start, stop):
+        end = ends[index]
+        sizes.append(
+            _stored_size(end - before) - header - numbers_size(sequence + index, position + index)
+        )
+        before = end
+    return sizes
+
+
+def numbers_size(sequence: int, position: int) -> int:
+    """Bytes the tagged sequence and position take in a stored record."""
+    return 2 + _varint_size(sequence) + _varint_size(position)

@@ -11,9 +11,12 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
 
     R space 0 segment 0 seq        -> chunk of records from this sequence on (segment order)
     P space 0 position             -> the same chunk, from this position on (space order)
-    S space 0 segment 0            -> segment catalog: last seq, last pos, last ts
-    A space 0                      -> space catalog: last pos, last ts
+    S space 0 segment 0            -> segment catalog (:data:`SEGMENT_CATALOG`)
+    A space 0                      -> space catalog (:data:`SPACE_CATALOG`)
+    C space 0                      -> space config (:data:`SPACE_CONFIG`)
     O consumer 0 space 0 segment 0 -> committed offset (segment empty: space-level)
+    Q space 0 segment 0 consumer   -> empty: the offsets of a target, found without
+                                      scanning every offset when it is deleted
     D space 0 txid                 -> dedupe entry
     X expiry space 0 txid          -> dedupe expiry index (sweeping in time order)
     V                              -> the on-disk format version (u64)
@@ -29,12 +32,32 @@ from __future__ import annotations
 import struct
 
 # The layout this code writes and reads. Data directories written before the
-# version was stored have no V key and are version 1.
-FORMAT_VERSION = 1
-KNOWN_FORMATS = frozenset({1})
+# version was stored have no V key and are version 1; version 1 is migrated to
+# 2 once at open (see :mod:`.migrate`), which added first offsets, counts,
+# bytes and flags to the catalog entries, the config and the offset index.
+FORMAT_VERSION = 2
+KNOWN_FORMATS = frozenset({1, 2})
 
-SEGMENT_CATALOG = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
-SPACE_CATALOG = struct.Struct(">QQ")  # last position, last timestamp ns
+# Segment catalog: last sequence, last position, first retained sequence,
+# retained bytes, flags (DELETED), last timestamp ns.
+SEGMENT_CATALOG = struct.Struct(">QQQQBQ")
+# Space catalog: last position, first retained position, retained records,
+# retained bytes, timestamp of the first retained record, holes (positions up
+# to this may hold records their segment no longer retains), deleted through
+# (a segment whose last position is at or below it was deleted with the
+# space), flags (DELETED, CONFIGURED), last timestamp ns.
+#
+# The timestamp goes last: an entry often ends its write in the WAL, and one
+# that ended in zero bytes would look like a power cut's zero fill to the
+# WAL check (see .wal) were it damaged.
+SPACE_CATALOG = struct.Struct(">QQQQQQQBQ")
+# Version 1's entries, read only by the migration.
+SEGMENT_CATALOG_V1 = struct.Struct(">QQQ")  # last sequence, last position, last timestamp ns
+SPACE_CATALOG_V1 = struct.Struct(">QQ")  # last position, last timestamp ns
+# Space config: has a retention policy, max age ns, max records per segment, max bytes.
+SPACE_CONFIG = struct.Struct(">BQQQ")
+DELETED = 1
+CONFIGURED = 2
 DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
 
 RECORD = b"R"
@@ -43,6 +66,8 @@ SEGMENT = b"S"
 SPACE = b"A"
 OFFSET = b"O"
 DEDUPE = b"D"
+CONFIG = b"C"
+OFFSET_INDEX = b"Q"
 EXPIRY = b"X"
 FORMAT = b"V"
 
@@ -110,6 +135,30 @@ def split_offset_key(key: bytes) -> tuple[str, str, str]:
         raise ValueError(f"not an offset key: {key!r}")
     consumer, space, segment, _ = (part.decode("utf-8") for part in parts)
     return consumer, space, segment
+
+
+def config_key(space: str) -> bytes:
+    return CONFIG + name(space)
+
+
+def offset_index_prefix(space: str, segment: str | None = None) -> bytes:
+    """The index keys of every offset of ``space`` (segment None), or of one
+    target (segment "": the space-level offsets)."""
+    prefix = OFFSET_INDEX + name(space)
+    return prefix if segment is None else prefix + segment.encode("utf-8") + TERMINATOR
+
+
+def offset_index_key(consumer: str, space: str, segment: str) -> bytes:
+    return offset_index_prefix(space, segment) + consumer.encode("utf-8")
+
+
+def offset_key_of_index(key: bytes) -> bytes:
+    """The offset key that index key ``key`` stands for."""
+    parts = key[1:].split(TERMINATOR)
+    if key[:1] != OFFSET_INDEX or len(parts) != 3:
+        raise ValueError(f"not an offset index key: {key!r}")
+    space, segment, consumer = (part.decode("utf-8") for part in parts)
+    return offset_key(consumer, space, segment)
 
 
 def dedupe_key(space: str, transaction_id: str) -> bytes:

@@ -17,6 +17,10 @@ RocksDB with sync off; :class:`GroupCommit` then fsyncs the WAL off the loop
 and the writer is acked. Only then do readers see the records: every read is
 capped at the durable watermark, as Kafka caps reads at its high watermark.
 
+Removals (trim, deletes, retention) move first offsets in the catalog, in
+slices, and delete the chunks below them afterwards; see "removals" below
+and :mod:`.reclaim` for how the disk comes back.
+
 Records are stored as they go to the wire (serialized ``Record`` messages,
 numbers included, framed as a ``ConsumeResponse``'s ``records``), so a read
 hands stored bytes to the service as a :class:`FramedBatch` without decoding
@@ -28,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,29 +45,43 @@ import rocksdict
 
 from streams import codec, startup
 from streams.config import OptionError
-from streams.errors import DataLoss, InvariantViolation, ResourceExhausted, Unavailable
+from streams.errors import DataLoss, InvariantViolation, NotFound, ResourceExhausted, Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
     ProduceResult,
+    Record,
+    Removed,
+    RetentionPolicy,
     SegmentAck,
     SegmentInfo,
+    SpaceConfig,
     SpaceInfo,
     Target,
     Transaction,
+    record_bytes,
 )
 from streams.storage import port
 from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Setup
 from streams.storage.batches import EMPTY, FramedBatch
-from streams.storage.port import BackgroundTask
-from streams.storage.rocksdb import chunks, recovery
+from streams.storage.port import BackgroundTask, DiskUsage
+from streams.storage.rocksdb import chunks, migrate, recovery
 from streams.storage.rocksdb import layout as keys
-from streams.storage.rocksdb.catalog import Catalog, SegmentState, SpaceState
+from streams.storage.rocksdb.catalog import (
+    Catalog,
+    SegmentEntry,
+    SegmentState,
+    SpaceEntry,
+    SpaceState,
+)
 from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb.durable_mark import DurableMark
 from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
-from streams.storage.rocksdb.layout import DEDUPE_HEAD, SEGMENT_CATALOG, SPACE_CATALOG
+from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
+from streams.storage.rocksdb.reclaim import Reclaim
+from streams.storage.rocksdb.retention import Appended
 from streams.storage.tail import Subscription, Tail
+from streams.storage.watches import Watch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +89,11 @@ log = logging.getLogger(__name__)
 # wait doubling while the disk stays full up to the cap.
 _REOPEN_FIRST_WAIT = 0.5
 _REOPEN_MAX_WAIT = 5.0
+# A read of a space skips about this many bytes of records their segments
+# removed at most, then returns what it has (maybe nothing) and where to go on.
+_HOLE_SKIP = 4 * 1024 * 1024
+# Spaces looked at per scan of the catalog during a retention pass.
+_RETENTION_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +131,12 @@ class StoreOptions:
     # Memory for the numbers of recently used spaces and segments (see
     # streams.storage.rocksdb.catalog); the others are read from disk when used.
     catalog_cache_bytes: int = 64 * 1024 * 1024
+    # A removal is applied in slices of at most this many records and bytes,
+    # each durable on its own, letting writes run between them.
+    removal_slice_records: int = 5_000
+    removal_slice_bytes: int = 8 * 1024 * 1024
+    # How often the chunks of removed records are compacted away (see reclaim).
+    reclaim_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -124,35 +155,48 @@ class StoreOptions:
             "tail_window_bytes",
             "memtable_bytes",
             "catalog_cache_bytes",
+            "removal_slice_records",
+            "removal_slice_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(slots=True)
-class _Touched:
-    """One segment of a committed transaction."""
+class _Plan:
+    """One slice of a removal: its first batch and the entries it moves."""
 
-    state: SegmentState
-    name: str
-    first_sequence: int
-    last_sequence: int
-    last_position: int
-    records: list[bytes]  # kept only when the space has followers
+    batch: rocksdict.WriteBatch
+    space: SpaceState
+    space_entry: SpaceEntry
+    segments: dict[str, tuple[SegmentState, SegmentEntry]]
+    removed: Removed
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counts for tests and benchmarks: chunks read (any read or removal), and
+    removal slices applied."""
+
+    chunk_reads: int = 0
+    removal_slices: int = 0
+
+
+def _nothing() -> None:
+    """What a write that changes no segment tells the tail."""
 
 
 @dataclass(slots=True)
 class _Pending:
-    """A committed transaction, published to readers once durable."""
+    """A write (a transaction, a removal, a config), published to readers once
+    durable: the catalog entries it wrote become the durable ones, then the
+    tail is told (``announce``)."""
 
     ticket: int
-    space_name: str
     space: SpaceState
-    first_position: int
-    position: int
-    ts: int
-    segments: list[_Touched]
-    records: list[bytes]  # in position order; kept only when the space has followers
+    space_entry: SpaceEntry
+    segments: list[tuple[SegmentState, SegmentEntry]]
+    announce: Callable[[], None]
 
 
 class RocksStore:
@@ -203,6 +247,12 @@ class RocksStore:
         self._group = GroupCommit(
             self._sync_wal if options.sync else None, self._publish, options.on_fsync
         )
+        # One removal (or config change) at a time: each plans from the state the
+        # one before it left.
+        self._removals = asyncio.Lock()
+        self._retention = Appended()
+        self._reclaim = Reclaim(lambda: self._db, path)
+        self.stats = EngineStats()
         self._closed = False
 
     @classmethod
@@ -237,11 +287,31 @@ class RocksStore:
 
     def _check_format(self) -> None:
         raw = self._get(keys.FORMAT, "the on-disk format version")
-        keys.format_version(raw)
-        if raw is None and self._disk_full is None:
-            # Stamped (and fsynced) before this code writes anything else.
-            self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
-            self._db.flush_wal(True)
+        version = keys.format_version(raw)
+        if version == keys.FORMAT_VERSION:
+            return
+        if raw is None and self._empty():
+            if self._disk_full is None:
+                # Stamped (and fsynced) before this code writes anything else.
+                self._db.put(keys.FORMAT, keys.u64(keys.FORMAT_VERSION))
+                self._db.flush_wal(True)
+            return
+        if self._disk_full is not None:
+            raise keys.UnknownFormat(
+                f"on-disk format version {version} must be migrated to {keys.FORMAT_VERSION} "
+                f"once, which writes, but {self._disk_full}; the data was left as it is"
+            )
+        migrate.from_v1(
+            self._db,
+            self._scan,
+            lambda text: self._data_loss(f"{text} (data directory {self._path})"),
+        )
+
+    def _empty(self) -> bool:
+        """Whether the store holds nothing yet (a new data directory)."""
+        return all(
+            next(self._scan(tag, "the catalog"), None) is None for tag in (keys.SPACE, keys.OFFSET)
+        )
 
     def _scan(
         self, prefix: bytes, what: str, start: bytes | None = None, end: bytes | None = None
@@ -312,24 +382,28 @@ class RocksStore:
         Runs within ``self._catalog.held()``."""
         space = self._catalog.space(txn.space)
         segments = [
-            self._catalog.segment(txn.space, a.segment) if space else None for a in txn.appends
+            self._catalog.segment(txn.space, a.segment, space) if space else None
+            for a in txn.appends
         ]
         for append, segment in zip(txn.appends, segments, strict=True):
-            actual = segment.last_sequence if segment else 0
+            actual = segment.last.sequence if segment else 0
             if append.expected_sequence is not None and append.expected_sequence != actual:
                 raise port.sequence_mismatch(append.segment, actual, append.expected_sequence)
-        ts = max(self._options.clock(), space.last_ts if space else 0)
-        position = space.last_position if space else 0
+        before = space.last if space else SpaceEntry()
+        ts = max(self._options.clock(), before.ts)
+        position = before.position
         first_position = position + 1
         space_prefix = keys.space_prefix(txn.space)
         batch = rocksdict.WriteBatch(raw_mode=True)
         acks = []
         keep = self._tail.followed(txn.space)
         kept: list[list[bytes]] = []
-        last_positions = []
+        entries: list[SegmentEntry] = []
+        added = 0
         for append, segment in zip(txn.appends, segments, strict=True):
             prefix = keys.segment_prefix(txn.space, append.segment)
-            sequence = segment.last_sequence if segment else 0
+            entry = segment.last if segment else SegmentEntry()
+            sequence = entry.sequence
             first_sequence = sequence + 1
             header = codec.record_header(txn.space, append.segment, ts, txn.transaction_id)
             values = [
@@ -344,13 +418,28 @@ class RocksStore:
             sequence += len(values)
             position += len(values)
             kept.append(values if keep else [])
-            last_positions.append(position)
-            batch.put(
-                keys.segment_catalog_key(txn.space, append.segment),
-                SEGMENT_CATALOG.pack(sequence, position, ts),
+            size = sum(map(record_bytes, append.bodies))
+            added += size
+            # Written again, a deleted segment is back (its numbers went on).
+            entry = entry._replace(
+                sequence=sequence,
+                position=position,
+                size=entry.size + size,
+                flags=entry.flags & ~DELETED,
+                ts=ts,
             )
+            entries.append(entry)
+            batch.put(keys.segment_catalog_key(txn.space, append.segment), entry.pack())
             acks.append(SegmentAck(append.segment, first_sequence, sequence))
-        batch.put(keys.space_catalog_key(txn.space), SPACE_CATALOG.pack(position, ts))
+        space_entry = before._replace(
+            position=position,
+            ts=ts,
+            records=before.records + txn.record_count,
+            size=before.size + added,
+            first_ts=before.first_ts if before.records else ts,
+            flags=before.flags & ~DELETED,
+        )
+        batch.put(keys.space_catalog_key(txn.space), space_entry.pack())
         result = ProduceResult(tuple(acks), first_position, position, ts)
         if position - first_position + 1 != txn.record_count:
             raise InvariantViolation(
@@ -368,43 +457,47 @@ class RocksStore:
         self._write(batch)
         # The batch is in: only now does memory move, so a failed write leaves no trace.
         # Pending until durable: the durable numbers now exist only in memory.
-        if space is None:
-            space = self._catalog.new_space(txn.space)
-        else:
-            self._catalog.pin(space)
-        space.last_position, space.last_ts = position, ts
-        touched = []
-        for append, segment, ack, values, last_position in zip(
-            txn.appends, segments, acks, kept, last_positions, strict=True
-        ):
-            if segment is None:
-                segment = self._catalog.new_segment(txn.space, append.segment)
-            else:
-                self._catalog.pin(segment)
-            segment.last_sequence = ack.last_sequence
-            segment.last_position = last_position
-            segment.last_ts = ts
-            touched.append(
-                _Touched(
-                    segment,
-                    append.segment,
-                    ack.first_sequence,
-                    ack.last_sequence,
-                    last_position,
-                    values,
-                )
-            )
+        space = self._catalog.new_space(txn.space) if space is None else space
+        moved: list[tuple[SegmentState, SegmentEntry]] = []
+        for append, segment, entry in zip(txn.appends, segments, entries, strict=True):
+            state = segment or self._catalog.new_segment(txn.space, append.segment)
+            moved.append((state, entry))
+        self._retention.appended(txn.space, (append.segment for append in txn.appends))
         records = [value for values in kept for value in values]
+        announce = functools.partial(
+            self._tail.publish,
+            txn.space,
+            first_position,
+            records,
+            [
+                (ack.segment, ack.first_sequence, values)
+                for ack, values in zip(acks, kept, strict=True)
+            ],
+        )
+        return self._queue(space, space_entry, moved, announce), result
+
+    def _queue(
+        self,
+        space: SpaceState,
+        space_entry: SpaceEntry,
+        segments: list[tuple[SegmentState, SegmentEntry]],
+        announce: Callable[[], None],
+    ) -> int:
+        """Moves the written entries of a batch just written into memory, pending
+        until durable; returns the batch's ticket."""
+        self._catalog.pin(space)
+        space.last = space_entry
+        for state, entry in segments:
+            self._catalog.pin(state)
+            state.last = entry
         # Queued before the ticket is taken: with --no-sync, taking it publishes.
         ticket = self._group.written + 1
-        self._pending.append(
-            _Pending(ticket, txn.space, space, first_position, position, ts, touched, records)
-        )
+        self._pending.append(_Pending(ticket, space, space_entry, segments, announce))
         # Taken outside any assert: ``python -O`` strips asserts, side effects included.
         taken = self._group.ticket()
         if taken != ticket:
             raise InvariantViolation(f"the write took ticket {taken}, readers wait for {ticket}")
-        return ticket, result
+        return ticket
 
     def _write(self, batch: rocksdict.WriteBatch) -> None:
         try:
@@ -521,35 +614,28 @@ class RocksStore:
         self._write_failure = None
         self._pending.clear()
         self._catalog.clear()
+        self._retention.clear()
         self._group.reset()
         self._tail.reset()
         if self._disk_full is not None:
             raise ResourceExhausted(f"disk full, nothing was written: {self._disk_full}")
 
     def _publish(self, covered: int) -> None:
-        """Moves the durable watermarks over every transaction up to ``covered``."""
+        """Makes every write up to ``covered`` visible to readers, in order."""
         done = 0
         for pending in self._pending:
             if pending.ticket > covered:
                 break
-            pending.space.durable_position = pending.position
-            pending.space.durable_ts = pending.ts
+            pending.space.durable = pending.space_entry
             self._catalog.settle(pending.space)
-            for touched in pending.segments:
-                touched.state.durable_sequence = touched.last_sequence
-                touched.state.durable_position = touched.last_position
-                touched.state.durable_ts = pending.ts
-                self._catalog.settle(touched.state)
+            for state, entry in pending.segments:
+                state.durable = entry.within(pending.space.durable)
+                self._catalog.settle(state)
             done += 1
         published = self._pending[:done]
         del self._pending[:done]
         for pending in published:
-            self._tail.publish(
-                pending.space_name,
-                pending.first_position,
-                pending.records,
-                [(t.name, t.first_sequence, t.records) for t in pending.segments],
-            )
+            pending.announce()
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
@@ -565,6 +651,8 @@ class RocksStore:
             raise port.offset_mismatch(expected, stored, consumer, target)
         batch = rocksdict.WriteBatch(raw_mode=True)
         batch.put(key, keys.u64(offset))
+        # Indexed by target, so that deleting it finds its offsets.
+        batch.put(keys.offset_index_key(consumer, target.space, target.segment), b"")
         self._write(batch)
         ticket = self._group.ticket()
         await self._group.wait(ticket)
@@ -626,7 +714,460 @@ class RocksStore:
             BackgroundTask(
                 "dedupe-sweep", self._options.dedupe_sweep_seconds, self._sweep_all_expired
             ),
+            BackgroundTask("reclaim", self._options.reclaim_seconds, self.reclaim),
         )
+
+    async def reclaim(self) -> int:
+        """Compacts away the chunks of records removed since the last call (see
+        :mod:`.reclaim`); returns the bytes the table files shrank by."""
+        self._check_open()
+        return await self._reclaim.step()
+
+    def disk_usage(self) -> DiskUsage | None:
+        return self._reclaim.usage()
+
+    # -- removals ----------------------------------------------------------
+    #
+    # A removal runs in slices (at most `removal_slice_records` records or
+    # `removal_slice_bytes` bytes each), one at a time (`_removals`), each a
+    # valid state on its own: a prefix of each segment removed. A slice is two
+    # batches. The first moves the catalog entries (first offsets, counts,
+    # bytes, flags) and the offsets; once it is durable, readers see it (rule
+    # 2: until then they read the records as before, which are still there).
+    # The second deletes the chunks that lie wholly below the new first offsets
+    # with range tombstones (the chunk holding a first offset stays; reads
+    # start inside it). A crash between the two leaves such chunks unreadable
+    # on disk; the next removal of the target deletes them too, as each range
+    # starts at the target's first key. Compaction gives the space back later
+    # (see reclaim).
+
+    async def trim(self, target: Target, before: int) -> tuple[int, Removed]:
+        await self._check_writable()
+        async with self._removals:
+            space = self._catalog.space(target.space)
+            entry: SpaceEntry | SegmentEntry | None = space.last if space else None
+            if space is not None and not target.is_space:
+                segment = self._catalog.segment(target.space, target.segment, space)
+                entry = segment.last if segment else None
+            if (
+                entry is None
+                or entry.deleted
+                or (isinstance(entry, SpaceEntry) and not entry.found)
+            ):
+                raise NotFound(f"{target.describe()} does not exist")
+            last = entry.position if isinstance(entry, SpaceEntry) else entry.sequence
+            if before > last + 1:
+                raise port.trim_out_of_range(before, last, target)
+            if target.is_space:
+                removed = await self._in_slices(
+                    target.space, lambda: self._plan_space_trim(target.space, before)
+                )
+            else:
+                removed = await self._in_slices(
+                    target.space,
+                    lambda: self._plan_segment_trim(target.space, target.segment, before),
+                )
+        return self._numbers(target)[0], removed
+
+    async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
+        await self._check_writable()
+        async with self._removals:
+            owner = self._catalog.space(space)
+            state = self._catalog.segment(space, segment, owner) if owner else None
+            actual = state.last.sequence if state else 0
+            if expected is not None and expected != actual:
+                raise port.sequence_mismatch(segment, actual, expected)
+            if state is None or state.last.deleted:
+                return Removed()
+            removed = await self._in_slices(
+                space, lambda: self._plan_segment_delete(space, segment), always=(segment,)
+            )
+        return removed
+
+    async def delete_space(self, space: str) -> Removed:
+        await self._check_writable()
+        async with self._removals:
+            state = self._catalog.space(space)
+            if state is None or state.last.deleted:
+                return Removed()
+            entry = state.last
+            removed = Removed(entry.records, entry.size)
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.delete(keys.config_key(space))
+            self._delete_offsets(batch, keys.offset_index_prefix(space))
+            # Its segments are deleted by this one number (see SegmentEntry.within):
+            # the cost does not grow with them.
+            gone = SpaceEntry(
+                position=entry.position,
+                first=entry.position + 1,
+                deleted_through=entry.position,
+                flags=DELETED,
+                ts=entry.ts,
+            )
+            batch.put(state.key, gone.pack())
+            with self._catalog.held():
+                self._write(batch)
+                ticket = self._queue(
+                    state, gone, [], functools.partial(self._tail.removed, space, None)
+                )
+            self._retention.forget(space)
+            await self._group.wait(ticket)
+            ranges = [keys.space_prefix(space), keys.RECORD + keys.name(space)]
+            await self._delete_ranges([(prefix, keys.prefix_end(prefix)) for prefix in ranges])
+        return removed
+
+    async def configure_space(self, space: str, config: SpaceConfig) -> None:
+        await self._check_writable()
+        policy = config.retention
+        value = keys.SPACE_CONFIG.pack(
+            policy is not None,
+            policy.max_age_ns if policy else 0,
+            policy.max_records_per_segment if policy else 0,
+            policy.max_bytes if policy else 0,
+        )
+        async with self._removals:
+            with self._catalog.held():
+                state = self._catalog.space(space)
+                before = state.last if state else SpaceEntry()
+                entry = before._replace(flags=(before.flags | CONFIGURED) & ~DELETED)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                batch.put(keys.config_key(space), value)
+                batch.put(keys.space_catalog_key(space), entry.pack())
+                self._write(batch)
+                state = state or self._catalog.new_space(space)
+                ticket = self._queue(state, entry, [], _nothing)
+            # Its policy may have changed: the next pass looks at every segment.
+            self._retention.forget(space)
+            await self._group.wait(ticket)
+
+    async def enforce_retention(self, defaults: RetentionPolicy) -> Removed:
+        self._check_open()
+        removed = Removed()
+        after: bytes = keys.SPACE
+        while True:
+            # A page of names at a time: no iterator is held across the awaits.
+            page = [
+                keys.first_name(key, keys.SPACE)
+                for key, _ in itertools.islice(
+                    self._scan(keys.SPACE, "the space catalog", after), _RETENTION_PAGE
+                )
+            ]
+            for name in page:
+                removed += await self._retain(name, defaults)
+            if len(page) < _RETENTION_PAGE:
+                break
+            after = keys.space_catalog_key(page[-1]) + b"\x00"
+        return removed
+
+    async def _retain(self, name: str, defaults: RetentionPolicy) -> Removed:
+        """One space's retention: by age, records per segment, then bytes. Reads
+        no record unless something is to be removed (the catalog entry tells)."""
+        removed = Removed()
+        state = self._catalog.space(name)
+        if state is None or not state.last.found or not state.last.records:
+            return removed
+        entry = state.last
+        policy = defaults
+        if entry.configured:
+            policy = self._config(name).retention or defaults
+        if not policy.max_records_per_segment:
+            self._retention.forget(name)
+        if not policy.limited:
+            return removed
+        if policy.max_age_ns:
+            cutoff = self._options.clock() - policy.max_age_ns
+            if entry.first_ts < cutoff:
+                before = await self.first_at_or_after(Target(name), cutoff)
+                async with self._removals:
+                    removed += await self._in_slices(
+                        name, lambda: self._plan_space_trim(name, before)
+                    )
+        if policy.max_records_per_segment:
+            removed += await self._retain_segments(name, policy.max_records_per_segment)
+        if policy.max_bytes:
+            async with self._removals:
+                removed += await self._in_slices(
+                    name, lambda: self._plan_space_trim(name, None, policy.max_bytes)
+                )
+        return removed
+
+    async def _retain_segments(self, space: str, most: int) -> Removed:
+        """Trims each segment of ``space`` to its last ``most`` records: those
+        appended to since the last pass, or (first pass for this space) all."""
+        due = self._retention.take(space)
+        if due is None:
+            self._retention.track(space)  # from now on: appends are noted
+            prefix = keys.segment_catalog_prefix(space)
+            due = {
+                keys.first_name(key, prefix)
+                for key, value in self._scan(prefix, f"the segment catalog of space {space!r}")
+            }
+        removed = Removed()
+        for segment in sorted(due):
+            owner = self._catalog.space(space)
+            state = self._catalog.segment(space, segment, owner) if owner else None
+            if state is None or state.last.records <= most:
+                continue
+            async with self._removals:
+                plan = functools.partial(
+                    self._plan_segment_trim, space, segment, state.last.sequence - most + 1
+                )
+                removed += await self._in_slices(space, plan)
+        return removed
+
+    async def _in_slices(
+        self, space: str, plan: Callable[[], _Plan | None], always: Sequence[str] = ()
+    ) -> Removed:
+        """Applies ``plan`` slice by slice until it has nothing left to do; each
+        slice durable before the next is planned. Runs within ``_removals``."""
+        removed = Removed()
+        while True:
+            await self._check_writable()
+            with self._catalog.held():
+                step = plan()
+                if step is None:
+                    return removed
+                self._write(step.batch)
+                names = sorted({*step.segments, *always}, key=lambda n: n.encode("utf-8"))
+                announce = functools.partial(self._tail.removed, space, names)
+                ticket = self._queue(
+                    step.space, step.space_entry, list(step.segments.values()), announce
+                )
+            await self._group.wait(ticket)
+            removed += step.removed
+            self.stats.removal_slices += 1
+            await self._delete_ranges(self._below_first(space, step.segments))
+            await asyncio.sleep(0)  # writers go first (with --no-sync nothing above waited)
+
+    def _below_first(self, space: str, segments: Iterable[str]) -> list[tuple[bytes, bytes]]:
+        """The key ranges of the chunks of ``space`` and of ``segments`` that lie
+        wholly below their durable first offsets."""
+        owner = self._catalog.space(space)
+        if owner is None:
+            return []
+        ranges = [self._range_below(keys.space_prefix(space), owner.durable.first)]
+        for name in segments:
+            state = self._catalog.segment(space, name, owner)
+            if state is None:
+                continue
+            prefix = keys.segment_prefix(space, name)
+            if state.durable.first > state.durable.sequence:  # nothing retained: no chunk holds it
+                ranges.append((prefix, prefix + keys.u64(state.durable.first)))
+            else:
+                ranges.append(self._range_below(prefix, state.durable.first))
+        return ranges
+
+    def _range_below(self, prefix: bytes, first: int) -> tuple[bytes, bytes]:
+        """From the first key of ``prefix`` to the chunk that holds ``first`` (or
+        to ``first`` when no chunk holds it: nothing from there on is stored)."""
+        end = prefix + keys.u64(first)
+        with self._chunks(prefix, first) as iterator:
+            iterator.seek_for_prev(end)
+            if iterator.valid():
+                chunk_first = keys.read_u64(iterator.key(), len(prefix))
+                if chunk_first + Chunk(iterator.value()).count > first:
+                    end = iterator.key()
+        return prefix, end
+
+    async def _delete_ranges(self, ranges: list[tuple[bytes, bytes]]) -> None:
+        """Deletes what no reader reads any more (below durable first offsets),
+        durably, and notes the ranges for the reclaim task's compaction."""
+        ranges = [(begin, end) for begin, end in ranges if begin < end]
+        if not ranges:
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for begin, end in ranges:
+            batch.delete_range(begin, end)
+        self._write(batch)
+        self._reclaim.extend(ranges)
+        await self._group.wait(self._group.ticket())
+
+    def _delete_offsets(self, batch: rocksdict.WriteBatch, prefix: bytes) -> None:
+        """Deletes the committed offsets that the offset index lists under
+        ``prefix``, and those index keys."""
+        for key, _ in self._scan(prefix, "the offset index"):
+            batch.delete(keys.offset_key_of_index(key))
+        batch.delete_range(prefix, keys.prefix_end(prefix))
+
+    # -- removal plans (no await in here; each runs within catalog.held()) --
+
+    def _owner(self, space: str) -> SpaceState:
+        state = self._catalog.space(space)
+        if state is None:
+            raise InvariantViolation(f"space {space!r} lost its catalog entry during a removal")
+        return state
+
+    def _segment_state(self, space: str, name: str, owner: SpaceState) -> SegmentState:
+        state = self._catalog.segment(space, name, owner)
+        if state is None:
+            raise self._data_loss(
+                f"segment {name!r} of space {space!r} has records under {self._path} but no "
+                "catalog entry"
+            )
+        return state
+
+    def _plan_segment_trim(self, space: str, segment: str, before: int) -> _Plan | None:
+        """The next slice of a segment trim: records from its first sequence
+        toward ``before``, read to count their bytes (cost follows what is
+        removed); their space copies stay and reads skip them (holes) until the
+        space's first position passes them."""
+        owner = self._owner(space)
+        state = self._segment_state(space, segment, owner)
+        entry = state.last
+        if entry.first >= before:
+            return self._plan_advance(space)
+        target = Target(space, segment)
+        prefix = keys.segment_prefix(space, segment)
+        offset = entry.first
+        count = size = last_position = 0
+        with self._chunks(prefix, before - 1) as iterator:
+            _seek_chunk(iterator, prefix + keys.u64(offset))
+            while offset < before and self._slice_left(count, size):
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                skip = offset - chunk_first
+                if not 0 <= skip < chunk.count:
+                    raise self._missing(iterator, target, offset)
+                stop = min(chunk.count, before - chunk_first)
+                head = self._head(target, chunk, chunk_first)
+                size += sum(self._body_sizes(chunk, head, skip, stop))
+                count += stop - skip
+                last_position = head.position + stop - 1
+                offset = chunk_first + stop
+                iterator.next()
+        new = entry._replace(first=offset, size=entry.size - size)
+        space_entry = owner.last._replace(
+            records=owner.last.records - count,
+            size=owner.last.size - size,
+            holes=max(owner.last.holes, last_position),
+        )
+        return self._plan(space, owner, space_entry, {segment: (state, new)}, Removed(count, size))
+
+    def _plan_segment_delete(self, space: str, segment: str) -> _Plan | None:
+        owner = self._owner(space)
+        state = self._segment_state(space, segment, owner)
+        entry = state.last
+        if entry.deleted:
+            return self._plan_advance(space)
+        new = entry._replace(first=entry.sequence + 1, size=0, flags=entry.flags | DELETED)
+        space_entry = owner.last._replace(
+            records=owner.last.records - entry.records,
+            size=owner.last.size - entry.size,
+            holes=max(owner.last.holes, entry.position) if entry.records else owner.last.holes,
+        )
+        plan = self._plan(
+            space, owner, space_entry, {segment: (state, new)}, Removed(entry.records, entry.size)
+        )
+        self._delete_offsets(plan.batch, keys.offset_index_prefix(space, segment))
+        return plan
+
+    def _plan_space_trim(
+        self, space: str, before: int | None, max_bytes: int | None = None
+    ) -> _Plan | None:
+        """The next slice of a space trim: below position ``before``, or (with
+        ``max_bytes``) the oldest records while the space holds more bytes than
+        that. Reads the removed records (cost follows them) and moves the first
+        sequence of each segment they belong to."""
+        owner = self._owner(space)
+        entry = owner.last
+        end = entry.position + 1 if before is None else min(before, entry.position + 1)
+        if entry.first >= end or (max_bytes is not None and entry.size <= max_bytes):
+            return self._plan_advance(space)
+        target = Target(space)
+        prefix = keys.space_prefix(space)
+        offset = entry.first
+        count = size = 0
+        touched: dict[str, tuple[SegmentState, SegmentEntry]] = {}
+        with self._chunks(prefix, end - 1) as iterator:
+            _seek_chunk(iterator, prefix + keys.u64(offset))
+            while offset < end and self._slice_left(count, size):
+                if max_bytes is not None and entry.size - size <= max_bytes:
+                    break
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                skip = offset - chunk_first
+                if not 0 <= skip < chunk.count:
+                    raise self._missing(iterator, target, offset)
+                stop = min(chunk.count, end - chunk_first)
+                head = self._head(target, chunk, chunk_first)
+                state, segment = touched.get(head.segment) or (None, None)
+                if state is None or segment is None:
+                    state = self._segment_state(space, head.segment, owner)
+                    segment = state.last
+                # Records their segment removed already (holes) are not counted again.
+                begin = max(skip, min(stop, segment.first - head.sequence))
+                if begin < stop:
+                    sizes = self._body_sizes(chunk, head, begin, stop)
+                    if max_bytes is not None:
+                        over = entry.size - size - max_bytes
+                        taken = 0
+                        for index, record in enumerate(sizes):
+                            if taken >= over:
+                                stop = begin + index
+                                sizes = sizes[:index]
+                                break
+                            taken += record
+                    removed = sum(sizes)
+                    size += removed
+                    count += stop - begin
+                    segment = segment._replace(
+                        first=head.sequence + stop, size=segment.size - removed
+                    )
+                    touched[head.segment] = (state, segment)
+                offset = chunk_first + stop
+                if stop < chunk.count:
+                    break
+                iterator.next()
+        space_entry = entry._replace(
+            first=offset, records=entry.records - count, size=entry.size - size
+        )
+        return self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+
+    def _plan_advance(self, space: str) -> _Plan | None:
+        """A slice that only moves the space's first position past records its
+        segments removed; None when the record there is retained."""
+        owner = self._owner(space)
+        entry = owner.last
+        if entry.first > entry.holes or entry.first > entry.position:
+            return None
+        plan = self._plan(space, owner, entry, {}, Removed())
+        return None if plan.space_entry == entry else plan
+
+    def _plan(
+        self,
+        space: str,
+        owner: SpaceState,
+        entry: SpaceEntry,
+        segments: dict[str, tuple[SegmentState, SegmentEntry]],
+        removed: Removed,
+        moved: bool = False,
+    ) -> _Plan:
+        """A slice writing ``entry`` (its first position moved on past records
+        the segments removed, as far as a slice looks; the timestamp of the
+        first retained record when ``moved`` or moved here) and ``segments``."""
+        if entry.records == 0:
+            entry = entry._replace(first=entry.position + 1, first_ts=0, holes=0)
+        elif moved or entry.first <= entry.holes:
+            kept = {name: new.first for name, (_, new) in segments.items()}
+            first, ts = self._next_retained(
+                Target(space), entry.first, entry.position, False, self._slice_budget, kept
+            )
+            entry = entry._replace(first=first, first_ts=ts or entry.first_ts)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(owner.key, entry.pack())
+        for name, (_, new) in segments.items():
+            batch.put(keys.segment_catalog_key(space, name), new.pack())
+        return _Plan(batch, owner, entry, segments, removed)
+
+    @property
+    def _slice_budget(self) -> int:
+        return self._options.removal_slice_records
+
+    def _slice_left(self, count: int, size: int) -> bool:
+        options = self._options
+        return count < options.removal_slice_records and size < options.removal_slice_bytes
+
+    def _body_sizes(self, chunk: Chunk, head: Record, start: int, stop: int) -> list[int]:
+        with self._well_formed(Target(head.space, head.segment), head.sequence):
+            return chunks.body_sizes(chunk, head, start, stop)
 
     # -- reads -----------------------------------------------------------
 
@@ -634,12 +1175,22 @@ class RocksStore:
         return self._last_offset(target)
 
     def _last_offset(self, target: Target) -> int:
+        return self._numbers(target)[1]
+
+    def _numbers(self, target: Target) -> tuple[int, int, int]:
+        """The durable first retained offset, last offset and holes of ``target``
+        (holes: offsets up to this may hold records their segment removed)."""
         self._check_open()
+        space = self._catalog.space(target.space)
+        if space is None:
+            return 1, 0, 0
         if target.is_space:
-            space = self._catalog.space(target.space)
-            return space.durable_position if space else 0
-        segment = self._catalog.segment(target.space, target.segment)
-        return segment.durable_sequence if segment else 0
+            entry = space.durable
+            return entry.first, entry.position, entry.holes
+        segment = self._catalog.segment(target.space, target.segment, space)
+        if segment is None:
+            return 1, 0, 0
+        return segment.durable.first, segment.durable.sequence, 0
 
     def _prefix(self, target: Target) -> bytes:
         if target.is_space:
@@ -650,102 +1201,114 @@ class RocksStore:
         self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes = b""
     ) -> tuple[FramedBatch, int]:
         self._check_open()
-        if segment_prefix:
-            return self._read_matching(target, first, last, cut, segment_prefix)
-        batch = self._read(target, first, last, cut.max_records, cut.max_bytes)
-        return batch, max(first, 1) + batch.count
-
-    def _read(
-        self, target: Target, first: int, last: int, max_records: int, max_bytes: int
-    ) -> FramedBatch:
-        first = max(first, 1)
-        last = min(last, self._last_offset(target))
-        if first > last:
-            return EMPTY
-        recent = self._tail.read(target, first, last, max_records, max_bytes)
-        if recent is not None:
-            return recent
-        prefix = self._prefix(target)
-        parts: list[bytes] = []
-        count = size = 0
-        with self._chunks(prefix, last) as iterator:
-            _seek_chunk(iterator, prefix + keys.u64(first))
-            # Offsets are dense up to the durable watermark: each chunk starts
-            # where the one before it ended, and the last one reaches ``last``.
-            while count < max_records and first + count <= last:
-                try:
-                    chunk_first, chunk = self._chunk_here(iterator, prefix, target, first + count)
-                    skip = first + count - chunk_first
-                    if not 0 <= skip < chunk.count or (count and skip):
-                        raise self._missing(iterator, target, first + count)
-                except DataLoss:
-                    if count:
-                        break  # what comes before the damage goes out; the next read raises
-                    raise
-                stop = min(chunk.count, skip + max_records - count, last - chunk_first + 1)
-                stop = chunk.fit(skip, stop, max_bytes - size, at_least_one=count == 0)
-                if stop == skip:
-                    break
-                parts.append(chunk.framed(skip, stop))
-                size += chunk.size(skip, stop)
-                count += stop - skip
-                if stop < chunk.count:
-                    break
-                iterator.next()
-        return FramedBatch(b"".join(parts), count)
-
-    def _read_matching(
-        self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes
-    ) -> tuple[FramedBatch, int]:
-        if not target.is_space or cut.max_skip_bytes < 1:
+        if segment_prefix and (not target.is_space or cut.max_skip_bytes < 1):
             raise ValueError(
                 f"a read by segment prefix is of a space and skips something: {target}, {cut}"
             )
-        first = max(first, 1)
-        last = min(last, self._last_offset(target))
+        retained, durable_last, holes = self._numbers(target)
+        first = max(first, retained, 1)
+        last = min(last, durable_last)
         if first > last:
             return EMPTY, first
-        recent = self._tail.read_matching(target, first, last, cut, segment_prefix)
-        if recent is not None:
-            return recent
+        if segment_prefix:
+            recent = self._tail.read_matching(target, first, last, cut, segment_prefix)
+            if recent is not None:
+                return recent
+        else:
+            batch = self._tail.read(target, first, last, cut.max_records, cut.max_bytes)
+            if batch is not None:
+                return batch, first + batch.count
+        return self._read_stored(target, first, last, holes, cut, segment_prefix)
+
+    def _read_stored(
+        self,
+        target: Target,
+        first: int,
+        last: int,
+        holes: int,
+        cut: Cut,
+        segment_prefix: bytes,
+    ) -> tuple[FramedBatch, int]:
+        """Records ``first..last`` (retained ones) from RocksDB, and where the next
+        read starts. Chunks are dense from the first retained offset on: each
+        starts where the one before it ended. A chunk under the space key holds
+        records of one segment write, so its first record tells whether the
+        chunk is wanted (segment prefix) and from which record it is retained."""
         prefix = self._prefix(target)
         parts: list[bytes] = []
-        count = size = skipped = 0
+        count = size = skipped = removed = 0
         offset = first
+        kept: dict[str, int] = {}
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(first))
-            # A chunk under the space key holds records of one segment write, so
-            # its first record tells whether the chunk is wanted or skipped whole.
-            while count < cut.max_records and offset <= last and skipped < cut.max_skip_bytes:
+            while count < cut.max_records and offset <= last:
+                if (segment_prefix and skipped >= cut.max_skip_bytes) or removed >= _HOLE_SKIP:
+                    break
                 try:
                     chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                     skip = offset - chunk_first
                     if not 0 <= skip < chunk.count or (offset != first and skip):
                         raise self._missing(iterator, target, offset)
-                    with self._well_formed(target, chunk_first):
-                        wanted = codec.in_segments(
-                            chunk.value, chunk.record_start(0), segment_prefix
-                        )
+                    stop = min(chunk.count, last - chunk_first + 1)
+                    if chunk_first <= holes:
+                        retained, _ = self._retained_from(target, chunk, chunk_first, kept, True)
+                        if retained > skip:
+                            removed += chunk.size(skip, min(retained, stop))
+                            skip = min(retained, stop)
+                    wanted = skip < stop and (
+                        not segment_prefix
+                        or self._in_segments(target, chunk, chunk_first, segment_prefix)
+                    )
                 except DataLoss:
                     if offset != first:
-                        break  # as in read: the next read starts at the damage and raises
+                        break  # what comes before the damage goes out; the next read raises
                     raise
-                stop = min(chunk.count, last - chunk_first + 1)
+                offset = chunk_first + skip
                 if wanted:
-                    stop = min(stop, skip + cut.max_records - count)
-                    stop = chunk.fit(skip, stop, cut.max_bytes - size, at_least_one=count == 0)
-                    if stop == skip:
+                    end = min(stop, skip + cut.max_records - count)
+                    end = chunk.fit(skip, end, cut.max_bytes - size, at_least_one=count == 0)
+                    if end == skip:
                         break
-                    parts.append(chunk.framed(skip, stop))
-                    size += chunk.size(skip, stop)
-                    count += stop - skip
-                else:
+                    parts.append(chunk.framed(skip, end))
+                    size += chunk.size(skip, end)
+                    count += end - skip
+                    stop = end
+                elif skip < stop:
                     skipped += chunk.size(skip, stop)
                 offset = chunk_first + stop
                 if stop < chunk.count:
                     break
                 iterator.next()
         return FramedBatch(b"".join(parts), count), offset
+
+    def _in_segments(self, target: Target, chunk: Chunk, chunk_first: int, prefix: bytes) -> bool:
+        with self._well_formed(target, chunk_first):
+            return codec.in_segments(chunk.value, chunk.record_start(0), prefix)
+
+    def _head(self, target: Target, chunk: Chunk, chunk_first: int) -> Record:
+        """The first record of ``chunk`` (its segment and numbers stand for the
+        chunk's: one segment write, consecutive numbers)."""
+        with self._well_formed(target, chunk_first):
+            return codec.parse_stored(chunk.record(0))
+
+    def _retained_from(
+        self, target: Target, chunk: Chunk, chunk_first: int, kept: dict[str, int], durable: bool
+    ) -> tuple[int, Record]:
+        """The index of the first record of a space's chunk that its segment
+        retains (``chunk.count``: none), and the chunk's first record; ``kept``
+        caches first sequences by segment, ``durable`` picks the entries
+        readers see (else those as written)."""
+        head = self._head(target, chunk, chunk_first)
+        first = kept.get(head.segment)
+        if first is None:
+            segment = self._catalog.segment(target.space, head.segment)
+            if segment is None:
+                raise self._data_loss(
+                    f"{target.describe()}: the chunk from offset {chunk_first} under "
+                    f"{self._path} holds segment {head.segment!r}, which has no catalog entry"
+                )
+            first = kept[head.segment] = (segment.durable if durable else segment.last).first
+        return min(chunk.count, max(0, first - head.sequence)), head
 
     @contextlib.contextmanager
     def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
@@ -781,6 +1344,7 @@ class RocksStore:
         if not iterator.valid():
             raise self._missing(iterator, target, offset)
         chunk_first = keys.read_u64(iterator.key(), len(prefix))
+        self.stats.chunk_reads += 1
         with self._well_formed(target, chunk_first):
             return chunk_first, Chunk(iterator.value())
 
@@ -813,6 +1377,10 @@ class RocksStore:
         self._check_open()
         return self._tail.subscribe(target, self._last_offset)
 
+    def watch(self, space: str) -> Watch:
+        self._check_open()
+        return self._tail.watch(space)
+
     async def end_subscriptions(self) -> None:
         self._tail.close()
 
@@ -826,10 +1394,12 @@ class RocksStore:
         """The live tail (followers and windows), for metrics and tests."""
         return self._tail
 
+    async def first_offset(self, target: Target) -> int:
+        return self._numbers(target)[0]
+
     async def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
-        self._check_open()
+        low, high, holes = self._numbers(target)
         prefix = self._prefix(target)
-        low, high = 1, self._last_offset(target)
         with self._chunks(prefix, high) as iterator:
             # A transaction's records share its timestamp: a chunk's first
             # record stands for all of its records.
@@ -841,18 +1411,111 @@ class RocksStore:
                     high = middle - 1
                 else:
                     low = middle + 1
-        return low
+        if low > holes:
+            return low
+        # Records their segment removed may lie there: the first retained one from there on.
+        last = self._numbers(target)[1]
+        return self._next_retained(target, low, last, durable=True)[0]
+
+    def _next_retained(
+        self,
+        target: Target,
+        offset: int,
+        last: int,
+        durable: bool,
+        budget: int = 2**64,
+        kept: dict[str, int] | None = None,
+    ) -> tuple[int, int]:
+        """The first offset from ``offset`` on (to ``last``) that a space retains by
+        its segments' first sequences, and its timestamp; ``last + 1`` and 0
+        when there is none. Looks at about ``budget`` records at most: then
+        returns where it stopped (every offset below it is removed), and 0.
+        ``kept``: first sequences to use for some segments (a plan's)."""
+        prefix = self._prefix(target)
+        kept = {} if kept is None else kept
+        with self._chunks(prefix, last) as iterator:
+            _seek_chunk(iterator, prefix + keys.u64(offset))
+            while offset <= last and budget > 0:
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                retained, head = self._retained_from(target, chunk, chunk_first, kept, durable)
+                if retained < chunk.count:
+                    return max(offset, chunk_first + retained), head.timestamp_ns
+                budget -= chunk_first + chunk.count - offset
+                offset = chunk_first + chunk.count
+                iterator.next()
+        return min(offset, last + 1), 0
 
     async def peek(self, target: Target) -> FramedBatch | None:
-        self._check_open()
-        last = self._last_offset(target)
-        if last == 0:
+        first, last, holes = self._numbers(target)
+        if first > last:
             return None
         prefix = self._prefix(target)
+        kept: dict[str, int] = {}
         with self._chunks(prefix, last) as iterator:
             chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
-        stored = self._record(chunk, last - chunk_first, target, chunk_first)
+            index = last - chunk_first
+            # Records their segment removed may end the space: step back to a retained one.
+            while chunk_first <= holes:
+                if self._retained_from(target, chunk, chunk_first, kept, True)[0] <= index:
+                    break
+                if chunk_first <= first:
+                    return None
+                iterator.prev()
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, chunk_first - 1)
+                index = chunk.count - 1
+        stored = self._record(chunk, index, target, chunk_first)
         return FramedBatch(codec.consume_response((stored,)), 1)
+
+    def _config(self, space: str) -> SpaceConfig:
+        raw = self._get(keys.config_key(space), f"the config of space {space!r}")
+        if raw is None or len(raw) != keys.SPACE_CONFIG.size:
+            raise self._data_loss(
+                f"the config of space {space!r} under {self._path} is "
+                f"{'missing' if raw is None else f'{len(raw)} bytes'}, though its catalog entry "
+                "says it has one"
+            )
+        limited, max_age_ns, max_records, max_bytes = keys.SPACE_CONFIG.unpack(raw)
+        if not limited:
+            return SpaceConfig()
+        return SpaceConfig(RetentionPolicy(max_age_ns, max_records, max_bytes))
+
+    def _space_info(self, name: str, entry: SpaceEntry) -> SpaceInfo:
+        config = self._config(name) if entry.configured else None
+        return SpaceInfo(
+            name, entry.position, entry.ts, entry.first, entry.records, entry.size, config
+        )
+
+    @staticmethod
+    def _segment_info(name: str, entry: SegmentEntry) -> SegmentInfo:
+        return SegmentInfo(
+            name,
+            entry.sequence,
+            entry.position,
+            entry.ts,
+            entry.first,
+            entry.records,
+            entry.size,
+            entry.deleted,
+        )
+
+    async def get_space(self, space: str) -> SpaceInfo | None:
+        self._check_open()
+        state = self._catalog.space(space)
+        if state is None or not state.durable.found:
+            return None
+        return self._space_info(space, state.durable)
+
+    async def get_segment(
+        self, space: str, segment: str, include_deleted: bool = False
+    ) -> SegmentInfo | None:
+        self._check_open()
+        owner = self._catalog.space(space)
+        state = self._catalog.segment(space, segment, owner) if owner else None
+        if state is None or not state.durable.sequence:
+            return None
+        if state.durable.deleted and not include_deleted:
+            return None
+        return self._segment_info(segment, state.durable)
 
     async def list_spaces(
         self,
@@ -874,10 +1537,9 @@ class RocksStore:
                 start = max(start, after_key)
             for key, value in self._scan(scope, "the space catalog", start):
                 name = keys.first_name(key, keys.SPACE)
-                position, ts = self._catalog.listed_space(key, value)
-                if position and (include is None or include(name)):
-                    # Provisional until the engine keeps first offsets and sizes (issue 13).
-                    found.append(SpaceInfo(name, position, ts, 1, position, 0, None))
+                entry = self._catalog.listed_space(key, value)
+                if entry.found and (include is None or include(name)):
+                    found.append(self._space_info(name, entry))
                     if len(found) == limit:
                         return found
         return found
@@ -886,15 +1548,16 @@ class RocksStore:
         self, space_name: str, after: str | None, limit: int, include_deleted: bool = False
     ) -> list[SegmentInfo]:
         self._check_open()
+        owner = self._catalog.space(space_name)
+        if owner is None:
+            return []
         prefix = keys.segment_catalog_prefix(space_name)
         start = keys.segment_catalog_key(space_name, after) + b"\x00" if after is not None else None
         found = []
         for key, value in self._scan(prefix, f"the segment catalog of space {space_name!r}", start):
-            sequence, position, ts = self._catalog.listed_segment(key, value)
-            if sequence:
-                name = keys.first_name(key, prefix)
-                # Provisional until the engine keeps first offsets and sizes (issue 13).
-                found.append(SegmentInfo(name, sequence, position, ts, 1, sequence, 0))
+            entry = self._catalog.listed_segment(key, value, owner.durable)
+            if entry.sequence and (include_deleted or not entry.deleted):
+                found.append(self._segment_info(keys.first_name(key, prefix), entry))
                 if len(found) == limit:
                     break
         return found
