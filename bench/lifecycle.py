@@ -12,8 +12,9 @@
   space being reclaimed), in one run, on one connection, with the same
   background polling throughout;
 - **one pass**: ``enforce_retention`` with a max age on the RocksDB engine,
-  in-process (its own process), over ``segments`` segments: two thirds of the
-  records past the age, then a pass with nothing to remove; time and memory.
+  in-process, over ``segments`` segments of one record each in 10 spaces: a
+  pass with nothing to remove and one that removes every record; time and
+  Python memory (bench/lifecycle_retention.py's ``retention_pass``).
 
     python bench/lifecycle.py            # CI-sized: 50 MB, 100k records, 10k segments
     python bench/lifecycle.py --full     # 500 MB, 1M records, 100k segments
@@ -27,7 +28,6 @@ the figures.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
@@ -35,7 +35,6 @@ import multiprocessing as mp
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import lifecycle_retention
 from common import Server, fmt, load_note, markdown_table, percentile, run_server
 from google.protobuf.duration_pb2 import Duration
 
@@ -363,108 +363,25 @@ def latency_table(r: RetentionLatency) -> str:
 # -- one pass over many segments -------------------------------------------
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss() -> None:
-    """Makes VmHWM start again from the current RSS (Linux: clear_refs 5)."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")
-
-
-async def _one_pass(segments: int, data: Path) -> dict[str, float]:
-    from streams.model import RetentionPolicy, SegmentAppend, Transaction
-    from streams.storage import registry
-    from streams.storage.backend import Setup
-
-    now = [1_700_000_000 * SECOND_NS]
-    store = await registry.get("rocksdb").open(Setup(data=data, clock=lambda: now[0]))
-    body = pb.RecordInput(payload=SMALL_PAYLOAD).SerializeToString()
-    names = [f"seg-{k:07d}" for k in range(segments)]
-
-    async def write(count: int) -> None:
-        for start in range(0, segments, PER_CALL // count):
-            appends = tuple(
-                SegmentAppend(name, (body,) * count, None)
-                for name in names[start : start + PER_CALL // count]
-            )
-            await store.produce(Transaction("many", appends, "", b""))
-
-    try:
-        await write(2)  # past the age at the pass
-        now[0] += 3600 * SECOND_NS
-        await write(1)  # within it
-        now[0] += SECOND_NS
-        policy = RetentionPolicy(max_age_ns=1800 * SECOND_NS)
-        rss = _rss_kib("VmRSS")
-        _reset_peak_rss()
-        began = time.perf_counter()
-        removed = await store.enforce_retention(policy)
-        seconds = time.perf_counter() - began
-        peak = _rss_kib("VmHWM")
-        began = time.perf_counter()
-        nothing = await store.enforce_retention(policy)
-        idle_seconds = time.perf_counter() - began
-    finally:
-        await store.close()
-    return {
-        "segments": segments,
-        "records_before": segments * 3,
-        "removed": removed.records,
-        "seconds": seconds,
-        "rss_before_mib": rss / 1024,
-        "peak_rss_mib": peak / 1024,
-        "pass_rss_mib": (peak - rss) / 1024,
-        "idle_removed": nothing.records,
-        "idle_seconds": idle_seconds,
-    }
-
-
-def _one_pass_process(segments: int, out: Any) -> None:
-    with tempfile.TemporaryDirectory(prefix="streams-bench-pass-") as tmp:
-        out.put(asyncio.run(_one_pass(segments, Path(tmp) / "data")))
-
-
-def one_pass(segments: int) -> dict[str, float]:
-    """:func:`_one_pass` in a process of its own, so that its memory is its own."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    process = ctx.Process(target=_one_pass_process, args=(segments, out), daemon=True)
-    process.start()
-    try:
-        return out.get(timeout=1800)
-    finally:
-        process.join(timeout=60)
-
-
 def pass_table(p: dict[str, float]) -> str:
+    """The figures of bench/lifecycle_retention.py's retention_pass."""
     rows = [
         [
-            f"{fmt(p['segments'])} segments, {fmt(p['records_before'])} records, "
-            f"{fmt(p['removed'])} past the max age",
-            fmt(p["seconds"], 3),
-            fmt(p["removed"] / p["seconds"] if p["seconds"] else 0),
-            fmt(p["rss_before_mib"], 1),
-            fmt(p["pass_rss_mib"], 1),
+            f"nothing past the max age ({fmt(p['nothing_removed'])} removed)",
+            fmt(p["nothing_s"], 3),
+            fmt(p["nothing_peak_mib"], 2),
+            fmt(p["nothing_chunk_reads"]),
         ],
         [
-            "again, nothing past the max age",
-            fmt(p["idle_seconds"], 3),
-            "-",
-            "-",
-            "-",
+            f"every record past it ({fmt(p['everything_removed'])} removed)",
+            fmt(p["everything_s"], 3),
+            fmt(p["everything_peak_mib"], 2),
+            fmt(p["everything_chunk_reads"]),
         ],
     ]
     return markdown_table(
-        ["retention pass (max age)", "seconds", "records removed/s", "RSS before MiB",
-         "RSS added by the pass MiB (peak)"],
-        rows,
-    )  # fmt: skip
+        ["retention pass (max age)", "seconds", "Python memory peak MiB", "chunks read"], rows
+    )
 
 
 # -- all of it -------------------------------------------------------------
@@ -504,8 +421,9 @@ class Figures:
             ),
             (
                 "Lifecycle: one retention pass over many segments",
-                "in-process on the RocksDB engine (its own process): enforce_retention with a "
-                "max age, 2 old records and 1 new one per segment, one space",
+                f"{fmt(self.sizes.segments)} segments of one record each in "
+                f"{lifecycle_retention.SPACES} spaces; in-process on the RocksDB engine "
+                "(bench/lifecycle_retention.py): enforce_retention with a max age",
                 pass_table(self.one_pass),
             ),
         ]
@@ -516,7 +434,7 @@ def measure(sizes: Sizes) -> Figures:
         sizes,
         reclaim(sizes.mb, sizes.reclaim_timeout),
         retention_latency(sizes.retention_records, sizes.idle_seconds),
-        one_pass(sizes.segments),
+        lifecycle_retention.retention_pass(sizes.segments),
     )
 
 
