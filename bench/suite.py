@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import follow_latency
+import lifecycle
 import rocksdict
 from bare_grpc import STREAM, UNARY, run_bare_server, stream_request
 from common import Histogram, fmt, load_note, markdown_table, ratio, run_server
@@ -874,6 +875,37 @@ def segments_row(label: str, starts: Starts, got: Rate, limit: Rate) -> list[str
     ]
 
 
+# -- Lifecycle -------------------------------------------------------------
+
+
+def section_lifecycle(ctx: Context) -> None:
+    """Disk space after a trim, produce latency during a retention pass, one
+    retention pass over many segments (bench/lifecycle.py; --quick: its CI sizes)."""
+    note = load_note()
+    began = time.monotonic()
+    sizes = lifecycle.CI if ctx.report.mode == "quick" else lifecycle.FULL
+    figures = lifecycle.measure(sizes)
+    took = time.monotonic() - began
+    for title, what, table in figures.tables():
+        ctx.report.add(title, f"{note}; {what}", table)
+    ctx.report.data["lifecycle"] = lifecycle.as_json(figures) | {"seconds": took}
+    ctx.report.target(
+        f"Disk given back after trimming {lifecycle.TRIM_SHARE:.0%} of {fmt(sizes.mb)} MB "
+        "/ the trimmed share",
+        figures.reclaim.given_back,
+        ">=",
+        lifecycle.RECLAIM_TARGET,
+        f"after {figures.reclaim.reclaim_seconds:.1f} s, no restart",
+    )
+    ctx.report.target(
+        f"Produce p99 during a retention pass of {fmt(figures.latency.records)} records / idle p99",
+        figures.p99_ratio,
+        "<=",
+        2.0,
+        f"{len(figures.latency.during)} calls during the pass",
+    )
+
+
 # -- Main ----------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
@@ -884,6 +916,7 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "follow": section_follow,
     "growth": section_growth,
     "segments": section_segments,
+    "lifecycle": section_lifecycle,
 }
 
 

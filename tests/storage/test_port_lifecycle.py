@@ -597,22 +597,23 @@ def test_offsets_are_removed_with_their_segment_or_space(backend: Harness) -> No
             for consumer in ("c", "d"):
                 for target in (Target(space), Target(space, "a"), Target(space, "ab")):
                     await store.commit_offset(consumer, target, 1, None)
-        await store.delete_segment("s", "a", None)
-        await store.delete_space("sx")
+        # Prefix-safe both ways: "s" is a prefix of the other spaces, "a" of "ab".
+        await store.delete_segment("sx", "a", None)
+        await store.delete_space("s")
 
     async def check(store: Store) -> None:
         for consumer in ("c", "d"):
-            assert await store.get_offset(consumer, Target("s", "a")) is None
-            assert await store.get_offset(consumer, Target("s", "ab")) == 1
-            assert await store.get_offset(consumer, Target("s")) == 1
-            for target in (Target("sx"), Target("sx", "a"), Target("sx", "ab")):
+            assert await store.get_offset(consumer, Target("sx", "a")) is None
+            assert await store.get_offset(consumer, Target("sx", "ab")) == 1
+            assert await store.get_offset(consumer, Target("sx")) == 1
+            for target in (Target("s"), Target("s", "a"), Target("s", "ab")):
                 assert await store.get_offset(consumer, target) is None
             for target in (Target("s/x"), Target("s/x", "a"), Target("s/x", "ab")):
                 assert await store.get_offset(consumer, target) == 1
         lags, more = await store.consumer_lags(100)
         assert not more
-        kept = [Target("s"), Target("s", "ab"), Target("s/x"), Target("s/x", "a")]
-        kept.append(Target("s/x", "ab"))
+        kept = [Target("s/x"), Target("s/x", "a"), Target("s/x", "ab"), Target("sx")]
+        kept.append(Target("sx", "ab"))
         assert {(c, t) for c, t, _ in lags} == {(c, t) for c in ("c", "d") for t in kept}
 
     now_and_after_restart(backend, change, check)
@@ -679,7 +680,9 @@ def test_configure_space_is_removed_by_delete_space(backend: Harness) -> None:
 
 def test_watched_appends_are_reported_coalesced(backend: Harness) -> None:
     async def scenario(store: Store) -> None:
+        await store.produce(txn("s", ("z", 1)))
         async with store.watch("s") as watch:
+            await no_change(watch)  # what changed before the watch began is not reported
             await store.produce(txn("s", ("a", 1), ("b", 2)))
             await store.produce(txn("s", ("a", 1)))
             # Other spaces, prefix-sharing ones too, are not this watch's business.
