@@ -12,6 +12,7 @@ import threading
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 
 SERVICE = "/streams.v1.StreamsService/"
@@ -79,7 +80,13 @@ class StalledClient:
                 self.closed.set()
                 return
             with self._lock:
-                events = self.conn.receive_data(data)  # PING and SETTINGS acks queued
+                try:
+                    events = self.conn.receive_data(data)  # PING and SETTINGS acks queued
+                except h2.exceptions.ProtocolError:
+                    # Frames after the server's GOAWAY closed the connection
+                    # (a PING, say): the connection is over for this client too.
+                    self.closed.set()
+                    return
                 self.events += events
             if any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events):
                 self.settings.set()
