@@ -128,8 +128,8 @@ def test_a_commit_to_a_deleted_target_is_not_found_until_it_is_written_again(
     assert stub.Commit(commit).offset == 1
     stub.DeleteSpace(pb.DeleteSpaceRequest(space=filled))
     for segment in ("", "b"):
-        commit = pb.CommitRequest(consumer="c", space=filled, segment=segment, offset=1)
-        assert_status(lambda: stub.Commit(commit), NOT_FOUND, "deleted")
+        request = pb.CommitRequest(consumer="c", space=filled, segment=segment, offset=1)
+        assert_status(lambda request=request: stub.Commit(request), NOT_FOUND, "deleted")
 
 
 def test_delete_space_removes_everything(stub: Stub, filled: str) -> None:
