@@ -8,8 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from streams.errors import DataLoss
 from streams.model import (
     Cut,
     Record,
@@ -20,6 +25,7 @@ from streams.model import (
     Transaction,
     record_bytes,
 )
+from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.store import RocksStore, StoreOptions
 
 from .conftest import body, txn
@@ -202,6 +208,114 @@ def test_a_removal_in_slices_lets_writes_through_between_them(tmp_path: Path) ->
         for segment in ("seg0", "seg1", "seg2"):
             info = await store.get_segment("s", segment)
             assert info is not None and (info.first_sequence, info.record_count) == (1001, 0)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+class FsyncGate:
+    """Holds the store's WAL fsyncs from :meth:`close` until :meth:`open`, so
+    that a test writes while a removal waits for its first batch to be durable,
+    then lets the removal go on to its range deletes."""
+
+    def __init__(self, store: RocksStore) -> None:
+        sync = store._group._sync
+        assert sync is not None, "holding the fsync needs sync on"
+        self._sync = sync
+        self._open = threading.Event()
+        self._open.set()
+        self.reached = threading.Event()
+        store._group._sync = self._held
+
+    def _held(self) -> None:
+        if not self._open.is_set():
+            self.reached.set()
+            assert self._open.wait(30), "the test never opened the gate"
+        self._sync()
+
+    def close(self) -> None:
+        self.reached.clear()
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def wait_reached(self) -> None:
+        assert await asyncio.to_thread(self.reached.wait, 30), "no fsync was held"
+
+
+async def written_after_removal(store: RocksStore, removal: Awaitable[object], write: Transaction):
+    """Runs ``removal`` with its first fsync held, produces ``write`` meanwhile
+    (after the removal's catalog batch, before its range deletes), then lets
+    both finish; returns the produce's result."""
+    gate = FsyncGate(store)
+    gate.close()
+    removing = asyncio.ensure_future(removal)
+    await gate.wait_reached()  # the removal's catalog batch is written, its fsync held
+    written = store._group.written
+    producing = asyncio.ensure_future(store.produce(write))
+    while store._group.written == written:  # the produce's batch is in
+        await asyncio.sleep(0)
+    gate.open()
+    await removing
+    return await producing
+
+
+@pytest.mark.parametrize(
+    "removal",
+    [
+        lambda store: store.delete_space("s"),
+        lambda store: store.delete_segment("s", "a", None),
+        lambda store: store.trim(Target("s"), 8),
+        lambda store: store.trim(Target("s", "a"), 4),
+    ],
+    ids=["delete_space", "delete_segment", "space_trim", "segment_trim"],
+)
+def test_records_written_while_a_removal_awaits_its_fsync_stay_readable(
+    tmp_path: Path, removal: Callable[[RocksStore], Awaitable[object]]
+) -> None:
+    """A removal's range deletes run after its catalog batch is durable, when
+    writes made meanwhile are in the database: no range may reach them (a
+    delete then a write continues the numbers right after the deleted ones)."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db")
+        for _ in range(2):
+            await store.produce(txn("s", ("a", 3), ("b", 2)))
+        result = await written_after_removal(store, removal(store), txn("s", ("a", 4), ("c", 2)))
+        a = await read(store, Target("s", "a"))
+        assert [r.sequence for r in a][-4:] == [7, 8, 9, 10]
+        space = await read(store, Target("s"))
+        assert [r.position for r in space][-6:] == list(range(11, 17))
+        assert result.first_position == 11
+        info = await store.get_space("s")
+        assert info is not None and info.record_count == len(space)
+        # And after a reopen, from what is on disk.
+        await store.close()
+        store = RocksStore.open(tmp_path / "db")
+        assert [r.position for r in await read(store, Target("s"))] == [r.position for r in space]
+        assert [r.sequence for r in await read(store, Target("s", "a"))] == [r.sequence for r in a]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_missing_chunk_is_reported_never_read_from_the_key_range_before_it(
+    tmp_path: Path,
+) -> None:
+    """rocksdict ignores an iterator's lower bound: a read whose chunk is gone
+    must not step back into the keys before its prefix (another space's)."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db")
+        await store.produce(txn("a", ("x", 2)))
+        await store.produce(txn("b", ("y", 2)))
+        store._db.delete(keys.space_prefix("b") + keys.u64(1))  # damage: b's only chunk
+        with pytest.raises(DataLoss, match="offset 1 cannot be read: no stored chunk"):
+            await read(store, Target("b"))
+        with pytest.raises(DataLoss, match="no stored chunk"):
+            await store.peek(Target("b"))
+        assert [r.body for r in await read(store, Target("a"))] == [body(b"x:0"), body(b"x:1")]
         await store.close()
 
     asyncio.run(scenario())

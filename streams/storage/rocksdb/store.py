@@ -94,6 +94,9 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
+# Segments whose chunks one batch of a space delete's range deletes covers,
+# when the space was written to again before them.
+_SEGMENT_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -775,8 +778,10 @@ class RocksStore:
         return self._numbers(target)[0], removed
 
     async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
-        await self._check_writable()
         async with self._removals:
+            # Checked in the lock: then nothing awaits between reading the last
+            # sequence and writing the slice that deletes through it.
+            await self._check_writable()
             owner = self._catalog.space(space)
             state = self._catalog.segment(space, segment, owner) if owner else None
             actual = state.last.sequence if state else 0
@@ -784,8 +789,12 @@ class RocksStore:
                 raise port.sequence_mismatch(segment, actual, expected)
             if state is None or state.last.deleted:
                 return Removed()
+            # Through the sequence it has now: a Produce that commits between
+            # the slices continues the numbers and is not deleted.
             removed = await self._in_slices(
-                space, lambda: self._plan_segment_delete(space, segment), always=(segment,)
+                space,
+                functools.partial(self._plan_segment_delete, space, segment, actual),
+                always=(segment,),
             )
         return removed
 
@@ -817,9 +826,45 @@ class RocksStore:
                 )
             self._retention.forget(space)
             await self._group.wait(ticket)
-            ranges = [keys.space_prefix(space), keys.RECORD + keys.name(space)]
-            await self._delete_ranges([(prefix, keys.prefix_end(prefix)) for prefix in ranges])
+            await self._delete_space_chunks(space, gone)
         return removed
+
+    async def _delete_space_chunks(self, space: str, gone: SpaceEntry) -> None:
+        """Deletes the chunks of the records a space delete removed (``gone``: the
+        entry it wrote), none of a write made since: a write continues the
+        numbers, so its chunks lie above every range here. Runs within
+        ``_removals`` (no other removal moves a first offset meanwhile)."""
+        through = gone.deleted_through
+        positions = keys.space_prefix(space)
+        ranges = [(positions, positions + keys.u64(through + 1))]
+        records = keys.RECORD + keys.name(space)
+        state = self._catalog.space(space)
+        if state is not None and state.last.position == through:
+            # Nothing written since: every record of every segment was deleted.
+            await self._delete_ranges([*ranges, (records, keys.prefix_end(records))])
+            return
+        # Written since: below each segment's first sequence after the delete
+        # (the segments written again continued from there), a page of segments
+        # per batch, each page planned and written with no await between.
+        catalog = keys.segment_catalog_prefix(space)
+        start: bytes | None = None
+        while True:
+            page = list(
+                itertools.islice(
+                    self._scan(catalog, f"the segment catalog of space {space!r}", start),
+                    _SEGMENT_PAGE,
+                )
+            )
+            for key, raw in page:
+                name = keys.first_name(key, catalog)
+                entry = self._catalog.segment_entry(raw, f"segment {name!r} of space {space!r}")
+                prefix = keys.segment_prefix(space, name)
+                ranges.append((prefix, prefix + keys.u64(entry.within(gone).first)))
+            await self._delete_ranges(ranges)
+            if len(page) < _SEGMENT_PAGE:
+                return
+            ranges = []
+            start = page[-1][0] + b"\x00"
 
     async def configure_space(self, space: str, config: SpaceConfig) -> None:
         await self._check_writable()
@@ -968,7 +1013,7 @@ class RocksStore:
         end = prefix + keys.u64(first)
         with self._chunks(prefix, first) as iterator:
             iterator.seek_for_prev(end)
-            if iterator.valid():
+            if _under(iterator, prefix):
                 chunk_first = keys.read_u64(iterator.key(), len(prefix))
                 if chunk_first + Chunk(iterator.value()).count > first:
                     end = iterator.key()
@@ -1048,12 +1093,20 @@ class RocksStore:
         )
         return self._plan(space, owner, space_entry, {segment: (state, new)}, Removed(count, size))
 
-    def _plan_segment_delete(self, space: str, segment: str) -> _Plan | None:
+    def _plan_segment_delete(self, space: str, segment: str, through: int) -> _Plan | None:
+        """The slice deleting a segment's records up to sequence ``through``
+        (its last when the delete began); once done, slices that move the
+        space's first position on."""
         owner = self._owner(space)
         state = self._segment_state(space, segment, owner)
         entry = state.last
-        if entry.deleted:
+        if entry.deleted or entry.first > through:
             return self._plan_advance(space)
+        if entry.sequence != through:
+            raise InvariantViolation(
+                f"segment {segment!r} of space {space!r} was written to (sequence "
+                f"{entry.sequence}, not {through}) before its delete's first slice"
+            )
         new = entry._replace(first=entry.sequence + 1, size=0, flags=entry.flags | DELETED)
         space_entry = owner.last._replace(
             records=owner.last.records - entry.records,
@@ -1323,7 +1376,8 @@ class RocksStore:
 
     @contextlib.contextmanager
     def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
-        """An iterator over the chunks of ``prefix`` that start at or before ``last``.
+        """An iterator over the chunks of ``prefix`` that start at or before ``last``;
+        backward moves can leave the prefix (see :func:`_under`).
 
         The options own the bounds the native iterator points at: they must
         live as long as it does.
@@ -1352,7 +1406,7 @@ class RocksStore:
     ) -> tuple[int, Chunk]:
         """The chunk the iterator is on and its first offset; DataLoss if there is
         none, though ``offset`` is durable."""
-        if not iterator.valid():
+        if not _under(iterator, prefix):
             raise self._missing(iterator, target, offset)
         chunk_first = keys.read_u64(iterator.key(), len(prefix))
         self.stats.chunk_reads += 1
@@ -1633,6 +1687,16 @@ def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
     iterator.seek(key)
     if not (iterator.valid() and iterator.key() == key):
         iterator.seek_for_prev(key)
+
+
+def _under(iterator: rocksdict.RdictIter, prefix: bytes) -> bool:
+    """Whether the iterator is on a chunk key of ``prefix``. rocksdict does not
+    apply ``iterate_lower_bound``: a backward seek or step past the first chunk
+    of a prefix lands on whatever key comes before it."""
+    if not iterator.valid():
+        return False
+    key = iterator.key()
+    return len(key) == len(prefix) + 8 and key.startswith(prefix)
 
 
 def _close_db(db: rocksdict.Rdict) -> None:
