@@ -649,6 +649,9 @@ class RocksStore:
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         await self._check_writable()
+        if self._deleted(target):
+            # Its delete removed its offsets: one committed now would outlive it.
+            raise port.deleted(target)
         last = self._last_offset(target)
         if offset > last:
             raise port.out_of_range(offset, last, target)
@@ -665,6 +668,15 @@ class RocksStore:
         ticket = self._group.ticket()
         await self._group.wait(ticket)
         return offset
+
+    def _deleted(self, target: Target) -> bool:
+        """Whether ``target`` is deleted (it, or its space) and not written since,
+        as written: a delete whose batch is in counts, durable or not."""
+        space = self._catalog.space(target.space)
+        if space is None or target.is_space:
+            return space is not None and space.last.deleted
+        segment = self._catalog.segment(target.space, target.segment, space)
+        return segment is not None and segment.last.deleted
 
     async def get_offset(self, consumer: str, target: Target) -> int | None:
         self._check_open()
@@ -786,7 +798,7 @@ class RocksStore:
             state = self._catalog.segment(space, segment, owner) if owner else None
             actual = state.last.sequence if state else 0
             if expected is not None and expected != actual:
-                raise port.sequence_mismatch(segment, actual, expected)
+                raise port.sequence_mismatch(segment, actual, expected, "expected_sequence")
             if state is None or state.last.deleted:
                 return Removed()
             # Through the sequence it has now: a Produce that commits between
