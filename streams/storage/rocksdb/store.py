@@ -141,7 +141,7 @@ class StoreOptions:
     # ... and of at most this many chunks: each costs a parse and a catalog
     # look-up, so records written one per transaction (one chunk each) make
     # slices short in time too.
-    removal_slice_chunks: int = 128
+    removal_slice_chunks: int = 32
     # How often the chunks of removed records are compacted away (see reclaim).
     reclaim_seconds: float = 60.0
 
@@ -172,22 +172,26 @@ class StoreOptions:
 
 @dataclass(slots=True)
 class _Plan:
-    """One slice of a removal: its first batch and the entries it moves."""
+    """One slice of a removal: its first batch, the entries it moves, and the
+    segment chunks it removed wholly that its second batch deletes one by one
+    (a space trim's: see :meth:`RocksStore._in_slices`)."""
 
     batch: rocksdict.WriteBatch
     space: SpaceState
     space_entry: SpaceEntry
     segments: dict[str, tuple[SegmentState, SegmentEntry]]
     removed: Removed
+    chunks: list[bytes] | None = None  # None: a range per segment instead
 
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counts for tests and benchmarks: chunks read (any read or removal), and
-    removal slices applied."""
+    """Counts for tests and benchmarks: chunks read (any read or removal),
+    removal slices applied, and range deletes written."""
 
     chunk_reads: int = 0
     removal_slices: int = 0
+    range_deletes: int = 0
 
 
 def _nothing() -> None:
@@ -998,7 +1002,13 @@ class RocksStore:
             await self._group.wait(ticket)
             removed += step.removed
             self.stats.removal_slices += 1
-            await self._delete_ranges(self._below_first(space, step.segments))
+            # A space trim's slice names the segment chunks it removed: deleted
+            # one by one, as a range per segment would leave up to
+            # removal_slice_chunks range tombstones per slice in the memtable,
+            # and RocksDB reads every one of them each time it makes an
+            # iterator (about 11 us per 1,000), slowing every read and slice.
+            ranged = step.segments if step.chunks is None else ()
+            await self._delete_ranges(self._below_first(space, ranged), step.chunks or ())
             await asyncio.sleep(0)  # writers go first (with --no-sync nothing above waited)
 
     def _below_first(self, space: str, segments: Iterable[str]) -> list[tuple[bytes, bytes]]:
@@ -1012,35 +1022,56 @@ class RocksStore:
             state = self._catalog.segment(space, name, owner)
             if state is None:
                 continue
-            prefix = keys.segment_prefix(space, name)
-            if state.durable.first > state.durable.sequence:  # nothing retained: no chunk holds it
-                ranges.append((prefix, prefix + keys.u64(state.durable.first)))
-            else:
-                ranges.append(self._range_below(prefix, state.durable.first))
+            # Nothing retained: no chunk holds the first sequence.
+            held = state.durable.first <= state.durable.sequence
+            ranges.append(
+                self._range_below(keys.segment_prefix(space, name), state.durable.first, held)
+            )
         return ranges
 
-    def _range_below(self, prefix: bytes, first: int) -> tuple[bytes, bytes]:
-        """From the first key of ``prefix`` to the chunk that holds ``first`` (or
-        to ``first`` when no chunk holds it: nothing from there on is stored)."""
+    def _range_below(self, prefix: bytes, first: int, held: bool = True) -> tuple[bytes, bytes]:
+        """From the first chunk of ``prefix`` still stored to the chunk that holds
+        ``first`` (or to ``first`` when none does, or ``held`` is false: nothing
+        from there on is stored); empty when nothing below it is stored.
+
+        Starting at the first stored chunk, not at the prefix, keeps the range
+        tombstones of a target's slices apart: nested ones (each from the
+        prefix) cost RocksDB the square of their number each time it makes an
+        iterator, as it splits overlapping tombstones into fragments. A chunk
+        a crash left below the first offset is still the first one stored, so
+        the next removal of the target deletes it."""
         end = prefix + keys.u64(first)
         with self._chunks(prefix, first) as iterator:
-            iterator.seek_for_prev(end)
-            if _under(iterator, prefix):
-                chunk_first = keys.read_u64(iterator.key(), len(prefix))
-                if chunk_first + Chunk(iterator.value()).count > first:
-                    end = iterator.key()
-        return prefix, end
+            iterator.seek(prefix)
+            if not _under(iterator, prefix) or iterator.key() >= end:
+                return prefix, prefix
+            begin = iterator.key()
+            if held:
+                iterator.seek_for_prev(end)
+                if _under(iterator, prefix):
+                    chunk_first = keys.read_u64(iterator.key(), len(prefix))
+                    if chunk_first + Chunk(iterator.value()).count > first:
+                        end = iterator.key()
+        return begin, end
 
-    async def _delete_ranges(self, ranges: list[tuple[bytes, bytes]]) -> None:
-        """Deletes what no reader reads any more (below durable first offsets),
-        durably, and notes the ranges for the reclaim task's compaction."""
+    async def _delete_ranges(
+        self, ranges: list[tuple[bytes, bytes]], chunks: Sequence[bytes] = ()
+    ) -> None:
+        """Deletes what no reader reads any more (below durable first offsets:
+        ``ranges``, and the chunks at keys ``chunks``), durably, and notes where
+        for the reclaim task's compaction."""
         ranges = [(begin, end) for begin, end in ranges if begin < end]
-        if not ranges:
+        if not ranges and not chunks:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
         for begin, end in ranges:
             batch.delete_range(begin, end)
+        self.stats.range_deletes += len(ranges)
+        for key in chunks:
+            batch.delete(key)
         self._write(batch)
+        if chunks:
+            ranges.append((min(chunks), max(chunks) + b"\x00"))
         self._reclaim.extend(ranges)
         await self._group.wait(self._group.ticket())
 
@@ -1148,6 +1179,7 @@ class RocksStore:
         offset = entry.first
         count = size = visited = 0
         touched: dict[str, tuple[SegmentState, SegmentEntry]] = {}
+        whole: list[bytes] = []  # the segment copies of the chunks removed wholly
         with self._chunks(prefix, end - 1) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
             while offset < end and self._slice_left(count, size, visited):
@@ -1187,11 +1219,14 @@ class RocksStore:
                 offset = chunk_first + stop
                 if stop < chunk.count:
                     break
+                whole.append(keys.record_key(space, head.segment, head.sequence))
                 iterator.next()
         space_entry = entry._replace(
             first=offset, records=entry.records - count, size=entry.size - size
         )
-        return self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+        plan = self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+        plan.chunks = whole
+        return plan
 
     def _plan_advance(self, space: str) -> _Plan | None:
         """A slice that only moves the space's first position past records its
@@ -1220,7 +1255,13 @@ class RocksStore:
         elif moved or entry.first <= entry.holes:
             kept = {name: new.first for name, (_, new) in segments.items()}
             first, ts = self._next_retained(
-                Target(space), entry.first, entry.position, False, self._slice_budget, kept
+                Target(space),
+                entry.first,
+                entry.position,
+                False,
+                self._slice_budget,
+                kept,
+                self._options.removal_slice_chunks,
             )
             entry = entry._replace(first=first, first_ts=ts or entry.first_ts)
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -1502,17 +1543,20 @@ class RocksStore:
         durable: bool,
         budget: int = 2**64,
         kept: dict[str, int] | None = None,
+        chunks: int = 2**64,
     ) -> tuple[int, int]:
         """The first offset from ``offset`` on (to ``last``) that a space retains by
         its segments' first sequences, and its timestamp; ``last + 1`` and 0
-        when there is none. Looks at about ``budget`` records at most: then
-        returns where it stopped (every offset below it is removed), and 0.
-        ``kept``: first sequences to use for some segments (a plan's)."""
+        when there is none. Looks at about ``budget`` records and ``chunks``
+        chunks at most: then returns where it stopped (every offset below it
+        is removed), and 0. ``kept``: first sequences to use for some segments
+        (a plan's)."""
         prefix = self._prefix(target)
         kept = {} if kept is None else kept
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
-            while offset <= last and budget > 0:
+            while offset <= last and budget > 0 and chunks > 0:
+                chunks -= 1
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                 retained, head = self._retained_from(target, chunk, chunk_first, kept, durable)
                 if retained < chunk.count:
