@@ -874,8 +874,10 @@ class RocksStore:
             for key, raw in page:
                 name = keys.first_name(key, catalog)
                 entry = self._catalog.segment_entry(raw, f"segment {name!r} of space {space!r}")
-                prefix = keys.segment_prefix(space, name)
-                ranges.append((prefix, prefix + keys.u64(entry.within(gone).first)))
+                first = entry.within(gone).first
+                if first > 1:  # else a segment new since the delete: nothing of it was deleted
+                    prefix = keys.segment_prefix(space, name)
+                    ranges.append((prefix, prefix + keys.u64(first)))
             await self._delete_ranges(ranges)
             if len(page) < _SEGMENT_PAGE:
                 return
