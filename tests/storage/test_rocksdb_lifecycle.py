@@ -352,3 +352,33 @@ def test_removal_slices_leave_few_range_tombstones_and_none_nested(tmp_path: Pat
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_space_delete_is_not_seen_by_segment_readers_before_it_is_durable(
+    tmp_path: Path,
+) -> None:
+    """A space delete marks its segments deleted through its own catalog entry;
+    until that entry is durable, readers of a segment see the segment as it
+    was (rule 2), whether its state was cached before or is read meanwhile."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", StoreOptions(catalog_cache_bytes=1))
+        await store.produce(txn("s", ("a", 3), ("b", 2)))
+        gate = FsyncGate(store)
+        gate.close()
+        deleting = asyncio.ensure_future(store.delete_space("s"))
+        try:
+            await gate.wait_reached()
+            for segment in ("a", "b"):
+                info = await store.get_segment("s", segment)
+                assert info is not None and not info.deleted and info.record_count > 0
+                assert await read(store, Target("s", segment)) != []
+        finally:
+            gate.open()
+        await deleting
+        for segment in ("a", "b"):
+            assert await store.get_segment("s", segment) is None
+            assert await read(store, Target("s", segment)) == []
+        await store.close()
+
+    asyncio.run(scenario())

@@ -45,7 +45,7 @@ import rocksdict
 
 from streams import codec, startup
 from streams.config import OptionError
-from streams.errors import DataLoss, InvariantViolation, NotFound, ResourceExhausted, Unavailable
+from streams.errors import DataLoss, InvariantViolation, ResourceExhausted, Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
@@ -778,7 +778,7 @@ class RocksStore:
                 or entry.deleted
                 or (isinstance(entry, SpaceEntry) and not entry.found)
             ):
-                raise NotFound(f"{target.describe()} does not exist")
+                raise port.not_found(target)
             last = entry.position if isinstance(entry, SpaceEntry) else entry.sequence
             if before > last + 1:
                 raise port.trim_out_of_range(before, last, target)
@@ -817,25 +817,26 @@ class RocksStore:
     async def delete_space(self, space: str) -> Removed:
         await self._check_writable()
         async with self._removals:
-            state = self._catalog.space(space)
-            if state is None or state.last.deleted:
-                return Removed()
-            entry = state.last
-            removed = Removed(entry.records, entry.size)
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            batch.delete(keys.config_key(space))
-            self._delete_offsets(batch, keys.offset_index_prefix(space))
-            # Its segments are deleted by this one number (see SegmentEntry.within):
-            # the cost does not grow with them.
-            gone = SpaceEntry(
-                position=entry.position,
-                first=entry.position + 1,
-                deleted_through=entry.position,
-                flags=DELETED,
-                ts=entry.ts,
-            )
-            batch.put(state.key, gone.pack())
+            # Held from the look-up on: the state written below stays the cached one.
             with self._catalog.held():
+                state = self._catalog.space(space)
+                if state is None or state.last.deleted:
+                    return Removed()
+                entry = state.last
+                removed = Removed(entry.records, entry.size)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                batch.delete(keys.config_key(space))
+                self._delete_offsets(batch, keys.offset_index_prefix(space))
+                # Its segments are deleted by this one number (see SegmentEntry.within):
+                # the cost does not grow with them.
+                gone = SpaceEntry(
+                    position=entry.position,
+                    first=entry.position + 1,
+                    deleted_through=entry.position,
+                    flags=DELETED,
+                    ts=entry.ts,
+                )
+                batch.put(state.key, gone.pack())
                 self._write(batch)
                 ticket = self._queue(
                     state, gone, [], functools.partial(self._tail.removed, space, None)
