@@ -1258,13 +1258,7 @@ class RocksStore:
         elif moved or entry.first <= entry.holes:
             kept = {name: new.first for name, (_, new) in segments.items()}
             first, ts = self._next_retained(
-                Target(space),
-                entry.first,
-                entry.position,
-                False,
-                self._slice_budget,
-                kept,
-                self._options.removal_slice_chunks,
+                Target(space), entry.first, entry.position, False, self._slice_budget, kept
             )
             entry = entry._replace(first=first, first_ts=ts or entry.first_ts)
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -1546,20 +1540,17 @@ class RocksStore:
         durable: bool,
         budget: int = 2**64,
         kept: dict[str, int] | None = None,
-        chunks: int = 2**64,
     ) -> tuple[int, int]:
         """The first offset from ``offset`` on (to ``last``) that a space retains by
         its segments' first sequences, and its timestamp; ``last + 1`` and 0
-        when there is none. Looks at about ``budget`` records and ``chunks``
-        chunks at most: then returns where it stopped (every offset below it
-        is removed), and 0. ``kept``: first sequences to use for some segments
-        (a plan's)."""
+        when there is none. Looks at about ``budget`` records at most: then
+        returns where it stopped (every offset below it is removed), and 0.
+        ``kept``: first sequences to use for some segments (a plan's)."""
         prefix = self._prefix(target)
         kept = {} if kept is None else kept
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
-            while offset <= last and budget > 0 and chunks > 0:
-                chunks -= 1
+            while offset <= last and budget > 0:
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                 retained, head = self._retained_from(target, chunk, chunk_first, kept, durable)
                 if retained < chunk.count:
