@@ -222,7 +222,7 @@ class Catalog:
             owner = owner or self.space(space)
             if owner is None:
                 raise InvariantViolation(f"segment state {key!r} is cached without its space")
-            self._within(state, owner.last)
+            self._within(state, owner)
             return state
         what = f"segment {name!r} of space {space!r}"
         raw = self._get(key, f"the catalog entry of {what}")
@@ -237,13 +237,19 @@ class Catalog:
                 f"{owner.last.position if owner else 'missing entry'}"
             )
         self.loads += 1
-        return self._add(SegmentState(key, entry.within(owner.last)), self._evictable)
+        state = SegmentState(key, entry)
+        self._within(state, owner)
+        return self._add(state, self._evictable)
 
     @staticmethod
-    def _within(state: SegmentState, space: SpaceEntry) -> None:
-        if space.deleted_through:
-            state.last = state.last.within(space)
-            state.durable = state.durable.within(space)
+    def _within(state: SegmentState, space: SpaceState) -> None:
+        """Applies the space's deletes: its written one to the segment's written
+        entry, its durable one to the durable entry (a space delete awaiting
+        its fsync is not seen by readers yet)."""
+        if space.last.deleted_through:
+            state.last = state.last.within(space.last)
+        if space.durable.deleted_through:
+            state.durable = state.durable.within(space.durable)
 
     def listed_space(self, key: bytes, raw: bytes) -> SpaceEntry:
         """The durable entry of the space whose catalog entry a scan found as

@@ -45,7 +45,7 @@ import rocksdict
 
 from streams import codec, startup
 from streams.config import OptionError
-from streams.errors import DataLoss, InvariantViolation, NotFound, ResourceExhausted, Unavailable
+from streams.errors import DataLoss, InvariantViolation, ResourceExhausted, Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
@@ -94,6 +94,9 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
+# Segments whose chunks one batch of a space delete's range deletes covers,
+# when the space was written to again before them.
+_SEGMENT_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,7 @@ class StoreOptions:
     # ... and of at most this many chunks: each costs a parse and a catalog
     # look-up, so records written one per transaction (one chunk each) make
     # slices short in time too.
-    removal_slice_chunks: int = 128
+    removal_slice_chunks: int = 32
     # How often the chunks of removed records are compacted away (see reclaim).
     reclaim_seconds: float = 60.0
 
@@ -169,22 +172,26 @@ class StoreOptions:
 
 @dataclass(slots=True)
 class _Plan:
-    """One slice of a removal: its first batch and the entries it moves."""
+    """One slice of a removal: its first batch, the entries it moves, and the
+    segment chunks it removed wholly that its second batch deletes one by one
+    (a space trim's: see :meth:`RocksStore._in_slices`)."""
 
     batch: rocksdict.WriteBatch
     space: SpaceState
     space_entry: SpaceEntry
     segments: dict[str, tuple[SegmentState, SegmentEntry]]
     removed: Removed
+    chunks: list[bytes] | None = None  # None: a range per segment instead
 
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counts for tests and benchmarks: chunks read (any read or removal), and
-    removal slices applied."""
+    """Counts for tests and benchmarks: chunks read (any read or removal),
+    removal slices applied, and range deletes written."""
 
     chunk_reads: int = 0
     removal_slices: int = 0
+    range_deletes: int = 0
 
 
 def _nothing() -> None:
@@ -646,6 +653,9 @@ class RocksStore:
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         await self._check_writable()
+        if self._deleted(target):
+            # Its delete removed its offsets: one committed now would outlive it.
+            raise port.deleted(target)
         last = self._last_offset(target)
         if offset > last:
             raise port.out_of_range(offset, last, target)
@@ -662,6 +672,15 @@ class RocksStore:
         ticket = self._group.ticket()
         await self._group.wait(ticket)
         return offset
+
+    def _deleted(self, target: Target) -> bool:
+        """Whether ``target`` is deleted (it, or its space) and not written since,
+        as written: a delete whose batch is in counts, durable or not."""
+        space = self._catalog.space(target.space)
+        if space is None or target.is_space:
+            return space is not None and space.last.deleted
+        segment = self._catalog.segment(target.space, target.segment, space)
+        return segment is not None and segment.last.deleted
 
     async def get_offset(self, consumer: str, target: Target) -> int | None:
         self._check_open()
@@ -759,7 +778,7 @@ class RocksStore:
                 or entry.deleted
                 or (isinstance(entry, SpaceEntry) and not entry.found)
             ):
-                raise NotFound(f"{target.describe()} does not exist")
+                raise port.not_found(target)
             last = entry.position if isinstance(entry, SpaceEntry) else entry.sequence
             if before > last + 1:
                 raise port.trim_out_of_range(before, last, target)
@@ -775,51 +794,96 @@ class RocksStore:
         return self._numbers(target)[0], removed
 
     async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
-        await self._check_writable()
         async with self._removals:
+            # Checked in the lock: then nothing awaits between reading the last
+            # sequence and writing the slice that deletes through it.
+            await self._check_writable()
             owner = self._catalog.space(space)
             state = self._catalog.segment(space, segment, owner) if owner else None
             actual = state.last.sequence if state else 0
             if expected is not None and expected != actual:
-                raise port.sequence_mismatch(segment, actual, expected)
+                raise port.sequence_mismatch(segment, actual, expected, "expected_sequence")
             if state is None or state.last.deleted:
                 return Removed()
+            # Through the sequence it has now: a Produce that commits between
+            # the slices continues the numbers and is not deleted.
             removed = await self._in_slices(
-                space, lambda: self._plan_segment_delete(space, segment), always=(segment,)
+                space,
+                functools.partial(self._plan_segment_delete, space, segment, actual),
+                always=(segment,),
             )
         return removed
 
     async def delete_space(self, space: str) -> Removed:
         await self._check_writable()
         async with self._removals:
-            state = self._catalog.space(space)
-            if state is None or state.last.deleted:
-                return Removed()
-            entry = state.last
-            removed = Removed(entry.records, entry.size)
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            batch.delete(keys.config_key(space))
-            self._delete_offsets(batch, keys.offset_index_prefix(space))
-            # Its segments are deleted by this one number (see SegmentEntry.within):
-            # the cost does not grow with them.
-            gone = SpaceEntry(
-                position=entry.position,
-                first=entry.position + 1,
-                deleted_through=entry.position,
-                flags=DELETED,
-                ts=entry.ts,
-            )
-            batch.put(state.key, gone.pack())
+            # Held from the look-up on: the state written below stays the cached one.
             with self._catalog.held():
+                state = self._catalog.space(space)
+                if state is None or state.last.deleted:
+                    return Removed()
+                entry = state.last
+                removed = Removed(entry.records, entry.size)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                batch.delete(keys.config_key(space))
+                self._delete_offsets(batch, keys.offset_index_prefix(space))
+                # Its segments are deleted by this one number (see SegmentEntry.within):
+                # the cost does not grow with them.
+                gone = SpaceEntry(
+                    position=entry.position,
+                    first=entry.position + 1,
+                    deleted_through=entry.position,
+                    flags=DELETED,
+                    ts=entry.ts,
+                )
+                batch.put(state.key, gone.pack())
                 self._write(batch)
                 ticket = self._queue(
                     state, gone, [], functools.partial(self._tail.removed, space, None)
                 )
             self._retention.forget(space)
             await self._group.wait(ticket)
-            ranges = [keys.space_prefix(space), keys.RECORD + keys.name(space)]
-            await self._delete_ranges([(prefix, keys.prefix_end(prefix)) for prefix in ranges])
+            await self._delete_space_chunks(space, gone)
         return removed
+
+    async def _delete_space_chunks(self, space: str, gone: SpaceEntry) -> None:
+        """Deletes the chunks of the records a space delete removed (``gone``: the
+        entry it wrote), none of a write made since: a write continues the
+        numbers, so its chunks lie above every range here. Runs within
+        ``_removals`` (no other removal moves a first offset meanwhile)."""
+        through = gone.deleted_through
+        positions = keys.space_prefix(space)
+        ranges = [(positions, positions + keys.u64(through + 1))]
+        records = keys.RECORD + keys.name(space)
+        state = self._catalog.space(space)
+        if state is not None and state.last.position == through:
+            # Nothing written since: every record of every segment was deleted.
+            await self._delete_ranges([*ranges, (records, keys.prefix_end(records))])
+            return
+        # Written since: below each segment's first sequence after the delete
+        # (the segments written again continued from there), a page of segments
+        # per batch, each page planned and written with no await between.
+        catalog = keys.segment_catalog_prefix(space)
+        start: bytes | None = None
+        while True:
+            page = list(
+                itertools.islice(
+                    self._scan(catalog, f"the segment catalog of space {space!r}", start),
+                    _SEGMENT_PAGE,
+                )
+            )
+            for key, raw in page:
+                name = keys.first_name(key, catalog)
+                entry = self._catalog.segment_entry(raw, f"segment {name!r} of space {space!r}")
+                first = entry.within(gone).first
+                if first > 1:  # else a segment new since the delete: nothing of it was deleted
+                    prefix = keys.segment_prefix(space, name)
+                    ranges.append((prefix, prefix + keys.u64(first)))
+            await self._delete_ranges(ranges)
+            if len(page) < _SEGMENT_PAGE:
+                return
+            ranges = []
+            start = page[-1][0] + b"\x00"
 
     async def configure_space(self, space: str, config: SpaceConfig) -> None:
         await self._check_writable()
@@ -941,7 +1005,13 @@ class RocksStore:
             await self._group.wait(ticket)
             removed += step.removed
             self.stats.removal_slices += 1
-            await self._delete_ranges(self._below_first(space, step.segments))
+            # A space trim's slice names the segment chunks it removed: deleted
+            # one by one, as a range per segment would leave up to
+            # removal_slice_chunks range tombstones per slice in the memtable,
+            # and RocksDB reads every one of them each time it makes an
+            # iterator (about 11 us per 1,000), slowing every read and slice.
+            ranged = step.segments if step.chunks is None else ()
+            await self._delete_ranges(self._below_first(space, ranged), step.chunks or ())
             await asyncio.sleep(0)  # writers go first (with --no-sync nothing above waited)
 
     def _below_first(self, space: str, segments: Iterable[str]) -> list[tuple[bytes, bytes]]:
@@ -955,35 +1025,56 @@ class RocksStore:
             state = self._catalog.segment(space, name, owner)
             if state is None:
                 continue
-            prefix = keys.segment_prefix(space, name)
-            if state.durable.first > state.durable.sequence:  # nothing retained: no chunk holds it
-                ranges.append((prefix, prefix + keys.u64(state.durable.first)))
-            else:
-                ranges.append(self._range_below(prefix, state.durable.first))
+            # Nothing retained: no chunk holds the first sequence.
+            held = state.durable.first <= state.durable.sequence
+            ranges.append(
+                self._range_below(keys.segment_prefix(space, name), state.durable.first, held)
+            )
         return ranges
 
-    def _range_below(self, prefix: bytes, first: int) -> tuple[bytes, bytes]:
-        """From the first key of ``prefix`` to the chunk that holds ``first`` (or
-        to ``first`` when no chunk holds it: nothing from there on is stored)."""
+    def _range_below(self, prefix: bytes, first: int, held: bool = True) -> tuple[bytes, bytes]:
+        """From the first chunk of ``prefix`` still stored to the chunk that holds
+        ``first`` (or to ``first`` when none does, or ``held`` is false: nothing
+        from there on is stored); empty when nothing below it is stored.
+
+        Starting at the first stored chunk, not at the prefix, keeps the range
+        tombstones of a target's slices apart: nested ones (each from the
+        prefix) cost RocksDB the square of their number each time it makes an
+        iterator, as it splits overlapping tombstones into fragments. A chunk
+        a crash left below the first offset is still the first one stored, so
+        the next removal of the target deletes it."""
         end = prefix + keys.u64(first)
         with self._chunks(prefix, first) as iterator:
-            iterator.seek_for_prev(end)
-            if iterator.valid():
-                chunk_first = keys.read_u64(iterator.key(), len(prefix))
-                if chunk_first + Chunk(iterator.value()).count > first:
-                    end = iterator.key()
-        return prefix, end
+            iterator.seek(prefix)
+            if not _under(iterator, prefix) or iterator.key() >= end:
+                return prefix, prefix
+            begin = iterator.key()
+            if held:
+                iterator.seek_for_prev(end)
+                if _under(iterator, prefix):
+                    chunk_first = keys.read_u64(iterator.key(), len(prefix))
+                    if chunk_first + Chunk(iterator.value()).count > first:
+                        end = iterator.key()
+        return begin, end
 
-    async def _delete_ranges(self, ranges: list[tuple[bytes, bytes]]) -> None:
-        """Deletes what no reader reads any more (below durable first offsets),
-        durably, and notes the ranges for the reclaim task's compaction."""
+    async def _delete_ranges(
+        self, ranges: list[tuple[bytes, bytes]], chunks: Sequence[bytes] = ()
+    ) -> None:
+        """Deletes what no reader reads any more (below durable first offsets:
+        ``ranges``, and the chunks at keys ``chunks``), durably, and notes where
+        for the reclaim task's compaction."""
         ranges = [(begin, end) for begin, end in ranges if begin < end]
-        if not ranges:
+        if not ranges and not chunks:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
         for begin, end in ranges:
             batch.delete_range(begin, end)
+        self.stats.range_deletes += len(ranges)
+        for key in chunks:
+            batch.delete(key)
         self._write(batch)
+        if chunks:
+            ranges.append((min(chunks), max(chunks) + b"\x00"))
         self._reclaim.extend(ranges)
         await self._group.wait(self._group.ticket())
 
@@ -1048,12 +1139,20 @@ class RocksStore:
         )
         return self._plan(space, owner, space_entry, {segment: (state, new)}, Removed(count, size))
 
-    def _plan_segment_delete(self, space: str, segment: str) -> _Plan | None:
+    def _plan_segment_delete(self, space: str, segment: str, through: int) -> _Plan | None:
+        """The slice deleting a segment's records up to sequence ``through``
+        (its last when the delete began); once done, slices that move the
+        space's first position on."""
         owner = self._owner(space)
         state = self._segment_state(space, segment, owner)
         entry = state.last
-        if entry.deleted:
+        if entry.deleted or entry.first > through:
             return self._plan_advance(space)
+        if entry.sequence != through:
+            raise InvariantViolation(
+                f"segment {segment!r} of space {space!r} was written to (sequence "
+                f"{entry.sequence}, not {through}) before its delete's first slice"
+            )
         new = entry._replace(first=entry.sequence + 1, size=0, flags=entry.flags | DELETED)
         space_entry = owner.last._replace(
             records=owner.last.records - entry.records,
@@ -1083,6 +1182,7 @@ class RocksStore:
         offset = entry.first
         count = size = visited = 0
         touched: dict[str, tuple[SegmentState, SegmentEntry]] = {}
+        whole: list[bytes] = []  # the segment copies of the chunks removed wholly
         with self._chunks(prefix, end - 1) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(offset))
             while offset < end and self._slice_left(count, size, visited):
@@ -1122,11 +1222,14 @@ class RocksStore:
                 offset = chunk_first + stop
                 if stop < chunk.count:
                     break
+                whole.append(keys.record_key(space, head.segment, head.sequence))
                 iterator.next()
         space_entry = entry._replace(
             first=offset, records=entry.records - count, size=entry.size - size
         )
-        return self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+        plan = self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+        plan.chunks = whole
+        return plan
 
     def _plan_advance(self, space: str) -> _Plan | None:
         """A slice that only moves the space's first position past records its
@@ -1323,7 +1426,8 @@ class RocksStore:
 
     @contextlib.contextmanager
     def _chunks(self, prefix: bytes, last: int) -> Iterator[rocksdict.RdictIter]:
-        """An iterator over the chunks of ``prefix`` that start at or before ``last``.
+        """An iterator over the chunks of ``prefix`` that start at or before ``last``;
+        backward moves can leave the prefix (see :func:`_under`).
 
         The options own the bounds the native iterator points at: they must
         live as long as it does.
@@ -1352,7 +1456,7 @@ class RocksStore:
     ) -> tuple[int, Chunk]:
         """The chunk the iterator is on and its first offset; DataLoss if there is
         none, though ``offset`` is durable."""
-        if not iterator.valid():
+        if not _under(iterator, prefix):
             raise self._missing(iterator, target, offset)
         chunk_first = keys.read_u64(iterator.key(), len(prefix))
         self.stats.chunk_reads += 1
@@ -1633,6 +1737,16 @@ def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
     iterator.seek(key)
     if not (iterator.valid() and iterator.key() == key):
         iterator.seek_for_prev(key)
+
+
+def _under(iterator: rocksdict.RdictIter, prefix: bytes) -> bool:
+    """Whether the iterator is on a chunk key of ``prefix``. rocksdict does not
+    apply ``iterate_lower_bound``: a backward seek or step past the first chunk
+    of a prefix lands on whatever key comes before it."""
+    if not iterator.valid():
+        return False
+    key = iterator.key()
+    return len(key) == len(prefix) + 8 and key.startswith(prefix)
 
 
 def _close_db(db: rocksdict.Rdict) -> None:
