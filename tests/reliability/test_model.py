@@ -217,6 +217,8 @@ class Model:
         # Written or configured (and not deleted since): GetSpace finds it.
         self.spaces: set[str] = set()
         self.deleted_segments: set[tuple[str, str]] = set()
+        # Deleted and neither written nor configured since: commits to them are NOT_FOUND.
+        self.deleted_spaces: set[str] = set()
         self.configs: dict[str, MConfig] = {}  # configured spaces
 
     def log(self, space: str, segment: str) -> list[MRec]:
@@ -366,6 +368,7 @@ class Model:
                 log.append(rec)
             self.deleted_segments.discard((space, w.segment))
         self.spaces.add(space)
+        self.deleted_spaces.discard(space)
         if req.transaction_id:
             self.txns[(space, req.transaction_id)] = (writes_key(req), resp)
 
@@ -777,6 +780,14 @@ class StreamsMachine(RuleBasedStateMachine):
         if not valid_name(consumer):
             assert code == INVALID, f"Commit with consumer {consumer!r}: {code.name} {got}"
             return
+        deleted = (
+            (space, segment) in self.model.deleted_segments
+            if segment
+            else space in self.model.deleted_spaces
+        )
+        if deleted:  # a delete's removal of offsets sticks until the target is written
+            assert code == NOT_FOUND, f"Commit to deleted {space!r}/{segment!r}: {code.name}"
+            return
         if req.offset > top:  # README: OUT_OF_RANGE is checked before the CAS
             assert code == OUT_OF_RANGE, f"Commit {req} past {top}: {code.name} {got}"
             return
@@ -986,6 +997,7 @@ class StreamsMachine(RuleBasedStateMachine):
         if space in model.spaces:
             model.remove(space, model.target(space, ""))
             model.spaces.discard(space)
+            model.deleted_spaces.add(space)
             model.configs.pop(space, None)
             model.deleted_segments.update(k for k in model.seg_log if k[0] == space)
             for key in [k for k in model.offsets if k[1] == space]:
@@ -1030,6 +1042,7 @@ class StreamsMachine(RuleBasedStateMachine):
         assert code == OK, f"ConfigureSpace {req}: {code.name} {got}"
         assert got.config == req.config, f"ConfigureSpace {req}: answered {got.config}"
         self.model.spaces.add(space)
+        self.model.deleted_spaces.discard(space)
         self.model.configs[space] = config_of(req.config)
 
     @rule(data=st.data())

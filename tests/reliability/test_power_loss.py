@@ -199,7 +199,10 @@ def commit_loop(stub: pb_grpc.StreamsServiceStub, load: Load, stop: threading.Ev
                 )
                 reply = stub.Commit(request, timeout=RPC_TIMEOUT)
             except grpc.RpcError as exc:
-                if exc.code() not in _CUT_CODES:
+                deleted = exc.code() == grpc.StatusCode.NOT_FOUND and "deleted" in (
+                    exc.details() or ""
+                )  # the remover deleted the target: nothing stored (contract)
+                if exc.code() not in _CUT_CODES and not deleted:
                     load.errors.append(f"Commit {consumer}: {exc.code()} {exc.details()}")
                 return
             journal.commit_acked(key, reply.offset, sent_at)
