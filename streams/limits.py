@@ -87,6 +87,13 @@ class Limits:
         "Most bytes of other segments' records one step of a segment_prefix read skips "
         "before other calls run (the read then goes on).",
     )
+    # A WatchSegments call that falls behind remembers which segments changed,
+    # up to this much; past it, it re-reads every segment of the space.
+    max_watch_change_bytes: int = _limit(
+        16 * KIB,
+        "Most bytes of changed segment names one WatchSegments call remembers before it "
+        "re-reads every segment of the space instead.",
+    )
     max_inflight_request_bytes: int = _limit(
         32 * MIB,
         "Most request bytes being handled at once, all calls together; "

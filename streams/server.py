@@ -135,6 +135,7 @@ class StreamsServer:
                 options=cfg.storage_options,
                 on_fsync=self.metrics.fsync_seconds.observe,
                 clock=self._clock,
+                watch_change_bytes=lim.max_watch_change_bytes,
             )
         )
         self.metrics.watch_store(self._store)

@@ -21,6 +21,7 @@ Example (a backend module)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from typing import Any
 
 from streams.memory import MemoryBudget
 from streams.storage.port import Store
+from streams.storage.watches import MAX_CHANGE_BYTES
 
 # The contract's default dedupe window (--dedupe-window-seconds).
 DEFAULT_DEDUPE_WINDOW_NS = 24 * 3600 * 1_000_000_000
@@ -80,6 +82,9 @@ class Setup:
     # Called with each fsync's duration in seconds (metrics), by backends that fsync.
     on_fsync: Callable[[float], None] | None = None
     clock: Callable[[], int] = time.time_ns
+    # What a watch of a space's segments remembers before it overflows
+    # (--max-watch-change-bytes; see streams.storage.watches).
+    watch_change_bytes: int = MAX_CHANGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +106,6 @@ class Backend:
         are completed with the defaults of options it does not give."""
         module, function = self.opener.split(":")
         opener = getattr(importlib.import_module(module), function)
-        complete = Setup(
-            data=setup.data,
-            sync=setup.sync,
-            dedupe_window_ns=setup.dedupe_window_ns,
-            follow_linger=setup.follow_linger,
-            memory=setup.memory,
-            options=self.settings(setup.options),
-            on_fsync=setup.on_fsync,
-            clock=setup.clock,
-        )
+        complete = dataclasses.replace(setup, options=self.settings(setup.options))
         store: Store = await opener(complete)
         return store

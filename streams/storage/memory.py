@@ -41,7 +41,7 @@ from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Backend, Setup
 from streams.storage.batches import RecordList
 from streams.storage.port import BackgroundTask, DiskUsage
 from streams.storage.tail import Subscription, Tail
-from streams.storage.watches import Watch
+from streams.storage.watches import MAX_CHANGE_BYTES, Watch
 
 BACKEND = Backend(
     "memory",
@@ -120,6 +120,7 @@ class MemoryStore:
         clock: Callable[[], int] = time.time_ns,
         follow_linger: float = 0.0,
         memory: MemoryBudget | None = None,
+        watch_change_bytes: int = MAX_CHANGE_BYTES,
     ) -> None:
         self._dedupe_window_ns = dedupe_window_ns
         self._clock = clock
@@ -128,7 +129,7 @@ class MemoryStore:
         self._dedupe: dict[tuple[str, str], _Dedupe] = {}
         self._offsets: dict[tuple[str, str, str], int] = {}
         # Wake-ups and watches only: it is handed no records, so it keeps no windows.
-        self._tail = Tail(1, 1, follow_linger, memory)
+        self._tail = Tail(1, 1, follow_linger, memory, watch_change_bytes)
         self._closed = False
 
     def _log(self, target: Target) -> _Log | None:
@@ -489,4 +490,10 @@ class MemoryStore:
 
 async def open_store(setup: Setup) -> MemoryStore:
     """The memory backend's opener: ``--data`` is not used."""
-    return MemoryStore(setup.dedupe_window_ns, setup.clock, setup.follow_linger, setup.memory)
+    return MemoryStore(
+        setup.dedupe_window_ns,
+        setup.clock,
+        setup.follow_linger,
+        setup.memory,
+        setup.watch_change_bytes,
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams import config
+from streams.limits import Limits
 from streams.model import RetentionPolicy
 from streams.v1 import streams_pb2 as pb
 from tests.support.inproc import InProcessServer
@@ -117,3 +118,24 @@ def test_disk_series_only_for_a_backend_with_files(server: InProcessServer) -> N
     names = {name for name, _ in scrape(server.server.metrics_port)}
     assert "streams_disk_bytes" not in names
     assert "streams_disk_reclaimed_bytes_total" not in names
+
+
+@pytest.mark.parametrize("change_bytes, overflows", [(1, True), (1 << 20, False)])
+def test_max_watch_change_bytes_bounds_what_a_watch_remembers(
+    tmp_path: Path, change_bytes: int, overflows: bool
+) -> None:
+    """Past --max-watch-change-bytes a watch re-reads every segment (deleted
+    ones too, so a long-deleted name comes again); within it, only the changed."""
+    limits = Limits(max_watch_change_bytes=change_bytes)
+    with InProcessServer(tmp_path / "data", storage="memory", limits=limits) as srv:
+        produce(srv.stub, "s", "gone", [b"x"])
+        produce(srv.stub, "s", "kept", [b"x"])
+        srv.stub.DeleteSegment(pb.DeleteSegmentRequest(space="s", segment="gone"))
+        call = srv.stub.WatchSegments(pb.WatchSegmentsRequest(space="s"), timeout=20)
+        while not next(call).snapshot_complete:
+            pass
+        produce(srv.stub, "s", "new", [b"x"])
+        message = next(call)
+        call.cancel()
+    assert [s.name for s in message.segments] == (["kept", "new"] if overflows else ["new"])
+    assert list(message.deleted) == (["gone"] if overflows else [])

@@ -81,7 +81,7 @@ from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
 from streams.storage.rocksdb.reclaim import Reclaim
 from streams.storage.rocksdb.retention import Appended
 from streams.storage.tail import Subscription, Tail
-from streams.storage.watches import Watch
+from streams.storage.watches import MAX_CHANGE_BYTES, Watch
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ class StoreOptions:
     memory: MemoryBudget = field(default_factory=MemoryBudget)
     # Followers are woken at most once per this many seconds (see Tail).
     follow_linger: float = 0.0
+    # What a watch of a space's segments remembers (see streams.storage.watches).
+    watch_change_bytes: int = MAX_CHANGE_BYTES
     clock: Callable[[], int] = field(default=time.time_ns)
     # Called with each WAL fsync's duration in seconds (metrics).
     on_fsync: Callable[[float], None] | None = None
@@ -255,6 +257,7 @@ class RocksStore:
             options.tail_window_bytes,
             options.follow_linger,
             options.memory,
+            options.watch_change_bytes,
         )
         self._group = GroupCommit(
             self._sync_wal if options.sync else None, self._publish, options.on_fsync
@@ -1712,6 +1715,7 @@ async def open_store(setup: Setup) -> RocksStore:
         dedupe_sweep_seconds=setup.options["dedupe_sweep_seconds"],
         memory=setup.memory,
         follow_linger=setup.follow_linger,
+        watch_change_bytes=setup.watch_change_bytes,
         clock=setup.clock,
         on_fsync=setup.on_fsync,
         memtable_bytes=setup.options["memtable_bytes"],
