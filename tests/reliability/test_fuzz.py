@@ -93,7 +93,8 @@ VALID_CODES: dict[str, frozenset[Code]] = {
     "Produce": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS}),
     "Consume": frozenset({Code.OK}),
     "Peek": frozenset({Code.OK, Code.NOT_FOUND}),
-    "Commit": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE}),
+    # NOT_FOUND: the target was deleted (fuzzed deletes run too).
+    "Commit": frozenset({Code.OK, Code.FAILED_PRECONDITION, Code.OUT_OF_RANGE, Code.NOT_FOUND}),
     "GetOffset": frozenset({Code.OK, Code.NOT_FOUND}),
     "ListSpaces": frozenset({Code.OK}),
     "ListSegments": frozenset({Code.OK}),
