@@ -55,5 +55,12 @@ BACKEND = Backend(
             60.0,
             "How often expired dedupe entries are deleted.",
         ),
+        Option(
+            "reclaim-seconds",
+            positive_float,
+            5.0,
+            "How often the disk space of removed records (trims, deletes, retention) is "
+            "given back: the key ranges removed since the last time are compacted.",
+        ),
     ),
 )

@@ -145,7 +145,7 @@ class StoreOptions:
     # slices short in time too.
     removal_slice_chunks: int = 32
     # How often the chunks of removed records are compacted away (see reclaim).
-    reclaim_seconds: float = 60.0
+    reclaim_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -1721,6 +1721,7 @@ async def open_store(setup: Setup) -> RocksStore:
         memtable_bytes=setup.options["memtable_bytes"],
         wal_tail_damage=setup.options["wal_tail_damage"],
         catalog_cache_bytes=setup.options["catalog_cache_bytes"],
+        reclaim_seconds=setup.options["reclaim_seconds"],
     )
     try:
         return RocksStore.open(setup.data, options)
