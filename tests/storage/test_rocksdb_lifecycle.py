@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
@@ -157,6 +158,41 @@ def test_reclaim_gives_the_disk_space_of_removed_records_back(tmp_path: Path) ->
         await store.close()
 
     asyncio.run(trim_and_reclaim())
+
+
+def test_a_store_closed_while_reclaim_compacts_waits_for_it_and_can_be_opened_again(
+    tmp_path: Path,
+) -> None:
+    """A compaction holds the database while it runs: closing the database
+    meanwhile failed (rocksdict: "Already borrowed", which the close swallowed),
+    leaving it open with its lock held, so that it could not be opened again
+    (the same close runs at a reopen after a full disk: the store then refused
+    everything, reads too, until the process restarted)."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
+        for i in range(20):  # 8 MB of records, so that the compaction takes a while
+            bodies = tuple(body(os.urandom(2000)) for _ in range(100))
+            append = SegmentAppend(f"seg{i % 4}", bodies, None)
+            await store.produce(Transaction("s", (append,), "", b""))
+        await store.trim(Target("s"), await store.last_offset(Target("s")) + 1)
+        db = store._db
+        reclaiming = asyncio.ensure_future(store.reclaim())
+        # Until the compaction runs: a call that needs the database whole fails then.
+        while True:
+            await asyncio.sleep(0)
+            assert not reclaiming.done(), "the compaction ended before the test saw it run"
+            try:
+                db.set_dumps(pickle.dumps)  # nothing in raw mode: values are bytes
+            except RuntimeError:
+                break
+        await store.close()
+        reopened = RocksStore.open(tmp_path / "db")  # its lock was released
+        assert (await reopened.get_space("s")).record_count == 0  # type: ignore[union-attr]
+        await reopened.close()
+        assert reclaiming.done() and await reclaiming >= 0  # it ended with the close, no error
+
+    asyncio.run(scenario())
 
 
 def test_a_retention_pass_with_nothing_to_remove_reads_no_record(tmp_path: Path) -> None:

@@ -574,6 +574,7 @@ class RocksStore:
             return
         if self._reopen_due():
             await self._group.drain()
+            await self._reclaim.settle()
         self._resume_writes()
 
     def _check_writable_now(self) -> None:
@@ -592,7 +593,8 @@ class RocksStore:
         while it cannot (the disk is still too full to recover the log)."""
         if self._disk_full is None:  # another writer reopened it meanwhile
             return
-        if self._reopen_due() and self._group.idle:
+        # A running fsync or compaction holds the database: it cannot be closed.
+        if self._reopen_due() and self._group.idle and self._reclaim.idle:
             try:
                 self._reopen()
             except ResourceExhausted:
@@ -1696,6 +1698,7 @@ class RocksStore:
         self._closed = True
         self._tail.close()
         await self._group.drain()
+        await self._reclaim.close()
         if self._mark is not None:
             self._mark.close()
             self._mark = None
