@@ -1265,7 +1265,7 @@ class RocksStore:
             first, ts = self._next_retained(
                 Target(space), entry.first, entry.position, False, self._slice_budget, kept
             )
-            entry = entry._replace(first=first, first_ts=ts or entry.first_ts)
+            entry = entry._replace(first=first, first_ts=entry.first_ts if ts is None else ts)
         batch = rocksdict.WriteBatch(raw_mode=True)
         batch.put(owner.key, entry.pack())
         for name, (_, new) in segments.items():
@@ -1531,11 +1531,18 @@ class RocksStore:
                     high = middle - 1
                 else:
                     low = middle + 1
-        if low > holes:
-            return low
-        # Records their segment removed may lie there: the first retained one from there on.
-        last = self._numbers(target)[1]
-        return self._next_retained(target, low, last, durable=True)[0]
+        # Records their segment removed may lie from there on (a segment trim or
+        # delete can leave any number of them between two retained ones): the
+        # first retained one, looked for a slice's worth of records at a time,
+        # letting other calls run between (a removal may move the first offset
+        # on meanwhile, deleting what lies below it).
+        while low <= holes:
+            first, last, holes = self._numbers(target)
+            low, ts = self._next_retained(target, max(low, first), last, True, self._slice_budget)
+            if ts is not None or low > last:
+                break
+            await asyncio.sleep(0)
+        return low
 
     def _next_retained(
         self,
@@ -1545,11 +1552,11 @@ class RocksStore:
         durable: bool,
         budget: int = 2**64,
         kept: dict[str, int] | None = None,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int | None]:
         """The first offset from ``offset`` on (to ``last``) that a space retains by
-        its segments' first sequences, and its timestamp; ``last + 1`` and 0
+        its segments' first sequences, and its timestamp; ``last + 1`` and None
         when there is none. Looks at about ``budget`` records at most: then
-        returns where it stopped (every offset below it is removed), and 0.
+        returns where it stopped (every offset below it is removed), and None.
         ``kept``: first sequences to use for some segments (a plan's)."""
         prefix = self._prefix(target)
         kept = {} if kept is None else kept
@@ -1563,7 +1570,7 @@ class RocksStore:
                 budget -= chunk_first + chunk.count - offset
                 offset = chunk_first + chunk.count
                 iterator.next()
-        return min(offset, last + 1), 0
+        return min(offset, last + 1), None
 
     async def peek(self, target: Target) -> FramedBatch | None:
         first, last, holes = self._numbers(target)
