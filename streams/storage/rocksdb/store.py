@@ -1573,25 +1573,46 @@ class RocksStore:
         return min(offset, last + 1), None
 
     async def peek(self, target: Target) -> FramedBatch | None:
+        # Records their segment removed may end the space (any number of them):
+        # stepped back over a slice's worth at a time, letting other calls run
+        # between; a change meanwhile starts it over from the new numbers.
         first, last, holes = self._numbers(target)
-        if first > last:
-            return None
+        offset = last
+        while first <= last:
+            found, offset = self._last_retained(target, first, offset, holes)
+            if found is not None:
+                return FramedBatch(codec.consume_response((found,)), 1)
+            if offset < first:
+                return None
+            await asyncio.sleep(0)
+            numbers = self._numbers(target)
+            if numbers != (first, last, holes):
+                first, last, holes = numbers
+                offset = last
+        return None
+
+    def _last_retained(
+        self, target: Target, first: int, offset: int, holes: int
+    ) -> tuple[bytes | None, int]:
+        """The last retained record at or below ``offset`` (and ``first``), looking
+        at about a slice's worth of records; else None and where to go on from
+        (below ``first``: there is none)."""
         prefix = self._prefix(target)
         kept: dict[str, int] = {}
-        with self._chunks(prefix, last) as iterator:
-            chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
-            index = last - chunk_first
-            # Records their segment removed may end the space: step back to a retained one.
+        budget = self._slice_budget
+        with self._chunks(prefix, offset) as iterator:
+            chunk_first, chunk = self._chunk_at(iterator, prefix, target, offset)
+            index = offset - chunk_first
             while chunk_first <= holes:
                 if self._retained_from(target, chunk, chunk_first, kept, True)[0] <= index:
                     break
-                if chunk_first <= first:
-                    return None
+                budget -= index + 1
+                if chunk_first <= first or budget <= 0:
+                    return None, chunk_first - 1
                 iterator.prev()
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, chunk_first - 1)
                 index = chunk.count - 1
-        stored = self._record(chunk, index, target, chunk_first)
-        return FramedBatch(codec.consume_response((stored,)), 1)
+            return self._record(chunk, index, target, chunk_first), offset
 
     def _config(self, space: str) -> SpaceConfig:
         raw = self._get(keys.config_key(space), f"the config of space {space!r}")
