@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
@@ -157,6 +158,86 @@ def test_reclaim_gives_the_disk_space_of_removed_records_back(tmp_path: Path) ->
         await store.close()
 
     asyncio.run(trim_and_reclaim())
+
+
+def test_a_store_closed_while_reclaim_compacts_waits_for_it_and_can_be_opened_again(
+    tmp_path: Path,
+) -> None:
+    """A compaction holds the database while it runs: closing the database
+    meanwhile failed (rocksdict: "Already borrowed", which the close swallowed),
+    leaving it open with its lock held, so that it could not be opened again
+    (the same close runs at a reopen after a full disk: the store then refused
+    everything, reads too, until the process restarted)."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False))
+        for i in range(20):  # 8 MB of records, so that the compaction takes a while
+            bodies = tuple(body(os.urandom(2000)) for _ in range(100))
+            append = SegmentAppend(f"seg{i % 4}", bodies, None)
+            await store.produce(Transaction("s", (append,), "", b""))
+        await store.trim(Target("s"), await store.last_offset(Target("s")) + 1)
+        db = store._db
+        reclaiming = asyncio.ensure_future(store.reclaim())
+        # Until the compaction runs: a call that needs the database whole fails then.
+        while True:
+            await asyncio.sleep(0)
+            assert not reclaiming.done(), "the compaction ended before the test saw it run"
+            try:
+                db.set_dumps(pickle.dumps)  # nothing in raw mode: values are bytes
+            except RuntimeError:
+                break
+        await store.close()
+        reopened = RocksStore.open(tmp_path / "db")  # its lock was released
+        assert (await reopened.get_space("s")).record_count == 0  # type: ignore[union-attr]
+        await reopened.close()
+        assert reclaiming.done() and await reclaiming >= 0  # it ended with the close, no error
+
+    asyncio.run(scenario())
+
+
+async def most_chunks_read_in_one_go(
+    store: RocksStore, call: Awaitable[object]
+) -> tuple[object, int]:
+    """``call``'s result, and the most chunks it read between two turns of the
+    event loop to other work."""
+    running = asyncio.ensure_future(call)
+    reads = [store.stats.chunk_reads]
+    while not running.done():
+        await asyncio.sleep(0)
+        reads.append(store.stats.chunk_reads)
+    return await running, max(after - before for before, after in itertools.pairwise(reads))
+
+
+def test_first_at_or_after_and_peek_over_removed_records_let_other_calls_run(
+    tmp_path: Path,
+) -> None:
+    """Records a segment delete removed between or after retained ones of other
+    segments stay in the space's key range until its first position passes
+    them: first_at_or_after (Trim by time, Consume from a time) and Peek walked
+    all of them in one go on the event loop, which then served nothing else."""
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", StoreOptions(sync=False, removal_slice_records=50))
+        await store.produce(txn("s", ("b", 1)))
+        for _ in range(1000):  # one chunk each
+            await store.produce(txn("s", ("a", 1)))
+        a_first = (await read(store, Target("s", "a")))[0].timestamp_ns
+        await store.delete_segment("s", "a", None)
+        assert await store.first_offset(Target("s")) == 1  # b's first record is retained
+
+        peeked, most = await most_chunks_read_in_one_go(store, store.peek(Target("s")))
+        assert [r.position for r in peeked.records()] == [1]  # type: ignore[attr-defined]
+        assert most <= 100, f"peek: {most} chunks read in one go"
+
+        last = await store.produce(txn("s", ("b", 1)))
+        found, most = await most_chunks_read_in_one_go(
+            store, store.first_at_or_after(Target("s"), a_first)
+        )
+        assert found == last.first_position
+        assert most <= 100, f"first_at_or_after: {most} chunks read in one go"
+        await store.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_retention_pass_with_nothing_to_remove_reads_no_record(tmp_path: Path) -> None:

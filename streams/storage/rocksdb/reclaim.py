@@ -9,6 +9,13 @@ removed since its last run at once, so that the space comes back even when
 nothing else is written. The compaction runs in a worker thread (RocksDB
 releases the GIL while it works, so the event loop and writers go on).
 
+While it runs, the compaction holds the database: rocksdict refuses to close
+it meanwhile ("Already borrowed"), and a database left open keeps its lock,
+so the store could not open it again (at a reopen after a full disk, or after
+a close). Cancelling the task that awaits a compaction does not stop its
+thread; so the store waits for the thread itself (:meth:`Reclaim.settle`)
+before it closes or reopens the database.
+
 What it gave back is measured as the decrease of the table files' total size
 (``rocksdb.total-sst-files-size``) across the compaction.
 """
@@ -20,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import rocksdict
@@ -69,6 +77,29 @@ class Reclaim:
         self.reclaimed_bytes = 0
         # Seconds the last compaction took (for the benchmark and the logs).
         self.last_seconds = 0.0
+        # One compaction at a time, in a thread of its own; the running one,
+        # which may outlive a cancelled step.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="streams-reclaim")
+        self._job: Future[tuple[int, int]] | None = None
+        self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        """No compaction runs: the database may be closed or reopened."""
+        return self._job is None or self._job.done()
+
+    async def settle(self) -> None:
+        """Returns once no compaction runs (whether it worked or not)."""
+        job = self._job
+        if job is not None and not job.done():
+            await asyncio.wait([asyncio.wrap_future(job)])
+
+    async def close(self) -> None:
+        """Starts no compaction any more, and returns once none runs; a running
+        one stops after its current range."""
+        self._closed = True
+        await self.settle()
+        self._executor.shutdown(wait=False)
 
     @property
     def waiting(self) -> int:
@@ -83,18 +114,15 @@ class Reclaim:
     async def step(self) -> int:
         """Compacts the ranges removed since the last step; returns the bytes
         the table files shrank by."""
-        if not self._ranges:
+        if not self._ranges or self._closed or not self.idle:
             return 0
         ranges = merged(self._ranges)
         self._ranges = []
         if len(ranges) > MAX_RANGES:
             ranges = [(ranges[0][0], max(end for _, end in ranges))]
-        db = self._db()
         started = time.perf_counter()
-        before = self._table_bytes(db)
-        for begin, end in ranges:
-            await asyncio.to_thread(db.compact_range, begin, end)
-        after = self._table_bytes(db)
+        self._job = self._executor.submit(self._compact, self._db(), ranges)
+        before, after = await asyncio.wrap_future(self._job)
         self.last_seconds = time.perf_counter() - started
         freed = max(0, before - after)
         self.reclaimed_bytes += freed
@@ -106,6 +134,15 @@ class Reclaim:
             after,
         )
         return freed
+
+    def _compact(self, db: rocksdict.Rdict, ranges: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Compacts ``ranges`` (in the worker thread); the table files' size before and after."""
+        before = self._table_bytes(db)
+        for begin, end in ranges:
+            if self._closed:
+                break
+            db.compact_range(begin, end)
+        return before, self._table_bytes(db)
 
     @staticmethod
     def _table_bytes(db: rocksdict.Rdict) -> int:

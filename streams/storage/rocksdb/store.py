@@ -574,6 +574,7 @@ class RocksStore:
             return
         if self._reopen_due():
             await self._group.drain()
+            await self._reclaim.settle()
         self._resume_writes()
 
     def _check_writable_now(self) -> None:
@@ -592,7 +593,8 @@ class RocksStore:
         while it cannot (the disk is still too full to recover the log)."""
         if self._disk_full is None:  # another writer reopened it meanwhile
             return
-        if self._reopen_due() and self._group.idle:
+        # A running fsync or compaction holds the database: it cannot be closed.
+        if self._reopen_due() and self._group.idle and self._reclaim.idle:
             try:
                 self._reopen()
             except ResourceExhausted:
@@ -1263,7 +1265,7 @@ class RocksStore:
             first, ts = self._next_retained(
                 Target(space), entry.first, entry.position, False, self._slice_budget, kept
             )
-            entry = entry._replace(first=first, first_ts=ts or entry.first_ts)
+            entry = entry._replace(first=first, first_ts=entry.first_ts if ts is None else ts)
         batch = rocksdict.WriteBatch(raw_mode=True)
         batch.put(owner.key, entry.pack())
         for name, (_, new) in segments.items():
@@ -1529,11 +1531,18 @@ class RocksStore:
                     high = middle - 1
                 else:
                     low = middle + 1
-        if low > holes:
-            return low
-        # Records their segment removed may lie there: the first retained one from there on.
-        last = self._numbers(target)[1]
-        return self._next_retained(target, low, last, durable=True)[0]
+        # Records their segment removed may lie from there on (a segment trim or
+        # delete can leave any number of them between two retained ones): the
+        # first retained one, looked for a slice's worth of records at a time,
+        # letting other calls run between (a removal may move the first offset
+        # on meanwhile, deleting what lies below it).
+        while low <= holes:
+            first, last, holes = self._numbers(target)
+            low, ts = self._next_retained(target, max(low, first), last, True, self._slice_budget)
+            if ts is not None or low > last:
+                break
+            await asyncio.sleep(0)
+        return low
 
     def _next_retained(
         self,
@@ -1543,11 +1552,11 @@ class RocksStore:
         durable: bool,
         budget: int = 2**64,
         kept: dict[str, int] | None = None,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int | None]:
         """The first offset from ``offset`` on (to ``last``) that a space retains by
-        its segments' first sequences, and its timestamp; ``last + 1`` and 0
+        its segments' first sequences, and its timestamp; ``last + 1`` and None
         when there is none. Looks at about ``budget`` records at most: then
-        returns where it stopped (every offset below it is removed), and 0.
+        returns where it stopped (every offset below it is removed), and None.
         ``kept``: first sequences to use for some segments (a plan's)."""
         prefix = self._prefix(target)
         kept = {} if kept is None else kept
@@ -1561,28 +1570,49 @@ class RocksStore:
                 budget -= chunk_first + chunk.count - offset
                 offset = chunk_first + chunk.count
                 iterator.next()
-        return min(offset, last + 1), 0
+        return min(offset, last + 1), None
 
     async def peek(self, target: Target) -> FramedBatch | None:
+        # Records their segment removed may end the space (any number of them):
+        # stepped back over a slice's worth at a time, letting other calls run
+        # between; a change meanwhile starts it over from the new numbers.
         first, last, holes = self._numbers(target)
-        if first > last:
-            return None
+        offset = last
+        while first <= last:
+            found, offset = self._last_retained(target, first, offset, holes)
+            if found is not None:
+                return FramedBatch(codec.consume_response((found,)), 1)
+            if offset < first:
+                return None
+            await asyncio.sleep(0)
+            numbers = self._numbers(target)
+            if numbers != (first, last, holes):
+                first, last, holes = numbers
+                offset = last
+        return None
+
+    def _last_retained(
+        self, target: Target, first: int, offset: int, holes: int
+    ) -> tuple[bytes | None, int]:
+        """The last retained record at or below ``offset`` (and ``first``), looking
+        at about a slice's worth of records; else None and where to go on from
+        (below ``first``: there is none)."""
         prefix = self._prefix(target)
         kept: dict[str, int] = {}
-        with self._chunks(prefix, last) as iterator:
-            chunk_first, chunk = self._chunk_at(iterator, prefix, target, last)
-            index = last - chunk_first
-            # Records their segment removed may end the space: step back to a retained one.
+        budget = self._slice_budget
+        with self._chunks(prefix, offset) as iterator:
+            chunk_first, chunk = self._chunk_at(iterator, prefix, target, offset)
+            index = offset - chunk_first
             while chunk_first <= holes:
                 if self._retained_from(target, chunk, chunk_first, kept, True)[0] <= index:
                     break
-                if chunk_first <= first:
-                    return None
+                budget -= index + 1
+                if chunk_first <= first or budget <= 0:
+                    return None, chunk_first - 1
                 iterator.prev()
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, chunk_first - 1)
                 index = chunk.count - 1
-        stored = self._record(chunk, index, target, chunk_first)
-        return FramedBatch(codec.consume_response((stored,)), 1)
+            return self._record(chunk, index, target, chunk_first), offset
 
     def _config(self, space: str) -> SpaceConfig:
         raw = self._get(keys.config_key(space), f"the config of space {space!r}")
@@ -1696,6 +1726,7 @@ class RocksStore:
         self._closed = True
         self._tail.close()
         await self._group.drain()
+        await self._reclaim.close()
         if self._mark is not None:
             self._mark.close()
             self._mark = None
