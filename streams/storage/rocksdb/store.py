@@ -954,14 +954,16 @@ class RocksStore:
                 before = await self.first_at_or_after(Target(name), cutoff)
                 async with self._removals:
                     removed += await self._in_slices(
-                        name, lambda: self._plan_space_trim(name, before)
+                        name, lambda: self._plan_space_trim(name, before), paced=True
                     )
         if policy.max_records_per_segment:
             removed += await self._retain_segments(name, policy.max_records_per_segment)
         if policy.max_bytes:
             async with self._removals:
                 removed += await self._in_slices(
-                    name, lambda: self._plan_space_trim(name, None, policy.max_bytes)
+                    name,
+                    lambda: self._plan_space_trim(name, None, policy.max_bytes),
+                    paced=True,
                 )
         return removed
 
@@ -986,17 +988,27 @@ class RocksStore:
                 plan = functools.partial(
                     self._plan_segment_trim, space, segment, state.last.sequence - most + 1
                 )
-                removed += await self._in_slices(space, plan)
+                removed += await self._in_slices(space, plan, paced=True)
         return removed
 
     async def _in_slices(
-        self, space: str, plan: Callable[[], _Plan | None], always: Sequence[str] = ()
+        self,
+        space: str,
+        plan: Callable[[], _Plan | None],
+        always: Sequence[str] = (),
+        paced: bool = False,
     ) -> Removed:
         """Applies ``plan`` slice by slice until it has nothing left to do; each
-        slice durable before the next is planned. Runs within ``_removals``."""
+        slice durable before the next is planned. Runs within ``_removals``.
+
+        ``paced`` (the retention pass, which nobody waits for): after each
+        slice the event loop is left alone for as long as the slice held it,
+        so a pass takes about twice as long and a writer waits behind at most
+        one slice, never a run of them."""
         removed = Removed()
         while True:
             await self._check_writable()
+            started = time.perf_counter()
             with self._catalog.held():
                 step = plan()
                 if step is None:
@@ -1007,6 +1019,7 @@ class RocksStore:
                 ticket = self._queue(
                     step.space, step.space_entry, list(step.segments.values()), announce
                 )
+            busy = time.perf_counter() - started
             await self._group.wait(ticket)
             removed += step.removed
             self.stats.removal_slices += 1
@@ -1016,8 +1029,11 @@ class RocksStore:
             # and RocksDB reads every one of them each time it makes an
             # iterator (about 11 us per 1,000), slowing every read and slice.
             ranged = step.segments if step.chunks is None else ()
+            started = time.perf_counter()
             await self._delete_ranges(self._below_first(space, ranged), step.chunks or ())
-            await asyncio.sleep(0)  # writers go first (with --no-sync nothing above waited)
+            busy += time.perf_counter() - started
+            # Writers go first (with --no-sync nothing above waited).
+            await asyncio.sleep(busy if paced else 0)
 
     def _below_first(self, space: str, segments: Iterable[str]) -> list[tuple[bytes, bytes]]:
         """The key ranges of the chunks of ``space`` and of ``segments`` that lie
