@@ -49,6 +49,10 @@ def positive_float(text: str) -> float:
     return value
 
 
+class BackendUnavailable(Exception):
+    """The backend's module, or a library it needs, cannot be imported here."""
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """A server option that a backend owns: ``--NAME``, ``STREAMS_NAME``.
@@ -97,10 +101,14 @@ class Backend:
         return {option.dest: given.get(option.dest, option.default) for option in self.options}
 
     async def open(self, setup: Setup) -> Store:
-        """Opens the backend (its module is imported now); ``setup.options``
-        are completed with the defaults of options it does not give."""
+        """Opens the backend (its module is imported now: BackendUnavailable if
+        it cannot be); ``setup.options`` are completed with the defaults of
+        options it does not give."""
         module, function = self.opener.split(":")
-        opener = getattr(importlib.import_module(module), function)
+        try:
+            opener = getattr(importlib.import_module(module), function)
+        except ImportError as exc:  # e.g. an engine or client library left out of the install
+            raise BackendUnavailable(f"cannot load {module}: {exc}") from exc
         complete = Setup(
             data=setup.data,
             sync=setup.sync,
