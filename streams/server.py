@@ -120,13 +120,14 @@ class StreamsServer:
         startup.check_bindable("--listen", cfg.listen)
         if cfg.metrics_listen:
             startup.check_bindable("--metrics-listen", cfg.metrics_listen)
+        backend = registry.get(cfg.storage)
+        lim = backend.limits(cfg.limits)
         # One budget for the tail's windows and the service's buffered responses.
-        lim = cfg.limits
         memory = MemoryBudget(
             lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
         )
         try:
-            self._store = await registry.get(cfg.storage).open(
+            self._store = await backend.open(
                 Setup(
                     data=cfg.data,
                     sync=cfg.sync,

@@ -24,10 +24,11 @@ import argparse
 import importlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from streams.limits import Limits
 from streams.memory import MemoryBudget
 from streams.storage.port import Store
 
@@ -95,6 +96,17 @@ class Backend:
     # "module:function": an async function of a Setup that returns the open Store.
     opener: str
     options: tuple[Option, ...] = ()
+    # The most records one Produce may hold on this backend (JetStream: one atomic
+    # batch); None: the server's --max-records-per-produce alone.
+    max_records_per_produce: int | None = None
+
+    def limits(self, configured: Limits) -> Limits:
+        """The limits the server enforces on this backend: ``configured``, with
+        what this backend cannot take lowered to what it can."""
+        cap = self.max_records_per_produce
+        if cap is None or cap >= configured.max_records_per_produce:
+            return configured
+        return replace(configured, max_records_per_produce=cap)
 
     def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This backend's options: those in ``given``, defaults for the rest."""
