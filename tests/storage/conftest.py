@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from streams.model import SegmentAppend, Transaction
 from streams.storage import registry
 from streams.storage.backend import Setup
 from streams.storage.port import Store
+
+from .jetstream_server import nats_server_urls
 
 T = TypeVar("T")
 DAY_NS = 24 * 3600 * 1_000_000_000
@@ -118,9 +121,32 @@ class Harness:
         return asyncio.run(main())
 
 
+def _hold_jetstream(store: Any) -> Gate:
+    """A JetStream write becomes durable with its acknowledged publish (a
+    batch's commit message, a KV put): held just before it."""
+    gate = Gate()
+    js = store._js
+    acked = js._acked
+
+    async def held(*args: Any) -> Any:
+        await asyncio.to_thread(gate.pass_through)
+        return await acked(*args)
+
+    js._acked = held
+    return gate
+
+
+def _jetstream(tmp: Path) -> Harness:
+    """Each test its own --nats-prefix on the session's NATS server."""
+    options = {"nats_url": nats_server_urls(), "nats_prefix": f"t{uuid.uuid4().hex[:12]}"}
+    options["nats_replicas"] = len(options["nats_url"])
+    return Harness("jetstream", tmp / "data", True, _hold_jetstream, options=options)
+
+
 HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "rocksdb": lambda tmp: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
     "memory": lambda tmp: Harness("memory", tmp / "data", durable=False, hold=None),
+    "jetstream": _jetstream,
 }
 
 

@@ -1,0 +1,199 @@
+"""The parts of the JetStream API this backend uses, as plain requests.
+
+nats-py has no helper for atomic batch publishing nor for batched direct gets,
+and its KV reads may be served by a lagging replica; so the backend speaks the
+JSON API itself (``$JS.API.*``), where it picks what answers: a get through
+the stream leader (``STREAM.MSG.GET``) is never stale, a direct get
+(``DIRECT.GET``, any replica) may lag right after a publish.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from streams.errors import Unavailable
+
+# JetStream error codes this backend acts on.
+STREAM_NOT_FOUND = 10059
+NO_MESSAGE = 10037
+WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SUBJECT_SEQUENCE = 10164
+BATCH_DUPLICATE_ID = 10201
+STREAM_NAME_IN_USE = 10058
+
+TIMEOUT = 10.0
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"JetStream error {err_code} ({code}): {description}")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message: its subject, stream sequence, headers and data."""
+
+    subject: str
+    seq: int
+    headers: Mapping[str, str]
+    data: bytes
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """``NATS/1.0\\r\\nKey: value\\r\\n...`` as a dict."""
+    found = {}
+    for line in raw.decode("utf-8").split("\r\n")[1:]:
+        key, colon, value = line.partition(":")
+        if colon:
+            found[key.strip()] = value.strip()
+    return found
+
+
+class JetStream:
+    """Requests to the JetStream API over one NATS connection."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+
+    async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        payload = json.dumps(body).encode() if body is not None else b""
+        try:
+            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=TIMEOUT)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+            raise Unavailable(f"the NATS cluster did not answer {subject}: {error!r}") from error
+        except nats.errors.ConnectionClosedError as error:
+            raise Unavailable("the connection to the NATS cluster is closed") from error
+        answer: dict[str, Any] = json.loads(reply.data)
+        if "error" in answer:
+            error = answer["error"]
+            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+        return answer
+
+    async def create_stream(self, config: Mapping[str, Any]) -> None:
+        """Creates the stream; an existing one is left as it is."""
+        try:
+            await self.api(f"STREAM.CREATE.{config['name']}", config)
+        except ApiError as error:
+            if error.err_code != STREAM_NAME_IN_USE:
+                raise
+
+    async def info(self, stream: str, subjects_filter: str | None = None) -> dict[str, Any] | None:
+        """The stream's info (None when there is no such stream); with a
+        ``subjects_filter`` every matching subject's message count, all pages."""
+        body: dict[str, Any] = {}
+        if subjects_filter is not None:
+            body["subjects_filter"] = subjects_filter
+        try:
+            answer = await self.api(f"STREAM.INFO.{stream}", body)
+        except ApiError as error:
+            if error.err_code == STREAM_NOT_FOUND:
+                return None
+            raise
+        if subjects_filter is not None:
+            subjects = answer["state"].get("subjects") or {}
+            while answer.get("total", 0) > answer.get("offset", 0) + answer.get("limit", 0):
+                body["offset"] = answer["offset"] + answer["limit"]
+                answer = await self.api(f"STREAM.INFO.{stream}", body)
+                subjects.update(answer["state"].get("subjects") or {})
+            answer["state"]["subjects"] = subjects
+        return answer
+
+    async def get(self, stream: str, **query: Any) -> Message | None:
+        """One message through the stream leader (never stale), or None."""
+        try:
+            answer = await self.api(f"STREAM.MSG.GET.{stream}", query)
+        except ApiError as error:
+            if error.err_code in (NO_MESSAGE, STREAM_NOT_FOUND):
+                return None
+            raise
+        found = answer["message"]
+        hdrs = found.get("hdrs")
+        return Message(
+            found["subject"],
+            found["seq"],
+            parse_headers(base64.b64decode(hdrs)) if hdrs else {},
+            base64.b64decode(found.get("data") or ""),
+        )
+
+    async def direct_batch(
+        self, stream: str, seq: int, batch: int, max_bytes: int, subject: str
+    ) -> list[Message]:
+        """Up to ``batch`` messages (and about ``max_bytes``) of ``subject``
+        from stream sequence ``seq`` on, from any replica (it may lag)."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        found: list[Message] = []
+        body = {"seq": seq, "batch": batch, "max_bytes": max_bytes, "next_by_subj": subject}
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), inbox)
+            while True:
+                msg = await sub.next_msg(timeout=TIMEOUT)
+                headers = msg.headers or {}
+                if "Nats-Sequence" not in headers:
+                    return found  # the end of the batch (204), or nothing there (404)
+                found.append(
+                    Message(
+                        headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data
+                    )
+                )
+        except nats.errors.TimeoutError as error:
+            raise Unavailable(f"the NATS cluster did not answer a read of {stream}") from error
+        finally:
+            await sub.unsubscribe()
+
+    async def purge(self, stream: str, subject: str | None = None, before: int = 0) -> int:
+        """Removes the messages (of ``subject``) below stream sequence ``before``
+        (every one when 0); returns how many."""
+        body: dict[str, Any] = {}
+        if subject is not None:
+            body["filter"] = subject
+        if before:
+            body["seq"] = before
+        answer = await self.api(f"STREAM.PURGE.{stream}", body)
+        return int(answer.get("purged", 0))
+
+    async def publish(self, subject: str, data: bytes, headers: Mapping[str, str]) -> int:
+        """One message, acknowledged once stored; returns its stream sequence."""
+        return await self._acked(subject, data, headers)
+
+    async def publish_batch(
+        self, messages: Sequence[tuple[str, bytes]], headers: Sequence[Mapping[str, str]]
+    ) -> int:
+        """``messages`` as one atomic batch (all stored or none); ``headers``
+        per message. Returns the stream sequence of the last one."""
+        if len(messages) == 1:
+            return await self._acked(messages[0][0], messages[0][1], headers[0])
+        batch_id = uuid.uuid4().hex
+        last = len(messages)
+        for n, ((subject, data), extra) in enumerate(zip(messages, headers, strict=True), 1):
+            h = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **extra}
+            if n < last:
+                await self.nc.publish(subject, data, headers=h)
+            else:
+                h["Nats-Batch-Commit"] = "1"
+                return await self._acked(subject, data, h)
+        raise ValueError("an empty batch")
+
+    async def _acked(self, subject: str, data: bytes, headers: Mapping[str, str]) -> int:
+        try:
+            reply = await self.nc.request(subject, data, timeout=TIMEOUT, headers=dict(headers))
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+            raise Unavailable(f"the NATS cluster did not acknowledge a write: {error!r}") from error
+        except nats.errors.ConnectionClosedError as error:
+            raise Unavailable("the connection to the NATS cluster is closed") from error
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            error = answer["error"]
+            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+        return int(answer["seq"])
