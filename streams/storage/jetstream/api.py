@@ -9,6 +9,7 @@ the stream leader (``STREAM.MSG.GET``) is never stale, a direct get
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -27,6 +28,7 @@ NO_MESSAGE = 10037
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SUBJECT_SEQUENCE = 10164
 BATCH_DUPLICATE_ID = 10201
+DUPLICATE_IN_PROCESS = 10158
 STREAM_NAME_IN_USE = 10058
 
 TIMEOUT = 10.0
@@ -81,12 +83,23 @@ class JetStream:
         return answer
 
     async def create_stream(self, config: Mapping[str, Any]) -> None:
-        """Creates the stream; an existing one is left as it is."""
+        """Creates the stream (an existing one is left as it is), and returns
+        once it has a leader: another gateway's create may still be electing
+        one, and until then the stream's requests go unanswered."""
         try:
             await self.api(f"STREAM.CREATE.{config['name']}", config)
         except ApiError as error:
             if error.err_code != STREAM_NAME_IN_USE:
                 raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            info = await self.info(config["name"])
+            if info is not None and ("cluster" not in info or info["cluster"].get("leader")):
+                return
+            if loop.time() > deadline:
+                raise Unavailable(f"stream {config['name']} has no leader after {TIMEOUT} s")
+            await asyncio.sleep(0.02)
 
     async def info(self, stream: str, subjects_filter: str | None = None) -> dict[str, Any] | None:
         """The stream's info (None when there is no such stream); with a

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -58,6 +60,7 @@ from streams.storage.batches import RecordList
 from streams.storage.jetstream import records
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
+    DUPLICATE_IN_PROCESS,
     WRONG_LAST_SEQUENCE,
     ApiError,
     JetStream,
@@ -72,14 +75,20 @@ from streams.storage.watches import Watch
 
 # JetStream's atomic batch holds at most 1,000 messages (1,001: error 10199).
 MAX_RECORDS_PER_PRODUCE = 1000
-# Renumbering attempts when other gateways keep writing to the same space.
-MAX_ATTEMPTS = 64
+# How long a Produce keeps renumbering while other gateways write to its space.
+CONFLICT_SECONDS = 10.0
+# The longest random pause between two attempts (the pause doubles from 2 ms).
+MAX_BACKOFF_SECONDS = 0.05
+# Records another gateway wrote that are read to catch up (more: numbers read afresh).
+MAX_CATCH_UP = 256
 # How long a retried transaction waits for the original's result to be recorded.
 DEDUPE_WAIT_SECONDS = 5.0
 # JetStream's own duplicate window, in which a retried batch is refused.
 DUPLICATE_WINDOW_NS = 120 * 1_000_000_000
 # Dedupe entries outlive their window by this much (real time) before the bucket drops them.
 DEDUPE_MARGIN_NS = 3600 * 1_000_000_000
+# Pause before retrying a batch whose id another gateway's batch is using right now.
+IN_PROCESS_PAUSE = 0.01
 # Messages asked for per batched direct get.
 READ_BATCH = 500
 
@@ -359,7 +368,10 @@ class JetStreamStore:
         self, txn: Transaction, stream: str, dedupe_key: str, revision: int
     ) -> ProduceResult:
         fresh = False
-        for _ in range(MAX_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFLICT_SECONDS
+        conflicts = 0
+        while loop.time() < deadline:
             numbers = self._numbers.get(txn.space)
             if numbers is None:
                 numbers, fresh = await self._load(txn.space), True
@@ -405,7 +417,18 @@ class JetStreamStore:
             except ApiError as error:
                 self._numbers.pop(txn.space, None)
                 if error.err_code == WRONG_LAST_SEQUENCE:
+                    # Another gateway wrote: learn its records, then pause at
+                    # random so that gateways that keep colliding take turns.
+                    fresh, conflicts = False, conflicts + 1
+                    await self._catch_up(txn.space, numbers, error.description)
+                    pause = min(0.002 * 2**conflicts, MAX_BACKOFF_SECONDS)
+                    await asyncio.sleep(random.uniform(0, pause))
+                    continue
+                if error.err_code == DUPLICATE_IN_PROCESS:
+                    # Another gateway's batch with this id is being stored: once
+                    # it is, a retry is refused as a repeat (or, if it failed, goes in).
                     fresh = False
+                    await asyncio.sleep(IN_PROCESS_PAUSE)
                     continue
                 if error.err_code == BATCH_DUPLICATE_ID:
                     return await self._original(txn, dedupe_key, revision)
@@ -427,8 +450,34 @@ class JetStreamStore:
                 await self._record(txn, dedupe_key, revision, result)
             return result
         raise Unavailable(
-            f"space {txn.space!r}: other writers kept changing it ({MAX_ATTEMPTS} attempts); retry"
+            f"space {txn.space!r}: other writers kept changing it for {CONFLICT_SECONDS} s "
+            f"({conflicts} attempts); retry"
         )
+
+    async def _catch_up(self, space: str, numbers: _Numbers, refusal: str) -> None:
+        """Brings ``numbers`` up to the stream's last sequence named in
+        ``refusal`` ("wrong last sequence: N") by reading the records written
+        since; leaves them to be read afresh unless every one of them is seen."""
+        match = re.search(r"(\d+)$", refusal)
+        if match is None:
+            return
+        actual = int(match.group(1))
+        if not 0 < actual - numbers.last <= MAX_CATCH_UP:
+            return
+        found = await self._js.direct_batch(
+            self._names.stream(space),
+            numbers.last + 1,
+            actual - numbers.last,
+            64 << 20,
+            self._names.space_subjects(space),
+        )
+        if [m.seq for m in found] != list(range(numbers.last + 1, actual + 1)):
+            return  # a replica that lags, or removed records: read afresh
+        for message in found:
+            stored = records.numbers(self._names, message)
+            numbers.segments[stored.segment] = (stored.sequence, stored.cum)
+        numbers.last, numbers.last_ts = actual, records.numbers(self._names, found[-1]).timestamp_ns
+        self._numbers[space] = numbers
 
     async def _record(
         self, txn: Transaction, key: str, revision: int, result: ProduceResult
