@@ -24,8 +24,8 @@ Scenario = Callable[[Store, Store], Awaitable[None]]
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    return HARNESSES["jetstream"](tmp_path)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
+    return HARNESSES["jetstream"](tmp_path, request)
 
 
 def two_gateways(harness: Harness, scenario: Scenario) -> None:
