@@ -172,3 +172,18 @@ def test_a_produce_is_one_atomic_batch_of_at_most_1000_records(harness: Harness)
         assert await store.last_offset(Target("s")) == MAX_RECORDS_PER_PRODUCE
 
     harness.run(scenario)
+
+
+def test_two_gateways_a_watcher_hears_the_other_gateways_removals(harness: Harness) -> None:
+    async def scenario(a: Store, b: Store) -> None:
+        await a.produce(txn("s", ("x", 2), ("y", 1)))
+        async with b.watch("s") as watch:
+            await a.trim(Target("s", "x"), 2)
+            assert await asyncio.wait_for(watch.changes(), 10) == {"x"}
+            await a.delete_segment("s", "y", None)
+            assert await asyncio.wait_for(watch.changes(), 10) == {"y"}
+            await a.delete_space("s")
+            names = await asyncio.wait_for(watch.changes(), 10)
+            assert names is None or {"x"} <= names
+
+    two_gateways(harness, scenario)

@@ -218,7 +218,7 @@ class JetStreamStore:
         self._dedupe_window_ns = dedupe_window_ns
         self._clock = clock
         self._tail = tail
-        self._feeds = Feeds(nc.jetstream(), names, tail)
+        self._feeds = Feeds(nc, nc.jetstream(), names, tail)
         self._catalog = Bucket(self._js, names.bucket("catalog"))
         self._offsets = Bucket(self._js, names.bucket("offsets"))
         self._dedupe = Bucket(self._js, names.bucket("dedupe"))
@@ -653,7 +653,7 @@ class JetStreamStore:
                 kept.sequence - segment.first.sequence, kept.base - segment.first.base
             )
             await self._js.purge(stream, subject, kept.position)
-        self._tail.removed(space, (segment.name,))
+        await self._feeds.removed(space, [segment.name])
         return removed
 
     async def _retained_segments(self, space: str) -> list[_Segment]:
@@ -690,7 +690,7 @@ class JetStreamStore:
         await self._keep_numbers(space, [segment for segment, _ in cut], last)
         await self._js.purge(stream, None, before)
         if cut:
-            self._tail.removed(space, sorted((segment.name for segment, _ in cut), key=encode))
+            await self._feeds.removed(space, sorted((s.name for s, _ in cut), key=encode))
         return removed
 
     async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
@@ -717,7 +717,7 @@ class JetStreamStore:
         await self._js.purge(self._names.stream(space), self._names.subject(space, segment))
         await self._offsets.delete(f"{encode(space)}.{encode(segment)}.*")
         self._numbers.pop(space, None)
-        self._tail.removed(space, (segment,))
+        await self._feeds.removed(space, [segment])
         return removed
 
     async def delete_space(self, space: str) -> Removed:
@@ -747,7 +747,7 @@ class JetStreamStore:
             await self._js.purge(self._names.stream(space))
         await self._offsets.delete(f"{encode(space)}.>")
         self._numbers.pop(space, None)
-        self._tail.removed(space, None)
+        await self._feeds.removed(space, None)
         return removed
 
     async def configure_space(self, space: str, config: SpaceConfig) -> None:
@@ -1143,7 +1143,10 @@ async def open_store(setup: Setup) -> JetStreamStore:
     options = setup.options
     try:
         nc = await nats.connect(
-            list(options["nats_url"]), connect_timeout=5, max_reconnect_attempts=-1
+            list(options["nats_url"]),
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            no_echo=True,  # removal notices: a gateway hears only the others'
         )
     except Exception as error:
         raise Unavailable(
