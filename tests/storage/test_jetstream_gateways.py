@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import InvalidArgument, SequenceMismatch
+from streams.errors import AlreadyExists, InvalidArgument, SequenceMismatch
 from streams.model import Cut, Target
 from streams.storage.jetstream.store import MAX_RECORDS_PER_PRODUCE
 from streams.storage.port import Store
@@ -185,5 +185,36 @@ def test_two_gateways_a_watcher_hears_the_other_gateways_removals(harness: Harne
             await a.delete_space("s")
             names = await asyncio.wait_for(watch.changes(), 10)
             assert names is None or {"x"} <= names
+
+    two_gateways(harness, scenario)
+
+
+def test_a_repeat_is_answered_when_the_original_gateway_stopped_before_recording_it(
+    harness: Harness,
+) -> None:
+    async def scenario(a: Store, b: Store) -> None:
+        async def stopped(*args: object) -> None:
+            """The gateway stops after the commit, before it records the result."""
+
+        a._record = stopped  # type: ignore[attr-defined]
+        original = await a.produce(txn("s", ("x", 2), ("y", 1), txid="t"))
+        await a.produce(txn("s", ("x", 1)))
+        again = await b.produce(txn("s", ("x", 2), ("y", 1), txid="t"))
+        assert again.duplicate
+        assert (again.acks, again.first_position, again.last_position, again.timestamp_ns) == (
+            original.acks,
+            original.first_position,
+            original.last_position,
+            original.timestamp_ns,
+        )
+        # Recorded now: the next repeat is answered from the bucket, a different one refused.
+        assert (await a.produce(txn("s", ("x", 2), ("y", 1), txid="t"))).duplicate
+        with pytest.raises(AlreadyExists):
+            await b.produce(txn("s", ("x", 1), txid="t", tag=b"other"))
+        a._record = stopped  # type: ignore[attr-defined]
+        await a.produce(txn("s", ("x", 1), txid="u"))
+        with pytest.raises(AlreadyExists):
+            await b.produce(txn("s", ("x", 1), txid="u", tag=b"other"))
+        assert await b.last_offset(Target("s")) == 5
 
     two_gateways(harness, scenario)

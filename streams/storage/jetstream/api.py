@@ -209,4 +209,8 @@ class JetStream:
         if "error" in answer:
             error = answer["error"]
             raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+        if answer.get("duplicate"):
+            # A single message's repeated Nats-Msg-Id is acknowledged with the
+            # original's sequence, where a batch's is refused: told apart the same way.
+            raise ApiError(400, BATCH_DUPLICATE_ID, f"duplicate of the message at {answer['seq']}")
         return int(answer["seq"])

@@ -57,7 +57,7 @@ from streams.model import (
 from streams.storage import port
 from streams.storage.backend import Setup
 from streams.storage.batches import RecordList
-from streams.storage.jetstream import records
+from streams.storage.jetstream import dedupe, records
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
     DUPLICATE_IN_PROCESS,
@@ -82,7 +82,7 @@ MAX_BACKOFF_SECONDS = 0.05
 # Records another gateway wrote that are read to catch up (more: numbers read afresh).
 MAX_CATCH_UP = 256
 # How long a retried transaction waits for the original's result to be recorded.
-DEDUPE_WAIT_SECONDS = 5.0
+DEDUPE_WAIT_SECONDS = 1.0
 # JetStream's own duplicate window, in which a retried batch is refused.
 DUPLICATE_WINDOW_NS = 120 * 1_000_000_000
 # Dedupe entries outlive their window by this much (real time) before the bucket drops them.
@@ -179,20 +179,6 @@ def _config(found: dict[str, Any] | None) -> SpaceConfig | None:
         return None
     retention = found.get("retention")
     return SpaceConfig(None if retention is None else RetentionPolicy(**retention))
-
-
-def _result_json(result: ProduceResult) -> dict[str, Any]:
-    return {
-        "acks": [[a.segment, a.first_sequence, a.last_sequence] for a in result.acks],
-        "first": result.first_position,
-        "last": result.last_position,
-        "ts": result.timestamp_ns,
-    }
-
-
-def _result(found: dict[str, Any]) -> ProduceResult:
-    acks = tuple(SegmentAck(s, first, last) for s, first, last in found["acks"])
-    return ProduceResult(acks, found["first"], found["last"], found["ts"], duplicate=True)
 
 
 class JetStreamStore:
@@ -362,7 +348,7 @@ class JetStreamStore:
             return None
         if entry["fingerprint"] != txn.fingerprint.hex():
             raise port.already_exists(txn)
-        return _result(entry["result"])
+        return dedupe.result(entry)
 
     async def _commit(
         self, txn: Transaction, stream: str, dedupe_key: str, revision: int
@@ -411,7 +397,8 @@ class JetStreamStore:
                 acks.append(SegmentAck(append.segment, first, sequence))
             headers[0]["Nats-Expected-Last-Sequence"] = str(numbers.last)
             if txn.transaction_id:
-                headers[0]["Nats-Msg-Id"] = f"{dedupe_key}.{revision}"
+                headers[0][dedupe.MSG_ID] = f"{dedupe_key}.{revision}"
+                headers[0][dedupe.FINGERPRINT] = txn.fingerprint.hex()
             try:
                 last = await self._js.publish_batch(messages, headers)
             except ApiError as error:
@@ -447,7 +434,7 @@ class JetStreamStore:
             numbers.segments.update(updated)
             result = ProduceResult(tuple(acks), last - len(messages) + 1, last, ts)
             if txn.transaction_id:
-                await self._record(txn, dedupe_key, revision, result)
+                await self._record(txn.fingerprint, dedupe_key, revision, result)
             return result
         raise Unavailable(
             f"space {txn.space!r}: other writers kept changing it for {CONFLICT_SECONDS} s "
@@ -480,33 +467,39 @@ class JetStreamStore:
         self._numbers[space] = numbers
 
     async def _record(
-        self, txn: Transaction, key: str, revision: int, result: ProduceResult
+        self, fingerprint: bytes, key: str, revision: int, result: ProduceResult
     ) -> None:
-        entry = {
-            "fingerprint": txn.fingerprint.hex(),
-            "expires": result.timestamp_ns + self._dedupe_window_ns,
-            "result": _result_json(result),
-        }
+        expires = result.timestamp_ns + self._dedupe_window_ns
         with contextlib.suppress(Conflict):
-            await self._dedupe.put(key, entry, revision)
+            await self._dedupe.put(key, dedupe.entry(fingerprint, expires, result), revision)
 
     async def _original(self, txn: Transaction, key: str, revision: int) -> ProduceResult:
         """A batch JetStream refused as a repeat: the original's result, once
-        its gateway recorded it."""
+        its gateway recorded it; if it does not (it stopped after the commit),
+        as found in the stream, and recorded now."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DEDUPE_WAIT_SECONDS
-        while loop.time() < deadline:
+        while True:
             found = await self._dedupe.get(key)
             if found is not None and found[1] != revision:
                 answer = self._answer(txn, found[0])
                 if answer is not None:
                     return answer
+            if loop.time() > deadline:
+                break
             await asyncio.sleep(0.05)
-        raise Unavailable(
-            f"transaction_id: {txn.transaction_id!r} was committed in space {txn.space!r}, but "
-            "the gateway that wrote it has not recorded its result (it may have stopped): "
-            "not written again; retry later"
-        )
+        window = DUPLICATE_WINDOW_NS / 1e9 + DEDUPE_WAIT_SECONDS + 10
+        stored = await dedupe.recover(self._js, self._names, txn.space, f"{key}.{revision}", window)
+        if stored is None:
+            raise Unavailable(
+                f"transaction_id: {txn.transaction_id!r}: JetStream refused it as a repeat in "
+                f"space {txn.space!r}, but the original is not found; retry later"
+            )
+        fingerprint, original = stored
+        await self._record(fingerprint, key, revision, original)
+        if fingerprint != txn.fingerprint:
+            raise port.already_exists(txn)
+        return dataclasses.replace(original, duplicate=True)
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
