@@ -37,7 +37,7 @@ BACKEND = Backend(
         Option(
             "nats-url",
             urls,
-            ("nats://127.0.0.1:4222",),
+            "nats://127.0.0.1:4222",
             "NATS servers of the JetStream cluster, comma-separated nats://HOST:PORT",
         ),
         Option(

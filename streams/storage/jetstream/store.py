@@ -57,7 +57,7 @@ from streams.model import (
 from streams.storage import port
 from streams.storage.backend import Setup
 from streams.storage.batches import RecordList
-from streams.storage.jetstream import dedupe, records
+from streams.storage.jetstream import dedupe, records, urls
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
     DUPLICATE_IN_PROCESS,
@@ -1134,17 +1134,18 @@ class JetStreamStore:
 async def open_store(setup: Setup) -> JetStreamStore:
     """The JetStream backend's opener: ``--data`` is not used."""
     options = setup.options
+    servers = options["nats_url"]
+    if isinstance(servers, str):  # the default, not parsed by the option's kind
+        servers = urls(servers)
     try:
         nc = await nats.connect(
-            list(options["nats_url"]),
+            list(servers),
             connect_timeout=5,
             max_reconnect_attempts=-1,
             no_echo=True,  # removal notices: a gateway hears only the others'
         )
     except Exception as error:
-        raise Unavailable(
-            f"--nats-url: cannot reach {','.join(options['nats_url'])}: {error!r}"
-        ) from error
+        raise Unavailable(f"--nats-url: cannot reach {','.join(servers)}: {error!r}") from error
     store = JetStreamStore(
         nc,
         Names(options["nats_prefix"]),
