@@ -52,6 +52,14 @@ class Message:
     data: bytes
 
 
+def _error(error: Mapping[str, Any]) -> Exception:
+    """A JetStream error answer: Unavailable when the cluster cannot serve
+    right now (503: no leader, an election going on), else ApiError."""
+    if error.get("code") == 503:
+        return Unavailable(f"the NATS cluster cannot serve this now: {error['description']}")
+    return ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+
+
 def parse_headers(raw: bytes) -> dict[str, str]:
     """``NATS/1.0\\r\\nKey: value\\r\\n...`` as a dict."""
     found = {}
@@ -78,8 +86,7 @@ class JetStream:
             raise Unavailable("the connection to the NATS cluster is closed") from error
         answer: dict[str, Any] = json.loads(reply.data)
         if "error" in answer:
-            error = answer["error"]
-            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+            raise _error(answer["error"])
         return answer
 
     async def create_stream(self, config: Mapping[str, Any]) -> None:
@@ -207,8 +214,7 @@ class JetStream:
             raise Unavailable("the connection to the NATS cluster is closed") from error
         answer = json.loads(reply.data)
         if "error" in answer:
-            error = answer["error"]
-            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+            raise _error(answer["error"])
         if answer.get("duplicate"):
             # A single message's repeated Nats-Msg-Id is acknowledged with the
             # original's sequence, where a batch's is refused: told apart the same way.
