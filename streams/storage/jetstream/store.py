@@ -564,11 +564,27 @@ class JetStreamStore:
     def _space_deleted(entry: dict[str, Any], last: int) -> bool:
         return entry.get("deleted_at") is not None and entry["deleted_at"] == last
 
-    async def _keep_numbers(self, space: str, segments: Sequence[_Segment], last: int) -> None:
-        """Writes down what a removal must not lose: each segment's last
-        numbers and the space's last timestamp (before any record goes)."""
+    async def _keep_numbers(
+        self, space: str, segments: Sequence[_Segment], last: int, deleted: bool = False
+    ) -> None:
+        """Writes down what a removal must not lose (before any record goes):
+        each segment's last numbers, merged with what is stored (numbers only
+        grow: another gateway may have stored newer ones meanwhile), marked
+        ``deleted`` or not; and the space's last timestamp."""
         for segment in segments:
-            await self._catalog.put(self._segment_key(space, segment.name), segment.numbers())
+            key = self._segment_key(space, segment.name)
+            while True:
+                found = await self._catalog.get(key)
+                numbers = segment.numbers()
+                if found is not None and int(found[0]["last"]) > numbers["last"]:
+                    numbers = found[0]
+                try:
+                    await self._catalog.put(
+                        key, {**numbers, "deleted": deleted}, 0 if found is None else found[1]
+                    )
+                    break
+                except Conflict:
+                    continue
         ts = await self._last_timestamp(space, last)
         await self._update_space(space, lambda entry: {**entry, "ts": max(ts, entry.get("ts", 0))})
 
@@ -640,7 +656,8 @@ class JetStreamStore:
                 segment.last.sequence - segment.first.sequence + 1,
                 segment.last.cum - segment.first.base,
             )
-            await self._js.purge(stream, subject)
+            # Bounded by what was seen: a record another gateway adds meanwhile stays.
+            await self._js.purge(stream, subject, segment.last.position + 1)
         else:
             removed = Removed(
                 kept.sequence - segment.first.sequence, kept.base - segment.first.base
@@ -703,11 +720,12 @@ class JetStreamStore:
             removed = Removed(
                 found.last.sequence - found.first.sequence + 1, found.last.cum - found.first.base
             )
-        await self._keep_numbers(space, [], last)
-        await self._catalog.put(
-            self._segment_key(space, segment), {**found.numbers(), "deleted": True}
-        )
-        await self._js.purge(self._names.stream(space), self._names.subject(space, segment))
+        await self._keep_numbers(space, [found], last, deleted=True)
+        if found.last is not None:
+            # Bounded by what was seen: a record another gateway adds meanwhile
+            # stays, and the segment is written again (its numbers go on).
+            stream, subject = self._names.stream(space), self._names.subject(space, segment)
+            await self._js.purge(stream, subject, found.last.position + 1)
         await self._offsets.delete(f"{encode(space)}.{encode(segment)}.*")
         self._numbers.pop(space, None)
         await self._feeds.removed(space, [segment])
@@ -730,14 +748,10 @@ class JetStreamStore:
                     segment.last.sequence - segment.first.sequence + 1,
                     segment.last.cum - segment.first.base,
                 )
-        await self._keep_numbers(space, [], last)
-        for segment in segments:
-            await self._catalog.put(
-                self._segment_key(space, segment.name), {**segment.numbers(), "deleted": True}
-            )
+        await self._keep_numbers(space, segments, last, deleted=True)
         await self._update_space(space, lambda e: {**e, "config": None, "deleted_at": last})
         if last:
-            await self._js.purge(self._names.stream(space))
+            await self._js.purge(self._names.stream(space), None, last + 1)
         await self._offsets.delete(f"{encode(space)}.>")
         self._numbers.pop(space, None)
         await self._feeds.removed(space, None)
@@ -1128,7 +1142,7 @@ class JetStreamStore:
         self._closed = True
         self._tail.close()
         await self._feeds.close()
-        await self._nc.drain()
+        await self._nc.close()
 
 
 async def open_store(setup: Setup) -> JetStreamStore:
