@@ -4,12 +4,15 @@
 ready once it prints a line containing ``listening on HOST:PORT``.
 
 Every test runs against each storage backend: ``rocksdb`` (the default,
-started as above) and ``memory`` (``--storage memory``). Tests marked
-``durable`` (what survives a restart) run on rocksdb only.
+started as above), ``memory`` (``--storage memory``) and ``jetstream``
+(gateways over the session's 3-node cluster, ``nats_cluster``, each server
+with a ``--nats-prefix`` of its own: an empty store that a restart keeps).
+Tests marked ``durable`` (what survives a restart) skip the memory backend.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from streams.storage import registry
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.nats import NatsCluster
 from tests.support.process import ServerProcess
 
 from .helpers import unique
@@ -43,10 +47,21 @@ def _durable_only_where_kept(request: pytest.FixtureRequest, storage: str) -> No
         pytest.skip(f"{storage}: nothing survives a restart")
 
 
-def _server(tmp: Path, storage: str) -> Iterator[ServerProcess]:
+def _flags(request: pytest.FixtureRequest, storage: str) -> tuple[str, ...]:
+    """The server flags that choose ``storage`` (the cluster starts only for
+    jetstream)."""
+    if storage == registry.DEFAULT:
+        return ()
+    if storage != "jetstream":
+        return ("--storage", storage)
+    cluster: NatsCluster = request.getfixturevalue("nats_cluster")
+    urls = ",".join(cluster.urls)
+    return ("--storage", storage, "--nats-url", urls, "--nats-prefix", f"t{uuid.uuid4().hex[:16]}")
+
+
+def _server(tmp: Path, flags: tuple[str, ...]) -> Iterator[ServerProcess]:
     data_dir = tmp / "data"
     data_dir.mkdir()
-    flags = () if storage == registry.DEFAULT else ("--storage", storage)
     server = ServerProcess(data_dir, tmp / "server.log", flags=flags)
     try:
         yield server.start()
@@ -55,15 +70,19 @@ def _server(tmp: Path, storage: str) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, storage: str) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, storage: str
+) -> Iterator[ServerProcess]:
     """One server per test module; tests isolate themselves with the `space` fixture."""
-    yield from _server(tmp_path_factory.mktemp("server"), storage)
+    yield from _server(tmp_path_factory.mktemp("server"), _flags(request, storage))
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path, storage: str) -> Iterator[ServerProcess]:
-    """A server of its own on an empty data dir (ListSpaces, restarts)."""
-    yield from _server(tmp_path, storage)
+def fresh_server(
+    request: pytest.FixtureRequest, tmp_path: Path, storage: str
+) -> Iterator[ServerProcess]:
+    """A server of its own on an empty store (ListSpaces, restarts)."""
+    yield from _server(tmp_path, _flags(request, storage))
 
 
 @pytest.fixture
