@@ -13,7 +13,7 @@ import pytest
 
 from streams.errors import AlreadyExists, InvalidArgument, SequenceMismatch
 from streams.model import Cut, Target
-from streams.storage.jetstream.store import MAX_RECORDS_PER_PRODUCE
+from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE
 from streams.storage.port import Store
 
 from .conftest import HARNESSES, Harness, txn

@@ -55,7 +55,7 @@ from streams.model import (
 from streams.storage import port
 from streams.storage.backend import Setup
 from streams.storage.batches import RecordList
-from streams.storage.jetstream import dedupe, records, urls
+from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE, dedupe, records, urls
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
     DUPLICATE_IN_PROCESS,
@@ -72,8 +72,6 @@ from streams.storage.port import BackgroundTask, DiskUsage
 from streams.storage.tail import Subscription, Tail
 from streams.storage.watches import Watch
 
-# JetStream's atomic batch holds at most 1,000 messages (1,001: error 10199).
-MAX_RECORDS_PER_PRODUCE = 1000
 # How long a Produce keeps renumbering while other gateways write to its space.
 CONFLICT_SECONDS = 10.0
 # The longest random pause between two attempts (the pause doubles from 2 ms).
