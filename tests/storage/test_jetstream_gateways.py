@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import AlreadyExists, InvalidArgument, SequenceMismatch
-from streams.model import Cut, Target
+from streams.errors import AlreadyExists, InvalidArgument, ResourceExhausted, SequenceMismatch
+from streams.model import Cut, SegmentAppend, Target, Transaction
 from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE
 from streams.storage.port import Store
 
-from .conftest import HARNESSES, Harness, txn
+from .conftest import HARNESSES, Harness, body, txn
 from .test_port_lifecycle import read
 from .test_port_rules import payloads, read_all
 
@@ -218,3 +218,16 @@ def test_a_repeat_is_answered_when_the_original_gateway_stopped_before_recording
         assert await b.last_offset(Target("s")) == 5
 
     two_gateways(harness, scenario)
+
+
+def test_a_record_over_the_servers_max_payload_is_refused_whole(harness: Harness) -> None:
+    async def scenario(store: Store) -> None:
+        limit = store._nc.max_payload  # type: ignore[attr-defined]
+        big = SegmentAppend("b", (body(bytes(limit)),), None)
+        small = SegmentAppend("a", (body(b"x"),), None)
+        with pytest.raises(ResourceExhausted, match="max_payload"):
+            await store.produce(Transaction("s", (small, big), "", b""))
+        assert await store.last_offset(Target("s")) == 0
+        assert (await store.produce(Transaction("s", (small,), "", b""))).first_position == 1
+
+    harness.run(scenario)

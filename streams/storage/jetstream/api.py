@@ -20,7 +20,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from streams.errors import Unavailable
+from streams.errors import ResourceExhausted, Unavailable
 
 # JetStream error codes this backend acts on.
 STREAM_NOT_FOUND = 10059
@@ -32,6 +32,8 @@ DUPLICATE_IN_PROCESS = 10158
 STREAM_NAME_IN_USE = 10058
 
 TIMEOUT = 10.0
+# One attempt of an API request (see JetStream.api).
+ATTEMPT_TIMEOUT = 1.0
 
 
 class ApiError(Exception):
@@ -77,13 +79,29 @@ class JetStream:
         self.nc = nc
 
     async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One API request (all of those used here can be repeated safely).
+
+        A request can go unanswered: only the stream's leader answers, and
+        under load (measured on a 2-core machine, R3) no server answered a
+        few requests in a few hundred, while the same request sent again was
+        answered at once. So each attempt waits ATTEMPT_TIMEOUT, and the
+        request is sent again until TIMEOUT has passed."""
         payload = json.dumps(body).encode() if body is not None else b""
-        try:
-            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=TIMEOUT)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
-            raise Unavailable(f"the NATS cluster did not answer {subject}: {error!r}") from error
-        except nats.errors.ConnectionClosedError as error:
-            raise Unavailable("the connection to the NATS cluster is closed") from error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            try:
+                reply = await self.nc.request(
+                    f"$JS.API.{subject}", payload, timeout=ATTEMPT_TIMEOUT
+                )
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+                if loop.time() + ATTEMPT_TIMEOUT > deadline:
+                    raise Unavailable(
+                        f"the NATS cluster did not answer {subject}: {error!r}"
+                    ) from error
+            except nats.errors.ConnectionClosedError as error:
+                raise Unavailable("the connection to the NATS cluster is closed") from error
         answer: dict[str, Any] = json.loads(reply.data)
         if "error" in answer:
             raise _error(answer["error"])
@@ -150,15 +168,28 @@ class JetStream:
         self, stream: str, seq: int, batch: int, max_bytes: int, subject: str
     ) -> list[Message]:
         """Up to ``batch`` messages (and about ``max_bytes``) of ``subject``
-        from stream sequence ``seq`` on, from any replica (it may lag)."""
+        from stream sequence ``seq`` on, from any replica (it may lag). An
+        unanswered request is sent again (see :meth:`api`); an answer cut
+        short returns what came (the caller reads on from there)."""
+        body = {"seq": seq, "batch": batch, "max_bytes": max_bytes, "next_by_subj": subject}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            found = await self._direct_attempt(stream, json.dumps(body).encode())
+            if found is not None:
+                return found
+            if loop.time() + ATTEMPT_TIMEOUT > deadline:
+                raise Unavailable(f"the NATS cluster did not answer a read of {stream}")
+
+    async def _direct_attempt(self, stream: str, request: bytes) -> list[Message] | None:
+        """One batched direct get; None when nothing came back in time."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         found: list[Message] = []
-        body = {"seq": seq, "batch": batch, "max_bytes": max_bytes, "next_by_subj": subject}
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), inbox)
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, inbox)
             while True:
-                msg = await sub.next_msg(timeout=TIMEOUT)
+                msg = await sub.next_msg(timeout=ATTEMPT_TIMEOUT)
                 headers = msg.headers or {}
                 if "Nats-Sequence" not in headers:
                     return found  # the end of the batch (204), or nothing there (404)
@@ -167,8 +198,10 @@ class JetStream:
                         headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data
                     )
                 )
-        except nats.errors.TimeoutError as error:
-            raise Unavailable(f"the NATS cluster did not answer a read of {stream}") from error
+        except nats.errors.TimeoutError:
+            return found or None
+        except nats.errors.ConnectionClosedError as error:
+            raise Unavailable("the connection to the NATS cluster is closed") from error
         finally:
             await sub.unsubscribe()
 
@@ -192,6 +225,7 @@ class JetStream:
     ) -> int:
         """``messages`` as one atomic batch (all stored or none); ``headers``
         per message. Returns the stream sequence of the last one."""
+        self._check_sizes(messages, headers)
         if len(messages) == 1:
             return await self._acked(messages[0][0], messages[0][1], headers[0])
         batch_id = uuid.uuid4().hex
@@ -204,6 +238,22 @@ class JetStream:
                 h["Nats-Batch-Commit"] = "1"
                 return await self._acked(subject, data, h)
         raise ValueError("an empty batch")
+
+    def _check_sizes(
+        self, messages: Sequence[tuple[str, bytes]], headers: Sequence[Mapping[str, str]]
+    ) -> None:
+        """Refuses a batch with a message over the servers' ``max_payload``
+        before any of it is sent (NATS counts headers in; 100 bytes of margin
+        for the batch headers added)."""
+        limit = self.nc.max_payload
+        for (_, data), extra in zip(messages, headers, strict=True):
+            size = len(data) + sum(len(k) + len(v) + 4 for k, v in extra.items()) + 112
+            if size > limit:
+                raise ResourceExhausted(
+                    f"a record of {len(data)} bytes does not fit the NATS servers' max_payload "
+                    f"({limit} bytes with its headers): raise max_payload in the nats-server "
+                    "configuration (8MB holds every record Streams accepts)"
+                )
 
     async def _acked(self, subject: str, data: bytes, headers: Mapping[str, str]) -> int:
         try:
