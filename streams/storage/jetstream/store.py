@@ -36,7 +36,6 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from streams.errors import InvalidArgument, InvariantViolation, Unavailable
@@ -55,7 +54,7 @@ from streams.model import (
 from streams.storage import port
 from streams.storage.backend import Setup
 from streams.storage.batches import RecordList
-from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE, dedupe, records, urls
+from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE, connection, dedupe, records, urls
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
     DUPLICATE_IN_PROCESS,
@@ -806,15 +805,7 @@ async def open_store(setup: Setup) -> JetStreamStore:
     servers = options["nats_url"]
     if isinstance(servers, str):  # the default, not parsed by the option's kind
         servers = urls(servers)
-    try:
-        nc = await nats.connect(
-            list(servers),
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            no_echo=True,  # removal notices: a gateway hears only the others'
-        )
-    except Exception as error:
-        raise Unavailable(f"--nats-url: cannot reach {','.join(servers)}: {error!r}") from error
+    nc = await connection.connect(servers)
     store = JetStreamStore(
         nc,
         Names(options["nats_prefix"]),
