@@ -104,7 +104,7 @@ class Feeds:
         if event is not None:
             event.set()
 
-    async def reached(self, space: str, position: int, timeout: float = 5.0) -> None:
+    async def reached(self, space: str, position: int, timeout: float = 1.0) -> None:
         """Returns once the feed of ``space`` (if any) delivered ``position``, so
         that this gateway's followers and watchers know of a write when it is
         acknowledged; gives up after ``timeout`` (they learn of it later)."""
