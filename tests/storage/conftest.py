@@ -21,8 +21,6 @@ from streams.storage import registry
 from streams.storage.backend import Setup
 from streams.storage.port import Store
 
-from .jetstream_server import nats_server_urls
-
 T = TypeVar("T")
 DAY_NS = 24 * 3600 * 1_000_000_000
 
@@ -136,16 +134,17 @@ def _hold_jetstream(store: Any) -> Gate:
     return gate
 
 
-def _jetstream(tmp: Path) -> Harness:
-    """Each test its own --nats-prefix on the session's NATS server."""
-    options = {"nats_url": nats_server_urls(), "nats_prefix": f"t{uuid.uuid4().hex[:12]}"}
-    options["nats_replicas"] = len(options["nats_url"])
+def _jetstream(tmp: Path, request: pytest.FixtureRequest) -> Harness:
+    """R3 on the session's 3-node cluster (tests/support/nats.py), each test
+    under its own --nats-prefix."""
+    urls = tuple(request.getfixturevalue("nats_cluster").urls)
+    options = {"nats_url": urls, "nats_prefix": f"t{uuid.uuid4().hex[:12]}", "nats_replicas": 3}
     return Harness("jetstream", tmp / "data", True, _hold_jetstream, options=options)
 
 
-HARNESSES: dict[str, Callable[[Path], Harness]] = {
-    "rocksdb": lambda tmp: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
-    "memory": lambda tmp: Harness("memory", tmp / "data", durable=False, hold=None),
+HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {
+    "rocksdb": lambda tmp, _: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
+    "memory": lambda tmp, _: Harness("memory", tmp / "data", durable=False, hold=None),
     "jetstream": _jetstream,
 }
 
@@ -153,7 +152,7 @@ HARNESSES: dict[str, Callable[[Path], Harness]] = {
 @pytest.fixture(params=sorted(HARNESSES))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     assert set(HARNESSES) == set(registry.backends()), "every backend must be in the suite"
-    yield HARNESSES[request.param](tmp_path)
+    yield HARNESSES[request.param](tmp_path, request)
 
 
 def txn(

@@ -8,6 +8,9 @@ import re
 
 from streams.storage.backend import Backend, Option, positive_int
 
+# JetStream's atomic batch holds at most 1,000 messages (1,001: error 10199):
+# a Produce is one batch.
+MAX_RECORDS_PER_PRODUCE = 1000
 PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -37,7 +40,7 @@ BACKEND = Backend(
         Option(
             "nats-url",
             urls,
-            ("nats://127.0.0.1:4222",),
+            "nats://127.0.0.1:4222",
             "NATS servers of the JetStream cluster, comma-separated nats://HOST:PORT",
         ),
         Option(
@@ -54,4 +57,5 @@ BACKEND = Backend(
             "replicas of each stream and KV bucket this backend creates (R3 survives a node)",
         ),
     ),
+    max_records_per_produce=MAX_RECORDS_PER_PRODUCE,
 )

@@ -9,6 +9,7 @@ the stream leader (``STREAM.MSG.GET``) is never stale, a direct get
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from streams.errors import Unavailable
+from streams.errors import ResourceExhausted, Unavailable
 
 # JetStream error codes this backend acts on.
 STREAM_NOT_FOUND = 10059
@@ -27,9 +28,12 @@ NO_MESSAGE = 10037
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SUBJECT_SEQUENCE = 10164
 BATCH_DUPLICATE_ID = 10201
+DUPLICATE_IN_PROCESS = 10158
 STREAM_NAME_IN_USE = 10058
 
 TIMEOUT = 10.0
+# One attempt of an API request (see JetStream.api).
+ATTEMPT_TIMEOUT = 1.0
 
 
 class ApiError(Exception):
@@ -50,6 +54,14 @@ class Message:
     data: bytes
 
 
+def _error(error: Mapping[str, Any]) -> Exception:
+    """A JetStream error answer: Unavailable when the cluster cannot serve
+    right now (503: no leader, an election going on), else ApiError."""
+    if error.get("code") == 503:
+        return Unavailable(f"the NATS cluster cannot serve this now: {error['description']}")
+    return ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+
+
 def parse_headers(raw: bytes) -> dict[str, str]:
     """``NATS/1.0\\r\\nKey: value\\r\\n...`` as a dict."""
     found = {}
@@ -67,26 +79,52 @@ class JetStream:
         self.nc = nc
 
     async def api(self, subject: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One API request (all of those used here can be repeated safely).
+
+        A request can go unanswered: only the stream's leader answers, and
+        under load (measured on a 2-core machine, R3) no server answered a
+        few requests in a few hundred, while the same request sent again was
+        answered at once. So each attempt waits ATTEMPT_TIMEOUT, and the
+        request is sent again until TIMEOUT has passed."""
         payload = json.dumps(body).encode() if body is not None else b""
-        try:
-            reply = await self.nc.request(f"$JS.API.{subject}", payload, timeout=TIMEOUT)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
-            raise Unavailable(f"the NATS cluster did not answer {subject}: {error!r}") from error
-        except nats.errors.ConnectionClosedError as error:
-            raise Unavailable("the connection to the NATS cluster is closed") from error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            try:
+                reply = await self.nc.request(
+                    f"$JS.API.{subject}", payload, timeout=ATTEMPT_TIMEOUT
+                )
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+                if loop.time() + ATTEMPT_TIMEOUT > deadline:
+                    raise Unavailable(
+                        f"the NATS cluster did not answer {subject}: {error!r}"
+                    ) from error
+            except nats.errors.ConnectionClosedError as error:
+                raise Unavailable("the connection to the NATS cluster is closed") from error
         answer: dict[str, Any] = json.loads(reply.data)
         if "error" in answer:
-            error = answer["error"]
-            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+            raise _error(answer["error"])
         return answer
 
     async def create_stream(self, config: Mapping[str, Any]) -> None:
-        """Creates the stream; an existing one is left as it is."""
+        """Creates the stream (an existing one is left as it is), and returns
+        once it has a leader: another gateway's create may still be electing
+        one, and until then the stream's requests go unanswered."""
         try:
             await self.api(f"STREAM.CREATE.{config['name']}", config)
         except ApiError as error:
             if error.err_code != STREAM_NAME_IN_USE:
                 raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            info = await self.info(config["name"])
+            if info is not None and ("cluster" not in info or info["cluster"].get("leader")):
+                return
+            if loop.time() > deadline:
+                raise Unavailable(f"stream {config['name']} has no leader after {TIMEOUT} s")
+            await asyncio.sleep(0.02)
 
     async def info(self, stream: str, subjects_filter: str | None = None) -> dict[str, Any] | None:
         """The stream's info (None when there is no such stream); with a
@@ -130,15 +168,28 @@ class JetStream:
         self, stream: str, seq: int, batch: int, max_bytes: int, subject: str
     ) -> list[Message]:
         """Up to ``batch`` messages (and about ``max_bytes``) of ``subject``
-        from stream sequence ``seq`` on, from any replica (it may lag)."""
+        from stream sequence ``seq`` on, from any replica (it may lag). An
+        unanswered request is sent again (see :meth:`api`); an answer cut
+        short returns what came (the caller reads on from there)."""
+        body = {"seq": seq, "batch": batch, "max_bytes": max_bytes, "next_by_subj": subject}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            found = await self._direct_attempt(stream, json.dumps(body).encode())
+            if found is not None:
+                return found
+            if loop.time() + ATTEMPT_TIMEOUT > deadline:
+                raise Unavailable(f"the NATS cluster did not answer a read of {stream}")
+
+    async def _direct_attempt(self, stream: str, request: bytes) -> list[Message] | None:
+        """One batched direct get; None when nothing came back in time."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         found: list[Message] = []
-        body = {"seq": seq, "batch": batch, "max_bytes": max_bytes, "next_by_subj": subject}
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), inbox)
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, inbox)
             while True:
-                msg = await sub.next_msg(timeout=TIMEOUT)
+                msg = await sub.next_msg(timeout=ATTEMPT_TIMEOUT)
                 headers = msg.headers or {}
                 if "Nats-Sequence" not in headers:
                     return found  # the end of the batch (204), or nothing there (404)
@@ -147,8 +198,10 @@ class JetStream:
                         headers["Nats-Subject"], int(headers["Nats-Sequence"]), headers, msg.data
                     )
                 )
-        except nats.errors.TimeoutError as error:
-            raise Unavailable(f"the NATS cluster did not answer a read of {stream}") from error
+        except nats.errors.TimeoutError:
+            return found or None
+        except nats.errors.ConnectionClosedError as error:
+            raise Unavailable("the connection to the NATS cluster is closed") from error
         finally:
             await sub.unsubscribe()
 
@@ -172,6 +225,7 @@ class JetStream:
     ) -> int:
         """``messages`` as one atomic batch (all stored or none); ``headers``
         per message. Returns the stream sequence of the last one."""
+        self._check_sizes(messages, headers)
         if len(messages) == 1:
             return await self._acked(messages[0][0], messages[0][1], headers[0])
         batch_id = uuid.uuid4().hex
@@ -185,6 +239,22 @@ class JetStream:
                 return await self._acked(subject, data, h)
         raise ValueError("an empty batch")
 
+    def _check_sizes(
+        self, messages: Sequence[tuple[str, bytes]], headers: Sequence[Mapping[str, str]]
+    ) -> None:
+        """Refuses a batch with a message over the servers' ``max_payload``
+        before any of it is sent (NATS counts headers in; 100 bytes of margin
+        for the batch headers added)."""
+        limit = self.nc.max_payload
+        for (_, data), extra in zip(messages, headers, strict=True):
+            size = len(data) + sum(len(k) + len(v) + 4 for k, v in extra.items()) + 112
+            if size > limit:
+                raise ResourceExhausted(
+                    f"a record of {len(data)} bytes does not fit the NATS servers' max_payload "
+                    f"({limit} bytes with its headers): raise max_payload in the nats-server "
+                    "configuration (8MB holds every record Streams accepts)"
+                )
+
     async def _acked(self, subject: str, data: bytes, headers: Mapping[str, str]) -> int:
         try:
             reply = await self.nc.request(subject, data, timeout=TIMEOUT, headers=dict(headers))
@@ -194,6 +264,9 @@ class JetStream:
             raise Unavailable("the connection to the NATS cluster is closed") from error
         answer = json.loads(reply.data)
         if "error" in answer:
-            error = answer["error"]
-            raise ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
+            raise _error(answer["error"])
+        if answer.get("duplicate"):
+            # A single message's repeated Nats-Msg-Id is acknowledged with the
+            # original's sequence, where a batch's is refused: told apart the same way.
+            raise ApiError(400, BATCH_DUPLICATE_ID, f"duplicate of the message at {answer['seq']}")
         return int(answer["seq"])

@@ -2,13 +2,17 @@
 watched) space, on its stream, feeding :class:`~streams.storage.tail.Tail`
 wake-ups and watches. A consumer delivers only stored (quorum-acknowledged)
 messages, so followers are woken only by durable records (rule 7), whichever
-gateway wrote them."""
+gateway wrote them. Removals are not in the stream: the gateway that made one
+publishes the names it touched on a core subject, which the others' watches
+hear (:meth:`Feeds.removed`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -22,11 +26,13 @@ from streams.storage.tail import Tail
 class Feeds:
     """Ordered consumers of followed spaces, and the last offsets they saw."""
 
-    def __init__(self, js: JetStreamContext, names: Names, tail: Tail) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, names: Names, tail: Tail) -> None:
+        self._nc = nc
         self._js = js
         self._names = names
         self._tail = tail
         self._subs: dict[str, object] = {}
+        self._removal_subs: dict[str, object] = {}
         self._holders: Counter[str] = Counter()
         # The last offset each target is known to have (durable), for Subscription.wait.
         self.known: dict[Target, int] = {}
@@ -46,6 +52,15 @@ class Feeds:
         async def deliver(msg: Msg) -> None:
             self._deliver(space, msg)
 
+        async def removed(msg: Msg) -> None:
+            names = json.loads(msg.data)
+            self._tail.removed(space, names)
+
+        # Subscribed first: a removal announced once the consumer runs is heard.
+        self._removal_subs[space] = await self._nc.subscribe(
+            self._names.removals(space), cb=removed
+        )
+
         self._subs[space] = await self._js.subscribe(
             self._names.space_subjects(space),
             stream=self._names.stream(space),
@@ -64,6 +79,9 @@ class Feeds:
             return
         del self._holders[space]
         sub = self._subs.pop(space, None)
+        removals = self._removal_subs.pop(space, None)
+        if removals is not None:
+            await removals.unsubscribe()  # type: ignore[attr-defined]
         self._delivered.pop(space, None)
         for target in [t for t in self.known if t.space == space]:
             del self.known[target]
@@ -86,7 +104,7 @@ class Feeds:
         if event is not None:
             event.set()
 
-    async def reached(self, space: str, position: int, timeout: float = 5.0) -> None:
+    async def reached(self, space: str, position: int, timeout: float = 1.0) -> None:
         """Returns once the feed of ``space`` (if any) delivered ``position``, so
         that this gateway's followers and watchers know of a write when it is
         acknowledged; gives up after ``timeout`` (they learn of it later)."""
@@ -105,10 +123,18 @@ class Feeds:
     def followed(self, space: str) -> bool:
         return space in self._subs
 
+    async def removed(self, space: str, segments: list[str] | None) -> None:
+        """Tells this gateway's watchers, and the other gateways', that records
+        of ``segments`` of ``space`` (None: of any) were removed. The connection
+        does not echo: this gateway hears only the others'."""
+        self._tail.removed(space, segments)
+        await self._nc.publish(self._names.removals(space), json.dumps(segments).encode())
+
     async def close(self) -> None:
-        for sub in self._subs.values():
+        for sub in [*self._subs.values(), *self._removal_subs.values()]:
             await sub.unsubscribe()  # type: ignore[attr-defined]
         self._subs.clear()
+        self._removal_subs.clear()
         self._holders.clear()
         for event in self._progress.values():
             event.set()

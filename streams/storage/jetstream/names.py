@@ -40,6 +40,11 @@ class Names:
     def subject(self, space: str, segment: str) -> str:
         return f"{self.prefix}.{self._space_token(space)}.{encode(segment)}"
 
+    def removals(self, space: str) -> str:
+        """Where gateways tell each other of a removal in ``space`` (core NATS:
+        watchers' wake-ups, nothing stored; outside the stream's subjects)."""
+        return f"{self.prefix}.removed.{self._space_token(space)}"
+
     def segment_of(self, subject: str) -> str:
         return decode(subject.rsplit(".", 1)[1])
 

@@ -31,18 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
-from streams import codec
 from streams.errors import InvalidArgument, InvariantViolation, Unavailable
 from streams.model import (
     Cut,
     ProduceResult,
-    Record,
     Removed,
     RetentionPolicy,
     SegmentAck,
@@ -55,33 +54,37 @@ from streams.model import (
 from streams.storage import port
 from streams.storage.backend import Setup
 from streams.storage.batches import RecordList
-from streams.storage.jetstream import records
+from streams.storage.jetstream import MAX_RECORDS_PER_PRODUCE, connection, dedupe, records, urls
 from streams.storage.jetstream.api import (
     BATCH_DUPLICATE_ID,
+    DUPLICATE_IN_PROCESS,
     WRONG_LAST_SEQUENCE,
     ApiError,
     JetStream,
-    Message,
 )
+from streams.storage.jetstream.catalog import Catalog, SegmentView, config_json, config_of
 from streams.storage.jetstream.feed import Feeds
 from streams.storage.jetstream.kv import Bucket, Conflict
 from streams.storage.jetstream.names import Names, decode, encode
+from streams.storage.jetstream.reads import Reader
 from streams.storage.port import BackgroundTask, DiskUsage
 from streams.storage.tail import Subscription, Tail
 from streams.storage.watches import Watch
 
-# JetStream's atomic batch holds at most 1,000 messages (1,001: error 10199).
-MAX_RECORDS_PER_PRODUCE = 1000
-# Renumbering attempts when other gateways keep writing to the same space.
-MAX_ATTEMPTS = 64
+# How long a Produce keeps renumbering while other gateways write to its space.
+CONFLICT_SECONDS = 10.0
+# The longest random pause between two attempts (the pause doubles from 2 ms).
+MAX_BACKOFF_SECONDS = 0.05
+# Records another gateway wrote that are read to catch up (more: numbers read afresh).
+MAX_CATCH_UP = 256
 # How long a retried transaction waits for the original's result to be recorded.
-DEDUPE_WAIT_SECONDS = 5.0
+DEDUPE_WAIT_SECONDS = 1.0
 # JetStream's own duplicate window, in which a retried batch is refused.
 DUPLICATE_WINDOW_NS = 120 * 1_000_000_000
 # Dedupe entries outlive their window by this much (real time) before the bucket drops them.
 DEDUPE_MARGIN_NS = 3600 * 1_000_000_000
-# Messages asked for per batched direct get.
-READ_BATCH = 500
+# Pause before retrying a batch whose id another gateway's batch is using right now.
+IN_PROCESS_PAUSE = 0.01
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,98 +95,6 @@ class _Numbers:
     last: int
     last_ts: int
     segments: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Segment:
-    """A segment as stored: its first and last retained messages and the
-    catalog's numbers (kept when its records are removed)."""
-
-    name: str
-    first: records.Stored | None
-    last: records.Stored | None
-    entry: dict[str, Any] | None
-
-    @property
-    def last_sequence(self) -> int:
-        if self.last is not None:
-            return self.last.sequence
-        return 0 if self.entry is None else int(self.entry["last"])
-
-    @property
-    def cum(self) -> int:
-        if self.last is not None:
-            return self.last.cum
-        return 0 if self.entry is None else int(self.entry["cum"])
-
-    @property
-    def deleted(self) -> bool:
-        return (
-            self.entry is not None
-            and bool(self.entry.get("deleted"))
-            and (self.last is None or self.last.sequence <= int(self.entry["last"]))
-        )
-
-    @property
-    def first_sequence(self) -> int:
-        return self.first.sequence if self.first is not None else self.last_sequence + 1
-
-    def info(self) -> SegmentInfo:
-        if self.first is not None and self.last is not None:
-            return SegmentInfo(
-                self.name,
-                self.last.sequence,
-                self.last.position,
-                self.last.timestamp_ns,
-                self.first.sequence,
-                self.last.sequence - self.first.sequence + 1,
-                self.last.cum - self.first.base,
-                self.deleted,
-            )
-        entry = self.entry or {"last": 0, "pos": 0, "ts": 0}
-        last = int(entry["last"])
-        return SegmentInfo(
-            self.name, last, int(entry["pos"]), int(entry["ts"]), last + 1, 0, 0, self.deleted
-        )
-
-    def numbers(self) -> dict[str, Any]:
-        """The catalog entry that keeps its numbers once its records are gone."""
-        if self.last is not None:
-            return {
-                "last": self.last.sequence,
-                "pos": self.last.position,
-                "ts": self.last.timestamp_ns,
-                "cum": self.last.cum,
-                "deleted": False,
-            }
-        return dict(self.entry or {"last": 0, "pos": 0, "ts": 0, "cum": 0}, deleted=False)
-
-
-def _config_json(config: SpaceConfig) -> dict[str, Any] | None:
-    if config.retention is None:
-        return {"retention": None}
-    return {"retention": dataclasses.asdict(config.retention)}
-
-
-def _config(found: dict[str, Any] | None) -> SpaceConfig | None:
-    if found is None:
-        return None
-    retention = found.get("retention")
-    return SpaceConfig(None if retention is None else RetentionPolicy(**retention))
-
-
-def _result_json(result: ProduceResult) -> dict[str, Any]:
-    return {
-        "acks": [[a.segment, a.first_sequence, a.last_sequence] for a in result.acks],
-        "first": result.first_position,
-        "last": result.last_position,
-        "ts": result.timestamp_ns,
-    }
-
-
-def _result(found: dict[str, Any]) -> ProduceResult:
-    acks = tuple(SegmentAck(s, first, last) for s, first, last in found["acks"])
-    return ProduceResult(acks, found["first"], found["last"], found["ts"], duplicate=True)
 
 
 class JetStreamStore:
@@ -209,8 +120,9 @@ class JetStreamStore:
         self._dedupe_window_ns = dedupe_window_ns
         self._clock = clock
         self._tail = tail
-        self._feeds = Feeds(nc.jetstream(), names, tail)
-        self._catalog = Bucket(self._js, names.bucket("catalog"))
+        self._feeds = Feeds(nc, nc.jetstream(), names, tail)
+        self._catalog = Catalog(self._js, names, Bucket(self._js, names.bucket("catalog")))
+        self._reader = Reader(self._js, names, self._catalog)
         self._offsets = Bucket(self._js, names.bucket("offsets"))
         self._dedupe = Bucket(self._js, names.bucket("dedupe"))
         self._numbers: dict[str, _Numbers] = {}
@@ -220,7 +132,7 @@ class JetStreamStore:
         self._closed = False
 
     async def start(self) -> None:
-        await self._catalog.create(self._replicas)
+        await self._catalog.bucket.create(self._replicas)
         await self._offsets.create(self._replicas)
         await self._dedupe.create(self._replicas, self._dedupe_window_ns + DEDUPE_MARGIN_NS)
 
@@ -247,57 +159,15 @@ class JetStreamStore:
                 }
             )
             with contextlib.suppress(Conflict):
-                await self._catalog.put(
-                    self._space_key(space), {"config": None, "deleted_at": None, "ts": 0}, 0
+                await self._catalog.bucket.put(
+                    self._catalog.space_key(space), {"config": None, "deleted_at": None, "ts": 0}, 0
                 )
             self._streams.add(stream)
         return stream
 
-    def _space_key(self, space: str) -> str:
-        return f"sp.{encode(space)}"
-
-    def _segment_key(self, space: str, segment: str) -> str:
-        return f"sg.{encode(space)}.{encode(segment)}"
-
-    async def _space_entry(self, space: str) -> tuple[dict[str, Any], int] | None:
-        return await self._catalog.get(self._space_key(space))
-
-    async def _stream_last(self, space: str) -> tuple[int, int, int]:
-        """(first sequence, last sequence, messages) of the space's stream (through the leader)."""
-        info = await self._js.info(self._names.stream(space))
-        if info is None:
-            return 1, 0, 0
-        state = info["state"]
-        last = int(state["last_seq"])
-        messages = int(state["messages"])
-        return (int(state["first_seq"]) if messages else last + 1), last, messages
-
-    async def _last_timestamp(self, space: str, last: int) -> int:
-        if last == 0:
-            return 0
-        found = await self._js.get(self._names.stream(space), seq=last)
-        if found is not None:
-            return int(found.headers[records.TS])
-        entry = await self._space_entry(space)
-        return 0 if entry is None else int(entry[0].get("ts", 0))
-
-    async def _segment(self, space: str, name: str) -> _Segment:
-        stream, subject = self._names.stream(space), self._names.subject(space, name)
-        last_msg, first_msg, entry = await asyncio.gather(
-            self._js.get(stream, last_by_subj=subject),
-            self._js.get(stream, seq=1, next_by_subj=subject),
-            self._catalog.get(self._segment_key(space, name)),
-        )
-        return _Segment(
-            name,
-            None if first_msg is None else records.numbers(self._names, first_msg),
-            None if last_msg is None else records.numbers(self._names, last_msg),
-            None if entry is None else entry[0],
-        )
-
     async def _load(self, space: str) -> _Numbers:
-        _, last, _ = await self._stream_last(space)
-        numbers = _Numbers(last, await self._last_timestamp(space, last))
+        _, last, _ = await self._catalog.stream_state(space)
+        numbers = _Numbers(last, await self._catalog.last_timestamp(space, last))
         self._numbers[space] = numbers
         return numbers
 
@@ -310,7 +180,7 @@ class JetStreamStore:
                 stored = records.numbers(self._names, last_msg)
                 found = (stored.sequence, stored.cum)
             else:
-                entry = await self._catalog.get(self._segment_key(space, name))
+                entry = await self._catalog.bucket.get(self._catalog.segment_key(space, name))
                 found = (0, 0) if entry is None else (int(entry[0]["last"]), int(entry[0]["cum"]))
             numbers.segments[name] = found
         return found
@@ -353,13 +223,16 @@ class JetStreamStore:
             return None
         if entry["fingerprint"] != txn.fingerprint.hex():
             raise port.already_exists(txn)
-        return _result(entry["result"])
+        return dedupe.result(entry)
 
     async def _commit(
         self, txn: Transaction, stream: str, dedupe_key: str, revision: int
     ) -> ProduceResult:
         fresh = False
-        for _ in range(MAX_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFLICT_SECONDS
+        conflicts = 0
+        while loop.time() < deadline:
             numbers = self._numbers.get(txn.space)
             if numbers is None:
                 numbers, fresh = await self._load(txn.space), True
@@ -399,13 +272,25 @@ class JetStreamStore:
                 acks.append(SegmentAck(append.segment, first, sequence))
             headers[0]["Nats-Expected-Last-Sequence"] = str(numbers.last)
             if txn.transaction_id:
-                headers[0]["Nats-Msg-Id"] = f"{dedupe_key}.{revision}"
+                headers[0][dedupe.MSG_ID] = f"{dedupe_key}.{revision}"
+                headers[0][dedupe.FINGERPRINT] = txn.fingerprint.hex()
             try:
                 last = await self._js.publish_batch(messages, headers)
             except ApiError as error:
                 self._numbers.pop(txn.space, None)
                 if error.err_code == WRONG_LAST_SEQUENCE:
+                    # Another gateway wrote: learn its records, then pause at
+                    # random so that gateways that keep colliding take turns.
+                    fresh, conflicts = False, conflicts + 1
+                    await self._catch_up(txn.space, numbers, error.description)
+                    pause = min(0.002 * 2**conflicts, MAX_BACKOFF_SECONDS)
+                    await asyncio.sleep(random.uniform(0, pause))
+                    continue
+                if error.err_code == DUPLICATE_IN_PROCESS:
+                    # Another gateway's batch with this id is being stored: once
+                    # it is, a retry is refused as a repeat (or, if it failed, goes in).
                     fresh = False
+                    await asyncio.sleep(IN_PROCESS_PAUSE)
                     continue
                 if error.err_code == BATCH_DUPLICATE_ID:
                     return await self._original(txn, dedupe_key, revision)
@@ -424,46 +309,78 @@ class JetStreamStore:
             numbers.segments.update(updated)
             result = ProduceResult(tuple(acks), last - len(messages) + 1, last, ts)
             if txn.transaction_id:
-                await self._record(txn, dedupe_key, revision, result)
+                await self._record(txn.fingerprint, dedupe_key, revision, result)
             return result
         raise Unavailable(
-            f"space {txn.space!r}: other writers kept changing it ({MAX_ATTEMPTS} attempts); retry"
+            f"space {txn.space!r}: other writers kept changing it for {CONFLICT_SECONDS} s "
+            f"({conflicts} attempts); retry"
         )
 
+    async def _catch_up(self, space: str, numbers: _Numbers, refusal: str) -> None:
+        """Brings ``numbers`` up to the stream's last sequence named in
+        ``refusal`` ("wrong last sequence: N") by reading the records written
+        since; leaves them to be read afresh unless every one of them is seen."""
+        match = re.search(r"(\d+)$", refusal)
+        if match is None:
+            return
+        actual = int(match.group(1))
+        if not 0 < actual - numbers.last <= MAX_CATCH_UP:
+            return
+        found = await self._js.direct_batch(
+            self._names.stream(space),
+            numbers.last + 1,
+            actual - numbers.last,
+            64 << 20,
+            self._names.space_subjects(space),
+        )
+        if [m.seq for m in found] != list(range(numbers.last + 1, actual + 1)):
+            return  # a replica that lags, or removed records: read afresh
+        for message in found:
+            stored = records.numbers(self._names, message)
+            numbers.segments[stored.segment] = (stored.sequence, stored.cum)
+        numbers.last, numbers.last_ts = actual, records.numbers(self._names, found[-1]).timestamp_ns
+        self._numbers[space] = numbers
+
     async def _record(
-        self, txn: Transaction, key: str, revision: int, result: ProduceResult
+        self, fingerprint: bytes, key: str, revision: int, result: ProduceResult
     ) -> None:
-        entry = {
-            "fingerprint": txn.fingerprint.hex(),
-            "expires": result.timestamp_ns + self._dedupe_window_ns,
-            "result": _result_json(result),
-        }
+        expires = result.timestamp_ns + self._dedupe_window_ns
         with contextlib.suppress(Conflict):
-            await self._dedupe.put(key, entry, revision)
+            await self._dedupe.put(key, dedupe.entry(fingerprint, expires, result), revision)
 
     async def _original(self, txn: Transaction, key: str, revision: int) -> ProduceResult:
         """A batch JetStream refused as a repeat: the original's result, once
-        its gateway recorded it."""
+        its gateway recorded it; if it does not (it stopped after the commit),
+        as found in the stream, and recorded now."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DEDUPE_WAIT_SECONDS
-        while loop.time() < deadline:
+        while True:
             found = await self._dedupe.get(key)
             if found is not None and found[1] != revision:
                 answer = self._answer(txn, found[0])
                 if answer is not None:
                     return answer
+            if loop.time() > deadline:
+                break
             await asyncio.sleep(0.05)
-        raise Unavailable(
-            f"transaction_id: {txn.transaction_id!r} was committed in space {txn.space!r}, but "
-            "the gateway that wrote it has not recorded its result (it may have stopped): "
-            "not written again; retry later"
-        )
+        window = DUPLICATE_WINDOW_NS / 1e9 + DEDUPE_WAIT_SECONDS + 10
+        stored = await dedupe.recover(self._js, self._names, txn.space, f"{key}.{revision}", window)
+        if stored is None:
+            raise Unavailable(
+                f"transaction_id: {txn.transaction_id!r}: JetStream refused it as a repeat in "
+                f"space {txn.space!r}, but the original is not found; retry later"
+            )
+        fingerprint, original = stored
+        await self._record(fingerprint, key, revision, original)
+        if fingerprint != txn.fingerprint:
+            raise port.already_exists(txn)
+        return dataclasses.replace(original, duplicate=True)
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
     ) -> int:
         self._check_open()
-        if await self._deleted(target):
+        if await self._catalog.deleted(target):
             raise port.deleted(target)
         last = await self._last_offset(target)
         if offset > last:
@@ -493,67 +410,17 @@ class JetStreamStore:
     def _offset_key(self, consumer: str, target: Target) -> str:
         return f"{encode(target.space)}.{encode(target.segment)}.{encode(consumer)}"
 
-    async def _deleted(self, target: Target) -> bool:
-        """Whether a delete removed ``target`` and nothing was written to it since."""
-        entry = await self._space_entry(target.space)
-        if entry is not None and entry[0].get("deleted_at") is not None:
-            _, last, _ = await self._stream_last(target.space)
-            if last == entry[0]["deleted_at"]:
-                return True
-        if target.is_space:
-            return False
-        return (await self._segment(target.space, target.segment)).deleted
-
-    # -- removals --------------------------------------------------------
-
-    async def _space_found(self, space: str) -> tuple[int, int, int]:
-        """(first, last, messages) of a space that exists (records or a config), else NotFound."""
-        entry = await self._space_entry(space)
-        first, last, messages = await self._stream_last(space)
-        if entry is None and last == 0:
-            raise port.not_found(Target(space))
-        if entry is not None and self._space_deleted(entry[0], last):
-            raise port.not_found(Target(space))
-        if entry is not None and last == 0 and entry[0].get("config") is None:
-            raise port.not_found(Target(space))
-        return first, last, messages
-
-    @staticmethod
-    def _space_deleted(entry: dict[str, Any], last: int) -> bool:
-        return entry.get("deleted_at") is not None and entry["deleted_at"] == last
-
-    async def _keep_numbers(self, space: str, segments: Sequence[_Segment], last: int) -> None:
-        """Writes down what a removal must not lose: each segment's last
-        numbers and the space's last timestamp (before any record goes)."""
-        for segment in segments:
-            await self._catalog.put(self._segment_key(space, segment.name), segment.numbers())
-        ts = await self._last_timestamp(space, last)
-        await self._update_space(space, lambda entry: {**entry, "ts": max(ts, entry.get("ts", 0))})
-
-    async def _update_space(
-        self, space: str, change: Callable[[dict[str, Any]], dict[str, Any]]
-    ) -> None:
-        key = self._space_key(space)
-        while True:
-            found = await self._catalog.get(key)
-            current = {"config": None, "deleted_at": None, "ts": 0} if found is None else found[0]
-            try:
-                await self._catalog.put(key, change(current), 0 if found is None else found[1])
-                return
-            except Conflict:
-                continue
-
     async def trim(self, target: Target, before: int) -> tuple[int, Removed]:
         self._check_open()
-        first, last, _ = await self._space_found(target.space)
+        first, last, _ = await self._catalog.space_found(target.space)
         if target.is_space:
             if before > last + 1:
                 raise port.trim_out_of_range(before, last, target)
             if before <= first:
                 return first, Removed()
             removed = await self._trim_space(target.space, before, last)
-            return (await self._stream_last(target.space))[0], removed
-        segment = await self._segment(target.space, target.segment)
+            return (await self._catalog.stream_state(target.space))[0], removed
+        segment = await self._catalog.segment(target.space, target.segment)
         if (segment.entry is None and segment.last is None) or segment.deleted:
             raise port.not_found(target)
         if before > segment.last_sequence + 1:
@@ -563,63 +430,33 @@ class JetStreamStore:
         removed = await self._trim_segment(target.space, segment, before, last)
         return before, removed
 
-    async def _locate(self, space: str, segment: _Segment, sequence: int) -> records.Stored | None:
-        """The retained message of ``segment`` with ``sequence`` (bisection over
-        stream sequences through the leader), None past its last."""
-        if segment.first is None or segment.last is None or sequence > segment.last.sequence:
-            return None
-        if sequence <= segment.first.sequence:
-            return segment.first
-        stream, subject = self._names.stream(space), self._names.subject(space, segment.name)
-        low, high = segment.first.position, segment.last.position
-        found = segment.last
-        while low <= high:
-            middle = (low + high) // 2
-            message = await self._js.get(stream, seq=middle, next_by_subj=subject)
-            if message is None:
-                break
-            stored = records.numbers(self._names, message)
-            if stored.sequence >= sequence:
-                found, high = stored, middle - 1
-            else:
-                low = stored.position + 1
-            if stored.sequence == sequence:
-                return stored
-        return found
-
-    async def _trim_segment(self, space: str, segment: _Segment, before: int, last: int) -> Removed:
+    async def _trim_segment(
+        self, space: str, segment: SegmentView, before: int, last: int
+    ) -> Removed:
         if segment.first is None or segment.last is None:
             return Removed()
-        kept = await self._locate(space, segment, before)
-        await self._keep_numbers(space, [segment], last)
+        kept = await self._reader.locate(space, segment, before)
+        await self._catalog.keep_numbers(space, [segment], last)
         stream, subject = self._names.stream(space), self._names.subject(space, segment.name)
         if kept is None:
             removed = Removed(
                 segment.last.sequence - segment.first.sequence + 1,
                 segment.last.cum - segment.first.base,
             )
-            await self._js.purge(stream, subject)
+            # Bounded by what was seen: a record another gateway adds meanwhile stays.
+            await self._js.purge(stream, subject, segment.last.position + 1)
         else:
             removed = Removed(
                 kept.sequence - segment.first.sequence, kept.base - segment.first.base
             )
             await self._js.purge(stream, subject, kept.position)
-        self._tail.removed(space, (segment.name,))
+        await self._feeds.removed(space, [segment.name])
         return removed
-
-    async def _retained_segments(self, space: str) -> list[_Segment]:
-        info = await self._js.info(self._names.stream(space), self._names.space_subjects(space))
-        subjects = [] if info is None else sorted(info["state"]["subjects"])
-        return list(
-            await asyncio.gather(
-                *(self._segment(space, self._names.segment_of(s)) for s in subjects)
-            )
-        )
 
     async def _trim_space(self, space: str, before: int, last: int) -> Removed:
         stream = self._names.stream(space)
-        segments = await self._retained_segments(space)
-        cut: list[tuple[_Segment, records.Stored | None]] = []
+        segments = await self._catalog.retained_segments(space)
+        cut: list[tuple[SegmentView, records.Stored | None]] = []
         removed = Removed()
         for segment in segments:
             if segment.first is None or segment.last is None or segment.first.position >= before:
@@ -638,49 +475,50 @@ class JetStreamStore:
                 removed += Removed(
                     kept.sequence - segment.first.sequence, kept.base - segment.first.base
                 )
-        await self._keep_numbers(space, [segment for segment, _ in cut], last)
+        await self._catalog.keep_numbers(space, [segment for segment, _ in cut], last)
         await self._js.purge(stream, None, before)
         if cut:
-            self._tail.removed(space, sorted((segment.name for segment, _ in cut), key=encode))
+            await self._feeds.removed(space, sorted((s.name for s, _ in cut), key=encode))
         return removed
 
     async def delete_segment(self, space: str, segment: str, expected: int | None) -> Removed:
         self._check_open()
-        found = await self._segment(space, segment)
+        found = await self._catalog.segment(space, segment)
         actual = found.last_sequence
         if expected is not None and expected != actual:
             raise port.sequence_mismatch(segment, actual, expected, "expected_sequence")
-        _, last, _ = await self._stream_last(space)
-        entry = await self._space_entry(space)
+        _, last, _ = await self._catalog.stream_state(space)
+        entry = await self._catalog.space_entry(space)
         if (found.entry is None and found.last is None) or found.deleted:
             return Removed()
-        if entry is not None and self._space_deleted(entry[0], last):
+        if entry is not None and self._catalog.space_deleted(entry[0], last):
             return Removed()
         removed = Removed()
         if found.first is not None and found.last is not None:
             removed = Removed(
                 found.last.sequence - found.first.sequence + 1, found.last.cum - found.first.base
             )
-        await self._keep_numbers(space, [], last)
-        await self._catalog.put(
-            self._segment_key(space, segment), {**found.numbers(), "deleted": True}
-        )
-        await self._js.purge(self._names.stream(space), self._names.subject(space, segment))
+        await self._catalog.keep_numbers(space, [found], last, deleted=True)
+        if found.last is not None:
+            # Bounded by what was seen: a record another gateway adds meanwhile
+            # stays, and the segment is written again (its numbers go on).
+            stream, subject = self._names.stream(space), self._names.subject(space, segment)
+            await self._js.purge(stream, subject, found.last.position + 1)
         await self._offsets.delete(f"{encode(space)}.{encode(segment)}.*")
         self._numbers.pop(space, None)
-        self._tail.removed(space, (segment,))
+        await self._feeds.removed(space, [segment])
         return removed
 
     async def delete_space(self, space: str) -> Removed:
         self._check_open()
-        entry = await self._space_entry(space)
-        _, last, _ = await self._stream_last(space)
+        entry = await self._catalog.space_entry(space)
+        _, last, _ = await self._catalog.stream_state(space)
         if entry is None and last == 0:
             return Removed()
-        if entry is not None and self._space_deleted(entry[0], last):
+        if entry is not None and self._catalog.space_deleted(entry[0], last):
             return Removed()
-        names = await self._segment_names(space)
-        segments = await asyncio.gather(*(self._segment(space, name) for name in names))
+        names = await self._catalog.segment_names(space)
+        segments = await asyncio.gather(*(self._catalog.segment(space, name) for name in names))
         removed = Removed()
         for segment in segments:
             if segment.first is not None and segment.last is not None:
@@ -688,46 +526,42 @@ class JetStreamStore:
                     segment.last.sequence - segment.first.sequence + 1,
                     segment.last.cum - segment.first.base,
                 )
-        await self._keep_numbers(space, [], last)
-        for segment in segments:
-            await self._catalog.put(
-                self._segment_key(space, segment.name), {**segment.numbers(), "deleted": True}
-            )
-        await self._update_space(space, lambda e: {**e, "config": None, "deleted_at": last})
+        await self._catalog.keep_numbers(space, segments, last, deleted=True)
+        await self._catalog.update_space(space, lambda e: {**e, "config": None, "deleted_at": last})
         if last:
-            await self._js.purge(self._names.stream(space))
+            await self._js.purge(self._names.stream(space), None, last + 1)
         await self._offsets.delete(f"{encode(space)}.>")
         self._numbers.pop(space, None)
-        self._tail.removed(space, None)
+        await self._feeds.removed(space, None)
         return removed
 
     async def configure_space(self, space: str, config: SpaceConfig) -> None:
         self._check_open()
         await self._ensure_stream(space)
-        await self._update_space(
-            space, lambda e: {**e, "config": _config_json(config), "deleted_at": None}
+        await self._catalog.update_space(
+            space, lambda e: {**e, "config": config_json(config), "deleted_at": None}
         )
 
     async def enforce_retention(self, defaults: RetentionPolicy) -> Removed:
         self._check_open()
         now = self._clock()
         removed = Removed()
-        for space in await self._space_names():
-            entry = await self._space_entry(space)
-            config = None if entry is None else _config(entry[0].get("config"))
+        for space in await self._catalog.space_names():
+            entry = await self._catalog.space_entry(space)
+            config = None if entry is None else config_of(entry[0].get("config"))
             policy = defaults if config is None or config.retention is None else config.retention
             if not policy.limited:
                 continue
             try:
-                first, last, _ = await self._space_found(space)
+                first, last, _ = await self._catalog.space_found(space)
             except port.NotFound:
                 continue
             if policy.max_age_ns:
-                cut = await self._first_at_or_after(Target(space), now - policy.max_age_ns)
+                cut = await self._reader.first_at_or_after(Target(space), now - policy.max_age_ns)
                 if cut > first:
                     removed += await self._trim_space(space, cut, last)
             if policy.max_records_per_segment:
-                for segment in await self._retained_segments(space):
+                for segment in await self._catalog.retained_segments(space):
                     if segment.first is None or segment.last is None:
                         continue
                     over = (
@@ -745,14 +579,16 @@ class JetStreamStore:
         return removed
 
     async def _trim_bytes(self, space: str, max_bytes: int, last: int) -> Removed:
-        segments = await self._retained_segments(space)
+        segments = await self._catalog.retained_segments(space)
         size = sum(s.last.cum - s.first.base for s in segments if s.first and s.last)
         if size <= max_bytes:
             return Removed()
-        first, _, _ = await self._stream_last(space)
+        first, _, _ = await self._catalog.stream_state(space)
         position = first
         while size > max_bytes:
-            batch = await self._range(space, self._names.space_subjects(space), position, last, 0)
+            batch = await self._reader.range(
+                space, self._names.space_subjects(space), position, last
+            )
             if not batch:
                 break
             for message in batch:
@@ -773,108 +609,30 @@ class JetStreamStore:
 
     async def _last_offset(self, target: Target) -> int:
         if target.is_space:
-            return (await self._stream_last(target.space))[1]
-        return (await self._segment(target.space, target.segment)).last_sequence
+            return (await self._catalog.stream_state(target.space))[1]
+        return (await self._catalog.segment(target.space, target.segment)).last_sequence
 
     async def first_offset(self, target: Target) -> int:
         self._check_open()
         if target.is_space:
-            return (await self._stream_last(target.space))[0]
-        return (await self._segment(target.space, target.segment)).first_sequence
-
-    async def _range(
-        self, space: str, subject: str, start: int, end: int, floor_check: int
-    ) -> list[Message]:
-        """Messages of ``subject`` at stream sequences ``start..end``, a batch
-        from any replica; when it has none, the leader says whether one is due
-        (a replica that lags), so that a read never ends early."""
-        if start > end:
-            return []
-        stream = self._names.stream(space)
-        found = await self._js.direct_batch(stream, start, READ_BATCH, 4 << 20, subject)
-        found = [m for m in found if m.seq <= end]
-        if not found:
-            message = await self._js.get(stream, seq=start, next_by_subj=subject)
-            if message is not None and message.seq <= end:
-                found = [message]
-        return found
+            return (await self._catalog.stream_state(target.space))[0]
+        return (await self._catalog.segment(target.space, target.segment)).first_sequence
 
     async def read(
         self, target: Target, first: int, last: int, cut: Cut, segment_prefix: bytes = b""
     ) -> tuple[RecordList, int]:
         self._check_open()
-        first = max(first, 1)
-        space = target.space
-        if target.is_space:
-            start, last_offset, _ = await self._stream_last(space)
-            subject = self._names.space_subjects(space)
-            floor = start
-            start, end = max(start, first), min(last, last_offset)
-        else:
-            segment = await self._segment(space, target.segment)
-            last_offset = segment.last_sequence
-            subject = self._names.subject(space, target.segment)
-            located = await self._locate(space, segment, first)
-            floor = 0 if segment.first is None else segment.first.position
-            start = located.position if located is not None else 1
-            end = 0 if located is None or segment.last is None else segment.last.position
-        after = max(first, min(last, last_offset) + 1, 1)
-        found: list[Record] = []
-        stored: list[bytes] = []
-        size = skipped = 0
-        floors: dict[str, int] = {}
-        position = start
-        while position <= end:
-            batch = await self._range(space, subject, position, end, floor)
-            if not batch:
-                break
-            if target.is_space:
-                await self._floors(space, batch, floors)
-            for message in batch:
-                position = message.seq + 1
-                if message.seq < floor:
-                    continue
-                record = records.record(self._names, space, message)
-                if target.is_space and record.sequence < floors[record.segment]:
-                    continue  # removed: a lagging replica still has it
-                offset = record.position if target.is_space else record.sequence
-                if offset < first:
-                    continue
-                if offset > last:
-                    return RecordList(found, stored), after
-                if len(found) == cut.max_records:
-                    return RecordList(found, stored), offset
-                raw = codec.stored(record)
-                if segment_prefix and not record.segment.encode("utf-8").startswith(segment_prefix):
-                    if skipped >= cut.max_skip_bytes:
-                        return RecordList(found, stored), offset
-                    skipped += len(raw)
-                    continue
-                size += codec.framed_size(raw)
-                if found and size > cut.max_bytes:
-                    return RecordList(found, stored), offset
-                found.append(record)
-                stored.append(raw)
-        return RecordList(found, stored), after
+        return await self._reader.read(target, first, last, cut, segment_prefix)
 
-    async def _floors(self, space: str, batch: Sequence[Message], floors: dict[str, int]) -> None:
-        """The first retained sequence of each segment in ``batch`` (leader)."""
-        stream = self._names.stream(space)
-        missing = sorted(
-            {m.subject for m in batch if self._names.segment_of(m.subject) not in floors}
-        )
-        firsts = await asyncio.gather(
-            *(self._js.get(stream, seq=1, next_by_subj=subject) for subject in missing)
-        )
-        for subject, message in zip(missing, firsts, strict=True):
-            name = self._names.segment_of(subject)
-            floors[name] = 2**64 if message is None else int(message.headers[records.SEQ])
+    async def peek(self, target: Target) -> RecordList | None:
+        self._check_open()
+        return await self._reader.peek(target)
 
     @contextlib.asynccontextmanager
     async def follow(self, target: Target) -> AsyncIterator[Subscription]:
         self._check_open()
         await self._ensure_stream(target.space)
-        _, last, _ = await self._stream_last(target.space)
+        _, last, _ = await self._catalog.stream_state(target.space)
         await self._feeds.hold(target.space, last)
         try:
             baseline = await self._last_offset(target)
@@ -889,7 +647,7 @@ class JetStreamStore:
     async def watch(self, space: str) -> AsyncIterator[Watch]:
         self._check_open()
         await self._ensure_stream(space)
-        _, last, _ = await self._stream_last(space)
+        _, last, _ = await self._catalog.stream_state(space)
         await self._feeds.hold(space, last)
         try:
             async with self._tail.watch(space) as watch:
@@ -902,49 +660,7 @@ class JetStreamStore:
 
     async def first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
         self._check_open()
-        return await self._first_at_or_after(target, timestamp_ns)
-
-    async def _first_at_or_after(self, target: Target, timestamp_ns: int) -> int:
-        space = target.space
-        stream = self._names.stream(space)
-        if target.is_space:
-            low, high, messages = await self._stream_last(space)
-            subject, past = self._names.space_subjects(space), high + 1
-            if not messages:
-                return past
-        else:
-            segment = await self._segment(space, target.segment)
-            past = segment.last_sequence + 1
-            if segment.first is None or segment.last is None:
-                return past
-            subject = self._names.subject(space, target.segment)
-            low, high = segment.first.position, segment.last.position
-        answer: records.Stored | None = None
-        while low <= high:
-            message = await self._js.get(stream, seq=(low + high) // 2, next_by_subj=subject)
-            if message is None:
-                break
-            stored = records.numbers(self._names, message)
-            if stored.timestamp_ns >= timestamp_ns:
-                answer, high = stored, (low + high) // 2 - 1
-            else:
-                low = stored.position + 1
-        if answer is None:
-            return past
-        return answer.position if target.is_space else answer.sequence
-
-    async def peek(self, target: Target) -> RecordList | None:
-        self._check_open()
-        stream = self._names.stream(target.space)
-        subject = (
-            self._names.space_subjects(target.space)
-            if target.is_space
-            else self._names.subject(target.space, target.segment)
-        )
-        message = await self._js.get(stream, last_by_subj=subject)
-        if message is None:
-            return None
-        return RecordList([records.record(self._names, target.space, message)])
+        return await self._reader.first_at_or_after(target, timestamp_ns)
 
     async def get_offset(self, consumer: str, target: Target) -> int | None:
         self._check_open()
@@ -974,23 +690,11 @@ class JetStreamStore:
 
     # -- infos and lists -------------------------------------------------
 
-    async def _space_names(self) -> list[str]:
-        return [decode(key.split(".", 1)[1]) for key in await self._catalog.keys("sp.*")]
-
-    async def _segment_names(self, space: str) -> list[str]:
-        info = await self._js.info(self._names.stream(space), self._names.space_subjects(space))
-        names = {
-            self._names.segment_of(s) for s in ([] if info is None else info["state"]["subjects"])
-        }
-        prefix = f"sg.{encode(space)}."
-        names.update(decode(key[len(prefix) :]) for key in await self._catalog.keys(f"{prefix}*"))
-        return sorted(names, key=lambda name: name.encode("utf-8"))
-
     async def _space_info(self, space: str) -> SpaceInfo | None:
-        entry = await self._space_entry(space)
-        first, last, messages = await self._stream_last(space)
-        config = None if entry is None else _config(entry[0].get("config"))
-        if entry is not None and self._space_deleted(entry[0], last):
+        entry = await self._catalog.space_entry(space)
+        first, last, messages = await self._catalog.stream_state(space)
+        config = None if entry is None else config_of(entry[0].get("config"))
+        if entry is not None and self._catalog.space_deleted(entry[0], last):
             return None
         if last == 0 and config is None:
             return None
@@ -998,11 +702,17 @@ class JetStreamStore:
         if messages:
             size = sum(
                 s.last.cum - s.first.base
-                for s in await self._retained_segments(space)
+                for s in await self._catalog.retained_segments(space)
                 if s.first is not None and s.last is not None
             )
         return SpaceInfo(
-            space, last, await self._last_timestamp(space, last), first, messages, size, config
+            space,
+            last,
+            await self._catalog.last_timestamp(space, last),
+            first,
+            messages,
+            size,
+            config,
         )
 
     async def get_space(self, space: str) -> SpaceInfo | None:
@@ -1013,13 +723,13 @@ class JetStreamStore:
         self, space: str, segment: str, include_deleted: bool = False
     ) -> SegmentInfo | None:
         self._check_open()
-        found = await self._segment(space, segment)
+        found = await self._catalog.segment(space, segment)
         if found.entry is None and found.last is None:
             return None
-        space_entry = await self._space_entry(space)
+        space_entry = await self._catalog.space_entry(space)
         info = found.info()
-        if space_entry is not None and self._space_deleted(
-            space_entry[0], (await self._stream_last(space))[1]
+        if space_entry is not None and self._catalog.space_deleted(
+            space_entry[0], (await self._catalog.stream_state(space))[1]
         ):
             info = dataclasses.replace(info, deleted=True)
         if info.deleted and not include_deleted:
@@ -1035,7 +745,7 @@ class JetStreamStore:
     ) -> list[SpaceInfo]:
         self._check_open()
         found: list[SpaceInfo] = []
-        for name in await self._space_names():
+        for name in await self._catalog.space_names():
             if len(found) == limit:
                 break
             if after is not None and name.encode("utf-8") <= after.encode("utf-8"):
@@ -1054,7 +764,7 @@ class JetStreamStore:
     ) -> list[SegmentInfo]:
         self._check_open()
         found: list[SegmentInfo] = []
-        for name in await self._segment_names(space):
+        for name in await self._catalog.segment_names(space):
             if len(found) == limit:
                 break
             if after is not None and name.encode("utf-8") <= after.encode("utf-8"):
@@ -1086,20 +796,16 @@ class JetStreamStore:
         self._closed = True
         self._tail.close()
         await self._feeds.close()
-        await self._nc.drain()
+        await self._nc.close()
 
 
 async def open_store(setup: Setup) -> JetStreamStore:
     """The JetStream backend's opener: ``--data`` is not used."""
     options = setup.options
-    try:
-        nc = await nats.connect(
-            list(options["nats_url"]), connect_timeout=5, max_reconnect_attempts=-1
-        )
-    except Exception as error:
-        raise Unavailable(
-            f"--nats-url: cannot reach {','.join(options['nats_url'])}: {error!r}"
-        ) from error
+    servers = options["nats_url"]
+    if isinstance(servers, str):  # the default, not parsed by the option's kind
+        servers = urls(servers)
+    nc = await connection.connect(servers)
     store = JetStreamStore(
         nc,
         Names(options["nats_prefix"]),
