@@ -812,7 +812,7 @@ async def open_store(setup: Setup) -> JetStreamStore:
         options["nats_replicas"],
         setup.dedupe_window_ns,
         setup.clock,
-        Tail(1, 1, setup.follow_linger, setup.memory),
+        Tail(1, 1, setup.follow_linger, setup.memory, setup.watch_change_bytes),
     )
     await store.start()
     return store
