@@ -188,7 +188,9 @@ class Load:
             with f.lock:
                 errors += f.errors
         if errors:
-            pytest.fail(f"{len(errors)} client error(s):\n  " + "\n  ".join(errors[:30]))
+            pytest.fail(
+                f"seed {self.seed}: {len(errors)} client error(s):\n  " + "\n  ".join(errors[:30])
+            )
 
     def error(self, text: str) -> None:
         with self.lock:
@@ -303,7 +305,8 @@ def check(stub: Stub, load: Load, what: str) -> int:
     report, views = check_store(stub, load.journal, SPACES, [f for f, _ in load.followers])
     if report.problems:
         pytest.fail(
-            f"{what}: {len(report.problems)} problem(s):\n  " + "\n  ".join(report.problems)
+            f"seed {load.seed}, {what}: {len(report.problems)} problem(s):\n  "
+            + "\n  ".join(report.problems)
         )
     assert report.acked_present == len(load.journal.txns), "every transaction is acknowledged"
     return sum(len(v.records) for v in views.values())
@@ -399,7 +402,11 @@ def test_stream_leader_killed_under_load_then_restarted(
     caught_up = time.monotonic() - restarted_at
     for stream in streams.values():
         step_down_to(cluster.urls[leader], stream, cluster.names[leader])
-        assert cluster.wait_leader_of(stream) == leader
+        wait_until(
+            lambda s=stream: cluster.leader_of(s) == leader,
+            30.0,
+            f"{cluster.names[leader]} to lead {stream}",
+        )
     alone = gateway(tmp_path, "alone", [cluster.urls[leader]], prefix_of(deployment[0]))
     with alone:
         alone.start()
@@ -413,10 +420,11 @@ def test_stream_leader_killed_under_load_then_restarted(
         check(alone.stub, load, f"after writes through {cluster.names[leader]} alone")
 
     print(
-        f"\njetstream leader kill: {cluster.names[leader]} (leader of {led}) killed under "
-        f"{len(load._producers)} producers on 2 gateways; first acknowledged write sent after "
-        f"the kill {stall:.2f} s after it, every producer writing again after "
-        f"{every_producer:.2f} s; {len(load.journal.txns)} transactions ({records} records) "
+        f"\njetstream leader kill (seed {load.seed}): {cluster.names[leader]} (leader of {led}) "
+        f"killed under {PRODUCERS_PER_GATEWAY * len(deployment)} producers on 2 gateways; first "
+        f"acknowledged write sent after the kill {stall:.2f} s after it, every producer "
+        f"writing again after {every_producer:.2f} s; {len(load.journal.txns)} transactions "
+        f"({records} records) "
         f"checked, {retried} retried, {followed} records followed; restarted node caught up "
         f"in {caught_up:.2f} s"
     )
@@ -461,9 +469,10 @@ def test_gateway_killed_under_load_clients_retry_through_the_other(
     assert check(killed.stub, load, "through the restarted gateway") == records
 
     print(
-        f"\njetstream gateway kill: {len(load.journal.txns)} transactions ({records} records) "
-        f"checked, {len(moved)} moved to the other gateway ({duplicates} answered "
-        f"duplicate=true), {moved_followers} followers moved, {followed} records followed, "
+        f"\njetstream gateway kill (seed {load.seed}): {len(load.journal.txns)} transactions "
+        f"({records} records) checked, {len(moved)} moved to the other gateway "
+        f"({duplicates} answered duplicate=true), {moved_followers} followers moved, "
+        f"{followed} records followed, "
         f"{resent} acknowledged transactions sent again and answered as duplicates; first "
         f"acknowledged write sent after the kill {stall:.2f} s after it, every producer "
         f"writing again after {every_producer:.2f} s"
