@@ -17,7 +17,8 @@ segment, one reader per space). Configurations:
   ``JetStream.publish_batch``: one atomic batch per Produce, the same
   subjects, bodies and ``Streams-*`` headers, ``Nats-Expected-Last-Sequence``)
   to a space's stream made by a gateway, and reads it back with the
-  backend's batched direct gets (``READ_BATCH`` messages per request).
+  backend's batched direct gets (``READ_BATCH`` messages per request), then
+  again with an ordered push consumer (nats-py's fastest read).
 
 Follow latency is not measured here: bench/follow_latency.py measures it for
 one server.
@@ -147,11 +148,13 @@ class NativeProduce:
 
 @dataclass(frozen=True)
 class NativeRead:
-    """Segment NATIVE_SEGMENT of ``space`` read to its end with the backend's
-    batched direct gets, ``READ_BATCH`` messages per request."""
+    """Segment NATIVE_SEGMENT of ``space`` read to its end: with the backend's
+    batched direct gets (``READ_BATCH`` messages per request), or with
+    ``ordered``, an ordered push consumer (nats-py's fastest read)."""
 
     urls: tuple[str, ...]
     space: str
+    ordered: bool = False
     max_seconds: float = 300.0
 
     def run(self, ready: Callable[[], None], go: EventType) -> JobResult:
@@ -163,26 +166,48 @@ class NativeRead:
         stream, subject = names.stream(self.space), names.subject(self.space, NATIVE_SEGMENT)
         nc = await nats.connect(list(self.urls))
         try:
-            js = JetStream(nc)
-            info = await js.info(stream)
+            info = await JetStream(nc).info(stream)
             last = int(info["state"]["last_seq"]) if info else 0
             ready()
             go.wait(SETUP_TIMEOUT_S)
             result.start = time.monotonic()
-            position = 1
-            while position <= last:
-                found = await js.direct_batch(stream, position, READ_BATCH, 4 << 20, subject)
-                if not found:
-                    break
-                result.messages += 1
-                result.records += len(found)
-                result.last_sequence = int(found[-1].headers[records.SEQ])
-                position = found[-1].seq + 1
+            read = self._ordered if self.ordered else self._direct
+            await asyncio.wait_for(read(nc, stream, subject, last, result), self.max_seconds)
             result.end = time.monotonic()
             result.latencies.append(result.end - result.start)
         finally:
             await nc.close()
         return result
+
+    async def _direct(
+        self, nc: nats.NATS, stream: str, subject: str, last: int, result: JobResult
+    ) -> None:
+        js, position = JetStream(nc), 1
+        while position <= last:
+            found = await js.direct_batch(stream, position, READ_BATCH, 4 << 20, subject)
+            if not found:
+                break
+            result.messages += 1
+            result.records += len(found)
+            result.last_sequence = int(found[-1].headers[records.SEQ])
+            position = found[-1].seq + 1
+
+    async def _ordered(
+        self, nc: nats.NATS, stream: str, subject: str, last: int, result: JobResult
+    ) -> None:
+        done = asyncio.Event()
+
+        async def take(msg: nats.aio.msg.Msg) -> None:
+            result.records += 1
+            result.last_sequence = int((msg.headers or {})[records.SEQ])
+            if msg.metadata.sequence.stream >= last:
+                done.set()
+
+        sub = await nc.jetstream().subscribe(subject, stream=stream, ordered_consumer=True, cb=take)
+        try:
+            await done.wait()
+        finally:
+            await sub.unsubscribe()
 
 
 # -- One configuration ----------------------------------------------------
@@ -198,6 +223,7 @@ class Figures:
     read_rate: float  # records/s, every space read at once
     read_seconds: list[float]  # each reader's time to its end
     problems: list[str] = field(default_factory=list)
+    other_read: float = math.nan  # NATS-native: the same with an ordered consumer
 
 
 def produce_request(space: str) -> bytes:
@@ -225,15 +251,29 @@ def measure(
     name: str,
     produce_jobs: Sequence[UnaryJob | NativeProduce],
     read_jobs: Callable[[], Sequence[StreamJob | NativeRead]],
+    other_reads: Callable[[], Sequence[NativeRead]] | None = None,
 ) -> Figures:
     """Produces with ``produce_jobs`` at once, then reads every space at once
-    and checks that each read got every record its producer wrote."""
+    (and again with ``other_reads``), checking that each read got every record
+    its producer wrote."""
     before = machine_cpu()
     results = pool.run(produce_jobs)
     busy = busy_share(before, machine_cpu())
-    rate = merge(results, PER_CALL)
     written = [(r.calls - len(r.errors) + WARMUP_CALLS) * PER_CALL for r in results]
-    reads = pool.run(read_jobs())
+    rate, seconds, problems = read_all(pool, read_jobs(), written, name)
+    figures = Figures(name, merge(results, PER_CALL), busy, rate, seconds, problems)
+    if other_reads is not None:
+        figures.other_read, _, more = read_all(pool, other_reads(), written, name)
+        figures.problems += more
+    return figures
+
+
+def read_all(
+    pool: ClientPool, jobs: Sequence[StreamJob | NativeRead], written: Sequence[int], name: str
+) -> tuple[float, list[float], list[str]]:
+    """Records/s of ``jobs`` run at once, each one's seconds, and what was
+    missing (reader ``i`` reads what producer ``i`` wrote)."""
+    reads = pool.run(jobs)
     problems = [
         f"{name}: reader {i} got {r.records:,} records ending at sequence {r.last_sequence:,}, "
         f"its producer wrote {expected:,}"
@@ -242,15 +282,8 @@ def measure(
     ]
     started = [r for r in reads if r.start]
     seconds = max(r.end for r in started) - min(r.start for r in started) if started else 0.0
-    total = sum(r.records for r in reads)
-    return Figures(
-        name,
-        rate,
-        busy,
-        total / seconds if seconds > 0 else math.nan,
-        [r.end - r.start for r in started],
-        problems,
-    )
+    rate = sum(r.records for r in reads) / seconds if seconds > 0 else math.nan
+    return rate, [r.end - r.start for r in started], problems
 
 
 def producers(sizes: Sizes, label: str) -> list[str]:
@@ -337,6 +370,7 @@ def run(pool: ClientPool, sizes: Sizes) -> Outcome:
                 NATIVE,
                 [NativeProduce(urls, s, 1_000_000, sizes.seconds) for s in native],
                 lambda: [NativeRead(urls, s) for s in native],
+                lambda: [NativeRead(urls, s, ordered=True) for s in native],
             )
         )
     return Outcome(sizes, notes, figures, time.monotonic() - began)
@@ -370,7 +404,8 @@ def table(outcome: Outcome) -> str:
                 fmt(f.produce.latency_ms(0.5), 1),
                 fmt(f.produce.latency_ms(0.99), 1),
                 f"{f.busy:.0%}",
-                fmt(f.read_rate),
+                fmt(f.read_rate)
+                + ("" if math.isnan(f.other_read) else f" (ordered consumer: {fmt(f.other_read)})"),
                 f"{fmt(min(seconds), 2)}-{fmt(max(seconds), 2)}",
             ]
         )
@@ -393,13 +428,17 @@ def ratios(outcome: Outcome) -> dict[str, tuple[float, float]]:
         f"{GATEWAYS} gateways / 1 gateway": pair(three, one),
         f"{GATEWAYS} gateways / NATS-native": pair(three, native),
         "1 gateway / NATS-native": pair(one, native),
+        f"{GATEWAYS} gateways read / NATS-native ordered consumer": (
+            math.nan,
+            three.read_rate / native.other_read if native.other_read else math.nan,
+        ),
         f"JetStream {GATEWAYS} gateways / RocksDB": pair(three, rocks),
         "JetStream 1 gateway / RocksDB": pair(one, rocks),
     }
 
 
 def ratios_table(outcome: Outcome) -> str:
-    rows = [[k, f"{p:.2f}", f"{r:.2f}"] for k, (p, r) in ratios(outcome).items()]
+    rows = [[k, fmt(p, 2), fmt(r, 2)] for k, (p, r) in ratios(outcome).items()]
     return markdown_table(["ratio (same run)", "produce records/s", "read records/s"], rows)
 
 
@@ -427,6 +466,7 @@ def as_json(outcome: Outcome) -> dict[str, object]:
                 "failed": f.produce.errors,
                 "busy": f.busy,
                 "read": f.read_rate,
+                "read_ordered_consumer": f.other_read,
             }
             for f in outcome.figures
         ],
