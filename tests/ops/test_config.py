@@ -42,6 +42,7 @@ VALUES = {
     "--storage": "memory",
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
+    "--reclaim-seconds": "2.5",
     "--shutdown-grace": "3.5",
     "--slow-consumer-seconds": "2.5",
     "--follow-linger-ms": "7.5",

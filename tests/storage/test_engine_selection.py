@@ -73,6 +73,7 @@ def test_storage_comes_from_the_flag_or_the_variable() -> None:
         "wal_tail_damage": "refuse",
         "catalog_cache_bytes": 64 << 20,
         "dedupe_sweep_seconds": 60.0,
+        "reclaim_seconds": 5.0,
     }
 
 
