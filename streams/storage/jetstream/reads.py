@@ -16,8 +16,12 @@ from streams.storage.jetstream.api import JetStream, Message
 from streams.storage.jetstream.catalog import Catalog, SegmentView
 from streams.storage.jetstream.names import Names
 
-# Messages asked for per batched direct get.
-READ_BATCH = 500
+# Messages asked for per batched direct get, at most: a read asks for what its
+# Cut may still return and one more (where the next read starts), so that one
+# Consume response is one request (the service's max_batch is 10,000).
+READ_BATCH = 10_001
+# Bytes asked for per batched direct get, at most.
+READ_BYTES = 4 << 20
 
 
 class Reader:
@@ -31,37 +35,52 @@ class Reader:
     async def locate(
         self, space: str, segment: SegmentView, sequence: int
     ) -> records.Stored | None:
-        """The retained message of ``segment`` with ``sequence`` (bisection over
-        stream sequences through the leader), None past its last."""
+        """The retained message of ``segment`` with ``sequence``, None past its
+        last: a search over stream sequences through the leader, each guess
+        interpolated between the messages known below and at or above it (a
+        segment's messages are often evenly spread: one get), every other one
+        a bisection (so that an uneven spread costs at most twice as many)."""
         if segment.first is None or segment.last is None or sequence > segment.last.sequence:
             return None
         if sequence <= segment.first.sequence:
             return segment.first
         stream, subject = self._names.stream(space), self._names.subject(space, segment.name)
-        low, high = segment.first.position, segment.last.position
-        found = segment.last
+        # The answer is at a stream sequence in low..high or is ``found``;
+        # ``below`` is the sequence of the segment's message just before low.
+        low, high = segment.first.position + 1, segment.last.position
+        below, found = segment.first.sequence, segment.last
+        interpolate = True
         while low <= high:
-            middle = (low + high) // 2
-            message = await self._js.get(stream, seq=middle, next_by_subj=subject)
+            if interpolate:
+                spread = (found.position - low) / max(1, found.sequence - below - 1)
+                guess = min(high, low + int((sequence - below - 1) * spread))
+            else:
+                guess = (low + high) // 2
+            interpolate = not interpolate
+            message = await self._js.get(stream, seq=guess, next_by_subj=subject)
             if message is None:
                 break
             stored = records.numbers(self._names, message)
-            if stored.sequence >= sequence:
-                found, high = stored, middle - 1
-            else:
-                low = stored.position + 1
             if stored.sequence == sequence:
                 return stored
+            if stored.sequence > sequence:
+                found, high = stored, guess - 1
+            else:
+                below, low = stored.sequence, stored.position + 1
         return found
 
-    async def range(self, space: str, subject: str, start: int, end: int) -> list[Message]:
-        """Messages of ``subject`` at stream sequences ``start..end``, a batch
-        from any replica; when it has none, the leader says whether one is due
-        (a replica that lags), so that a read never ends early."""
+    async def range(
+        self, space: str, subject: str, start: int, end: int, count: int = READ_BATCH
+    ) -> list[Message]:
+        """Up to ``count`` messages of ``subject`` at stream sequences
+        ``start..end``, a batch from any replica; when it has none, the leader
+        says whether one is due (a replica that lags), so that a read never
+        ends early."""
         if start > end:
             return []
         stream = self._names.stream(space)
-        found = await self._js.direct_batch(stream, start, READ_BATCH, 4 << 20, subject)
+        count = max(1, min(count, end - start + 1, READ_BATCH))
+        found = await self._js.direct_batch(stream, start, count, READ_BYTES, subject)
         found = [m for m in found if m.seq <= end]
         if not found:
             message = await self._js.get(stream, seq=start, next_by_subj=subject)
@@ -94,7 +113,9 @@ class Reader:
         floors: dict[str, int] = {}
         position = start
         while position <= end:
-            batch = await self.range(space, subject, position, end)
+            # Filtered by segment, skipped records do not count against the Cut.
+            wanted = READ_BATCH if segment_prefix else cut.max_records - len(found) + 1
+            batch = await self.range(space, subject, position, end, wanted)
             if not batch:
                 break
             if target.is_space:
