@@ -41,6 +41,10 @@ from tests.support.waiting import wait_until
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLUSTER_NAME = "streams-test"
+# The largest message a client may publish (nats-server's default is 1 MB):
+# Streams accepts records up to --max-record-bytes (1.5 MiB), each one message,
+# so the deployment sets 8 MB (deploy/kubernetes/nats/values.yaml) and so do the tests.
+MAX_PAYLOAD = "8MB"
 
 
 def nats_server_binary() -> str:
@@ -305,6 +309,7 @@ class NatsCluster:
         return (
             f'server_name: "{node.name}"\n'
             f'listen: "127.0.0.1:{node.port}"\n'
+            f"max_payload: {MAX_PAYLOAD}\n"
             f'http: "127.0.0.1:{node.http_port}"\n'
             f'jetstream {{\n    store_dir: "{node.store}"{sync}\n}}\n'
             f'cluster {{\n    name: "{CLUSTER_NAME}"\n'
