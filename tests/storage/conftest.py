@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from streams import codec
+from streams.limits import Limits
 from streams.model import SegmentAppend, Transaction
 from streams.storage import registry
 from streams.storage.backend import Setup
@@ -85,6 +86,12 @@ class Harness:
     clock: Clock = field(default_factory=Clock)
     options: dict[str, Any] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
+
+    @property
+    def max_records(self) -> int:
+        """The most records one transaction may hold on this backend (what the
+        server lets one Produce hold: JetStream's atomic batch is 1,000)."""
+        return registry.get(self.name).limits(Limits()).max_records_per_produce
 
     def held(self, store: Store) -> Gate:
         """Holds the durability of ``store``'s next writes (opened at the end of

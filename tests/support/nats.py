@@ -19,6 +19,7 @@ that waiting is on what the servers say, never on a fixed time::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -34,6 +35,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import nats
+from nats.errors import Error as NatsError
+
 from tests.support.waiting import wait_until
 
 # A cold start of 3 nodes takes about 1-2 s here (see README, "When one machine
@@ -41,6 +45,15 @@ from tests.support.waiting import wait_until
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLUSTER_NAME = "streams-test"
+# JetStream's "no suitable peers for placement" (the meta leader has not yet
+# heard every peer's statistics: right after a start it answers this although
+# every node is healthy and agrees on the leader).
+NO_PEERS = 10005
+PROBE_STREAM = "STREAMS_TEST_PLACEMENT_PROBE"
+# The largest message a client may publish (nats-server's default is 1 MB):
+# Streams accepts records up to --max-record-bytes (1.5 MiB), each one message,
+# so the deployment sets 8 MB (deploy/kubernetes/nats/values.yaml) and so do the tests.
+MAX_PAYLOAD = "8MB"
 
 
 def nats_server_binary() -> str:
@@ -137,7 +150,9 @@ class NatsCluster:
                 self._spawn(i)
             for i in range(len(self._nodes)):
                 self.wait_ready(i)
+            self.wait_routed()
             self.wait_meta_leader()
+            self.wait_placeable()
         except BaseException:
             self.close()
             raise
@@ -178,7 +193,9 @@ class NatsCluster:
         for i in dead:
             self.wait_ready(i)
         if dead:
+            self.wait_routed()
             self.wait_meta_leader()
+            self.wait_placeable()
 
     def close(self) -> None:
         """Stops every node (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
@@ -236,6 +253,62 @@ class NatsCluster:
     def wait_meta_leader(self, timeout: float = START_TIMEOUT) -> str:
         leader: str = wait_until(self.meta_leader, timeout, "a meta leader all nodes agree on")
         return leader
+
+    def routed(self, i: int) -> bool:
+        """Node ``i`` has its whole pool of routes (``/varz`` cluster
+        ``pool_size``) to every other running node. Pooled routes come up one
+        by one, some only after a reconnect delay of a second: measured, a
+        stream created while they did was refused ("no suitable peers for
+        placement, peer offline") after two others had been placed."""
+        pool = ((self.monitor(i, "/varz") or {}).get("cluster") or {}).get("pool_size", 1)
+        routes = (self.monitor(i, "/routez") or {}).get("routes") or ()
+        pooled = [r.get("remote_name") for r in routes if not r.get("account")]
+        others = [n.name for j, n in enumerate(self._nodes) if j != i and self.running(j)]
+        return all(pooled.count(name) >= max(pool, 1) for name in others)
+
+    def wait_routed(self, timeout: float = START_TIMEOUT) -> None:
+        """Waits until every running node has all its routes (:meth:`routed`)."""
+        running = [i for i in range(len(self._nodes)) if self.running(i)]
+        wait_until(
+            lambda: all(self.routed(i) for i in running), timeout, "every node's pool of routes"
+        )
+
+    def wait_placeable(self, timeout: float = START_TIMEOUT) -> None:
+        """Waits until the meta leader places a stream on every node: creates
+        (and deletes) a stream of ``len(self)`` replicas until JetStream stops
+        answering "no suitable peers" (or gives no answer). Healthy nodes and an
+        agreed meta leader are not enough: the leader first has to hear each
+        peer's statistics, and until then the first stream of a test fails."""
+        wait_until(
+            lambda: asyncio.run(self._place_probe()),
+            timeout,
+            f"the meta leader to place a stream on all {len(self)} nodes",
+        )
+
+    async def _place_probe(self) -> bool:
+        """One attempt of :meth:`wait_placeable`: True once the probe stream
+        was created (and deleted again)."""
+        config = {"name": PROBE_STREAM, "num_replicas": len(self), "storage": "memory"}
+        api = "$JS.API.STREAM"
+        try:
+            client = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=0)
+        except (NatsError, OSError):
+            return False
+        try:
+            answer = await client.request(
+                f"{api}.CREATE.{PROBE_STREAM}", json.dumps(config).encode(), timeout=2
+            )
+            error = json.loads(answer.data).get("error")
+            if error is not None:
+                if error.get("err_code") == NO_PEERS or error.get("code") == 503:
+                    return False
+                raise RuntimeError(f"JetStream refused the placement probe: {error}")
+            await client.request(f"{api}.DELETE.{PROBE_STREAM}", b"", timeout=STOP_TIMEOUT)
+            return True
+        except (NatsError, TimeoutError):
+            return False  # no answer (an election going on): ask again
+        finally:
+            await client.close()
 
     def stream_views(self, stream: str) -> dict[int, dict[str, Any]]:
         """Stream ``stream`` as each running node that holds a replica reports
@@ -305,6 +378,7 @@ class NatsCluster:
         return (
             f'server_name: "{node.name}"\n'
             f'listen: "127.0.0.1:{node.port}"\n'
+            f"max_payload: {MAX_PAYLOAD}\n"
             f'http: "127.0.0.1:{node.http_port}"\n'
             f'jetstream {{\n    store_dir: "{node.store}"{sync}\n}}\n'
             f'cluster {{\n    name: "{CLUSTER_NAME}"\n'
