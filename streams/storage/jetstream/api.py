@@ -55,10 +55,15 @@ class Message:
     data: bytes
 
 
+# "no suitable peers for placement": too few nodes are up to place R3 now.
+NO_SUITABLE_PEERS = 10005
+
+
 def _error(error: Mapping[str, Any]) -> Exception:
     """A JetStream error answer: Unavailable when the cluster cannot serve
-    right now (503: no leader, an election going on), else ApiError."""
-    if error.get("code") == 503:
+    right now (503: no leader, an election going on; 10005: no peers to place
+    a stream on, as while a node restarts), else ApiError."""
+    if error.get("code") == 503 or error.get("err_code") == NO_SUITABLE_PEERS:
         return Unavailable(f"the NATS cluster cannot serve this now: {error['description']}")
     return ApiError(error.get("code", 0), error.get("err_code", 0), error["description"])
 
