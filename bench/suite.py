@@ -44,6 +44,7 @@ from typing import Any
 import follow_latency
 import lifecycle
 import rocksdict
+import scaleout
 from bare_grpc import STREAM, UNARY, run_bare_server, stream_request
 from common import Histogram, fmt, load_note, markdown_table, ratio, run_server
 from core import Rate, RawBatch, RawLayout, open_raw, raw_scan, raw_write
@@ -906,6 +907,27 @@ def section_lifecycle(ctx: Context) -> None:
     )
 
 
+# -- Scale-out -------------------------------------------------------------
+
+
+def section_scaleout(ctx: Context) -> None:
+    """Produce and read through 1 and 3 JetStream gateways over a 3-node R3
+    cluster, beside one RocksDB server and nats-py straight to JetStream
+    (bench/scaleout.py; --quick: its CI sizes)."""
+    sizes = scaleout.QUICK if ctx.report.mode == "quick" else scaleout.FULL
+    outcome = scaleout.run(ctx.pool, sizes)
+    ctx.report.data["scaleout"] = scaleout.as_json(outcome)
+    problems = scaleout.problems(outcome)
+    ctx.report.add(
+        "Scale-out: JetStream gateways, RocksDB and NATS-native",
+        scaleout.describe(outcome),
+        scaleout.table(outcome),
+        "Ratios of this run:\n\n"
+        + scaleout.ratios_table(outcome)
+        + "".join(f"\n\nproblem: {line}" for line in problems),
+    )
+
+
 # -- Main ----------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
@@ -917,6 +939,7 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "growth": section_growth,
     "segments": section_segments,
     "lifecycle": section_lifecycle,
+    "scaleout": section_scaleout,
 }
 
 

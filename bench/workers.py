@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
 from types import TracebackType
+from typing import Protocol
 
 import grpc
 from core import Rate
@@ -62,6 +63,19 @@ class StreamJob:
     method: str
     request: bytes
     max_seconds: float = 300.0
+
+
+class CustomJob(Protocol):
+    """A job that runs its own client (e.g. nats-py, bench/scaleout.py): it
+    calls ``ready()`` once set up, waits for ``go``, and bounds itself in
+    ``max_seconds``. It must be picklable and importable by a spawned worker."""
+
+    max_seconds: float
+
+    def run(self, ready: Callable[[], None], go: EventType) -> JobResult: ...
+
+
+Job = UnaryJob | StreamJob | CustomJob
 
 
 @dataclass
@@ -147,8 +161,10 @@ def _worker(
         try:
             if isinstance(job, UnaryJob):
                 result = _run_unary(job, ready, go)
-            else:
+            elif isinstance(job, StreamJob):
                 result = _run_stream(job, ready, go)
+            else:
+                result = job.run(ready, go)
         except Exception as exc:  # reported to the coordinator, which prints it
             result = JobResult(errors=[f"{type(exc).__name__}: {exc}"])
         if not said_ready:
@@ -175,7 +191,7 @@ class ClientPool:
     def size(self) -> int:
         return len(self._processes)
 
-    def run(self, jobs: Sequence[UnaryJob | StreamJob]) -> list[JobResult]:
+    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
         """Runs ``jobs`` at once, one per worker; returns their results in order."""
         assert 0 < len(jobs) <= self.size, (len(jobs), self.size)
         self._go.clear()

@@ -41,7 +41,7 @@ from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
 from streams.service import SERVICE_NAME, StreamsService
 from streams.storage import registry
-from streams.storage.backend import Setup
+from streams.storage.backend import BackendUnavailable, Setup
 from streams.storage.port import Store
 from streams.supervisor import Supervisor
 from streams.v1 import streams_pb2
@@ -120,24 +120,28 @@ class StreamsServer:
         startup.check_bindable("--listen", cfg.listen)
         if cfg.metrics_listen:
             startup.check_bindable("--metrics-listen", cfg.metrics_listen)
+        backend = registry.get(cfg.storage)
+        lim = backend.limits(cfg.limits)
         # One budget for the tail's windows and the service's buffered responses.
-        lim = cfg.limits
         memory = MemoryBudget(
             lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
         )
-        self._store = await registry.get(cfg.storage).open(
-            Setup(
-                data=cfg.data,
-                sync=cfg.sync,
-                dedupe_window_ns=int(cfg.dedupe_window_seconds * 1e9),
-                follow_linger=cfg.follow_linger_ms / 1000,
-                memory=memory,
-                options=cfg.storage_options,
-                on_fsync=self.metrics.fsync_seconds.observe,
-                clock=self._clock,
-                watch_change_bytes=lim.max_watch_change_bytes,
+        try:
+            self._store = await backend.open(
+                Setup(
+                    data=cfg.data,
+                    sync=cfg.sync,
+                    dedupe_window_ns=int(cfg.dedupe_window_seconds * 1e9),
+                    follow_linger=cfg.follow_linger_ms / 1000,
+                    memory=memory,
+                    options=cfg.storage_options,
+                    on_fsync=self.metrics.fsync_seconds.observe,
+                    clock=self._clock,
+                    watch_change_bytes=lim.max_watch_change_bytes,
+                )
             )
-        )
+        except BackendUnavailable as exc:
+            raise OptionError("--storage", cfg.storage, str(exc)) from None
         self.metrics.watch_store(self._store)
         self._server = grpc.aio.server(
             options=[

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.inproc import InProcessServer
+from tests.support.nats import NatsCluster
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,3 +33,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def inproc(tmp_path: Path) -> Iterator[InProcessServer]:
     with InProcessServer(tmp_path / "data") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster (tests/support/nats.py) shared by the whole
+    session: it starts once (about half a second here). Tests use their own
+    stream names, and a test that kills nodes starts them again (``heal()``)."""
+    with NatsCluster(tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster

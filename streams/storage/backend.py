@@ -25,10 +25,11 @@ import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from streams.limits import Limits
 from streams.memory import MemoryBudget
 from streams.storage.port import Store
 from streams.storage.watches import MAX_CHANGE_BYTES
@@ -49,6 +50,10 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value}: must be positive")
     return value
+
+
+class BackendUnavailable(Exception):
+    """The backend's module, or a library it needs, cannot be imported here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +101,31 @@ class Backend:
     # "module:function": an async function of a Setup that returns the open Store.
     opener: str
     options: tuple[Option, ...] = ()
+    # The most records one Produce may hold on this backend (JetStream: one atomic
+    # batch); None: the server's --max-records-per-produce alone.
+    max_records_per_produce: int | None = None
+
+    def limits(self, configured: Limits) -> Limits:
+        """The limits the server enforces on this backend: ``configured``, with
+        what this backend cannot take lowered to what it can."""
+        cap = self.max_records_per_produce
+        if cap is None or cap >= configured.max_records_per_produce:
+            return configured
+        return replace(configured, max_records_per_produce=cap)
 
     def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """This backend's options: those in ``given``, defaults for the rest."""
         return {option.dest: given.get(option.dest, option.default) for option in self.options}
 
     async def open(self, setup: Setup) -> Store:
-        """Opens the backend (its module is imported now); ``setup.options``
-        are completed with the defaults of options it does not give."""
+        """Opens the backend (its module is imported now: BackendUnavailable if
+        it cannot be); ``setup.options`` are completed with the defaults of
+        options it does not give."""
         module, function = self.opener.split(":")
-        opener = getattr(importlib.import_module(module), function)
+        try:
+            opener = getattr(importlib.import_module(module), function)
+        except ImportError as exc:  # e.g. an engine or client library left out of the install
+            raise BackendUnavailable(f"cannot load {module}: {exc}") from exc
         complete = dataclasses.replace(setup, options=self.settings(setup.options))
         store: Store = await opener(complete)
         return store

@@ -12,7 +12,7 @@ import importlib
 from streams.storage.backend import Backend
 
 DEFAULT = "rocksdb"
-MODULES = ("streams.storage.rocksdb", "streams.storage.memory")
+MODULES = ("streams.storage.rocksdb", "streams.storage.memory", "streams.storage.jetstream")
 
 
 def backends() -> dict[str, Backend]:

@@ -4,8 +4,10 @@
 ready once it prints a line containing ``listening on HOST:PORT``.
 
 Every test runs against each storage backend: ``rocksdb`` (the default,
-started as above) and ``memory`` (``--storage memory``). Tests marked
-``durable`` (what survives a restart) run on rocksdb only.
+started as above), ``memory`` (``--storage memory``) and ``jetstream``
+(gateways over the session's 3-node cluster, ``nats_cluster``, each server
+with a ``--nats-prefix`` of its own: an empty store that a restart keeps).
+Tests marked ``durable`` (what survives a restart) skip the memory backend.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from streams.limits import Limits
 from streams.storage import registry
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.process import ServerProcess
 
 from .helpers import unique
+from .launch import Launcher
 
 # Backends that lose everything at a restart.
 NOT_DURABLE = {"memory"}
@@ -43,27 +47,32 @@ def _durable_only_where_kept(request: pytest.FixtureRequest, storage: str) -> No
         pytest.skip(f"{storage}: nothing survives a restart")
 
 
-def _server(tmp: Path, storage: str) -> Iterator[ServerProcess]:
-    data_dir = tmp / "data"
-    data_dir.mkdir()
-    flags = () if storage == registry.DEFAULT else ("--storage", storage)
-    server = ServerProcess(data_dir, tmp / "server.log", flags=flags)
-    try:
-        yield server.start()
-    finally:
-        server.close()
+@pytest.fixture(scope="module")
+def launch(request: pytest.FixtureRequest, storage: str) -> Launcher:
+    """Starts servers on the module's backend (the cluster starts only for jetstream)."""
+    cluster = request.getfixturevalue("nats_cluster") if storage == "jetstream" else None
+    return Launcher(storage, cluster)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, storage: str) -> Iterator[ServerProcess]:
+def max_records(storage: str) -> int:
+    """The most records one Produce may hold on the module's backend (the
+    contract's 10,000, or a backend's lower limit: JetStream's atomic batch)."""
+    return registry.get(storage).limits(Limits()).max_records_per_produce
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, launch: Launcher) -> Iterator[ServerProcess]:
     """One server per test module; tests isolate themselves with the `space` fixture."""
-    yield from _server(tmp_path_factory.mktemp("server"), storage)
+    with launch(tmp_path_factory.mktemp("server")) as server:
+        yield server
 
 
 @pytest.fixture
-def fresh_server(tmp_path: Path, storage: str) -> Iterator[ServerProcess]:
-    """A server of its own on an empty data dir (ListSpaces, restarts)."""
-    yield from _server(tmp_path, storage)
+def fresh_server(tmp_path: Path, launch: Launcher) -> Iterator[ServerProcess]:
+    """A server of its own on an empty store (ListSpaces, restarts)."""
+    with launch(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

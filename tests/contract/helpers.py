@@ -104,6 +104,36 @@ def produce(
     )
 
 
+def produce_in_parts(
+    stub: Stub, space: str, writes: Sequence[pb.SegmentWrite], max_records: int
+) -> list[pb.ProduceResponse]:
+    """The records of ``writes``, in order, in as few Produces as hold at most
+    ``max_records`` records each (a write split where it must be; its
+    ``expected_sequence``, if any, stays on its first part): for tests about
+    something other than the records-per-Produce limit, which a backend may
+    lower (the ``max_records`` fixture)."""
+    responses: list[pb.ProduceResponse] = []
+    part: list[pb.SegmentWrite] = []
+    room = max_records
+    for whole in writes:
+        records = list(whole.records)
+        first = True
+        while records:
+            if room == 0:
+                responses.append(produce_writes(stub, space, part))
+                part, room = [], max_records
+            piece = pb.SegmentWrite(segment=whole.segment, records=records[:room])
+            if first and whole.HasField("expected_sequence"):
+                piece.expected_sequence = whole.expected_sequence
+            part.append(piece)
+            room -= len(piece.records)
+            records = records[len(piece.records) :]
+            first = False
+    if part:
+        responses.append(produce_writes(stub, space, part))
+    return responses
+
+
 def consume_responses(stub: Stub, space: str, segment: str = "", **fields: object) -> list:
     """Every ConsumeResponse of one (non-follow) Consume."""
     return list(stub.Consume(pb.ConsumeRequest(space=space, segment=segment, **fields)))

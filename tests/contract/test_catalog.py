@@ -4,18 +4,19 @@ retention enforced by the background pass."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from streams.storage import registry
 from streams.v1 import streams_pb2 as pb
 from tests.support.process import ServerProcess
 from tests.support.waiting import wait_until
 
 from .helpers import Stub, assert_status, consume_all, produce, rec, seqs, unique
+from .launch import Launcher
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -171,19 +172,12 @@ def test_configure_of_a_reserved_space_is_invalid(stub: Stub, reserved: str) -> 
 
 
 @pytest.fixture
-def fast_retention(tmp_path: Path, storage: str) -> ServerProcess:
+def fast_retention(tmp_path: Path, launch: Launcher) -> Iterator[ServerProcess]:
     """A server whose retention pass runs every 50 ms, with a default policy of
     3 records per segment."""
-    data = tmp_path / "data"
-    data.mkdir()
-    flags = ["--retention-interval", "0.05", "--retention-max-records-per-segment", "3"]
-    if storage != registry.DEFAULT:
-        flags += ["--storage", storage]
-    server = ServerProcess(data, tmp_path / "server.log", flags=flags)
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    flags = ("--retention-interval", "0.05", "--retention-max-records-per-segment", "3")
+    with launch(tmp_path, *flags) as server:
+        yield server
 
 
 def first_sequence(stub: Stub, space: str, segment: str) -> int:

@@ -20,6 +20,7 @@ from .helpers import (
     payloads_of,
     positions,
     produce,
+    produce_in_parts,
     produce_writes,
     rec,
     seqs,
@@ -290,9 +291,9 @@ def test_prefix_safe_segments_and_spaces(stub: Stub) -> None:
     assert payloads_of(consume_all(stub, t)) == [b"x", b"xy", b"xcy"]
 
 
-def test_consume_reads_long_segment_in_order(stub: Stub, space: str) -> None:
+def test_consume_reads_long_segment_in_order(stub: Stub, space: str, max_records: int) -> None:
     n = 2_500
-    produce(stub, space, "s", [f"{i}".encode() for i in range(n)])
+    produce_in_parts(stub, space, [write("s", [f"{i}".encode() for i in range(n)])], max_records)
     produce(stub, space, "t", [b"t"])
     recs = consume_all(stub, space, "s")
     assert seqs(recs) == list(range(1, n + 1))

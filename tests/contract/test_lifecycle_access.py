@@ -10,12 +10,12 @@ from typing import Any
 import grpc
 import pytest
 
-from streams.storage import registry
 from streams.v1 import streams_pb2 as pb
 from tests.ops.helpers import bearer, write_tokens
 from tests.support.process import ServerProcess
 
 from .helpers import unique
+from .launch import Launcher
 
 TOKENS = [
     {"token": "rw", "spaces": ["*"], "access": ["read", "write"]},
@@ -56,19 +56,11 @@ WRITES = {"Trim", "DeleteSegment", "DeleteSpace", "ConfigureSpace"}
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, storage: str) -> Iterator[ServerProcess]:
+def secured(tmp_path_factory: pytest.TempPathFactory, launch: Launcher) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("secured")
     tokens = write_tokens(tmp / "tokens.json", TOKENS)
-    data = tmp / "data"
-    data.mkdir()
-    flags = ["--auth-tokens", str(tokens)]
-    if storage != registry.DEFAULT:
-        flags += ["--storage", storage]
-    server = ServerProcess(data, tmp / "server.log", flags=flags)
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    with launch(tmp, "--auth-tokens", str(tokens)) as server:
+        yield server
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:

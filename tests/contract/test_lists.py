@@ -10,7 +10,16 @@ import pytest
 from streams.v1 import streams_pb2 as pb
 from tests.support.process import ServerProcess
 
-from .helpers import Stub, assert_status, produce, produce_writes, ts_key, unique, write
+from .helpers import (
+    Stub,
+    assert_status,
+    produce,
+    produce_in_parts,
+    produce_writes,
+    ts_key,
+    unique,
+    write,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -99,11 +108,12 @@ def test_unknown_space_lists_no_segments(stub: Stub) -> None:
 
 
 @pytest.fixture(scope="module")
-def big_space(server: ServerProcess) -> tuple[str, list[str]]:
-    """One space with 1,050 segments, written by one Produce."""
+def big_space(server: ServerProcess, max_records: int) -> tuple[str, list[str]]:
+    """One space with 1,050 segments, written by as few Produces as the
+    backend takes (one on most)."""
     space = unique("big")
     names = [f"seg{i:05d}" for i in range(1_050)]
-    produce_writes(server.stub, space, [write(n, [b"x"]) for n in reversed(names)])
+    produce_in_parts(server.stub, space, [write(n, [b"x"]) for n in reversed(names)], max_records)
     return space, names
 
 

@@ -20,6 +20,7 @@ from .helpers import (
     ts_key,
     write,
 )
+from .launch import Launcher
 
 
 def _snapshot(stub: Stub, spaces: list[str]) -> dict[str, object]:
@@ -127,17 +128,13 @@ def test_two_restarts_in_a_row(fresh_server: ServerProcess) -> None:
 
 
 @pytest.mark.durable
-def test_listen_and_data_from_environment(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    server = ServerProcess(data_dir, tmp_path / "server.log", via_env=True)
-    try:
-        server.start()  # STREAMS_LISTEN=127.0.0.1:0, STREAMS_DATA=data_dir, no flags
+def test_listen_and_data_from_environment(tmp_path: Path, launch: Launcher) -> None:
+    # STREAMS_LISTEN=127.0.0.1:0, STREAMS_DATA=data_dir (and the backend's
+    # STREAMS_* settings), no flags
+    with launch(tmp_path, via_env=True) as server:
         assert not server.target.endswith(":0")
         produce(server.stub, "env", "s", [b"from env"])
         server.stop()
         server.via_env = False  # same directory, now through --data
         server.start()
         assert [r.payload for r in consume_all(server.stub, "env")] == [b"from env"]
-    finally:
-        server.close()

@@ -27,6 +27,9 @@ from .helpers import (
 )
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+# The contract's records-per-Produce limit; a backend may have a lower one,
+# which its refusal names (the max_records fixture).
+CONTRACT_MAX_RECORDS = 10_000
 
 # --- names -----------------------------------------------------------------------------
 
@@ -214,23 +217,40 @@ def test_payload_limit(stub: Stub, space: str) -> None:
     assert [len(r.payload) for r in got] == [MIB]
 
 
-def test_records_limit_counts_across_writes(stub: Stub, space: str) -> None:
-    resp = produce_writes(stub, space, [write("a", [b"r"] * 5_000), write("b", [b"r"] * 5_000)])
-    assert (resp.first_position, resp.last_position) == (1, 10_000)
-    resp = produce(stub, space, "c", [b"r"] * 10_000)
-    assert resp.acks[0].last_sequence == 10_000
-    count = ("10001", "10,001", "10 001", "10000", "10,000", "10 000")
+def _spellings(n: int) -> tuple[str, ...]:
+    """``n`` as a message may write it: 10001, 10,001 or 10 001."""
+    return (f"{n}", f"{n:,}", f"{n:,}".replace(",", " "))
+
+
+def test_records_limit_counts_across_writes(stub: Stub, space: str, max_records: int) -> None:
+    limit, half = max_records, max_records // 2
+    assert limit <= CONTRACT_MAX_RECORDS, "a backend may lower the limit, never raise it"
+    resp = produce_writes(
+        stub, space, [write("a", [b"r"] * half), write("b", [b"r"] * (limit - half))]
+    )
+    assert (resp.first_position, resp.last_position) == (1, limit)
+    resp = produce(stub, space, "c", [b"r"] * limit)
+    assert resp.acks[0].last_sequence == limit
+    count = (*_spellings(limit + 1), *_spellings(limit))
+    named = ("max_records_per_produce",) if limit < CONTRACT_MAX_RECORDS else ()
     assert_status(
         lambda: produce_writes(
-            stub, space, [write("a", [b"r"] * 5_000), write("b", [b"r"] * 5_001)]
+            stub, space, [write("a", [b"r"] * half), write("b", [b"r"] * (limit - half + 1))]
         ),
         INVALID,
         "records",
         count,
+        *named,
     )
-    assert_status(lambda: produce(stub, space, "d", [b"r"] * 10_001), INVALID, "records", count)
+    assert_status(
+        lambda: produce(stub, space, "d", [b"r"] * (limit + 1)), INVALID, "records", count, *named
+    )
     segs = stub.ListSegments(pb.ListSegmentsRequest(space=space)).segments
-    assert [(s.name, s.last_sequence) for s in segs] == [("a", 5_000), ("b", 5_000), ("c", 10_000)]
+    assert [(s.name, s.last_sequence) for s in segs] == [
+        ("a", half),
+        ("b", limit - half),
+        ("c", limit),
+    ]
 
 
 def test_metadata_pairs_limit(stub: Stub, space: str) -> None:

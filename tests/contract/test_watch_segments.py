@@ -14,7 +14,15 @@ from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.process import ServerProcess
 
-from .helpers import CLIENT_RECEIVE_LIMIT, Stub, assert_status, name_of_bytes, produce, write
+from .helpers import (
+    CLIENT_RECEIVE_LIMIT,
+    Stub,
+    assert_status,
+    name_of_bytes,
+    produce,
+    produce_in_parts,
+    write,
+)
 
 TIMEOUT = 20.0
 
@@ -132,12 +140,12 @@ def test_a_change_during_the_snapshot_is_not_lost(stub: Stub, space: str, watch:
 
 
 def test_a_large_snapshot_comes_in_several_bounded_messages(
-    stub: Stub, space: str, watch: Callable
+    stub: Stub, space: str, watch: Callable, max_records: int
 ) -> None:
     # 4,000 segments of 255-byte names: about 1.2 MB of infos, over one
     # response's 1 MiB.
     segments = [name_of_bytes(255, prefix=f"{i:05d}") for i in range(4000)]
-    stub.Produce(pb.ProduceRequest(space=space, writes=[write(s, [b"x"]) for s in segments]))
+    produce_in_parts(stub, space, [write(s, [b"x"]) for s in segments], max_records)
     snapshot = watch(space).snapshot()
     assert len(snapshot) >= 2
     assert all(m.ByteSize() <= CLIENT_RECEIVE_LIMIT for m in snapshot)

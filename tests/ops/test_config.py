@@ -59,6 +59,8 @@ VALUES = {
     "--retention-max-age": "3600.25",
     "--retention-max-records-per-segment": "1000",
     "--retention-max-bytes": "1000000",
+    "--nats-url": "nats://127.0.0.1:4223,nats://127.0.0.1:4224",
+    "--nats-prefix": "other",
 }
 # What an option needs beside it to be valid, given through the environment.
 _TLS = {"STREAMS_TLS_CERT": "cert.pem", "STREAMS_TLS_KEY": "key.pem"}

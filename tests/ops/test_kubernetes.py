@@ -183,7 +183,8 @@ def test_streams_container_hardening_probes_and_volumes(name: str, doc: dict[str
         assert path in mounts, (path, sorted(mounts))
         assert not mounts[path].get("readOnly"), path
     data = mounts[str(cfg.data)]["name"]
-    assert data in claims or "persistentVolumeClaim" in volumes[data], "data must persist"
+    if cfg.storage == "rocksdb":  # the one backend whose data lives in --data
+        assert data in claims or "persistentVolumeClaim" in volumes[data], "data must persist"
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     # Runs as the image's user, which owns the data folder.
     uid = image_uid(dockerfile())
@@ -344,3 +345,23 @@ def test_the_streams_container_runs_the_server_with_its_flags(
         f"the container would run {argv!r}, not the server"
     )
     assert config.parse(argv[1:], environ={})
+
+
+def test_scale_out_runs_stateless_gateways_over_a_3_node_jetstream_cluster() -> None:
+    docs = documents("scale-out.yaml")
+    deployment = workload(docs, "Deployment")
+    replicas = deployment["spec"]["replicas"]
+    assert replicas >= 2, "one gateway is a single point of failure"
+    cfg = server_config(streams_container(pod_of(deployment)))
+    assert cfg.storage == "jetstream"
+    assert cfg.storage_options["nats_url"], "the gateways need the NATS cluster's address"
+    budget = workload(docs, "PodDisruptionBudget")["spec"]
+    assert 1 <= budget["minAvailable"] < replicas
+    assert budget["selector"]["matchLabels"].items() <= labels_of(deployment).items()
+    # The chart's values: 3 servers, JetStream on files fsynced before each ack.
+    with open(MANIFESTS / "nats" / "values.yaml") as f:
+        values = yaml.safe_load(f)
+    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    jetstream = values["config"]["jetstream"]
+    assert jetstream["enabled"] and jetstream["fileStore"]["enabled"]
+    assert jetstream["merge"]["sync_interval"] == "always"

@@ -1,7 +1,9 @@
-"""What the crash and power-loss harnesses share: `Gate` lets the crash harness
-pause every worker thread between kill -9 cycles; `removal_request`,
-`send_removal` and `retry_removals` are the trims and deletes both run under
-load. The journal and its checker are tests/support/journal.py."""
+"""What the crash, power-loss and JetStream failure harnesses share: `Gate`
+lets the crash harness pause every worker thread between kill -9 cycles;
+`make_request` and `ack_shape_problem` are the producers' transactions and
+the check of each ack's shape; `removal_request`, `send_removal` and
+`retry_removals` are the trims and deletes run under load. The journal and
+its checker are tests/support/journal.py."""
 
 from __future__ import annotations
 
@@ -14,9 +16,16 @@ import grpc
 
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
-from tests.support.journal import UNKNOWN_OUTCOME, Journal
+from tests.support.journal import UNKNOWN_OUTCOME, Journal, request_records
 
-__all__ = ["Gate", "removal_request", "retry_removals", "send_removal"]
+__all__ = [
+    "Gate",
+    "ack_shape_problem",
+    "make_request",
+    "removal_request",
+    "retry_removals",
+    "send_removal",
+]
 
 Removal = pb.TrimRequest | pb.DeleteSegmentRequest | pb.DeleteSpaceRequest
 RETRY_TIMEOUT = 15.0
@@ -69,6 +78,45 @@ class Gate:
         with self._cond:
             self.stopping = True
             self._cond.notify_all()
+
+
+def make_request(
+    rng: random.Random, txid: str, spaces: Sequence[str], segments: Sequence[str]
+) -> pb.ProduceRequest:
+    """A transaction over 1 to 3 distinct segments of one space; now and then a big one."""
+    space = rng.choice(spaces)
+    chosen = rng.sample(segments, rng.choice((1, 1, 2, 3)))
+    writes = []
+    for segment in chosen:
+        count = rng.choice((1, 1, 2, 3)) if rng.random() < 0.97 else rng.randint(20, 50)
+        records = []
+        for i in range(count):
+            size = rng.choice((0, 8, 100)) if rng.random() < 0.95 else rng.randint(1, 64 * 1024)
+            payload = f"{txid}/{segment}/{i}:".encode() + rng.randbytes(size)
+            metadata = {"tx": txid, "i": str(i)} if rng.random() < 0.5 else {}
+            records.append(pb.RecordInput(payload=payload, metadata=metadata))
+        writes.append(pb.SegmentWrite(segment=segment, records=records))
+    return pb.ProduceRequest(space=space, writes=writes, transaction_id=txid)
+
+
+def ack_shape_problem(
+    req: pb.ProduceRequest, resp: pb.ProduceResponse, *, retry: bool = False
+) -> str | None:
+    """An ack must match the request's shape; only the answer to a retry may
+    be a duplicate (the journal's checker then compares it with what is stored)."""
+    if resp.duplicate and not retry:
+        return "first attempt answered duplicate=true"
+    if [a.segment for a in resp.acks] != [w.segment for w in req.writes]:
+        return f"acks {[a.segment for a in resp.acks]} for writes {[w.segment for w in req.writes]}"
+    for a, w in zip(resp.acks, req.writes, strict=True):
+        if a.last_sequence - a.first_sequence + 1 != len(w.records) or a.first_sequence < 1:
+            return f"ack {a} for {len(w.records)} records"
+    if resp.last_position - resp.first_position + 1 != len(request_records(req)):
+        return (
+            f"positions {resp.first_position}..{resp.last_position} for "
+            f"{len(request_records(req))} records"
+        )
+    return None
 
 
 def removal_request(

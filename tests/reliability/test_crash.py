@@ -48,11 +48,17 @@ from tests.support.journal import (
     check_store,
     commit_key,
     read_target,
-    request_records,
 )
 from tests.support.process import ServerProcess
 
-from .harness import Gate, removal_request, retry_removals, send_removal
+from .harness import (
+    Gate,
+    ack_shape_problem,
+    make_request,
+    removal_request,
+    retry_removals,
+    send_removal,
+)
 from .support import COUNTERS
 
 SPACES = ("crash-a", "crash-b")
@@ -97,7 +103,7 @@ class Run:
                 if not ok:
                     return
                 n += 1
-                req = make_request(rng, f"p{index}-{n}")
+                req = make_request(rng, f"p{index}-{n}", SPACES, SEGMENTS)
                 txn = self.journal.sent(req)
                 stub = self.server.stub
                 try:
@@ -219,40 +225,6 @@ def kill9_while_starting(server: ServerProcess, delay: float) -> None:
     server.spawn(stdout=subprocess.DEVNULL)
     time.sleep(delay)
     server.kill()
-
-
-def make_request(rng: random.Random, txid: str) -> pb.ProduceRequest:
-    """A transaction over 1 to 3 distinct segments of one space; now and then a big one."""
-    space = rng.choice(SPACES)
-    segments = rng.sample(SEGMENTS, rng.choice((1, 1, 2, 3)))
-    writes = []
-    for segment in segments:
-        count = rng.choice((1, 1, 2, 3)) if rng.random() < 0.97 else rng.randint(20, 50)
-        records = []
-        for i in range(count):
-            size = rng.choice((0, 8, 100)) if rng.random() < 0.95 else rng.randint(1, 64 * 1024)
-            payload = f"{txid}/{segment}/{i}:".encode() + rng.randbytes(size)
-            metadata = {"tx": txid, "i": str(i)} if rng.random() < 0.5 else {}
-            records.append(pb.RecordInput(payload=payload, metadata=metadata))
-        writes.append(pb.SegmentWrite(segment=segment, records=records))
-    return pb.ProduceRequest(space=space, writes=writes, transaction_id=txid)
-
-
-def ack_shape_problem(req: pb.ProduceRequest, resp: pb.ProduceResponse) -> str | None:
-    """A first ack (never a duplicate) must match the request's shape."""
-    if resp.duplicate:
-        return "first attempt answered duplicate=true"
-    if [a.segment for a in resp.acks] != [w.segment for w in req.writes]:
-        return f"acks {[a.segment for a in resp.acks]} for writes {[w.segment for w in req.writes]}"
-    for a, w in zip(resp.acks, req.writes, strict=True):
-        if a.last_sequence - a.first_sequence + 1 != len(w.records) or a.first_sequence < 1:
-            return f"ack {a} for {len(w.records)} records"
-    if resp.last_position - resp.first_position + 1 != len(request_records(req)):
-        return (
-            f"positions {resp.first_position}..{resp.last_position} for "
-            f"{len(request_records(req))} records"
-        )
-    return None
 
 
 def retry_unanswered(
@@ -454,7 +426,7 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
     try:
         journal = Journal()
         rng = random.Random(7)
-        stored = make_request(rng, "stored")
+        stored = make_request(rng, "stored", SPACES, SEGMENTS)
         stored.space = SPACES[0]
         txn = journal.sent(stored)
         journal.acked(txn, server.stub.Produce(stored, timeout=CALL_TIMEOUT))
@@ -468,7 +440,7 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
         assert report.transactions_checked == 1
 
         # An acked transaction that is not stored.
-        lost = make_request(rng, "lost")
+        lost = make_request(rng, "lost", SPACES, SEGMENTS)
         journal.acked(journal.sent(lost), pb.ProduceResponse(first_position=99, last_position=99))
         # The stored transaction, as if it had one record more than what is stored.
         stored.writes[0].records.add(payload=b"missing")
@@ -491,7 +463,7 @@ def test_checker_catches_loss_partial_transactions_and_bad_offsets(tmp_path: Pat
         journal = Journal()
         journal.acked(journal.sent(stored), pb.ProduceResponse())  # replaced below
         journal.txns.clear()
-        kept = make_request(rng, "kept")
+        kept = make_request(rng, "kept", SPACES, SEGMENTS)
         kept.space = SPACES[1]
         txn = journal.sent(kept)
         journal.acked(txn, server.stub.Produce(kept, timeout=CALL_TIMEOUT))

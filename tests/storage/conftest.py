@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from streams import codec
+from streams.limits import Limits
 from streams.model import SegmentAppend, Transaction
 from streams.storage import registry
 from streams.storage.backend import Setup
@@ -85,6 +87,12 @@ class Harness:
     options: dict[str, Any] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
 
+    @property
+    def max_records(self) -> int:
+        """The most records one transaction may hold on this backend (what the
+        server lets one Produce hold: JetStream's atomic batch is 1,000)."""
+        return registry.get(self.name).limits(Limits()).max_records_per_produce
+
     def held(self, store: Store) -> Gate:
         """Holds the durability of ``store``'s next writes (opened at the end of
         :meth:`run` at the latest, so that a failing test does not hang)."""
@@ -118,16 +126,40 @@ class Harness:
         return asyncio.run(main())
 
 
-HARNESSES: dict[str, Callable[[Path], Harness]] = {
-    "rocksdb": lambda tmp: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
-    "memory": lambda tmp: Harness("memory", tmp / "data", durable=False, hold=None),
+def _hold_jetstream(store: Any) -> Gate:
+    """A JetStream write becomes durable with its acknowledged publish (a
+    batch's commit message, a KV put): held just before it."""
+    gate = Gate()
+    js = store._js
+    acked = js._acked
+
+    async def held(*args: Any) -> Any:
+        await asyncio.to_thread(gate.pass_through)
+        return await acked(*args)
+
+    js._acked = held
+    return gate
+
+
+def _jetstream(tmp: Path, request: pytest.FixtureRequest) -> Harness:
+    """R3 on the session's 3-node cluster (tests/support/nats.py), each test
+    under its own --nats-prefix."""
+    urls = tuple(request.getfixturevalue("nats_cluster").urls)
+    options = {"nats_url": urls, "nats_prefix": f"t{uuid.uuid4().hex[:12]}", "nats_replicas": 3}
+    return Harness("jetstream", tmp / "data", True, _hold_jetstream, options=options)
+
+
+HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {
+    "rocksdb": lambda tmp, _: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
+    "memory": lambda tmp, _: Harness("memory", tmp / "data", durable=False, hold=None),
+    "jetstream": _jetstream,
 }
 
 
 @pytest.fixture(params=sorted(HARNESSES))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     assert set(HARNESSES) == set(registry.backends()), "every backend must be in the suite"
-    yield HARNESSES[request.param](tmp_path)
+    yield HARNESSES[request.param](tmp_path, request)
 
 
 def txn(

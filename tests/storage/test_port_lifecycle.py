@@ -752,11 +752,15 @@ def test_watched_changes_are_reported_only_once_durable(backend: Harness) -> Non
 
 
 def test_watched_overflow_is_reported_as_none(backend: Harness) -> None:
-    many = 20_000
+    names = [f"seg{n:05}" for n in range(20_000)]
+    per_txn = backend.max_records
 
     async def scenario(store: Store) -> None:
         async with store.watch("s") as watch:
-            await store.produce(txn("s", *((f"seg{n:05}", 1) for n in range(many))))
+            for start in range(0, len(names), per_txn):
+                await store.produce(
+                    txn("s", *((name, 1) for name in names[start : start + per_txn]))
+                )
             assert await next_change(watch) is None
             # After an overflow the watch goes on as before.
             await store.produce(txn("s", ("seg00001", 1)))

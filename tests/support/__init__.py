@@ -4,4 +4,8 @@ clients were told.
 - ``inproc.InProcessServer``: a server in this process, on its own loop thread.
 - ``process.ServerProcess``: ``python server.py`` as a child process.
 - ``journal``: a journal of what clients were told, and ``check_store``.
+- ``nats.NatsCluster``: a 3-node NATS JetStream cluster on loopback (the
+  session fixture ``nats_cluster`` in tests/conftest.py), nodes killed and
+  started again by index.
+- ``capped_backend``: a test-only backend with its own records-per-Produce limit.
 """
