@@ -27,8 +27,9 @@ import pytest
 from tests.support.journal import check_store
 from tests.support.process import ServerProcess
 
+from .harness import ack_shape_problem, make_request
 from .support import COUNTERS
-from .test_crash import SPACES, Run, ack_shape_problem, make_request, retry_unanswered
+from .test_crash import SEGMENTS, SPACES, Run, retry_unanswered
 
 PRODUCERS = 3
 CALL_TIMEOUT = 10.0
@@ -58,7 +59,7 @@ class Load:
         n = 0
         while True:
             n += 1
-            request = make_request(rng, f"c{self.cycle}-p{index}-{n}")
+            request = make_request(rng, f"c{self.cycle}-p{index}-{n}", SPACES, SEGMENTS)
             txn = self.run.journal.sent(request)
             try:
                 response = stub.Produce(request, timeout=CALL_TIMEOUT)
