@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from streams.errors import InvariantViolation
 from streams.storage.rocksdb import layout as keys
@@ -124,14 +124,17 @@ class SegmentEntry(NamedTuple):
         return self._replace(first=self.sequence + 1, size=0, flags=DELETED)
 
 
-class SpaceState:
-    """A space's catalog entry as written (``last``) and as readers see it
+_Entry = TypeVar("_Entry", "SpaceEntry", "SegmentEntry")
+
+
+class _EntryState(Generic[_Entry]):
+    """A catalog entry as written (``last``) and as readers see it
     (``durable``, once the writes that made it are fsynced); ``key`` is its
     catalog key."""
 
     __slots__ = ("durable", "key", "last")
 
-    def __init__(self, key: bytes, entry: SpaceEntry) -> None:
+    def __init__(self, key: bytes, entry: _Entry) -> None:
         self.key = key
         self.last = self.durable = entry
 
@@ -141,18 +144,16 @@ class SpaceState:
         return self.durable is self.last or self.durable == self.last
 
 
-class SegmentState:
-    """A segment's catalog entry, as :class:`SpaceState`."""
+class SpaceState(_EntryState["SpaceEntry"]):
+    """A space's entry (see :class:`_EntryState`)."""
 
-    __slots__ = ("durable", "key", "last")
+    __slots__ = ()
 
-    def __init__(self, key: bytes, entry: SegmentEntry) -> None:
-        self.key = key
-        self.last = self.durable = entry
 
-    @property
-    def settled(self) -> bool:
-        return self.durable is self.last or self.durable == self.last
+class SegmentState(_EntryState["SegmentEntry"]):
+    """A segment's entry (see :class:`_EntryState`)."""
+
+    __slots__ = ()
 
 
 class Catalog:
