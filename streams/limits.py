@@ -94,6 +94,32 @@ class Limits:
         "Most bytes of changed segment names one WatchSegments call remembers before it "
         "re-reads every segment of the space instead.",
     )
+    max_group_members: int = _limit(
+        1_000, "Most live members of one consumer group; more joins are RESOURCE_EXHAUSTED."
+    )
+    max_groups_per_space: int = _limit(
+        1_000, "Most consumer groups of one space; more creates are RESOURCE_EXHAUSTED."
+    )
+    # What a group with live members holds in memory: records read and not
+    # settled yet (waiting, delivered, being acked). The group reads on only
+    # while it holds less than both.
+    max_group_unsettled_records: int = _limit(
+        10_000,
+        "Most records one consumer group holds read and not yet settled; its reading "
+        "pauses at it.",
+    )
+    max_group_unsettled_bytes: int = _limit(
+        64 * MIB,
+        "Most bytes of records one consumer group holds read and not yet settled; its "
+        "reading pauses at it (one record always fits).",
+    )
+    # Bounds the durable settled positions above acked_through (and what a
+    # join loads): how far one stuck record lets the rest of the group run on.
+    max_group_lead: int = _limit(
+        1_000_000,
+        "Most positions a consumer group reads past its acked_through (its oldest unsettled "
+        "record); its reading pauses at it.",
+    )
     max_inflight_request_bytes: int = _limit(
         32 * MIB,
         "Most request bytes being handled at once, all calls together; "

@@ -6,6 +6,7 @@ only these, never gRPC or protobuf objects (see :mod:`streams.storage.port`).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 # Offsets, sequences and positions are uint64 on the wire.
@@ -174,3 +175,59 @@ class Cut:
                 f"max_records ({self.max_records}) and max_bytes ({self.max_bytes}) must be "
                 f"positive, max_skip_bytes ({self.max_skip_bytes}) not negative"
             )
+
+
+# -- consumer groups ---------------------------------------------------------
+
+
+class Ordering(enum.Enum):
+    """How a group orders deliveries (the wire's ``Ordering``)."""
+
+    # Each segment belongs to one live member at a time; strictly in sequence order.
+    PER_SEGMENT = "per_segment"
+    # Any record to any member.
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStart:
+    """Where a group starts: ``kind`` is "first" (value 0), "offset" (a
+    position), "timestamp" (ns) or "end" (value 0). Kept as given: the
+    position it resolves to is the group's first ``acked_through``."""
+
+    kind: str = "first"
+    value: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A consumer group's settings, defaults resolved (validation fills them
+    in), so two creates with the same settings compare equal."""
+
+    space: str
+    name: str
+    ordering: Ordering
+    start: GroupStart
+    ack_timeout_ns: int
+    max_attempts: int
+    dead_letter_space: str
+    dead_letter_segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupProgress:
+    """A group's durable progress: every position up to ``acked_through`` is
+    settled (acked, parked, or never to be delivered); ``settled`` are the
+    positions above it settled too, as sorted disjoint inclusive ranges
+    ``(first, last)`` each starting above ``acked_through + 1``; ``parked``
+    counts every record the group ever parked."""
+
+    acked_through: int
+    settled: tuple[tuple[int, int], ...] = ()
+    parked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    config: GroupConfig
+    progress: GroupProgress

@@ -84,6 +84,19 @@ suite; the test that checks a rule is named after it):
 14. **Catalog changes are watched.** Once :meth:`Store.watch` is entered,
     every durable change of a segment's numbers in that space (append, trim,
     delete) is reported by :meth:`SegmentWatch.changes`, coalesced by name.
+15. **Groups are storage.** A consumer group's config and durable progress
+    (:class:`~streams.model.GroupProgress`) live in the backend, per space.
+    :meth:`Store.create_group` stores a group once (a second create returns
+    the stored config unchanged); :meth:`Store.settle_group` returns once
+    its progress is durable, written in one atomic step with the records it
+    parks (one transaction appended to the dead-letter segment: both or
+    neither survive a crash); ``acked_through`` never goes back
+    (InvariantViolation); progress survives restarts; a deleted group is
+    gone at once (settling it raises NotFound and writes nothing, parked
+    records included). Groups are independent of their space's records: a
+    delete of the space keeps them (numbers are never reused, so their
+    progress stays meaningful). A backend that cannot keep groups raises
+    :class:`~streams.errors.Unimplemented` from every group method.
 
 A backend is picked by name from :mod:`streams.storage.registry`; it owns its
 options, its start-up, its background work (:meth:`Store.background`, run by
@@ -99,13 +112,17 @@ from typing import Protocol
 
 from streams.errors import (
     AlreadyExists,
+    InvariantViolation,
     NotFound,
     OffsetMismatch,
     OutOfRange,
+    ResourceExhausted,
     SequenceMismatch,
 )
 from streams.model import (
     Cut,
+    GroupConfig,
+    GroupState,
     ProduceResult,
     Record,
     Removed,
@@ -326,6 +343,46 @@ class Store(Protocol):
         """What the backend's files take (None: it keeps no files)."""
         ...
 
+    async def create_group(
+        self, config: GroupConfig, acked_through: int, max_groups: int
+    ) -> tuple[GroupConfig, bool]:
+        """Stores a new group of ``config.space`` whose progress starts at
+        ``acked_through`` (its start resolved by the caller), durably; returns
+        it and True. When the space already has a group of that name, returns
+        the stored config and False, changing nothing. Raises
+        ResourceExhausted when the space already has ``max_groups`` groups."""
+        ...
+
+    async def get_group(self, space: str, name: str) -> GroupState | None:
+        """The group's config and durable progress, or None."""
+        ...
+
+    async def list_groups(self, space: str, after: str | None, limit: int) -> list[GroupConfig]:
+        """Up to ``limit`` groups of ``space`` by name (UTF-8 bytes), after ``after``."""
+        ...
+
+    async def delete_group(self, space: str, name: str) -> bool:
+        """Removes the group and its progress durably; False when there was none."""
+        ...
+
+    async def settle_group(
+        self,
+        space: str,
+        name: str,
+        acked_through: int,
+        settled: Sequence[int],
+        parked: Transaction | None,
+    ) -> ProduceResult | None:
+        """Makes the group's progress durable: every position up to
+        ``acked_through`` settled (never below the stored one), and the
+        positions ``settled`` above it, in one atomic write with ``parked``
+        (records appended to the dead-letter segment, no transaction id; its
+        record count is added to the group's parked count). Returns
+        ``parked``'s result (None without). Raises NotFound for a group that
+        does not exist, writing nothing; Unavailable, ResourceExhausted as
+        :meth:`produce`."""
+        ...
+
     @property
     def write_error(self) -> str | None:
         """Why writes are refused right now, None while they work (a state kept
@@ -389,4 +446,21 @@ def offset_mismatch(
         f"expected_offset: {expected} does not match the stored offset ({shown}) of "
         f"consumer {consumer!r} for {target.describe()}",
         actual=stored,
+    )
+
+
+def group_not_found(space: str, name: str) -> NotFound:
+    return NotFound(f"group: {name!r} of space {space!r} does not exist")
+
+
+def group_went_back(space: str, name: str, stored: int, given: int) -> InvariantViolation:
+    return InvariantViolation(
+        f"group {name!r} of space {space!r}: acked_through would go back from {stored} to {given}"
+    )
+
+
+def too_many_groups(space: str, most: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"group.space: space {space!r} already has {most} groups, the most "
+        f"max_groups_per_space allows"
     )
