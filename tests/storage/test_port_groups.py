@@ -35,12 +35,13 @@ from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.store import RocksStore, StoreOptions
 
 from .conftest import HARNESSES, Harness, body, txn
-from .test_port_lifecycle import in_turn, now_and_after_restart
+from .test_port_lifecycle import now_and_after_restart
 from .test_port_rules import payloads
 
 SECOND = 1_000_000_000
 ALL = Cut(10_000, 64 << 20)
 PARKED = "$parked"
+FIRST = GroupStart()
 # Backends that keep groups, and those that refuse them (rule 15's last sentence).
 KEEPS = frozenset({"memory", "rocksdb"})
 REFUSES = frozenset({"jetstream"})
@@ -48,7 +49,7 @@ REFUSES = frozenset({"jetstream"})
 
 @pytest.fixture(params=sorted(KEEPS))
 def groups_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    assert KEEPS | REFUSES == set(HARNESSES), "say for every backend whether it keeps groups"
+    assert set(HARNESSES) == KEEPS | REFUSES, "say for every backend whether it keeps groups"
     assert not KEEPS & REFUSES
     yield HARNESSES[request.param](tmp_path, request)
 
@@ -57,7 +58,7 @@ def config(
     name: str = "g",
     space: str = "orders",
     ordering: Ordering = Ordering.PER_SEGMENT,
-    start: GroupStart = GroupStart(),
+    start: GroupStart = FIRST,
     max_attempts: int = 5,
 ) -> GroupConfig:
     return GroupConfig(
