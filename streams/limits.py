@@ -105,8 +105,7 @@ class Limits:
     # while it holds less than both.
     max_group_unsettled_records: int = _limit(
         10_000,
-        "Most records one consumer group holds read and not yet settled; its reading "
-        "pauses at it.",
+        "Most records one consumer group holds read and not yet settled; its reading pauses at it.",
     )
     max_group_unsettled_bytes: int = _limit(
         64 * MIB,
