@@ -205,6 +205,13 @@ async def nothing_more(member: Member) -> None:
     assert not member._take(1 << 30), "an unexpected delivery"
 
 
+async def some(member: Member, max_bytes: int = 1 << 20) -> list[Got]:
+    """The next batch of deliveries, however many (waiting for one)."""
+    batch = await asyncio.wait_for(member.deliveries(max_bytes), GUARD)
+    assert batch, "the member ended"
+    return [Got(codec.parse_stored(stored), attempt) for stored, attempt in batch]
+
+
 def positions(got: Sequence[Got]) -> list[int]:
     return [g.position for g in got]
 
