@@ -152,6 +152,7 @@ class DurableLog:
         self.settled: set[int] = set()
         self.through = 0
         self.writes = 0
+        self.twice: list[int] = []  # positions a write settled that were durable already
         self._changed = asyncio.Event()
         settle = store.settle_group
 
@@ -163,6 +164,7 @@ class DurableLog:
             parked: Transaction | None,
         ) -> ProduceResult | None:
             result = await settle(space, name, acked_through, settled, parked)
+            self.twice += [position for position in settled if self.durable(position)]
             self.through = max(self.through, acked_through)
             self.settled.update(settled)
             self.writes += 1
