@@ -377,14 +377,21 @@ class Dispatcher:
     def _arrived(self, entries: list[Entry], after: int) -> None:
         self.window.add(entries, after)
         if self._per_segment:
-            segments, offer = self._segments, self._offer
+            segments, offer, dirty = self._segments, self._offer, self._dirty
             for entry in entries:
                 segment = segments.get(entry.segment)
                 if segment is None:
+                    # A new owner, nothing in flight, no back-off: ready at once.
                     segment = segments[entry.segment] = _Segment(entry.segment)
-                    self._assign(segment)
                     segment.queue.append(entry)
-                    offer(segment)
+                    self._assign(segment)
+                    owner = segment.owner
+                    if owner is not None:
+                        segment.ready = True
+                        owner.ready.append(segment)
+                        if not owner.dirty:
+                            owner.dirty = True
+                            dirty.append(owner)
                 else:
                     segment.queue.append(entry)
                     if segment.current is None and not segment.ready:
