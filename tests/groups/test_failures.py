@@ -11,6 +11,7 @@ import pytest
 
 from streams.errors import NotFound, Unavailable
 from streams.groups import dispatcher
+from streams.limits import Limits
 from streams.model import Ordering, Record, SegmentAppend, Transaction
 from streams.v1 import streams_pb2 as pb
 
@@ -308,3 +309,25 @@ def test_a_group_deleted_while_its_dispatcher_starts_is_not_found(env: Env) -> N
             await joining
 
     run(env, scenario)
+
+
+def test_parks_are_written_at_most_max_records_per_produce_at_a_time(env: Env) -> None:
+    async def scenario() -> None:
+        log = DurableLog(env.store)
+        config = await env.create(ordering=Ordering.NONE)
+        await env.produce("s", ("a", 5))
+        async with env.groups.join("s", "g", "w", 10) as member:
+            got = await take(member, 5)
+            member.nack(positions(got), park=True, reason="no")
+            await log.until(lambda: log.through == 5)
+        parked = await env.parked(config)
+        assert sorted(int(_metadata(r)["streams-parked-position"]) for r in parked) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
+        assert log.writes == 3
+
+    run(env, scenario, Limits(max_records_per_produce=2))
