@@ -15,7 +15,7 @@ from streams.limits import Limits
 from streams.model import Ordering, Record, SegmentAppend, Transaction
 from streams.v1 import streams_pb2 as pb
 
-from .conftest import GUARD, DurableLog, Env, payload_of, positions, run, some, take
+from .conftest import GUARD, DurableLog, Env, Got, payload_of, positions, run, some, take
 
 SHORT = 0.05  # an ack timeout the tests wait out
 
@@ -75,8 +75,8 @@ def test_parked_after_max_attempts_while_other_segments_flow(env: Env) -> None:
         config = await env.create(ack_timeout=SHORT, max_attempts=2)
         await env.produce("s", ("poison", 2), ("ok", 3))
         async with env.groups.join("s", "g", "w", 10) as member:
-            ok = []
-            poison = []
+            ok: list[Got] = []
+            poison: list[Got] = []
             while len(ok) < 3 or len(poison) < 2:
                 for g in await some(member):
                     if g.record.segment == "ok":
