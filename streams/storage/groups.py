@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from streams.errors import DataLoss
 from streams.model import GroupConfig, GroupProgress, GroupStart, Ordering
 from streams.storage import port
 
 
-def check_forward(config: GroupConfig, stored: int, given: int) -> None:
-    """Raises InvariantViolation when a settle would move ``acked_through`` back."""
+def check_forward(space: str, name: str, stored: int, given: int) -> None:
+    """Raises InvariantViolation when a settle would move the ``acked_through``
+    of group ``name`` back from ``stored`` (as last given) to ``given``."""
     if given < stored:
-        raise port.group_went_back(config.space, config.name, stored, given)
+        raise port.group_went_back(space, name, stored, given)
 
 
 def progress(acked_through: int, positions: Iterable[int], parked: int) -> GroupProgress:
@@ -68,9 +68,9 @@ def encode_config(config: GroupConfig) -> bytes:
     ).encode("utf-8")
 
 
-def decode_config(raw: bytes, where: str) -> GroupConfig:
-    """The config :func:`encode_config` stored; DataLoss naming ``where`` when
-    the bytes are not one."""
+def decode_config(raw: bytes) -> GroupConfig:
+    """The config :func:`encode_config` stored; ValueError when the bytes are
+    not one (the backend reports it as damage, naming where it found them)."""
     try:
         found = json.loads(raw.decode("utf-8"))
         if found["v"] != _CONFIG_VERSION:
@@ -86,5 +86,5 @@ def decode_config(raw: bytes, where: str) -> GroupConfig:
             dead_letter_space=str(found["dead_letter_space"]),
             dead_letter_segment=str(found["dead_letter_segment"]),
         )
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise DataLoss(f"{where}: the stored group config is damaged ({exc})") from exc
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"not a stored group config: {exc!r}") from exc

@@ -283,7 +283,7 @@ class MemoryStore:
         found = self._groups.get(space, {}).get(name)
         if found is None:
             raise port.group_not_found(space, name)
-        groups.check_forward(found.config, found.acked_through, acked_through)
+        groups.check_forward(space, name, found.acked_through, acked_through)
         result = None if parked is None else self._produce(parked)
         found.acked_through = acked_through
         found.settled = {p for p in (*found.settled, *settled) if p > acked_through}
