@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 
 from streams import codec
@@ -46,6 +48,29 @@ def group(config: GroupConfig) -> pb.Group:
         case "end":
             message.from_end = True
     return message
+
+
+def differences(stored: GroupConfig, given: GroupConfig) -> str:
+    """The settings of ``given`` that the ``stored`` group does not have, by
+    their wire names (for ALREADY_EXISTS)."""
+    old, new = group(stored), group(given)
+    return "; ".join(
+        f"group.{field.name} is {_shown(old, field)}, not {_shown(new, field)}"
+        for field in pb.Group.DESCRIPTOR.fields
+        if _shown(old, field) != _shown(new, field)
+    )
+
+
+def _shown(message: pb.Group, field: FieldDescriptor) -> str:
+    has_presence = field.containing_oneof is not None or field.message_type is not None
+    if has_presence and not message.HasField(field.name):
+        return "unset"
+    value = getattr(message, field.name)
+    if field.message_type is not None:
+        return "{" + text_format.MessageToString(value, as_one_line=True) + "}"
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    return repr(value)
 
 
 def durable_acked_through(progress: GroupProgress, first_retained: int) -> int:
