@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from google.protobuf import text_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 
 from streams import codec
@@ -55,17 +54,18 @@ def differences(stored: GroupConfig, given: GroupConfig) -> str:
     their wire names (for ALREADY_EXISTS)."""
     old, new = group(stored), group(given)
     return "; ".join(
-        f"group.{field.name} is {_shown(old, field)}, not {_shown(new, field)}"
-        for field in pb.Group.DESCRIPTOR.fields
-        if _shown(old, field) != _shown(new, field)
+        f"group.{name} is {_shown(old, name)}, not {_shown(new, name)}"
+        for name in pb.Group.DESCRIPTOR.fields_by_name
+        if _shown(old, name) != _shown(new, name)
     )
 
 
-def _shown(message: pb.Group, field: FieldDescriptor) -> str:
+def _shown(message: pb.Group, name: str) -> str:
+    field = message.DESCRIPTOR.fields_by_name[name]
     has_presence = field.containing_oneof is not None or field.message_type is not None
-    if has_presence and not message.HasField(field.name):
+    if has_presence and not message.HasField(name):
         return "unset"
-    value = getattr(message, field.name)
+    value = getattr(message, name)
     if field.message_type is not None:
         return "{" + text_format.MessageToString(value, as_one_line=True) + "}"
     if field.enum_type is not None:
