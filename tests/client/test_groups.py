@@ -198,12 +198,15 @@ def test_a_message_left_unsettled_goes_to_the_next_member(client: Client) -> Non
     space = unique("leave")
     client.produce(space, "a", [b"one", b"two"])
     client.create_group(space, "g")
-    with client.subscribe(space, "g") as first:
-        message = next(first)
-        assert (message.payload, message.attempt) == (b"one", 1)
-    # Closed without an answer: the record goes back, attempt 2; its old ack is dead.
-    assert message.ack() is False
-    with client.subscribe(space, "g") as second:
+    first = client.subscribe(space, "g", member_name="first")
+    message = next(first)
+    assert (message.payload, message.attempt) == (b"one", 1)
+    with client.subscribe(space, "g", member_name="second") as second:
+        wait_until(lambda: len(client.get_group(space, "g").members) == 2, what="2 members")
+        first.close()
+        # Closed without an answer: the record goes to the other member, attempt
+        # 2; the old message is dead.
+        assert message.ack() is False
         again = next(second)
         assert (again.payload, again.sequence, again.attempt) == (b"one", 1, 2)
         again.ack()
