@@ -36,17 +36,22 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from streams import status
+from streams.cli_groups import (
+    MANUAL_COMMANDS,
+    ORDERINGS,
+    cmd_group_create,
+    cmd_group_delete,
+    cmd_group_info,
+    cmd_group_list,
+    cmd_subscribe,
+)
 from streams.cli_input import INPUTS, Batch, InputError, Line, batches, lines, records
-from streams.cli_output import OUTPUTS, emit, iso, message_printer, printer, record_printer
+from streams.cli_output import OUTPUTS, emit, iso, printer, record_printer
 from streams.client import (
     DEFAULT_TARGET,
     Client,
     Consumer,
-    Group,
-    GroupInfo,
-    Message,
     NotFound,
-    Ordering,
     ProduceResult,
     RetentionPolicy,
     RetryPolicy,
@@ -535,119 +540,6 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> None:
                 show(row)
 
 
-# -- consumer groups ------------------------------------------------------------------------------
-
-
-def _group_json(group: Group) -> dict[str, Any]:
-    return {
-        "space": group.space,
-        "name": group.name,
-        "ordering": group.ordering.value,
-        "from_offset": group.from_offset,
-        "from_time": iso(group.from_time) if group.from_time is not None else None,
-        "from_end": group.from_end,
-        "ack_timeout": group.ack_timeout.total_seconds(),
-        "max_attempts": group.max_attempts,
-        "dead_letter_space": group.dead_letter_space,
-        "dead_letter_segment": group.dead_letter_segment,
-    }
-
-
-def _group_info_json(info: GroupInfo) -> dict[str, Any]:
-    return {
-        **_group_json(info.group),
-        "acked_through": info.acked_through,
-        "last_position": info.last_position,
-        "lag": info.lag,
-        "in_flight": info.in_flight,
-        "parked": info.parked,
-        "members": [
-            {"id": m.id, "name": m.name, "segments": m.segments, "in_flight": m.in_flight}
-            for m in info.members
-        ],
-    }
-
-
-GROUP_COLUMNS = ("name", "space", "ordering", "ack_timeout", "max_attempts",
-                 "dead_letter_space", "dead_letter_segment")  # fmt: skip
-GROUP_INFO_COLUMNS = ("name", "acked_through", "last_position", "lag", "in_flight", "parked",
-                      "members")  # fmt: skip
-_ORDERINGS = {"per-segment": Ordering.PER_SEGMENT, "none": Ordering.NONE}
-
-
-def cmd_group_create(client: Client, args: argparse.Namespace) -> None:
-    group = client.create_group(
-        args.space, args.group, ordering=_ORDERINGS[args.ordering],
-        from_offset=args.from_offset, from_time=args.from_time, from_end=args.from_end,
-        ack_timeout=args.ack_timeout, max_attempts=args.max_attempts,
-        dead_letter_space=args.dead_letter_space, dead_letter_segment=args.dead_letter_segment,
-    )  # fmt: skip
-    printer(args.output, GROUP_COLUMNS)(_group_json(group))
-
-
-def cmd_group_info(client: Client, args: argparse.Namespace) -> None:
-    row = _group_info_json(client.get_group(args.space, args.group))
-    if args.output == "table":
-        row = {**row, "members": ",".join(f"{m['name'] or m['id']}:{m['in_flight']}"
-                                          for m in row["members"]) or "-"}  # fmt: skip
-    printer(args.output, GROUP_INFO_COLUMNS)(row)
-
-
-def cmd_group_list(client: Client, args: argparse.Namespace) -> None:
-    show = printer(args.output, GROUP_COLUMNS)
-    for group in client.list_groups(args.space, page_size=args.page_size):
-        show(_group_json(group))
-
-
-def cmd_group_delete(client: Client, args: argparse.Namespace) -> None:
-    client.delete_group(args.space, args.group)
-    emit({"space": args.space, "group": args.group, "deleted": True})
-
-
-MANUAL_COMMANDS = "ack | nack [REASON] | park [REASON] | quit"
-
-
-def _answer(message: Message, line: str | None) -> bool:
-    """Settles ``message`` as a ``--manual`` input line says; False: stop (EOF or quit)."""
-    if line is None:
-        return False
-    verb, _, reason = line.strip().partition(" ")
-    reason = reason.strip()
-    if verb == "ack" and not reason:
-        message.ack()
-    elif verb == "nack":
-        message.nack(reason=reason)
-    elif verb == "park":
-        message.nack(park=True, reason=reason)
-    elif verb == "quit" and not reason:
-        return False
-    else:
-        raise InputError(f"<stdin>: expected {MANUAL_COMMANDS}, got {line.strip()!r} "
-                         f"(position {message.position} left unsettled)")  # fmt: skip
-    return True
-
-
-def cmd_subscribe(client: Client, args: argparse.Namespace) -> None:
-    """Prints each delivered message, then acks it (once printed and flushed), or
-    with --manual settles it as the next line of standard input says."""
-    show = message_printer(args.output)
-    count = 0
-    # --manual answers one record at a time: the next is delivered once it is settled.
-    in_flight = args.max_in_flight or (1 if args.manual else 0)
-    with client.subscribe(args.space, args.group, member_name=args.member,
-                          max_in_flight=in_flight) as subscription:  # fmt: skip
-        for message in subscription:
-            show(message)
-            if args.manual:
-                if not _answer(message, sys.stdin.readline() or None):
-                    return
-            else:
-                message.ack()
-            count += 1
-            if args.limit and count >= args.limit:
-                return
-
-
 # -- parser -------------------------------------------------------------------------------------
 
 
@@ -907,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("space")
     p.add_argument("group")
-    p.add_argument("--ordering", choices=tuple(_ORDERINGS), default="per-segment",
+    p.add_argument("--ordering", choices=tuple(ORDERINGS), default="per-segment",
                    help="per-segment (default: each segment in order) or none")  # fmt: skip
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from", dest="from_offset", type=_non_negative, metavar="N",
