@@ -29,6 +29,7 @@ from tests.support.process import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 from .conftest import unique
+from .fault_proxy import FaultProxy
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +259,10 @@ def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
 # -- re-join after a restart --------------------------------------------------------------------
 
 
-def test_rejoin_after_restart_keeps_settled_and_redelivers_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["restart", "kill -9"])
+def test_rejoin_after_restart_keeps_settled_and_redelivers_the_rest(
+    tmp_path: Path, how: str
+) -> None:
     server = ServerProcess(tmp_path / "data", port=free_port()).start()
     try:
         with Client(server.target, retry=RetryPolicy(max_elapsed=30)) as client:
@@ -275,7 +279,10 @@ def test_rejoin_after_restart_keeps_settled_and_redelivers_the_rest(tmp_path: Pa
             a2 = next(sub)
             assert a2.payload == b"a2"
             _settled_through(client, space, "g", a1.position)
-            server.restart()
+            if how == "restart":
+                server.restart()  # graceful: the stream ends with UNAVAILABLE
+            else:
+                server.kill9_and_restart()  # the connection is lost
             # b1 and a2 were never settled: they come again on the new stream.
             again = [next(sub), next(sub)]
             assert sub.joins == 2
@@ -295,3 +302,32 @@ def test_rejoin_after_restart_keeps_settled_and_redelivers_the_rest(tmp_path: Pa
             sub.close()
     finally:
         server.close()
+
+
+def test_rejoin_after_a_broken_stream_while_the_server_runs(
+    server: ServerProcess, client: Client
+) -> None:
+    space = unique("broken")
+    client.produce(space, "a", [b"a1", b"a2"])
+    client.create_group(space, "g")
+    proxy = FaultProxy(server.target)
+    try:
+        with Client(proxy.target, retry=RetryPolicy(max_elapsed=20)) as proxied:
+            sub = proxied.subscribe(space, "g")
+            a1 = next(sub)
+            first_member = sub.member_id
+            proxy.break_streams()
+            # The server saw the member leave; the client joins again and gets a1 anew.
+            again = next(sub)
+            assert (again.payload, sub.joins) == (b"a1", 2)
+            assert sub.member_id != first_member
+            assert a1.ack() is False
+            again.ack()
+            a2 = next(sub)
+            assert (a2.payload, a2.attempt) == (b"a2", 1)
+            a2.ack()
+            sub.close()
+            assert proxy.calls["Subscribe"] == 2
+    finally:
+        proxy.close()
+    _settled_through(client, space, "g", a2.position)
