@@ -331,3 +331,40 @@ def test_rejoin_after_a_broken_stream_while_the_server_runs(
     finally:
         proxy.close()
     _settled_through(client, space, "g", a2.position)
+
+
+def test_async_rejoin_after_a_broken_stream_and_unknown_group(
+    server: ServerProcess, client: Client
+) -> None:
+    space = unique("aio-broken")
+    client.produce(space, "a", [b"a1", b"a2"])
+    client.create_group(space, "g")
+    proxy = FaultProxy(server.target)
+
+    async def main() -> None:
+        retry = RetryPolicy(max_elapsed=20)
+        async with (
+            AsyncClient(proxy.target, retry=retry) as proxied,
+            proxied.subscribe(space, "g") as sub,
+        ):
+            a1 = await sub.__anext__()
+            proxy.break_streams()
+            again = await sub.__anext__()
+            assert (again.payload, sub.joins) == (b"a1", 2)
+            assert a1.ack() is False
+            assert again.ack() is True
+            a2 = await sub.__anext__()
+            assert (a2.payload, a2.attempt) == (b"a2", 1)
+            a2.ack()
+        async with AsyncClient(server.target) as direct:
+            with pytest.raises(GroupNotFound):
+                async with direct.subscribe(space, "ghost") as ghost:
+                    await ghost.__anext__()
+            with pytest.raises(GroupNotFound):
+                await direct.get_group(space, "ghost")
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.close()
+    _settled_through(client, space, "g", 2)
