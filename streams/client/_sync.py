@@ -500,7 +500,13 @@ class Client:
     def list_groups(
         self, space: str, *, page_size: int = 0, timeout: float | None = None
     ) -> Iterator[Group]:
-        """Every group of ``space``, by name; fetches pages as needed."""
+        """Every group of ``space``, by name; fetches pages as needed.
+
+        Example::
+
+            for group in client.list_groups("orders"):
+                print(group.name, group.ordering, group.max_attempts)
+        """
         token = ""
         while True:
             request = pb.ListGroupsRequest(space=space, page_size=page_size, page_token=token)
@@ -512,7 +518,12 @@ class Client:
 
     def delete_group(self, space: str, group: str, *, timeout: float | None = None) -> None:
         """Deletes a group and its progress (idempotent, so retried safely); its
-        subscriptions end with :class:`GroupNotFound`."""
+        subscriptions end with :class:`GroupNotFound`.
+
+        Example::
+
+            client.delete_group("orders", "billing")
+        """
         self._unary(self._stub.DeleteGroup, pb.DeleteGroupRequest(space=space, group=group),
                     timeout)  # fmt: skip
 
