@@ -660,7 +660,6 @@ class StreamsService:
     async def create_group(
         self, request: pb.CreateGroupRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CreateGroupResponse:
-        validation.known_fields(request)
         config = validation.group(request.group)
         caller.check("write", config.space)
         if request.group.dead_letter_space:

@@ -152,7 +152,7 @@ class _Segment:
 
     __slots__ = ("current", "key", "owner", "queue", "ready")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: str) -> None:
         self.key = key
         self.owner: Member | None = None
         self.queue: deque[Entry] = deque()
@@ -189,7 +189,7 @@ class Dispatcher:
         self.window = Window(state.progress, bounds, memory, f"group:{config.space}/{config.name}")
         self.members: dict[str, Member] = {}
         # PER_SEGMENT: segments with an owner, and members by owned count.
-        self._segments: dict[bytes, _Segment] = {}
+        self._segments: dict[str, _Segment] = {}
         self._buckets: dict[int, OrderedDict[Member, None]] = {}
         self._fewest = 0
         # NONE: records waiting, and members with room.

@@ -19,11 +19,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from streams import codec
-from streams.codec import _read_varint  # the wire format's varint, owned by codec
 from streams.errors import InvariantViolation
 from streams.memory import MemoryBudget
 from streams.model import MAX_OFFSET, GroupProgress
+from streams.v1 import streams_pb2 as pb
 
 
 class State(enum.Enum):
@@ -50,9 +52,9 @@ class Entry:
         "writing",
     )
 
-    def __init__(self, position: int, segment: bytes, stored: bytes) -> None:
+    def __init__(self, position: int, segment: str, stored: bytes) -> None:
         self.position = position
-        self.segment = segment  # the segment's name as stored (UTF-8)
+        self.segment = segment
         self.stored = stored  # the serialized Record, as delivered
         self.size = len(stored)
         self.attempt = 0  # deliveries so far
@@ -65,39 +67,21 @@ class Entry:
         self.writing = False  # part of the settle write in flight
 
 
-_SEQUENCE = 0x28  # Record.sequence = 5, varint
-_POSITION = 0x30  # Record.position = 6, varint
-
-
 def entries_of(framed: bytes) -> list[Entry]:
     """The records of a read (framed as a ConsumeResponse's ``records``) as
-    entries, read in place: each record's segment name and position, no parse."""
-    out = []
-    for stored in codec.split_framed(framed):
-        begin, end = codec.segment_span(stored)
-        out.append(Entry(_position(stored, end), stored[begin:end], stored))
-    return out
-
-
-def _position(stored: bytes, at: int) -> int:
-    """The position of a stored record, read from ``at`` (past its segment):
-    its header's other fields (length-delimited), its sequence, then its position."""
+    entries: their stored bytes as they are, and each one's segment and
+    position (parsed by protobuf's C parser, far cheaper than walking the
+    bytes in Python)."""
     try:
-        while True:
-            tag = stored[at]
-            if tag == _POSITION:
-                return _read_varint(stored, at + 1)[0]
-            if tag == _SEQUENCE:
-                at = _read_varint(stored, at + 1)[1]
-            elif tag & 7 == 2:
-                length, at = _read_varint(stored, at + 1)
-                at += length
-            else:
-                raise IndexError
-    except IndexError:
+        numbers = pb.ConsumeResponse.FromString(framed).records
+    except DecodeError as exc:
         raise codec.CorruptRecord(
-            f"a stored record ({len(stored)} bytes) has no position: the store is damaged"
+            f"stored records ({len(framed)} bytes) do not parse ({exc}): the store is damaged"
         ) from None
+    return [
+        Entry(record.position, record.segment, stored)
+        for record, stored in zip(numbers, codec.split_framed(framed), strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -470,3 +470,17 @@ def test_unimplemented_where_groups_are_not_built(
     )
     # Validation comes first.
     assert_status(lambda: call(stub, "bad\x00"), INVALID, "space")
+
+
+@pytest.mark.parametrize("rpc", ACCESS_CALLS)
+def test_unimplemented_only_after_the_token_and_access(
+    storage: str, secured: ServerProcess, rpc: str
+) -> None:
+    if storage not in UNIMPLEMENTED_ON:
+        pytest.skip(f"{storage} builds consumer groups")
+    stub, call, space = secured.stub, ACCESS_CALLS[rpc], unique("mine")
+    assert code_of(lambda: call(stub, space, None)) == grpc.StatusCode.UNAUTHENTICATED
+    read_only = code_of(lambda: call(stub, space, bearer("ro")))
+    unimplemented = grpc.StatusCode.UNIMPLEMENTED
+    assert read_only == (grpc.StatusCode.PERMISSION_DENIED if rpc in WRITES else unimplemented)
+    assert code_of(lambda: call(stub, space, bearer("rw"))) == unimplemented

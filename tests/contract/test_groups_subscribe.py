@@ -10,6 +10,7 @@ reports), never a fixed time."""
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -487,14 +488,14 @@ def test_a_bad_message_after_the_join_ends_the_stream(
     group(stub, space)
     member = join(stub, members, space, max_in_flight=10)
     member.take(1)
+    other = join(stub, members, space)
     member.send(request_)
     ended = member.end()
     assert isinstance(ended, grpc.RpcError) and ended.code() == INVALID, ended
     for word in words:
         assert word in (ended.details() or ""), ended.details()
-    # The member left: its record goes to the next member at once.
-    again = join(stub, members, space)
-    assert where(again.take(1)[0]) == ("a", 1, 2)
+    # The member left: its record goes to the other member at once.
+    assert where(other.take(1)[0]) == ("a", 1, 2)
 
 
 @pytest.mark.durable
@@ -516,3 +517,16 @@ def test_delivery_resumes_after_a_restart(
     again = join(stub, members, space, max_in_flight=10)
     # Everything not settled comes again; the acked record never does.
     assert sorted(where(d)[:2] for d in again.take(2)) == [("a", 2), ("b", 1)]
+
+
+def test_shutdown_ends_members_with_unavailable(
+    fresh_server: ServerProcess, members: list[Subscriber]
+) -> None:
+    stub, space = fresh_server.stub, unique("space")
+    group(stub, space)
+    member = join(stub, members, space)
+    fresh_server.send(signal.SIGTERM)
+    ended = member.end()
+    assert isinstance(ended, grpc.RpcError)
+    assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended.details()
+    assert fresh_server.wait() == 0
