@@ -1,4 +1,5 @@
-"""The asyncio client: :class:`AsyncClient`, :class:`AsyncRecordStream`, :class:`AsyncConsumer`.
+"""The asyncio client: :class:`AsyncClient`, :class:`AsyncRecordStream`, :class:`AsyncConsumer`,
+:class:`AsyncSubscription`.
 
 Same methods and semantics as :mod:`streams.client._sync`, awaited; both build
 their requests and read their responses through :mod:`streams.client._common`.

@@ -1,4 +1,5 @@
-"""The blocking client: :class:`Client`, :class:`RecordStream`, :class:`Consumer`."""
+"""The blocking client: :class:`Client`, :class:`RecordStream`, :class:`Consumer`,
+:class:`Subscription` (a consumer group's member)."""
 
 from __future__ import annotations
 
