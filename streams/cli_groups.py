@@ -84,7 +84,7 @@ def cmd_group_delete(client: Client, args: argparse.Namespace) -> None:
 class Answers:
     """The lines of ``--manual`` input, read in a thread so that the end of the
     input is seen while the command waits for a record: once every line read
-    has answered a record, the end of input closes the subscription."""
+    has settled its record, the end of input closes the subscription."""
 
     def __init__(self, source: IO[str], subscription: Subscription) -> None:
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -101,22 +101,24 @@ class Answers:
         self._lines.put(None)
         with self._done:
             self._done.wait_for(lambda: self._unused == 0)
-        self._subscription.close()
+        self._subscription.close()  # sends the answers queued, then leaves
 
-    def next(self) -> str | None:
-        """The next line, None at the end of input."""
+    def settle(self, message: Message) -> bool:
+        """Settles ``message`` as the next line says; False: leave (end of input, quit)."""
         line = self._lines.get()
-        if line is not None:
+        if line is None:
+            return False
+        try:
+            return settle(message, line)
+        finally:
+            # Only now may the end of input close the subscription: the answer is queued.
             with self._done:
                 self._unused -= 1
                 self._done.notify()
-        return line
 
 
-def settle(message: Message, line: str | None) -> bool:
-    """Settles ``message`` as a ``--manual`` line says; False: leave (end of input, quit)."""
-    if line is None:
-        return False
+def settle(message: Message, line: str) -> bool:
+    """Settles ``message`` as a ``--manual`` line says; False: leave (quit)."""
     verb, _, reason = line.strip().partition(" ")
     reason = reason.strip()
     if verb == "ack" and not reason:
@@ -147,7 +149,7 @@ def cmd_subscribe(client: Client, args: argparse.Namespace) -> None:
             show(message)
             if answers is None:
                 message.ack()
-            elif not settle(message, answers.next()):
+            elif not answers.settle(message):
                 return
             count += 1
             if args.limit and count >= args.limit:

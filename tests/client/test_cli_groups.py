@@ -119,6 +119,20 @@ def test_subscribe_manual_reads_one_answer_per_record(target: str) -> None:
         assert client.get_group(space, "g").parked == 1
 
 
+def test_subscribe_manual_with_piped_answers_settles_each_then_leaves(target: str) -> None:
+    space = unique("cli-piped")
+    with Client(target) as client:
+        client.produce(space, "a", [b"one", b"two"])
+        client.create_group(space, "g")
+        # Answers written ahead: each settles one record, and the end of input
+        # leaves once they are used (not before, and without waiting for more).
+        result = cli("subscribe", space, "g", "--manual", target=target,
+                     stdin="ack\npark done with it\n")  # fmt: skip
+        assert [m["payload"] for m in lines(result)] == ["one", "two"]
+        wait_until(lambda: client.get_group(space, "g").acked_through == 2, what="settled")
+        assert client.get_group(space, "g").parked == 1
+
+
 def test_subscribe_manual_refuses_an_unknown_answer(target: str) -> None:
     space = unique("cli-bad")
     with Client(target) as client:
