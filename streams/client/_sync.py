@@ -748,6 +748,7 @@ class Subscription(Iterator[Message]):
         self._membership = membership
         self._closed = False
         self._stop = threading.Event()  # cuts a re-join's back-off short
+        self._switch = threading.Lock()  # a re-join and close() never cross
         self._link, self._call = self._connect()
         self._items = self._iterate()
 
@@ -799,9 +800,11 @@ class Subscription(Iterator[Message]):
                 delay = None if self._client._closed else self._membership.rejoin_delay(error)
                 if delay is None:
                     raise error from None
-                if self._stop.wait(delay):
-                    return
-                self._link, self._call = self._connect()
+                self._stop.wait(delay)
+                with self._switch:
+                    if self._closed:
+                        return
+                    self._link, self._call = self._connect()
 
     def __next__(self) -> Message:
         return next(self._items)
@@ -810,14 +813,16 @@ class Subscription(Iterator[Message]):
         """Leaves the group: sends the acks and nacks queued, ends the stream
         and waits up to ``grace`` seconds for the server to end it (then
         cancels it). Messages not settled are delivered again to other members."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._switch:
+            if self._closed:
+                return
+            self._closed = True
+            link, call = self._link, self._call
         self._stop.set()
-        self._link.close(flush=True)
+        link.close(flush=True)
         with contextlib.suppress(grpc.FutureTimeoutError, grpc.FutureCancelledError):
-            self._call.exception(timeout=grace)
-        self._call.cancel()
+            call.exception(timeout=grace)
+        call.cancel()
 
     def __enter__(self) -> Self:
         return self

@@ -368,3 +368,34 @@ def test_async_rejoin_after_a_broken_stream_and_unknown_group(
     finally:
         proxy.close()
     _settled_through(client, space, "g", 2)
+
+
+def test_close_during_a_rejoin_back_off_ends_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = ServerProcess(tmp_path / "data", port=free_port()).start()
+    slow = RetryPolicy(initial_backoff=60, max_backoff=60, jitter=0)
+    try:
+        with Client(server.target, retry=slow) as client:
+            space = unique("backoff")
+            client.create_group(space, "g")
+            sub = client.subscribe(space, "g")
+            ended = threading.Event()
+
+            def run() -> None:
+                for _ in sub:
+                    pass
+                ended.set()
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            wait_until(lambda: sub.joins == 1 or not thread.is_alive(), what="joined")
+            caplog.set_level("WARNING", logger="streams.client")
+            server.stop()
+            wait_until(lambda: "retrying in 60.00 s" in caplog.text, timeout=20,
+                       what="the re-join's back-off")  # fmt: skip
+            sub.close()
+            thread.join(10)
+            assert ended.is_set()  # not after the 60 s back-off
+    finally:
+        server.close()
