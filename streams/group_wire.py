@@ -68,32 +68,34 @@ def joined(member_id: str) -> bytes:
 def deliveries(records: Sequence[tuple[bytes, int]], max_bytes: int) -> list[bytes]:
     """Serialized ``SubscribeResponse`` messages holding the stored records
     with their attempts, in order, each at most ``max_bytes`` (one delivery
-    always goes, however large)."""
+    always goes, however large). Each response is joined once: the record
+    bytes are copied once, as Consume's are."""
     responses: list[bytes] = []
     parts: list[bytes] = []
-    size = _RESPONSE_OVERHEAD
+    size = 0  # of the SubscribeDeliveries in ``parts``
     for stored, attempt in records:
-        delivery = b"".join(
-            (
-                _DELIVERY_RECORD_TAG,
-                codec.varint(len(stored)),
-                stored,
-                _DELIVERY_ATTEMPT_TAG,
-                codec.varint(attempt),
-            )
+        record_length = codec.varint(len(stored))
+        attempt_varint = codec.varint(attempt)
+        delivery_size = 2 + len(record_length) + len(stored) + len(attempt_varint)
+        delivery_length = codec.varint(delivery_size)
+        added = 1 + len(delivery_length) + delivery_size
+        if parts and _RESPONSE_OVERHEAD + size + added > max_bytes:
+            responses.append(_response(parts, size))
+            parts, size = [], 0
+        parts += (
+            _DELIVERIES_TAG,
+            delivery_length,
+            _DELIVERY_RECORD_TAG,
+            record_length,
+            stored,
+            _DELIVERY_ATTEMPT_TAG,
+            attempt_varint,
         )
-        framed = (_DELIVERIES_TAG, codec.varint(len(delivery)), delivery)
-        added = sum(map(len, framed))
-        if parts and size + added > max_bytes:
-            responses.append(_response(parts))
-            parts, size = [], _RESPONSE_OVERHEAD
-        parts += framed
         size += added
     if parts:
-        responses.append(_response(parts))
+        responses.append(_response(parts, size))
     return responses
 
 
-def _response(parts: list[bytes]) -> bytes:
-    inner = b"".join(parts)
-    return b"".join((_RESPONSE_DELIVERIES_TAG, codec.varint(len(inner)), inner))
+def _response(parts: list[bytes], size: int) -> bytes:
+    return b"".join((_RESPONSE_DELIVERIES_TAG, codec.varint(size), *parts))

@@ -216,7 +216,11 @@ class StreamsService:
             "DeleteGroup": (unary, pb.DeleteGroupRequest),
             "Subscribe": (bidi, pb.SubscribeRequest),
         }
-        wraps = {unary: self._unary, stream: self._stream, bidi: self._bidi}
+        wraps: dict[Any, Callable[[str, Any], Callable[..., Any]]] = {
+            unary: self._unary,
+            stream: self._stream,
+            bidi: self._bidi,
+        }
         handlers = {}
         for name, (kind, request_type) in rpcs.items():
             method = getattr(self, _snake(name))

@@ -530,3 +530,24 @@ def test_shutdown_ends_members_with_unavailable(
     assert isinstance(ended, grpc.RpcError)
     assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended.details()
     assert fresh_server.wait() == 0
+
+
+def test_deliveries_are_cut_to_fit_a_response(
+    stub: Stub, space: str, members: list[Subscriber]
+) -> None:
+    record = b"x" * (100 * 1024)
+    for _ in range(4):
+        produce(stub, space, "a", [record] * 6)
+    group(stub, space, ordering=pb.ORDERING_NONE)
+    member = join(stub, members, space, max_in_flight=24)
+    got: list[pb.Delivery] = []
+    responses = 0
+    while len(got) < 24:
+        response = member._next()
+        # --max-response-bytes (1 MiB) cuts them: 2.4 MiB in three or more responses.
+        assert response.ByteSize() <= 1024 * 1024
+        got += response.deliveries.deliveries
+        responses += 1
+    assert responses >= 3
+    assert sorted(d.record.position for d in got) == list(range(1, 25))
+    assert all(d.record.payload == record and d.attempt == 1 for d in got)

@@ -6,7 +6,7 @@ import pytest
 
 from streams import codec
 from streams.codec import CorruptRecord
-from streams.groups.window import Bounds, Entry, Window, entries_of
+from streams.groups.window import Bounds, Entry, State, Window, entries_of
 from streams.memory import MemoryBudget
 from streams.model import GroupProgress, Record
 
@@ -51,10 +51,10 @@ def test_acked_through_is_the_first_unsettled_minus_one() -> None:
     entries = [entry(p) for p in (5, 6, 8)]
     window.add(entries, 9)
     assert window.acked_through() == 4 and budget.responses == 30
-    entries[1].writing = True
+    entries[1].state = State.WRITING
     # Settling 6 alone moves nothing: 5 is not settled.
     assert window.through_after_writing() == 4
-    entries[0].writing = True
+    entries[0].state = State.WRITING
     assert window.through_after_writing() == 7
     window.remove(entries[:2])
     assert window.acked_through() == 7
