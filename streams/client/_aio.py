@@ -640,6 +640,8 @@ class AsyncSubscription(AsyncIterator[Message]):
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, grpc.RpcError):
             await asyncio.wait_for(self._call.code(), grace)
         self._call.cancel()
+        with contextlib.suppress(Exception):  # another task may be inside it: it ends itself
+            await self._items.aclose()
 
     async def __aenter__(self) -> Self:
         return self
