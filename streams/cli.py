@@ -18,6 +18,9 @@ Examples::
     streams configure orders --max-age 604800            # retention: 7 days
     streams info orders eu
     streams watch orders --prefix customer-
+    streams group create orders billing --max-attempts 10
+    streams subscribe orders billing                     # JSON lines, each acked once printed
+    streams group info orders billing
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from streams import status
+from streams.cli_groups import (
+    MANUAL_COMMANDS,
+    ORDERINGS,
+    cmd_group_create,
+    cmd_group_delete,
+    cmd_group_info,
+    cmd_group_list,
+    cmd_subscribe,
+)
 from streams.cli_input import INPUTS, Batch, InputError, Line, batches, lines, records
 from streams.cli_output import OUTPUTS, emit, iso, printer, record_printer
 from streams.client import (
@@ -766,6 +778,94 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only segments whose name starts with P")  # fmt: skip
     output(p, ("json", "table"))
     p.set_defaults(run=cmd_watch)
+
+    group = command(
+        "group", "manage consumer groups",
+        "Create, inspect, list and delete the consumer groups of a space; 'streams "
+        "subscribe' joins one.",
+    )  # fmt: skip
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help, description=description)
+        _connection_options(sub, suppress=True)
+        sub.set_defaults(parser=sub)
+        return sub
+
+    p = action(
+        "create", "create a group",
+        "Create GROUP on SPACE (again with the same settings: OK) and print it with the "
+        "server's defaults filled in.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("group")
+    p.add_argument("--ordering", choices=tuple(ORDERINGS), default="per-segment",
+                   help="per-segment (default: each segment in order) or none")  # fmt: skip
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_offset", type=_non_negative, metavar="N",
+                       help="start at position N (default: the first record)")  # fmt: skip
+    start.add_argument("--from-time", type=_time, metavar="T",
+                       help="start at the first record at or after T")  # fmt: skip
+    start.add_argument("--from-end", action="store_true",
+                       help="only records written after the group is created")  # fmt: skip
+    p.add_argument("--ack-timeout", type=_seconds, metavar="SECONDS",
+                   help="deliver again what is not settled by then (default 30)")  # fmt: skip
+    p.add_argument("--max-attempts", type=_positive, metavar="N",
+                   help="deliveries before a record is parked (default 5)")  # fmt: skip
+    p.add_argument("--dead-letter-space", metavar="S", help="where parked records go "
+                   "(default $parked)")  # fmt: skip
+    p.add_argument("--dead-letter-segment", metavar="S",
+                   help="their segment (default SPACE/GROUP)")  # fmt: skip
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_group_create)
+
+    p = action(
+        "info", "print a group's settings and progress",
+        "Print GROUP's settings, acked_through (every position up to it settled), "
+        "last_position, lag, in_flight, parked and its live members.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("group")
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_group_info)
+
+    p = action("list", "list the groups of a space", "List every group of SPACE, by name.")
+    p.add_argument("space")
+    p.add_argument("--page-size", type=_non_negative, default=0, metavar="N")
+    output(p, ("json", "table"))
+    p.set_defaults(run=cmd_group_list)
+
+    p = action(
+        "delete", "delete a group",
+        "Delete GROUP and its progress (deleting what does not exist is OK); its "
+        "subscribers' streams end with NOT_FOUND.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("group")
+    p.set_defaults(run=cmd_group_delete)
+
+    p = command(
+        "subscribe", "join a consumer group and print its records",
+        "Join GROUP of SPACE and print each record delivered to this member as a JSON "
+        "line (the record, plus 'attempt'), acking it once printed. With --manual, read "
+        f"one line from standard input per record instead: {MANUAL_COMMANDS} (nack: "
+        "deliver again after a back-off; park: to the dead-letter segment; quit or end "
+        "of input: leave, the record unsettled). Re-joins after a server restart; a "
+        "record may be printed again (at least once). Runs until Ctrl-C or --limit.",
+    )  # fmt: skip
+    p.add_argument("space")
+    p.add_argument("group")
+    p.add_argument("--member", metavar="NAME", help="the member name operators see "
+                   "(default host/pid)")  # fmt: skip
+    p.add_argument("--max-in-flight", type=_non_negative, default=0, metavar="N",
+                   help="records delivered and not yet settled (default: the server's, "
+                   "100; 1 with --manual)")  # fmt: skip
+    p.add_argument("--limit", type=_non_negative, default=0, metavar="N",
+                   help="leave after N records")  # fmt: skip
+    p.add_argument("--manual", action="store_true",
+                   help="settle each record as a line of standard input says")  # fmt: skip
+    output(p, OUTPUTS)
+    p.set_defaults(run=cmd_subscribe)
     return parser
 
 

@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.client import Record
+from streams.client import Message, Record
 
 OUTPUTS = ("json", "payload", "table")
 RECORD_COLUMNS = ("position", "segment", "sequence", "timestamp", "payload", "metadata")
+MESSAGE_COLUMNS = ("position", "segment", "sequence", "attempt", "timestamp", "payload",
+                   "metadata")  # fmt: skip
 
 
 def iso(when: datetime) -> str:
@@ -84,13 +86,22 @@ def printer(output: str, columns: Sequence[str]) -> Callable[[dict[str, Any]], N
     return emit
 
 
+def _payload(record: Record) -> None:
+    sys.stdout.buffer.write(record.payload + b"\n")
+    sys.stdout.buffer.flush()
+
+
 def record_printer(output: str) -> Callable[[Record], None]:
     if output == "payload":
-
-        def payload(record: Record) -> None:
-            sys.stdout.buffer.write(record.payload + b"\n")
-            sys.stdout.buffer.flush()
-
-        return payload
+        return _payload
     show = printer(output, RECORD_COLUMNS)
     return lambda record: show(record_json(record))
+
+
+def message_printer(output: str) -> Callable[[Message], None]:
+    """A group's message as a record (``streams produce --input json`` reads it
+    back), plus its ``attempt``."""
+    if output == "payload":
+        return _payload
+    show = printer(output, MESSAGE_COLUMNS)
+    return lambda message: show({**record_json(message), "attempt": message.attempt})

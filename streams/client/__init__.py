@@ -20,6 +20,13 @@ Example::
     with Consumer(client, "billing", "orders", commit_every=100) as consumer:
         for record in consumer:
             print(record.position, record.segment, record.payload)
+
+    # A consumer group: workers share the space, each segment in order.
+    client.create_group("orders", "shipping")
+    with client.subscribe("orders", "shipping") as subscription:
+        for message in subscription:
+            print(message.segment, message.sequence, message.attempt)
+            message.ack()
 """
 
 from streams.client._aio import (
@@ -27,12 +34,19 @@ from streams.client._aio import (
     AsyncConsumer,
     AsyncRecordStream,
     AsyncSegmentWatch,
+    AsyncSubscription,
     AsyncTransaction,
 )
 from streams.client._common import (
     DEFAULT_TARGET,
+    Group,
+    GroupInfo,
+    GroupMember,
+    GroupNotFound,
+    Message,
     NewRecord,
     OnError,
+    Ordering,
     ProduceResult,
     Record,
     RecordLike,
@@ -48,7 +62,14 @@ from streams.client._common import (
     SpaceConfig,
     SpaceInfo,
 )
-from streams.client._sync import Client, Consumer, RecordStream, SegmentWatch, Transaction
+from streams.client._sync import (
+    Client,
+    Consumer,
+    RecordStream,
+    SegmentWatch,
+    Subscription,
+    Transaction,
+)
 from streams.errors import (
     AlreadyExists,
     Cancelled,
@@ -75,6 +96,7 @@ __all__ = [
     "AsyncConsumer",
     "AsyncRecordStream",
     "AsyncSegmentWatch",
+    "AsyncSubscription",
     "AsyncTransaction",
     "Cancelled",
     "Client",
@@ -82,11 +104,17 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Group",
+    "GroupInfo",
+    "GroupMember",
+    "GroupNotFound",
     "InvalidArgument",
+    "Message",
     "NewRecord",
     "NotFound",
     "OffsetMismatch",
     "OnError",
+    "Ordering",
     "OutOfRange",
     "PermissionDenied",
     "ProduceResult",
@@ -108,6 +136,7 @@ __all__ = [
     "SpaceConfig",
     "SpaceInfo",
     "StreamsError",
+    "Subscription",
     "Transaction",
     "Unauthenticated",
     "Unavailable",

@@ -1,4 +1,5 @@
-"""The asyncio client: :class:`AsyncClient`, :class:`AsyncRecordStream`, :class:`AsyncConsumer`.
+"""The asyncio client: :class:`AsyncClient`, :class:`AsyncRecordStream`, :class:`AsyncConsumer`,
+:class:`AsyncSubscription`.
 
 Same methods and semantics as :mod:`streams.client._sync`, awaited; both build
 their requests and read their responses through :mod:`streams.client._common`.
@@ -18,7 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
@@ -28,7 +29,11 @@ import grpc.aio
 from streams.client import _common as c
 from streams.client._common import (
     DEFAULT_TARGET,
+    Group,
+    GroupInfo,
+    Message,
     OnError,
+    Ordering,
     ProduceResult,
     Record,
     RecordLike,
@@ -309,6 +314,82 @@ class AsyncClient:
         request = pb.WatchSegmentsRequest(space=space, prefix=prefix)
         return AsyncSegmentWatch(self, request, timeout)
 
+    # -- consumer groups -----------------------------------------------------------------------
+
+    async def create_group(
+        self,
+        space: str,
+        group: str,
+        *,
+        ordering: Ordering = Ordering.PER_SEGMENT,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_end: bool = False,
+        ack_timeout: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        dead_letter_space: str | None = None,
+        dead_letter_segment: str | None = None,
+        timeout: float | None = None,
+    ) -> Group:
+        """See :meth:`streams.Client.create_group`."""
+        request = pb.CreateGroupRequest(group=c.group_message(
+            space, group, ordering=ordering, from_offset=from_offset, from_time=from_time,
+            from_end=from_end, ack_timeout=ack_timeout, max_attempts=max_attempts,
+            dead_letter_space=dead_letter_space, dead_letter_segment=dead_letter_segment,
+        ))  # fmt: skip
+        response = await self._unary(self._stub.CreateGroup, request, timeout)
+        return c.to_group(response.group)
+
+    async def get_group(self, space: str, group: str, *, timeout: float | None = None) -> GroupInfo:
+        """See :meth:`streams.Client.get_group`."""
+        request = pb.GetGroupRequest(space=space, group=group)
+        try:
+            return c.to_group_info(await self._unary(self._stub.GetGroup, request, timeout))
+        except NotFound as exc:
+            raise c.group_error(exc, space, group) from None
+
+    async def list_groups(
+        self, space: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Group]:
+        """See :meth:`streams.Client.list_groups`; ``async for group in ...``."""
+        token = ""
+        while True:
+            request = pb.ListGroupsRequest(space=space, page_size=page_size, page_token=token)
+            response = await self._unary(self._stub.ListGroups, request, timeout)
+            for group in response.groups:
+                yield c.to_group(group)
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def delete_group(self, space: str, group: str, *, timeout: float | None = None) -> None:
+        """See :meth:`streams.Client.delete_group`."""
+        request = pb.DeleteGroupRequest(space=space, group=group)
+        await self._unary(self._stub.DeleteGroup, request, timeout)
+
+    def subscribe(
+        self,
+        space: str,
+        group: str,
+        *,
+        member_name: str | None = None,
+        max_in_flight: int = 100,
+    ) -> AsyncSubscription:
+        """See :meth:`streams.Client.subscribe`; ``async for message in ...``.
+
+        ``message.ack()`` and ``nack()`` are plain calls (they queue the answer
+        and return at once), also from other threads.
+
+        Example::
+
+            async with client.subscribe("orders", "billing") as subscription:
+                async for message in subscription:
+                    await bill(message.payload)
+                    message.ack()
+        """
+        membership = c.Membership(space, group, member_name, max_in_flight, self._conn.retry)
+        return AsyncSubscription(self, membership)
+
 
 class AsyncTransaction(c.TransactionBuilder):
     """See :class:`streams.client.Transaction`; ``await txn.commit()``."""
@@ -474,6 +555,99 @@ class AsyncSegmentWatch(_AsyncReconnecting[SegmentEvent]):
     @property
     def snapshot_complete(self) -> bool:
         return self._view.complete
+
+
+class AsyncSubscription(AsyncIterator[Message]):
+    """See :class:`streams.Subscription`: the messages of an async group
+    subscription; ``async for``, then ``await close()`` (or ``async with``)."""
+
+    def __init__(self, client: AsyncClient, membership: c.Membership) -> None:
+        self._client = client
+        self._membership = membership
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._stop = asyncio.Event()  # cuts a re-join's back-off short
+        self._link, self._call = self._connect()
+        self._items = self._iterate()
+
+    @property
+    def member_id(self) -> str | None:
+        return self._membership.member_id
+
+    @property
+    def joins(self) -> int:
+        return self._membership.joins
+
+    def _connect(self) -> tuple[c.Link, Any]:
+        ready = asyncio.Event()
+        # Thread-safe, and one loop turn late: answers given meanwhile go together.
+        link = c.Link(lambda: self._loop.call_soon_threadsafe(ready.set))
+        call = self._client._stub.Subscribe(
+            self._requests(link, ready), metadata=self._client._conn.metadata()
+        )
+        return link, call
+
+    async def _requests(self, link: c.Link, ready: asyncio.Event) -> AsyncGenerator[Any, None]:
+        yield self._membership.join
+        while True:
+            batch = link.take()
+            if batch is None:
+                return
+            if batch:
+                for request in batch:
+                    yield request
+                continue
+            await ready.wait()
+            ready.clear()
+
+    async def _iterate(self) -> AsyncGenerator[Message, None]:
+        while True:
+            try:
+                async for response in self._call:
+                    for message in self._membership.messages(response, self._link):
+                        if self._closed:
+                            return
+                        yield message
+                return  # the server ended the stream OK: after close() half-closed it
+            except asyncio.CancelledError:
+                if self._closed:
+                    return
+                raise
+            except grpc.RpcError as exc:
+                self._link.close(flush=False)
+                if self._closed:
+                    return
+                error = self._membership.error(c.error_from_rpc(exc))
+                delay = None if self._client._closed else self._membership.rejoin_delay(error)
+                if delay is None:
+                    raise error from None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._closed:
+                    return
+                self._link, self._call = self._connect()
+
+    async def __anext__(self) -> Message:
+        return await self._items.__anext__()
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """See :meth:`streams.Subscription.close`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._link.close(flush=True)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, grpc.RpcError):
+            await asyncio.wait_for(self._call.code(), grace)
+        self._call.cancel()
+        with contextlib.suppress(Exception):  # another task may be inside it: it ends itself
+            await self._items.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class AsyncConsumer:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,8 +25,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams import status
-from streams.errors import Cancelled, DeadlineExceeded, StreamsError, Unavailable
-from streams.model import SegmentAck
+from streams.errors import Cancelled, DeadlineExceeded, NotFound, StreamsError, Unavailable
+from streams.model import Ordering, SegmentAck
 from streams.status import StatusError
 from streams.v1 import streams_pb2 as pb
 
@@ -237,18 +240,22 @@ class SegmentInfo:
     bytes: int
 
 
+def _record_fields(msg: pb.Record) -> dict[str, Any]:
+    return {
+        "space": msg.space,
+        "segment": msg.segment,
+        "sequence": msg.sequence,
+        "position": msg.position,
+        "timestamp": _utc(msg.timestamp),
+        "timestamp_ns": _ns(msg.timestamp),
+        "payload": msg.payload,
+        "metadata": dict(msg.metadata),
+        "transaction_id": msg.transaction_id,
+    }
+
+
 def to_record(msg: pb.Record) -> Record:
-    return Record(
-        space=msg.space,
-        segment=msg.segment,
-        sequence=msg.sequence,
-        position=msg.position,
-        timestamp=_utc(msg.timestamp),
-        timestamp_ns=_ns(msg.timestamp),
-        payload=msg.payload,
-        metadata=dict(msg.metadata),
-        transaction_id=msg.transaction_id,
-    )
+    return Record(**_record_fields(msg))
 
 
 def to_produce_result(msg: pb.ProduceResponse, transaction_id: str) -> ProduceResult:
@@ -974,3 +981,313 @@ class TransactionBuilder:
         if not self.writes:
             raise ValueError("a transaction needs at least one write: call add() first")
         return produce_request(self.space, self.writes, self.transaction_id)
+
+
+# -- consumer groups --------------------------------------------------------------------------
+
+
+class GroupNotFound(NotFound):
+    """The group is unknown: never created, or deleted (a subscription to a
+    deleted group ends with it). ``space`` and ``group`` name it."""
+
+    def __init__(self, message: str, space: str = "", group: str = "") -> None:
+        super().__init__(message)
+        self.space = space
+        self.group = group
+
+
+def group_error(error: StreamsError, space: str, group: str) -> StreamsError:
+    """A group call's error, NOT_FOUND as :class:`GroupNotFound`."""
+    if isinstance(error, NotFound) and not isinstance(error, GroupNotFound):
+        return GroupNotFound(error.message, space, group)
+    return error
+
+
+_ORDERINGS = {
+    Ordering.PER_SEGMENT: pb.ORDERING_PER_SEGMENT,
+    Ordering.NONE: pb.ORDERING_NONE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A consumer group's settings, as the server resolved them: defaults filled in
+    (``ack_timeout`` 30 s, ``max_attempts`` 5, dead letters to ``$parked`` /
+    ``<space>/<group>``). The start is as created: at most one of ``from_offset``
+    (a position), ``from_time`` and ``from_end``; none = the space's first record.
+    """
+
+    space: str
+    name: str
+    ordering: Ordering
+    from_offset: int | None
+    from_time: datetime | None
+    from_end: bool
+    ack_timeout: timedelta
+    max_attempts: int
+    dead_letter_space: str
+    dead_letter_segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """A live member of a group: its id (from its join), the ``member_name`` it
+    gave, the segments it owns and its records in flight."""
+
+    id: str
+    name: str
+    segments: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A group and its progress, as ``get_group`` returns it.
+
+    Every position up to ``acked_through`` is acked or parked (or never to be
+    delivered: before the start, trimmed, deleted); ``lag`` is how many
+    positions of the space lie past it. ``parked`` counts every record the
+    group ever parked; ``members`` are the live ones.
+    """
+
+    group: Group
+    acked_through: int
+    last_position: int
+    in_flight: int
+    parked: int
+    members: tuple[GroupMember, ...]
+
+    @property
+    def lag(self) -> int:
+        return max(self.last_position - self.acked_through, 0)
+
+
+def _seconds_delta(value: timedelta | float, name: str) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    raise TypeError(f"{name}: expected a timedelta or seconds, got {value!r}")
+
+
+def group_message(
+    space: str,
+    name: str,
+    *,
+    ordering: Ordering,
+    from_offset: int | None,
+    from_time: datetime | float | None,
+    from_end: bool,
+    ack_timeout: timedelta | float | None,
+    max_attempts: int | None,
+    dead_letter_space: str | None,
+    dead_letter_segment: str | None,
+) -> pb.Group:
+    """The wire form of a CreateGroup; None (and 0) leave a setting to the server's default."""
+    if not isinstance(ordering, Ordering):
+        raise TypeError(f"ordering: expected Ordering.PER_SEGMENT or Ordering.NONE, "
+                        f"got {ordering!r}")  # fmt: skip
+    if sum([from_offset is not None, from_time is not None, bool(from_end)]) > 1:
+        raise ValueError("give at most one of from_offset, from_time, from_end")
+    msg = pb.Group(
+        space=space, name=name, ordering=_ORDERINGS[ordering], max_attempts=max_attempts or 0,
+        dead_letter_space=dead_letter_space or "", dead_letter_segment=dead_letter_segment or "",
+    )  # fmt: skip
+    if from_offset is not None:
+        msg.from_offset = from_offset
+    elif from_time is not None:
+        msg.from_timestamp.CopyFrom(timestamp(from_time))
+    elif from_end:
+        msg.from_end = True
+    if ack_timeout is not None:
+        msg.ack_timeout.FromTimedelta(_seconds_delta(ack_timeout, "ack_timeout"))
+    return msg
+
+
+def to_group(msg: pb.Group) -> Group:
+    start = msg.WhichOneof("start")
+    return Group(
+        space=msg.space,
+        name=msg.name,
+        ordering=Ordering.NONE if msg.ordering == pb.ORDERING_NONE else Ordering.PER_SEGMENT,
+        from_offset=msg.from_offset if start == "from_offset" else None,
+        from_time=_utc(msg.from_timestamp) if start == "from_timestamp" else None,
+        from_end=start == "from_end",
+        ack_timeout=msg.ack_timeout.ToTimedelta(),
+        max_attempts=msg.max_attempts,
+        dead_letter_space=msg.dead_letter_space,
+        dead_letter_segment=msg.dead_letter_segment,
+    )
+
+
+def to_group_info(msg: pb.GetGroupResponse) -> GroupInfo:
+    info = msg.info
+    return GroupInfo(
+        group=to_group(msg.group),
+        acked_through=info.acked_through,
+        last_position=info.last_position,
+        in_flight=info.in_flight,
+        parked=info.parked,
+        members=tuple(GroupMember(m.id, m.name, m.segments, m.in_flight) for m in info.members),
+    )
+
+
+class Link:
+    """The sending side of one Subscribe stream: the acks and nacks waiting to go.
+
+    ``ack``/``nack`` (thread-safe) queue a position and call ``wake`` when the
+    queue was empty; the stream's request writer then ``take``s everything
+    queued at once, so acks that pile up while one message is being sent go out
+    together in the next one, and none waits for a timer. ``close`` ends the
+    link: ``flush`` sends what is queued, then the writer half-closes (the
+    member leaves); without it (the stream broke) what is queued is dropped
+    and later acks are no-ops: the server delivers those records again.
+    """
+
+    _OPEN, _CLOSING, _DEAD = range(3)
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self._lock = threading.Lock()
+        self._wake = wake
+        self._state = self._OPEN
+        self._acks: list[int] = []
+        self._nacks: dict[tuple[pb.NackAction, str], list[int]] = {}
+
+    @property
+    def open(self) -> bool:
+        return self._state == self._OPEN
+
+    def ack(self, position: int) -> bool:
+        return self._queue(position, None)
+
+    def nack(self, position: int, park: bool, reason: str) -> bool:
+        action = pb.NACK_ACTION_PARK if park else pb.NACK_ACTION_RETRY
+        return self._queue(position, (action, reason))
+
+    def _queue(self, position: int, nack: tuple[pb.NackAction, str] | None) -> bool:
+        with self._lock:
+            if self._state != self._OPEN:
+                return False
+            idle = not self._acks and not self._nacks
+            if nack is None:
+                self._acks.append(position)
+            else:
+                self._nacks.setdefault(nack, []).append(position)
+        if idle:
+            self._wake()
+        return True
+
+    def take(self) -> list[pb.SubscribeRequest] | None:
+        """The messages to send now (empty: nothing yet); None: the writer is done."""
+        with self._lock:
+            if self._state == self._DEAD:
+                return None
+            requests = []
+            if self._acks:
+                requests.append(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=self._acks)))
+            for (action, reason), positions in self._nacks.items():
+                nack = pb.SubscribeNack(positions=positions, action=action, reason=reason)
+                requests.append(pb.SubscribeRequest(nack=nack))
+            self._acks, self._nacks = [], {}
+            if not requests and self._state == self._CLOSING:
+                return None
+            return requests
+
+    def close(self, flush: bool) -> None:
+        with self._lock:
+            if self._state == self._OPEN:
+                self._state = self._CLOSING if flush else self._DEAD
+            elif not flush:
+                self._state = self._DEAD
+        self._wake()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Message(Record):
+    """A record delivered by a group subscription: the :class:`Record`'s fields,
+    ``attempt`` (1 on the first delivery), and :meth:`ack` / :meth:`nack`.
+
+    Settle each message once: ``ack()`` when it is processed, ``nack()`` to
+    have it delivered again after a back-off, ``nack(park=True, reason=...)``
+    to park it in the group's dead-letter segment. Neither blocks: they queue
+    the answer for the subscription's stream, which sends it at once (answers
+    that pile up meanwhile go out together). Both return False, and do
+    nothing, when the stream the message came on has ended (the subscription
+    re-joined after a disconnect, or was closed): the server delivers such a
+    record again. A message never settled is delivered again after the
+    group's ``ack_timeout``, or at once when the subscription ends.
+
+    Example::
+
+        for message in subscription:
+            try:
+                handle(message.payload)
+            except Exception as exc:
+                message.nack(park=message.attempt >= 3, reason=repr(exc))
+            else:
+                message.ack()
+    """
+
+    attempt: int
+    _link: Link = field(repr=False)
+
+    def ack(self) -> bool:
+        """The record is processed: settle it (durably, on the server)."""
+        return self._link.ack(self.position)
+
+    def nack(self, park: bool = False, reason: str = "") -> bool:
+        """Not processed: deliver it again after a back-off (100 ms, doubling, at
+        most 5 s) or, ``park=True`` (or at the group's ``max_attempts``), park it
+        in the dead-letter segment with ``reason`` in its ``streams-parked-reason``."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason: expected a str, got {reason!r}")
+        return self._link.nack(self.position, park, reason)
+
+
+def default_member_name() -> str:
+    """``host/pid``: what operators see of a member that gave no name."""
+    return f"{socket.gethostname()}/{os.getpid()}"[:200]
+
+
+class Membership:
+    """What a subscription keeps across its streams: the join, the member id the
+    server gave, the retry clock of re-joins, and the conversion of responses."""
+
+    def __init__(
+        self, space: str, group: str, member_name: str | None, max_in_flight: int,
+        policy: RetryPolicy,
+    ) -> None:  # fmt: skip
+        if not isinstance(max_in_flight, int) or max_in_flight < 0:
+            raise ValueError(f"max_in_flight: expected an int >= 0 (0 = the server's "
+                             f"default, 100), got {max_in_flight!r}")  # fmt: skip
+        self.space = space
+        self.group = group
+        name = default_member_name() if member_name is None else member_name
+        self.join = pb.SubscribeRequest(join=pb.SubscribeJoin(
+            space=space, group=group, member_name=name, max_in_flight=max_in_flight))  # fmt: skip
+        self.retrier = Retrier(policy, _stream_broke, f"Subscribe {space}/{group}")
+        self.member_id: str | None = None
+        self.joins = 0
+
+    def messages(self, response: pb.SubscribeResponse, link: Link) -> list[Message]:
+        """The messages of one response (none for ``joined``)."""
+        kind = response.WhichOneof("kind")
+        if kind == "joined":
+            self.member_id = response.joined.member_id
+            self.joins += 1
+            self.retrier.progressed()
+            return []
+        if kind != "deliveries":
+            return []  # a kind this client does not know: nothing to deliver
+        return [
+            Message(**_record_fields(d.record), attempt=d.attempt, _link=link)
+            for d in response.deliveries.deliveries
+        ]
+
+    def error(self, error: StreamsError) -> StreamsError:
+        return group_error(error, self.space, self.group)
+
+    def rejoin_delay(self, error: StreamsError) -> float | None:
+        """Seconds to wait before joining again after the stream broke with
+        ``error``, or None: raise it (not a disconnect, or the retries ran out)."""
+        return self.retrier.delay(error)

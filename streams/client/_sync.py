@@ -1,11 +1,13 @@
-"""The blocking client: :class:`Client`, :class:`RecordStream`, :class:`Consumer`."""
+"""The blocking client: :class:`Client`, :class:`RecordStream`, :class:`Consumer`,
+:class:`Subscription` (a consumer group's member)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, TypeVar
 
@@ -14,7 +16,11 @@ import grpc
 from streams.client import _common as c
 from streams.client._common import (
     DEFAULT_TARGET,
+    Group,
+    GroupInfo,
+    Message,
     OnError,
+    Ordering,
     ProduceResult,
     Record,
     RecordLike,
@@ -434,6 +440,129 @@ class Client:
         request = pb.WatchSegmentsRequest(space=space, prefix=prefix)
         return SegmentWatch(self, request, timeout)
 
+    # -- consumer groups -----------------------------------------------------------------------
+
+    def create_group(
+        self,
+        space: str,
+        group: str,
+        *,
+        ordering: Ordering = Ordering.PER_SEGMENT,
+        from_offset: int | None = None,
+        from_time: datetime | float | None = None,
+        from_end: bool = False,
+        ack_timeout: timedelta | float | None = None,
+        max_attempts: int | None = None,
+        dead_letter_space: str | None = None,
+        dead_letter_segment: str | None = None,
+        timeout: float | None = None,
+    ) -> Group:
+        """Creates consumer group ``group`` on ``space``; returns it as the server
+        resolved it (defaults filled in). Creating it again with the same settings
+        is OK (so the call is retried safely); other settings: :class:`AlreadyExists`.
+
+        ``ordering``: ``Ordering.PER_SEGMENT`` (each segment strictly in order,
+        segments in parallel) or ``Ordering.NONE`` (any record to any member).
+        The start, at most one: ``from_offset`` (a position), ``from_time``
+        (datetime, naive = UTC, or epoch seconds), ``from_end`` (only records
+        written from now on); none = the first record. ``ack_timeout`` (timedelta
+        or seconds; None = 30 s): a delivery not settled by then is delivered
+        again. ``max_attempts`` (None = 5): deliveries before a record is parked
+        in ``dead_letter_space`` / ``dead_letter_segment`` (None = ``$parked`` /
+        ``<space>/<group>``).
+
+        Example::
+
+            client.create_group("orders", "billing", ack_timeout=timedelta(minutes=2),
+                                max_attempts=10)
+        """
+        request = pb.CreateGroupRequest(group=c.group_message(
+            space, group, ordering=ordering, from_offset=from_offset, from_time=from_time,
+            from_end=from_end, ack_timeout=ack_timeout, max_attempts=max_attempts,
+            dead_letter_space=dead_letter_space, dead_letter_segment=dead_letter_segment,
+        ))  # fmt: skip
+        return c.to_group(self._unary(self._stub.CreateGroup, request, timeout).group)
+
+    def get_group(self, space: str, group: str, *, timeout: float | None = None) -> GroupInfo:
+        """A group's settings and progress: ``acked_through``, ``lag``, records in
+        flight, parked, and its live members; :class:`GroupNotFound` when unknown.
+
+        Example::
+
+            info = client.get_group("orders", "billing")
+            print(info.acked_through, info.lag, [m.name for m in info.members])
+        """
+        request = pb.GetGroupRequest(space=space, group=group)
+        try:
+            return c.to_group_info(self._unary(self._stub.GetGroup, request, timeout))
+        except NotFound as exc:
+            raise c.group_error(exc, space, group) from None
+
+    def list_groups(
+        self, space: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Group]:
+        """Every group of ``space``, by name; fetches pages as needed.
+
+        Example::
+
+            for group in client.list_groups("orders"):
+                print(group.name, group.ordering, group.max_attempts)
+        """
+        token = ""
+        while True:
+            request = pb.ListGroupsRequest(space=space, page_size=page_size, page_token=token)
+            response = self._unary(self._stub.ListGroups, request, timeout)
+            yield from map(c.to_group, response.groups)
+            token = response.next_page_token
+            if not token:
+                return
+
+    def delete_group(self, space: str, group: str, *, timeout: float | None = None) -> None:
+        """Deletes a group and its progress (idempotent, so retried safely); its
+        subscriptions end with :class:`GroupNotFound`.
+
+        Example::
+
+            client.delete_group("orders", "billing")
+        """
+        self._unary(self._stub.DeleteGroup, pb.DeleteGroupRequest(space=space, group=group),
+                    timeout)  # fmt: skip
+
+    def subscribe(
+        self,
+        space: str,
+        group: str,
+        *,
+        member_name: str | None = None,
+        max_in_flight: int = 100,
+    ) -> Subscription:
+        """Joins ``group`` as a member: iterate the :class:`Subscription` for
+        :class:`Message` objects, and ``ack()`` (or ``nack()``) each one.
+
+        The server shares the space's records among the group's members, at
+        least once. Under ``Ordering.PER_SEGMENT`` a member gets a segment's next
+        record only once the previous one is settled, so a worker that handles
+        its messages one after the other handles each segment in order.
+        ``max_in_flight`` bounds the records delivered and not yet settled;
+        ``member_name`` is shown to operators (default ``host/pid``).
+
+        After a disconnect (UNAVAILABLE, a lost connection: see
+        :class:`RetryPolicy`) the subscription joins again with back-off; the
+        messages of the old stream are then dead (their ``ack()`` does nothing)
+        and the server delivers them again. A deleted or unknown group raises
+        :class:`GroupNotFound`. ``close()`` sends the answers queued and leaves
+        the group: unsettled records go to the other members.
+
+        Example::
+
+            with client.subscribe("orders", "billing") as subscription:
+                for message in subscription:
+                    bill(message.payload)
+                    message.ack()
+        """
+        membership = c.Membership(space, group, member_name, max_in_flight, self._conn.retry)
+        return Subscription(self, membership)
+
 
 class Transaction(c.TransactionBuilder):
     """Writes to several segments of one space, committed together by :meth:`commit`.
@@ -603,6 +732,103 @@ class SegmentWatch(_Reconnecting[SegmentEvent]):
     @property
     def snapshot_complete(self) -> bool:
         return self._view.complete
+
+
+class Subscription(Iterator[Message]):
+    """The messages of a group subscription (see :meth:`Client.subscribe`);
+    iterate it, ``ack()`` each message, ``close()`` it when done.
+
+    ``member_id`` is the id the server gave the current join (None before the
+    first); ``joins`` counts the joins (more than one after a re-join).
+    ``close()`` may be called from another thread; the iteration then ends.
+    """
+
+    def __init__(self, client: Client, membership: c.Membership) -> None:
+        self._client = client
+        self._membership = membership
+        self._closed = False
+        self._stop = threading.Event()  # cuts a re-join's back-off short
+        self._switch = threading.Lock()  # a re-join and close() never cross
+        self._link, self._call = self._connect()
+        self._items = self._iterate()
+
+    @property
+    def member_id(self) -> str | None:
+        return self._membership.member_id
+
+    @property
+    def joins(self) -> int:
+        return self._membership.joins
+
+    def _connect(self) -> tuple[c.Link, Any]:
+        ready = threading.Event()
+        link = c.Link(ready.set)
+        call = self._client._stub.Subscribe(
+            self._requests(link, ready), metadata=self._client._conn.metadata()
+        )
+        return link, call
+
+    def _requests(self, link: c.Link, ready: threading.Event) -> Generator[Any, None, None]:
+        """The request stream (gRPC reads it in its own thread): the join, then
+        whatever the link has queued each time it has something."""
+        yield self._membership.join
+        while True:
+            batch = link.take()
+            if batch is None:
+                return
+            if batch:
+                yield from batch
+                continue
+            ready.wait()
+            ready.clear()
+
+    def _iterate(self) -> Iterator[Message]:
+        while True:
+            try:
+                for response in self._call:
+                    for message in self._membership.messages(response, self._link):
+                        if self._closed:
+                            return
+                        yield message
+                return  # the server ended the stream OK: after close() half-closed it
+            except grpc.RpcError as exc:
+                self._link.close(flush=False)
+                if self._closed:
+                    return
+                error = self._membership.error(c.error_from_rpc(exc))
+                # Closing the client ends its subscriptions with CANCELLED, as its calls.
+                delay = None if self._client._closed else self._membership.rejoin_delay(error)
+                if delay is None:
+                    raise error from None
+                self._stop.wait(delay)
+                with self._switch:
+                    if self._closed:
+                        return
+                    self._link, self._call = self._connect()
+
+    def __next__(self) -> Message:
+        return next(self._items)
+
+    def close(self, *, grace: float = 5.0) -> None:
+        """Leaves the group: sends the acks and nacks queued, ends the stream
+        and waits up to ``grace`` seconds for the server to end it (then
+        cancels it). Messages not settled are delivered again to other members."""
+        with self._switch:
+            if self._closed:
+                return
+            self._closed = True
+            link, call = self._link, self._call
+        self._stop.set()
+        link.close(flush=True)
+        with contextlib.suppress(grpc.FutureTimeoutError, grpc.FutureCancelledError):
+            call.exception(timeout=grace)
+        call.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Consumer:

@@ -1,7 +1,7 @@
 """A real gRPC pass-through server in front of a real Streams server, for the
 client tests that need a fault the server does not make on demand: a status
-after the call went through, an answer cut short, a stream broken at a chosen
-moment, a reconnect held back.
+after the call went through, an answer cut short, a stream (Consume,
+Subscribe) broken at a chosen moment, a reconnect held back.
 
 Calls pass as bytes. A test hooks a unary method with ``proxy.hooks[name] =
 hook``: ``hook(forward, context)`` returns the answer's bytes, and may call
@@ -45,6 +45,7 @@ class FaultProxy:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY}
         handlers["Consume"] = grpc.unary_stream_rpc_method_handler(self._consume)
+        handlers["Subscribe"] = grpc.stream_stream_rpc_method_handler(self._subscribe)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
@@ -87,6 +88,24 @@ class FaultProxy:
         with self.lock:
             self.opened += 1
             self._opened.notify_all()
+        yield from self._relay(responses, broken, context)
+
+    def _subscribe(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        with self.lock:
+            self.calls["Subscribe"] += 1
+        responses = self.upstream.stream_stream(f"/{SERVICE}/Subscribe")(requests)
+        context.add_callback(responses.cancel)
+        broken = [False]
+        with self.lock:
+            self._live.append((responses, broken))
+        yield from self._relay(responses, broken, context)
+
+    def _relay(
+        self, responses: Any, broken: list[bool], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """The upstream stream's answers, then its status (UNAVAILABLE when the test broke it)."""
         try:
             yield from responses
         except grpc.RpcError as exc:
@@ -105,7 +124,7 @@ class FaultProxy:
                 raise AssertionError(f"{self.opened} of {count} Consume calls opened")
 
     def break_streams(self) -> None:
-        """Ends every open Consume with UNAVAILABLE, as a server restart does."""
+        """Ends every open Consume and Subscribe with UNAVAILABLE, as a server restart does."""
         with self.lock:
             live = list(self._live)
         for responses, broken in live:

@@ -68,11 +68,19 @@ def test_node_client_against_a_live_server(tmp_path: Path, storage: str) -> None
                 (2, "orders", b"\xff\x00\xfe"),
                 (3, "orders", b"order 3"),
                 (9, "live", b"live 4"),
+                (10, "jobs-a", b"job a"),
+                (11, "jobs-b", b"job b"),
             ]
-            assert [s.name for s in client.list_segments(space)] == ["live", "orders"]
+            assert [s.name for s in client.list_segments(space)] == [
+                "jobs-a", "jobs-b", "live", "orders"]  # fmt: skip
             assert records[0].metadata == {"type": "created", "": "empty key"}
             assert client.get_offset("node", space) == 4
             assert client.get_offset("node", space, "orders") == 2
+            # The group Node made: both jobs settled (one acked, one nacked then
+            # acked), nothing parked, and its member gone with its stream.
+            info = client.get_group(space, "node")
+            assert (info.group.from_end, info.group.max_attempts) == (True, 3)
+            assert (info.acked_through, info.in_flight, info.parked, info.members) == (11, 0, 0, ())
         # The program does check: run again on the same space, every number is off.
         rerun = run_node(server.target, space)
         assert rerun.returncode == 1

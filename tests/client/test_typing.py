@@ -30,9 +30,11 @@ def test_mypy_passes_on_the_client_and_cli() -> None:
 
 
 USES_THE_PUBLIC_API = """
+from datetime import timedelta
+
 from streams import (
-    AsyncClient, Client, Consumer, NewRecord, OnError, PermissionDenied, Record, RetryPolicy,
-    StreamsError, Unauthenticated,
+    AsyncClient, Client, Consumer, GroupInfo, GroupNotFound, Message, NewRecord, OnError,
+    Ordering, PermissionDenied, Record, RetryPolicy, StreamsError, Unauthenticated,
 )
 
 def bill(record: Record) -> None:
@@ -52,10 +54,30 @@ try:
 except (Unauthenticated, PermissionDenied) as exc:
     error: StreamsError = exc
 
+def work(message: Message) -> None:
+    bill(message)  # a Message is a Record
+    if message.attempt > 3:
+        message.nack(park=True, reason="too many attempts")
+    elif not message.ack():
+        print("the stream it came on ended; it comes again")
+
+client.create_group("orders", "billing", ordering=Ordering.NONE, ack_timeout=timedelta(seconds=5))
+with client.subscribe("orders", "billing", max_in_flight=10) as subscription:
+    for message in subscription:
+        work(message)
+try:
+    info: GroupInfo = client.get_group("orders", "billing")
+    lag: int = info.lag
+except GroupNotFound as missing:
+    print(missing.space, missing.group)
+
 async def main() -> None:
     async with AsyncClient() as aclient:
         async for record in aclient.follow("orders", from_end=True):
             bill(record)
+        async with aclient.subscribe("orders", "billing") as messages:
+            async for message in messages:
+                work(message)
 """
 
 MISUSES_IT = """

@@ -106,13 +106,17 @@ function consume(client, request, { onReady, timeoutMs = 15_000 } = {}) {
   });
 }
 
-// A WatchSegments stream read message by message: `next()` resolves with the
-// next response (or rejects with the stream's error).
-function watch(client, request, timeoutMs = 15_000) {
-  const call = client.WatchSegments(request, { deadline: Date.now() + timeoutMs });
+// A server stream read message by message: `next()` resolves with the next
+// response (or rejects with the stream's error); `ended` resolves once the
+// server ends the stream with OK.
+function reader(call) {
   const queued = [];
   const waiting = [];
   let failure = null;
+  let resolveEnded;
+  const ended = new Promise((resolve) => {
+    resolveEnded = resolve;
+  });
   call.on("data", (response) => {
     const resolve = waiting.shift();
     if (resolve) {
@@ -124,9 +128,16 @@ function watch(client, request, timeoutMs = 15_000) {
   call.on("error", (err) => {
     failure = err;
     waiting.splice(0).forEach((w) => w.reject(err));
+    resolveEnded(err);
+  });
+  call.on("status", (status) => {
+    if (status.code === grpc.status.OK) {
+      resolveEnded(null);
+    }
   });
   return {
     call,
+    ended,
     next() {
       if (queued.length > 0) {
         return Promise.resolve(queued.shift());
@@ -137,6 +148,10 @@ function watch(client, request, timeoutMs = 15_000) {
       return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
     },
   };
+}
+
+function watch(client, request, timeoutMs = 15_000) {
+  return reader(client.WatchSegments(request, { deadline: Date.now() + timeoutMs }));
 }
 
 const text = (record) => Buffer.from(record.payload).toString("utf8");
@@ -356,8 +371,90 @@ async function main(target, space) {
   equal([removed.segments.length, removed.deleted], [0, ["audit"]], "WatchSegments: a delete");
   watcher.call.cancel();
 
+  await groups(client, space);
+
   client.close();
   console.log(`interop ok: ${checks} checks`);
+}
+
+// Deliveries of a Subscribe stream until `count` records came (more may come in one message).
+async function deliveries(stream, count) {
+  const got = [];
+  while (got.length < count) {
+    const response = await stream.next();
+    equal(response.kind, "deliveries", "Subscribe: deliveries after joined");
+    check(response.deliveries.deliveries.length > 0, "Subscribe: a delivery per message", 0);
+    got.push(...response.deliveries.deliveries);
+  }
+  equal(got.length, count, `Subscribe: ${count} deliveries`);
+  return got;
+}
+
+// -- consumer groups: create, join, ack one record, nack another, see it again --------------
+async function groups(client, space) {
+  const group = { name: "node", space, from_end: true, max_attempts: 3 };
+  const created = await unary(client, "CreateGroup", { group });
+  equal([created.group.name, created.group.start, created.group.max_attempts],
+    ["node", "from_end", 3], "CreateGroup: name, start, max_attempts as given");
+  equal([created.group.ordering, created.group.ack_timeout.seconds, created.group.dead_letter_space,
+    created.group.dead_letter_segment], ["ORDERING_PER_SEGMENT", "30", "$parked", `${space}/node`],
+  "CreateGroup: the server's defaults resolved");
+  await unary(client, "CreateGroup", { group });
+  await expectStatus(client, "CreateGroup", { group: { ...group, max_attempts: 4 } },
+    grpc.status.ALREADY_EXISTS, "CreateGroup again with other settings");
+  const listed = await unary(client, "ListGroups", { space });
+  equal(listed.groups.map((g) => g.name), ["node"], "ListGroups: the group");
+
+  const unknown = reader(client.Subscribe({ deadline: Date.now() + 15_000 }));
+  unknown.call.write({ join: { space, group: "no-such-group" } });
+  const refused = await unknown.ended;
+  equal(refused && grpc.status[refused.code], "NOT_FOUND", "Subscribe to an unknown group");
+
+  const stream = reader(client.Subscribe({ deadline: Date.now() + 30_000 }));
+  stream.call.write({ join: { space, group: "node", member_name: "node worker", max_in_flight: 10 } });
+  const joined = await stream.next();
+  equal(joined.kind, "joined", "Subscribe: joined first");
+  check(joined.joined.member_id.length > 0, "Subscribe: a member id", joined.joined.member_id);
+
+  // Two segments: per-segment ordering delivers both at once.
+  const produced = await unary(client, "Produce", {
+    space,
+    writes: [
+      { segment: "jobs-a", records: [{ payload: Buffer.from("job a") }] },
+      { segment: "jobs-b", records: [{ payload: Buffer.from("job b") }] },
+    ],
+  });
+  const first = await deliveries(stream, 2);
+  first.sort((x, y) => Number(x.record.position) - Number(y.record.position));
+  equal(first.map((d) => [text(d.record), d.record.position, d.attempt]),
+    [["job a", produced.first_position, 1], ["job b", produced.last_position, 1]],
+    "Subscribe: both records, first attempt");
+  const info = await unary(client, "GetGroup", { space, group: "node" });
+  equal(info.info.members.map((m) => [m.name, m.in_flight]), [["node worker", "2"]],
+    "GetGroup: the member and its records in flight");
+
+  stream.call.write({ ack: { positions: [first[0].record.position] } });
+  stream.call.write({ nack: { positions: [first[1].record.position], action: "NACK_ACTION_RETRY",
+    reason: "node says later" } });
+  const [again] = await deliveries(stream, 1);
+  equal([text(again.record), again.record.position, again.attempt],
+    ["job b", produced.last_position, 2], "Subscribe: the nacked record again, attempt 2");
+  stream.call.write({ ack: { positions: [again.record.position] } });
+
+  // Acks take effect once durable: wait for the group's progress to show them.
+  const deadline = Date.now() + 15_000;
+  let progress;
+  for (;;) {
+    progress = (await unary(client, "GetGroup", { space, group: "node" })).info;
+    if (progress.acked_through === produced.last_position || Date.now() > deadline) {
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  equal([progress.acked_through, progress.last_position, progress.in_flight],
+    [produced.last_position, produced.last_position, "0"], "GetGroup: both records settled");
+  stream.call.end(); // half-close: the member leaves, the stream ends OK
+  equal(await stream.ended, null, "Subscribe: half-close ends the stream with OK");
 }
 
 async function entry(argv) {
