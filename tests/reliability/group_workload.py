@@ -101,6 +101,7 @@ class GroupRun:
         self.crashes = 0
         self.info: pb.GroupInfo | None = None
         self.parked: list[pb.Record] = []
+        self.settled = False
         self.violations: list[str] = []
         self._background: set[asyncio.Future[object]] = set()
 
@@ -220,7 +221,8 @@ class GroupRun:
                 return
             how = "after it half-closed" if key in self.leaving else "unasked"
             self.checker.violation(
-                f"{key}: the stream ended {how} with {err.code()}: {err.details()}"
+                f"{key}: the stream ended {how} with {err.code()}: {err.details()} "
+                f"({err.debug_error_string()})"
             )
             self.checker.ended(key)
 
@@ -268,11 +270,15 @@ class GroupRun:
         if not self.checker.alive(key) or key in self.leaving:
             return
         self.checker.answered(key, positions, kind, reason)
-        if kind == ACK:
-            self._spawn(self._send(wire.ack(positions)))
-        else:
-            action = pb.NACK_ACTION_PARK if kind == PARK else pb.NACK_ACTION_RETRY
-            self._spawn(self._send(wire.nack(positions, action, reason)))
+        # At most max_in_flight positions per message (finding F1: more end the stream).
+        most = self.checker.members[key].max_in_flight
+        for i in range(0, len(positions), most):
+            chunk = positions[i : i + most]
+            if kind == ACK:
+                self._spawn(self._send(wire.ack(chunk)))
+            else:
+                action = pb.NACK_ACTION_PARK if kind == PARK else pb.NACK_ACTION_RETRY
+                self._spawn(self._send(wire.nack(chunk, action, reason)))
 
     async def _send(self, coro: object) -> None:
         # A stream that ended (killed, left, the server gone) refuses writes;
@@ -304,6 +310,8 @@ class GroupRun:
             live = self.live_members()
             x = self.rng.random()
             if len(live) < self.plan.members and (x < 0.45 or len(live) < 2):
+                # Never down to no member: the group's dispatcher would stop
+                # and start again, its attempts from 1 (finding 2).
                 self.add_member()
             elif x < 0.85:
                 holding = [k for k in live if self.checker.members[k].held]
@@ -338,6 +346,7 @@ class GroupRun:
                 and response.info.acked_through == self.last_position
                 and response.info.last_position == self.last_position
             ):
+                self.settled = True
                 self.done.set()
                 return
             await asyncio.sleep(0.03)
@@ -477,10 +486,9 @@ def run_plan(server: ServerProcess, plan: Plan, space: str, group: str) -> Group
     async def main() -> None:
         try:
             await run.run()
-            if not run.checker.violations:
+            run.violations = run.checker.violations
+            if run.done.is_set() and run.settled:
                 run.violations = await run.finish()
-            else:
-                run.violations = run.checker.violations
         finally:
             if run.channel is not None:
                 await run.channel.close()
