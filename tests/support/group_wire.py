@@ -30,6 +30,7 @@ class WireMember:
         )
         self.call = stub.Subscribe(timeout=timeout)
         self.member_id = ""
+        self.killed = False
         self._lock = asyncio.Lock()
 
     async def join(self) -> str:
@@ -67,6 +68,7 @@ class WireMember:
         await self.send(pb.SubscribeRequest(nack=nack))
 
     def kill(self) -> None:
+        self.killed = True
         self.call.cancel()
 
     async def leave(self) -> None:
