@@ -394,14 +394,17 @@ class GroupRun:
             self.producing = False
             settle_started = time.monotonic()
             done = asyncio.ensure_future(self.done.wait())
-            finished, _ = await asyncio.wait(
-                [done, *workers],
-                timeout=self.plan.settle_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for task in finished:
-                if task is not done:
+            waiting = {done, *workers}
+            deadline = time.monotonic() + self.plan.settle_seconds
+            while not self.done.is_set() and time.monotonic() < deadline:
+                finished, waiting = await asyncio.wait(
+                    waiting,
+                    timeout=deadline - time.monotonic(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in finished:
                     task.result()  # a worker failed: raise its error
+            done.cancel()
             if not self.done.is_set():
                 self.checker.violation(
                     f"not everything settled {time.monotonic() - settle_started:.0f} s after the "

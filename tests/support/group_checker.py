@@ -136,6 +136,8 @@ class GroupChecker:
                 "obligations",
                 "moves",
                 "crossed",
+                "durable at a kill",
+                "unsettled at a kill",
             ),
             0,
         )
@@ -186,6 +188,14 @@ class GroupChecker:
     def new_life(self) -> None:
         """The server is about to be killed: every member's stream ends."""
         self._tick("kill -9")
+        # Figures: what the kill finds durably settled (never to come again)
+        # and what it finds delivered and unanswered (to come again).
+        for p, seen in self.positions.items():
+            seg = self.segments.get(seen.record.segment)
+            if p <= self.durable_through or (seg and seg.top > seen.record.sequence):
+                self.stats["durable at a kill"] += 1
+            elif not any(c.life == self.life and c.settles(self.max_attempts) for c in seen.claims):
+                self.stats["unsettled at a kill"] += 1
         for key, m in self.members.items():
             if m.alive:
                 self.ended(key)
