@@ -264,7 +264,8 @@ class GroupChecker:
                     f"{where}: delivered again after {record.segment}/{seg.top} on the same stream"
                 )
             seen.holder = key
-            m.held.add(p)
+            if m.alive:
+                m.held.add(p)
             return
         seen.last_at = e
         # Durable settlements are final.
@@ -277,7 +278,8 @@ class GroupChecker:
                 self.violation(f"{where}: still in flight at live member {prev}")
             self.members[prev].held.discard(p)
         seen.holder = key
-        m.held.add(p)
+        if m.alive:  # else it left: the server gives the record to another
+            m.held.add(p)
         if self.ordering == PER_SEGMENT:
             self._per_segment(key, record, e, where)
 
