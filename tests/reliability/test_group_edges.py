@@ -175,8 +175,9 @@ def check_parked(
 
 def test_poison_parked_after_max_attempts_while_other_segments_flow(server: ServerProcess) -> None:
     """A record nacked (retry) at every delivery is parked at its 3rd (max_attempts),
-    with its origin and the last nack's reason; meanwhile the other segments'
-    records are delivered and settled, and its own segment waits behind it."""
+    with its origin and the last nack's reason, each retry after its back-off;
+    meanwhile the other segments' records are delivered and settled, and its
+    own segment waits behind it."""
     space, group = "poison-retry", "g"
 
     async def test(stub: pb_grpc.StreamsServiceStub) -> None:
@@ -201,11 +202,18 @@ def test_poison_parked_after_max_attempts_while_other_segments_flow(server: Serv
                 "the other segments settled",
                 lambda: _covers(stub, space, group, others),
             )
-            # Now the poison: retry nacks until its attempts are used up.
+            # Now the poison: retry nacks until its attempts are used up,
+            # each redelivery no sooner than its back-off (100 ms, 200 ms)
+            # after the nack was sent.
+            loop = asyncio.get_running_loop()
+            nacked_at = 0.0
             for attempt, reason in ((1, "first"), (2, "second"), (3, "third é")):
                 if attempt > 1:
                     _, poison = await m.next()
+                    waited = loop.time() - nacked_at
+                    assert waited >= 0.1 * 2 ** (attempt - 2), (attempt, waited)
                 assert (poison.record.position, poison.attempt) == (poison_at, attempt)
+                nacked_at = loop.time()
                 await worker.nack([poison_at], pb.NACK_ACTION_RETRY, reason)
             # Parked: its segment goes on.
             _, d = await m.next()
