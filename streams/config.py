@@ -391,12 +391,10 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         p.parser.error("--dedupe-window-seconds must be positive")
     if args.metrics_lag_series < 1:
         p.parser.error(f"--metrics-lag-series {args.metrics_lag_series}: must be positive")
-    for option in ("keepalive_seconds", "keepalive_timeout_seconds"):
-        value = getattr(args, option)
+    for flag in ("keepalive-seconds", "keepalive-timeout-seconds"):
+        value = getattr(args, flag.replace("-", "_"))
         if value < MIN_KEEPALIVE_SECONDS:
-            p.parser.error(
-                f"--{option.replace('_', '-')} {value}: must be at least {MIN_KEEPALIVE_SECONDS} s"
-            )
+            p.parser.error(f"--{flag} {value}: must be at least {MIN_KEEPALIVE_SECONDS} s")
     if args.follow_linger_ms < 0:
         p.parser.error("--follow-linger-ms must not be negative")
     if not args.slow_consumer_seconds > 0:

@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from streams import metrics_http
 from streams.errors import StreamsError
+from streams.groups import GroupStats
 from streams.memory import InflightRequests, MemoryBudget
 from streams.model import Removed, Target
 from streams.storage.port import DiskUsage
@@ -56,22 +57,8 @@ class DiskSource(Protocol):
     def disk_usage(self) -> DiskUsage | None: ...
 
 
-class GroupStatsLike(Protocol):
-    """One live group's numbers (streams.groups.GroupStats)."""
-
-    space: str
-    group: str
-    acked_through: int
-    in_flight: int
-    members: int
-    delivered: int
-    redelivered: int
-    acked: int
-    parked: int
-
-
 class GroupSource(Protocol):
-    def stats(self) -> Sequence[GroupStatsLike]: ...
+    def stats(self) -> Sequence[GroupStats]: ...
 
 
 class LastOffsets(Protocol):
@@ -364,7 +351,7 @@ class _GroupMetrics(Collector):
         truncated.add_metric([], int(more))
         return iter(families)
 
-    async def _read(self) -> tuple[list[tuple[GroupStatsLike, int]], bool]:
+    async def _read(self) -> tuple[list[tuple[GroupStats, int]], bool]:
         every = sorted(self._groups.stats(), key=lambda stats: (stats.space, stats.group))
         kept = every[: self._limit]
         lasts: dict[str, int] = {}

@@ -318,6 +318,9 @@ def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
     return [
         ("grpc.keepalive_time_ms", round(every * 1000)),
         ("grpc.keepalive_timeout_ms", round(timeout * 1000)),
+        # gRPC 1.85 waits for a keepalive ping's ack by this one (default a
+        # minute or more, measured: no close after 15 s), not keepalive_timeout_ms.
+        ("grpc.http2.ping_timeout_ms", round(timeout * 1000)),
         # Also on connections with no call, and on a stream where nothing flows
         # (a group member waiting for records): gRPC stops pinging after 2
         # pings without data unless told otherwise.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import re
 import time
@@ -216,7 +215,11 @@ class StreamsService:
             "DeleteGroup": (unary, pb.DeleteGroupRequest),
             "Subscribe": (bidi, pb.SubscribeRequest),
         }
-        wraps = {unary: self._unary, stream: self._stream, bidi: self._bidi}
+        wraps: dict[Any, Callable[[str, Any], Callable[..., Any]]] = {
+            unary: self._unary,
+            stream: self._stream,
+            bidi: self._bidi,
+        }
         handlers = {}
         for name, (kind, request_type) in rpcs.items():
             method = getattr(self, _snake(name))
@@ -660,7 +663,6 @@ class StreamsService:
     async def create_group(
         self, request: pb.CreateGroupRequest, context: grpc.aio.ServicerContext, caller: Caller
     ) -> pb.CreateGroupResponse:
-        validation.known_fields(request)
         config = validation.group(request.group)
         caller.check("write", config.space)
         if request.group.dead_letter_space:
@@ -673,7 +675,7 @@ class StreamsService:
         if not created and stored != config:
             raise AlreadyExists(
                 f"group: {validation.show(config.name)} of space {validation.show(config.space)} "
-                f"exists with other settings: {_differences(stored, config)}"
+                f"exists with other settings: {group_wire.differences(stored, config)}"
             )
         return pb.CreateGroupResponse(group=group_wire.group(stored))
 
@@ -795,9 +797,8 @@ class StreamsService:
         except StreamsError as exc:
             member.end(exc)
             return
-        except asyncio.CancelledError:
-            raise
         except Exception:
+            # Without an end the member would wait for acks that never come.
             log.exception("Subscribe: reading the client's messages failed")
             member.end(Unavailable("Subscribe: reading the stream failed; join again"))
             return
@@ -808,15 +809,6 @@ class StreamsService:
         page = found[:size]
         token = self._pages.encode(scope, page[-1].name) if len(found) > size else ""
         return page, token
-
-
-def _differences(stored: GroupConfig, given: GroupConfig) -> str:
-    """What a create asked for that the stored group does not have, field by field."""
-    return "; ".join(
-        f"{field.name} is {getattr(stored, field.name)!r}, not {getattr(given, field.name)!r}"
-        for field in dataclasses.fields(GroupConfig)
-        if getattr(stored, field.name) != getattr(given, field.name)
-    )
 
 
 def _offset_target(

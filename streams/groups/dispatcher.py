@@ -152,7 +152,7 @@ class _Segment:
 
     __slots__ = ("current", "key", "owner", "queue", "ready")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: str) -> None:
         self.key = key
         self.owner: Member | None = None
         self.queue: deque[Entry] = deque()
@@ -189,7 +189,7 @@ class Dispatcher:
         self.window = Window(state.progress, bounds, memory, f"group:{config.space}/{config.name}")
         self.members: dict[str, Member] = {}
         # PER_SEGMENT: segments with an owner, and members by owned count.
-        self._segments: dict[bytes, _Segment] = {}
+        self._segments: dict[str, _Segment] = {}
         self._buckets: dict[int, OrderedDict[Member, None]] = {}
         self._fewest = 0
         # NONE: records waiting, and members with room.
@@ -377,15 +377,25 @@ class Dispatcher:
     def _arrived(self, entries: list[Entry], after: int) -> None:
         self.window.add(entries, after)
         if self._per_segment:
-            segments = self._segments
+            segments, offer, dirty = self._segments, self._offer, self._dirty
             for entry in entries:
                 segment = segments.get(entry.segment)
                 if segment is None:
+                    # A new owner, nothing in flight, no back-off: ready at once.
                     segment = segments[entry.segment] = _Segment(entry.segment)
+                    segment.queue.append(entry)
                     self._assign(segment)
-                segment.queue.append(entry)
-                if segment.current is None and not segment.ready:
-                    self._offer(segment)
+                    owner = segment.owner
+                    if owner is not None:
+                        segment.ready = True
+                        owner.ready.append(segment)
+                        if not owner.dirty:
+                            owner.dirty = True
+                            dirty.append(owner)
+                else:
+                    segment.queue.append(entry)
+                    if segment.current is None and not segment.ready:
+                        offer(segment)
             self._flush()
         else:
             self._waiting.extend(entries)
@@ -530,7 +540,7 @@ class Dispatcher:
 
     def _retry(self, entry: Entry, now: float) -> None:
         member = entry.holder
-        if isinstance(member, Member):
+        if member is not None:
             del member.held[entry.position]
             self._has_room(member)
         entry.state = State.WAITING
@@ -548,7 +558,7 @@ class Dispatcher:
             self._park(entry)
             return
         member = entry.holder
-        if isinstance(member, Member):
+        if member is not None:
             del member.held[entry.position]
             self._has_room(member)
         self._requeue(entry)
@@ -603,7 +613,7 @@ class Dispatcher:
                 batch, parks = self._next_write()
                 window = self.window
                 for entry in batch:
-                    entry.writing = True
+                    entry.state = State.WRITING
                 through = window.through_after_writing()
                 settled = sorted(entry.position for entry in batch if entry.position > through)
                 parked = None
@@ -656,15 +666,17 @@ class Dispatcher:
     def _settled(self, batch: list[Entry]) -> None:
         self.window.remove(batch)
         parked = 0
+        members: set[Member] = set()
+        per_segment, segments = self._per_segment, self._segments
         for entry in batch:
             parked += entry.park
             member = entry.holder
-            if isinstance(member, Member):
+            if member is not None:
                 del member.held[entry.position]
-                self._has_room(member)
-            entry.holder = None
-            if self._per_segment:
-                segment = self._segments[entry.segment]
+                members.add(member)
+                entry.holder = None
+            if per_segment:
+                segment = segments[entry.segment]
                 segment.current = None
                 if segment.queue:
                     if segment.owner is None:
@@ -672,6 +684,8 @@ class Dispatcher:
                     self._offer(segment)
                 else:
                     self._free(segment)
+        for member in members:
+            self._has_room(member)
         self.parked += parked
         self.acked += len(batch) - parked
         self._room.set()
@@ -681,10 +695,9 @@ class Dispatcher:
     def _unsettle(self, batch: list[Entry]) -> None:
         """A settle write failed: its records are delivered again."""
         for entry in batch:
-            entry.writing = False
             entry.park = False
             member = entry.holder
-            if isinstance(member, Member):
+            if member is not None:
                 del member.held[entry.position]
                 self._has_room(member)
             self._requeue(entry)

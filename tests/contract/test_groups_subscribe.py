@@ -10,6 +10,7 @@ reports), never a fixed time."""
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -516,3 +517,37 @@ def test_delivery_resumes_after_a_restart(
     again = join(stub, members, space, max_in_flight=10)
     # Everything not settled comes again; the acked record never does.
     assert sorted(where(d)[:2] for d in again.take(2)) == [("a", 2), ("b", 1)]
+
+
+def test_shutdown_ends_members_with_unavailable(
+    fresh_server: ServerProcess, members: list[Subscriber]
+) -> None:
+    stub, space = fresh_server.stub, unique("space")
+    group(stub, space)
+    member = join(stub, members, space)
+    fresh_server.send(signal.SIGTERM)
+    ended = member.end()
+    assert isinstance(ended, grpc.RpcError)
+    assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended.details()
+    assert fresh_server.wait() == 0
+
+
+def test_deliveries_are_cut_to_fit_a_response(
+    stub: Stub, space: str, members: list[Subscriber]
+) -> None:
+    record = b"x" * (100 * 1024)
+    for _ in range(4):
+        produce(stub, space, "a", [record] * 6)
+    group(stub, space, ordering=pb.ORDERING_NONE)
+    member = join(stub, members, space, max_in_flight=24)
+    got: list[pb.Delivery] = []
+    responses = 0
+    while len(got) < 24:
+        response = member._next()
+        # --max-response-bytes (1 MiB) cuts them: 2.4 MiB in three or more responses.
+        assert response.ByteSize() <= 1024 * 1024
+        got += response.deliveries.deliveries
+        responses += 1
+    assert responses >= 3
+    assert sorted(d.record.position for d in got) == list(range(1, 25))
+    assert all(d.record.payload == record and d.attempt == 1 for d in got)

@@ -16,11 +16,12 @@ import grpc
 import pytest
 
 from streams import config
+from streams.auth import TokenAuth
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.support.inproc import InProcessServer
 
-from .helpers import produce, run_python, sample, scrape, wait_until
+from .helpers import bearer, produce, run_python, sample, scrape, wait_until, write_tokens
 
 WAIT = 10.0
 
@@ -231,3 +232,40 @@ def test_per_group_counters_follow_acks_nacks_and_parks(server: InProcessServer)
     assert sample(samples, "streams_group_in_flight", **labels) == 1
     call.cancel()
     requests.put(None)
+
+
+# -- auth ------------------------------------------------------------------------
+
+
+def test_a_token_reload_ends_a_member_it_no_longer_allows(tmp_path: Path) -> None:
+    reader = {"token": "reader", "spaces": ["work"], "access": ["read"]}
+    admin = {"token": "admin", "spaces": ["*"], "access": ["read", "write"]}
+    path = write_tokens(tmp_path / "tokens.json", [reader, admin])
+    with InProcessServer(tmp_path / "data", auth=TokenAuth.load(path)) as srv:
+        produce(srv.stub, "work", "a", [b"x"], call_metadata=bearer("admin"))
+        group = pb.Group(name="g", space="work")
+        srv.stub.CreateGroup(pb.CreateGroupRequest(group=group), metadata=bearer("admin"))
+        requests: queue.Queue[pb.SubscribeRequest | None] = queue.Queue()
+        requests.put(pb.SubscribeRequest(join=pb.SubscribeJoin(space="work", group="g")))
+        call = srv.stub.Subscribe(iter(requests.get, None), metadata=bearer("reader"), timeout=30)
+        responses = iter(call)
+        assert next(responses).WhichOneof("kind") == "joined"
+        assert next(responses).deliveries.deliveries[0].record.payload == b"x"
+        write_tokens(path, [admin, {**reader, "spaces": ["other"]}])
+
+        async def reload() -> None:
+            srv.server.reload_auth()
+
+        srv.run(reload())
+        with pytest.raises(grpc.RpcError) as ended:
+            next(responses)
+        assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED, ended.value.details()
+        assert "'work'" in (ended.value.details() or "")
+        requests.put(None)
+        # The member left (its record goes to the next member).
+        info = pb.GetGroupRequest(space="work", group="g")
+        wait_until(
+            lambda: not srv.stub.GetGroup(info, metadata=bearer("admin")).info.members,
+            WAIT,
+            "the revoked member to leave",
+        )

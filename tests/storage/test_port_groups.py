@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import InvariantViolation, NotFound, ResourceExhausted, Unimplemented
+from streams.errors import (
+    InvariantViolation,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
 from streams.model import (
     Cut,
     GroupConfig,
@@ -106,6 +112,29 @@ def test_groups_refused_by_a_backend_that_cannot_keep_them(
             with pytest.raises(Unimplemented, match="not supported on the jetstream backend"):
                 await call
         assert await store.last_offset(Target(PARKED)) == 0, "a refused settle parks nothing"
+
+    backend.run(scenario)
+
+
+def test_groups_closing_refuses_every_group_method(backend: Harness) -> None:
+    """Rule 10 for the group methods, on every backend (JetStream too: closed
+    comes before unsupported)."""
+
+    async def scenario(store: Store) -> None:
+        group = config()
+        if backend.name in KEEPS:
+            await store.create_group(group, 0, 10)
+        await store.close()
+        calls = [
+            store.create_group(config("h"), 0, 10),
+            store.get_group("orders", "g"),
+            store.list_groups("orders", None, 10),
+            store.delete_group("orders", "g"),
+            store.settle_group("orders", "g", 1, (), park(group, b"x")),
+        ]
+        for call in calls:
+            with pytest.raises(Unavailable):
+                await call
 
     backend.run(scenario)
 
