@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -440,3 +441,115 @@ def test_segments_spread_over_members_and_get_group_counts(server: ServerProcess
             await until("settled", lambda: _settled(stub, space, group, positions[-1], 0))
 
     run(server, test)
+
+
+# -- the group or the server going away ----------------------------------------------
+
+
+def test_delete_group_under_parks_ends_members_and_parks_nothing_more(
+    server: ServerProcess,
+) -> None:
+    """DeleteGroup while two members park every record they get: both streams
+    end with NOT_FOUND, and once DeleteGroup returned nothing more reaches the
+    dead-letter segment (a settle of a deleted group writes nothing). The
+    group created again starts afresh: every record delivered with attempt 1."""
+    space, group = "deleted-under-load", "g"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group)
+        positions = []
+        for i in range(20):
+            positions += await produce(stub, space, f"s{i}", [b"a", b"b", b"c"])
+        dead_segment = f"{space}/{group}"
+        async with members(stub, space, group) as m:
+            workers = [await m.join("a", 5), await m.join("b", 5)]
+            for _ in range(10):
+                member, d = await m.next()
+                await member.nack([d.record.position], pb.NACK_ACTION_PARK, "x")
+            parker = asyncio.ensure_future(_park_everything(m))
+            await stub.DeleteGroup(pb.DeleteGroupRequest(space=space, group=group))
+            count = len(await parked(stub, "$parked", dead_segment))
+            for worker in workers:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while await worker.read() is not None:
+                        pass
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value
+            parker.cancel()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await info(stub, space, group)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(await parked(stub, "$parked", dead_segment)) == count >= 10
+        # Created again: a new group, from the first record.
+        await create_group(stub, space, group)
+        async with members(stub, space, group) as m:
+            worker = await m.join("c", 100)
+            got = []
+            while len(got) < 20:
+                _, d = await m.next()
+                assert d.attempt == 1
+                got.append(d.record.sequence)
+                await worker.ack([d.record.position])
+            assert sorted(got) == [1] * 20
+
+    run(server, test)
+
+
+async def _park_everything(m: Members) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        while True:
+            member, d = await m.next()
+            await member.nack([d.record.position], pb.NACK_ACTION_PARK, "x")
+
+
+def test_sigterm_ends_members_unavailable_and_acks_hold(tmp_path: Path) -> None:
+    """SIGTERM: every member's stream ends with UNAVAILABLE and the server
+    exits 0; after a start on the same data the records acked before (as
+    GetGroup showed) never come again, every other one does, attempt 1."""
+    space, group = "sigterm", "g"
+    data = tmp_path / "data"
+    data.mkdir()
+    with ServerProcess(data, tmp_path / "server.log") as server:
+        server.start()
+
+        async def before(stub: pb_grpc.StreamsServiceStub) -> tuple[list[int], list[int]]:
+            await create_group(stub, space, group)
+            positions = []
+            for i in range(10):
+                positions += await produce(stub, space, f"s{i}", [b"a"])
+            async with members(stub, space, group) as m:
+                worker = await m.join("w", 100)
+                acked = []
+                for _ in range(10):
+                    _, d = await m.next()
+                    if d.record.segment < "s5":
+                        acked.append(d.record.position)
+                await worker.ack(acked)
+
+                async def settled() -> bool:
+                    return (await info(stub, space, group)).in_flight == 10 - len(acked)
+
+                await until("the acks settled", settled)
+                server.send(signal.SIGTERM)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while await worker.read() is not None:
+                        pass
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+            return positions, acked
+
+        positions, acked = run(server, before)
+        assert server.wait() == 0
+        server.start()
+
+        async def after(stub: pb_grpc.StreamsServiceStub) -> None:
+            async with members(stub, space, group) as m:
+                worker = await m.join("w2", 100)
+                got = set()
+                while len(got) < len(positions) - len(acked):
+                    _, d = await m.next()
+                    assert d.record.position not in acked, f"acked, delivered again: {d}"
+                    assert d.attempt == 1
+                    got.add(d.record.position)
+                    await worker.ack([d.record.position])
+                assert got == set(positions) - set(acked)
+
+        run(server, after)
