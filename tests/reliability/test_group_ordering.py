@@ -8,13 +8,15 @@ tests/support/group_checker.py for every rule checked.
 
 CI runs a short run per ordering; longer ones:
 ``STREAMS_GROUP_RECORDS=100000 STREAMS_GROUP_SEED=123 pytest
-tests/reliability/test_group_ordering.py``. The seed is printed (and kept
-in the failure message).
+tests/reliability/test_group_ordering.py``; ``STREAMS_GROUP_STORAGE=memory``
+runs it on the memory backend. The seed is printed (and kept in the failure
+message).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,11 @@ from .support import COUNTERS
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> ServerProcess:
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
     data = tmp_path / "data"
     data.mkdir()
-    with ServerProcess(data, tmp_path / "server.log") as server:
+    storage = os.environ.get("STREAMS_GROUP_STORAGE", "rocksdb")
+    with ServerProcess(data, tmp_path / "server.log", flags=["--storage", storage]) as server:
         server.start()
         yield server
 
