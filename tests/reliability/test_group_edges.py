@@ -466,6 +466,11 @@ def test_delete_group_under_parks_ends_members_and_parks_nothing_more(
             for _ in range(10):
                 member, d = await m.next()
                 await member.nack([d.record.position], pb.NACK_ACTION_PARK, "x")
+
+            async def ten_parked() -> bool:
+                return (await info(stub, space, group)).parked >= 10
+
+            await until("10 parked", ten_parked)
             parker = asyncio.ensure_future(_park_everything(m))
             await stub.DeleteGroup(pb.DeleteGroupRequest(space=space, group=group))
             count = len(await parked(stub, "$parked", dead_segment))
