@@ -1239,6 +1239,172 @@ def test_subscribe_fuzz(fz: Fuzz, bodies: list[bytes]) -> None:
     check_subscribe(fz, bodies)
 
 
+# -- the group RPCs ----------------------------------------------------------------
+
+DAY_SECONDS = 86_400
+MAX_MAX_ATTEMPTS = 1_000
+
+
+def create_group_violations(m: pb.CreateGroupRequest) -> list[str]:
+    """Why the contract (and issue 15's decisions) make a CreateGroup INVALID_ARGUMENT."""
+    out = list(wrong_wire_types(m))
+    g = m.group
+    for field, value in (("group.name", g.name), ("group.space", g.space)):
+        if bad_name(value) or reserved(value):
+            out.append(f"{field} {value[:20]!r}")
+    if g.dead_letter_space and bad_name(g.dead_letter_space):
+        out.append(f"group.dead_letter_space {g.dead_letter_space[:20]!r}")
+    if g.dead_letter_space == g.space:
+        out.append("the dead-letter space is the group's own")
+    if g.dead_letter_segment and bad_name(g.dead_letter_segment):
+        out.append(f"group.dead_letter_segment {g.dead_letter_segment[:20]!r}")
+    if (
+        not g.dead_letter_segment
+        and not bad_name(g.space)
+        and not bad_name(g.name)
+        and _utf8_len(f"{g.space}/{g.name}") > 255
+    ):
+        out.append("the default dead-letter segment is over 255 bytes")
+    if g.HasField("ack_timeout"):
+        t = g.ack_timeout
+        if t.seconds < 0 or not 0 <= t.nanos <= 999_999_999:
+            out.append("group.ack_timeout not a duration >= 0")
+        elif t.seconds * 10**9 + t.nanos > DAY_SECONDS * 10**9:
+            out.append("group.ack_timeout over a day")
+    if g.max_attempts > MAX_MAX_ATTEMPTS:
+        out.append("group.max_attempts over 1,000")
+    if g.ordering not in (0, 1, 2):
+        out.append(f"group.ordering {g.ordering}")
+    if g.WhichOneof("start") == "from_timestamp" and not 0 <= g.from_timestamp.nanos < 10**9:
+        out.append("group.from_timestamp.nanos out of range")
+    return out
+
+
+@st.composite
+def create_group_requests(draw: st.DrawFn) -> pb.CreateGroupRequest:
+    g = pb.Group(
+        name=draw(st.one_of(st.sampled_from(["g", "fz-g", "fz-h"]), names)),
+        space=draw(st.one_of(st.sampled_from(SEED_SPACES), names)),
+        ordering=draw(st.one_of(st.integers(0, 2), st.sampled_from([3, -1, I32_MAX]))),
+        max_attempts=draw(st.one_of(st.integers(0, 6), st.sampled_from([1_000, 1_001, U32_MAX]))),
+        dead_letter_space=draw(st.one_of(st.just(""), st.sampled_from(["$parked", "dlq"]), names)),
+        dead_letter_segment=draw(st.one_of(st.just(""), names)),
+    )
+    start = draw(st.sampled_from(["none", "offset", "timestamp", "end"]))
+    if start == "offset":
+        g.from_offset = draw(u64)
+    elif start == "timestamp":
+        g.from_timestamp.seconds = draw(st.integers(-(2**40), 2**40))
+        g.from_timestamp.nanos = draw(
+            st.one_of(st.integers(0, 999_999_999), st.integers(I32_MIN, I32_MAX))
+        )
+    elif start == "end":
+        g.from_end = True
+    if draw(st.booleans()):
+        g.ack_timeout.seconds = draw(
+            st.one_of(st.integers(0, 3), st.sampled_from([DAY_SECONDS, DAY_SECONDS + 1, -1]))
+        )
+        g.ack_timeout.nanos = draw(st.one_of(st.just(0), st.integers(I32_MIN, I32_MAX)))
+    return pb.CreateGroupRequest(group=g)
+
+
+@settings(SETTINGS, max_examples=150)
+@given(request=create_group_requests())
+def test_create_group_fuzz(fz: Fuzz, request: pb.CreateGroupRequest) -> None:
+    """A CreateGroup the contract refuses is INVALID_ARGUMENT naming the field,
+    and no group appears; one it takes comes back with its defaults resolved
+    and GetGroup returns the same settings."""
+    count("fuzz cases tried")
+    count("fuzz cases tried: CreateGroup")
+    g = request.group
+    listed = _group_state(fz, g)
+    outcome = invoke(fz.channel, "CreateGroup", request.SerializeToString(), CALL_DEADLINE)
+    assert fz.server.alive(), f"the server died on CreateGroup {request}"
+    where = f"CreateGroup {request} -> {outcome.code.name}: {outcome.details[:300]}"
+    count(f"fuzz CreateGroup answered {outcome.code.name}")
+    assert outcome.code not in (Code.UNKNOWN, Code.INTERNAL), where
+    if why := create_group_violations(request):
+        assert outcome.code is Code.INVALID_ARGUMENT, f"{where} (invalid because {why})"
+    else:
+        allowed = {Code.OK, Code.ALREADY_EXISTS, Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED}
+        assert outcome.code in allowed, where
+    if outcome.code is not Code.OK:
+        assert outcome.details, where
+        if listed is None:  # a refused create made no group
+            assert _group_state(fz, g) is None, f"a refused create made a group: {where}"
+        return
+    made = pb.CreateGroupResponse.FromString(outcome.responses[0]).group
+    assert (made.name, made.space) == (g.name, g.space), where
+    assert made.ordering in (pb.ORDERING_PER_SEGMENT, pb.ORDERING_NONE), where
+    assert made.max_attempts == (g.max_attempts or 5) or listed is not None, where
+    assert made.ack_timeout.ToNanoseconds() > 0, where
+    assert made.dead_letter_space == (g.dead_letter_space or "$parked") or listed, where
+    assert made.dead_letter_segment == (g.dead_letter_segment or f"{g.space}/{g.name}") or listed, (
+        where
+    )
+    assert _group_state(fz, g) == made, where
+
+
+def _group_state(fz: Fuzz, g: pb.Group) -> pb.Group | None:
+    if bad_name(g.space) or bad_name(g.name):
+        return None
+    try:
+        return fz.stub.GetGroup(
+            pb.GetGroupRequest(space=g.space, group=g.name), timeout=CALL_DEADLINE
+        ).group
+    except grpc.RpcError as err:
+        assert err.code() in (Code.NOT_FOUND, Code.INVALID_ARGUMENT), err
+        return None
+
+
+@settings(SETTINGS, max_examples=100)
+@given(
+    method=st.sampled_from(["GetGroup", "ListGroups", "DeleteGroup"]),
+    space=st.one_of(st.sampled_from(SEED_SPACES), names),
+    group=st.one_of(st.sampled_from(["g", "fz-g", "nope"]), names),
+    page_size=page_sizes,
+    token=st.one_of(st.just(""), st.text(max_size=20)),
+)
+def test_group_reads_and_deletes_fuzz(
+    fz: Fuzz, method: str, space: str, group: str, page_size: int, token: str
+) -> None:
+    """GetGroup, ListGroups and DeleteGroup with random names: bad names are
+    INVALID_ARGUMENT, an unknown group NOT_FOUND (DeleteGroup is idempotent:
+    OK), never INTERNAL; the fuzzer never deletes the groups Subscribe joins."""
+    count("fuzz cases tried")
+    count(f"fuzz cases tried: {method}")
+    if method == "DeleteGroup" and (space, group) in {(sp, gr) for sp, gr, _ in FUZZ_GROUPS}:
+        group = "fz-deleted"
+    request: Message
+    if method == "GetGroup":
+        request = pb.GetGroupRequest(space=space, group=group)
+    elif method == "DeleteGroup":
+        request = pb.DeleteGroupRequest(space=space, group=group)
+    else:
+        request = pb.ListGroupsRequest(space=space, page_size=page_size, page_token=token)
+    outcome = invoke(fz.channel, method, request.SerializeToString(), CALL_DEADLINE)
+    assert fz.server.alive()
+    where = f"{method} {request} -> {outcome.code.name}: {outcome.details[:300]}"
+    assert outcome.code not in (Code.UNKNOWN, Code.INTERNAL), where
+    bad = bad_name(space) or (method != "ListGroups" and bad_name(group))
+    if bad or (method == "ListGroups" and page_size < 0):
+        assert outcome.code is Code.INVALID_ARGUMENT, where
+    elif method == "GetGroup":
+        assert outcome.code in (Code.OK, Code.NOT_FOUND), where
+    elif method == "DeleteGroup":
+        # Deletes of reserved names are allowed (as DeleteSegment's are), or refused.
+        assert (
+            outcome.code in (Code.OK, Code.INVALID_ARGUMENT)
+            if reserved(space)
+            else (outcome.code is Code.OK)
+        ), where
+    else:
+        # A page token the server did not issue is INVALID_ARGUMENT.
+        assert outcome.code is (Code.INVALID_ARGUMENT if token else Code.OK), where
+    if outcome.code is not Code.OK:
+        assert outcome.details, where
+
+
 def test_group_still_delivers_after_fuzzing(fz: Fuzz) -> None:
     """After the fuzzed streams, a member of each group gets a record, acks
     it, half-closes, and its stream ends OK."""
