@@ -251,27 +251,15 @@ class GroupRun:
         elif x < 0.90:
             pass  # lost in thought: the ack timeout redelivers it
         else:
-            # Answers for records this member does not hold (held by other live
-            # members, settled, or never written) are ignored; its own ack goes
-            # along. Only records that cannot be on their way to this member:
-            # in PER_SEGMENT a live member's record stays with it; in NONE a
-            # timed-out one may move to anyone.
-            others = []
-            if self.plan.ordering == PER_SEGMENT:
-                others = sorted(
-                    q
-                    for k, m in self.checker.members.items()
-                    if k != key and m.alive
-                    for q in m.held
-                )
+            # Answers for records this member does not hold (settled, or never
+            # written) are ignored; its own ack goes along. Only records that
+            # can never be on their way to this member: another member's record
+            # may move here (its member is killed while the answer is still
+            # being sent) and the server then applies it (see the findings'
+            # "blind answers"); test_group_edges.py checks that case alone.
             through = self.checker.durable_through
             settled = [1, through] if through else []
-            strays = [
-                *rng.sample(others, min(len(others), 2)),
-                *settled,
-                p + 1_000_000,
-                2**64 - 1,
-            ]
+            strays = [*settled, p + 1_000_000, 2**64 - 1]
             kind = rng.choice((ACK, RETRY, PARK))
             self._answer(key, wire, kind, strays, "stray")
             self._answer(key, wire, ACK, [p], "")

@@ -81,12 +81,6 @@ class Members:
                 return member, delivery
             assert member.killed, f"a stream ended: {self.ended}"
 
-    async def nothing_within(self, seconds: float) -> None:
-        """No delivery for ``seconds`` (only where the contract says none may come)."""
-        with contextlib.suppress(TimeoutError):
-            member, delivery = await asyncio.wait_for(self.queue.get(), seconds)
-            assert delivery is None, f"unexpected delivery {delivery} to {member.join_request}"
-
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -394,6 +388,40 @@ def test_ack_listing_more_positions_than_max_in_flight_is_ignored(
             assert d.record.position == q, "the stream ended instead"
             await worker.ack([q])
             await until("settled", lambda: _settled(stub, space, group, q, 0))
+
+    run(server, test)
+
+
+def test_answers_for_another_members_record_are_ignored(server: ServerProcess) -> None:
+    """Member b acks, nacks and parks the record member a holds: nothing
+    happens to it (still in flight at a, not parked, not delivered again);
+    a's ack settles it and the segment goes on."""
+    space, group = "not-yours", "g"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group)
+        async with members(stub, space, group) as m:
+            a = await m.join("a", 10)
+            [p, q] = await produce(stub, space, "s", [b"1", b"2"])
+            holder, d = await m.next()
+            assert holder is a and d.record.position == p
+            b = WireMember(stub, space, group, "b", 10)
+            await b.join()
+            await b.ack([p])
+            await b.nack([p], pb.NACK_ACTION_PARK, "not mine")
+            await b.nack([p], pb.NACK_ACTION_RETRY, "not mine")
+            # b leaves: its stream ends once the server has read all of them.
+            await b.leave()
+            assert await b.read() is None
+            now = await info(stub, space, group)
+            assert (now.acked_through, now.in_flight, now.parked) == (0, 1, 0), now
+            assert [(x.name, x.in_flight) for x in now.members] == [("a", 1)]
+            await a.ack([p])
+            holder, d = await m.next()
+            assert (holder, d.record.position, d.attempt) == (a, q, 1)
+            await a.ack([q])
+            await until("settled", lambda: _settled(stub, space, group, q, 0))
+        assert await parked(stub, "$parked", f"{space}/{group}") == []
 
     run(server, test)
 
