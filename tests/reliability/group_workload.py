@@ -24,6 +24,8 @@ import dataclasses
 import os
 import random
 import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 import grpc
 
@@ -39,7 +41,12 @@ CRASH_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
 REASONS = ("", "bad input", "timeout talking to x", "é/€ 𝄞", "r" * 300)
-METADATA = ({}, {"k": "v"}, {"streams-parked-reason": "forged", "keep": "é"}, {"a": ""})
+METADATA: tuple[dict[str, str], ...] = (
+    {},
+    {"k": "v"},
+    {"streams-parked-reason": "forged", "keep": "é"},
+    {"a": ""},
+)
 
 
 def env_seed(name: str = "STREAMS_GROUP_SEED") -> int:
@@ -103,7 +110,7 @@ class GroupRun:
         self.parked: list[pb.Record] = []
         self.settled = False
         self.violations: list[str] = []
-        self._background: set[asyncio.Future[object]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -112,8 +119,8 @@ class GroupRun:
         self.stub = pb_grpc.StreamsServiceStub(self.channel)
         self.up.set()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -285,11 +292,11 @@ class GroupRun:
                 action = pb.NACK_ACTION_PARK if kind == PARK else pb.NACK_ACTION_RETRY
                 self._spawn(self._send(wire.nack(chunk, action, reason)))
 
-    async def _send(self, coro: object) -> None:
+    async def _send(self, coro: Awaitable[None]) -> None:
         # A stream that ended (killed, left, the server gone) refuses writes;
         # what was not sent is redelivered, as the checker expects.
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await coro  # type: ignore[misc]
+            await coro
 
     def kill(self, key: str) -> None:
         """Cancels the stream, as if the member's process died mid-record."""

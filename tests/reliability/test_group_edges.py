@@ -187,7 +187,7 @@ def test_poison_parked_after_max_attempts_while_other_segments_flow(server: Serv
             others = set()
             for i in range(30):
                 others.update(await produce(stub, space, f"ok{i:02}", [b"a", b"b", b"c"]))
-            got = set()
+            got: set[int] = set()
             while got != others:
                 _, d = await m.next()
                 assert d.record.segment != "poison", f"{d} delivered behind its unsettled head"
@@ -247,8 +247,8 @@ def test_poison_parked_by_timeouts_to_a_named_dead_letter_segment(server: Server
         ok = await produce(stub, space, "ok", [b"1", b"2", b"3", b"4"])
         async with members(stub, space, group) as m:
             worker = await m.join("w")
-            attempts = []
-            acked = []
+            attempts: list[int] = []
+            acked: list[int] = []
             last = None
             while len(acked) < len(ok) or len(attempts) < 2:
                 _, d = await m.next()
@@ -516,7 +516,7 @@ def test_delete_group_under_parks_ends_members_and_parks_nothing_more(
         await create_group(stub, space, group)
         async with members(stub, space, group) as m:
             worker = await m.join("c", 100)
-            got = []
+            got: list[int] = []
             while len(got) < 20:
                 _, d = await m.next()
                 assert d.attempt == 1
@@ -576,7 +576,7 @@ def test_sigterm_ends_members_unavailable_and_acks_hold(tmp_path: Path) -> None:
         async def after(stub: pb_grpc.StreamsServiceStub) -> None:
             async with members(stub, space, group) as m:
                 worker = await m.join("w2", 100)
-                got = set()
+                got: set[int] = set()
                 while len(got) < len(positions) - len(acked):
                     _, d = await m.next()
                     assert d.record.position not in acked, f"acked, delivered again: {d}"
