@@ -426,6 +426,47 @@ def test_answers_for_another_members_record_are_ignored(server: ServerProcess) -
     run(server, test)
 
 
+def test_a_slow_reader_never_has_records_parked_it_never_received(server: ServerProcess) -> None:
+    """A member that reads its stream slowly (big records, HTTP/2 flow control
+    holds the server back): its records may time out and be parked, but only
+    ones that reached it; a record parked after max_attempts "deliveries"
+    that never left the server was never delivered."""
+    space, group = "slow-reader", "g"
+    records = 25
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group, max_attempts=2, ack_timeout=0.3)
+        for i in range(records):
+            await produce(stub, space, f"s{i}", [b"x" * 200_000])
+        slow = WireMember(stub, space, group, "slow", records)
+        await slow.join()
+
+        # The scenario itself, not a wait for an event: a member that reads
+        # nothing for 2 s (over 6 ack timeouts) while the server has 5 MB for it.
+        await asyncio.sleep(2.0)
+        seen: set[int] = set()
+
+        async def read_and_ack() -> None:
+            while batch := await slow.read():
+                for d in batch:
+                    seen.add(d.record.position)
+                    await slow.ack([d.record.position])
+
+        reader = asyncio.ensure_future(read_and_ack())
+
+        async def all_settled() -> bool:
+            return (await info(stub, space, group)).acked_through == records
+
+        await until("everything acked or parked", all_settled)
+        slow.kill()
+        await asyncio.gather(reader, return_exceptions=True)
+        dead = await parked(stub, "$parked", f"{space}/{group}")
+        never_received = {int(r.metadata[PARKED + "position"]) for r in dead} - seen
+        assert not never_received, f"parked, never sent to any member: {sorted(never_received)}"
+
+    run(server, test)
+
+
 # -- GetGroup against a model --------------------------------------------------------
 
 
