@@ -467,6 +467,74 @@ def test_a_slow_reader_never_has_records_parked_it_never_received(server: Server
     run(server, test)
 
 
+def test_two_groups_of_one_space_are_independent(server: ServerProcess) -> None:
+    """Two groups read the same space: one acks everything, the other parks
+    everything; each gets every record once, each has its own progress and
+    dead-letter segment, and deleting one leaves the other as it was."""
+    space = "two-groups"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, "acks")
+        await create_group(stub, space, "parks")
+        positions = []
+        for i in range(5):
+            positions += await produce(stub, space, f"s{i}", [b"1", b"2", b"3"])
+        async with members(stub, space, "acks") as ma, members(stub, space, "parks") as mp:
+            acker = await ma.join("acker", 100)
+            parker = await mp.join("parker", 100)
+            got: dict[str, list[int]] = {"acks": [], "parks": []}
+
+            async def consume(name: str, m: Members) -> None:
+                while len(got[name]) < len(positions):
+                    member, d = await m.next()
+                    got[name].append(d.record.position)
+                    if member is acker:
+                        await acker.ack([d.record.position])
+                    else:
+                        await parker.nack([d.record.position], pb.NACK_ACTION_PARK, "p")
+
+            await asyncio.gather(consume("acks", ma), consume("parks", mp))
+            assert sorted(got["acks"]) == sorted(got["parks"]) == positions
+            last = positions[-1]
+            await until("acks settled", lambda: _settled(stub, space, "acks", last, 0))
+            await until("parks settled", lambda: _settled(stub, space, "parks", last, 15))
+        assert await parked(stub, "$parked", f"{space}/acks") == []
+        dead = await parked(stub, "$parked", f"{space}/parks")
+        assert sorted(int(r.metadata[PARKED + "position"]) for r in dead) == positions
+        await stub.DeleteGroup(pb.DeleteGroupRequest(space=space, group="acks"))
+        left = await info(stub, space, "parks")
+        assert (left.acked_through, left.parked) == (positions[-1], 15)
+
+    run(server, test)
+
+
+def test_trim_under_a_live_group(server: ServerProcess) -> None:
+    """Records trimmed while a member holds the first of them: the group
+    never gets stuck; what it delivers comes in sequence order, and once the
+    member acks what it gets, acked_through is the last position."""
+    space, group = "trimmed-live", "g"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group)
+        positions = await produce(stub, space, "s", [str(i).encode() for i in range(10)])
+        async with members(stub, space, group) as m:
+            worker = await m.join("w", 1)
+            _, d = await m.next()
+            assert d.record.position == positions[0]
+            await stub.Trim(pb.TrimRequest(space=space, before_offset=positions[5]))
+            await worker.ack([d.record.position])
+            sequences = [d.record.sequence]
+            while sequences[-1] < 10:
+                _, d = await m.next()
+                sequences.append(d.record.sequence)
+                await worker.ack([d.record.position])
+            assert sequences == sorted(set(sequences)), sequences
+            assert sequences[-5:] == [6, 7, 8, 9, 10], sequences
+            await until("settled", lambda: _settled(stub, space, group, positions[-1], 0))
+
+    run(server, test)
+
+
 # -- GetGroup against a model --------------------------------------------------------
 
 
