@@ -26,7 +26,9 @@ record of that transaction (reads, peeks, lists, duplicates, from_timestamp).
 
 Retention passes are pushed out of the run (``--retention-interval`` of a day on both
 servers): they run on each server's own clock, so they could not be compared call by
-call; the contract tests check them.
+call; the contract tests check them. A server also runs a pass when it starts, so the
+policies the run configures are ones no pass acts on within a run (a restart of the
+RocksDB server would otherwise remove records the oracle keeps).
 """
 
 from __future__ import annotations
@@ -1019,13 +1021,13 @@ class StreamsMachine(RuleBasedStateMachine):
             retention.SetInParent()
             if data.draw(st.booleans(), label="max_age"):
                 retention.max_age.seconds = data.draw(
-                    st.sampled_from((0, 1, 3600, 10**9)), label="max_age s"
+                    st.sampled_from((3600, 10**9)), label="max_age s"
                 )
                 retention.max_age.nanos = data.draw(st.sampled_from((0, 5)), label="max_age ns")
             retention.max_records_per_segment = data.draw(
-                st.sampled_from((0, 1, 1000)), label="max_records_per_segment"
+                st.sampled_from((0, 1000)), label="max_records_per_segment"
             )
-            retention.max_bytes = data.draw(st.sampled_from((0, 1, 10**6)), label="max_bytes")
+            retention.max_bytes = data.draw(st.sampled_from((0, 10**6)), label="max_bytes")
             if shape == "negative":
                 retention.max_age.seconds = -1
             elif shape == "nanos":
