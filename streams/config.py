@@ -27,6 +27,8 @@ _DEFAULT_LIMITS = Limits()
 
 # Shorter intervals would keep the retention pass, which visits every space, always running.
 MIN_RETENTION_INTERVAL = 0.01
+# gRPC takes keepalive settings in whole milliseconds, and 0 would turn pinging off.
+MIN_KEEPALIVE_SECONDS = 0.001
 
 
 class OptionError(Exception):
@@ -52,6 +54,8 @@ class Config:
     dedupe_window_seconds: float = 24 * 3600.0
     shutdown_grace: float = 10.0
     slow_consumer_seconds: float = 10.0
+    keepalive_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
     follow_linger_ms: float = 0.0
     log_level: str = "info"
     log_format: str = "text"
@@ -261,6 +265,22 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "window stays shut) has its connection closed, freeing what it holds.",
     )
     p.add(
+        "keepalive-seconds",
+        seconds,
+        d.keepalive_seconds,
+        "Ping a client's connection after this many seconds without traffic; with "
+        "--keepalive-timeout-seconds, a dead client (its machine or network gone) is noticed, "
+        "its streams end and its consumer-group records go to other members.",
+        metavar="SECONDS",
+    )
+    p.add(
+        "keepalive-timeout-seconds",
+        seconds,
+        d.keepalive_timeout_seconds,
+        "Close a connection whose client does not answer a keepalive ping within this long.",
+        metavar="SECONDS",
+    )
+    p.add(
         "follow-linger-ms",
         float,
         d.follow_linger_ms,
@@ -371,6 +391,10 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         p.parser.error("--dedupe-window-seconds must be positive")
     if args.metrics_lag_series < 1:
         p.parser.error(f"--metrics-lag-series {args.metrics_lag_series}: must be positive")
+    for flag in ("keepalive-seconds", "keepalive-timeout-seconds"):
+        value = getattr(args, flag.replace("-", "_"))
+        if value < MIN_KEEPALIVE_SECONDS:
+            p.parser.error(f"--{flag} {value}: must be at least {MIN_KEEPALIVE_SECONDS} s")
     if args.follow_linger_ms < 0:
         p.parser.error("--follow-linger-ms must not be negative")
     if not args.slow_consumer_seconds > 0:
@@ -411,6 +435,8 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         dedupe_window_seconds=args.dedupe_window_seconds,
         shutdown_grace=args.shutdown_grace,
         slow_consumer_seconds=args.slow_consumer_seconds,
+        keepalive_seconds=args.keepalive_seconds,
+        keepalive_timeout_seconds=args.keepalive_timeout_seconds,
         follow_linger_ms=args.follow_linger_ms,
         log_level=args.log_level,
         log_format=args.log_format,

@@ -10,7 +10,9 @@ Cardinality stays bounded: requests are labelled by method (the service's
 RPCs) and status code (gRPC's seventeen); consumer lag has one series per
 committed offset, for at most ``lag_series`` of them (``--metrics-lag-series``,
 the first in consumer, space, segment order), with
-``streams_consumer_lag_truncated`` saying when there are more.
+``streams_consumer_lag_truncated`` saying when there are more; consumer
+groups have one series per live group (members connected), for at most
+``lag_series`` of them too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
@@ -30,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from streams import metrics_http
 from streams.errors import StreamsError
+from streams.groups import GroupStats
 from streams.memory import InflightRequests, MemoryBudget
 from streams.model import Removed, Target
 from streams.storage.port import DiskUsage
@@ -52,6 +55,14 @@ class LagSource(Protocol):
 
 class DiskSource(Protocol):
     def disk_usage(self) -> DiskUsage | None: ...
+
+
+class GroupSource(Protocol):
+    def stats(self) -> Sequence[GroupStats]: ...
+
+
+class LastOffsets(Protocol):
+    async def last_offset(self, target: Target) -> int: ...
 
 
 class WatchedStore(LagSource, DiskSource, Protocol):
@@ -227,6 +238,13 @@ class Metrics:
         if catalog is not None:
             self.registry.register(_CatalogCacheCollector(catalog))
 
+    def watch_groups(self, groups: GroupSource, store: LastOffsets) -> None:
+        """Exports each live consumer group's lag and counters, read from
+        ``groups`` (and its space's last position from ``store``) on the
+        running event loop at each scrape."""
+        loop = asyncio.get_running_loop()
+        self.registry.register(_GroupMetrics(groups, store, loop, self.lag_series))
+
     def serve(
         self, listen: str, serving: Callable[[], bool]
     ) -> tuple[WSGIServer, threading.Thread]:
@@ -279,6 +297,97 @@ class _ConsumerLag(Collector):
             return future.result(_LAG_READ_SECONDS)
         finally:
             future.cancel()
+
+
+# streams_group_* counters: the attribute of GroupStats each one reads, and its help.
+_GROUP_COUNTERS = (
+    ("delivered", "Deliveries to the group's members (first and repeated)."),
+    ("redelivered", "Deliveries of a record again (attempt 2 and later: nack, timeout, leave)."),
+    ("acked", "Records the group's members acked (durable)."),
+    ("parked", "Records the group parked to its dead-letter segment (durable)."),
+)
+
+
+class _GroupMetrics(Collector):
+    """Per live group (one with members connected): ``streams_group_lag``
+    (the space's last position minus the group's acked_through), in flight,
+    members, and the counters of its dispatcher since it started (it starts
+    with the first member and stops with the last: counters restart then,
+    which Prometheus' ``rate`` takes as a counter reset). Bounded like
+    consumer lag (--metrics-lag-series)."""
+
+    def __init__(
+        self,
+        groups: GroupSource,
+        store: LastOffsets,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+    ) -> None:
+        self._groups = groups
+        self._store = store
+        self._loop = loop
+        self._limit = limit
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        future = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
+        try:
+            found, more = future.result(_LAG_READ_SECONDS)
+        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
+            return iter(())
+        finally:
+            future.cancel()
+        families = self._families()
+        lag, in_flight, members, truncated, *counters = families
+        for stats, last in found:
+            labels = [stats.space, stats.group]
+            lag.add_metric(labels, max(0, last - stats.acked_through))
+            in_flight.add_metric(labels, stats.in_flight)
+            members.add_metric(labels, stats.members)
+            for family, (attribute, _) in zip(counters, _GROUP_COUNTERS, strict=True):
+                family.add_metric(labels, getattr(stats, attribute))
+        truncated.add_metric([], int(more))
+        return iter(families)
+
+    async def _read(self) -> tuple[list[tuple[GroupStats, int]], bool]:
+        every = sorted(self._groups.stats(), key=lambda stats: (stats.space, stats.group))
+        kept = every[: self._limit]
+        lasts: dict[str, int] = {}
+        for stats in kept:
+            if stats.space not in lasts:
+                lasts[stats.space] = await self._store.last_offset(Target(stats.space))
+        return [(stats, lasts[stats.space]) for stats in kept], len(every) > len(kept)
+
+    def _families(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["space", "group"]
+        gauges: list[GaugeMetricFamily | CounterMetricFamily] = [
+            GaugeMetricFamily(
+                "streams_group_lag",
+                "Records of the space the group has yet to settle: the space's last position "
+                "minus the group's acked_through.",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "streams_group_in_flight",
+                "Records delivered to the group's members and not settled yet.",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                "streams_group_members", "Members connected to the group.", labels=labels
+            ),
+            GaugeMetricFamily(
+                "streams_group_metrics_truncated",
+                f"1 when more groups have members than --metrics-lag-series ({self._limit}) "
+                "allows series for; those past it (in space, group order) have none.",
+            ),
+        ]
+        counters = [
+            CounterMetricFamily(f"streams_group_{attribute}_records", text, labels=labels)
+            for attribute, text in _GROUP_COUNTERS
+        ]
+        return gauges + counters
 
 
 class _DiskUsage(Collector):

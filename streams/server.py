@@ -36,6 +36,7 @@ from streams import logs, startup
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config, OptionError
 from streams.errors import DataLoss
+from streams.groups import Groups
 from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
@@ -77,6 +78,7 @@ class StreamsServer:
         self._store: Store | None = None
         self._server: grpc.aio.Server | None = None
         self._service: StreamsService | None = None
+        self._groups: Groups | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: tuple[WSGIServer, threading.Thread] | None = None
         self.background = Supervisor(
@@ -149,11 +151,14 @@ class StreamsServer:
                 ("grpc.max_allowed_incoming_connections", lim.max_connections),
                 ("grpc.max_concurrent_streams", lim.max_streams_per_connection),
                 ("grpc.so_reuseport", 0),
+                *keepalive_options(cfg.keepalive_seconds, cfg.keepalive_timeout_seconds),
             ]
         )
+        self._groups = Groups(self._store, lim, memory)
+        self.metrics.watch_groups(self._groups, self._store)
         self._service = StreamsService(
             self._store, lim, self.metrics, self.auth, self.pages, memory,
-            cfg.slow_consumer_seconds,
+            cfg.slow_consumer_seconds, self._groups,
         )  # fmt: skip
         self._server.add_generic_rpc_handlers((self._service.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -259,7 +264,7 @@ class StreamsServer:
         grace = grace or 0.0
         self._stopping = True
         deadline = asyncio.get_running_loop().time() + grace
-        store, service, server = self._store, self._service, self._server
+        store, service, server, groups = self._store, self._service, self._server, self._groups
 
         def remaining() -> float:
             return max(0.0, deadline - asyncio.get_running_loop().time())
@@ -270,6 +275,8 @@ class StreamsServer:
             # Followers would otherwise wait out the grace period: end them now
             # with UNAVAILABLE, so their clients reconnect elsewhere or later.
             ("follow streams", store.end_subscriptions if store else _nothing),
+            # Ends every Subscribe with UNAVAILABLE once its settle writes are done.
+            ("consumer groups", groups.close if groups else _nothing),
             ("drain", (lambda: service.drain(grace)) if service else _nothing),
             ("gRPC server", (lambda: server.stop(remaining())) if server else _nothing),
             ("store", store.close if store else _nothing),
@@ -301,6 +308,25 @@ class StreamsServer:
         if self._server is None:
             raise RuntimeError("the server is not started")
         await self._server.wait_for_termination()
+
+
+def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
+    """gRPC server options that ping each connection after ``every`` seconds
+    without traffic and close it when no answer comes within ``timeout``: a
+    client whose machine or network died (no FIN, no RST) would otherwise hold
+    its streams, and a Subscribe its records, for hours (TCP's own timeouts)."""
+    return [
+        ("grpc.keepalive_time_ms", round(every * 1000)),
+        ("grpc.keepalive_timeout_ms", round(timeout * 1000)),
+        # gRPC 1.85 waits for a keepalive ping's ack by this one (default a
+        # minute or more, measured: no close after 15 s), not keepalive_timeout_ms.
+        ("grpc.http2.ping_timeout_ms", round(timeout * 1000)),
+        # Also on connections with no call, and on a stream where nothing flows
+        # (a group member waiting for records): gRPC stops pinging after 2
+        # pings without data unless told otherwise.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def _nothing() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -25,13 +26,21 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from streams import codec, infos, segment_watch, status, unbuilt, validation
+from streams import codec, group_wire, infos, segment_watch, status, validation
 from streams.auth import ANYONE, Caller, TokenAuth
-from streams.errors import InvalidArgument, NotFound, ResourceExhausted, StreamsError, Unavailable
+from streams.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StreamsError,
+    Unavailable,
+)
+from streams.groups import Groups, Member
 from streams.limits import Limits
 from streams.memory import InflightRequests, MemoryBudget
 from streams.metrics import Metrics
-from streams.model import MAX_OFFSET, Cut, SegmentInfo, SpaceInfo, Target
+from streams.model import MAX_OFFSET, Cut, GroupConfig, SegmentInfo, SpaceInfo, Target
 from streams.page_tokens import PageTokens
 from streams.slow_consumers import SlowConsumers
 from streams.storage.port import RecordBatch, Store
@@ -40,7 +49,7 @@ from streams.v1 import streams_pb2 as pb
 SERVICE_NAME = "streams.v1.StreamsService"
 # Consume's initial metadata: the first offset the read delivers (see the contract).
 START_HEADER = "streams-start"
-_Named = TypeVar("_Named", SpaceInfo, SegmentInfo)
+_Named = TypeVar("_Named", SpaceInfo, SegmentInfo, GroupConfig)
 log = logging.getLogger(__name__)
 # A response handed to gRPC is in memory twice until sent: the bytes the
 # handler yields and gRPC core's copy of them (measured: a follower that stops
@@ -50,9 +59,12 @@ RESPONSE_COPIES = 2
 # closed (--slow-consumer-seconds; NATS's write_deadline is 10 s too).
 SLOW_CONSUMER_SECONDS = 10.0
 # Unary calls without side effects: run again rather than held while waiting for memory.
-_READS = frozenset({"Peek", "GetOffset", "ListSpaces", "ListSegments", "GetSpace", "GetSegment"})
+_READS = frozenset(
+    {"Peek", "GetOffset", "ListSpaces", "ListSegments", "GetSpace", "GetSegment", "GetGroup",
+     "ListGroups"}
+)  # fmt: skip
 # Streams that last as long as their client stays: left out of the duration histogram.
-_OPEN_ENDED = frozenset({"WatchSegments"})
+_OPEN_ENDED = frozenset({"WatchSegments", "Subscribe"})
 # At shutdown, how long no call may have come in before gRPC's server is
 # stopped (see StreamsService.drain): long enough for the serving loop to take
 # every call gRPC holds for it, short next to any grace period.
@@ -111,8 +123,11 @@ class StreamsService:
 
     Example::
 
-        service = StreamsService(store, Limits(), Metrics(Path("data")))
+        service = StreamsService(store, Limits(), Metrics(Path("data")), groups=groups)
         server.add_generic_rpc_handlers((service.handler(),))
+
+    ``groups`` serves the consumer groups' live side (Subscribe); without one
+    the service builds its own over ``store``.
     """
 
     def __init__(
@@ -124,6 +139,7 @@ class StreamsService:
         pages: PageTokens | None = None,
         memory: MemoryBudget | None = None,
         slow_consumer_seconds: float = SLOW_CONSUMER_SECONDS,
+        groups: Groups | None = None,
     ) -> None:
         self._store = store
         self._limits = lim
@@ -134,6 +150,7 @@ class StreamsService:
         self._memory = memory or MemoryBudget(
             lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
         )
+        self.groups = groups or Groups(store, lim, self._memory)
         self._slow = SlowConsumers(slow_consumer_seconds, metrics.slow_consumers.inc)
         self._requests = InflightRequests(lim.max_inflight_request_bytes)
         self._streams = 0
@@ -177,6 +194,7 @@ class StreamsService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
+        bidi = grpc.stream_stream_rpc_method_handler
         rpcs: dict[str, tuple[Any, type[Message]]] = {
             "Produce": (unary, pb.ProduceRequest),
             "Consume": (stream, pb.ConsumeRequest),
@@ -192,42 +210,28 @@ class StreamsService:
             "GetSpace": (unary, pb.GetSpaceRequest),
             "GetSegment": (unary, pb.GetSegmentRequest),
             "WatchSegments": (stream, pb.WatchSegmentsRequest),
+            "CreateGroup": (unary, pb.CreateGroupRequest),
+            "GetGroup": (unary, pb.GetGroupRequest),
+            "ListGroups": (unary, pb.ListGroupsRequest),
+            "DeleteGroup": (unary, pb.DeleteGroupRequest),
+            "Subscribe": (bidi, pb.SubscribeRequest),
+        }
+        wraps: dict[Any, Callable[[str, Any], Callable[..., Any]]] = {
+            unary: self._unary,
+            stream: self._stream,
+            bidi: self._bidi,
         }
         handlers = {}
         for name, (kind, request_type) in rpcs.items():
             method = getattr(self, _snake(name))
-            wrap = self._stream if kind is stream else self._unary
+            wrap = wraps[kind]
             # Responses are bytes by then (see _unary): sized and charged as sent.
             handlers[name] = kind(
                 wrap(name, method),
                 request_deserializer=_parser(request_type, self._requests),
                 response_serializer=_raw,
             )
-        for name, spec in unbuilt.UNBUILT.items():
-            handlers[name] = self._unbuilt_handler(name, spec)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
-
-    def _unbuilt_handler(self, name: str, spec: unbuilt.Unbuilt) -> grpc.RpcMethodHandler:
-        """A handler that checks the call as far as it cheaply can, then answers UNIMPLEMENTED."""
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext, caller: Caller) -> Any:
-            caller.check(spec.action, spec.space_of(request))
-            raise unbuilt.refuse(name)
-
-        async def refuse_stream(
-            request: Any, context: grpc.aio.ServicerContext, caller: Caller
-        ) -> AsyncIterator[bytes]:
-            await refuse(request, context, caller)
-            yield b""  # never reached: refuse raises
-
-        parse = _parser(spec.request_type, self._requests)
-        if spec.kind == unbuilt.UNARY:
-            method = grpc.unary_unary_rpc_method_handler(self._unary(name, refuse), parse, _raw)
-        else:
-            method = grpc.stream_stream_rpc_method_handler(
-                self._bidi(name, refuse_stream), parse, _raw
-            )
-        return method
 
     def _unary(self, name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
         async def handle(received: _Received, context: grpc.aio.ServicerContext) -> bytes:
@@ -283,12 +287,12 @@ class StreamsService:
 
     def _stream(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         async def handle(
-            received: _Received, context: grpc.aio.ServicerContext
+            received: _Received, context: grpc.aio.ServicerContext, *rest: Any
         ) -> AsyncIterator[bytes]:
             try:
                 async with self._rpc(name, received, context, stream=True) as caller:
                     # Ends the stream when a token reload revokes what it needs.
-                    stream = method(received.message, context, caller)
+                    stream = method(received.message, context, caller, *rest)
                     async for response in caller.until_revoked(stream):
                         yield response
             finally:
@@ -298,17 +302,19 @@ class StreamsService:
 
     def _bidi(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         """A bidirectional stream, checked as :meth:`_stream` checks its one
-        request, on its first message (the later ones are the method's)."""
+        request, on its first message; the method gets the rest of the
+        request stream (each a :class:`_Received` to release once handled)."""
         stream = self._stream(name, method)
 
         async def handle(
             requests: AsyncIterator[_Received], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
-            first = await anext(aiter(requests), None)
+            rest = aiter(requests)
+            first = await anext(rest, None)
             if first is None:
                 first = _Received(self._requests, 0)
                 first.error = InvalidArgument(f"{name}: the stream ended before its first message")
-            async for response in stream(first, context):
+            async for response in stream(first, context, rest):
                 yield response
 
         return handle
@@ -653,11 +659,167 @@ class StreamsService:
                 with self._charged(peer, "WatchSegments", len(data)):
                     yield data
 
+    # -- consumer groups -------------------------------------------------
+
+    async def create_group(
+        self, request: pb.CreateGroupRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.CreateGroupResponse:
+        config = validation.group(request.group)
+        caller.check("write", config.space)
+        if request.group.dead_letter_space:
+            # The default `$parked` is the server's; a space the client names is its own.
+            caller.check("write", config.dead_letter_space)
+        acked_through = await self._start_position(config)
+        stored, created = await self._store.create_group(
+            config, acked_through, self._limits.max_groups_per_space
+        )
+        if not created and stored != config:
+            raise AlreadyExists(
+                f"group: {validation.show(config.name)} of space {validation.show(config.space)} "
+                f"exists with other settings: {_differences(stored, config)}"
+            )
+        return pb.CreateGroupResponse(group=group_wire.group(stored))
+
+    async def _start_position(self, config: GroupConfig) -> int:
+        """The group's first ``acked_through``: the position before its start."""
+        space = Target(config.space)
+        match config.start.kind:
+            case "offset":
+                return max(config.start.value, 1) - 1
+            case "timestamp":
+                return await self._store.first_at_or_after(space, config.start.value) - 1
+            case "end":
+                return await self._store.last_offset(space)
+            case _:
+                return 0
+
+    async def get_group(
+        self, request: pb.GetGroupRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.GetGroupResponse:
+        space, name = validation.group_ref(request.space, request.group)
+        caller.check("read", space)
+        state = await self._store.get_group(space, name)
+        if state is None:
+            raise NotFound(
+                f"group: {validation.show(name)} of space {validation.show(space)} does not exist"
+            )
+        target = Target(space)
+        info = pb.GroupInfo(
+            last_position=await self._store.last_offset(target), parked=state.progress.parked
+        )
+        live = self.groups.live(space, name)
+        if live is None:
+            first = await self._store.first_offset(target)
+            info.acked_through = group_wire.durable_acked_through(state.progress, first)
+        else:
+            info.acked_through = live.acked_through
+            info.in_flight = live.in_flight
+            info.members.extend(
+                pb.GroupMember(id=member_id, name=member, segments=segments, in_flight=held)
+                for member_id, member, segments, held in live.members
+            )
+        return pb.GetGroupResponse(group=group_wire.group(state.config), info=info)
+
+    async def list_groups(
+        self, request: pb.ListGroupsRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.ListGroupsResponse:
+        space = validation.name("space", request.space)
+        size = validation.page_size(request.page_size)
+        caller.check("read", space)
+        scope = f"groups\x00{space}"
+        after = self._pages.decode(scope, request.page_token)
+        found = await self._store.list_groups(space, after, size + 1)
+        page, token = self._page(found, size, scope)
+        return pb.ListGroupsResponse(
+            groups=[group_wire.group(config) for config in page], next_page_token=token
+        )
+
+    async def delete_group(
+        self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext, caller: Caller
+    ) -> pb.DeleteGroupResponse:
+        space, name = validation.group_ref(request.space, request.group)
+        caller.check("write", space)
+        await self._store.delete_group(space, name)
+        # Also when there was none: a member that joined a group deleted meanwhile ends.
+        self.groups.deleted(space, name)
+        return pb.DeleteGroupResponse()
+
+    async def subscribe(
+        self,
+        request: pb.SubscribeRequest,
+        context: grpc.aio.ServicerContext,
+        caller: Caller,
+        requests: AsyncIterator[_Received],
+    ) -> AsyncIterator[bytes]:
+        join = validation.join(request)
+        caller.check("read", join.space)
+        peer = context.peer()
+        async with self.groups.join(
+            join.space, join.group, join.member_name, join.max_in_flight
+        ) as member:
+            data = group_wire.joined(member.id)
+            with self._charged(peer, "Subscribe", len(data)):
+                yield data
+            reader = asyncio.create_task(self._settlements(requests, member, join.max_in_flight))
+            try:
+                while True:
+                    await self._memory.room_for(1, peer)
+                    allowance = self._response_allowance(peer)
+                    got = await member.deliveries(allowance)
+                    if not got:
+                        return  # the member ended without an error: the client half-closed
+                    for data in group_wire.deliveries(got, allowance):
+                        await self._memory.room_for(RESPONSE_COPIES * len(data), peer)
+                        with self._charged(peer, "Subscribe", len(data)):
+                            yield data
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _settlements(
+        self, requests: AsyncIterator[_Received], member: Member, max_in_flight: int
+    ) -> None:
+        """Reads a member's acks and nacks until its client half-closes (the
+        member ends, OK) or sends what is not valid (the member ends with
+        that error, which ends the stream)."""
+        try:
+            async for received in requests:
+                try:
+                    if received.error is not None:
+                        raise received.error
+                    settle = validation.settle(received.message, max_in_flight, self._limits)
+                finally:
+                    received.release()
+                if settle.nack:
+                    member.nack(settle.positions, settle.park, settle.reason)
+                else:
+                    member.ack(settle.positions)
+        except StreamsError as exc:
+            member.end(exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Subscribe: reading the client's messages failed")
+            member.end(Unavailable("Subscribe: reading the stream failed; join again"))
+            return
+        member.end(None)
+
     def _page(self, found: list[_Named], size: int, scope: str) -> tuple[list[_Named], str]:
         """Cuts a listing fetched one past ``size`` into a page and the next page's token."""
         page = found[:size]
         token = self._pages.encode(scope, page[-1].name) if len(found) > size else ""
         return page, token
+
+
+def _differences(stored: GroupConfig, given: GroupConfig) -> str:
+    """What a create asked for that the stored group does not have, field by field."""
+    return "; ".join(
+        f"{field.name} is {getattr(stored, field.name)!r}, not {getattr(given, field.name)!r}"
+        for field in dataclasses.fields(GroupConfig)
+        if getattr(stored, field.name) != getattr(given, field.name)
+    )
 
 
 def _offset_target(

@@ -21,7 +21,16 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from streams import codec, limits
 from streams.errors import InvalidArgument
 from streams.limits import Limits
-from streams.model import RetentionPolicy, SegmentAppend, SpaceConfig, Target, Transaction
+from streams.model import (
+    GroupConfig,
+    GroupStart,
+    Ordering,
+    RetentionPolicy,
+    SegmentAppend,
+    SpaceConfig,
+    Target,
+    Transaction,
+)
 from streams.v1 import streams_pb2 as pb
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -325,17 +334,194 @@ def space_config(message: pb.SpaceConfig, field: str = "config") -> SpaceConfig:
     )
 
 
-def _duration(field: str, value: Duration) -> int:
-    """A non-negative duration in nanoseconds, at most limits.MAX_AGE_NS."""
+def _duration(field: str, value: Duration, most: int = limits.MAX_AGE_NS) -> int:
+    """A non-negative duration in nanoseconds, at most ``most``."""
     seconds, nanos = value.seconds, value.nanos
     if not 0 <= nanos < codec.NANOS:
         raise InvalidArgument(f"{field}.nanos: {nanos} is outside 0..999999999")
     if seconds < 0:
         raise InvalidArgument(f"{field}.seconds: {seconds} is negative")
     total = seconds * codec.NANOS + nanos
-    if total > limits.MAX_AGE_NS:
+    if total > most:
         raise InvalidArgument(
             f"{field}: {seconds}.{nanos:09d} s is over the longest duration "
-            f"({limits.MAX_AGE_NS // codec.NANOS} s)"
+            f"({most // codec.NANOS} s)"
         )
     return total
+
+
+# -- consumer groups ---------------------------------------------------------
+
+# Defaults of a Group's zero fields (contract, "Consumer groups"), resolved at
+# CreateGroup and returned, so a second create compares resolved settings.
+DEFAULT_ACK_TIMEOUT_NS = 30 * codec.NANOS
+MAX_ACK_TIMEOUT_NS = 24 * 3600 * codec.NANOS
+DEFAULT_MAX_ATTEMPTS = 5
+MAX_MAX_ATTEMPTS = 1_000
+DEFAULT_DEAD_LETTER_SPACE = "$parked"
+DEFAULT_MAX_IN_FLIGHT = 100
+MAX_MAX_IN_FLIGHT = 10_000
+MAX_MEMBER_NAME_BYTES = 255
+_ORDERINGS = {
+    pb.ORDERING_UNSPECIFIED: Ordering.PER_SEGMENT,
+    pb.ORDERING_PER_SEGMENT: Ordering.PER_SEGMENT,
+    pb.ORDERING_NONE: Ordering.NONE,
+}
+
+
+def group(message: pb.Group) -> GroupConfig:
+    """A CreateGroup's group, checked, with its defaults resolved."""
+    known_fields(message, "group")
+    space = written_name("group.space", message.space)
+    group_name = written_name("group.name", message.name)
+    ordering = _ORDERINGS.get(message.ordering)
+    if ordering is None:
+        raise InvalidArgument(f"group.ordering: {message.ordering} is not an Ordering")
+    ack_timeout_ns = DEFAULT_ACK_TIMEOUT_NS
+    if message.HasField("ack_timeout"):
+        known_fields(message.ack_timeout, "group.ack_timeout")
+        ack_timeout_ns = _duration("group.ack_timeout", message.ack_timeout, MAX_ACK_TIMEOUT_NS)
+        ack_timeout_ns = ack_timeout_ns or DEFAULT_ACK_TIMEOUT_NS
+    if message.max_attempts > MAX_MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"group.max_attempts: {message.max_attempts} is over the most ({MAX_MAX_ATTEMPTS})"
+        )
+    # The server writes the dead letters: a `$` name is allowed there.
+    dead_space = DEFAULT_DEAD_LETTER_SPACE
+    if message.dead_letter_space:
+        dead_space = name("group.dead_letter_space", message.dead_letter_space)
+    if dead_space == space:
+        raise InvalidArgument(
+            f"group.dead_letter_space: {show(dead_space)} is the group's own space"
+        )
+    dead_segment = message.dead_letter_segment
+    if dead_segment:
+        name("group.dead_letter_segment", dead_segment)
+    else:
+        dead_segment = f"{space}/{group_name}"
+        size = len(dead_segment.encode("utf-8"))
+        if size > limits.MAX_NAME_BYTES:
+            raise InvalidArgument(
+                f"group.dead_letter_segment: the default {show(dead_segment)} "
+                f"(<space>/<group>) is {size} bytes, over the {limits.MAX_NAME_BYTES}-byte "
+                "limit; set group.dead_letter_segment"
+            )
+    return GroupConfig(
+        space=space,
+        name=group_name,
+        ordering=ordering,
+        start=_group_start(message),
+        ack_timeout_ns=ack_timeout_ns,
+        max_attempts=message.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        dead_letter_space=dead_space,
+        dead_letter_segment=dead_segment,
+    )
+
+
+def _group_start(message: pb.Group) -> GroupStart:
+    match message.WhichOneof("start"):
+        case "from_offset":
+            return GroupStart("offset", message.from_offset)
+        case "from_timestamp":
+            known_fields(message.from_timestamp, "group.from_timestamp")
+            return GroupStart(
+                "timestamp", _timestamp("group.from_timestamp", message.from_timestamp)
+            )
+        case "from_end":
+            return GroupStart("end")
+        case _:
+            return GroupStart()
+
+
+def group_ref(space: str, group_name: str) -> tuple[str, str]:
+    """The space and group of GetGroup and DeleteGroup (reads of `$` names allowed)."""
+    return name("space", space), name("group", group_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A validated SubscribeJoin."""
+
+    space: str
+    group: str
+    member_name: str
+    max_in_flight: int
+
+
+def join(request: pb.SubscribeRequest) -> Join:
+    """Subscribe's first message: it must be a join."""
+    known_fields(request)
+    kind = request.WhichOneof("kind")
+    if kind != "join":
+        raise InvalidArgument(
+            f"kind: the first SubscribeRequest must be a join, not {kind or 'empty'}"
+        )
+    message = request.join
+    known_fields(message, "join")
+    space = name("join.space", message.space)
+    group_name = name("join.group", message.group)
+    member = message.member_name
+    size = len(member.encode("utf-8"))
+    if size > MAX_MEMBER_NAME_BYTES:
+        raise InvalidArgument(
+            f"join.member_name: {show(member)} is {size} bytes, over the "
+            f"{MAX_MEMBER_NAME_BYTES}-byte limit"
+        )
+    if message.max_in_flight > MAX_MAX_IN_FLIGHT:
+        raise InvalidArgument(
+            f"join.max_in_flight: {message.max_in_flight} is over the most ({MAX_MAX_IN_FLIGHT})"
+        )
+    return Join(space, group_name, member, message.max_in_flight or DEFAULT_MAX_IN_FLIGHT)
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """A validated ack (``nack`` False) or nack of a subscribed member."""
+
+    positions: tuple[int, ...]
+    nack: bool = False
+    park: bool = False
+    reason: str = ""
+
+
+_NACK_ACTIONS = {
+    pb.NACK_ACTION_UNSPECIFIED: False,
+    pb.NACK_ACTION_RETRY: False,
+    pb.NACK_ACTION_PARK: True,
+}
+
+
+def settle(request: pb.SubscribeRequest, max_in_flight: int, lim: Limits) -> Settle:
+    """A message of Subscribe after its join. A member holds at most
+    ``max_in_flight`` records, so a longer list of positions cannot be of
+    records it holds: it is refused rather than looked through."""
+    known_fields(request)
+    kind = request.WhichOneof("kind")
+    if kind not in ("ack", "nack"):
+        raise InvalidArgument(
+            f"kind: after the join, a SubscribeRequest must be an ack or a nack, not "
+            f"{kind or 'empty'}"
+        )
+    message = request.ack if kind == "ack" else request.nack
+    known_fields(message, kind)
+    count = len(message.positions)
+    if count > max_in_flight:
+        raise InvalidArgument(
+            f"{kind}.positions: {count} positions, more than this member's max_in_flight "
+            f"({max_in_flight}) records it can hold"
+        )
+    positions = tuple(message.positions)
+    if kind == "ack":
+        return Settle(positions)
+    nack = request.nack
+    park = _NACK_ACTIONS.get(nack.action)
+    if park is None:
+        raise InvalidArgument(f"nack.action: {nack.action} is not a NackAction")
+    reason_size = len(nack.reason.encode("utf-8"))
+    if reason_size > lim.max_metadata_value_bytes:
+        raise InvalidArgument(
+            f"nack.reason: {show(nack.reason)} is {reason_size} bytes, over "
+            f"max_metadata_value_bytes ({lim.max_metadata_value_bytes}): it becomes the "
+            "parked record's metadata value"
+        )
+    return Settle(positions, nack=True, park=park, reason=nack.reason)

@@ -10,6 +10,7 @@ Each operation runs on the event loop with no await inside, so operations
 are atomic and take effect in the order they are called; a write is as
 durable as this backend gets (in memory) when it returns, so readers see it
 at once. Records are kept as domain values and framed only when read.
+A group's progress is kept as given (see :mod:`streams.storage.groups`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from streams.errors import Unavailable
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
+    GroupConfig,
+    GroupState,
     ProduceResult,
     Record,
     Removed,
@@ -36,7 +39,7 @@ from streams.model import (
     Transaction,
     record_bytes,
 )
-from streams.storage import port
+from streams.storage import groups, port
 from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Backend, Setup
 from streams.storage.batches import RecordList
 from streams.storage.port import BackgroundTask, DiskUsage
@@ -76,6 +79,15 @@ class _Log:
 
     def bytes(self) -> int:
         return sum(record_bytes(record.body) for record in self.records)
+
+
+@dataclasses.dataclass(slots=True)
+class _Group:
+    config: GroupConfig
+    acked_through: int
+    # Settled positions above acked_through.
+    settled: set[int] = dataclasses.field(default_factory=set)
+    parked: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,6 +140,8 @@ class MemoryStore:
         self._spaces: dict[str, _Space] = {}
         self._dedupe: dict[tuple[str, str], _Dedupe] = {}
         self._offsets: dict[tuple[str, str, str], int] = {}
+        # Groups by space, then name; apart from _spaces: a space delete keeps them.
+        self._groups: dict[str, dict[str, _Group]] = {}
         # Wake-ups and watches only: it is handed no records, so it keeps no windows.
         self._tail = Tail(1, 1, follow_linger, memory, watch_change_bytes)
         self._closed = False
@@ -154,6 +168,9 @@ class MemoryStore:
 
     async def produce(self, txn: Transaction) -> ProduceResult:
         self._check_open()
+        return self._produce(txn)
+
+    def _produce(self, txn: Transaction) -> ProduceResult:
         now = self._clock()
         entry = self._dedupe.get((txn.space, txn.transaction_id))
         if txn.transaction_id and entry is not None and entry.expires_ns > now:
@@ -217,6 +234,61 @@ class MemoryStore:
             raise port.offset_mismatch(expected, stored, consumer, target)
         self._offsets[key] = offset
         return offset
+
+    # -- consumer groups -------------------------------------------------
+
+    async def create_group(
+        self, config: GroupConfig, acked_through: int, max_groups: int
+    ) -> tuple[GroupConfig, bool]:
+        self._check_open()
+        space = self._groups.setdefault(config.space, {})
+        found = space.get(config.name)
+        if found is not None:
+            return found.config, False
+        if len(space) >= max_groups:
+            raise port.too_many_groups(config.space, max_groups)
+        space[config.name] = _Group(config, acked_through)
+        return config, True
+
+    async def get_group(self, space: str, name: str) -> GroupState | None:
+        self._check_open()
+        found = self._groups.get(space, {}).get(name)
+        if found is None:
+            return None
+        return GroupState(
+            found.config, groups.progress(found.acked_through, found.settled, found.parked)
+        )
+
+    async def list_groups(self, space: str, after: str | None, limit: int) -> list[GroupConfig]:
+        self._check_open()
+        found = self._groups.get(space, {})
+        names = sorted(
+            (name for name in found if after is None or _utf8(name) > _utf8(after)), key=_utf8
+        )
+        return [found[name].config for name in names[:limit]]
+
+    async def delete_group(self, space: str, name: str) -> bool:
+        self._check_open()
+        return self._groups.get(space, {}).pop(name, None) is not None
+
+    async def settle_group(
+        self,
+        space: str,
+        name: str,
+        acked_through: int,
+        settled: Sequence[int],
+        parked: Transaction | None,
+    ) -> ProduceResult | None:
+        self._check_open()
+        found = self._groups.get(space, {}).get(name)
+        if found is None:
+            raise port.group_not_found(space, name)
+        groups.check_forward(space, name, found.acked_through, acked_through)
+        result = None if parked is None else self._produce(parked)
+        found.acked_through = acked_through
+        found.settled = {p for p in (*found.settled, *settled) if p > acked_through}
+        found.parked += 0 if parked is None else parked.record_count
+        return result
 
     # -- removals --------------------------------------------------------
 

@@ -30,6 +30,10 @@ RPCS = (
     "GetSpace",
     "GetSegment",
     "WatchSegments",
+    "CreateGroup",
+    "GetGroup",
+    "ListGroups",
+    "DeleteGroup",
 )
 # What a client may be told about its request; INTERNAL, UNKNOWN (or DATA_LOSS)
 # would mean the server broke on it.

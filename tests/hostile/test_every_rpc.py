@@ -171,6 +171,20 @@ def produce_request(space: str) -> pb.ProduceRequest:
     )
 
 
+def _group(space: str, name: str) -> pb.Group:
+    """A group with every field set (and a timestamp start: a submessage)."""
+    return pb.Group(
+        name=name,
+        space=space,
+        ordering=pb.ORDERING_NONE,
+        from_timestamp=Timestamp(seconds=1, nanos=2),
+        ack_timeout=Duration(seconds=3, nanos=4),
+        max_attempts=3,
+        dead_letter_space="dead",
+        dead_letter_segment="letters",
+    )
+
+
 @pytest.fixture(scope="module")
 def target(server: InProcessServer, ledger: Ledger) -> Target:
     victim = unique("victim")
@@ -189,6 +203,9 @@ def target(server: InProcessServer, ledger: Ledger) -> Target:
         pb.ListSegmentsRequest(space=victim, page_size=1)
     ).next_page_token
     assert spaces_token and segments_token
+    for name in ("hg", "hg2"):
+        stub.CreateGroup(pb.CreateGroupRequest(group=_group(victim, name)))
+    groups_token = stub.ListGroups(pb.ListGroupsRequest(space=victim, page_size=1)).next_page_token
     requests: dict[str, Message] = {
         "Consume": pb.ConsumeRequest(
             space=victim,
@@ -227,6 +244,11 @@ def target(server: InProcessServer, ledger: Ledger) -> Target:
         "GetSpace": pb.GetSpaceRequest(space=victim),
         "GetSegment": pb.GetSegmentRequest(space=victim, segment="a"),
         "WatchSegments": pb.WatchSegmentsRequest(space=victim, prefix="a"),
+        # The same group again: OK, every time.
+        "CreateGroup": pb.CreateGroupRequest(group=_group(victim, "hg")),
+        "GetGroup": pb.GetGroupRequest(space=victim, group="hg"),
+        "ListGroups": pb.ListGroupsRequest(space=victim, page_size=1, page_token=groups_token),
+        "DeleteGroup": pb.DeleteGroupRequest(space=victim, group="doomed"),
     }
     return Target(server, ledger, victim, requests)
 

@@ -45,6 +45,8 @@ VALUES = {
     "--reclaim-seconds": "2.5",
     "--shutdown-grace": "3.5",
     "--slow-consumer-seconds": "2.5",
+    "--keepalive-seconds": "5",
+    "--keepalive-timeout-seconds": "2.5",
     "--follow-linger-ms": "7.5",
     "--log-level": "debug",
     "--log-format": "json",

@@ -24,6 +24,8 @@ Model (issue 14; measured facts in the notes on JetStream):
   are never reused), ``<prefix>_offsets`` (revision compare-and-set),
   ``<prefix>_dedupe`` (transaction results: a retried batch with the same
   ``Nats-Msg-Id`` is refused by JetStream, the answer comes from here).
+- Consumer groups are not kept (port rule 15 lets a backend refuse them): a
+  group's dispatcher lives in one process, and several gateways serve at once.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from streams.errors import InvalidArgument, InvariantViolation, Unavailable
+from streams.errors import InvalidArgument, InvariantViolation, Unavailable, Unimplemented
 from streams.model import (
     Cut,
+    GroupConfig,
+    GroupState,
     ProduceResult,
     Removed,
     RetentionPolicy,
@@ -773,6 +777,40 @@ class JetStreamStore:
             if info is not None:
                 found.append(info)
         return found
+
+    # -- consumer groups (not kept: every method refuses) ----------------
+
+    def _no_groups(self) -> Unimplemented:
+        self._check_open()
+        return Unimplemented(
+            "consumer groups are not supported on the jetstream backend yet: its gateways are "
+            "stateless and several serve at once, while a group's dispatcher lives in one "
+            "process; use the rocksdb backend for groups"
+        )
+
+    async def create_group(
+        self, config: GroupConfig, acked_through: int, max_groups: int
+    ) -> tuple[GroupConfig, bool]:
+        raise self._no_groups()
+
+    async def get_group(self, space: str, name: str) -> GroupState | None:
+        raise self._no_groups()
+
+    async def list_groups(self, space: str, after: str | None, limit: int) -> list[GroupConfig]:
+        raise self._no_groups()
+
+    async def delete_group(self, space: str, name: str) -> bool:
+        raise self._no_groups()
+
+    async def settle_group(
+        self,
+        space: str,
+        name: str,
+        acked_through: int,
+        settled: Sequence[int],
+        parked: Transaction | None,
+    ) -> ProduceResult | None:
+        raise self._no_groups()
 
     # -- life cycle ------------------------------------------------------
 

@@ -20,11 +20,26 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
     D space 0 txid                 -> dedupe entry
     X expiry space 0 txid          -> dedupe expiry index (sweeping in time order)
     V                              -> the on-disk format version (u64)
+    G space 0 group 0              -> consumer group: progress head, config (:data:`GROUP_HEAD`)
+    K space 0 group 0 position     -> empty: a position the group settled above its
+                                      acked_through (as it was when the key was written)
+
+A group's progress is its head (acked_through, parked count, and how far
+its K keys were collected) plus one K key per position settled above
+acked_through, so a settle writes what it settles, never the whole set. K
+keys at or below acked_through are stale: readers ignore them, and a settle
+now and then deletes them with one range tombstone from the head's
+collected point + 1 to acked_through + 1 (ranges that never nest); see
+``RocksStore.settle_group``. Groups are keyed apart from their space's
+records and catalog (a space delete keeps them).
 
 Values: chunks of framed ``Record`` messages under R and P (see
 :mod:`.chunks`), and the fixed-size structs below. Any change to a key or a
 value format is a new :data:`FORMAT_VERSION`: a server refuses a data
-directory whose version it does not know (see :func:`format_version`).
+directory whose version it does not know (see :func:`format_version`). A new
+key range (tag) that older code never reads is not such a change: the G and K
+ranges of consumer groups came in format 2 as it was (code from before groups
+skips them, and keeps every other key as it was).
 """
 
 from __future__ import annotations
@@ -59,6 +74,10 @@ SPACE_CONFIG = struct.Struct(">BQQQ")
 DELETED = 1
 CONFIGURED = 2
 DEDUPE_HEAD = struct.Struct(">Q32s")  # expires ns, fingerprint; then ProduceResponse bytes
+# Group head: acked_through (as last given), parked records, collected (no K
+# key of the group at or below it is left); then the config as
+# streams.storage.groups encodes it (ending in a non-zero byte: see above).
+GROUP_HEAD = struct.Struct(">QQQ")
 
 RECORD = b"R"
 POSITION = b"P"
@@ -70,6 +89,8 @@ CONFIG = b"C"
 OFFSET_INDEX = b"Q"
 EXPIRY = b"X"
 FORMAT = b"V"
+GROUP = b"G"
+SETTLED = b"K"
 
 _U64 = struct.Struct(">Q")
 U64_MAX = 2**64 - 1
@@ -174,6 +195,19 @@ def split_expiry_key(key: bytes) -> tuple[int, bytes]:
     if key[:1] != EXPIRY or len(key) < 9:
         raise ValueError(f"not an expiry key: {key!r}")
     return read_u64(key, 1), DEDUPE + key[9:]
+
+
+def group_prefix(space: str) -> bytes:
+    """The head keys of every group of ``space``."""
+    return GROUP + name(space)
+
+
+def group_key(space: str, group: str) -> bytes:
+    return group_prefix(space) + name(group)
+
+
+def settled_prefix(space: str, group: str) -> bytes:
+    return SETTLED + name(space) + name(group)
 
 
 def first_name(key: bytes, prefix: bytes) -> str:

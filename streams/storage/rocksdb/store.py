@@ -49,6 +49,8 @@ from streams.errors import DataLoss, InvariantViolation, ResourceExhausted, Unav
 from streams.memory import MemoryBudget
 from streams.model import (
     Cut,
+    GroupConfig,
+    GroupState,
     ProduceResult,
     Record,
     Removed,
@@ -61,7 +63,7 @@ from streams.model import (
     Transaction,
     record_bytes,
 )
-from streams.storage import port
+from streams.storage import groups, port
 from streams.storage.backend import DEFAULT_DEDUPE_WINDOW_NS, Setup
 from streams.storage.batches import EMPTY, FramedBatch
 from streams.storage.port import BackgroundTask, DiskUsage
@@ -77,6 +79,7 @@ from streams.storage.rocksdb.catalog import (
 from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb.durable_mark import DurableMark
 from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
+from streams.storage.rocksdb.groups import Collector, GroupHead
 from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
 from streams.storage.rocksdb.reclaim import Reclaim
 from streams.storage.rocksdb.retention import Appended
@@ -146,12 +149,21 @@ class StoreOptions:
     removal_slice_chunks: int = 32
     # How often the chunks of removed records are compacted away (see reclaim).
     reclaim_seconds: float = 5.0
+    # A consumer group's settled-position keys at or below its acked_through
+    # are deleted by a settle at most this often, or once this many were
+    # written since (see .groups.Collector).
+    group_collect_seconds: float = 5.0
+    group_collect_keys: int = 10_000
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
             raise ValueError(
                 f"wal_tail_damage must be one of {recovery.TAIL_DAMAGE}, "
                 f"got {self.wal_tail_damage!r}"
+            )
+        if self.group_collect_seconds < 0:
+            raise ValueError(
+                f"group_collect_seconds must not be negative, got {self.group_collect_seconds}"
             )
         if self.dedupe_window_ns < 1 or self.dedupe_sweep_seconds <= 0:
             raise ValueError(
@@ -167,6 +179,7 @@ class StoreOptions:
             "removal_slice_records",
             "removal_slice_bytes",
             "removal_slice_chunks",
+            "group_collect_keys",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -267,6 +280,7 @@ class RocksStore:
         self._removals = asyncio.Lock()
         self._retention = Appended()
         self._reclaim = Reclaim(lambda: self._db, path)
+        self._collector = Collector(options.group_collect_seconds, options.group_collect_keys)
         self.stats = EngineStats()
         self._closed = False
 
@@ -392,9 +406,12 @@ class RocksStore:
         original = codec.parse_produce_response(raw[DEDUPE_HEAD.size :])
         return dataclasses.replace(original, duplicate=True)
 
-    def _commit(self, txn: Transaction) -> tuple[int, ProduceResult]:
-        """Checks, numbers and writes ``txn`` as one batch; no await in here.
-        Runs within ``self._catalog.held()``."""
+    def _commit(
+        self, txn: Transaction, batch: rocksdict.WriteBatch | None = None
+    ) -> tuple[int, ProduceResult]:
+        """Checks, numbers and writes ``txn`` as one batch (added to ``batch``
+        when given: what else must be written atomically with it); no await in
+        here. Runs within ``self._catalog.held()``."""
         space = self._catalog.space(txn.space)
         segments = [
             self._catalog.segment(txn.space, a.segment, space) if space else None
@@ -409,7 +426,7 @@ class RocksStore:
         position = before.position
         first_position = position + 1
         space_prefix = keys.space_prefix(txn.space)
-        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch = rocksdict.WriteBatch(raw_mode=True) if batch is None else batch
         acks = []
         keep = self._tail.followed(txn.space)
         kept: list[list[bytes]] = []
@@ -708,6 +725,155 @@ class RocksStore:
             behind = self._last_offset(target) - keys.read_u64(value)
             found.append((consumer, target, max(0, behind)))
         return found, False
+
+    # -- consumer groups ---------------------------------------------------
+    #
+    # A group is its head (G key: progress and config) and a K key per
+    # position settled above its acked_through (see .layout). Every change
+    # goes through the group commit like a Commit, checked and written with
+    # no await between; reads wait for writes in flight (rule 2).
+
+    def _group_head(self, space: str, name: str) -> GroupHead | None:
+        where = f"the head of group {name!r} of space {space!r}"
+        raw = self._get(keys.group_key(space, name), where)
+        if raw is None:
+            return None
+        try:
+            return GroupHead.parse(raw)
+        except ValueError as exc:
+            raise self._data_loss(f"{where} under {self._path} is damaged: {exc}") from exc
+
+    def _group_config(self, head: GroupHead, space: str, name: str) -> GroupConfig:
+        try:
+            return groups.decode_config(head.config)
+        except ValueError as exc:
+            raise self._data_loss(
+                f"the config of group {name!r} of space {space!r} under {self._path} is "
+                f"damaged: {exc}"
+            ) from exc
+
+    async def create_group(
+        self, config: GroupConfig, acked_through: int, max_groups: int
+    ) -> tuple[GroupConfig, bool]:
+        await self._check_writable()
+        # From here to the write, no await: the count stays true.
+        found = self._group_head(config.space, config.name)
+        if found is not None:
+            await self._group.barrier()  # a create in flight answers once durable
+            return self._group_config(found, config.space, config.name), False
+        prefix = keys.group_prefix(config.space)
+        scan = self._scan(prefix, f"the groups of space {config.space!r}")
+        if sum(1 for _ in itertools.islice(scan, max_groups)) >= max_groups:
+            raise port.too_many_groups(config.space, max_groups)
+        head = GroupHead(acked_through, 0, acked_through, groups.encode_config(config))
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        batch.put(keys.group_key(config.space, config.name), head.pack())
+        self._write(batch)
+        await self._group.wait(self._group.ticket())
+        return config, True
+
+    async def get_group(self, space: str, name: str) -> GroupState | None:
+        self._check_open()
+        await self._group.barrier()
+        head = self._group_head(space, name)
+        if head is None:
+            return None
+        prefix = keys.settled_prefix(space, name)
+        start = self._settled_key(prefix, head.acked_through + 1)
+        where = f"the settled positions of group {name!r} of space {space!r}"
+        positions = (keys.read_u64(key, len(prefix)) for key, _ in self._scan(prefix, where, start))
+        return GroupState(
+            self._group_config(head, space, name),
+            groups.progress(head.acked_through, positions, head.parked),
+        )
+
+    async def list_groups(self, space: str, after: str | None, limit: int) -> list[GroupConfig]:
+        self._check_open()
+        await self._group.barrier()
+        prefix = keys.group_prefix(space)
+        start = keys.group_key(space, after) + b"\x00" if after is not None else None
+        found = []
+        scan = self._scan(prefix, f"the groups of space {space!r}", start)
+        for key, raw in itertools.islice(scan, limit):
+            name = keys.first_name(key, prefix)
+            try:
+                head = GroupHead.parse(raw)
+            except ValueError as exc:
+                raise self._data_loss(
+                    f"the head of group {name!r} of space {space!r} under {self._path} is "
+                    f"damaged: {exc}"
+                ) from exc
+            found.append(self._group_config(head, space, name))
+        return found
+
+    async def delete_group(self, space: str, name: str) -> bool:
+        await self._check_writable()
+        head = self._group_head(space, name)
+        if head is None:
+            await self._group.barrier()  # a delete in flight answers once durable
+            return False
+        prefix = keys.settled_prefix(space, name)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        # From the collected point on: apart from the group's earlier tombstones.
+        batch.delete_range(self._settled_key(prefix, head.collected + 1), keys.prefix_end(prefix))
+        batch.delete(keys.group_key(space, name))
+        self._write(batch)
+        self.stats.range_deletes += 1
+        self._collector.forget((space, name))
+        await self._group.wait(self._group.ticket())
+        return True
+
+    async def settle_group(
+        self,
+        space: str,
+        name: str,
+        acked_through: int,
+        settled: Sequence[int],
+        parked: Transaction | None,
+    ) -> ProduceResult | None:
+        await self._check_writable()
+        # From the look-up to the write, no await: the checks stay true.
+        with self._catalog.held():
+            head = self._group_head(space, name)
+            if head is None:
+                raise port.group_not_found(space, name)
+            groups.check_forward(space, name, head.acked_through, acked_through)
+            prefix = keys.settled_prefix(space, name)
+            fresh = {position for position in settled if position > acked_through}
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            collected = head.collected
+            group = (space, name)
+            collect = self._collector.due(group, len(fresh), acked_through > collected)
+            if collect:
+                # From where the last collection ended: the tombstones never nest.
+                batch.delete_range(
+                    self._settled_key(prefix, collected + 1),
+                    self._settled_key(prefix, acked_through + 1),
+                )
+                collected = acked_through
+            for position in sorted(fresh):
+                batch.put(prefix + keys.u64(position), b"")
+            count = 0 if parked is None else parked.record_count
+            new = GroupHead(acked_through, head.parked + count, collected, head.config)
+            # Last in the batch (before a park's records): ends in the config's last byte.
+            batch.put(keys.group_key(space, name), new.pack())
+            result = None
+            if parked is None:
+                self._write(batch)
+                ticket = self._group.ticket()
+            else:
+                ticket, result = self._commit(parked, batch)
+            if collect:
+                self.stats.range_deletes += 1
+                self._collector.collected(group)
+        await self._group.wait(ticket)
+        return result
+
+    @staticmethod
+    def _settled_key(prefix: bytes, position: int) -> bytes:
+        """The K key of ``position`` under ``prefix``; the prefix's end past the
+        largest position."""
+        return prefix + keys.u64(position) if position <= keys.U64_MAX else keys.prefix_end(prefix)
 
     def sweep_expired_dedupe(self) -> int:
         """Deletes up to ``dedupe_sweep_limit`` expired dedupe entries; returns how many.

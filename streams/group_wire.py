@@ -1,0 +1,101 @@
+"""The wire form of consumer groups: Group and GroupInfo as CreateGroup,
+GetGroup and ListGroups send them, and Subscribe's responses.
+
+Deliveries are framed by hand around the stored record bytes (as Consume's
+responses are, see :mod:`streams.codec`), so a delivery never decodes or
+re-encodes a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf.duration_pb2 import Duration
+
+from streams import codec
+from streams.model import GroupConfig, GroupProgress, Ordering
+from streams.v1 import streams_pb2 as pb
+
+_ORDERINGS = {Ordering.PER_SEGMENT: pb.ORDERING_PER_SEGMENT, Ordering.NONE: pb.ORDERING_NONE}
+_DELIVERY_RECORD_TAG = b"\x0a"  # Delivery.record = 1, length-delimited
+_DELIVERY_ATTEMPT_TAG = b"\x10"  # Delivery.attempt = 2, varint
+_DELIVERIES_TAG = b"\x0a"  # SubscribeDeliveries.deliveries = 1, length-delimited
+_RESPONSE_DELIVERIES_TAG = b"\x12"  # SubscribeResponse.deliveries = 2, length-delimited
+# SubscribeResponse's tag and the longest length varint a response can have (4 MiB: 4 bytes).
+_RESPONSE_OVERHEAD = 1 + 4
+
+
+def group(config: GroupConfig) -> pb.Group:
+    """A stored group: defaults resolved, its start as it was given."""
+    seconds, nanos = divmod(config.ack_timeout_ns, codec.NANOS)
+    message = pb.Group(
+        name=config.name,
+        space=config.space,
+        ordering=_ORDERINGS[config.ordering],
+        ack_timeout=Duration(seconds=seconds, nanos=nanos),
+        max_attempts=config.max_attempts,
+        dead_letter_space=config.dead_letter_space,
+        dead_letter_segment=config.dead_letter_segment,
+    )
+    start = config.start
+    match start.kind:
+        case "offset":
+            message.from_offset = start.value
+        case "timestamp":
+            message.from_timestamp.CopyFrom(codec.timestamp(start.value))
+        case "end":
+            message.from_end = True
+    return message
+
+
+def durable_acked_through(progress: GroupProgress, first_retained: int) -> int:
+    """The group's ``acked_through`` as its durable progress says, where no
+    member works on it: positions below the space's first retained one will
+    never be delivered, so they count as settled, and so do settled ranges
+    that then join it."""
+    through = max(progress.acked_through, first_retained - 1)
+    for first, last in progress.settled:
+        if first > through + 1:
+            break
+        through = max(through, last)
+    return through
+
+
+def joined(member_id: str) -> bytes:
+    return pb.SubscribeResponse(joined=pb.SubscribeJoined(member_id=member_id)).SerializeToString()
+
+
+def deliveries(records: Sequence[tuple[bytes, int]], max_bytes: int) -> list[bytes]:
+    """Serialized ``SubscribeResponse`` messages holding the stored records
+    with their attempts, in order, each at most ``max_bytes`` (one delivery
+    always goes, however large). Each response is joined once: the record
+    bytes are copied once, as Consume's are."""
+    responses: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0  # of the SubscribeDeliveries in ``parts``
+    for stored, attempt in records:
+        record_length = codec.varint(len(stored))
+        attempt_varint = codec.varint(attempt)
+        delivery_size = 2 + len(record_length) + len(stored) + len(attempt_varint)
+        delivery_length = codec.varint(delivery_size)
+        added = 1 + len(delivery_length) + delivery_size
+        if parts and _RESPONSE_OVERHEAD + size + added > max_bytes:
+            responses.append(_response(parts, size))
+            parts, size = [], 0
+        parts += (
+            _DELIVERIES_TAG,
+            delivery_length,
+            _DELIVERY_RECORD_TAG,
+            record_length,
+            stored,
+            _DELIVERY_ATTEMPT_TAG,
+            attempt_varint,
+        )
+        size += added
+    if parts:
+        responses.append(_response(parts, size))
+    return responses
+
+
+def _response(parts: list[bytes], size: int) -> bytes:
+    return b"".join((_RESPONSE_DELIVERIES_TAG, codec.varint(size), *parts))

@@ -1,0 +1,233 @@
+"""The in-memory progress of one consumer group: what it has read and not yet settled.
+
+Positions below the cursor are settled (durably, or never to be delivered:
+trimmed, deleted, before the group's start) unless the window holds them.
+``acked_through`` is the first position the window holds, minus one; the
+window keeps its positions in read order (a deque) beside a dict, and drops
+settled ones from the front lazily, so finding it costs O(1) amortised.
+
+Every record held is charged to the server's :class:`~streams.memory.MemoryBudget`
+(not evictable, unlike the tail's windows) from when it is read until it is
+settled, and the reader pauses at each bound: unsettled records, their bytes,
+and how far the cursor runs past ``acked_through`` (the group's lead).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import DecodeError
+
+from streams import codec
+from streams.errors import InvariantViolation
+from streams.memory import MemoryBudget
+from streams.model import MAX_OFFSET, GroupProgress
+from streams.v1 import streams_pb2 as pb
+
+if TYPE_CHECKING:
+    from streams.groups.dispatcher import Member
+
+
+class State(enum.Enum):
+    WAITING = "waiting"  # to be delivered (perhaps after a back-off)
+    IN_FLIGHT = "in flight"  # delivered to a member, not acked
+    SETTLING = "settling"  # acked or to be parked, not yet durable
+    WRITING = "writing"  # in the settle write in flight
+
+
+class Entry:
+    """One record the group has read and not settled."""
+
+    __slots__ = (
+        "attempt",
+        "deadline",
+        "holder",
+        "not_before",
+        "park",
+        "position",
+        "reason",
+        "segment",
+        "size",
+        "state",
+        "stored",
+    )
+
+    def __init__(self, position: int, segment: str, stored: bytes) -> None:
+        self.position = position
+        self.segment = segment
+        self.stored = stored  # the serialized Record, as delivered
+        self.size = len(stored)
+        self.attempt = 0  # deliveries so far
+        self.state = State.WAITING
+        self.holder: Member | None = None  # the member it is delivered to
+        self.deadline = 0.0  # when an unacked delivery is due again
+        self.not_before = 0.0  # a retry's back-off
+        self.reason = ""  # the last nack's reason
+        self.park = False  # settles by parking it (SETTLING, WRITING)
+
+
+def entries_of(framed: bytes) -> list[Entry]:
+    """The records of a read (framed as a ConsumeResponse's ``records``) as
+    entries: their stored bytes as they are, and each one's segment and
+    position (parsed by protobuf's C parser, far cheaper than walking the
+    bytes in Python)."""
+    try:
+        numbers = pb.ConsumeResponse.FromString(framed).records
+    except DecodeError as exc:
+        raise codec.CorruptRecord(
+            f"stored records ({len(framed)} bytes) do not parse ({exc}): the store is damaged"
+        ) from None
+    return [
+        Entry(record.position, record.segment, stored)
+        for record, stored in zip(numbers, codec.split_framed(framed), strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What the group may hold read and not settled (see :mod:`streams.limits`)."""
+
+    records: int
+    bytes: int
+    lead: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """The next read's bounds: positions ``first..last``, at most ``records``
+    records and ``bytes`` bytes."""
+
+    first: int
+    last: int
+    records: int
+    bytes: int
+
+
+class Window:
+    """A group's read cursor, its unsettled records and its memory charge."""
+
+    def __init__(
+        self,
+        progress: GroupProgress,
+        bounds: Bounds,
+        memory: MemoryBudget,
+        peer: str,
+    ) -> None:
+        self.bounds = bounds
+        self.cursor = progress.acked_through + 1
+        self.entries: dict[int, Entry] = {}
+        self.bytes = 0
+        self._order: deque[int] = deque()
+        # Durable settled ranges above acked_through (loaded at start): skipped, never read.
+        self._skip: deque[tuple[int, int]] = deque(progress.settled)
+        self._memory = memory
+        self._peer = peer
+
+    # -- reading -----------------------------------------------------------
+
+    def next_read(self, max_records: int, max_bytes: int) -> ReadRange | None:
+        """Where and how much the reader may read now; None while a bound holds
+        it (it resumes once records settle)."""
+        self._skip_settled()
+        held = len(self.entries)
+        room_records = self.bounds.records - held
+        room_bytes = self.bounds.bytes - self.bytes
+        last = self.acked_through() + self.bounds.lead
+        if room_records < 1 or (held and room_bytes < 1) or self.cursor > last:
+            return None
+        if self._skip:
+            last = min(last, self._skip[0][0] - 1)
+        return ReadRange(
+            self.cursor,
+            min(last, MAX_OFFSET),
+            min(room_records, max_records),
+            max(1, min(room_bytes, max_bytes)),
+        )
+
+    def _skip_settled(self) -> None:
+        while self._skip and self._skip[0][0] <= self.cursor:
+            last = self._skip.popleft()[1]
+            self.cursor = max(self.cursor, last + 1)
+
+    def add(self, entries: Sequence[Entry], after: int) -> None:
+        """Holds records just read (in position order), charging their bytes;
+        the next read starts at ``after``."""
+        size = large = 0
+        held, order = self.entries, self._order
+        fair, memory, peer = self._memory.fair_share, self._memory, self._peer
+        for entry in entries:
+            position = entry.position
+            held[position] = entry
+            order.append(position)
+            size += entry.size
+            if entry.size > fair:
+                memory.charge(entry.size, peer)
+                large += entry.size
+        self.bytes += size
+        self._in_pieces(memory.charge, size - large)
+        if after > self.cursor:
+            self.cursor = after
+
+    # -- settling ------------------------------------------------------------
+
+    def acked_through(self) -> int:
+        """Every position up to this one is durably settled (or never to be delivered)."""
+        order, held = self._order, self.entries
+        while order and order[0] not in held:
+            order.popleft()
+        return order[0] - 1 if order else self.cursor - 1
+
+    def through_after_writing(self) -> int:
+        """What ``acked_through`` becomes once the entries being written settle."""
+        held = self.entries
+        for position in self._order:
+            entry = held.get(position)
+            if entry is not None and entry.state is not State.WRITING:
+                return position - 1
+        return self.cursor - 1
+
+    def remove(self, entries: Iterable[Entry]) -> None:
+        """Drops settled records and gives their memory back."""
+        held = self.entries
+        size = large = 0
+        fair, memory, peer = self._memory.fair_share, self._memory, self._peer
+        for entry in entries:
+            if held.pop(entry.position, None) is not entry:
+                raise InvariantViolation(f"group window: position {entry.position} settled twice")
+            size += entry.size
+            if entry.size > fair:
+                memory.refund(entry.size, peer)
+                large += entry.size
+        self.bytes -= size
+        self._in_pieces(memory.refund, size - large)
+
+    def release(self) -> None:
+        """Gives back all the memory held (the dispatcher stops)."""
+        self.remove(list(self.entries.values()))
+        self._order.clear()
+
+    # -- memory ----------------------------------------------------------------
+
+    def fits(self, size: int) -> bool:
+        return self._memory.fits(size, self._peer)
+
+    async def room_for(self, size: int) -> None:
+        await self._memory.room_for(size, self._peer)
+
+    def allowance(self) -> int:
+        return self._memory.allowance(self._peer)
+
+    # The budget tells large charges (over its fair share) from small ones by
+    # size, and a refund must match its charge: a record larger than the fair
+    # share is charged and refunded alone, the others in pieces no larger.
+
+    def _in_pieces(self, apply: Callable[[int, str], None], size: int) -> None:
+        fair = self._memory.fair_share
+        while size > 0:
+            piece = min(size, fair)
+            apply(piece, self._peer)
+            size -= piece
