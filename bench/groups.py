@@ -116,7 +116,7 @@ async def _member(
     go: EventType,
     stop: EventType,
     end_now: EventType | None,
-    delivered: Any,  # mp.Value('q'): first-time deliveries of every member together
+    delivered: Any,  # mp.Value('q'): first-time deliveries of the members that ack, or None
 ) -> MemberReport:
     report = MemberReport(spec.index)
     loop = asyncio.get_running_loop()
@@ -161,16 +161,17 @@ async def _member(
                 if new:
                     report.last_new_ns = now
                     report.positions += [d.record.position for d in deliveries if d.attempt == 1]
-                    with delivered.get_lock():
-                        delivered.value += new
+                    if delivered is not None:
+                        with delivered.get_lock():
+                            delivered.value += new
                 if spec.acks:
                     await call.write(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=positions)))
                     if again:
                         events.put(("redelivered", spec.index, again))
                 else:
                     events.put(("held", spec.index, positions))
-        except asyncio.CancelledError:
-            pass  # stop (or the victim's own cancel)
+        except (asyncio.CancelledError, asyncio.InvalidStateError):
+            pass  # stop (or the victim's own cancel), also during an ack's write
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 report.errors.append(f"{exc.code().name}: {exc.details()}")
@@ -195,36 +196,27 @@ def member_process(
 
 
 class Members:
-    """Member processes of one group: started, then let go together."""
+    """Member processes of one group. Those that ack share one event queue and
+    start together on ``go``; a victim (which holds what it gets and may be
+    killed) has a queue and events of its own, so that its death leaves no
+    lock or condition of the others held (multiprocessing's would hang)."""
 
     def __init__(self, address: str, group: str, max_seconds: float) -> None:
         self._ctx = mp.get_context("spawn")
         self.events: mp.Queue = self._ctx.Queue()  # type: ignore[type-arg]
         self.go = self._ctx.Event()
-        self.stop = self._ctx.Event()
         self.delivered = self._ctx.Value("q", 0)
         self.address, self.group, self.max_seconds = address, group, max_seconds
         self.processes: dict[int, mp.process.BaseProcess] = {}
+        self.stops: dict[int, EventType] = {}
+        self.private: dict[int, mp.Queue] = {}  # type: ignore[type-arg]
         self.reports: dict[int, MemberReport] = {}
         self.killed: set[int] = set()
 
-    def start(
-        self,
-        indexes: Sequence[int],
-        max_in_flight: int,
-        acks: bool = True,
-        end_now: EventType | None = None,
-    ) -> None:
-        """Starts members and waits until each has its channel ready."""
+    def start(self, indexes: Sequence[int], max_in_flight: int) -> None:
+        """Starts members that ack, each once its channel is ready, all on ``go``."""
         for i in indexes:
-            spec = MemberSpec(i, self.address, self.group, max_in_flight, acks, self.max_seconds)
-            process = self._ctx.Process(
-                target=member_process,
-                args=(spec, self.events, self.go, self.stop, end_now, self.delivered),
-                daemon=True,
-            )
-            process.start()
-            self.processes[i] = process
+            self._spawn(i, max_in_flight, True, self.events, self.go, None, self.delivered)
         ready = 0
         while ready < len(indexes):
             kind, index, value = self.next(SETUP_TIMEOUT_S)
@@ -233,24 +225,43 @@ class Members:
             elif kind == "report":
                 raise RuntimeError(f"member {index} failed before joining: {value.errors}")
 
+    def start_victim(self, index: int, max_in_flight: int, end_now: EventType | None) -> None:
+        """Starts a member that never acks; returns once it has joined."""
+        go = self._ctx.Event()
+        go.set()
+        self.private[index] = self._ctx.Queue()
+        self._spawn(index, max_in_flight, False, self.private[index], go, end_now, None)
+        while (event := self.next_of(index, SETUP_TIMEOUT_S))[0] != "joined":
+            if event[0] == "report":
+                raise RuntimeError(f"the victim failed before joining: {event[2].errors}")
+
+    def _spawn(self, index: int, max_in_flight: int, acks: bool, *args: Any) -> None:
+        spec = MemberSpec(index, self.address, self.group, max_in_flight, acks, self.max_seconds)
+        self.stops[index] = self._ctx.Event()
+        events, go, end_now, delivered = args
+        process = self._ctx.Process(
+            target=member_process,
+            args=(spec, events, go, self.stops[index], end_now, delivered),
+            daemon=True,
+        )
+        process.start()
+        self.processes[index] = process
+
     def next(self, timeout: float) -> tuple[str, int, Any]:
-        kind, index, value = self.events.get(timeout=max(timeout, 0.001))
-        if kind == "report":
-            self.reports[index] = value
-        return kind, index, value
+        """The next event of the members that ack."""
+        return self._got(self.events.get(timeout=max(timeout, 0.001)))
+
+    def next_of(self, index: int, timeout: float) -> tuple[str, int, Any]:
+        """The next event of victim ``index``."""
+        return self._got(self.private[index].get(timeout=max(timeout, 0.001)))
+
+    def _got(self, event: tuple[str, int, Any]) -> tuple[str, int, Any]:
+        if event[0] == "report":
+            self.reports[event[1]] = event[2]
+        return event
 
     def event(self) -> EventType:
         return self._ctx.Event()
-
-    def wait_for(self, kind: str, index: int, timeout: float) -> Any:
-        """The value of member ``index``'s next event of ``kind`` (others are dropped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got, i, value = self.next(deadline - time.monotonic())
-            if (got, i) == (kind, index):
-                return value
-            if (got, i) == ("report", index):
-                raise RuntimeError(f"member {index} ended: {value.errors}")
 
     def kill(self, index: int) -> int:
         """kill -9 of a member's process; returns the time just before it (ns)."""
@@ -261,12 +272,17 @@ class Members:
 
     def finish(self) -> dict[int, MemberReport]:
         """Stops the members still running and collects every report."""
-        self.stop.set()
+        for index, stop in self.stops.items():
+            if index not in self.killed:
+                stop.set()
         deadline = time.monotonic() + 60
-        expected = set(self.processes) - self.killed
-        while not expected <= set(self.reports) and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self.next(deadline - time.monotonic())
+        for index in set(self.processes) - self.killed:
+            while index not in self.reports and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    if index in self.private:
+                        self.next_of(index, 0.1)
+                    else:
+                        self.next(0.1)
         for process in self.processes.values():
             process.join(timeout=10)
             if process.is_alive():
@@ -473,36 +489,36 @@ def one_victim(
     batch: pb.ProduceRequest,
 ) -> Redelivery:
     end_now = members.event() if how == "cancel" else None
-    members.start([index], sizes.victim_in_flight, acks=False, end_now=end_now)
-    members.wait_for("joined", index, SETUP_TIMEOUT_S)
+    members.start_victim(index, sizes.victim_in_flight, end_now)
     stub.Produce(batch, timeout=60)
     held: set[int] = set()
     quiet_until = time.monotonic() + 30
     while len(held) < sizes.victim_in_flight and time.monotonic() < quiet_until:
         try:
-            kind, i, value = members.next(quiet_until - time.monotonic())
+            kind, _, value = members.next_of(index, quiet_until - time.monotonic())
         except queue.Empty:
             break
-        if kind == "held" and i == index:
+        if kind == "held":
             held.update(value)
             quiet_until = time.monotonic() + 1.0  # at most 1 s more for the rest
-        elif kind == "report" and i == index:
+        elif kind == "report":
             raise RuntimeError(f"the victim ended early: {value.errors}")
     if not held:
         raise RuntimeError("the victim got no record within 30 s")
-    ended_ns = members.kill(index) if end_now is None else 0
-    if end_now is not None:
+    if end_now is None:
+        ended_ns = members.kill(index)
+    else:
         end_now.set()
+        while (event := members.next_of(index, SETUP_TIMEOUT_S))[0] != "ended":
+            pass
+        ended_ns = event[2]
     times: dict[int, int] = {}
     deadline = time.monotonic() + REDELIVERY_TIMEOUT_S
-    while (not ended_ns or len(times) < len(held)) and time.monotonic() < deadline:
+    while len(times) < len(held) and time.monotonic() < deadline:
         with contextlib.suppress(queue.Empty):
-            kind, i, value = members.next(min(deadline - time.monotonic(), 0.1))
-            if kind == "ended" and i == index:
-                ended_ns = value
-            elif kind == "redelivered":
+            kind, _, value = members.next(min(deadline - time.monotonic(), 0.1))
+            if kind == "redelivered":
                 times.update((p, at) for p, at in value if p in held and p not in times)
-    ended_ns = ended_ns or time.monotonic_ns()
     latencies = [(at - ended_ns) / 1e6 for at in times.values()]
     complete = len(times) == len(held)
     return Redelivery(
