@@ -59,6 +59,7 @@ PAYLOAD = bytes(range(100))
 PER_WRITE = 10  # records per segment per Produce (1,000 segments: 10,000 per call)
 SETUP_TIMEOUT_S = 120.0
 REDELIVERY_TIMEOUT_S = 10.0
+ORDERINGS = {"per-segment": pb.ORDERING_PER_SEGMENT, "none": pb.ORDERING_NONE}
 _CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),  # a TCP connection per member
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -73,6 +74,7 @@ class Sizes:
     max_in_flight: int  # 0: the server's default (100)
     victim_in_flight: int  # records the victim holds before its stream ends
     rounds: int  # redelivery rounds of each kind (kill -9, cancel)
+    orderings: tuple[str, ...] = ("per-segment", "none")
 
 
 QUICK = Sizes(
@@ -126,58 +128,67 @@ async def _member(
         events.put(("ready", spec.index, None))
         await loop.run_in_executor(None, go.wait, SETUP_TIMEOUT_S)
         call = stub.Subscribe()
-        stopper = asyncio.ensure_future(loop.run_in_executor(None, stop.wait, spec.max_seconds))
-        stopper.add_done_callback(lambda _: call.cancel())
+        work = asyncio.ensure_future(_converse(spec, call, report, events, delivered))
+        stopper = loop.run_in_executor(None, stop.wait, spec.max_seconds)
+        waits = {work, stopper}
         if end_now is not None:
-            ender = asyncio.ensure_future(loop.run_in_executor(None, end_now.wait))
-
-            def cancel(_: object) -> None:
-                events.put(("ended", spec.index, time.monotonic_ns()))
-                call.cancel()
-
-            ender.add_done_callback(cancel)
-        join = pb.SubscribeJoin(
-            space=SPACE,
-            group=spec.group,
-            member_name=f"bench-{spec.index}",
-            max_in_flight=spec.max_in_flight,
-        )
-        try:
-            await call.write(pb.SubscribeRequest(join=join))
-            while (response := await call.read()) is not grpc.aio.EOF:
-                now = time.monotonic_ns()
-                if response.HasField("joined"):
-                    report.member_id, report.joined_ns = response.joined.member_id, now
-                    events.put(("joined", spec.index, now))
-                    continue
-                deliveries = response.deliveries.deliveries
-                positions = [d.record.position for d in deliveries]
-                report.messages += 1
-                report.records += len(positions)
-                report.first_ns = report.first_ns or now
-                again = [(d.record.position, now) for d in deliveries if d.attempt > 1]
-                report.redelivered += len(again)
-                new = len(positions) - len(again)
-                if new:
-                    report.last_new_ns = now
-                    report.positions += [d.record.position for d in deliveries if d.attempt == 1]
-                    if delivered is not None:
-                        with delivered.get_lock():
-                            delivered.value += new
-                if spec.acks:
-                    await call.write(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=positions)))
-                    if again:
-                        events.put(("redelivered", spec.index, again))
-                else:
-                    events.put(("held", spec.index, positions))
-        except (asyncio.CancelledError, asyncio.InvalidStateError):
-            pass  # stop (or the victim's own cancel), also during an ack's write
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                report.errors.append(f"{exc.code().name}: {exc.details()}")
-        finally:
-            call.cancel()
+            waits.add(loop.run_in_executor(None, end_now.wait))
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done and stopper not in done:  # end_now: the victim cancels
+            events.put(("ended", spec.index, time.monotonic_ns()))
+        call.cancel()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
     return report
+
+
+async def _converse(
+    spec: MemberSpec,
+    call: Any,  # grpc.aio.StreamStreamCall
+    report: MemberReport,
+    events: mp.Queue,  # type: ignore[type-arg]
+    delivered: Any,
+) -> None:
+    """Joins, then reads deliveries (acking each message at once, or holding it)."""
+    join = pb.SubscribeJoin(
+        space=SPACE,
+        group=spec.group,
+        member_name=f"bench-{spec.index}",
+        max_in_flight=spec.max_in_flight,
+    )
+    try:
+        await call.write(pb.SubscribeRequest(join=join))
+        while (response := await call.read()) is not grpc.aio.EOF:
+            now = time.monotonic_ns()
+            if response.HasField("joined"):
+                report.member_id, report.joined_ns = response.joined.member_id, now
+                events.put(("joined", spec.index, now))
+                continue
+            deliveries = response.deliveries.deliveries
+            positions = [d.record.position for d in deliveries]
+            report.messages += 1
+            report.records += len(positions)
+            report.first_ns = report.first_ns or now
+            again = [(d.record.position, now) for d in deliveries if d.attempt > 1]
+            report.redelivered += len(again)
+            new = len(positions) - len(again)
+            if new:
+                report.last_new_ns = now
+                report.positions += [d.record.position for d in deliveries if d.attempt == 1]
+                if delivered is not None:
+                    with delivered.get_lock():
+                        delivered.value += new
+            if spec.acks:
+                await call.write(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=positions)))
+                if again:
+                    events.put(("redelivered", spec.index, again))
+            else:
+                events.put(("held", spec.index, positions))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            report.errors.append(f"{exc.code().name}: {exc.details()}")
+    except asyncio.InvalidStateError:
+        pass  # the call was cancelled (stop) during an ack's write
 
 
 def member_process(
@@ -573,10 +584,8 @@ def run(pool: ClientPool, sizes: Sizes) -> Outcome:
         pid = server.process.pid
         loaded = populate(pool, server.address, sizes)
         consumes.append(plain_consume(pool, server.address, pid))
-        for name, ordering in (
-            ("per-segment", pb.ORDERING_PER_SEGMENT),
-            ("none", pb.ORDERING_NONE),
-        ):
+        for name in sizes.orderings:
+            ordering = ORDERINGS[name]
             try:
                 groups.append(through_group(server.address, pid, stub, sizes, name, ordering))
             except (grpc.RpcError, RuntimeError) as exc:
@@ -724,12 +733,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--members", type=int, help="member processes (8)")
     parser.add_argument("--max-in-flight", type=int, help="per member; 0: the server's default")
     parser.add_argument("--rounds", type=int, help="redelivery rounds of each kind")
+    parser.add_argument(
+        "--orderings",
+        type=lambda text: tuple(text.split(",")),
+        help=f"comma-separated, of {', '.join(ORDERINGS)} (both)",
+    )
     args = parser.parse_args(argv)
     sizes = FULL if args.full else QUICK
     changes = {k: v for k, v in vars(args).items() if k != "full" and v is not None}
     sizes = Sizes(**(sizes.__dict__ | changes))
     if sizes.members < 2 or sizes.segments < 1 or sizes.records < PER_WRITE * sizes.segments:
         parser.error("need members >= 2 and records >= 10 x segments")
+    if not set(sizes.orderings) <= set(ORDERINGS):
+        parser.error(f"orderings: {', '.join(ORDERINGS)}")
     with ClientPool(2) as pool:
         outcome = run(pool, sizes)
     print(f"## Consumer groups\n\n{render(outcome)}")
