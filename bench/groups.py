@@ -355,6 +355,7 @@ class Consumed:
     records: int
     seconds: float
     cpu_us_per_record: float  # of the server
+    messages: int
     errors: list[str]
 
     @property
@@ -368,9 +369,9 @@ def plain_consume(pool: ClientPool, address: str, pid: int) -> Consumed:
         [StreamJob(address, CONSUME, pb.ConsumeRequest(space=SPACE).SerializeToString())]
     )[0]
     cpu = sample_process(pid).cpu_s - before
-    return Consumed(
-        result.records, result.end - result.start, cpu / max(result.records, 1) * 1e6, result.errors
-    )
+    seconds = result.end - result.start
+    per_record = cpu / max(result.records, 1) * 1e6
+    return Consumed(result.records, seconds, per_record, result.messages, result.errors)
 
 
 # -- Throughput through a group ---------------------------------------------------
@@ -638,10 +639,11 @@ def throughput_table(o: Outcome) -> str:
             fmt(c.records),
             fmt(c.seconds, 2),
             fmt(c.rate),
-            "1.00" if i == 0 else fmt(c.rate / consume, 2),
+            fmt(c.rate / consume, 2),
             fmt(c.cpu_us_per_record, 1),
             "-",
             "-",
+            fmt(c.records / max(c.messages, 1), 1),
             "-",
         ]
         for i, c in enumerate(o.consumes)
@@ -657,6 +659,7 @@ def throughput_table(o: Outcome) -> str:
                 fmt(g.cpu_us_per_record, 1),
                 f"{fmt(min(g.per_member, default=0))}-{fmt(max(g.per_member, default=0))}",
                 f"{fmt(g.redelivered)} / {fmt(g.duplicates)}",
+                fmt((g.records + g.redelivered) / max(g.messages, 1), 1),
                 fmt(g.settled_s * 1000, 0),
             ]
         )
@@ -670,6 +673,7 @@ def throughput_table(o: Outcome) -> str:
             "server CPU µs/record",
             "records per member (min-max)",
             "redelivered / duplicates",
+            "records per message",
             "then settled in ms",
         ],
         rows,
