@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf import text_format
 from google.protobuf.duration_pb2 import Duration
 
 from streams import codec
@@ -19,6 +20,7 @@ from streams.v1 import streams_pb2 as pb
 _ORDERINGS = {Ordering.PER_SEGMENT: pb.ORDERING_PER_SEGMENT, Ordering.NONE: pb.ORDERING_NONE}
 _DELIVERY_RECORD_TAG = b"\x0a"  # Delivery.record = 1, length-delimited
 _DELIVERY_ATTEMPT_TAG = b"\x10"  # Delivery.attempt = 2, varint
+_FIRST_ATTEMPT = _DELIVERY_ATTEMPT_TAG + b"\x01"
 _DELIVERIES_TAG = b"\x0a"  # SubscribeDeliveries.deliveries = 1, length-delimited
 _RESPONSE_DELIVERIES_TAG = b"\x12"  # SubscribeResponse.deliveries = 2, length-delimited
 # SubscribeResponse's tag and the longest length varint a response can have (4 MiB: 4 bytes).
@@ -48,6 +50,30 @@ def group(config: GroupConfig) -> pb.Group:
     return message
 
 
+def differences(stored: GroupConfig, given: GroupConfig) -> str:
+    """The settings of ``given`` that the ``stored`` group does not have, by
+    their wire names (for ALREADY_EXISTS)."""
+    old, new = group(stored), group(given)
+    return "; ".join(
+        f"group.{name} is {_shown(old, name)}, not {_shown(new, name)}"
+        for name in pb.Group.DESCRIPTOR.fields_by_name
+        if _shown(old, name) != _shown(new, name)
+    )
+
+
+def _shown(message: pb.Group, name: str) -> str:
+    field = message.DESCRIPTOR.fields_by_name[name]
+    has_presence = field.containing_oneof is not None or field.message_type is not None
+    if has_presence and not message.HasField(name):
+        return "unset"
+    value = getattr(message, name)
+    if field.message_type is not None:
+        return "{" + text_format.MessageToString(value, as_one_line=True) + "}"
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    return repr(value)
+
+
 def durable_acked_through(progress: GroupProgress, first_retained: int) -> int:
     """The group's ``acked_through`` as its durable progress says, where no
     member works on it: positions below the space's first retained one will
@@ -75,22 +101,15 @@ def deliveries(records: Sequence[tuple[bytes, int]], max_bytes: int) -> list[byt
     size = 0  # of the SubscribeDeliveries in ``parts``
     for stored, attempt in records:
         record_length = codec.varint(len(stored))
-        attempt_varint = codec.varint(attempt)
-        delivery_size = 2 + len(record_length) + len(stored) + len(attempt_varint)
+        tail = _FIRST_ATTEMPT if attempt == 1 else _DELIVERY_ATTEMPT_TAG + codec.varint(attempt)
+        delivery_size = 1 + len(record_length) + len(stored) + len(tail)
         delivery_length = codec.varint(delivery_size)
         added = 1 + len(delivery_length) + delivery_size
         if parts and _RESPONSE_OVERHEAD + size + added > max_bytes:
             responses.append(_response(parts, size))
             parts, size = [], 0
-        parts += (
-            _DELIVERIES_TAG,
-            delivery_length,
-            _DELIVERY_RECORD_TAG,
-            record_length,
-            stored,
-            _DELIVERY_ATTEMPT_TAG,
-            attempt_varint,
-        )
+        head = _DELIVERIES_TAG + delivery_length + _DELIVERY_RECORD_TAG + record_length
+        parts += (head, stored, tail)
         size += added
     if parts:
         responses.append(_response(parts, size))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import re
 import time
@@ -676,7 +675,7 @@ class StreamsService:
         if not created and stored != config:
             raise AlreadyExists(
                 f"group: {validation.show(config.name)} of space {validation.show(config.space)} "
-                f"exists with other settings: {_differences(stored, config)}"
+                f"exists with other settings: {group_wire.differences(stored, config)}"
             )
         return pb.CreateGroupResponse(group=group_wire.group(stored))
 
@@ -798,9 +797,8 @@ class StreamsService:
         except StreamsError as exc:
             member.end(exc)
             return
-        except asyncio.CancelledError:
-            raise
         except Exception:
+            # Without an end the member would wait for acks that never come.
             log.exception("Subscribe: reading the client's messages failed")
             member.end(Unavailable("Subscribe: reading the stream failed; join again"))
             return
@@ -811,15 +809,6 @@ class StreamsService:
         page = found[:size]
         token = self._pages.encode(scope, page[-1].name) if len(found) > size else ""
         return page, token
-
-
-def _differences(stored: GroupConfig, given: GroupConfig) -> str:
-    """What a create asked for that the stored group does not have, field by field."""
-    return "; ".join(
-        f"{field.name} is {getattr(stored, field.name)!r}, not {getattr(given, field.name)!r}"
-        for field in dataclasses.fields(GroupConfig)
-        if getattr(stored, field.name) != getattr(given, field.name)
-    )
 
 
 def _offset_target(

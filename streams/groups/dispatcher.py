@@ -667,7 +667,7 @@ class Dispatcher:
         self.window.remove(batch)
         parked = 0
         members: set[Member] = set()
-        per_segment, segments = self._per_segment, self._segments
+        per_segment, segments, dirty = self._per_segment, self._segments, self._dirty
         for entry in batch:
             parked += entry.park
             member = entry.holder
@@ -675,15 +675,25 @@ class Dispatcher:
                 del member.held[entry.position]
                 members.add(member)
                 entry.holder = None
-            if per_segment:
-                segment = segments[entry.segment]
-                segment.current = None
-                if segment.queue:
-                    if segment.owner is None:
-                        self._assign(segment)
-                    self._offer(segment)
-                else:
-                    self._free(segment)
+            if not per_segment:
+                continue
+            segment = segments[entry.segment]
+            segment.current = None
+            if not segment.queue:
+                self._free(segment)
+                continue
+            if segment.owner is None:
+                self._assign(segment)
+            owner = segment.owner
+            if segment.queue[0].not_before or owner is None or segment.ready:
+                self._offer(segment)
+                continue
+            # The usual case inline (see _offer): the next record is ready now.
+            segment.ready = True
+            owner.ready.append(segment)
+            if not owner.dirty:
+                owner.dirty = True
+                dirty.append(owner)
         for member in members:
             self._has_room(member)
         self.parked += parked

@@ -80,6 +80,8 @@ class Groups:
         # A dispatcher being started (its progress loading), or stopped.
         self._starting: dict[_Key, asyncio.Event] = {}
         self._stopping: dict[_Key, asyncio.Task[None]] = {}
+        # Groups deleted while their dispatcher was starting: the start fails.
+        self._deleted: set[_Key] = set()
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -127,7 +129,7 @@ class Groups:
             started = self._starting[key] = asyncio.Event()
             try:
                 state = await self._store.get_group(space, group)
-                if state is None:
+                if state is None or key in self._deleted:
                     raise port.group_not_found(space, group)
                 if self._closed:
                     raise Unavailable("the server is shutting down; retry")
@@ -139,6 +141,7 @@ class Groups:
                 return dispatcher
             finally:
                 del self._starting[key]
+                self._deleted.discard(key)
                 started.set()
 
     def _retire(self, dispatcher: Dispatcher) -> None:
@@ -173,7 +176,10 @@ class Groups:
 
     def deleted(self, space: str, group: str) -> None:
         """The group was deleted: ends its members with NotFound, drops its dispatcher."""
-        dispatcher = self._dispatchers.get((space, group))
+        key = (space, group)
+        if key in self._starting:
+            self._deleted.add(key)
+        dispatcher = self._dispatchers.get(key)
         if dispatcher is not None:
             dispatcher.fail(NotFound(f"group: {group!r} of space {space!r} was deleted"))
 

@@ -204,6 +204,7 @@ class Window:
                 large += entry.size
         self.bytes -= size
         self._in_pieces(memory.refund, size - large)
+        self.acked_through()  # drops settled positions from the front now: walks stay short
 
     def release(self) -> None:
         """Gives back all the memory held (the dispatcher stops)."""

@@ -91,12 +91,18 @@ def test_create_again_with_the_same_settings_is_ok(stub: Stub, space: str) -> No
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"ordering": pb.ORDERING_NONE}, "ordering"),
-        ({"max_attempts": 6}, "max_attempts"),
-        ({"ack_timeout": Duration(seconds=31)}, "ack_timeout_ns"),
-        ({"dead_letter_segment": "other"}, "dead_letter_segment"),
-        ({"from_offset": 1}, "start"),
-        ({"from_end": True}, "start"),
+        (
+            {"ordering": pb.ORDERING_NONE},
+            "group.ordering is ORDERING_PER_SEGMENT, not ORDERING_NONE",
+        ),
+        ({"max_attempts": 6}, "group.max_attempts is 5, not 6"),
+        (
+            {"ack_timeout": Duration(seconds=31)},
+            "group.ack_timeout is {seconds: 30}, not {seconds: 31}",
+        ),
+        ({"dead_letter_segment": "other"}, "group.dead_letter_segment"),
+        ({"from_offset": 1}, "group.from_offset is unset, not 1"),
+        ({"from_end": True}, "group.from_end is unset, not True"),
     ],
 )
 def test_create_again_with_other_settings_is_already_exists(

@@ -199,14 +199,6 @@ async def take(member: Member, count: int, max_bytes: int = 1 << 20) -> list[Got
     return got
 
 
-async def nothing_more(member: Member) -> None:
-    """The member has no delivery ready: every callback the loop has queued
-    has run (the dispatcher's reads, settles and hand-outs included)."""
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert not member._take(1 << 30), "an unexpected delivery"
-
-
 async def some(member: Member, max_bytes: int = 1 << 20) -> list[Got]:
     """The next batch of deliveries, however many (waiting for one)."""
     batch = await asyncio.wait_for(member.deliveries(max_bytes), GUARD)

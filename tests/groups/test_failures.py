@@ -4,14 +4,18 @@ leaving, restarts, settle writes failing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from streams.errors import Unavailable
+import pytest
+
+from streams.errors import NotFound, Unavailable
 from streams.groups import dispatcher
+from streams.limits import Limits
 from streams.model import Ordering, Record, SegmentAppend, Transaction
 from streams.v1 import streams_pb2 as pb
 
-from .conftest import DurableLog, Env, payload_of, positions, run, some, take
+from .conftest import GUARD, DurableLog, Env, Got, payload_of, positions, run, some, take
 
 SHORT = 0.05  # an ack timeout the tests wait out
 
@@ -71,8 +75,8 @@ def test_parked_after_max_attempts_while_other_segments_flow(env: Env) -> None:
         config = await env.create(ack_timeout=SHORT, max_attempts=2)
         await env.produce("s", ("poison", 2), ("ok", 3))
         async with env.groups.join("s", "g", "w", 10) as member:
-            ok = []
-            poison = []
+            ok: list[Got] = []
+            poison: list[Got] = []
             while len(ok) < 3 or len(poison) < 2:
                 for g in await some(member):
                     if g.record.segment == "ok":
@@ -226,7 +230,7 @@ def test_one_settle_write_at_a_time_takes_every_ack_meanwhile(env: Env) -> None:
         async def held(space, name, acked_through, settled, parked):  # type: ignore[no-untyped-def]
             calls.append(acked_through)
             entered.set()
-            await gate.wait()
+            await asyncio.wait_for(gate.wait(), GUARD)
             return await settle(space, name, acked_through, settled, parked)
 
         env.store.settle_group = held  # type: ignore[method-assign]
@@ -247,3 +251,83 @@ def test_one_settle_write_at_a_time_takes_every_ack_meanwhile(env: Env) -> None:
 
 def _metadata(record: Record) -> dict[str, str]:
     return dict(pb.RecordInput.FromString(record.body).metadata)
+
+
+def test_a_segment_moves_only_once_its_record_being_settled_is_durable(env: Env) -> None:
+    async def scenario() -> None:
+        await env.create()
+        await env.produce("s", ("a", 2))
+        settle = env.store.settle_group
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held(*args, **kwargs):  # type: ignore[no-untyped-def]
+            entered.set()
+            await asyncio.wait_for(gate.wait(), GUARD)
+            return await settle(*args, **kwargs)
+
+        env.store.settle_group = held  # type: ignore[method-assign]
+        leaving = contextlib.AsyncExitStack()
+        leaves = await leaving.enter_async_context(env.groups.join("s", "g", "leaves", 10))
+        got = await take(leaves, 1)
+        async with env.groups.join("s", "g", "stays", 10) as stays:
+            leaves.ack(positions(got))
+            await entered.wait()
+            # Leaves while its ack is being written: a:2 waits for that write.
+            await leaving.aclose()
+            live = env.groups.live("s", "g")
+            assert live is not None and live.members[0][2:] == (0, 0)
+            assert not stays.held
+            gate.set()
+            after = await take(stays, 1)
+            assert (after[0].key, after[0].attempt) == (("a", 2), 1)
+
+    run(env, scenario)
+
+
+def test_a_group_deleted_while_its_dispatcher_starts_is_not_found(env: Env) -> None:
+    async def scenario() -> None:
+        await env.create()
+        get_group = env.store.get_group
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held(space: str, name: str):  # type: ignore[no-untyped-def]
+            entered.set()
+            await asyncio.wait_for(gate.wait(), GUARD)
+            return await get_group(space, name)
+
+        env.store.get_group = held  # type: ignore[method-assign]
+
+        async def join() -> None:
+            async with env.groups.join("s", "g", "w", 10):
+                pass
+
+        joining = asyncio.ensure_future(join())
+        await entered.wait()
+        env.groups.deleted("s", "g")
+        gate.set()
+        with pytest.raises(NotFound):
+            await joining
+
+    run(env, scenario)
+
+
+def test_parks_are_written_at_most_max_records_per_produce_at_a_time(env: Env) -> None:
+    async def scenario() -> None:
+        log = DurableLog(env.store)
+        config = await env.create(ordering=Ordering.NONE)
+        await env.produce("s", ("a", 5))
+        async with env.groups.join("s", "g", "w", 10) as member:
+            got = await take(member, 5)
+            member.nack(positions(got), park=True, reason="no")
+            await log.until(lambda: log.through == 5)
+        parked = await env.parked(config)
+        assert sorted(int(_metadata(r)["streams-parked-position"]) for r in parked) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
+        assert log.writes == 3
+
+    run(env, scenario, Limits(max_records_per_produce=2))
