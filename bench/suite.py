@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import follow_latency
+import groups
 import lifecycle
 import rocksdict
 import scaleout
@@ -928,6 +929,39 @@ def section_scaleout(ctx: Context) -> None:
     )
 
 
+# -- Consumer groups -------------------------------------------------------
+
+
+def section_groups(ctx: Context) -> None:
+    """Records/s through a group of 8 members beside a plain Consume of the
+    same space, and redelivery after a member's stream ends (bench/groups.py;
+    --quick: its CI sizes, 100k records; full: 1M records over 1,000 segments)."""
+    sizes = groups.QUICK if ctx.report.mode == "quick" else groups.FULL
+    outcome = groups.run(ctx.pool, sizes)
+    ctx.report.data["groups"] = groups.as_json(outcome)
+    ctx.report.add(
+        "Consumer groups: throughput and redelivery",
+        groups.describe(outcome),
+        groups.throughput_table(outcome),
+        groups.after_tables(outcome),
+    )
+    ctx.report.target(
+        f"Group PER_SEGMENT, {sizes.members} members / plain Consume of the space (rate)",
+        outcome.ratio("PER_SEGMENT"),
+        ">=",
+        0.25,
+        f"{fmt(sizes.records)} records, {fmt(sizes.segments)} segments; "
+        f"NONE: {ratio(outcome.ratio('NONE'), 1.0)}",
+    )
+    ctx.report.target(
+        "Redelivery of a member's held records after its stream ends (worst round, ms)",
+        outcome.worst_redelivery_ms,
+        "<=",
+        1000,
+        f"{len(outcome.rounds)} rounds (kill -9 and cancel)",
+    )
+
+
 # -- Main ----------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
@@ -940,6 +974,7 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "segments": section_segments,
     "lifecycle": section_lifecycle,
     "scaleout": section_scaleout,
+    "groups": section_groups,
 }
 
 
