@@ -93,9 +93,9 @@ suite; the test that checks a rule is named after it):
     neither survive a crash); ``acked_through`` never goes back
     (InvariantViolation); progress survives restarts; a deleted group is
     gone at once (settling it raises NotFound and writes nothing, parked
-    records included). Groups are independent of their space's records: a
-    delete of the space keeps them (numbers are never reused, so their
-    progress stays meaningful). A backend that cannot keep groups raises
+    records included). A delete of the space removes its groups with its
+    offsets and config (the contract's DeleteSpace), in the same durable
+    change. A backend that cannot keep groups raises
     :class:`~streams.errors.Unimplemented` from every group method.
 
 A backend is picked by name from :mod:`streams.storage.registry`; it owns its
@@ -307,8 +307,9 @@ class Store(Protocol):
         ...
 
     async def delete_space(self, space: str) -> Removed:
-        """Removes every record, segment, offset and the config of ``space``;
-        a no-op for an unknown or deleted space."""
+        """Removes every record, segment, offset, group and the config of
+        ``space``; a no-op for an unknown or deleted space (its groups are
+        removed even then: a space that only has groups is deleted too)."""
         ...
 
     async def configure_space(self, space: str, config: SpaceConfig) -> None:
