@@ -3,6 +3,10 @@
 The soak's length: ``--soak-seconds 600`` (registered in tests/conftest.py so
 that it works however pytest is started) or ``STREAMS_SOAK_SECONDS=600``; the
 SIGTERM cycles: ``--sigterm-cycles 500`` or ``STREAMS_SIGTERM_CYCLES=500``.
+The consumer-group runs (test_group_ordering.py, test_group_crash.py):
+``STREAMS_GROUP_SEED``, ``STREAMS_GROUP_RECORDS``, ``STREAMS_GROUP_SEGMENTS``,
+``STREAMS_GROUP_CRASHES``; a failed run writes its event trace to
+``STREAMS_GROUP_TRACE_DIR`` (default: the test's temporary folder).
 """
 
 from __future__ import annotations

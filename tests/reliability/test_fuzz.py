@@ -16,6 +16,11 @@ built by us, no client-side validation), and is checked against the contract:
   starting with ``$`` are INVALID_ARGUMENT wherever a client writes them;
   WatchSegments streams until its deadline, its snapshot in name order, each
   name matching the prefix;
+- Subscribe gets random streams of messages (a join, valid or not, first or
+  not; then acks, nacks, joins, empty and undecodable messages): the status is
+  the one the contract names (a bad first message or field INVALID_ARGUMENT,
+  an unknown group NOT_FOUND, else OK once the client half-closes), the first
+  response is ``joined`` with an id, then non-empty deliveries of the space;
 - the server process is alive after every case and still answers at the end.
 
 What the server sees is known by parsing the same bytes locally with the same
@@ -25,6 +30,7 @@ protobuf runtime: bytes that do not parse must be INVALID_ARGUMENT.
 from __future__ import annotations
 
 import contextlib
+import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +123,12 @@ CALL_DEADLINE = 30.0
 SEED_SPACES = ("fz-0", "fz-1", "é" * 127 + "z")  # the last is 255 bytes
 SEED_SEGMENTS = ("a", "ab", "b/c:d")
 SEED_CONSUMERS = ("c", "c2")
+# Groups the fuzzed Subscribe streams join (groups survive the fuzzed deletes).
+FUZZ_GROUPS = (
+    ("fz-0", "g", pb.ORDERING_PER_SEGMENT),
+    ("fz-many", "gn", pb.ORDERING_NONE),
+)
+SUBSCRIBE_DEADLINE = 10.0
 # Page tokens the server issued, by listing scope; any other token is garbage.
 ISSUED: dict[str, set[str]] = {}
 
@@ -443,6 +455,10 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
                 ],
             )
         )
+        for space, group, ordering in FUZZ_GROUPS:
+            stub.CreateGroup(
+                pb.CreateGroupRequest(group=pb.Group(name=group, space=space, ordering=ordering))
+            )
         yield Fuzz(server, server.channel, stub)
         # Still answering after everything the fuzzer threw at it.
         assert server.alive(), f"server died; log:\n{server.log_path.read_text()[-4000:]}"
@@ -1046,10 +1062,376 @@ def test_transaction_id_with_huge_expected_sequence(fz: Fuzz, expected: int) -> 
     assert outcome.code is Code.FAILED_PRECONDITION, outcome
 
 
+# -- Subscribe: streams of random messages -------------------------------------------
+
+MAX_MAX_IN_FLIGHT = 10_000
+MAX_REASON_BYTES = 4_096
+
+
+def subscribe_codes(bodies: list[bytes]) -> tuple[frozenset[Code], str]:
+    """The statuses the contract allows for a Subscribe stream that sends
+    ``bodies`` and half-closes, with why."""
+    allowed: set[Code] = set()
+
+    def invalid(why: str) -> tuple[frozenset[Code], str]:
+        return frozenset(allowed | {Code.INVALID_ARGUMENT}), why
+
+    try:
+        first = pb.SubscribeRequest.FromString(bodies[0])
+    except DecodeError:
+        return invalid("the first message does not decode")
+    if first.WhichOneof("kind") != "join" or wrong_wire_types(first):
+        return invalid("the first message is not a join")
+    join = first.join
+    for field, value in (("space", join.space), ("group", join.group)):
+        if bad_name(value):
+            return invalid(f"join.{field} {value[:20]!r}")
+    if _utf8_len(join.member_name) > 255:
+        return invalid("join.member_name over 255 bytes")
+    if join.max_in_flight > MAX_MAX_IN_FLIGHT:
+        return invalid("join.max_in_flight over 10,000")
+    if (join.space, join.group) not in {(sp, g) for sp, g, _ in FUZZ_GROUPS}:
+        return frozenset({Code.NOT_FOUND}), "no such group"
+    most = join.max_in_flight or 100
+    for i, body in enumerate(bodies[1:], 1):
+        try:
+            m = pb.SubscribeRequest.FromString(body)
+        except DecodeError:
+            return invalid(f"message {i} does not decode")
+        kind = m.WhichOneof("kind")
+        if kind not in ("ack", "nack") or wrong_wire_types(m):
+            return invalid(f"message {i} is {kind or 'empty'}")
+        settle = m.ack if kind == "ack" else m.nack
+        if len(settle.positions) > most:
+            # Finding F1: the contract says positions not held are ignored;
+            # the server refuses more than max_in_flight of them.
+            allowed.add(Code.INVALID_ARGUMENT)
+        if kind == "nack":
+            if m.nack.action not in (0, 1, 2):
+                return invalid(f"message {i}: nack.action {m.nack.action}")
+            if _utf8_len(m.nack.reason) > MAX_REASON_BYTES:
+                return invalid(f"message {i}: nack.reason over 4 KiB")
+    return frozenset(allowed | {Code.OK}), "valid"
+
+
+def check_subscribe(fz: Fuzz, bodies: list[bytes]) -> Outcome:
+    count("fuzz cases tried")
+    count("fuzz cases tried: Subscribe")
+    call = fz.channel.stream_stream(
+        SERVICE + "Subscribe", request_serializer=None, response_deserializer=None
+    )
+    responses: list[bytes] = []
+    try:
+        for raw in call(iter(bodies), timeout=SUBSCRIBE_DEADLINE):
+            responses.append(raw)
+        outcome = Outcome(Code.OK, "", responses)
+    except grpc.RpcError as err:
+        outcome = Outcome(err.code(), err.details() or "", responses)
+    assert fz.server.alive(), f"the server died on Subscribe {bodies!r:.300}"
+    count(f"fuzz Subscribe streams ending {outcome.code.name}")
+    count("fuzz Subscribe deliveries", max(0, len(outcome.responses) - 1))
+    expected, why = subscribe_codes(bodies)
+    where = (
+        f"Subscribe {[b[:60] for b in bodies]!r:.400} -> {outcome.code.name}: "
+        f"{outcome.details[:300]} (expected {sorted(c.name for c in expected)}: {why})"
+    )
+    assert outcome.code in expected, where
+    if outcome.code is not Code.OK:
+        assert outcome.details, f"an error must say what is wrong: {where}"
+    parsed = [pb.SubscribeResponse.FromString(raw) for raw in responses]
+    if parsed:
+        assert parsed[0].WhichOneof("kind") == "joined" and parsed[0].joined.member_id, where
+        space = pb.SubscribeRequest.FromString(bodies[0]).join.space
+        for response in parsed[1:]:
+            assert response.WhichOneof("kind") == "deliveries", where
+            assert response.deliveries.deliveries, f"empty deliveries: {where}"
+            for d in response.deliveries.deliveries:
+                assert d.attempt >= 1 and d.record.space == space, where
+    elif outcome.code is Code.OK:
+        pytest.fail(f"a stream ended OK without joined: {where}")
+    return outcome
+
+
+join_messages = st.builds(
+    pb.SubscribeJoin,
+    space=st.one_of(st.sampled_from([sp for sp, _, _ in FUZZ_GROUPS]), names),
+    group=st.one_of(st.sampled_from([g for _, g, _ in FUZZ_GROUPS] + ["nope"]), names),
+    member_name=st.one_of(
+        small_text,
+        st.builds(_exact_bytes, st.sampled_from([255, 256]), st.sampled_from(MULTIBYTE)),
+        st.text(alphabet=st.sampled_from(CONTROL), max_size=3),
+    ),
+    max_in_flight=st.one_of(
+        st.sampled_from([0, 1, 2, 100, MAX_MAX_IN_FLIGHT, MAX_MAX_IN_FLIGHT + 1, U32_MAX]),
+        st.integers(0, 5),
+        st.integers(0, U32_MAX),
+    ),
+)
+positions_lists = st.lists(st.one_of(u64, st.integers(1, 40)), max_size=4)
+settle_messages = st.one_of(
+    st.builds(lambda ps: pb.SubscribeRequest(ack=pb.SubscribeAck(positions=ps)), positions_lists),
+    st.builds(
+        lambda ps, action, reason: pb.SubscribeRequest(
+            nack=pb.SubscribeNack(positions=ps, action=action, reason=reason)
+        ),
+        positions_lists,
+        st.one_of(st.sampled_from([0, 1, 2, 3, -1, I32_MAX, I32_MIN]), st.integers(0, 3)),
+        st.one_of(
+            small_text,
+            st.builds(_exact_bytes, st.sampled_from([4096, 4097]), st.sampled_from(MULTIBYTE)),
+        ),
+    ),
+)
+
+
+@st.composite
+def subscribe_streams(draw: st.DrawFn) -> list[bytes]:
+    """Mostly a valid join to a real group, then 0 to 5 acks and nacks; now
+    and then a bad first message, a second join, an empty or undecodable
+    message, or a known field with the wrong wire type."""
+    if draw(st.integers(0, 2)) == 0:
+        first = pb.SubscribeRequest(join=draw(join_messages))
+    else:
+        space, group, _ = draw(st.sampled_from(FUZZ_GROUPS))
+        first = pb.SubscribeRequest(
+            join=pb.SubscribeJoin(
+                space=space, group=group, max_in_flight=draw(st.sampled_from([0, 1, 3]))
+            )
+        )
+    bodies = [first.SerializeToString()]
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        bodies[0] = draw(
+            st.sampled_from(
+                [
+                    b"",
+                    *(
+                        m.SerializeToString()
+                        for m in (
+                            pb.SubscribeRequest(ack=pb.SubscribeAck(positions=[1])),
+                            pb.SubscribeRequest(nack=pb.SubscribeNack(positions=[1])),
+                        )
+                    ),
+                ]
+            )
+        )
+    elif kind == 1:
+        bodies[0] = draw(st.binary(max_size=40))
+    for _ in range(draw(st.integers(0, 5))):
+        roll = draw(st.integers(0, 19))
+        if roll == 0:
+            bodies.append(bodies[0])  # a second join
+        elif roll == 1:
+            bodies.append(b"")  # an empty SubscribeRequest
+        elif roll == 2:
+            bodies.append(draw(st.binary(min_size=1, max_size=30)))
+        elif roll == 3:
+            # positions (field 1 of SubscribeAck) as a fixed64: a wrong wire type
+            bodies.append(bytes_field(2, key(1, 1) + b"\x01" * 8))
+        else:
+            bodies.append(draw(settle_messages).SerializeToString())
+    return bodies
+
+
+@settings(SETTINGS, max_examples=150)
+@given(bodies=subscribe_streams())
+def test_subscribe_fuzz(fz: Fuzz, bodies: list[bytes]) -> None:
+    check_subscribe(fz, bodies)
+
+
+# -- the group RPCs ----------------------------------------------------------------
+
+DAY_SECONDS = 86_400
+MAX_MAX_ATTEMPTS = 1_000
+
+
+def create_group_violations(m: pb.CreateGroupRequest) -> list[str]:
+    """Why the contract (and issue 15's decisions) make a CreateGroup INVALID_ARGUMENT."""
+    out = list(wrong_wire_types(m))
+    g = m.group
+    for field, value in (("group.name", g.name), ("group.space", g.space)):
+        if bad_name(value) or reserved(value):
+            out.append(f"{field} {value[:20]!r}")
+    if g.dead_letter_space and bad_name(g.dead_letter_space):
+        out.append(f"group.dead_letter_space {g.dead_letter_space[:20]!r}")
+    if g.dead_letter_space == g.space:
+        out.append("the dead-letter space is the group's own")
+    if g.dead_letter_segment and bad_name(g.dead_letter_segment):
+        out.append(f"group.dead_letter_segment {g.dead_letter_segment[:20]!r}")
+    if (
+        not g.dead_letter_segment
+        and not bad_name(g.space)
+        and not bad_name(g.name)
+        and _utf8_len(f"{g.space}/{g.name}") > 255
+    ):
+        out.append("the default dead-letter segment is over 255 bytes")
+    if g.HasField("ack_timeout"):
+        t = g.ack_timeout
+        if t.seconds < 0 or not 0 <= t.nanos <= 999_999_999:
+            out.append("group.ack_timeout not a duration >= 0")
+        elif t.seconds * 10**9 + t.nanos > DAY_SECONDS * 10**9:
+            out.append("group.ack_timeout over a day")
+    if g.max_attempts > MAX_MAX_ATTEMPTS:
+        out.append("group.max_attempts over 1,000")
+    if g.ordering not in (0, 1, 2):
+        out.append(f"group.ordering {g.ordering}")
+    if g.WhichOneof("start") == "from_timestamp" and not 0 <= g.from_timestamp.nanos < 10**9:
+        out.append("group.from_timestamp.nanos out of range")
+    return out
+
+
+@st.composite
+def create_group_requests(draw: st.DrawFn) -> pb.CreateGroupRequest:
+    g = pb.Group(
+        name=draw(st.one_of(st.sampled_from(["g", "fz-g", "fz-h"]), names)),
+        space=draw(st.one_of(st.sampled_from(SEED_SPACES), names)),
+        ordering=draw(st.one_of(st.integers(0, 2), st.sampled_from([3, -1, I32_MAX]))),
+        max_attempts=draw(st.one_of(st.integers(0, 6), st.sampled_from([1_000, 1_001, U32_MAX]))),
+        dead_letter_space=draw(st.one_of(st.just(""), st.sampled_from(["$parked", "dlq"]), names)),
+        dead_letter_segment=draw(st.one_of(st.just(""), names)),
+    )
+    start = draw(st.sampled_from(["none", "offset", "timestamp", "end"]))
+    if start == "offset":
+        g.from_offset = draw(u64)
+    elif start == "timestamp":
+        g.from_timestamp.seconds = draw(st.integers(-(2**40), 2**40))
+        g.from_timestamp.nanos = draw(
+            st.one_of(st.integers(0, 999_999_999), st.integers(I32_MIN, I32_MAX))
+        )
+    elif start == "end":
+        g.from_end = True
+    if draw(st.booleans()):
+        g.ack_timeout.seconds = draw(
+            st.one_of(st.integers(0, 3), st.sampled_from([DAY_SECONDS, DAY_SECONDS + 1, -1]))
+        )
+        g.ack_timeout.nanos = draw(st.one_of(st.just(0), st.integers(I32_MIN, I32_MAX)))
+    return pb.CreateGroupRequest(group=g)
+
+
+@settings(SETTINGS, max_examples=150)
+@given(request=create_group_requests())
+def test_create_group_fuzz(fz: Fuzz, request: pb.CreateGroupRequest) -> None:
+    """A CreateGroup the contract refuses is INVALID_ARGUMENT naming the field,
+    and no group appears; one it takes comes back with its defaults resolved
+    and GetGroup returns the same settings."""
+    count("fuzz cases tried")
+    count("fuzz cases tried: CreateGroup")
+    g = request.group
+    listed = _group_state(fz, g)
+    outcome = invoke(fz.channel, "CreateGroup", request.SerializeToString(), CALL_DEADLINE)
+    assert fz.server.alive(), f"the server died on CreateGroup {request}"
+    where = f"CreateGroup {request} -> {outcome.code.name}: {outcome.details[:300]}"
+    count(f"fuzz CreateGroup answered {outcome.code.name}")
+    assert outcome.code not in (Code.UNKNOWN, Code.INTERNAL), where
+    if why := create_group_violations(request):
+        assert outcome.code is Code.INVALID_ARGUMENT, f"{where} (invalid because {why})"
+    else:
+        allowed = {Code.OK, Code.ALREADY_EXISTS, Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED}
+        assert outcome.code in allowed, where
+    if outcome.code is not Code.OK:
+        assert outcome.details, where
+        if listed is None:  # a refused create made no group
+            assert _group_state(fz, g) is None, f"a refused create made a group: {where}"
+        return
+    made = pb.CreateGroupResponse.FromString(outcome.responses[0]).group
+    assert (made.name, made.space) == (g.name, g.space), where
+    assert made.ordering in (pb.ORDERING_PER_SEGMENT, pb.ORDERING_NONE), where
+    assert made.max_attempts == (g.max_attempts or 5) or listed is not None, where
+    assert made.ack_timeout.ToNanoseconds() > 0, where
+    assert made.dead_letter_space == (g.dead_letter_space or "$parked") or listed, where
+    assert made.dead_letter_segment == (g.dead_letter_segment or f"{g.space}/{g.name}") or listed, (
+        where
+    )
+    assert _group_state(fz, g) == made, where
+
+
+def _group_state(fz: Fuzz, g: pb.Group) -> pb.Group | None:
+    if bad_name(g.space) or bad_name(g.name):
+        return None
+    try:
+        return fz.stub.GetGroup(
+            pb.GetGroupRequest(space=g.space, group=g.name), timeout=CALL_DEADLINE
+        ).group
+    except grpc.RpcError as err:
+        assert err.code() in (Code.NOT_FOUND, Code.INVALID_ARGUMENT), err
+        return None
+
+
+@settings(SETTINGS, max_examples=100)
+@given(
+    method=st.sampled_from(["GetGroup", "ListGroups", "DeleteGroup"]),
+    space=st.one_of(st.sampled_from(SEED_SPACES), names),
+    group=st.one_of(st.sampled_from(["g", "fz-g", "nope"]), names),
+    page_size=page_sizes,
+    token=st.one_of(st.just(""), st.text(max_size=20)),
+)
+def test_group_reads_and_deletes_fuzz(
+    fz: Fuzz, method: str, space: str, group: str, page_size: int, token: str
+) -> None:
+    """GetGroup, ListGroups and DeleteGroup with random names: bad names are
+    INVALID_ARGUMENT, an unknown group NOT_FOUND (DeleteGroup is idempotent:
+    OK), never INTERNAL; the fuzzer never deletes the groups Subscribe joins."""
+    count("fuzz cases tried")
+    count(f"fuzz cases tried: {method}")
+    if method == "DeleteGroup" and (space, group) in {(sp, gr) for sp, gr, _ in FUZZ_GROUPS}:
+        group = "fz-deleted"
+    request: Message
+    if method == "GetGroup":
+        request = pb.GetGroupRequest(space=space, group=group)
+    elif method == "DeleteGroup":
+        request = pb.DeleteGroupRequest(space=space, group=group)
+    else:
+        request = pb.ListGroupsRequest(space=space, page_size=page_size, page_token=token)
+    outcome = invoke(fz.channel, method, request.SerializeToString(), CALL_DEADLINE)
+    assert fz.server.alive()
+    where = f"{method} {request} -> {outcome.code.name}: {outcome.details[:300]}"
+    assert outcome.code not in (Code.UNKNOWN, Code.INTERNAL), where
+    bad = bad_name(space) or (method != "ListGroups" and bad_name(group))
+    if bad or (method == "ListGroups" and page_size < 0):
+        assert outcome.code is Code.INVALID_ARGUMENT, where
+    elif method == "GetGroup":
+        assert outcome.code in (Code.OK, Code.NOT_FOUND), where
+    elif method == "DeleteGroup":
+        # Deletes of reserved names are allowed (as DeleteSegment's are), or refused.
+        assert (
+            outcome.code in (Code.OK, Code.INVALID_ARGUMENT)
+            if reserved(space)
+            else (outcome.code is Code.OK)
+        ), where
+    else:
+        # A page token the server did not issue is INVALID_ARGUMENT.
+        assert outcome.code is (Code.INVALID_ARGUMENT if token else Code.OK), where
+    if outcome.code is not Code.OK:
+        assert outcome.details, where
+
+
+def test_group_still_delivers_after_fuzzing(fz: Fuzz) -> None:
+    """After the fuzzed streams, a member of each group gets a record, acks
+    it, half-closes, and its stream ends OK."""
+    for space, group, _ in FUZZ_GROUPS:
+        fz.stub.Produce(
+            pb.ProduceRequest(
+                space=space, writes=[pb.SegmentWrite(segment="fz-sub", records=[pb.RecordInput()])]
+            )
+        )
+        outbox: queue.Queue[pb.SubscribeRequest | None] = queue.Queue()
+        outbox.put(pb.SubscribeRequest(join=pb.SubscribeJoin(space=space, group=group)))
+        responses = fz.stub.Subscribe(iter(outbox.get, None), timeout=CALL_DEADLINE)
+        assert next(responses).joined.member_id
+        delivery = next(responses).deliveries.deliveries[0]
+        assert delivery.record.space == space
+        outbox.put(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=[delivery.record.position])))
+        outbox.put(None)  # half-close: the member leaves
+        for response in responses:
+            assert response.WhichOneof("kind") == "deliveries"
+
+
 def test_server_still_serves_after_fuzzing(fz: Fuzz) -> None:
     """Runs last in the module: the process is alive and answers every RPC."""
     assert fz.server.alive()
     stub = fz.stub
+    for space, group, _ in FUZZ_GROUPS:
+        stub.GetGroup(pb.GetGroupRequest(space=space, group=group))
     with contextlib.suppress(grpc.RpcError):
         stub.GetOffset(pb.GetOffsetRequest(consumer="c", space="fz-0"))
     ack = stub.Produce(
