@@ -20,6 +20,7 @@ retries: a heap). Per record the work is O(1).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -32,7 +33,7 @@ from streams.groups import parking
 from streams.groups.window import Bounds, Entry, State, Window, entries_of
 from streams.limits import Limits
 from streams.memory import MemoryBudget
-from streams.model import Cut, GroupState, Ordering, Target
+from streams.model import Cut, GroupProgress, GroupState, Ordering, Target
 from streams.storage.port import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,25 @@ READ_BYTES = 1 << 20
 RETRY_FIRST = 0.1
 RETRY_MOST = 5.0
 NANOS = 1e9
+
+# Attempts (and the last nack's reason) of records delivered and not settled,
+# by position: what a group's next dispatcher counts on from.
+Attempts = dict[int, tuple[int, str]]
+
+
+def _unsettled(attempts: Attempts, progress: GroupProgress) -> Attempts:
+    """``attempts`` without the positions ``progress`` has durably settled."""
+    ranges = progress.settled
+    firsts = [first for first, _ in ranges]
+    kept: Attempts = {}
+    for position, found in attempts.items():
+        if position <= progress.acked_through:
+            continue
+        at = bisect.bisect_right(firsts, position) - 1
+        if at >= 0 and position <= ranges[at][1]:
+            continue
+        kept[position] = found
+    return kept
 
 
 def retry_delay(attempt: int) -> float:
@@ -172,6 +192,7 @@ class Dispatcher:
         memory: MemoryBudget,
         clock: Callable[[], float],
         on_failed: Callable[[Dispatcher], None],
+        attempts: Attempts | None = None,
     ) -> None:
         config = state.config
         self.config = config
@@ -187,6 +208,8 @@ class Dispatcher:
             limits.max_group_lead,
         )
         self.window = Window(state.progress, bounds, memory, f"group:{config.space}/{config.name}")
+        # From the group's previous dispatcher: taken as their records are read again.
+        self._carried = _unsettled(attempts or {}, state.progress)
         self.members: dict[str, Member] = {}
         # PER_SEGMENT: segments with an owner, and members by owned count.
         self._segments: dict[str, _Segment] = {}
@@ -277,7 +300,11 @@ class Dispatcher:
             entry.holder = None
             if entry.state is State.IN_FLIGHT:
                 self._deadlines.pop(entry, None)
-                self._requeue(entry)
+                # Once failed nothing is written any more (the dispatcher is stopping).
+                if self.failed is None:
+                    self._again(entry)
+                else:
+                    self._requeue(entry)
         member.held.clear()
         member.ready.clear()
         member.outbox.clear()
@@ -292,6 +319,7 @@ class Dispatcher:
                     self._assign(segment)
                     self._offer(segment)
         self._flush()
+        self._kick()
 
     def _bucket(self, count: int) -> OrderedDict[Member, None]:
         bucket = self._buckets.get(count)
@@ -376,6 +404,8 @@ class Dispatcher:
 
     def _arrived(self, entries: list[Entry], after: int) -> None:
         self.window.add(entries, after)
+        if self._carried:
+            self._count_on(entries)
         if self._per_segment:
             segments, offer, dirty = self._segments, self._offer, self._dirty
             for entry in entries:
@@ -400,6 +430,28 @@ class Dispatcher:
         else:
             self._waiting.extend(entries)
             self._feed()
+
+    def _count_on(self, entries: list[Entry]) -> None:
+        """Records read again that an earlier dispatcher of the group delivered
+        go on from its attempts (so a record that ends every member it reaches
+        is still parked after max_attempts)."""
+        carried = self._carried
+        for entry in entries:
+            found = carried.pop(entry.position, None)
+            if found is not None:
+                entry.attempt, entry.reason = found
+
+    def attempts(self) -> Attempts:
+        """The attempts of the records delivered and not settled (and those
+        counted on from before, not read again yet), for the group's next
+        dispatcher: at most the records the window holds, as positions the
+        cursor passed without reading them are never delivered."""
+        cursor = self.window.cursor
+        kept = {position: found for position, found in self._carried.items() if position >= cursor}
+        for entry in self.window.entries.values():
+            if entry.attempt:
+                kept[entry.position] = (entry.attempt, entry.reason)
+        return kept
 
     # -- delivering ---------------------------------------------------------------
 
@@ -471,8 +523,15 @@ class Dispatcher:
     def _deliver(self, member: Member, entries: list[Entry]) -> None:
         deadline = self._clock() + self._ack_timeout
         held, outbox, deadlines = member.held, member.outbox, self._deadlines
-        again = 0
+        most = self.config.max_attempts
+        again = parked = 0
         for entry in entries:
+            if entry.attempt >= most:
+                # Delivered max_attempts times already (its park write failed,
+                # or an earlier dispatcher delivered it): never once more.
+                self._park(entry)
+                parked += 1
+                continue
             entry.state = State.IN_FLIGHT
             entry.holder = member
             entry.deadline = deadline
@@ -482,7 +541,11 @@ class Dispatcher:
             held[entry.position] = entry
             deadlines[entry] = None
             outbox.append((entry, attempt))
-        self.delivered += len(entries)
+        if parked:
+            self._kick()
+            if parked == len(entries):
+                return
+        self.delivered += len(entries) - parked
         self.redelivered += again
         member.wake()
         self._arm(deadline)
@@ -554,14 +617,19 @@ class Dispatcher:
         self._arm(entry.not_before)
 
     def _timed_out(self, entry: Entry) -> None:
-        if entry.attempt >= self.config.max_attempts:
-            self._park(entry)
-            return
         member = entry.holder
-        if member is not None:
+        if member is not None and entry.attempt < self.config.max_attempts:
             del member.held[entry.position]
             self._has_room(member)
-        self._requeue(entry)
+        self._again(entry)
+
+    def _again(self, entry: Entry) -> None:
+        """A delivery ended unanswered (timed out, its member left): parked
+        after its max_attempts-th, else delivered again at once."""
+        if entry.attempt >= self.config.max_attempts:
+            self._park(entry)
+        else:
+            self._requeue(entry)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -631,13 +699,16 @@ class Dispatcher:
                 except StreamsError as exc:
                     log.warning(
                         "group %r of space %r: settling %d records failed, delivering them "
-                        "again: %s",
+                        "again (parking those at their last attempt): %s",
                         self.name,
                         self.space,
                         len(batch),
                         exc,
                     )
                     self._unsettle(batch)
+                    # Not at once: a record at its last attempt comes back as a park
+                    # straight away, and a failing store often fails without waiting.
+                    await asyncio.sleep(RETRY_FIRST)
                     continue
                 self._settled(batch)
         except Exception as exc:
