@@ -101,7 +101,7 @@ class Member:
         self.segments: set[_Segment] = set()  # owned (PER_SEGMENT)
         self.owned = 0  # len(segments), as its bucket knows it
         self.ready: deque[_Segment] = deque()  # owned segments whose head may go
-        self.outbox: deque[tuple[Entry, int]] = deque()  # (entry, attempt) to send
+        self.outbox: deque[Entry] = deque()  # to send (those still queued, held by it)
         self.live = True
         self.dirty = False  # queued for a pump
         self.hungry = False  # in the NONE queue of members with room
@@ -131,20 +131,18 @@ class Member:
         outbox = self.outbox
         size = 0
         while outbox:
-            entry, attempt = outbox[0]
-            # Timed out, moved or settled since: no longer this delivery.
-            if (
-                entry.holder is not self
-                or entry.attempt != attempt
-                or (entry.state is not State.IN_FLIGHT)
-            ):
+            entry = outbox[0]
+            # Timed out, moved or settled since, or sent already (queued twice:
+            # delivered again before it was sent): no longer to send.
+            if entry.holder is not self or not entry.queued or entry.state is not State.IN_FLIGHT:
                 outbox.popleft()
                 continue
             size += entry.size
             if out and size > max_bytes:
                 break
             outbox.popleft()
-            out.append((entry.stored, attempt))
+            entry.queued = False
+            out.append((entry.stored, entry.attempt))
         return out
 
     def ack(self, positions: Sequence[int]) -> None:
@@ -227,6 +225,7 @@ class Dispatcher:
         self._timer_at = 0.0
         # Settling: entries to write next; the write in flight.
         self._pending: list[Entry] = []
+        self._parks_pending = 0  # of them
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
@@ -540,7 +539,8 @@ class Dispatcher:
                 again += 1
             held[entry.position] = entry
             deadlines[entry] = None
-            outbox.append((entry, attempt))
+            entry.queued = True
+            outbox.append(entry)
         if parked:
             self._kick()
             if parked == len(entries):
@@ -600,6 +600,7 @@ class Dispatcher:
         entry.state = State.SETTLING
         entry.park = True
         self._pending.append(entry)
+        self._parks_pending += 1
 
     def _retry(self, entry: Entry, now: float) -> None:
         member = entry.holder
@@ -683,7 +684,8 @@ class Dispatcher:
                 for entry in batch:
                     entry.state = State.WRITING
                 through = window.through_after_writing()
-                settled = sorted(entry.position for entry in batch if entry.position > through)
+                settled = [entry.position for entry in batch if entry.position > through]
+                settled.sort()
                 parked = None
                 if parks:
                     bodies = [parking.body(e.stored, e.attempt, e.reason) for e in parks]
@@ -720,11 +722,15 @@ class Dispatcher:
     def _next_write(self) -> tuple[list[Entry], list[Entry]]:
         """What the next settle write takes: every ack pending, and parks up
         to what one Produce may append."""
+        pending = self._pending
+        if not self._parks_pending:  # acks only (the usual case): all of them
+            self._pending = []
+            return pending, []
         most = self._limits.max_records_per_produce
         batch: list[Entry] = []
         parks: list[Entry] = []
         later: list[Entry] = []
-        for entry in self._pending:
+        for entry in pending:
             if entry.park:
                 if len(parks) == most:
                     later.append(entry)
@@ -732,6 +738,7 @@ class Dispatcher:
                 parks.append(entry)
             batch.append(entry)
         self._pending = later
+        self._parks_pending -= len(parks)
         return batch, parks
 
     def _settled(self, batch: list[Entry]) -> None:

@@ -54,6 +54,7 @@ class Entry:
     not_before = 0.0  # a retry's back-off
     reason = ""  # the last nack's reason
     park = False  # settles by parking it (SETTLING, WRITING)
+    queued = False  # in its holder's outbox, not sent yet
 
     def __init__(self, position: int, segment: str, stored: bytes) -> None:
         self.position = position
