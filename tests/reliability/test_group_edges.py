@@ -81,12 +81,6 @@ class Members:
                 return member, delivery
             assert member.killed, f"a stream ended: {self.ended}"
 
-    async def nothing_within(self, seconds: float) -> None:
-        """No delivery for ``seconds`` (only where the contract says none may come)."""
-        with contextlib.suppress(TimeoutError):
-            member, delivery = await asyncio.wait_for(self.queue.get(), seconds)
-            assert delivery is None, f"unexpected delivery {delivery} to {member.join_request}"
-
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -193,7 +187,7 @@ def test_poison_parked_after_max_attempts_while_other_segments_flow(server: Serv
             others = set()
             for i in range(30):
                 others.update(await produce(stub, space, f"ok{i:02}", [b"a", b"b", b"c"]))
-            got = set()
+            got: set[int] = set()
             while got != others:
                 _, d = await m.next()
                 assert d.record.segment != "poison", f"{d} delivered behind its unsettled head"
@@ -253,8 +247,8 @@ def test_poison_parked_by_timeouts_to_a_named_dead_letter_segment(server: Server
         ok = await produce(stub, space, "ok", [b"1", b"2", b"3", b"4"])
         async with members(stub, space, group) as m:
             worker = await m.join("w")
-            attempts = []
-            acked = []
+            attempts: list[int] = []
+            acked: list[int] = []
             last = None
             while len(acked) < len(ok) or len(attempts) < 2:
                 _, d = await m.next()
@@ -398,6 +392,149 @@ def test_ack_listing_more_positions_than_max_in_flight_is_ignored(
     run(server, test)
 
 
+def test_answers_for_another_members_record_are_ignored(server: ServerProcess) -> None:
+    """Member b acks, nacks and parks the record member a holds: nothing
+    happens to it (still in flight at a, not parked, not delivered again);
+    a's ack settles it and the segment goes on."""
+    space, group = "not-yours", "g"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group)
+        async with members(stub, space, group) as m:
+            a = await m.join("a", 10)
+            [p, q] = await produce(stub, space, "s", [b"1", b"2"])
+            holder, d = await m.next()
+            assert holder is a and d.record.position == p
+            b = WireMember(stub, space, group, "b", 10)
+            await b.join()
+            await b.ack([p])
+            await b.nack([p], pb.NACK_ACTION_PARK, "not mine")
+            await b.nack([p], pb.NACK_ACTION_RETRY, "not mine")
+            # b leaves: its stream ends once the server has read all of them.
+            await b.leave()
+            assert await b.read() is None
+            now = await info(stub, space, group)
+            assert (now.acked_through, now.in_flight, now.parked) == (0, 1, 0), now
+            assert [(x.name, x.in_flight) for x in now.members] == [("a", 1)]
+            await a.ack([p])
+            holder, d = await m.next()
+            assert (holder, d.record.position, d.attempt) == (a, q, 1)
+            await a.ack([q])
+            await until("settled", lambda: _settled(stub, space, group, q, 0))
+        assert await parked(stub, "$parked", f"{space}/{group}") == []
+
+    run(server, test)
+
+
+def test_a_slow_reader_never_has_records_parked_it_never_received(server: ServerProcess) -> None:
+    """A member that reads its stream slowly (big records, HTTP/2 flow control
+    holds the server back): its records may time out and be parked, but only
+    ones that reached it; a record parked after max_attempts "deliveries"
+    that never left the server was never delivered."""
+    space, group = "slow-reader", "g"
+    records = 25
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group, max_attempts=2, ack_timeout=0.3)
+        for i in range(records):
+            await produce(stub, space, f"s{i}", [b"x" * 200_000])
+        slow = WireMember(stub, space, group, "slow", records)
+        await slow.join()
+
+        # The scenario itself, not a wait for an event: a member that reads
+        # nothing for 2 s (over 6 ack timeouts) while the server has 5 MB for it.
+        await asyncio.sleep(2.0)
+        seen: set[int] = set()
+
+        async def read_and_ack() -> None:
+            while batch := await slow.read():
+                for d in batch:
+                    seen.add(d.record.position)
+                    await slow.ack([d.record.position])
+
+        reader = asyncio.ensure_future(read_and_ack())
+
+        async def all_settled() -> bool:
+            return (await info(stub, space, group)).acked_through == records
+
+        await until("everything acked or parked", all_settled)
+        slow.kill()
+        await asyncio.gather(reader, return_exceptions=True)
+        dead = await parked(stub, "$parked", f"{space}/{group}")
+        never_received = {int(r.metadata[PARKED + "position"]) for r in dead} - seen
+        assert not never_received, f"parked, never sent to any member: {sorted(never_received)}"
+
+    run(server, test)
+
+
+def test_two_groups_of_one_space_are_independent(server: ServerProcess) -> None:
+    """Two groups read the same space: one acks everything, the other parks
+    everything; each gets every record once, each has its own progress and
+    dead-letter segment, and deleting one leaves the other as it was."""
+    space = "two-groups"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, "acks")
+        await create_group(stub, space, "parks")
+        positions = []
+        for i in range(5):
+            positions += await produce(stub, space, f"s{i}", [b"1", b"2", b"3"])
+        async with members(stub, space, "acks") as ma, members(stub, space, "parks") as mp:
+            acker = await ma.join("acker", 100)
+            parker = await mp.join("parker", 100)
+            got: dict[str, list[int]] = {"acks": [], "parks": []}
+
+            async def consume(name: str, m: Members) -> None:
+                while len(got[name]) < len(positions):
+                    member, d = await m.next()
+                    got[name].append(d.record.position)
+                    if member is acker:
+                        await acker.ack([d.record.position])
+                    else:
+                        await parker.nack([d.record.position], pb.NACK_ACTION_PARK, "p")
+
+            await asyncio.gather(consume("acks", ma), consume("parks", mp))
+            assert sorted(got["acks"]) == sorted(got["parks"]) == positions
+            last = positions[-1]
+            await until("acks settled", lambda: _settled(stub, space, "acks", last, 0))
+            await until("parks settled", lambda: _settled(stub, space, "parks", last, 15))
+        assert await parked(stub, "$parked", f"{space}/acks") == []
+        dead = await parked(stub, "$parked", f"{space}/parks")
+        assert sorted(int(r.metadata[PARKED + "position"]) for r in dead) == positions
+        await stub.DeleteGroup(pb.DeleteGroupRequest(space=space, group="acks"))
+        left = await info(stub, space, "parks")
+        assert (left.acked_through, left.parked) == (positions[-1], 15)
+
+    run(server, test)
+
+
+def test_trim_under_a_live_group(server: ServerProcess) -> None:
+    """Records trimmed while a member holds the first of them: the group
+    never gets stuck; what it delivers comes in sequence order, and once the
+    member acks what it gets, acked_through is the last position."""
+    space, group = "trimmed-live", "g"
+
+    async def test(stub: pb_grpc.StreamsServiceStub) -> None:
+        await create_group(stub, space, group)
+        positions = await produce(stub, space, "s", [str(i).encode() for i in range(10)])
+        async with members(stub, space, group) as m:
+            worker = await m.join("w", 1)
+            _, d = await m.next()
+            assert d.record.position == positions[0]
+            await stub.Trim(pb.TrimRequest(space=space, before_offset=positions[5]))
+            await worker.ack([d.record.position])
+            sequences = [d.record.sequence]
+            while sequences[-1] < 10:
+                _, d = await m.next()
+                sequences.append(d.record.sequence)
+                await worker.ack([d.record.position])
+            assert sequences == sorted(set(sequences)), sequences
+            assert sequences[-5:] == [6, 7, 8, 9, 10], sequences
+            await until("settled", lambda: _settled(stub, space, group, positions[-1], 0))
+
+    run(server, test)
+
+
 # -- GetGroup against a model --------------------------------------------------------
 
 
@@ -488,7 +625,7 @@ def test_delete_group_under_parks_ends_members_and_parks_nothing_more(
         await create_group(stub, space, group)
         async with members(stub, space, group) as m:
             worker = await m.join("c", 100)
-            got = []
+            got: list[int] = []
             while len(got) < 20:
                 _, d = await m.next()
                 assert d.attempt == 1
@@ -548,7 +685,7 @@ def test_sigterm_ends_members_unavailable_and_acks_hold(tmp_path: Path) -> None:
         async def after(stub: pb_grpc.StreamsServiceStub) -> None:
             async with members(stub, space, group) as m:
                 worker = await m.join("w2", 100)
-                got = set()
+                got: set[int] = set()
                 while len(got) < len(positions) - len(acked):
                     _, d = await m.next()
                     assert d.record.position not in acked, f"acked, delivered again: {d}"

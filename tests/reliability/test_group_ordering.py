@@ -9,13 +9,15 @@ tests/support/group_checker.py for every rule checked.
 CI runs a short run per ordering; longer ones:
 ``STREAMS_GROUP_RECORDS=100000 STREAMS_GROUP_SEED=123 pytest
 tests/reliability/test_group_ordering.py``; ``STREAMS_GROUP_STORAGE=memory``
-runs it on the memory backend. The seed is printed (and kept in the failure
-message).
+runs it on the memory backend; ``STREAMS_GROUP_SERVER_FLAGS`` adds server
+options (``--max-group-unsettled-records 20 --max-group-lead 100``). The
+seed is printed (and kept in the failure message).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +34,9 @@ from .support import COUNTERS
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     data = tmp_path / "data"
     data.mkdir()
-    storage = os.environ.get("STREAMS_GROUP_STORAGE", "rocksdb")
-    with ServerProcess(data, tmp_path / "server.log", flags=["--storage", storage]) as server:
+    flags = ["--storage", os.environ.get("STREAMS_GROUP_STORAGE", "rocksdb")]
+    flags += shlex.split(os.environ.get("STREAMS_GROUP_SERVER_FLAGS", ""))
+    with ServerProcess(data, tmp_path / "server.log", flags=flags) as server:
         server.start()
         yield server
 

@@ -8,4 +8,8 @@ clients were told.
   session fixture ``nats_cluster`` in tests/conftest.py), nodes killed and
   started again by index.
 - ``capped_backend``: a test-only backend with its own records-per-Produce limit.
+- ``group_wire.WireMember``: one consumer-group member over the generated
+  grpc.aio stubs (join, read, ack, nack, kill, leave), no client library.
+- ``group_checker.GroupChecker``: the consumer-group contract checked from
+  what members see (ordering, durability of settlements, attempts, parking).
 """

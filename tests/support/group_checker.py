@@ -392,10 +392,11 @@ class GroupChecker:
         for p, record in by_position.items():
             self._check_fate(p, record, parked_at)
         for segment, k, e, where in self.obligations:
-            p = by_sequence.get((segment, k))
-            if p is None:
+            at = by_sequence.get((segment, k))
+            if at is None:
                 self.violation(f"{where}: {segment}/{k} is not in the space")
                 continue
+            p = at
             if p in exhausted:
                 continue
             seen = self.positions.get(p)

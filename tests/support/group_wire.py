@@ -63,7 +63,7 @@ class WireMember:
     async def ack(self, positions: list[int]) -> None:
         await self.send(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=positions)))
 
-    async def nack(self, positions: list[int], action: int, reason: str = "") -> None:
+    async def nack(self, positions: list[int], action: pb.NackAction, reason: str = "") -> None:
         nack = pb.SubscribeNack(positions=positions, action=action, reason=reason)
         await self.send(pb.SubscribeRequest(nack=nack))
 
