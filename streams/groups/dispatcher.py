@@ -30,7 +30,16 @@ from collections.abc import Callable, Iterable, Sequence
 
 from streams.errors import NotFound, StreamsError
 from streams.groups import parking
-from streams.groups.window import Bounds, Entry, State, Window, entries_of
+from streams.groups.window import (
+    IN_FLIGHT,
+    SETTLING,
+    WAITING,
+    WRITING,
+    Bounds,
+    Entry,
+    Window,
+    entries_of,
+)
 from streams.limits import Limits
 from streams.memory import MemoryBudget
 from streams.model import Cut, GroupProgress, GroupState, Ordering, Target
@@ -134,7 +143,7 @@ class Member:
             entry = outbox[0]
             # Timed out, moved or settled since, or sent already (queued twice:
             # delivered again before it was sent): no longer to send.
-            if entry.holder is not self or not entry.queued or entry.state is not State.IN_FLIGHT:
+            if entry.holder is not self or not entry.queued or entry.state is not IN_FLIGHT:
                 outbox.popleft()
                 continue
             size += entry.size
@@ -297,7 +306,7 @@ class Dispatcher:
         self._unbucket(member)
         for entry in member.held.values():
             entry.holder = None
-            if entry.state is State.IN_FLIGHT:
+            if entry.state is IN_FLIGHT:
                 self._deadlines.pop(entry, None)
                 # Once failed nothing is written any more (the dispatcher is stopping).
                 if self.failed is None:
@@ -531,7 +540,7 @@ class Dispatcher:
                 self._park(entry)
                 parked += 1
                 continue
-            entry.state = State.IN_FLIGHT
+            entry.state = IN_FLIGHT
             entry.holder = member
             entry.deadline = deadline
             attempt = entry.attempt = entry.attempt + 1
@@ -552,7 +561,7 @@ class Dispatcher:
 
     def _requeue(self, entry: Entry) -> None:
         """Puts an entry no longer delivered back first in line (delivered again at once)."""
-        entry.state = State.WAITING
+        entry.state = WAITING
         entry.holder = None
         if self._per_segment:
             segment = self._segments[entry.segment]
@@ -572,8 +581,8 @@ class Dispatcher:
         before = len(pending)
         for position in positions:
             entry = held.get(position)
-            if entry is not None and entry.state is State.IN_FLIGHT:
-                entry.state = State.SETTLING
+            if entry is not None and entry.state is IN_FLIGHT:
+                entry.state = SETTLING
                 del deadlines[entry]
                 pending.append(entry)
         if len(pending) > before:
@@ -584,7 +593,7 @@ class Dispatcher:
         now = self._clock()
         for position in positions:
             entry = held.get(position)
-            if entry is None or entry.state is not State.IN_FLIGHT:
+            if entry is None or entry.state is not IN_FLIGHT:
                 continue
             del self._deadlines[entry]
             entry.reason = reason
@@ -597,7 +606,7 @@ class Dispatcher:
         self._kick()
 
     def _park(self, entry: Entry) -> None:
-        entry.state = State.SETTLING
+        entry.state = SETTLING
         entry.park = True
         self._pending.append(entry)
         self._parks_pending += 1
@@ -607,7 +616,7 @@ class Dispatcher:
         if member is not None:
             del member.held[entry.position]
             self._has_room(member)
-        entry.state = State.WAITING
+        entry.state = WAITING
         entry.holder = None
         entry.not_before = now + retry_delay(entry.attempt)
         heapq.heappush(self._retries, (entry.not_before, next(self._retry_order), entry))
@@ -654,7 +663,7 @@ class Dispatcher:
         retries = self._retries
         while retries and retries[0][0] <= now:
             entry = heapq.heappop(retries)[2]
-            if entry.state is not State.WAITING or not entry.not_before:
+            if entry.state is not WAITING or not entry.not_before:
                 continue
             entry.not_before = 0.0
             if self._per_segment:
@@ -682,7 +691,7 @@ class Dispatcher:
                 batch, parks = self._next_write()
                 window = self.window
                 for entry in batch:
-                    entry.state = State.WRITING
+                    entry.state = WRITING
                 through = window.through_after_writing()
                 settled = [entry.position for entry in batch if entry.position > through]
                 settled.sort()
