@@ -46,26 +46,38 @@ WAITING, IN_FLIGHT, SETTLING, WRITING = State
 
 
 class Entry:
-    """One record the group has read and not settled.
+    """One record the group has read and not settled. Slots, all set here:
+    an instance dict that grows as the dispatcher sets more fields costs
+    more than setting them all at once."""
 
-    No ``__slots__``: the fields most records never change are class
-    defaults, so making one (per record read) sets four fields, not eleven;
-    the window holds at most ``max_group_unsettled_records`` of them."""
-
-    attempt = 0  # deliveries so far
-    state = WAITING
-    holder: Member | None = None  # the member it is delivered to
-    deadline = 0.0  # when an unacked delivery is due again
-    not_before = 0.0  # a retry's back-off
-    reason = ""  # the last nack's reason
-    park = False  # settles by parking it (SETTLING, WRITING)
-    queued = False  # in its holder's outbox, not sent yet
+    __slots__ = (
+        "attempt",
+        "deadline",
+        "holder",
+        "not_before",
+        "park",
+        "position",
+        "queued",
+        "reason",
+        "segment",
+        "size",
+        "state",
+        "stored",
+    )
 
     def __init__(self, position: int, segment: str, stored: bytes) -> None:
         self.position = position
         self.segment = segment
         self.stored = stored  # the serialized Record, as delivered
         self.size = len(stored)
+        self.attempt = 0  # deliveries so far
+        self.state = WAITING
+        self.holder: Member | None = None  # the member it is delivered to
+        self.deadline = 0.0  # when an unacked delivery is due again
+        self.not_before = 0.0  # a retry's back-off
+        self.reason = ""  # the last nack's reason
+        self.park = False  # settles by parking it (SETTLING, WRITING)
+        self.queued = False  # in its holder's outbox, not sent yet
 
 
 def _framed_records() -> type[Message]:
