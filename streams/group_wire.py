@@ -95,25 +95,37 @@ def deliveries(records: Sequence[tuple[bytes, int]], max_bytes: int) -> list[byt
     """Serialized ``SubscribeResponse`` messages holding the stored records
     with their attempts, in order, each at most ``max_bytes`` (one delivery
     always goes, however large). Each response is joined once: the record
-    bytes are copied once, as Consume's are."""
+    bytes are copied once, as Consume's are. The framing around a record
+    depends only on its length and attempt: made once per pair in a call."""
     responses: list[bytes] = []
     parts: list[bytes] = []
     size = 0  # of the SubscribeDeliveries in ``parts``
+    framing: dict[tuple[int, int], tuple[bytes, bytes, int]] = {}
     for stored, attempt in records:
-        record_length = codec.varint(len(stored))
-        tail = _FIRST_ATTEMPT if attempt == 1 else _DELIVERY_ATTEMPT_TAG + codec.varint(attempt)
-        delivery_size = 1 + len(record_length) + len(stored) + len(tail)
-        delivery_length = codec.varint(delivery_size)
-        added = 1 + len(delivery_length) + delivery_size
+        key = (len(stored), attempt)
+        found = framing.get(key)
+        if found is None:
+            found = framing[key] = _framing(len(stored), attempt)
+        head, tail, added = found
         if parts and _RESPONSE_OVERHEAD + size + added > max_bytes:
             responses.append(_response(parts, size))
             parts, size = [], 0
-        head = _DELIVERIES_TAG + delivery_length + _DELIVERY_RECORD_TAG + record_length
         parts += (head, stored, tail)
         size += added
     if parts:
         responses.append(_response(parts, size))
     return responses
+
+
+def _framing(length: int, attempt: int) -> tuple[bytes, bytes, int]:
+    """The bytes before and after a stored record of ``length`` bytes in its
+    ``Delivery`` (and the delivery's tag and length), and the size of it all."""
+    record_length = codec.varint(length)
+    tail = _FIRST_ATTEMPT if attempt == 1 else _DELIVERY_ATTEMPT_TAG + codec.varint(attempt)
+    delivery_size = 1 + len(record_length) + length + len(tail)
+    delivery_length = codec.varint(delivery_size)
+    head = _DELIVERIES_TAG + delivery_length + _DELIVERY_RECORD_TAG + record_length
+    return head, tail, 1 + len(delivery_length) + delivery_size
 
 
 def _response(parts: list[bytes], size: int) -> bytes:

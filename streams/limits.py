@@ -119,6 +119,13 @@ class Limits:
         "Most positions a consumer group reads past its acked_through (its oldest unsettled "
         "record); its reading pauses at it.",
     )
+    # Bounds the work one ack or nack makes (each position is looked up); not
+    # max_in_flight: a member may rightly name records it no longer holds
+    # (timed out, moved, acked twice), which are ignored.
+    max_group_settle_positions: int = _limit(
+        20_000,
+        "Most positions in one ack or nack of a consumer group member; more is INVALID_ARGUMENT.",
+    )
     max_inflight_request_bytes: int = _limit(
         32 * MIB,
         "Most request bytes being handled at once, all calls together; "

@@ -491,10 +491,11 @@ _NACK_ACTIONS = {
 }
 
 
-def settle(request: pb.SubscribeRequest, max_in_flight: int, lim: Limits) -> Settle:
-    """A message of Subscribe after its join. A member holds at most
-    ``max_in_flight`` records, so a longer list of positions cannot be of
-    records it holds: it is refused rather than looked through."""
+def settle(request: pb.SubscribeRequest, _max_in_flight: int, lim: Limits) -> Settle:
+    """A message of Subscribe after its join. Positions the member does not
+    hold are the dispatcher's to ignore (the contract); only their number is
+    bounded here, by ``max_group_settle_positions``, before they are copied.
+    (``_max_in_flight`` no longer bounds them; the service still passes it.)"""
     known_fields(request)
     kind = request.WhichOneof("kind")
     if kind not in ("ack", "nack"):
@@ -505,10 +506,11 @@ def settle(request: pb.SubscribeRequest, max_in_flight: int, lim: Limits) -> Set
     message = request.ack if kind == "ack" else request.nack
     known_fields(message, kind)
     count = len(message.positions)
-    if count > max_in_flight:
+    most = lim.max_group_settle_positions
+    if count > most:
         raise InvalidArgument(
-            f"{kind}.positions: {count} positions, more than this member's max_in_flight "
-            f"({max_in_flight}) records it can hold"
+            f"{kind}.positions: {count} positions, over max_group_settle_positions ({most}); "
+            "a member holds at most its max_in_flight records: settle them in smaller messages"
         )
     positions = tuple(message.positions)
     if kind == "ack":

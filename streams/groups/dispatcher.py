@@ -20,6 +20,7 @@ retries: a heap). Per record the work is O(1).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -29,10 +30,19 @@ from collections.abc import Callable, Iterable, Sequence
 
 from streams.errors import NotFound, StreamsError
 from streams.groups import parking
-from streams.groups.window import Bounds, Entry, State, Window, entries_of
+from streams.groups.window import (
+    IN_FLIGHT,
+    SETTLING,
+    WAITING,
+    WRITING,
+    Bounds,
+    Entry,
+    Window,
+    entries_of,
+)
 from streams.limits import Limits
 from streams.memory import MemoryBudget
-from streams.model import Cut, GroupState, Ordering, Target
+from streams.model import Cut, GroupProgress, GroupState, Ordering, Target
 from streams.storage.port import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,25 @@ READ_BYTES = 1 << 20
 RETRY_FIRST = 0.1
 RETRY_MOST = 5.0
 NANOS = 1e9
+
+# Attempts (and the last nack's reason) of records delivered and not settled,
+# by position: what a group's next dispatcher counts on from.
+Attempts = dict[int, tuple[int, str]]
+
+
+def _unsettled(attempts: Attempts, progress: GroupProgress) -> Attempts:
+    """``attempts`` without the positions ``progress`` has durably settled."""
+    ranges = progress.settled
+    firsts = [first for first, _ in ranges]
+    kept: Attempts = {}
+    for position, found in attempts.items():
+        if position <= progress.acked_through:
+            continue
+        at = bisect.bisect_right(firsts, position) - 1
+        if at >= 0 and position <= ranges[at][1]:
+            continue
+        kept[position] = found
+    return kept
 
 
 def retry_delay(attempt: int) -> float:
@@ -81,7 +110,7 @@ class Member:
         self.segments: set[_Segment] = set()  # owned (PER_SEGMENT)
         self.owned = 0  # len(segments), as its bucket knows it
         self.ready: deque[_Segment] = deque()  # owned segments whose head may go
-        self.outbox: deque[tuple[Entry, int]] = deque()  # (entry, attempt) to send
+        self.outbox: deque[Entry] = deque()  # to send (those still queued, held by it)
         self.live = True
         self.dirty = False  # queued for a pump
         self.hungry = False  # in the NONE queue of members with room
@@ -111,20 +140,18 @@ class Member:
         outbox = self.outbox
         size = 0
         while outbox:
-            entry, attempt = outbox[0]
-            # Timed out, moved or settled since: no longer this delivery.
-            if (
-                entry.holder is not self
-                or entry.attempt != attempt
-                or (entry.state is not State.IN_FLIGHT)
-            ):
+            entry = outbox[0]
+            # Timed out, moved or settled since, or sent already (queued twice:
+            # delivered again before it was sent): no longer to send.
+            if entry.holder is not self or not entry.queued or entry.state is not IN_FLIGHT:
                 outbox.popleft()
                 continue
             size += entry.size
             if out and size > max_bytes:
                 break
             outbox.popleft()
-            out.append((entry.stored, attempt))
+            entry.queued = False
+            out.append((entry.stored, entry.attempt))
         return out
 
     def ack(self, positions: Sequence[int]) -> None:
@@ -172,6 +199,7 @@ class Dispatcher:
         memory: MemoryBudget,
         clock: Callable[[], float],
         on_failed: Callable[[Dispatcher], None],
+        attempts: Attempts | None = None,
     ) -> None:
         config = state.config
         self.config = config
@@ -187,6 +215,8 @@ class Dispatcher:
             limits.max_group_lead,
         )
         self.window = Window(state.progress, bounds, memory, f"group:{config.space}/{config.name}")
+        # From the group's previous dispatcher: taken as their records are read again.
+        self._carried = _unsettled(attempts or {}, state.progress)
         self.members: dict[str, Member] = {}
         # PER_SEGMENT: segments with an owner, and members by owned count.
         self._segments: dict[str, _Segment] = {}
@@ -204,6 +234,7 @@ class Dispatcher:
         self._timer_at = 0.0
         # Settling: entries to write next; the write in flight.
         self._pending: list[Entry] = []
+        self._parks_pending = 0  # of them
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
@@ -275,9 +306,13 @@ class Dispatcher:
         self._unbucket(member)
         for entry in member.held.values():
             entry.holder = None
-            if entry.state is State.IN_FLIGHT:
+            if entry.state is IN_FLIGHT:
                 self._deadlines.pop(entry, None)
-                self._requeue(entry)
+                # Once failed nothing is written any more (the dispatcher is stopping).
+                if self.failed is None:
+                    self._again(entry)
+                else:
+                    self._requeue(entry)
         member.held.clear()
         member.ready.clear()
         member.outbox.clear()
@@ -292,6 +327,7 @@ class Dispatcher:
                     self._assign(segment)
                     self._offer(segment)
         self._flush()
+        self._kick()
 
     def _bucket(self, count: int) -> OrderedDict[Member, None]:
         bucket = self._buckets.get(count)
@@ -376,6 +412,8 @@ class Dispatcher:
 
     def _arrived(self, entries: list[Entry], after: int) -> None:
         self.window.add(entries, after)
+        if self._carried:
+            self._count_on(entries)
         if self._per_segment:
             segments, offer, dirty = self._segments, self._offer, self._dirty
             for entry in entries:
@@ -400,6 +438,28 @@ class Dispatcher:
         else:
             self._waiting.extend(entries)
             self._feed()
+
+    def _count_on(self, entries: list[Entry]) -> None:
+        """Records read again that an earlier dispatcher of the group delivered
+        go on from its attempts (so a record that ends every member it reaches
+        is still parked after max_attempts)."""
+        carried = self._carried
+        for entry in entries:
+            found = carried.pop(entry.position, None)
+            if found is not None:
+                entry.attempt, entry.reason = found
+
+    def attempts(self) -> Attempts:
+        """The attempts of the records delivered and not settled (and those
+        counted on from before, not read again yet), for the group's next
+        dispatcher: at most the records the window holds, as positions the
+        cursor passed without reading them are never delivered."""
+        cursor = self.window.cursor
+        kept = {position: found for position, found in self._carried.items() if position >= cursor}
+        for entry in self.window.entries.values():
+            if entry.attempt:
+                kept[entry.position] = (entry.attempt, entry.reason)
+        return kept
 
     # -- delivering ---------------------------------------------------------------
 
@@ -471,9 +531,16 @@ class Dispatcher:
     def _deliver(self, member: Member, entries: list[Entry]) -> None:
         deadline = self._clock() + self._ack_timeout
         held, outbox, deadlines = member.held, member.outbox, self._deadlines
-        again = 0
+        most = self.config.max_attempts
+        again = parked = 0
         for entry in entries:
-            entry.state = State.IN_FLIGHT
+            if entry.attempt >= most:
+                # Delivered max_attempts times already (its park write failed,
+                # or an earlier dispatcher delivered it): never once more.
+                self._park(entry)
+                parked += 1
+                continue
+            entry.state = IN_FLIGHT
             entry.holder = member
             entry.deadline = deadline
             attempt = entry.attempt = entry.attempt + 1
@@ -481,15 +548,20 @@ class Dispatcher:
                 again += 1
             held[entry.position] = entry
             deadlines[entry] = None
-            outbox.append((entry, attempt))
-        self.delivered += len(entries)
+            entry.queued = True
+            outbox.append(entry)
+        if parked:
+            self._kick()
+            if parked == len(entries):
+                return
+        self.delivered += len(entries) - parked
         self.redelivered += again
         member.wake()
         self._arm(deadline)
 
     def _requeue(self, entry: Entry) -> None:
         """Puts an entry no longer delivered back first in line (delivered again at once)."""
-        entry.state = State.WAITING
+        entry.state = WAITING
         entry.holder = None
         if self._per_segment:
             segment = self._segments[entry.segment]
@@ -509,8 +581,8 @@ class Dispatcher:
         before = len(pending)
         for position in positions:
             entry = held.get(position)
-            if entry is not None and entry.state is State.IN_FLIGHT:
-                entry.state = State.SETTLING
+            if entry is not None and entry.state is IN_FLIGHT:
+                entry.state = SETTLING
                 del deadlines[entry]
                 pending.append(entry)
         if len(pending) > before:
@@ -521,7 +593,7 @@ class Dispatcher:
         now = self._clock()
         for position in positions:
             entry = held.get(position)
-            if entry is None or entry.state is not State.IN_FLIGHT:
+            if entry is None or entry.state is not IN_FLIGHT:
                 continue
             del self._deadlines[entry]
             entry.reason = reason
@@ -534,16 +606,17 @@ class Dispatcher:
         self._kick()
 
     def _park(self, entry: Entry) -> None:
-        entry.state = State.SETTLING
+        entry.state = SETTLING
         entry.park = True
         self._pending.append(entry)
+        self._parks_pending += 1
 
     def _retry(self, entry: Entry, now: float) -> None:
         member = entry.holder
         if member is not None:
             del member.held[entry.position]
             self._has_room(member)
-        entry.state = State.WAITING
+        entry.state = WAITING
         entry.holder = None
         entry.not_before = now + retry_delay(entry.attempt)
         heapq.heappush(self._retries, (entry.not_before, next(self._retry_order), entry))
@@ -554,14 +627,19 @@ class Dispatcher:
         self._arm(entry.not_before)
 
     def _timed_out(self, entry: Entry) -> None:
-        if entry.attempt >= self.config.max_attempts:
-            self._park(entry)
-            return
         member = entry.holder
-        if member is not None:
+        if member is not None and entry.attempt < self.config.max_attempts:
             del member.held[entry.position]
             self._has_room(member)
-        self._requeue(entry)
+        self._again(entry)
+
+    def _again(self, entry: Entry) -> None:
+        """A delivery ended unanswered (timed out, its member left): parked
+        after its max_attempts-th, else delivered again at once."""
+        if entry.attempt >= self.config.max_attempts:
+            self._park(entry)
+        else:
+            self._requeue(entry)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -585,7 +663,7 @@ class Dispatcher:
         retries = self._retries
         while retries and retries[0][0] <= now:
             entry = heapq.heappop(retries)[2]
-            if entry.state is not State.WAITING or not entry.not_before:
+            if entry.state is not WAITING or not entry.not_before:
                 continue
             entry.not_before = 0.0
             if self._per_segment:
@@ -613,9 +691,10 @@ class Dispatcher:
                 batch, parks = self._next_write()
                 window = self.window
                 for entry in batch:
-                    entry.state = State.WRITING
+                    entry.state = WRITING
                 through = window.through_after_writing()
-                settled = sorted(entry.position for entry in batch if entry.position > through)
+                settled = [entry.position for entry in batch if entry.position > through]
+                settled.sort()
                 parked = None
                 if parks:
                     bodies = [parking.body(e.stored, e.attempt, e.reason) for e in parks]
@@ -631,13 +710,16 @@ class Dispatcher:
                 except StreamsError as exc:
                     log.warning(
                         "group %r of space %r: settling %d records failed, delivering them "
-                        "again: %s",
+                        "again (parking those at their last attempt): %s",
                         self.name,
                         self.space,
                         len(batch),
                         exc,
                     )
                     self._unsettle(batch)
+                    # Not at once: a record at its last attempt comes back as a park
+                    # straight away, and a failing store often fails without waiting.
+                    await asyncio.sleep(RETRY_FIRST)
                     continue
                 self._settled(batch)
         except Exception as exc:
@@ -649,11 +731,15 @@ class Dispatcher:
     def _next_write(self) -> tuple[list[Entry], list[Entry]]:
         """What the next settle write takes: every ack pending, and parks up
         to what one Produce may append."""
+        pending = self._pending
+        if not self._parks_pending:  # acks only (the usual case): all of them
+            self._pending = []
+            return pending, []
         most = self._limits.max_records_per_produce
         batch: list[Entry] = []
         parks: list[Entry] = []
         later: list[Entry] = []
-        for entry in self._pending:
+        for entry in pending:
             if entry.park:
                 if len(parks) == most:
                     later.append(entry)
@@ -661,6 +747,7 @@ class Dispatcher:
                 parks.append(entry)
             batch.append(entry)
         self._pending = later
+        self._parks_pending -= len(parks)
         return batch, parks
 
     def _settled(self, batch: list[Entry]) -> None:

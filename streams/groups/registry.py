@@ -4,7 +4,11 @@ the service reads live numbers, and DeleteGroup and shutdown end members.
 A group has a :class:`~streams.groups.dispatcher.Dispatcher` while it has
 live members: the first join starts it from the group's durable progress,
 the last leave stops it (after its settle write in flight, so that a join
-right after never loads progress older than what was acked).
+right after never loads progress older than what was acked). Delivery
+attempts outlive the dispatcher: those of the records it delivered and did
+not settle (at most the records its window held) are kept here and handed
+to the group's next dispatcher, until the group is deleted; they are not
+durable (after a restart, attempts count from 1 again).
 
 Example (the Subscribe stream)::
 
@@ -24,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from streams.errors import NotFound, ResourceExhausted, Unavailable
-from streams.groups.dispatcher import Dispatcher, Member
+from streams.groups.dispatcher import Attempts, Dispatcher, Member
 from streams.limits import Limits
 from streams.memory import MemoryBudget
 from streams.storage import port
@@ -82,6 +86,8 @@ class Groups:
         self._stopping: dict[_Key, asyncio.Task[None]] = {}
         # Groups deleted while their dispatcher was starting: the start fails.
         self._deleted: set[_Key] = set()
+        # Groups with no dispatcher: the attempts its last one left.
+        self._attempts: dict[_Key, Attempts] = {}
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -134,7 +140,13 @@ class Groups:
                 if self._closed:
                     raise Unavailable("the server is shutting down; retry")
                 dispatcher = Dispatcher(
-                    self._store, state, self._limits, self._memory, self._clock, self._retire
+                    self._store,
+                    state,
+                    self._limits,
+                    self._memory,
+                    self._clock,
+                    self._retire,
+                    self._attempts.pop(key, None),
                 )
                 self._dispatchers[key] = dispatcher
                 dispatcher.start()
@@ -151,6 +163,10 @@ class Groups:
             return
         del self._dispatchers[key]
         dispatcher.halt()
+        if not isinstance(dispatcher.failed, NotFound):  # deleted: its attempts go too
+            attempts = dispatcher.attempts()
+            if attempts:
+                self._attempts[key] = attempts
         task = asyncio.create_task(dispatcher.stop(), name=f"group {dispatcher.name} stop")
         self._stopping[key] = task
 
@@ -177,6 +193,7 @@ class Groups:
     def deleted(self, space: str, group: str) -> None:
         """The group was deleted: ends its members with NotFound, drops its dispatcher."""
         key = (space, group)
+        self._attempts.pop(key, None)
         if key in self._starting:
             self._deleted.add(key)
         dispatcher = self._dispatchers.get(key)

@@ -34,6 +34,32 @@ def test_entries_read_segment_and_position_in_place(transaction_id: str, positio
     assert [e.stored for e in entries] == [codec.stored(r) for r in records]
 
 
+def test_entries_of_chunks_gaps_and_long_records() -> None:
+    """Runs of one segment (as chunks hold them), segments coming back, names
+    whose length takes two bytes, records over 16 KiB, and positions with
+    gaps (records removed): each entry has its own segment and position."""
+    long_name = "n" * 200
+    specs = [
+        ("a", 3, 1),
+        ("a", 4, 2),
+        (long_name, 1, 3),
+        (long_name, 2, 4),
+        ("a", 5, 5),
+        ("b", 1, 6),
+    ]
+    for gap in (0, 10):
+        records = [
+            Record("sp", segment, sequence, position + (gap if position > 3 else 0), 5, "", body)
+            for (segment, sequence, position), body in zip(
+                specs, [b"\x0a\x01x"] * 3 + [b"\x0a\x80\x80\x02" + b"y" * 32768] * 3, strict=True
+            )
+        ]
+        entries = entries_of(framed(*records))
+        assert [(e.segment, e.position, e.stored) for e in entries] == [
+            (r.segment, r.position, codec.stored(r)) for r in records
+        ]
+
+
 def test_records_that_do_not_parse_are_damage() -> None:
     stored = codec.record_header("s", "a", 5, "") + b"\x28"  # cut inside a varint
     with pytest.raises(CorruptRecord, match="do not parse"):

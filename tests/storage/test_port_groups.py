@@ -9,6 +9,7 @@ collected without piling up range tombstones."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from streams.errors import (
+    DataLoss,
     InvariantViolation,
     NotFound,
     ResourceExhausted,
@@ -38,6 +40,7 @@ from streams.model import (
 )
 from streams.storage.port import Store
 from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.groups import pack_settled, unpack_settled
 from streams.storage.rocksdb.store import RocksStore, StoreOptions
 
 from .conftest import HARNESSES, Harness, body, txn
@@ -518,13 +521,71 @@ def test_groups_rocksdb_a_settle_collects_after_the_interval(tmp_path: Path) -> 
         store = RocksStore.open(tmp_path / "data", options)
         try:
             await store.create_group(config(), 0, 10)
-            await store.settle_group("orders", "g", 0, (1, 2, 3, 7), None)
-            assert _settled_keys(store, "orders", "g") == 4
+            # One key per settle, by its highest position.
+            await store.settle_group("orders", "g", 0, (1, 2, 3), None)
+            await store.settle_group("orders", "g", 0, (7,), None)
+            assert _settled_keys(store, "orders", "g") == 2
             await store.settle_group("orders", "g", 3, (), None)
             assert _settled_keys(store, "orders", "g") == 1
             assert await progress(store) == GroupProgress(3, ((7, 7),))
             await store.delete_group("orders", "g")
             assert _settled_keys(store, "orders", "g") == 0
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [[5], [1, 2, 3], [3, 130, 131, 20_000, 2**40], list(range(10, 20_010, 2))],
+    ids=["one", "dense", "far apart", "many"],
+)
+def test_groups_rocksdb_settled_positions_pack_into_one_value(positions: list[int]) -> None:
+    value = pack_settled(positions)
+    assert sorted(unpack_settled(positions[-1], value)) == positions
+    if max((b - a for a, b in itertools.pairwise(positions)), default=0) < 0x80:
+        assert len(value) == len(positions) - 1  # a byte per position but the key's
+
+
+@pytest.mark.parametrize(
+    ("highest", "value"),
+    [(5, b"\x00"), (5, b"\x05"), (5, b"\x80"), (300, b"\xff" * 11)],
+    ids=["zero gap", "below 1", "cut short", "too long"],
+)
+def test_groups_rocksdb_damaged_settled_values_are_refused(highest: int, value: bytes) -> None:
+    with pytest.raises(ValueError):
+        unpack_settled(highest, value)
+
+
+def test_groups_rocksdb_one_key_per_settle_read_back_and_merged(tmp_path: Path) -> None:
+    """A settle writes one K key (by its highest position); a settle of the
+    same highest position again adds to that key; a key with an empty value
+    (one position, as first written) is that position; a damaged value is
+    DataLoss naming the group."""
+
+    async def main() -> None:
+        store = RocksStore.open(tmp_path / "data")
+        try:
+            await store.create_group(config(), 0, 10)
+            await store.settle_group("orders", "g", 0, (9, 3, 5, 300), None)
+            assert _settled_keys(store, "orders", "g") == 1
+            await store.settle_group("orders", "g", 0, (7, 300), None)
+            assert _settled_keys(store, "orders", "g") == 1
+            prefix = keys.settled_prefix("orders", "g")
+            store._db.put(prefix + keys.u64(400), b"")
+            want = GroupProgress(0, ((3, 3), (5, 5), (7, 7), (9, 9), (300, 300), (400, 400)))
+            assert await progress(store) == want
+            store._db.put(prefix + keys.u64(500), b"\x80")
+            with pytest.raises(DataLoss) as damaged:
+                await progress(store)
+            assert "group 'g' of space 'orders'" in str(damaged.value)
+            store._db.delete(prefix + keys.u64(500))
+        finally:
+            await store.close()
+        store = RocksStore.open(tmp_path / "data")
+        try:
+            assert await progress(store) == want
         finally:
             await store.close()
 

@@ -1,13 +1,51 @@
-"""The RocksDB engine's consumer groups: a group's stored head, and when the
-settled-position keys it no longer needs are collected (see :mod:`.layout`)."""
+"""The RocksDB engine's consumer groups: a group's stored head, the value of
+a settled-positions key, and when the keys it no longer needs are collected
+(see :mod:`.layout`)."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from streams import codec
 from streams.storage.rocksdb.layout import GROUP_HEAD
+
+
+def pack_settled(positions: Sequence[int]) -> bytes:
+    """The value of the K key of ``positions`` (ascending, distinct), keyed by
+    the last (highest) one: the gaps down from it to each one before, as
+    varints (one byte each while the positions settled together are close)."""
+    gaps = [high - low for high, low in itertools.pairwise(reversed(positions))]
+    if not gaps or max(gaps) < 0x80:
+        return bytes(gaps)
+    return b"".join(map(codec.varint, gaps))
+
+
+def unpack_settled(highest: int, value: bytes) -> list[int]:
+    """The positions of a K key, from ``highest`` (its key's) down: those its
+    value holds. ValueError when the value is not one :func:`pack_settled`
+    made (an empty value, as keys of one position were first written, is
+    that position alone)."""
+    found = [highest]
+    position = highest
+    gap = shift = 0
+    for byte in value:
+        gap |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:
+                raise ValueError("a gap longer than 10 bytes")
+            continue
+        position -= gap
+        if gap < 1 or position < 1:
+            raise ValueError(f"a gap of {gap} down from {position + gap}")
+        found.append(position)
+        gap = shift = 0
+    if shift:
+        raise ValueError("the last gap is cut short")
+    return found
 
 
 @dataclass(frozen=True, slots=True)

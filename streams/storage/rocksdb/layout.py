@@ -21,13 +21,15 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
     X expiry space 0 txid          -> dedupe expiry index (sweeping in time order)
     V                              -> the on-disk format version (u64)
     G space 0 group 0              -> consumer group: progress head, config (:data:`GROUP_HEAD`)
-    K space 0 group 0 position     -> empty: a position the group settled above its
-                                      acked_through (as it was when the key was written)
+    K space 0 group 0 position     -> the positions one settle settled above the group's
+                                      acked_through (as it was then), keyed by the highest:
+                                      the gaps down from it, varints (empty: that one alone)
 
 A group's progress is its head (acked_through, parked count, and how far
-its K keys were collected) plus one K key per position settled above
-acked_through, so a settle writes what it settles, never the whole set. K
-keys at or below acked_through are stale: readers ignore them, and a settle
+its K keys were collected) plus one K key per settle, holding the positions
+it settled above acked_through, so a settle writes what it settles, never
+the whole set (see :mod:`.groups`). A K key holds no position above its own,
+so K keys at or below acked_through are stale: readers ignore them, and a settle
 now and then deletes them with one range tombstone from the head's
 collected point + 1 to acked_through + 1 (ranges that never nest); see
 ``RocksStore.settle_group``. Groups are keyed apart from their space's

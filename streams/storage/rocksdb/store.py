@@ -79,7 +79,7 @@ from streams.storage.rocksdb.catalog import (
 from streams.storage.rocksdb.chunks import Chunk, MalformedChunk
 from streams.storage.rocksdb.durable_mark import DurableMark
 from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
-from streams.storage.rocksdb.groups import Collector, GroupHead
+from streams.storage.rocksdb.groups import Collector, GroupHead, pack_settled, unpack_settled
 from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
 from streams.storage.rocksdb.reclaim import Reclaim
 from streams.storage.rocksdb.retention import Appended
@@ -729,7 +729,8 @@ class RocksStore:
     # -- consumer groups ---------------------------------------------------
     #
     # A group is its head (G key: progress and config) and a K key per
-    # position settled above its acked_through (see .layout). Every change
+    # settle, holding the positions it settled above its acked_through,
+    # keyed by the highest of them (see .layout and .groups). Every change
     # goes through the group commit like a Commit, checked and written with
     # no await between; reads wait for writes in flight (rule 2).
 
@@ -779,13 +780,25 @@ class RocksStore:
         if head is None:
             return None
         prefix = keys.settled_prefix(space, name)
+        # A key holds no position above its own: those at or below acked_through are stale.
         start = self._settled_key(prefix, head.acked_through + 1)
         where = f"the settled positions of group {name!r} of space {space!r}"
-        positions = (keys.read_u64(key, len(prefix)) for key, _ in self._scan(prefix, where, start))
+        positions: list[int] = []
+        for key, value in self._scan(prefix, where, start):
+            positions += self._settled_in(key, value, prefix, where)
         return GroupState(
             self._group_config(head, space, name),
             groups.progress(head.acked_through, positions, head.parked),
         )
+
+    def _settled_in(self, key: bytes, value: bytes, prefix: bytes, where: str) -> list[int]:
+        highest = keys.read_u64(key, len(prefix))
+        try:
+            return unpack_settled(highest, value)
+        except ValueError as exc:
+            raise self._data_loss(
+                f"{where} under {self._path} are damaged (the key of {highest}): {exc}"
+            ) from exc
 
     async def list_groups(self, space: str, after: str | None, limit: int) -> list[GroupConfig]:
         self._check_open()
@@ -839,11 +852,11 @@ class RocksStore:
                 raise port.group_not_found(space, name)
             groups.check_forward(space, name, head.acked_through, acked_through)
             prefix = keys.settled_prefix(space, name)
-            fresh = {position for position in settled if position > acked_through}
+            fresh = sorted({position for position in settled if position > acked_through})
             batch = rocksdict.WriteBatch(raw_mode=True)
             collected = head.collected
             group = (space, name)
-            collect = self._collector.due(group, len(fresh), acked_through > collected)
+            collect = self._collector.due(group, 1 if fresh else 0, acked_through > collected)
             if collect:
                 # From where the last collection ended: the tombstones never nest.
                 batch.delete_range(
@@ -851,8 +864,14 @@ class RocksStore:
                     self._settled_key(prefix, acked_through + 1),
                 )
                 collected = acked_through
-            for position in sorted(fresh):
-                batch.put(prefix + keys.u64(position), b"")
+            if fresh:
+                key = prefix + keys.u64(fresh[-1])
+                where = f"the settled positions of group {name!r} of space {space!r}"
+                found = self._get(key, where)
+                if found is not None:
+                    # An earlier settle with the same highest position: one key holds both.
+                    fresh = sorted({*fresh, *self._settled_in(key, found, prefix, where)})
+                batch.put(key, pack_settled(fresh))
             count = 0 if parked is None else parked.record_count
             new = GroupHead(acked_through, head.parked + count, collected, head.config)
             # Last in the batch (before a park's records): ends in the config's last byte.
