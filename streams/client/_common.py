@@ -1132,16 +1132,28 @@ def to_group_info(msg: pb.GetGroupResponse) -> GroupInfo:
     )
 
 
+# Most positions in one ack or nack message: a server refuses a longer list
+# (--max-group-settle-positions, 20,000 by default); more go in further messages.
+MAX_SETTLE_POSITIONS = 10_000
+
+_Answer = tuple[pb.NackAction, str] | None  # None: an ack; else a nack's action and reason
+
+
 class Link:
     """The sending side of one Subscribe stream: the acks and nacks waiting to go.
 
     ``ack``/``nack`` (thread-safe) queue a position and call ``wake`` when the
     queue was empty; the stream's request writer then ``take``s everything
     queued at once, so acks that pile up while one message is being sent go out
-    together in the next one, and none waits for a timer. ``close`` ends the
-    link: ``flush`` sends what is queued, then the writer half-closes (the
-    member leaves); without it (the stream broke) what is queued is dropped
-    and later acks are no-ops: the server delivers those records again.
+    together in the next one, and none waits for a timer. A position is queued
+    once: answered again while its first answer waits (``ack()`` twice, both
+    copies of a record delivered again after ``ack_timeout``, an ack and a
+    nack), the first answer counts, so no list the server gets repeats a
+    position. A list goes in messages of at most :data:`MAX_SETTLE_POSITIONS`.
+    ``close`` ends the link: ``flush`` sends what is queued, then the writer
+    half-closes (the member leaves); without it (the stream broke) what is
+    queued is dropped and later acks are no-ops: the server delivers those
+    records again.
     """
 
     _OPEN, _CLOSING, _DEAD = range(3)
@@ -1150,8 +1162,7 @@ class Link:
         self._lock = threading.Lock()
         self._wake = wake
         self._state = self._OPEN
-        self._acks: list[int] = []
-        self._nacks: dict[tuple[pb.NackAction, str], list[int]] = {}
+        self._answers: dict[int, _Answer] = {}  # by position, in the order answered
 
     @property
     def open(self) -> bool:
@@ -1164,15 +1175,12 @@ class Link:
         action = pb.NACK_ACTION_PARK if park else pb.NACK_ACTION_RETRY
         return self._queue(position, (action, reason))
 
-    def _queue(self, position: int, nack: tuple[pb.NackAction, str] | None) -> bool:
+    def _queue(self, position: int, answer: _Answer) -> bool:
         with self._lock:
             if self._state != self._OPEN:
                 return False
-            idle = not self._acks and not self._nacks
-            if nack is None:
-                self._acks.append(position)
-            else:
-                self._nacks.setdefault(nack, []).append(position)
+            idle = not self._answers
+            self._answers.setdefault(position, answer)
         if idle:
             self._wake()
         return True
@@ -1182,16 +1190,23 @@ class Link:
         with self._lock:
             if self._state == self._DEAD:
                 return None
-            requests = []
-            if self._acks:
-                requests.append(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=self._acks)))
-            for (action, reason), positions in self._nacks.items():
-                nack = pb.SubscribeNack(positions=positions, action=action, reason=reason)
-                requests.append(pb.SubscribeRequest(nack=nack))
-            self._acks, self._nacks = [], {}
-            if not requests and self._state == self._CLOSING:
+            answers, self._answers = self._answers, {}
+            if not answers and self._state == self._CLOSING:
                 return None
-            return requests
+        by_answer: dict[_Answer, list[int]] = {None: []}  # the acks first
+        for position, answer in answers.items():
+            by_answer.setdefault(answer, []).append(position)
+        requests = []
+        for answer, positions in by_answer.items():
+            for start in range(0, len(positions), MAX_SETTLE_POSITIONS):
+                chunk = positions[start : start + MAX_SETTLE_POSITIONS]
+                if answer is None:
+                    requests.append(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=chunk)))
+                else:
+                    action, reason = answer
+                    nack = pb.SubscribeNack(positions=chunk, action=action, reason=reason)
+                    requests.append(pb.SubscribeRequest(nack=nack))
+        return requests
 
     def close(self, flush: bool) -> None:
         with self._lock:
@@ -1211,7 +1226,8 @@ class Message(Record):
     have it delivered again after a back-off, ``nack(park=True, reason=...)``
     to park it in the group's dead-letter segment. Neither blocks: they queue
     the answer for the subscription's stream, which sends it at once (answers
-    that pile up meanwhile go out together). Both return False, and do
+    that pile up meanwhile go out together; a record answered again before its
+    first answer went keeps the first). Both return False, and do
     nothing, when the stream the message came on has ended (the subscription
     re-joined after a disconnect, or was closed): the server delivers such a
     record again. A message never settled is delivered again after the

@@ -150,6 +150,55 @@ def test_answers_pending_together_go_in_one_message_per_kind() -> None:
     assert wakes == [1, 1]  # empty again: the next answer wakes the writer
 
 
+def _sent(requests: list[pb.SubscribeRequest] | None) -> list[tuple[str, int, str, list[int]]]:
+    """Each message as (kind, nack action, reason, positions)."""
+    assert requests is not None
+    out = []
+    for r in requests:
+        kind = r.WhichOneof("kind")
+        if kind == "ack":
+            out.append(("ack", 0, "", list(r.ack.positions)))
+        else:
+            out.append(("nack", r.nack.action, r.nack.reason, list(r.nack.positions)))
+    return out
+
+
+def test_a_position_answered_twice_is_sent_once_with_its_first_answer() -> None:
+    # Finding 3: [p, p] (or p in an ack and a nack) outnumbered max_in_flight 1,
+    # and the server ended the whole subscription INVALID_ARGUMENT.
+    link = c.Link(lambda: None)
+    messages = _membership().messages(pb.SubscribeResponse(deliveries=pb.SubscribeDeliveries(
+        deliveries=[_delivery(p) for p in range(1, 5)])), link)  # fmt: skip
+    one, two, three, four = messages
+    assert one.ack() and one.ack()
+    assert two.ack() and two.nack(park=True, reason="late")  # the ack counts
+    assert three.nack(reason="first") and three.ack() and three.nack(True, "second")
+    assert four.nack(park=True, reason="poison") and four.nack(park=True, reason="poison")
+    assert _sent(link.take()) == [
+        ("ack", 0, "", [1, 2]),
+        ("nack", pb.NACK_ACTION_RETRY, "first", [3]),
+        ("nack", pb.NACK_ACTION_PARK, "poison", [4]),
+    ]
+    # Sent: a later answer goes in a message of its own (the server ignores an
+    # ack for a record this member no longer holds).
+    assert one.ack()
+    assert _sent(link.take()) == [("ack", 0, "", [1])]
+
+
+def test_a_long_list_goes_in_messages_of_at_most_10000_positions() -> None:
+    link = c.Link(lambda: None)
+    for position in range(1, 25_001):
+        link.ack(position)
+    for position in range(25_001, 35_002):
+        link.nack(position, park=False, reason="")
+    sent = _sent(link.take())
+    assert c.MAX_SETTLE_POSITIONS == 10_000
+    assert [(kind, len(positions)) for kind, _, _, positions in sent] == [
+        ("ack", 10_000), ("ack", 10_000), ("ack", 5_000), ("nack", 10_000), ("nack", 1),
+    ]  # fmt: skip
+    assert [p for *_, positions in sent for p in positions] == list(range(1, 35_002))
+
+
 def test_messages_of_a_broken_stream_are_dead() -> None:
     link = c.Link(lambda: None)
     (message,) = _membership().messages(pb.SubscribeResponse(

@@ -149,6 +149,25 @@ def test_sync_round_trip_each_segment_in_order(client: Client) -> None:
     assert (info.in_flight, info.members, info.lag) == (0, (), 0)
 
 
+def test_a_double_ack_is_harmless(client: Client) -> None:
+    # Finding 3: ack() twice sent [p, p], more than max_in_flight 1, and the
+    # server ended the subscription INVALID_ARGUMENT.
+    space = unique("double-ack")
+    client.produce(space, "a", [b"1", b"2", b"3"])
+    client.create_group(space, "g")
+    got = []
+    with client.subscribe(space, "g", max_in_flight=1) as sub:
+        for message in sub:
+            got.append(message.position)
+            assert message.ack() and message.ack() and message.nack(park=True)
+            if len(got) == 3:
+                break
+        assert sub.joins == 1
+    assert got == [1, 2, 3]
+    _settled_through(client, space, "g", 3)
+    assert client.get_group(space, "g").parked == 0  # the first answer counted
+
+
 def test_async_round_trip_with_nack_and_park(server: ServerProcess) -> None:
     space = unique("async")
 
