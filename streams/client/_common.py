@@ -1136,6 +1136,10 @@ def to_group_info(msg: pb.GetGroupResponse) -> GroupInfo:
 # (--max-group-settle-positions, 20,000 by default); more go in further messages.
 MAX_SETTLE_POSITIONS = 10_000
 
+# A nack's reason is cut to this many UTF-8 bytes: the server's default
+# --max-metadata-value-bytes (the reason becomes a parked record's metadata value).
+MAX_REASON_BYTES = 4096
+
 _Answer = tuple[pb.NackAction, str] | None  # None: an ack; else a nack's action and reason
 
 
@@ -1254,10 +1258,21 @@ class Message(Record):
     def nack(self, park: bool = False, reason: str = "") -> bool:
         """Not processed: deliver it again after a back-off (100 ms, doubling, at
         most 5 s) or, ``park=True`` (or at the group's ``max_attempts``), park it
-        in the dead-letter segment with ``reason`` in its ``streams-parked-reason``."""
+        in the dead-letter segment with ``reason`` in its ``streams-parked-reason``.
+
+        ``reason`` is free text (``repr(exc)``, say): a longer one is cut to its
+        first :data:`MAX_REASON_BYTES` (4,096) UTF-8 bytes, at a character
+        boundary, so that a long exception text still parks the record."""
         if not isinstance(reason, str):
             raise TypeError(f"reason: expected a str, got {reason!r}")
-        return self._link.nack(self.position, park, reason)
+        return self._link.nack(self.position, park, cut_reason(reason))
+
+
+def cut_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_REASON_BYTES` of UTF-8 at a character boundary
+    (what cannot be encoded, a lone surrogate, becomes ``?``)."""
+    # A cut inside a character leaves an incomplete sequence at the end only: dropped.
+    return reason.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def default_member_name() -> str:

@@ -232,6 +232,30 @@ def test_nack_reason_must_be_text() -> None:
         message.nack(reason=b"bytes")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("reason", "sent"),
+    [
+        ("x" * 10_000, "x" * 4096),
+        ("a" + "é" * 3000, "a" + "é" * 2047),  # 4,095 bytes: the next é would be cut in two
+        ("€" * 2000, "€" * 1365),  # 3 bytes each: 4,095
+        ("ab" + "🦀" * 1100, "ab" + "🦀" * 1023),  # 4 bytes each: 4,094
+        ("é" * 2048, "é" * 2048),  # exactly 4,096 bytes: as given
+        ("bad \ud800 text", "bad ? text"),  # a lone surrogate cannot go on the wire
+    ],
+)
+def test_a_long_nack_reason_is_cut_to_4096_bytes_at_a_character(reason: str, sent: str) -> None:
+    # Finding 2: a reason over the server's 4 KiB metadata-value limit ended the
+    # whole subscription INVALID_ARGUMENT, and the record was never parked.
+    link = c.Link(lambda: None)
+    response = pb.SubscribeResponse(deliveries=pb.SubscribeDeliveries(deliveries=[_delivery(1)]))
+    (message,) = _membership().messages(response, link)
+    assert message.nack(park=True, reason=reason)
+    requests = link.take()
+    assert requests is not None
+    assert requests[0].nack.reason == sent
+    assert len(requests[0].SerializeToString()) < 4200
+
+
 def test_answers_from_many_threads_are_all_sent_once() -> None:
     ready = threading.Event()
     link = c.Link(ready.set)

@@ -214,6 +214,26 @@ async def wait_parked(client: AsyncClient, space: str, segment: str) -> Message:
     raise AssertionError(f"nothing parked in {space}/{segment}")
 
 
+def test_park_with_a_long_reason_parks(client: Client) -> None:
+    # Finding 2: the README's worker parks with reason=repr(exc); one over 4 KiB
+    # ended the subscription INVALID_ARGUMENT and the record was never parked.
+    space = unique("long-reason")
+    client.produce(space, "a", [b"poison", b"next"])
+    client.create_group(space, "g")
+    with client.subscribe(space, "g") as sub:
+        for message in sub:
+            if message.payload == b"poison":
+                assert message.nack(park=True, reason="é" * 5000)
+            else:
+                message.ack()
+                break
+        assert sub.joins == 1
+    _settled_through(client, space, "g", 2)  # a park is durable before it counts
+    (record,) = client.consume("$parked", f"{space}/g")
+    assert record.payload == b"poison"
+    assert record.metadata["streams-parked-reason"] == "é" * 2048
+
+
 def test_a_message_left_unsettled_goes_to_the_next_member(client: Client) -> None:
     space = unique("leave")
     client.produce(space, "a", [b"one", b"two"])
