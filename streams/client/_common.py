@@ -25,7 +25,14 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams import status
-from streams.errors import Cancelled, DeadlineExceeded, NotFound, StreamsError, Unavailable
+from streams.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    StreamsError,
+    Unavailable,
+)
 from streams.model import Ordering, SegmentAck
 from streams.status import StatusError
 from streams.v1 import streams_pb2 as pb
@@ -465,7 +472,10 @@ class RetryPolicy:
     same statuses but DEADLINE_EXCEEDED (the stream's own timeout), from the
     record after the last one they delivered, or before any record from the start
     the server fixed (``streams-start``); the clock and the count start again
-    each time a stream reconnects or a record arrives.
+    each time a stream reconnects or a record arrives. A group subscription
+    joins again on those statuses and on RESOURCE_EXHAUSTED too (a server
+    momentarily full: request bytes in flight, memory, streams, members of the
+    group); its clock and count start again at each join.
 
     Example::
 
@@ -514,6 +524,13 @@ def outcome_unknown(error: StreamsError) -> bool:
 def _stream_broke(error: StreamsError) -> bool:
     # A stream's DEADLINE_EXCEEDED is its own timeout, asked for by the caller.
     return outcome_unknown(error) and not isinstance(error, DeadlineExceeded)
+
+
+def _rejoin_worthy(error: StreamsError) -> bool:
+    # A Subscribe's RESOURCE_EXHAUSTED is a server momentarily full (request bytes
+    # in flight, memory, streams, members of the group), never a message of this
+    # client too big to ever pass: its lists and reasons are bounded (see Link).
+    return _stream_broke(error) or isinstance(error, ResourceExhausted)
 
 
 def status_text(error: StreamsError) -> str:
@@ -1296,7 +1313,7 @@ class Membership:
         name = default_member_name() if member_name is None else member_name
         self.join = pb.SubscribeRequest(join=pb.SubscribeJoin(
             space=space, group=group, member_name=name, max_in_flight=max_in_flight))  # fmt: skip
-        self.retrier = Retrier(policy, _stream_broke, f"Subscribe {space}/{group}")
+        self.retrier = Retrier(policy, _rejoin_worthy, f"Subscribe {space}/{group}")
         self.member_id: str | None = None
         self.joins = 0
 
@@ -1320,5 +1337,6 @@ class Membership:
 
     def rejoin_delay(self, error: StreamsError) -> float | None:
         """Seconds to wait before joining again after the stream broke with
-        ``error``, or None: raise it (not a disconnect, or the retries ran out)."""
+        ``error``, or None: raise it (the retries ran out, or neither a
+        disconnect nor RESOURCE_EXHAUSTED, a server momentarily full)."""
         return self.retrier.delay(error)

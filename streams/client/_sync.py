@@ -547,11 +547,13 @@ class Client:
         ``member_name`` is shown to operators (default ``host/pid``).
 
         After a disconnect (UNAVAILABLE, a lost connection: see
-        :class:`RetryPolicy`) the subscription joins again with back-off; the
-        messages of the old stream are then dead (their ``ack()`` does nothing)
-        and the server delivers them again. A deleted or unknown group raises
-        :class:`GroupNotFound`. ``close()`` sends the answers queued and leaves
-        the group: unsettled records go to the other members.
+        :class:`RetryPolicy`), or RESOURCE_EXHAUSTED (a server momentarily
+        full, a group at its most members), the subscription joins again with
+        back-off; the messages of the old stream are then dead (their
+        ``ack()`` does nothing) and the server delivers them again. A deleted
+        or unknown group raises :class:`GroupNotFound`. ``close()`` sends the
+        answers queued and leaves the group: unsettled records go to the other
+        members.
 
         Example::
 

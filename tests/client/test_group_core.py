@@ -11,7 +11,7 @@ import pytest
 
 from streams import GroupNotFound, Message, NotFound, Ordering, Record, RetryPolicy, Unavailable
 from streams.client import _common as c
-from streams.errors import InvalidArgument
+from streams.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from streams.v1 import streams_pb2 as pb
 
 
@@ -289,8 +289,12 @@ def test_answers_from_many_threads_are_all_sent_once() -> None:
     assert sorted(sent) == list(positions)
 
 
-def test_rejoin_waits_on_disconnects_only() -> None:
+def test_rejoin_waits_on_disconnects_and_a_full_server_only() -> None:
     member = c.Membership("orders", "billing", "w", 0, RetryPolicy(initial_backoff=0.25,
                                                                    jitter=0))  # fmt: skip
     assert member.rejoin_delay(Unavailable("server stopping")) == 0.25
+    # Finding 12: a server momentarily full ended the worker for good.
+    assert member.rejoin_delay(ResourceExhausted("max_inflight_request_bytes")) == 0.5
     assert member.rejoin_delay(member.error(NotFound("gone"))) is None
+    assert member.rejoin_delay(InvalidArgument("join.max_in_flight")) is None
+    assert member.rejoin_delay(DeadlineExceeded("deadline")) is None

@@ -372,6 +372,43 @@ def test_rejoin_after_a_broken_stream_while_the_server_runs(
     _settled_through(client, space, "g", a2.position)
 
 
+def test_rejoin_after_resource_exhausted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Finding 12: a stream ended RESOURCE_EXHAUSTED (a server momentarily full)
+    # ended the worker instead of joining again with back-off.
+    limits = {"STREAMS_MAX_GROUP_MEMBERS": "1", "STREAMS_MAX_REQUEST_BYTES": "2000",
+              "STREAMS_MAX_INFLIGHT_REQUEST_BYTES": "2000"}  # fmt: skip
+    server = ServerProcess(tmp_path / "data", port=free_port(), env=limits).start()
+    caplog.set_level("WARNING", logger="streams.client")
+    try:
+        with Client(server.target, retry=RetryPolicy(max_elapsed=20)) as client:
+            space = unique("full")
+            client.produce(space, "a", [b"a1"])
+            client.create_group(space, "g")
+            first = client.subscribe(space, "g", member_name="first")
+            a1 = next(first)
+            # Mid-stream: a message over the server's request limit ends the stream.
+            assert a1.nack(reason="x" * 3000)
+            again = next(first)
+            assert (again.payload, first.joins) == (b"a1", 2)
+            assert a1.ack() is False  # the old stream's message is dead
+            # At the join: the group has its most members; the second waits for room.
+            second = client.subscribe(space, "g", member_name="second")
+            got: list[Message] = []
+            waiting = threading.Thread(target=lambda: got.append(next(second)))
+            waiting.start()
+            wait_until(lambda: "the most max_group_members allows" in caplog.text, timeout=15,
+                       what="the refused join's back-off")  # fmt: skip
+            first.close()  # leaves a1 unsettled: it goes to the second member
+            waiting.join(15)
+            assert [m.payload for m in got] == [b"a1"]
+            assert second.joins == 1
+            got[0].ack()
+            second.close()
+            _settled_through(client, space, "g", 1)
+    finally:
+        server.close()
+
+
 def test_async_rejoin_after_a_broken_stream_and_unknown_group(
     server: ServerProcess, client: Client
 ) -> None:
