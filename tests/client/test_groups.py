@@ -295,6 +295,60 @@ def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
     wait_until(lambda: not client.get_group(space, "g").members, what="the member left")
 
 
+def test_a_subscription_left_by_break_leaves_at_once(client: Client) -> None:
+    # Finding 6: the gRPC call's request thread held the subscription, so one
+    # dropped without close() stayed a member (holding its records) forever,
+    # and its request thread waited forever.
+    space = unique("abandon")
+    client.produce(space, "a", [b"1", b"2"])
+    client.create_group(space, "g")
+    threads = set(threading.enumerate())
+
+    def abandon() -> None:
+        for message in client.subscribe(space, "g", max_in_flight=1):
+            message.ack()
+            break  # no with, no close()
+
+    abandon()
+    # Freed as the loop let go of it: closed then and there (the ack sent, the
+    # stream ended by the server), no garbage collection needed.
+    info = client.get_group(space, "g")
+    assert info.members == ()
+    _settled_through(client, space, "g", 1)
+    wait_until(lambda: set(threading.enumerate()) <= threads, what="no thread left behind")
+    with client.subscribe(space, "g") as sub:
+        assert (next(sub).payload, client.get_group(space, "g").in_flight) == (b"2", 1)
+
+
+def test_an_async_subscription_left_by_break_leaves(server: ServerProcess, client: Client) -> None:
+    space = unique("aio-abandon")
+    client.produce(space, "a", [b"1", b"2"])
+    client.create_group(space, "g")
+
+    def left() -> None:
+        wait_until(lambda: not client.get_group(space, "g").members, what="the member left")
+
+    async def main() -> None:
+        async with AsyncClient(server.target) as aio:
+            this = asyncio.current_task()
+
+            async def abandon() -> None:
+                async for message in aio.subscribe(space, "g", max_in_flight=1):
+                    message.ack()
+                    break  # no async with, no close()
+
+            await abandon()
+            await asyncio.to_thread(left)  # the loop runs the close meanwhile
+            for _ in range(250):  # and that close ends, with the call's own tasks
+                if asyncio.all_tasks() == {this}:
+                    break
+                await asyncio.sleep(0.02)
+            assert asyncio.all_tasks() == {this}
+
+    asyncio.run(main())
+    _settled_through(client, space, "g", 1)
+
+
 # -- re-join after a restart --------------------------------------------------------------------
 
 
