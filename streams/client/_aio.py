@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -559,52 +560,69 @@ class AsyncSegmentWatch(_AsyncReconnecting[SegmentEvent]):
 
 class AsyncSubscription(AsyncIterator[Message]):
     """See :class:`streams.Subscription`: the messages of an async group
-    subscription; ``async for``, then ``await close()`` (or ``async with``)."""
+    subscription; ``async for``, then ``await close()`` (or ``async with``).
+
+    ``async with`` (or ``await close()``) is the reliable way to leave. A
+    subscription dropped without it (``async for ...: break``) closes itself
+    when it is freed (in CPython at once, unless something else still refers
+    to it): a task on its event loop then does what ``close()`` does.
+    """
 
     def __init__(self, client: AsyncClient, membership: c.Membership) -> None:
-        self._client = client
-        self._membership = membership
-        self._loop = asyncio.get_running_loop()
-        self._closed = False
-        self._stop = asyncio.Event()  # cuts a re-join's back-off short
-        self._link, self._call = self._connect()
-        self._items = self._iterate()
+        # The gRPC call and its request task refer to the stream, never to this
+        # object, so that dropping it frees it and the finalizer leaves.
+        self._stream = _SubscribeStream(client, membership)
+        weakref.finalize(self, _close_abandoned, self._stream).atexit = False
 
     @property
     def member_id(self) -> str | None:
-        return self._membership.member_id
+        return self._stream.membership.member_id
 
     @property
     def joins(self) -> int:
-        return self._membership.joins
+        return self._stream.membership.joins
+
+    async def __anext__(self) -> Message:
+        return await self._stream.items.__anext__()
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """See :meth:`streams.Subscription.close`."""
+        await self._stream.close(grace=grace)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _SubscribeStream:
+    """What an :class:`AsyncSubscription` runs: its current Subscribe call and
+    link, the re-joins, and the leaving."""
+
+    def __init__(self, client: AsyncClient, membership: c.Membership) -> None:
+        self._client = client
+        self.membership = membership
+        self.loop = asyncio.get_running_loop()
+        self._closed = False
+        self._stop = asyncio.Event()  # cuts a re-join's back-off short
+        self._link, self._call = self._connect()
+        self.items = self._iterate()
 
     def _connect(self) -> tuple[c.Link, Any]:
         ready = asyncio.Event()
         # Thread-safe, and one loop turn late: answers given meanwhile go together.
-        link = c.Link(lambda: self._loop.call_soon_threadsafe(ready.set))
+        link = c.Link(lambda: self.loop.call_soon_threadsafe(ready.set))
         call = self._client._stub.Subscribe(
-            self._requests(link, ready), metadata=self._client._conn.metadata()
+            _requests(self.membership.join, link, ready), metadata=self._client._conn.metadata()
         )
         return link, call
-
-    async def _requests(self, link: c.Link, ready: asyncio.Event) -> AsyncGenerator[Any, None]:
-        yield self._membership.join
-        while True:
-            batch = link.take()
-            if batch is None:
-                return
-            if batch:
-                for request in batch:
-                    yield request
-                continue
-            await ready.wait()
-            ready.clear()
 
     async def _iterate(self) -> AsyncGenerator[Message, None]:
         while True:
             try:
                 async for response in self._call:
-                    for message in self._membership.messages(response, self._link):
+                    for message in self.membership.messages(response, self._link):
                         if self._closed:
                             return
                         yield message
@@ -617,8 +635,8 @@ class AsyncSubscription(AsyncIterator[Message]):
                 self._link.close(flush=False)
                 if self._closed:
                     return
-                error = self._membership.error(c.error_from_rpc(exc))
-                delay = None if self._client._closed else self._membership.rejoin_delay(error)
+                error = self.membership.error(c.error_from_rpc(exc))
+                delay = None if self._client._closed else self.membership.rejoin_delay(error)
                 if delay is None:
                     raise error from None
                 with contextlib.suppress(TimeoutError):
@@ -627,11 +645,7 @@ class AsyncSubscription(AsyncIterator[Message]):
                     return
                 self._link, self._call = self._connect()
 
-    async def __anext__(self) -> Message:
-        return await self._items.__anext__()
-
     async def close(self, *, grace: float = 5.0) -> None:
-        """See :meth:`streams.Subscription.close`."""
         if self._closed:
             return
         self._closed = True
@@ -641,13 +655,42 @@ class AsyncSubscription(AsyncIterator[Message]):
             await asyncio.wait_for(self._call.code(), grace)
         self._call.cancel()
         with contextlib.suppress(Exception):  # another task may be inside it: it ends itself
-            await self._items.aclose()
+            await self.items.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+async def _requests(
+    join: pb.SubscribeRequest, link: c.Link, ready: asyncio.Event
+) -> AsyncGenerator[Any, None]:
+    yield join
+    while True:
+        batch = link.take()
+        if batch is None:
+            return
+        if batch:
+            for request in batch:
+                yield request
+            continue
+        await ready.wait()
+        ready.clear()
+
+
+# Closes of subscriptions dropped unclosed, until they end (the loop keeps
+# only weak references to its tasks).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_abandoned(stream: _SubscribeStream) -> None:
+    """Runs when an AsyncSubscription is freed unclosed, in whatever thread let
+    go of it: starts its close on its loop (nothing to do once that is closed:
+    its calls ended with it)."""
+
+    def start() -> None:
+        task = stream.loop.create_task(stream.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        stream.loop.call_soon_threadsafe(start)
 
 
 class AsyncConsumer:

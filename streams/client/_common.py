@@ -25,7 +25,14 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams import status
-from streams.errors import Cancelled, DeadlineExceeded, NotFound, StreamsError, Unavailable
+from streams.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    NotFound,
+    ResourceExhausted,
+    StreamsError,
+    Unavailable,
+)
 from streams.model import Ordering, SegmentAck
 from streams.status import StatusError
 from streams.v1 import streams_pb2 as pb
@@ -465,7 +472,10 @@ class RetryPolicy:
     same statuses but DEADLINE_EXCEEDED (the stream's own timeout), from the
     record after the last one they delivered, or before any record from the start
     the server fixed (``streams-start``); the clock and the count start again
-    each time a stream reconnects or a record arrives.
+    each time a stream reconnects or a record arrives. A group subscription
+    joins again on those statuses and on RESOURCE_EXHAUSTED too (a server
+    momentarily full: request bytes in flight, memory, streams, members of the
+    group); its clock and count start again at each join.
 
     Example::
 
@@ -514,6 +524,13 @@ def outcome_unknown(error: StreamsError) -> bool:
 def _stream_broke(error: StreamsError) -> bool:
     # A stream's DEADLINE_EXCEEDED is its own timeout, asked for by the caller.
     return outcome_unknown(error) and not isinstance(error, DeadlineExceeded)
+
+
+def _rejoin_worthy(error: StreamsError) -> bool:
+    # A Subscribe's RESOURCE_EXHAUSTED is a server momentarily full (request bytes
+    # in flight, memory, streams, members of the group), never a message of this
+    # client too big to ever pass: its lists and reasons are bounded (see Link).
+    return _stream_broke(error) or isinstance(error, ResourceExhausted)
 
 
 def status_text(error: StreamsError) -> str:
@@ -1132,16 +1149,32 @@ def to_group_info(msg: pb.GetGroupResponse) -> GroupInfo:
     )
 
 
+# Most positions in one ack or nack message: a server refuses a longer list
+# (--max-group-settle-positions, 20,000 by default); more go in further messages.
+MAX_SETTLE_POSITIONS = 10_000
+
+# A nack's reason is cut to this many UTF-8 bytes: the server's default
+# --max-metadata-value-bytes (the reason becomes a parked record's metadata value).
+MAX_REASON_BYTES = 4096
+
+_Answer = tuple[pb.NackAction, str] | None  # None: an ack; else a nack's action and reason
+
+
 class Link:
     """The sending side of one Subscribe stream: the acks and nacks waiting to go.
 
     ``ack``/``nack`` (thread-safe) queue a position and call ``wake`` when the
     queue was empty; the stream's request writer then ``take``s everything
     queued at once, so acks that pile up while one message is being sent go out
-    together in the next one, and none waits for a timer. ``close`` ends the
-    link: ``flush`` sends what is queued, then the writer half-closes (the
-    member leaves); without it (the stream broke) what is queued is dropped
-    and later acks are no-ops: the server delivers those records again.
+    together in the next one, and none waits for a timer. A position is queued
+    once: answered again while its first answer waits (``ack()`` twice, both
+    copies of a record delivered again after ``ack_timeout``, an ack and a
+    nack), the first answer counts, so no list the server gets repeats a
+    position. A list goes in messages of at most :data:`MAX_SETTLE_POSITIONS`.
+    ``close`` ends the link: ``flush`` sends what is queued, then the writer
+    half-closes (the member leaves); without it (the stream broke) what is
+    queued is dropped and later acks are no-ops: the server delivers those
+    records again.
     """
 
     _OPEN, _CLOSING, _DEAD = range(3)
@@ -1150,8 +1183,7 @@ class Link:
         self._lock = threading.Lock()
         self._wake = wake
         self._state = self._OPEN
-        self._acks: list[int] = []
-        self._nacks: dict[tuple[pb.NackAction, str], list[int]] = {}
+        self._answers: dict[int, _Answer] = {}  # by position, in the order answered
 
     @property
     def open(self) -> bool:
@@ -1164,15 +1196,12 @@ class Link:
         action = pb.NACK_ACTION_PARK if park else pb.NACK_ACTION_RETRY
         return self._queue(position, (action, reason))
 
-    def _queue(self, position: int, nack: tuple[pb.NackAction, str] | None) -> bool:
+    def _queue(self, position: int, answer: _Answer) -> bool:
         with self._lock:
             if self._state != self._OPEN:
                 return False
-            idle = not self._acks and not self._nacks
-            if nack is None:
-                self._acks.append(position)
-            else:
-                self._nacks.setdefault(nack, []).append(position)
+            idle = not self._answers
+            self._answers.setdefault(position, answer)
         if idle:
             self._wake()
         return True
@@ -1182,16 +1211,23 @@ class Link:
         with self._lock:
             if self._state == self._DEAD:
                 return None
-            requests = []
-            if self._acks:
-                requests.append(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=self._acks)))
-            for (action, reason), positions in self._nacks.items():
-                nack = pb.SubscribeNack(positions=positions, action=action, reason=reason)
-                requests.append(pb.SubscribeRequest(nack=nack))
-            self._acks, self._nacks = [], {}
-            if not requests and self._state == self._CLOSING:
+            answers, self._answers = self._answers, {}
+            if not answers and self._state == self._CLOSING:
                 return None
-            return requests
+        by_answer: dict[_Answer, list[int]] = {None: []}  # the acks first
+        for position, answer in answers.items():
+            by_answer.setdefault(answer, []).append(position)
+        requests = []
+        for answer, positions in by_answer.items():
+            for start in range(0, len(positions), MAX_SETTLE_POSITIONS):
+                chunk = positions[start : start + MAX_SETTLE_POSITIONS]
+                if answer is None:
+                    requests.append(pb.SubscribeRequest(ack=pb.SubscribeAck(positions=chunk)))
+                else:
+                    action, reason = answer
+                    nack = pb.SubscribeNack(positions=chunk, action=action, reason=reason)
+                    requests.append(pb.SubscribeRequest(nack=nack))
+        return requests
 
     def close(self, flush: bool) -> None:
         with self._lock:
@@ -1211,7 +1247,8 @@ class Message(Record):
     have it delivered again after a back-off, ``nack(park=True, reason=...)``
     to park it in the group's dead-letter segment. Neither blocks: they queue
     the answer for the subscription's stream, which sends it at once (answers
-    that pile up meanwhile go out together). Both return False, and do
+    that pile up meanwhile go out together; a record answered again before its
+    first answer went keeps the first). Both return False, and do
     nothing, when the stream the message came on has ended (the subscription
     re-joined after a disconnect, or was closed): the server delivers such a
     record again. A message never settled is delivered again after the
@@ -1238,10 +1275,21 @@ class Message(Record):
     def nack(self, park: bool = False, reason: str = "") -> bool:
         """Not processed: deliver it again after a back-off (100 ms, doubling, at
         most 5 s) or, ``park=True`` (or at the group's ``max_attempts``), park it
-        in the dead-letter segment with ``reason`` in its ``streams-parked-reason``."""
+        in the dead-letter segment with ``reason`` in its ``streams-parked-reason``.
+
+        ``reason`` is free text (``repr(exc)``, say): a longer one is cut to its
+        first :data:`MAX_REASON_BYTES` (4,096) UTF-8 bytes, at a character
+        boundary, so that a long exception text still parks the record."""
         if not isinstance(reason, str):
             raise TypeError(f"reason: expected a str, got {reason!r}")
-        return self._link.nack(self.position, park, reason)
+        return self._link.nack(self.position, park, cut_reason(reason))
+
+
+def cut_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_REASON_BYTES` of UTF-8 at a character boundary
+    (what cannot be encoded, a lone surrogate, becomes ``?``)."""
+    # A cut inside a character leaves an incomplete sequence at the end only: dropped.
+    return reason.encode("utf-8", "replace")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def default_member_name() -> str:
@@ -1265,7 +1313,7 @@ class Membership:
         name = default_member_name() if member_name is None else member_name
         self.join = pb.SubscribeRequest(join=pb.SubscribeJoin(
             space=space, group=group, member_name=name, max_in_flight=max_in_flight))  # fmt: skip
-        self.retrier = Retrier(policy, _stream_broke, f"Subscribe {space}/{group}")
+        self.retrier = Retrier(policy, _rejoin_worthy, f"Subscribe {space}/{group}")
         self.member_id: str | None = None
         self.joins = 0
 
@@ -1289,5 +1337,6 @@ class Membership:
 
     def rejoin_delay(self, error: StreamsError) -> float | None:
         """Seconds to wait before joining again after the stream broke with
-        ``error``, or None: raise it (not a disconnect, or the retries ran out)."""
+        ``error``, or None: raise it (the retries ran out, or neither a
+        disconnect nor RESOURCE_EXHAUSTED, a server momentarily full)."""
         return self.retrier.delay(error)

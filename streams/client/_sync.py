@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
@@ -547,11 +548,13 @@ class Client:
         ``member_name`` is shown to operators (default ``host/pid``).
 
         After a disconnect (UNAVAILABLE, a lost connection: see
-        :class:`RetryPolicy`) the subscription joins again with back-off; the
-        messages of the old stream are then dead (their ``ack()`` does nothing)
-        and the server delivers them again. A deleted or unknown group raises
-        :class:`GroupNotFound`. ``close()`` sends the answers queued and leaves
-        the group: unsettled records go to the other members.
+        :class:`RetryPolicy`), or RESOURCE_EXHAUSTED (a server momentarily
+        full, a group at its most members), the subscription joins again with
+        back-off; the messages of the old stream are then dead (their
+        ``ack()`` does nothing) and the server delivers them again. A deleted
+        or unknown group raises :class:`GroupNotFound`. ``close()`` sends the
+        answers queued and leaves the group: unsettled records go to the other
+        members.
 
         Example::
 
@@ -741,52 +744,70 @@ class Subscription(Iterator[Message]):
     ``member_id`` is the id the server gave the current join (None before the
     first); ``joins`` counts the joins (more than one after a re-join).
     ``close()`` may be called from another thread; the iteration then ends.
+
+    ``with`` (or ``close()``) is the reliable way to leave. A subscription
+    dropped without it (``for message in client.subscribe(...): break``)
+    closes itself when it is freed: in CPython at once, as the loop lets go
+    of it, unless something else still refers to it (then when that goes,
+    or at the next garbage collection for a reference cycle).
     """
 
     def __init__(self, client: Client, membership: c.Membership) -> None:
+        # The gRPC call and its request thread refer to the stream, never to
+        # this object, so that dropping it frees it and the finalizer leaves.
+        self._stream = _SubscribeStream(client, membership)
+        weakref.finalize(self, self._stream.close).atexit = False
+
+    @property
+    def member_id(self) -> str | None:
+        return self._stream.membership.member_id
+
+    @property
+    def joins(self) -> int:
+        return self._stream.membership.joins
+
+    def __next__(self) -> Message:
+        return next(self._stream.items)
+
+    def close(self, *, grace: float = 5.0) -> None:
+        """Leaves the group: sends the acks and nacks queued, ends the stream
+        and waits up to ``grace`` seconds for the server to end it (then
+        cancels it). Messages not settled are delivered again to other members."""
+        self._stream.close(grace=grace)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _SubscribeStream:
+    """What a :class:`Subscription` runs: its current Subscribe call and link,
+    the re-joins, and the leaving."""
+
+    def __init__(self, client: Client, membership: c.Membership) -> None:
         self._client = client
-        self._membership = membership
+        self.membership = membership
         self._closed = False
         self._stop = threading.Event()  # cuts a re-join's back-off short
         self._switch = threading.Lock()  # a re-join and close() never cross
         self._link, self._call = self._connect()
-        self._items = self._iterate()
-
-    @property
-    def member_id(self) -> str | None:
-        return self._membership.member_id
-
-    @property
-    def joins(self) -> int:
-        return self._membership.joins
+        self.items = self._iterate()
 
     def _connect(self) -> tuple[c.Link, Any]:
         ready = threading.Event()
         link = c.Link(ready.set)
         call = self._client._stub.Subscribe(
-            self._requests(link, ready), metadata=self._client._conn.metadata()
+            _requests(self.membership.join, link, ready), metadata=self._client._conn.metadata()
         )
         return link, call
-
-    def _requests(self, link: c.Link, ready: threading.Event) -> Generator[Any, None, None]:
-        """The request stream (gRPC reads it in its own thread): the join, then
-        whatever the link has queued each time it has something."""
-        yield self._membership.join
-        while True:
-            batch = link.take()
-            if batch is None:
-                return
-            if batch:
-                yield from batch
-                continue
-            ready.wait()
-            ready.clear()
 
     def _iterate(self) -> Iterator[Message]:
         while True:
             try:
                 for response in self._call:
-                    for message in self._membership.messages(response, self._link):
+                    for message in self.membership.messages(response, self._link):
                         if self._closed:
                             return
                         yield message
@@ -795,9 +816,9 @@ class Subscription(Iterator[Message]):
                 self._link.close(flush=False)
                 if self._closed:
                     return
-                error = self._membership.error(c.error_from_rpc(exc))
+                error = self.membership.error(c.error_from_rpc(exc))
                 # Closing the client ends its subscriptions with CANCELLED, as its calls.
-                delay = None if self._client._closed else self._membership.rejoin_delay(error)
+                delay = None if self._client._closed else self.membership.rejoin_delay(error)
                 if delay is None:
                     raise error from None
                 self._stop.wait(delay)
@@ -806,13 +827,7 @@ class Subscription(Iterator[Message]):
                         return
                     self._link, self._call = self._connect()
 
-    def __next__(self) -> Message:
-        return next(self._items)
-
     def close(self, *, grace: float = 5.0) -> None:
-        """Leaves the group: sends the acks and nacks queued, ends the stream
-        and waits up to ``grace`` seconds for the server to end it (then
-        cancels it). Messages not settled are delivered again to other members."""
         with self._switch:
             if self._closed:
                 return
@@ -824,11 +839,22 @@ class Subscription(Iterator[Message]):
             call.exception(timeout=grace)
         call.cancel()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _requests(
+    join: pb.SubscribeRequest, link: c.Link, ready: threading.Event
+) -> Generator[Any, None, None]:
+    """A Subscribe's request stream (gRPC reads it in its own thread): the join,
+    then whatever the link has queued each time it has something."""
+    yield join
+    while True:
+        batch = link.take()
+        if batch is None:
+            return
+        if batch:
+            yield from batch
+            continue
+        ready.wait()
+        ready.clear()
 
 
 class Consumer:

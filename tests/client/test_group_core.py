@@ -11,7 +11,7 @@ import pytest
 
 from streams import GroupNotFound, Message, NotFound, Ordering, Record, RetryPolicy, Unavailable
 from streams.client import _common as c
-from streams.errors import InvalidArgument
+from streams.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from streams.v1 import streams_pb2 as pb
 
 
@@ -150,6 +150,55 @@ def test_answers_pending_together_go_in_one_message_per_kind() -> None:
     assert wakes == [1, 1]  # empty again: the next answer wakes the writer
 
 
+def _sent(requests: list[pb.SubscribeRequest] | None) -> list[tuple[str, int, str, list[int]]]:
+    """Each message as (kind, nack action, reason, positions)."""
+    assert requests is not None
+    out = []
+    for r in requests:
+        kind = r.WhichOneof("kind")
+        if kind == "ack":
+            out.append(("ack", 0, "", list(r.ack.positions)))
+        else:
+            out.append(("nack", r.nack.action, r.nack.reason, list(r.nack.positions)))
+    return out
+
+
+def test_a_position_answered_twice_is_sent_once_with_its_first_answer() -> None:
+    # Finding 3: [p, p] (or p in an ack and a nack) outnumbered max_in_flight 1,
+    # and the server ended the whole subscription INVALID_ARGUMENT.
+    link = c.Link(lambda: None)
+    messages = _membership().messages(pb.SubscribeResponse(deliveries=pb.SubscribeDeliveries(
+        deliveries=[_delivery(p) for p in range(1, 5)])), link)  # fmt: skip
+    one, two, three, four = messages
+    assert one.ack() and one.ack()
+    assert two.ack() and two.nack(park=True, reason="late")  # the ack counts
+    assert three.nack(reason="first") and three.ack() and three.nack(True, "second")
+    assert four.nack(park=True, reason="poison") and four.nack(park=True, reason="poison")
+    assert _sent(link.take()) == [
+        ("ack", 0, "", [1, 2]),
+        ("nack", pb.NACK_ACTION_RETRY, "first", [3]),
+        ("nack", pb.NACK_ACTION_PARK, "poison", [4]),
+    ]
+    # Sent: a later answer goes in a message of its own (the server ignores an
+    # ack for a record this member no longer holds).
+    assert one.ack()
+    assert _sent(link.take()) == [("ack", 0, "", [1])]
+
+
+def test_a_long_list_goes_in_messages_of_at_most_10000_positions() -> None:
+    link = c.Link(lambda: None)
+    for position in range(1, 25_001):
+        link.ack(position)
+    for position in range(25_001, 35_002):
+        link.nack(position, park=False, reason="")
+    sent = _sent(link.take())
+    assert c.MAX_SETTLE_POSITIONS == 10_000
+    assert [(kind, len(positions)) for kind, _, _, positions in sent] == [
+        ("ack", 10_000), ("ack", 10_000), ("ack", 5_000), ("nack", 10_000), ("nack", 1),
+    ]  # fmt: skip
+    assert [p for *_, positions in sent for p in positions] == list(range(1, 35_002))
+
+
 def test_messages_of_a_broken_stream_are_dead() -> None:
     link = c.Link(lambda: None)
     (message,) = _membership().messages(pb.SubscribeResponse(
@@ -181,6 +230,30 @@ def test_nack_reason_must_be_text() -> None:
     (message,) = _membership().messages(response, c.Link(lambda: None))
     with pytest.raises(TypeError, match="reason"):
         message.nack(reason=b"bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("reason", "sent"),
+    [
+        ("x" * 10_000, "x" * 4096),
+        ("a" + "é" * 3000, "a" + "é" * 2047),  # 4,095 bytes: the next é would be cut in two
+        ("€" * 2000, "€" * 1365),  # 3 bytes each: 4,095
+        ("ab" + "🦀" * 1100, "ab" + "🦀" * 1023),  # 4 bytes each: 4,094
+        ("é" * 2048, "é" * 2048),  # exactly 4,096 bytes: as given
+        ("bad \ud800 text", "bad ? text"),  # a lone surrogate cannot go on the wire
+    ],
+)
+def test_a_long_nack_reason_is_cut_to_4096_bytes_at_a_character(reason: str, sent: str) -> None:
+    # Finding 2: a reason over the server's 4 KiB metadata-value limit ended the
+    # whole subscription INVALID_ARGUMENT, and the record was never parked.
+    link = c.Link(lambda: None)
+    response = pb.SubscribeResponse(deliveries=pb.SubscribeDeliveries(deliveries=[_delivery(1)]))
+    (message,) = _membership().messages(response, link)
+    assert message.nack(park=True, reason=reason)
+    requests = link.take()
+    assert requests is not None
+    assert requests[0].nack.reason == sent
+    assert len(requests[0].SerializeToString()) < 4200
 
 
 def test_answers_from_many_threads_are_all_sent_once() -> None:
@@ -216,8 +289,12 @@ def test_answers_from_many_threads_are_all_sent_once() -> None:
     assert sorted(sent) == list(positions)
 
 
-def test_rejoin_waits_on_disconnects_only() -> None:
+def test_rejoin_waits_on_disconnects_and_a_full_server_only() -> None:
     member = c.Membership("orders", "billing", "w", 0, RetryPolicy(initial_backoff=0.25,
                                                                    jitter=0))  # fmt: skip
     assert member.rejoin_delay(Unavailable("server stopping")) == 0.25
+    # Finding 12: a server momentarily full ended the worker for good.
+    assert member.rejoin_delay(ResourceExhausted("max_inflight_request_bytes")) == 0.5
     assert member.rejoin_delay(member.error(NotFound("gone"))) is None
+    assert member.rejoin_delay(InvalidArgument("join.max_in_flight")) is None
+    assert member.rejoin_delay(DeadlineExceeded("deadline")) is None

@@ -149,6 +149,25 @@ def test_sync_round_trip_each_segment_in_order(client: Client) -> None:
     assert (info.in_flight, info.members, info.lag) == (0, (), 0)
 
 
+def test_a_double_ack_is_harmless(client: Client) -> None:
+    # Finding 3: ack() twice sent [p, p], more than max_in_flight 1, and the
+    # server ended the subscription INVALID_ARGUMENT.
+    space = unique("double-ack")
+    client.produce(space, "a", [b"1", b"2", b"3"])
+    client.create_group(space, "g")
+    got = []
+    with client.subscribe(space, "g", max_in_flight=1) as sub:
+        for message in sub:
+            got.append(message.position)
+            assert message.ack() and message.ack() and message.nack(park=True)
+            if len(got) == 3:
+                break
+        assert sub.joins == 1
+    assert got == [1, 2, 3]
+    _settled_through(client, space, "g", 3)
+    assert client.get_group(space, "g").parked == 0  # the first answer counted
+
+
 def test_async_round_trip_with_nack_and_park(server: ServerProcess) -> None:
     space = unique("async")
 
@@ -193,6 +212,26 @@ async def wait_parked(client: AsyncClient, space: str, segment: str) -> Message:
             return records[0]  # type: ignore[return-value]
         await asyncio.sleep(0.02)
     raise AssertionError(f"nothing parked in {space}/{segment}")
+
+
+def test_park_with_a_long_reason_parks(client: Client) -> None:
+    # Finding 2: the README's worker parks with reason=repr(exc); one over 4 KiB
+    # ended the subscription INVALID_ARGUMENT and the record was never parked.
+    space = unique("long-reason")
+    client.produce(space, "a", [b"poison", b"next"])
+    client.create_group(space, "g")
+    with client.subscribe(space, "g") as sub:
+        for message in sub:
+            if message.payload == b"poison":
+                assert message.nack(park=True, reason="é" * 5000)
+            else:
+                message.ack()
+                break
+        assert sub.joins == 1
+    _settled_through(client, space, "g", 2)  # a park is durable before it counts
+    (record,) = client.consume("$parked", f"{space}/g")
+    assert record.payload == b"poison"
+    assert record.metadata["streams-parked-reason"] == "é" * 2048
 
 
 def test_a_message_left_unsettled_goes_to_the_next_member(client: Client) -> None:
@@ -254,6 +293,60 @@ def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
     thread.join(10)
     assert ended.is_set()
     wait_until(lambda: not client.get_group(space, "g").members, what="the member left")
+
+
+def test_a_subscription_left_by_break_leaves_at_once(client: Client) -> None:
+    # Finding 6: the gRPC call's request thread held the subscription, so one
+    # dropped without close() stayed a member (holding its records) forever,
+    # and its request thread waited forever.
+    space = unique("abandon")
+    client.produce(space, "a", [b"1", b"2"])
+    client.create_group(space, "g")
+    threads = set(threading.enumerate())
+
+    def abandon() -> None:
+        for message in client.subscribe(space, "g", max_in_flight=1):
+            message.ack()
+            break  # no with, no close()
+
+    abandon()
+    # Freed as the loop let go of it: closed then and there (the ack sent, the
+    # stream ended by the server), no garbage collection needed.
+    info = client.get_group(space, "g")
+    assert info.members == ()
+    _settled_through(client, space, "g", 1)
+    wait_until(lambda: set(threading.enumerate()) <= threads, what="no thread left behind")
+    with client.subscribe(space, "g") as sub:
+        assert (next(sub).payload, client.get_group(space, "g").in_flight) == (b"2", 1)
+
+
+def test_an_async_subscription_left_by_break_leaves(server: ServerProcess, client: Client) -> None:
+    space = unique("aio-abandon")
+    client.produce(space, "a", [b"1", b"2"])
+    client.create_group(space, "g")
+
+    def left() -> None:
+        wait_until(lambda: not client.get_group(space, "g").members, what="the member left")
+
+    async def main() -> None:
+        async with AsyncClient(server.target) as aio:
+            this = asyncio.current_task()
+
+            async def abandon() -> None:
+                async for message in aio.subscribe(space, "g", max_in_flight=1):
+                    message.ack()
+                    break  # no async with, no close()
+
+            await abandon()
+            await asyncio.to_thread(left)  # the loop runs the close meanwhile
+            for _ in range(250):  # and that close ends, with the call's own tasks
+                if asyncio.all_tasks() == {this}:
+                    break
+                await asyncio.sleep(0.02)
+            assert asyncio.all_tasks() == {this}
+
+    asyncio.run(main())
+    _settled_through(client, space, "g", 1)
 
 
 # -- re-join after a restart --------------------------------------------------------------------
@@ -331,6 +424,43 @@ def test_rejoin_after_a_broken_stream_while_the_server_runs(
     finally:
         proxy.close()
     _settled_through(client, space, "g", a2.position)
+
+
+def test_rejoin_after_resource_exhausted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Finding 12: a stream ended RESOURCE_EXHAUSTED (a server momentarily full)
+    # ended the worker instead of joining again with back-off.
+    limits = {"STREAMS_MAX_GROUP_MEMBERS": "1", "STREAMS_MAX_REQUEST_BYTES": "2000",
+              "STREAMS_MAX_INFLIGHT_REQUEST_BYTES": "2000"}  # fmt: skip
+    server = ServerProcess(tmp_path / "data", port=free_port(), env=limits).start()
+    caplog.set_level("WARNING", logger="streams.client")
+    try:
+        with Client(server.target, retry=RetryPolicy(max_elapsed=20)) as client:
+            space = unique("full")
+            client.produce(space, "a", [b"a1"])
+            client.create_group(space, "g")
+            first = client.subscribe(space, "g", member_name="first")
+            a1 = next(first)
+            # Mid-stream: a message over the server's request limit ends the stream.
+            assert a1.nack(reason="x" * 3000)
+            again = next(first)
+            assert (again.payload, first.joins) == (b"a1", 2)
+            assert a1.ack() is False  # the old stream's message is dead
+            # At the join: the group has its most members; the second waits for room.
+            second = client.subscribe(space, "g", member_name="second")
+            got: list[Message] = []
+            waiting = threading.Thread(target=lambda: got.append(next(second)))
+            waiting.start()
+            wait_until(lambda: "the most max_group_members allows" in caplog.text, timeout=15,
+                       what="the refused join's back-off")  # fmt: skip
+            first.close()  # leaves a1 unsettled: it goes to the second member
+            waiting.join(15)
+            assert [m.payload for m in got] == [b"a1"]
+            assert second.joins == 1
+            got[0].ack()
+            second.close()
+            _settled_through(client, space, "g", 1)
+    finally:
+        server.close()
 
 
 def test_async_rejoin_after_a_broken_stream_and_unknown_group(
