@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import weakref
@@ -792,6 +791,8 @@ class _SubscribeStream:
         self._closed = False
         self._stop = threading.Event()  # cuts a re-join's back-off short
         self._switch = threading.Lock()  # a re-join and close() never cross
+        # Held while a thread waits for the next response: gRPC allows one reader.
+        self._reading = threading.Lock()
         self._link, self._call = self._connect()
         self.items = self._iterate()
 
@@ -806,12 +807,15 @@ class _SubscribeStream:
     def _iterate(self) -> Iterator[Message]:
         while True:
             try:
-                for response in self._call:
+                while True:
+                    with self._reading:
+                        response = next(self._call, None)
+                    if response is None:
+                        return  # the server ended the stream OK: after close() half-closed it
                     for message in self.membership.messages(response, self._link):
                         if self._closed:
                             return
                         yield message
-                return  # the server ended the stream OK: after close() half-closed it
             except grpc.RpcError as exc:
                 self._link.close(flush=False)
                 if self._closed:
@@ -835,8 +839,21 @@ class _SubscribeStream:
             link, call = self._link, self._call
         self._stop.set()
         link.close(flush=True)
-        with contextlib.suppress(grpc.FutureTimeoutError, grpc.FutureCancelledError):
-            call.exception(timeout=grace)
+        # gRPC reports the stream's end only once every response before it was
+        # read: drop the deliveries still on their way (the server gives them to
+        # the others once this member leaves) until the end comes, or the grace.
+        timer = threading.Timer(grace, call.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            # A thread reading now gets its response (or the end) first.
+            with self._reading:
+                for _ in call:
+                    pass
+        except grpc.RpcError:
+            pass
+        finally:
+            timer.cancel()
         call.cancel()
 
 

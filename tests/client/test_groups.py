@@ -264,6 +264,24 @@ def test_acks_sent_before_close_are_kept(client: Client) -> None:
         assert (message.payload, message.attempt) == (b"two", 1)
 
 
+def test_close_with_deliveries_still_unread_ends_before_its_grace(client: Client) -> None:
+    # gRPC reports a stream's end only once every response before it was read:
+    # close() waited out its whole grace whenever deliveries were still on
+    # their way. A grace far longer than the wait tells a drained close from one
+    # that waited it out.
+    space = unique("unread")
+    for n in range(40):  # 40 records of 64 KiB: several responses of at most 1 MiB
+        client.produce(space, f"s{n}", [bytes(64 << 10)])
+    client.create_group(space, "g", ordering=Ordering.NONE)
+    sub = client.subscribe(space, "g", max_in_flight=1000)
+    next(sub)  # joined, and every record delivered, most of them not read
+    wait_until(lambda: client.get_group(space, "g").in_flight == 40, what="deliveries sent")
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sub.close(grace=600), closed.set()), daemon=True).start()
+    assert closed.wait(60), "close() waited for its grace"
+    wait_until(lambda: not client.get_group(space, "g").members, what="the member left")
+
+
 def test_deleting_the_group_ends_its_subscriptions(client: Client) -> None:
     space = unique("deleted")
     client.produce(space, "a", [b"one"])
