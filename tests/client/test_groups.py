@@ -261,7 +261,9 @@ def test_acks_sent_before_close_are_kept(client: Client) -> None:
         next(sub).ack()  # close() flushes it, then leaves
     with client.subscribe(space, "g") as sub:
         message = next(sub)
-        assert (message.payload, message.attempt) == (b"two", 1)
+        # "two" may have gone to the first subscription once "one" settled, before
+        # it left (then this is its second delivery, attempts outliving members).
+        assert message.payload == b"two" and message.attempt in (1, 2)
 
 
 def test_close_with_deliveries_still_unread_ends_before_its_grace(client: Client) -> None:
