@@ -595,6 +595,8 @@ class StreamsService:
         space = validation.name("space", request.space)
         caller.check("write", space)
         removed = await self._store.delete_space(space)
+        # Its groups went with it (also when there was no record): their members end.
+        self.groups.deleted_space(space)
         self._metrics.removed("delete", removed)
         return pb.DeleteSpaceResponse()
 

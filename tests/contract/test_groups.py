@@ -147,12 +147,20 @@ def test_positions_never_delivered_count_as_settled(stub: Stub, space: str) -> N
     assert get(stub, space).info.acked_through == 2
 
 
-def test_groups_survive_delete_space(stub: Stub, space: str) -> None:
+def test_delete_space_removes_its_groups(stub: Stub, space: str) -> None:
     produce(stub, space, "a", [b"1", b"2"])
     create(stub, space)
+    create(stub, space, "h")
+    other = unique("other")
+    create(stub, other)
     stub.DeleteSpace(pb.DeleteSpaceRequest(space=space))
-    info = get(stub, space).info
-    assert info.last_position == 2 and info.acked_through == 2
+    assert_status(lambda: get(stub, space), grpc.StatusCode.NOT_FOUND, "'g'")
+    assert not stub.ListGroups(pb.ListGroupsRequest(space=space)).groups
+    assert get(stub, other).group.name == "g"
+    # A space that only has groups (no record, no config): deleted all the same.
+    create(stub, space)
+    stub.DeleteSpace(pb.DeleteSpaceRequest(space=space))
+    assert_status(lambda: get(stub, space), grpc.StatusCode.NOT_FOUND, "'g'")
 
 
 # -- validation ----------------------------------------------------------------

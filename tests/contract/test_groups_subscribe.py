@@ -456,6 +456,28 @@ def test_delete_group_ends_its_members_with_not_found(
         assert ended.code() == grpc.StatusCode.NOT_FOUND, ended.details()
 
 
+def test_delete_space_ends_its_groups_members_with_not_found(
+    stub: Stub, space: str, members: list[Subscriber]
+) -> None:
+    group(stub, space)
+    group(stub, space, "h")
+    produce(stub, space, "a", [b"1"])
+    one = join(stub, members, space)
+    assert one.take(1)[0].attempt == 1
+    two = join(stub, members, space, group="h")
+    stub.DeleteSpace(pb.DeleteSpaceRequest(space=space))
+    for member in (one, two):
+        ended = member.end()
+        assert isinstance(ended, grpc.RpcError)
+        assert ended.code() == grpc.StatusCode.NOT_FOUND, ended.details()
+    # Created again: a new group, no attempt of the old one kept.
+    group(stub, space)
+    produce(stub, space, "a", [b"2"])
+    again = join(stub, members, space)
+    delivery = again.take(1)[0]
+    assert (delivery.record.position, delivery.attempt) == (2, 1)
+
+
 def test_a_later_join_ends_the_stream(stub: Stub, space: str, members: list[Subscriber]) -> None:
     group(stub, space)
     member = join(stub, members, space)
