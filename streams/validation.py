@@ -519,11 +519,19 @@ def settle(request: pb.SubscribeRequest, _max_in_flight: int, lim: Limits) -> Se
     park = _NACK_ACTIONS.get(nack.action)
     if park is None:
         raise InvalidArgument(f"nack.action: {nack.action} is not a NackAction")
-    reason_size = len(nack.reason.encode("utf-8"))
-    if reason_size > lim.max_metadata_value_bytes:
-        raise InvalidArgument(
-            f"nack.reason: {show(nack.reason)} is {reason_size} bytes, over "
-            f"max_metadata_value_bytes ({lim.max_metadata_value_bytes}): it becomes the "
-            "parked record's metadata value"
-        )
-    return Settle(positions, nack=True, park=park, reason=nack.reason)
+    return Settle(positions, nack=True, park=park, reason=_cut(nack.reason, lim))
+
+
+def _cut(reason: str, lim: Limits) -> str:
+    """A nack reason within ``max_metadata_value_bytes`` (it becomes a parked
+    record's metadata value): cut there, on a character boundary, rather than
+    refused. It is free text (often an exception's), and refusing it would end
+    the member's stream over one record, which would then never be parked."""
+    most = lim.max_metadata_value_bytes
+    if len(reason) * 4 <= most:  # at most 4 bytes a character: no need to encode
+        return reason
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= most:
+        return reason
+    # The bytes are valid UTF-8: "ignore" drops only a character the cut split.
+    return encoded[:most].decode("utf-8", "ignore")

@@ -364,6 +364,25 @@ def test_a_nack_with_park_appends_to_the_dead_letter_segment(
     }
 
 
+def test_a_nack_reason_over_the_limit_is_cut_not_refused(
+    stub: Stub, space: str, members: list[Subscriber]
+) -> None:
+    produce(stub, space, "a", [b"poison", b"next"])
+    group(stub, space)
+    member = join(stub, members, space)
+    assert member.take(1)[0].record.position == 1
+    # 4,095 + 3 bytes: the limit (4,096) falls inside the last character, which goes whole.
+    member.nack(1, park=True, reason="r" * 4095 + "☠" + "x" * 10_000)
+    assert where(member.take(1)[0]) == ("a", 2, 1), "the stream went on"
+    parked = consume_all(stub, "$parked", f"{space}/g")
+    assert parked[0].metadata["streams-parked-reason"] == "r" * 4095
+    # Cut at the limit exactly when it falls between characters.
+    member.nack(2, park=True, reason="é" * 3000)
+    wait_until(lambda: info(stub, space).parked == 2)
+    parked = consume_all(stub, "$parked", f"{space}/g")
+    assert parked[1].metadata["streams-parked-reason"] == "é" * 2048
+
+
 def test_a_record_is_parked_after_max_attempts(
     stub: Stub, space: str, members: list[Subscriber]
 ) -> None:
@@ -492,16 +511,12 @@ def test_a_later_join_ends_the_stream(stub: Stub, space: str, members: list[Subs
     [
         (pb.SubscribeRequest(nack=pb.SubscribeNack(positions=[1], action=9)), ("nack.action", "9")),
         (
-            pb.SubscribeRequest(nack=pb.SubscribeNack(positions=[1], reason="r" * 4097)),
-            ("nack.reason", "4097 bytes", "max_metadata_value_bytes"),
-        ),
-        (
             pb.SubscribeRequest(ack=pb.SubscribeAck(positions=range(1, 12))),
             ("ack.positions", "11", "max_in_flight"),
         ),
         (pb.SubscribeRequest(), ("kind", "empty")),
     ],
-    ids=["nack action", "nack reason", "ack over max_in_flight", "empty"],
+    ids=["nack action", "ack over max_in_flight", "empty"],
 )
 def test_a_bad_message_after_the_join_ends_the_stream(
     stub: Stub, space: str, members: list[Subscriber], request_: Any, words: tuple[str, ...]
