@@ -31,6 +31,7 @@ from streams.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     StreamsError,
     Unavailable,
@@ -667,9 +668,16 @@ class StreamsService:
     ) -> pb.CreateGroupResponse:
         config = validation.group(request.group)
         caller.check("write", config.space)
-        if request.group.dead_letter_space:
-            # The default `$parked` is the server's; a space the client names is its own.
-            caller.check("write", config.dead_letter_space)
+        dead = config.dead_letter_space
+        # The default `$parked` is the server's (also written out, as CreateGroup returns
+        # it); another dead-letter space is the client's to write.
+        if dead != validation.DEFAULT_DEAD_LETTER_SPACE:
+            if not caller.allows("write", dead):
+                raise PermissionDenied(
+                    f"group.dead_letter_space: the token has no write access to "
+                    f"{validation.show(dead)}"
+                )
+            caller.check("write", dead)
         acked_through = await self._start_position(config)
         stored, created = await self._store.create_group(
             config, acked_through, self._limits.max_groups_per_space

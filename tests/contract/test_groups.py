@@ -447,12 +447,23 @@ def test_a_named_dead_letter_space_needs_write_access(secured: ServerProcess) ->
         return stub.CreateGroup(pb.CreateGroupRequest(group=group), metadata=mine)
 
     err = assert_status(lambda: create_with("theirs"), grpc.StatusCode.PERMISSION_DENIED)
+    assert "group.dead_letter_space" in (err.details() or ""), err.details()
     assert "theirs" in (err.details() or "")
     assert code_of(lambda: create_with("mine-dead")) == grpc.StatusCode.OK
     # The default `$parked` is the server's to write: no grant needed.
     assert code_of(lambda: create_with("")) == grpc.StatusCode.OK
     listed = stub.ListGroups(pb.ListGroupsRequest(space=space), metadata=mine).groups
     assert len(listed) == 2
+
+
+def test_the_returned_group_sent_again_needs_no_grant_on_parked(secured: ServerProcess) -> None:
+    stub, mine = secured.stub, bearer("mine")
+    request = pb.CreateGroupRequest(group=pb.Group(name="g", space=unique("mine")))
+    first = stub.CreateGroup(request, metadata=mine).group
+    assert first.dead_letter_space == "$parked"
+    # The default written out is the default: the server's to write, no grant needed.
+    again = stub.CreateGroup(pb.CreateGroupRequest(group=first), metadata=mine).group
+    assert again == first
 
 
 # -- jetstream -----------------------------------------------------------------
