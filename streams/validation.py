@@ -73,13 +73,17 @@ def name_prefix(field: str, value: str) -> str:
         raise InvalidArgument(
             f"{field}: {show(value)} is {size} bytes, over the {limits.MAX_NAME_BYTES}-byte limit"
         )
+    _no_control(field, value)
+    return value
+
+
+def _no_control(field: str, value: str) -> None:
     bad = _CONTROL.search(value)
     if bad:
         raise InvalidArgument(
             f"{field}: {show(value)} contains control character "
             f"U+{ord(bad.group()):04X} at index {bad.start()}"
         )
-    return value
 
 
 def known_fields(message: Message, field: str = "") -> None:
@@ -356,6 +360,9 @@ def _duration(field: str, value: Duration, most: int = limits.MAX_AGE_NS) -> int
 # CreateGroup and returned, so a second create compares resolved settings.
 DEFAULT_ACK_TIMEOUT_NS = 30 * codec.NANOS
 MAX_ACK_TIMEOUT_NS = 24 * 3600 * codec.NANOS
+# Shorter, a delivery would time out before it could reach the client, burning
+# attempts it never saw.
+MIN_ACK_TIMEOUT_NS = 10 * codec.NANOS // 1000
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_MAX_ATTEMPTS = 1_000
 DEFAULT_DEAD_LETTER_SPACE = "$parked"
@@ -381,6 +388,11 @@ def group(message: pb.Group) -> GroupConfig:
     if message.HasField("ack_timeout"):
         known_fields(message.ack_timeout, "group.ack_timeout")
         ack_timeout_ns = _duration("group.ack_timeout", message.ack_timeout, MAX_ACK_TIMEOUT_NS)
+        if 0 < ack_timeout_ns < MIN_ACK_TIMEOUT_NS:
+            raise InvalidArgument(
+                f"group.ack_timeout: {ack_timeout_ns} ns is under the shortest "
+                f"({MIN_ACK_TIMEOUT_NS // 1_000_000} ms; 0 = the default, 30 s)"
+            )
         ack_timeout_ns = ack_timeout_ns or DEFAULT_ACK_TIMEOUT_NS
     if message.max_attempts > MAX_MAX_ATTEMPTS:
         raise InvalidArgument(

@@ -73,6 +73,14 @@ def test_create_keeps_what_is_given(stub: Stub, space: str) -> None:
     assert got == given
 
 
+def test_the_ack_timeout_range_ends_are_allowed(stub: Stub, space: str) -> None:
+    for name, timeout in (
+        ("short", Duration(nanos=10_000_000)),
+        ("long", Duration(seconds=86_400)),
+    ):
+        assert create(stub, space, name, ack_timeout=timeout).ack_timeout == timeout
+
+
 def test_create_again_with_the_same_settings_is_ok(stub: Stub, space: str) -> None:
     first = create(stub, space)
     # The defaults written out are the same settings as the defaults left out.
@@ -200,6 +208,11 @@ BAD_GROUPS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"ack_timeout": Duration(nanos=-1)},
         ("group.ack_timeout.nanos", "-1"),
     ),
+    "ack_timeout under 10 ms": (
+        {"ack_timeout": Duration(nanos=9_999_999)},
+        ("group.ack_timeout", "9999999 ns", "10 ms"),
+    ),
+    "ack_timeout 1 ns": ({"ack_timeout": Duration(nanos=1)}, ("group.ack_timeout", "1 ns")),
     "ack_timeout over a day": (
         {"ack_timeout": Duration(seconds=86_400, nanos=1)},
         ("group.ack_timeout", "86400.000000001", "86400"),
