@@ -479,6 +479,8 @@ def join(request: pb.SubscribeRequest) -> Join:
             f"join.member_name: {show(member)} is {size} bytes, over the "
             f"{MAX_MEMBER_NAME_BYTES}-byte limit"
         )
+    # Shown to operators (GetGroup, `streams group info`): no terminal escapes.
+    _no_control("join.member_name", member)
     if message.max_in_flight > MAX_MAX_IN_FLIGHT:
         raise InvalidArgument(
             f"join.max_in_flight: {message.max_in_flight} is over the most ({MAX_MAX_IN_FLIGHT})"

@@ -198,6 +198,8 @@ def test_a_stream_without_messages_is_invalid(stub: Stub) -> None:
     [
         ({"max_in_flight": 10_001}, ("join.max_in_flight", "10001", "10000")),
         ({"member_name": "é" * 128}, ("join.member_name", "256 bytes")),
+        ({"member_name": "a\x1b[2J"}, ("join.member_name", "U+001B", "index 1")),
+        ({"member_name": "a\x7f"}, ("join.member_name", "U+007F")),
         ({"space": "bad\x00"}, ("join.space",)),
         ({"space": ""}, ("join.space", "empty")),
         ({"group": ""}, ("join.group", "empty")),
