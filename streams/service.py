@@ -818,7 +818,7 @@ class StreamsService:
             data = group_wire.joined(member.id)
             with self._charged(peer, "Subscribe", len(data)):
                 yield data
-            reader = asyncio.create_task(self._settlements(requests, member, join.max_in_flight))
+            reader = asyncio.create_task(self._settlements(requests, member))
             try:
                 while True:
                     await self._memory.room_for(1, peer)
@@ -835,9 +835,7 @@ class StreamsService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
 
-    async def _settlements(
-        self, requests: AsyncIterator[_Received], member: Member, max_in_flight: int
-    ) -> None:
+    async def _settlements(self, requests: AsyncIterator[_Received], member: Member) -> None:
         """Reads a member's acks and nacks until its client half-closes (the
         member ends, OK) or sends what is not valid (the member ends with
         that error, which ends the stream)."""
@@ -846,7 +844,7 @@ class StreamsService:
                 try:
                     if received.error is not None:
                         raise received.error
-                    settle = validation.settle(received.message, max_in_flight, self._limits)
+                    settle = validation.settle(received.message, self._limits)
                 finally:
                     received.release()
                 if settle.nack:

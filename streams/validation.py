@@ -505,11 +505,10 @@ _NACK_ACTIONS = {
 }
 
 
-def settle(request: pb.SubscribeRequest, _max_in_flight: int, lim: Limits) -> Settle:
+def settle(request: pb.SubscribeRequest, lim: Limits) -> Settle:
     """A message of Subscribe after its join. Positions the member does not
     hold are the dispatcher's to ignore (the contract); only their number is
-    bounded here, by ``max_group_settle_positions``, before they are copied.
-    (``_max_in_flight`` no longer bounds them; the service still passes it.)"""
+    bounded here, by ``max_group_settle_positions``, before they are copied."""
     known_fields(request)
     kind = request.WhichOneof("kind")
     if kind not in ("ack", "nack"):
