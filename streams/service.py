@@ -29,8 +29,10 @@ from streams import codec, group_wire, infos, segment_watch, status, validation
 from streams.auth import ANYONE, Caller, TokenAuth
 from streams.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     StreamsError,
     Unavailable,
@@ -86,6 +88,11 @@ class _Received:
         if self.size:
             self.requests.give_back(self.size)
             self.size = 0
+
+    def adopt(self, other: _Received) -> None:
+        """Becomes ``other`` (which gives up its counted bytes to this one)."""
+        self.message, self.error, self.size = other.message, other.error, other.size
+        other.size = 0
 
 
 def _parser(message_type: type[Message], requests: InflightRequests) -> Callable[[bytes], Any]:
@@ -151,12 +158,15 @@ class StreamsService:
         )
         self.groups = groups or Groups(store, lim, self._memory)
         self._slow = SlowConsumers(slow_consumer_seconds, metrics.slow_consumers.inc)
+        # A bidirectional stream's first message (Subscribe's join) comes within this.
+        self._first_seconds = slow_consumer_seconds
         self._requests = InflightRequests(lim.max_inflight_request_bytes)
         self._streams = 0
         metrics.watch_memory(self._memory, self._requests)
         # Shutdown: new calls are answered UNAVAILABLE (which clients retry)
         # while the calls already running finish (see drain).
         self._draining = False
+        self._drain_started = asyncio.Event()  # wakes streams waiting for their first message
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -177,6 +187,7 @@ class StreamsService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._draining = True
+        self._drain_started.set()
         self._last_call = loop.time()
         while True:
             if not self._idle.is_set():
@@ -288,8 +299,10 @@ class StreamsService:
         async def handle(
             received: _Received, context: grpc.aio.ServicerContext, *rest: Any
         ) -> AsyncIterator[bytes]:
+            # A bidirectional stream's first message is still to come (see _bidi).
+            first = rest[0] if rest else None
             try:
-                async with self._rpc(name, received, context, stream=True) as caller:
+                async with self._rpc(name, received, context, stream=True, first=first) as caller:
                     # Ends the stream when a token reload revokes what it needs.
                     stream = method(received.message, context, caller, *rest)
                     async for response in caller.until_revoked(stream):
@@ -302,21 +315,49 @@ class StreamsService:
     def _bidi(self, name: str, method: Callable[..., AsyncIterator[bytes]]) -> Callable[..., Any]:
         """A bidirectional stream, checked as :meth:`_stream` checks its one
         request, on its first message; the method gets the rest of the
-        request stream (each a :class:`_Received` to release once handled)."""
+        request stream (each a :class:`_Received` to release once handled).
+        The stream is admitted (and counted running) before its first message
+        comes, which must come within ``slow_consumer_seconds``."""
         stream = self._stream(name, method)
 
         async def handle(
             requests: AsyncIterator[_Received], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
-            rest = aiter(requests)
-            first = await anext(rest, None)
-            if first is None:
-                first = _Received(self._requests, 0)
-                first.error = InvalidArgument(f"{name}: the stream ended before its first message")
-            async for response in stream(first, context, rest):
+            # Filled in by _rpc with the first message once it comes.
+            first = _Received(self._requests, 0)
+            # Iterated only once admitted: grpc warns of a receiver never awaited.
+            async for response in stream(first, context, requests):
                 yield response
 
         return handle
+
+    async def _first(self, name: str, requests: AsyncIterator[_Received]) -> _Received:
+        """A bidirectional stream's first message. DeadlineExceeded when none
+        comes within ``slow_consumer_seconds``; Unavailable when the server
+        starts draining meanwhile; InvalidArgument when the stream ends first."""
+        reading = asyncio.ensure_future(anext(aiter(requests), None))
+        draining = asyncio.ensure_future(self._drain_started.wait())
+        try:
+            await asyncio.wait(
+                (reading, draining), timeout=self._first_seconds, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            draining.cancel()
+            if not reading.done():
+                reading.cancel()
+        if reading.done() and not reading.cancelled():
+            first = reading.result()
+            if first is not None:
+                return first
+            ended = _Received(self._requests, 0)
+            ended.error = InvalidArgument(f"{name}: the stream ended before its first message")
+            return ended
+        if self._draining:
+            raise Unavailable(f"{name}: the server is shutting down; retry")
+        raise DeadlineExceeded(
+            f"{name}: no first message (the join) within {self._first_seconds:g} s "
+            "(slow_consumer_seconds)"
+        )
 
     @contextlib.asynccontextmanager
     async def _rpc(
@@ -325,9 +366,12 @@ class StreamsService:
         received: _Received,
         context: grpc.aio.ServicerContext,
         stream: bool = False,
+        first: AsyncIterator[_Received] | None = None,
     ) -> AsyncIterator[Caller]:
         """Authenticates, rejects unparsable requests and streams over the cap, and
-        turns every error into the status its type names (and a metric, and a log line)."""
+        turns every error into the status its type names (and a metric, and a log line).
+        With ``first`` (a bidirectional stream's requests), the stream is admitted
+        before its first message is awaited from it into ``received``."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._running += 1
@@ -337,6 +381,12 @@ class StreamsService:
         try:
             if self._draining:
                 raise Unavailable(f"{name}: the server is shutting down; retry")
+            if first is not None:
+                # Counted (streams, running) while it waits: a stream that never sends
+                # its first message holds a slot, and the drain ends the wait.
+                self._admit_stream(name)
+                admitted = True
+                received.adopt(await self._first(name, first))
             if received.error is not None:
                 raise received.error
             # Every RPC: a known field with the wrong wire type is refused, not
@@ -345,7 +395,7 @@ class StreamsService:
             caller = (
                 self._auth.authenticate(context.invocation_metadata()) if self._auth else ANYONE
             )
-            if stream:
+            if stream and not admitted:
                 self._admit_stream(name)
                 admitted = True
             yield caller
@@ -595,6 +645,8 @@ class StreamsService:
         space = validation.name("space", request.space)
         caller.check("write", space)
         removed = await self._store.delete_space(space)
+        # Its groups went with it (also when there was no record): their members end.
+        self.groups.deleted_space(space)
         self._metrics.removed("delete", removed)
         return pb.DeleteSpaceResponse()
 
@@ -665,9 +717,16 @@ class StreamsService:
     ) -> pb.CreateGroupResponse:
         config = validation.group(request.group)
         caller.check("write", config.space)
-        if request.group.dead_letter_space:
-            # The default `$parked` is the server's; a space the client names is its own.
-            caller.check("write", config.dead_letter_space)
+        dead = config.dead_letter_space
+        # The default `$parked` is the server's (also written out, as CreateGroup returns
+        # it); another dead-letter space is the client's to write.
+        if dead != validation.DEFAULT_DEAD_LETTER_SPACE:
+            if not caller.allows("write", dead):
+                raise PermissionDenied(
+                    f"group.dead_letter_space: the token has no write access to "
+                    f"{validation.show(dead)}"
+                )
+            caller.check("write", dead)
         acked_through = await self._start_position(config)
         stored, created = await self._store.create_group(
             config, acked_through, self._limits.max_groups_per_space
@@ -759,7 +818,7 @@ class StreamsService:
             data = group_wire.joined(member.id)
             with self._charged(peer, "Subscribe", len(data)):
                 yield data
-            reader = asyncio.create_task(self._settlements(requests, member, join.max_in_flight))
+            reader = asyncio.create_task(self._settlements(requests, member))
             try:
                 while True:
                     await self._memory.room_for(1, peer)
@@ -776,9 +835,7 @@ class StreamsService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
 
-    async def _settlements(
-        self, requests: AsyncIterator[_Received], member: Member, max_in_flight: int
-    ) -> None:
+    async def _settlements(self, requests: AsyncIterator[_Received], member: Member) -> None:
         """Reads a member's acks and nacks until its client half-closes (the
         member ends, OK) or sends what is not valid (the member ends with
         that error, which ends the stream)."""
@@ -787,7 +844,7 @@ class StreamsService:
                 try:
                     if received.error is not None:
                         raise received.error
-                    settle = validation.settle(received.message, max_in_flight, self._limits)
+                    settle = validation.settle(received.message, self._limits)
                 finally:
                     received.release()
                 if settle.nack:

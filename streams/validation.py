@@ -73,13 +73,17 @@ def name_prefix(field: str, value: str) -> str:
         raise InvalidArgument(
             f"{field}: {show(value)} is {size} bytes, over the {limits.MAX_NAME_BYTES}-byte limit"
         )
+    _no_control(field, value)
+    return value
+
+
+def _no_control(field: str, value: str) -> None:
     bad = _CONTROL.search(value)
     if bad:
         raise InvalidArgument(
             f"{field}: {show(value)} contains control character "
             f"U+{ord(bad.group()):04X} at index {bad.start()}"
         )
-    return value
 
 
 def known_fields(message: Message, field: str = "") -> None:
@@ -356,6 +360,9 @@ def _duration(field: str, value: Duration, most: int = limits.MAX_AGE_NS) -> int
 # CreateGroup and returned, so a second create compares resolved settings.
 DEFAULT_ACK_TIMEOUT_NS = 30 * codec.NANOS
 MAX_ACK_TIMEOUT_NS = 24 * 3600 * codec.NANOS
+# Shorter, a delivery would time out before it could reach the client, burning
+# attempts it never saw.
+MIN_ACK_TIMEOUT_NS = 10 * codec.NANOS // 1000
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_MAX_ATTEMPTS = 1_000
 DEFAULT_DEAD_LETTER_SPACE = "$parked"
@@ -381,6 +388,11 @@ def group(message: pb.Group) -> GroupConfig:
     if message.HasField("ack_timeout"):
         known_fields(message.ack_timeout, "group.ack_timeout")
         ack_timeout_ns = _duration("group.ack_timeout", message.ack_timeout, MAX_ACK_TIMEOUT_NS)
+        if 0 < ack_timeout_ns < MIN_ACK_TIMEOUT_NS:
+            raise InvalidArgument(
+                f"group.ack_timeout: {ack_timeout_ns} ns is under the shortest "
+                f"({MIN_ACK_TIMEOUT_NS // 1_000_000} ms; 0 = the default, 30 s)"
+            )
         ack_timeout_ns = ack_timeout_ns or DEFAULT_ACK_TIMEOUT_NS
     if message.max_attempts > MAX_MAX_ATTEMPTS:
         raise InvalidArgument(
@@ -467,6 +479,8 @@ def join(request: pb.SubscribeRequest) -> Join:
             f"join.member_name: {show(member)} is {size} bytes, over the "
             f"{MAX_MEMBER_NAME_BYTES}-byte limit"
         )
+    # Shown to operators (GetGroup, `streams group info`): no terminal escapes.
+    _no_control("join.member_name", member)
     if message.max_in_flight > MAX_MAX_IN_FLIGHT:
         raise InvalidArgument(
             f"join.max_in_flight: {message.max_in_flight} is over the most ({MAX_MAX_IN_FLIGHT})"
@@ -491,11 +505,10 @@ _NACK_ACTIONS = {
 }
 
 
-def settle(request: pb.SubscribeRequest, _max_in_flight: int, lim: Limits) -> Settle:
+def settle(request: pb.SubscribeRequest, lim: Limits) -> Settle:
     """A message of Subscribe after its join. Positions the member does not
     hold are the dispatcher's to ignore (the contract); only their number is
-    bounded here, by ``max_group_settle_positions``, before they are copied.
-    (``_max_in_flight`` no longer bounds them; the service still passes it.)"""
+    bounded here, by ``max_group_settle_positions``, before they are copied."""
     known_fields(request)
     kind = request.WhichOneof("kind")
     if kind not in ("ack", "nack"):
@@ -519,11 +532,19 @@ def settle(request: pb.SubscribeRequest, _max_in_flight: int, lim: Limits) -> Se
     park = _NACK_ACTIONS.get(nack.action)
     if park is None:
         raise InvalidArgument(f"nack.action: {nack.action} is not a NackAction")
-    reason_size = len(nack.reason.encode("utf-8"))
-    if reason_size > lim.max_metadata_value_bytes:
-        raise InvalidArgument(
-            f"nack.reason: {show(nack.reason)} is {reason_size} bytes, over "
-            f"max_metadata_value_bytes ({lim.max_metadata_value_bytes}): it becomes the "
-            "parked record's metadata value"
-        )
-    return Settle(positions, nack=True, park=park, reason=nack.reason)
+    return Settle(positions, nack=True, park=park, reason=_cut(nack.reason, lim))
+
+
+def _cut(reason: str, lim: Limits) -> str:
+    """A nack reason within ``max_metadata_value_bytes`` (it becomes a parked
+    record's metadata value): cut there, on a character boundary, rather than
+    refused. It is free text (often an exception's), and refusing it would end
+    the member's stream over one record, which would then never be parked."""
+    most = lim.max_metadata_value_bytes
+    if len(reason) * 4 <= most:  # at most 4 bytes a character: no need to encode
+        return reason
+    encoded = reason.encode("utf-8")
+    if len(encoded) <= most:
+        return reason
+    # The bytes are valid UTF-8: "ignore" drops only a character the cut split.
+    return encoded[:most].decode("utf-8", "ignore")

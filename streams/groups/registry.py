@@ -200,6 +200,14 @@ class Groups:
         if dispatcher is not None:
             dispatcher.fail(NotFound(f"group: {group!r} of space {space!r} was deleted"))
 
+    def deleted_space(self, space: str) -> None:
+        """The space was deleted, its groups with it: ends the members of each
+        of its live groups with NotFound and forgets their kept attempts (as
+        :meth:`deleted` does for one group)."""
+        found = {*self._dispatchers, *self._starting, *self._attempts}
+        for key in [key for key in found if key[0] == space]:
+            self.deleted(*key)
+
     async def close(self) -> None:
         """Shutdown: ends every member with Unavailable; waits for the settle
         writes in flight."""

@@ -334,6 +334,7 @@ class MemoryStore:
 
     async def delete_space(self, space_name: str) -> Removed:
         self._check_open()
+        self._groups.pop(space_name, None)  # also of a space that only has groups
         space = self._spaces.get(space_name)
         if space is None or space.deleted:
             return Removed()

@@ -73,6 +73,14 @@ def test_create_keeps_what_is_given(stub: Stub, space: str) -> None:
     assert got == given
 
 
+def test_the_ack_timeout_range_ends_are_allowed(stub: Stub, space: str) -> None:
+    for name, timeout in (
+        ("short", Duration(nanos=10_000_000)),
+        ("long", Duration(seconds=86_400)),
+    ):
+        assert create(stub, space, name, ack_timeout=timeout).ack_timeout == timeout
+
+
 def test_create_again_with_the_same_settings_is_ok(stub: Stub, space: str) -> None:
     first = create(stub, space)
     # The defaults written out are the same settings as the defaults left out.
@@ -147,12 +155,20 @@ def test_positions_never_delivered_count_as_settled(stub: Stub, space: str) -> N
     assert get(stub, space).info.acked_through == 2
 
 
-def test_groups_survive_delete_space(stub: Stub, space: str) -> None:
+def test_delete_space_removes_its_groups(stub: Stub, space: str) -> None:
     produce(stub, space, "a", [b"1", b"2"])
     create(stub, space)
+    create(stub, space, "h")
+    other = unique("other")
+    create(stub, other)
     stub.DeleteSpace(pb.DeleteSpaceRequest(space=space))
-    info = get(stub, space).info
-    assert info.last_position == 2 and info.acked_through == 2
+    assert_status(lambda: get(stub, space), grpc.StatusCode.NOT_FOUND, "'g'")
+    assert not stub.ListGroups(pb.ListGroupsRequest(space=space)).groups
+    assert get(stub, other).group.name == "g"
+    # A space that only has groups (no record, no config): deleted all the same.
+    create(stub, space)
+    stub.DeleteSpace(pb.DeleteSpaceRequest(space=space))
+    assert_status(lambda: get(stub, space), grpc.StatusCode.NOT_FOUND, "'g'")
 
 
 # -- validation ----------------------------------------------------------------
@@ -192,6 +208,11 @@ BAD_GROUPS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         {"ack_timeout": Duration(nanos=-1)},
         ("group.ack_timeout.nanos", "-1"),
     ),
+    "ack_timeout under 10 ms": (
+        {"ack_timeout": Duration(nanos=9_999_999)},
+        ("group.ack_timeout", "9999999 ns", "10 ms"),
+    ),
+    "ack_timeout 1 ns": ({"ack_timeout": Duration(nanos=1)}, ("group.ack_timeout", "1 ns")),
     "ack_timeout over a day": (
         {"ack_timeout": Duration(seconds=86_400, nanos=1)},
         ("group.ack_timeout", "86400.000000001", "86400"),
@@ -439,12 +460,23 @@ def test_a_named_dead_letter_space_needs_write_access(secured: ServerProcess) ->
         return stub.CreateGroup(pb.CreateGroupRequest(group=group), metadata=mine)
 
     err = assert_status(lambda: create_with("theirs"), grpc.StatusCode.PERMISSION_DENIED)
+    assert "group.dead_letter_space" in (err.details() or ""), err.details()
     assert "theirs" in (err.details() or "")
     assert code_of(lambda: create_with("mine-dead")) == grpc.StatusCode.OK
     # The default `$parked` is the server's to write: no grant needed.
     assert code_of(lambda: create_with("")) == grpc.StatusCode.OK
     listed = stub.ListGroups(pb.ListGroupsRequest(space=space), metadata=mine).groups
     assert len(listed) == 2
+
+
+def test_the_returned_group_sent_again_needs_no_grant_on_parked(secured: ServerProcess) -> None:
+    stub, mine = secured.stub, bearer("mine")
+    request = pb.CreateGroupRequest(group=pb.Group(name="g", space=unique("mine")))
+    first = stub.CreateGroup(request, metadata=mine).group
+    assert first.dead_letter_space == "$parked"
+    # The default written out is the default: the server's to write, no grant needed.
+    again = stub.CreateGroup(pb.CreateGroupRequest(group=first), metadata=mine).group
+    assert again == first
 
 
 # -- jetstream -----------------------------------------------------------------

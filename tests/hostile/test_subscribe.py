@@ -6,10 +6,12 @@ the request bytes each message held are given back, and the server serves on."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,9 +31,10 @@ WAIT = 10.0
 class RawStream:
     """A Subscribe whose messages are bytes as given; responses parsed."""
 
-    def __init__(self, channel: grpc.Channel, first: bytes) -> None:
+    def __init__(self, channel: grpc.Channel, first: bytes | None) -> None:
         self.requests: queue.Queue[bytes | None] = queue.Queue()
-        self.requests.put(first)
+        if first is not None:  # None: no message until the test sends one
+            self.requests.put(first)
         method = channel.stream_stream(
             SERVICE + "Subscribe",
             request_serializer=None,
@@ -101,6 +104,10 @@ def joined(server: InProcessServer, streams: list[RawStream], first: bytes) -> R
 
 def requests_in_flight(server: InProcessServer) -> int:
     return server.server._service._requests.used  # type: ignore[union-attr]
+
+
+def open_streams(server: InProcessServer) -> int:
+    return server.server._service._streams  # type: ignore[union-attr]
 
 
 def assert_refused(stream: RawStream, *words: str) -> None:
@@ -236,3 +243,68 @@ def test_a_flood_of_acks_holds_no_request_bytes(
     wait_until(lambda: requests_in_flight(server) == held, WAIT, "request bytes given back")
     stream.requests.put(None)  # half-close: the stream ends OK
     assert stream.end() is None
+
+
+# -- a Subscribe that never sends its join --------------------------------------------
+
+
+@pytest.fixture
+def capped(tmp_path: Path) -> Iterator[InProcessServer]:
+    """A server of 2 streams at most, whose joins must come within 1 s."""
+    limits = dataclasses.replace(LIMITS, max_concurrent_streams=2)
+    with InProcessServer(tmp_path / "data", limits=limits, slow_consumer_seconds=1.0) as server:
+        yield server
+
+
+def test_a_subscribe_without_its_join_ends_deadline_exceeded(capped: InProcessServer) -> None:
+    stream = RawStream(capped.channel, None)
+    try:
+        ended = stream.end()
+        assert isinstance(ended, grpc.RpcError)
+        assert ended.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended
+        assert "join" in (ended.details() or ""), ended.details()
+        wait_until(lambda: open_streams(capped) == 0, WAIT, "the stream's slot given back")
+    finally:
+        stream.close()
+
+
+def test_a_subscribe_waiting_for_its_join_holds_a_stream_slot(tmp_path: Path) -> None:
+    limits = dataclasses.replace(LIMITS, max_concurrent_streams=2)
+    with InProcessServer(tmp_path / "data", limits=limits, slow_consumer_seconds=60.0) as server:
+        space = f"sub-{uuid.uuid4().hex[:12]}"
+        server.stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(name="g", space=space)))
+        waiting = [RawStream(server.channel, None) for _ in range(3)]
+        try:
+            # Two hold the two slots while they wait; the third is refused at once.
+            refused = wait_until(
+                lambda: next((s for s in waiting if not s.inbox.empty()), None),
+                WAIT,
+                "a stream over max_concurrent_streams refused",
+            )
+            ended = refused.end()
+            assert isinstance(ended, grpc.RpcError)
+            assert ended.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, ended
+            assert "max_concurrent_streams" in (ended.details() or "")
+            for stream in waiting:
+                if stream is not refused:  # the join, late but in time: served
+                    stream.send(join_bytes(space))
+                    assert stream.next().WhichOneof("kind") == "joined"
+        finally:
+            for stream in waiting:
+                stream.close()
+
+
+def test_a_subscribe_waiting_for_its_join_ends_at_the_drain(tmp_path: Path) -> None:
+    server = InProcessServer(tmp_path / "data", slow_consumer_seconds=60.0)
+    stream = RawStream(server.channel, None)
+    try:
+        wait_until(lambda: open_streams(server) == 1, WAIT, "the stream admitted")
+        stopping = server.begin_stop(grace=60.0)
+        ended = stream.end()
+        assert isinstance(ended, grpc.RpcError)
+        assert ended.code() == grpc.StatusCode.UNAVAILABLE, ended
+        assert "shutting down" in (ended.details() or ""), ended.details()
+        stopping.result(WAIT)  # the drain did not wait for it: well within the grace
+    finally:
+        stream.close()
+        server.stop()

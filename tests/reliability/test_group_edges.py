@@ -3,8 +3,8 @@ poison records parked after max_attempts (by retry nacks, by timeouts, by a
 park nack) with the right metadata while other segments keep flowing; a
 member that leaves at a record's last attempt; attempts across a moment with
 no member; acks listing positions the member does not hold; ownership spread
-by GetGroup. Findings F1 to F3 of the proof are the xfail ones
-(/work/wt/proof-findings.md; the mark goes once the server is fixed)."""
+by GetGroup. The "findings" tests are F1 to F3 of the proof
+(/work/wt/proof-findings.md), fixed on the server."""
 
 from __future__ import annotations
 
@@ -309,7 +309,6 @@ async def _settled(
 # -- findings -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding F3: a leave at the last attempt redelivers")
 def test_leaving_at_the_last_attempt_parks(server: ServerProcess) -> None:
     """A record whose every delivery ends with its member's stream (a record
     that crashes its workers) is parked after max_attempts deliveries, never
@@ -339,7 +338,6 @@ def test_leaving_at_the_last_attempt_parks(server: ServerProcess) -> None:
     run(server, test)
 
 
-@pytest.mark.xfail(strict=True, reason="finding F2: attempts restart when no member is left")
 def test_attempts_count_on_across_a_group_with_no_member(server: ServerProcess) -> None:
     """A single worker that dies on a record (a restart loop): the record comes
     back with attempt 2, 3, ... and is parked after max_attempts, never
@@ -366,7 +364,6 @@ def test_attempts_count_on_across_a_group_with_no_member(server: ServerProcess) 
     run(server, test)
 
 
-@pytest.mark.xfail(strict=True, reason="finding F1: positions > max_in_flight end the stream")
 def test_ack_listing_more_positions_than_max_in_flight_is_ignored(
     server: ServerProcess,
 ) -> None:

@@ -363,28 +363,40 @@ def test_groups_at_most_max_groups_per_space(groups_backend: Harness) -> None:
     now_and_after_restart(groups_backend, change, check, room)
 
 
-def test_groups_survive_delete_space(groups_backend: Harness) -> None:
+def test_groups_delete_space_removes_its_groups(groups_backend: Harness) -> None:
     group = config()
+    other = config(space="orders2")  # a space whose name starts with the deleted one's
 
     async def change(store: Store) -> None:
         await store.produce(txn("orders", ("a", 3)))
         await store.create_group(group, 0, 10)
+        await store.create_group(config("h"), 0, 10)
         await store.settle_group("orders", "g", 1, (3,), park(group, b"p"))
+        await store.create_group(other, 0, 10)
+        await store.create_group(config(space="only-groups"), 0, 10)  # no record, no config
         await store.delete_space("orders")
-        await store.delete_space(PARKED)  # the dead-letter space, too
+        await store.delete_space("only-groups")
+        await store.delete_space(PARKED)  # the dead-letter space: not a group's own space
 
     async def check(store: Store) -> None:
         assert await store.get_space("orders") is None
-        state = await store.get_group("orders", "g")
-        assert state is not None and state.config == group
-        assert state.progress == GroupProgress(1, ((3, 3),), parked=1)
-        assert await store.list_groups("orders", None, 10) == [group]
+        assert await store.get_group("orders", "g") is None
+        assert await store.get_group("orders", "h") is None
+        assert await store.list_groups("orders", None, 10) == []
+        assert await store.list_groups("only-groups", None, 10) == []
+        assert await store.list_groups("orders2", None, 10) == [other]
+        with pytest.raises(NotFound):
+            await store.settle_group("orders", "g", 2, (), None)
 
-    async def settle(store: Store) -> None:
-        await store.settle_group("orders", "g", 3, (), None)
-        assert await progress(store) == GroupProgress(3, (), parked=1)
+    async def again(store: Store) -> None:
+        # Created again: a new group, none of the old progress (its settled 3 included).
+        assert await store.create_group(group, 2, 10) == (group, True)
+        assert await progress(store) == GroupProgress(2, (), parked=0)
+        # Deleting the space again (already deleted, only a group left) removes it too.
+        await store.delete_space("orders")
+        assert await store.get_group("orders", "g") is None
 
-    now_and_after_restart(groups_backend, change, check, settle)
+    now_and_after_restart(groups_backend, change, check, again)
 
 
 # -- the RocksDB engine ---------------------------------------------------------------

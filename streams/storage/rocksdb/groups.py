@@ -111,3 +111,8 @@ class Collector:
 
     def forget(self, group: tuple[str, str]) -> None:
         self._groups.pop(group, None)
+
+    def forget_space(self, space: str) -> None:
+        """Every group of ``space`` is gone."""
+        for group in [group for group in self._groups if group[0] == space]:
+            del self._groups[group]

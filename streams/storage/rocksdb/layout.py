@@ -208,8 +208,13 @@ def group_key(space: str, group: str) -> bytes:
     return group_prefix(space) + name(group)
 
 
+def settled_space_prefix(space: str) -> bytes:
+    """The settled-position keys of every group of ``space``."""
+    return SETTLED + name(space)
+
+
 def settled_prefix(space: str, group: str) -> bytes:
-    return SETTLED + name(space) + name(group)
+    return settled_space_prefix(space) + name(group)
 
 
 def first_name(key: bytes, prefix: bytes) -> str:

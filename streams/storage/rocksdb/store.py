@@ -1010,31 +1010,55 @@ class RocksStore:
             # Held from the look-up on: the state written below stays the cached one.
             with self._catalog.held():
                 state = self._catalog.space(space)
-                if state is None or state.last.deleted:
-                    return Removed()
-                entry = state.last
-                removed = Removed(entry.records, entry.size)
                 batch = rocksdict.WriteBatch(raw_mode=True)
-                batch.delete(keys.config_key(space))
-                self._delete_offsets(batch, keys.offset_index_prefix(space))
-                # Its segments are deleted by this one number (see SegmentEntry.within):
-                # the cost does not grow with them.
-                gone = SpaceEntry(
-                    position=entry.position,
-                    first=entry.position + 1,
-                    deleted_through=entry.position,
-                    flags=DELETED,
-                    ts=entry.ts,
-                )
-                batch.put(state.key, gone.pack())
-                self._write(batch)
-                ticket = self._queue(
-                    state, gone, [], functools.partial(self._tail.removed, space, None)
-                )
+                # In the same durable change; also of a space that only has groups.
+                has_groups = self._delete_groups(batch, space)
+                if state is None or state.last.deleted:
+                    if not has_groups:
+                        return Removed()
+                    self._write(batch)
+                    ticket = self._group.ticket()
+                    gone = None
+                else:
+                    entry = state.last
+                    removed = Removed(entry.records, entry.size)
+                    batch.delete(keys.config_key(space))
+                    self._delete_offsets(batch, keys.offset_index_prefix(space))
+                    # Its segments are deleted by this one number (see SegmentEntry.within):
+                    # the cost does not grow with them.
+                    gone = SpaceEntry(
+                        position=entry.position,
+                        first=entry.position + 1,
+                        deleted_through=entry.position,
+                        flags=DELETED,
+                        ts=entry.ts,
+                    )
+                    batch.put(state.key, gone.pack())
+                    self._write(batch)
+                    ticket = self._queue(
+                        state, gone, [], functools.partial(self._tail.removed, space, None)
+                    )
+            if gone is None:
+                await self._group.wait(ticket)
+                return Removed()
             self._retention.forget(space)
             await self._group.wait(ticket)
             await self._delete_space_chunks(space, gone)
         return removed
+
+    def _delete_groups(self, batch: rocksdict.WriteBatch, space: str) -> bool:
+        """Adds to ``batch`` the deletes of every group of ``space`` (heads and
+        settled positions: one range each, whatever their number); whether it
+        has any."""
+        heads = keys.group_prefix(space)
+        if next(self._scan(heads, f"the groups of space {space!r}"), None) is None:
+            return False
+        batch.delete_range(heads, keys.prefix_end(heads))
+        settled = keys.settled_space_prefix(space)
+        batch.delete_range(settled, keys.prefix_end(settled))
+        self.stats.range_deletes += 2
+        self._collector.forget_space(space)
+        return True
 
     async def _delete_space_chunks(self, space: str, gone: SpaceEntry) -> None:
         """Deletes the chunks of the records a space delete removed (``gone``: the
