@@ -116,7 +116,7 @@ class Member:
         self.outbox: deque[Entry] = deque()  # to send (those still queued, held by it)
         self.live = True
         self.dirty = False  # queued for a pump
-        self.hungry = False  # in the queue of members with room
+        self.hungry = False  # among the members with room (queue or heap)
         self._dispatcher = dispatcher
         self._event = asyncio.Event()
         self._ended = False
@@ -225,10 +225,13 @@ class Dispatcher:
         # owner whose head may go (in the order they became ready).
         self._segments: dict[str, _Segment] = {}
         self._unowned: deque[_Segment] = deque()
-        # NONE: records waiting. Both: members with room (checked when taken).
+        # PER_SEGMENT: members with room by owned segments then arrival (a
+        # heap, checked when taken: a member may be in it more than once).
+        self._roomy: list[tuple[int, int, Member]] = []
+        self._order = itertools.count()
+        # NONE: records waiting, and members with room (checked when taken).
         self._waiting: deque[Entry] = deque()
         self._hungry: deque[Member] = deque()
-        self._order = itertools.count()  # ties between members owning as many
         self._dirty: list[Member] = []  # members to pump
         # Deadlines: deliveries in flight in delivery order (so by deadline), retries.
         self._deadlines: OrderedDict[Entry, None] = OrderedDict()
@@ -333,6 +336,8 @@ class Dispatcher:
         if owner is not None:
             owner.segments.discard(segment)
             segment.owner = None
+            if owner.hungry:  # it owns fewer now: its place in the heap comes sooner
+                self._roomy_push(owner)
 
     # -- reading -----------------------------------------------------------------
 
@@ -454,53 +459,66 @@ class Dispatcher:
             member.dirty = False
             if member.live:
                 self._pump(member)
-        if self._unowned and self._hungry:
+        if self._unowned and self._roomy:
             self._share()
 
     def _has_room(self, member: Member) -> None:
-        if self._per_segment and member.ready and not member.dirty:
-            member.dirty = True
-            self._dirty.append(member)
-        if not member.hungry:
+        if self._per_segment:
+            if member.ready and not member.dirty:
+                member.dirty = True
+                self._dirty.append(member)
+            if not member.hungry:
+                member.hungry = True
+                self._roomy_push(member)
+        elif not member.hungry:
             member.hungry = True
             self._hungry.append(member)
 
+    def _roomy_push(self, member: Member) -> None:
+        roomy = self._roomy
+        if len(roomy) > 2 * len(self.members) + 64:
+            # Mostly stale places (owned counts that changed): start again,
+            # O(members) once per as many pushes.
+            roomy[:] = [
+                (len(m.segments), next(self._order), m) for m in self.members.values() if m.hungry
+            ]
+            heapq.heapify(roomy)
+        if member.live:
+            heapq.heappush(roomy, (len(member.segments), next(self._order), member))
+
     def _share(self) -> None:
         """PER_SEGMENT: members with room take unowned segments from the FIFO,
-        one at a time, the member owning the fewest segments first (a heap of
-        the members with room: log(members) per segment handed out)."""
+        one at a time, the member owning the fewest segments first (log of the
+        members with room per segment handed out)."""
         if self.failed is not None:
             return
-        hungry, unowned, order = self._hungry, self._unowned, self._order
-        heap: list[tuple[int, int, Member, int]] = []
-        for member in hungry:
-            member.hungry = False
-            room = member.max_in_flight - len(member.held)
-            if member.live and room > 0:
-                heap.append((len(member.segments), next(order), member, room))
-        hungry.clear()
-        heapq.heapify(heap)
+        roomy, unowned, order = self._roomy, self._unowned, self._order
         out: dict[Member, list[Entry]] = {}
-        while heap and unowned:
+        while roomy and unowned:
+            owned, _, member = roomy[0]
+            if not member.hungry or not member.live:
+                heapq.heappop(roomy)
+                continue
+            if owned != len(member.segments):  # a stale place
+                heapq.heapreplace(roomy, (len(member.segments), next(order), member))
+                continue
+            mine = out.get(member)
+            if len(member.held) + (len(mine) if mine else 0) >= member.max_in_flight:
+                heapq.heappop(roomy)
+                member.hungry = False
+                continue
             segment = unowned.popleft()
             segment.ready = False
             if segment.owner is not None or segment.current is not None or not segment.queue:
                 continue  # taken, or given back since it was queued
-            owned, _, member, room = heap[0]
             segment.owner = member
             member.segments.add(segment)
             entry = segment.current = segment.queue.popleft()
-            mine = out.get(member)
             if mine is None:
-                mine = out[member] = []
-            mine.append(entry)
-            if room > 1:
-                heapq.heapreplace(heap, (owned + 1, next(order), member, room - 1))
+                out[member] = [entry]
             else:
-                heapq.heappop(heap)
-        for _, _, member, _ in heap:  # room left: they take the next segments that free
-            member.hungry = True
-            hungry.append(member)
+                mine.append(entry)
+            heapq.heapreplace(roomy, (owned + 1, next(order), member))
         for member, entries in out.items():
             self._deliver(member, entries)
 
