@@ -4,11 +4,16 @@ The dispatcher reads the group's space in position order (one cursor, see
 :mod:`streams.groups.window`), hands each record to a member, and settles
 what members ack (or what is parked) through :meth:`Store.settle_group`:
 
-- ``PER_SEGMENT``: a segment with records waiting or delivered has one owner;
-  the owner gets the segment's next record only once the one before it is
-  durably settled. A segment with nothing waiting or delivered is forgotten
-  (so state grows with work, not with segments); its next record gives it to
-  the live member owning the fewest segments (buckets by count: O(1)).
+- ``PER_SEGMENT``: a segment with a record delivered has one owner, and
+  keeps it while it has records delivered or waiting; the owner gets the
+  segment's next record only once the one before it is durably settled. A
+  segment gets its owner when its head can be handed out, not when it is
+  read: segments without an owner whose head may go wait in one FIFO, and
+  members with room take from it, those owning the fewest segments first (so
+  a reader far ahead does not give the whole backlog to the first member,
+  and a member that joins late gets work at once). A segment with nothing
+  waiting or delivered is forgotten (so state grows with work, not with
+  segments).
 - ``NONE``: records wait in one queue; members with room take from it.
 
 Everything is batched: a read hands out many records, one settle write is in
@@ -96,7 +101,6 @@ class Member:
         "max_in_flight",
         "name",
         "outbox",
-        "owned",
         "ready",
         "segments",
     )
@@ -108,12 +112,11 @@ class Member:
         # Delivered or being settled, by position: counts toward max_in_flight.
         self.held: dict[int, Entry] = {}
         self.segments: set[_Segment] = set()  # owned (PER_SEGMENT)
-        self.owned = 0  # len(segments), as its bucket knows it
         self.ready: deque[_Segment] = deque()  # owned segments whose head may go
         self.outbox: deque[Entry] = deque()  # to send (those still queued, held by it)
         self.live = True
         self.dirty = False  # queued for a pump
-        self.hungry = False  # in the NONE queue of members with room
+        self.hungry = False  # among the members with room (queue or heap)
         self._dispatcher = dispatcher
         self._event = asyncio.Event()
         self._ended = False
@@ -184,7 +187,7 @@ class _Segment:
         self.owner: Member | None = None
         self.queue: deque[Entry] = deque()
         self.current: Entry | None = None  # in flight or being settled
-        self.ready = False  # in its owner's ready deque
+        self.ready = False  # in its owner's ready deque, or (no owner) the unowned FIFO
 
 
 class Dispatcher:
@@ -218,11 +221,15 @@ class Dispatcher:
         # From the group's previous dispatcher: taken as their records are read again.
         self._carried = _unsettled(attempts or {}, state.progress)
         self.members: dict[str, Member] = {}
-        # PER_SEGMENT: segments with an owner, and members by owned count.
+        # PER_SEGMENT: segments with records, and those of them without an
+        # owner whose head may go (in the order they became ready).
         self._segments: dict[str, _Segment] = {}
-        self._buckets: dict[int, OrderedDict[Member, None]] = {}
-        self._fewest = 0
-        # NONE: records waiting, and members with room.
+        self._unowned: deque[_Segment] = deque()
+        # PER_SEGMENT: members with room by owned segments then arrival (a
+        # heap, checked when taken: a member may be in it more than once).
+        self._roomy: list[tuple[int, int, Member]] = []
+        self._order = itertools.count()
+        # NONE: records waiting, and members with room (checked when taken).
         self._waiting: deque[Entry] = deque()
         self._hungry: deque[Member] = deque()
         self._dirty: list[Member] = []  # members to pump
@@ -287,13 +294,11 @@ class Dispatcher:
     def join(self, name: str, max_in_flight: int) -> Member:
         member = Member(self, name, max_in_flight)
         self.members[member.id] = member
-        self._bucket(0)[member] = None
-        self._fewest = 0
         if self.failed is not None:
             member.end(self.failed)
-        if not self._per_segment:
-            self._has_room(member)
-            self._feed()
+        self._has_room(member)
+        self._flush()
+        self._feed()
         return member
 
     def leave(self, member: Member) -> None:
@@ -303,7 +308,13 @@ class Dispatcher:
             return
         member.live = False
         del self.members[member.id]
-        self._unbucket(member)
+        moved = member.segments
+        member.segments = set()
+        member.ready.clear()
+        member.outbox.clear()
+        for segment in moved:
+            segment.owner = None
+            segment.ready = False
         for entry in member.held.values():
             entry.holder = None
             if entry.state is IN_FLIGHT:
@@ -314,58 +325,19 @@ class Dispatcher:
                 else:
                     self._requeue(entry)
         member.held.clear()
-        member.ready.clear()
-        member.outbox.clear()
-        moved = member.segments
-        member.segments = set()
         for segment in moved:
-            segment.owner = None
-            segment.ready = False
-        if self.members:
-            for segment in moved:
-                if segment.current is None:
-                    self._assign(segment)
-                    self._offer(segment)
+            self._offer(segment, first=True)
         self._flush()
         self._kick()
-
-    def _bucket(self, count: int) -> OrderedDict[Member, None]:
-        bucket = self._buckets.get(count)
-        if bucket is None:
-            bucket = self._buckets[count] = OrderedDict()
-        return bucket
-
-    def _unbucket(self, member: Member) -> None:
-        bucket = self._buckets[member.owned]
-        del bucket[member]
-        if not bucket:
-            del self._buckets[member.owned]
-
-    def _recount(self, member: Member, change: int) -> None:
-        self._unbucket(member)
-        member.owned += change
-        self._bucket(member.owned)[member] = None
-        if member.owned < self._fewest:
-            self._fewest = member.owned
-
-    def _assign(self, segment: _Segment) -> None:
-        """Gives ``segment`` to the live member owning the fewest segments."""
-        if not self.members:
-            return
-        while self._fewest not in self._buckets:
-            self._fewest += 1
-        member = next(iter(self._buckets[self._fewest]))
-        segment.owner = member
-        member.segments.add(segment)
-        self._recount(member, 1)
 
     def _free(self, segment: _Segment) -> None:
         del self._segments[segment.key]
         owner = segment.owner
         if owner is not None:
             owner.segments.discard(segment)
-            self._recount(owner, -1)
             segment.owner = None
+            if owner.hungry:  # it owns fewer now: its place in the heap comes sooner
+                self._roomy_push(owner)
 
     # -- reading -----------------------------------------------------------------
 
@@ -415,21 +387,15 @@ class Dispatcher:
         if self._carried:
             self._count_on(entries)
         if self._per_segment:
-            segments, offer, dirty = self._segments, self._offer, self._dirty
+            segments, offer, unowned = self._segments, self._offer, self._unowned
             for entry in entries:
                 segment = segments.get(entry.segment)
                 if segment is None:
-                    # A new owner, nothing in flight, no back-off: ready at once.
+                    # No owner, nothing in flight, no back-off: ready at once.
                     segment = segments[entry.segment] = _Segment(entry.segment)
                     segment.queue.append(entry)
-                    self._assign(segment)
-                    owner = segment.owner
-                    if owner is not None:
-                        segment.ready = True
-                        owner.ready.append(segment)
-                        if not owner.dirty:
-                            owner.dirty = True
-                            dirty.append(owner)
+                    segment.ready = True
+                    unowned.append(segment)
                 else:
                     segment.queue.append(entry)
                     if segment.current is None and not segment.ready:
@@ -463,37 +429,98 @@ class Dispatcher:
 
     # -- delivering ---------------------------------------------------------------
 
-    def _offer(self, segment: _Segment) -> None:
-        """Puts ``segment`` in its owner's ready deque if its head may go now."""
-        owner = segment.owner
-        if owner is None or segment.ready or segment.current is not None or not segment.queue:
+    def _offer(self, segment: _Segment, first: bool = False) -> None:
+        """Puts ``segment`` in its owner's ready deque, or (no owner) the
+        unowned FIFO (at its head if ``first``), if its head may go now."""
+        if segment.ready or segment.current is not None or not segment.queue:
             return
         head = segment.queue[0]
         if head.not_before and head.not_before > self._clock():
             return  # the retry timer offers it
         segment.ready = True
+        owner = segment.owner
+        if owner is None:
+            if first:
+                self._unowned.appendleft(segment)
+            else:
+                self._unowned.append(segment)
+            return
         owner.ready.append(segment)
         if not owner.dirty:
             owner.dirty = True
             self._dirty.append(owner)
 
     def _flush(self) -> None:
-        """Delivers to every member that has something ready (PER_SEGMENT)."""
+        """PER_SEGMENT: delivers to every member that has owned segments
+        ready, then hands out unowned segments to members with room."""
         dirty = self._dirty
         while dirty:
             member = dirty.pop()
             member.dirty = False
             if member.live:
                 self._pump(member)
+        if self._unowned and self._roomy:
+            self._share()
 
     def _has_room(self, member: Member) -> None:
         if self._per_segment:
             if member.ready and not member.dirty:
                 member.dirty = True
                 self._dirty.append(member)
+            if not member.hungry:
+                member.hungry = True
+                self._roomy_push(member)
         elif not member.hungry:
             member.hungry = True
             self._hungry.append(member)
+
+    def _roomy_push(self, member: Member) -> None:
+        roomy = self._roomy
+        if len(roomy) > 2 * len(self.members) + 64:
+            # Mostly stale places (owned counts that changed): start again,
+            # O(members) once per as many pushes.
+            roomy[:] = [
+                (len(m.segments), next(self._order), m) for m in self.members.values() if m.hungry
+            ]
+            heapq.heapify(roomy)
+        if member.live:
+            heapq.heappush(roomy, (len(member.segments), next(self._order), member))
+
+    def _share(self) -> None:
+        """PER_SEGMENT: members with room take unowned segments from the FIFO,
+        one at a time, the member owning the fewest segments first (log of the
+        members with room per segment handed out)."""
+        if self.failed is not None:
+            return
+        roomy, unowned, order = self._roomy, self._unowned, self._order
+        out: dict[Member, list[Entry]] = {}
+        while roomy and unowned:
+            owned, _, member = roomy[0]
+            if not member.hungry or not member.live:
+                heapq.heappop(roomy)
+                continue
+            if owned != len(member.segments):  # a stale place
+                heapq.heapreplace(roomy, (len(member.segments), next(order), member))
+                continue
+            mine = out.get(member)
+            if len(member.held) + (len(mine) if mine else 0) >= member.max_in_flight:
+                heapq.heappop(roomy)
+                member.hungry = False
+                continue
+            segment = unowned.popleft()
+            segment.ready = False
+            if segment.owner is not None or segment.current is not None or not segment.queue:
+                continue  # taken, or given back since it was queued
+            segment.owner = member
+            member.segments.add(segment)
+            entry = segment.current = segment.queue.popleft()
+            if mine is None:
+                out[member] = [entry]
+            else:
+                mine.append(entry)
+            heapq.heapreplace(roomy, (owned + 1, next(order), member))
+        for member, entries in out.items():
+            self._deliver(member, entries)
 
     def _feed(self) -> None:
         """NONE: members with room take waiting records, in turn."""
@@ -567,9 +594,7 @@ class Dispatcher:
             segment = self._segments[entry.segment]
             segment.current = None
             segment.queue.appendleft(entry)
-            if segment.owner is None:
-                self._assign(segment)
-            self._offer(segment)
+            self._offer(segment, first=True)
         else:
             self._waiting.appendleft(entry)
             self._feed()
@@ -769,8 +794,6 @@ class Dispatcher:
             if not segment.queue:
                 self._free(segment)
                 continue
-            if segment.owner is None:
-                self._assign(segment)
             owner = segment.owner
             if segment.queue[0].not_before or owner is None or segment.ready:
                 self._offer(segment)

@@ -11,7 +11,7 @@ from streams.errors import NotFound, ResourceExhausted, Unavailable
 from streams.limits import Limits
 from streams.model import Ordering
 
-from .conftest import DurableLog, Env, Got, positions, run, take
+from .conftest import GUARD, DurableLog, Env, Got, positions, run, some, take
 
 
 def check_in_order(
@@ -267,5 +267,53 @@ def test_stats_count_deliveries(env: Env) -> None:
             assert stats.in_flight == 1
             assert len(await env.parked(config)) == 1
         assert env.groups.stats() == []
+
+    run(env, scenario)
+
+
+def test_members_joining_one_after_another_over_a_backlog_share_it(env: Env) -> None:
+    """Segments get their owner when their head can go, not when the reader
+    reads them: the first member does not take the whole backlog the reader
+    read ahead, and each later member gets work at once."""
+    segments, per_segment, members, room = 1000, 10, 8, 100
+    total = segments * per_segment
+
+    async def scenario() -> None:
+        await env.create()
+        for _ in range(per_segment):  # positions interleave the segments
+            await env.produce("s", *((f"seg{i}", 1) for i in range(segments)))
+        counts = [0] * members
+        delivered = 0
+        progress = asyncio.Event()
+        done = asyncio.Event()
+
+        async def work(index: int) -> None:
+            nonlocal delivered
+            async with env.groups.join("s", "g", f"m{index}", room) as member:
+                while True:
+                    got = await some(member)
+                    counts[index] += len(got)
+                    delivered += len(got)
+                    progress.set()
+                    if delivered >= total:
+                        done.set()
+                    member.ack(positions(got))
+
+        tasks = []
+        try:
+            for index in range(members):
+                tasks.append(asyncio.create_task(work(index)))
+                # The next one joins once the group made some progress.
+                while delivered < (index + 1) * 200 and not done.is_set():
+                    progress.clear()
+                    await asyncio.wait_for(progress.wait(), GUARD)
+            await asyncio.wait_for(done.wait(), 6 * GUARD)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert delivered == total  # each once: nothing timed out or left
+        # The last joins after 1,400 of 10,000: a fair share is over 1,000 each.
+        assert min(counts) >= total // members // 2, counts
 
     run(env, scenario)
