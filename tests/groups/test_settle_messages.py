@@ -26,16 +26,16 @@ def nack(*numbers: int) -> pb.SubscribeRequest:
 def test_more_positions_than_max_in_flight_are_taken(message: type) -> None:
     """A member with max_in_flight 1 may rightly name two records: one whose
     delivery timed out (its slot freed) and the one delivered since."""
-    settle = validation.settle(message(5, 9, 1000), 1, Limits())
+    settle = validation.settle(message(5, 9, 1000), Limits())
     assert settle.positions == (5, 9, 1000)
 
 
 @pytest.mark.parametrize(("message", "kind"), [(ack, "ack"), (nack, "nack")])
 def test_positions_over_max_group_settle_positions_are_refused(message: type, kind: str) -> None:
     lim = Limits(max_group_settle_positions=4)
-    assert validation.settle(message(*range(1, 5)), 100, lim).positions == (1, 2, 3, 4)
+    assert validation.settle(message(*range(1, 5)), lim).positions == (1, 2, 3, 4)
     with pytest.raises(InvalidArgument) as refused:
-        validation.settle(message(*range(1, 6)), 100, lim)
+        validation.settle(message(*range(1, 6)), lim)
     for word in (f"{kind}.positions", "5 positions", "max_group_settle_positions (4)"):
         assert word in str(refused.value)
 
@@ -43,9 +43,9 @@ def test_positions_over_max_group_settle_positions_are_refused(message: type, ki
 def test_the_default_bound_is_over_the_largest_max_in_flight() -> None:
     lim = Limits()
     assert lim.max_group_settle_positions == 20_000 > validation.MAX_MAX_IN_FLIGHT
-    validation.settle(ack(*range(1, 20_001)), 10_000, lim)
+    validation.settle(ack(*range(1, 20_001)), lim)
     with pytest.raises(InvalidArgument):
-        validation.settle(ack(*range(1, 20_002)), 10_000, lim)
+        validation.settle(ack(*range(1, 20_002)), lim)
 
 
 def test_an_ack_naming_records_not_held_settles_those_held(env: Env) -> None:
@@ -57,7 +57,7 @@ def test_an_ack_naming_records_not_held_settles_those_held(env: Env) -> None:
         await env.produce("s", ("a", 2))
         async with env.groups.join("s", "g", "w", 1) as member:
             first = await take(member, 1)
-            settle = validation.settle(ack(*positions(first), 1000, 2000), 1, Limits())
+            settle = validation.settle(ack(*positions(first), 1000, 2000), Limits())
             member.ack(settle.positions)
             after = await take(member, 1)
             assert (after[0].key, after[0].attempt) == (("a", 2), 1)
