@@ -172,8 +172,13 @@ class GroupRun:
             while True:  # the same transaction_id until answered: stored once
                 await self.up.wait()
                 assert self.stub is not None
+                life = self.life
                 try:
                     response = await self.stub.Produce(request, timeout=CALL_TIMEOUT)
+                except asyncio.CancelledError:
+                    if not self._cut_by_crash(life):
+                        raise
+                    continue
                 except grpc.aio.AioRpcError as err:
                     if err.code() not in CRASH_CODES:
                         raise
@@ -342,6 +347,10 @@ class GroupRun:
                 response = await self.stub.GetGroup(
                     pb.GetGroupRequest(space=self.space, group=self.group), timeout=CALL_TIMEOUT
                 )
+            except asyncio.CancelledError:
+                if not self._cut_by_crash(life):
+                    raise
+                continue
             except grpc.aio.AioRpcError as err:
                 if life != self.life or (self.plan.crashes and err.code() in CRASH_CODES):
                     await asyncio.sleep(0.05)
@@ -364,6 +373,13 @@ class GroupRun:
             await asyncio.sleep(0.03)
 
     # -- crashes ---------------------------------------------------------------
+
+    def _cut_by_crash(self, life: int) -> bool:
+        """Whether a call that raised CancelledError was cut by a crash closing
+        its channel (grpc.aio ends a call its channel's close cuts with
+        CancelledError, not an RpcError), not by this task being cancelled."""
+        task = asyncio.current_task()
+        return life != self.life and task is not None and not task.cancelling()
 
     async def crasher(self) -> None:
         for i in range(1, self.plan.crashes + 1):
@@ -402,7 +418,13 @@ class GroupRun:
         if self.plan.crashes:
             workers.append(asyncio.ensure_future(self.crasher()))
         try:
-            await asyncio.gather(*producers)
+            # A worker that fails while production goes on fails the run (the
+            # producers wait on the monitor's progress: they would wait forever).
+            running: set[asyncio.Future[None]] = {*producers, *workers}
+            while not all(producer.done() for producer in producers):
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()
             self.producing = False
             settle_started = time.monotonic()
             done = asyncio.ensure_future(self.done.wait())
