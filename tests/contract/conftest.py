@@ -20,6 +20,7 @@ import pytest
 from streams.limits import Limits
 from streams.storage import registry
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.ops.helpers import write_tokens
 from tests.support.process import ServerProcess
 
 from .helpers import unique
@@ -84,3 +85,21 @@ def stub(server: ServerProcess) -> pb_grpc.StreamsServiceStub:
 def space() -> str:
     """A space name no other test uses."""
     return unique("space")
+
+
+# The tokens of the access tests (test_lifecycle_access.py, test_groups.py):
+# one that may do anything, one that only reads, one scoped to spaces `mine-*`.
+ACCESS_TOKENS = [
+    {"token": "rw", "spaces": ["*"], "access": ["read", "write"]},
+    {"token": "ro", "spaces": ["*"], "access": ["read"]},
+    {"token": "mine", "spaces": ["mine-*"], "access": ["read", "write"]},
+]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, launch: Launcher) -> Iterator[ServerProcess]:
+    """A server of the module's backend that checks ACCESS_TOKENS."""
+    tmp = tmp_path_factory.mktemp("secured")
+    tokens = write_tokens(tmp / "tokens.json", ACCESS_TOKENS)
+    with launch(tmp, "--auth-tokens", str(tokens)) as server:
+        yield server

@@ -195,3 +195,12 @@ def assert_status(
             )
         return err
     raise AssertionError(f"expected {code.name}, the call succeeded: {result!r}")
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status ``call`` ends with (OK when it returns)."""
+    try:
+        call()
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK

@@ -7,7 +7,7 @@ and allowed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from streams.v1 import streams_pb2 as pb
-from tests.ops.helpers import bearer, write_tokens
+from tests.ops.helpers import bearer
 from tests.support.process import ServerProcess
 
-from .helpers import Stub, assert_status, name_of_bytes, produce, unique
+from .helpers import Stub, assert_status, code_of, name_of_bytes, produce, unique
 from .launch import Launcher
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -382,11 +382,6 @@ def test_groups_survive_a_restart(fresh_server: ServerProcess) -> None:
 
 # -- access --------------------------------------------------------------------
 
-TOKENS = [
-    {"token": "rw", "spaces": ["*"], "access": ["read", "write"]},
-    {"token": "ro", "spaces": ["*"], "access": ["read"]},
-    {"token": "mine", "spaces": ["mine-*"], "access": ["read", "write"]},
-]
 Metadata = tuple[tuple[str, str], ...] | None
 
 
@@ -414,22 +409,6 @@ ACCESS_CALLS: dict[str, Callable[[Any, str, Metadata], object]] = {
     ),
 }
 WRITES = {"CreateGroup", "DeleteGroup"}
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, launch: Launcher) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("secured")
-    tokens = write_tokens(tmp / "tokens.json", TOKENS)
-    with launch(tmp, "--auth-tokens", str(tokens)) as server:
-        yield server
-
-
-def code_of(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 def _with_group(server: ServerProcess, prefix: str) -> str:

@@ -4,24 +4,18 @@ GetSegment and WatchSegments read access; no token is UNAUTHENTICATED."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
-from tests.ops.helpers import bearer, write_tokens
+from tests.ops.helpers import bearer
 from tests.support.process import ServerProcess
 
-from .helpers import unique
-from .launch import Launcher
+from .helpers import code_of, unique
 
-TOKENS = [
-    {"token": "rw", "spaces": ["*"], "access": ["read", "write"]},
-    {"token": "ro", "spaces": ["*"], "access": ["read"]},
-    {"token": "mine", "spaces": ["mine-*"], "access": ["read", "write"]},
-]
 Metadata = tuple[tuple[str, str], ...] | None
 
 
@@ -53,22 +47,6 @@ CALLS: dict[str, Callable[[Any, str, Metadata], object]] = {
     "WatchSegments": _watch,
 }
 WRITES = {"Trim", "DeleteSegment", "DeleteSpace", "ConfigureSpace"}
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, launch: Launcher) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("secured")
-    tokens = write_tokens(tmp / "tokens.json", TOKENS)
-    with launch(tmp, "--auth-tokens", str(tokens)) as server:
-        yield server
-
-
-def code_of(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 def filled(server: ServerProcess, prefix: str) -> str:
