@@ -167,14 +167,19 @@ class Groups:
             attempts = dispatcher.attempts()
             if attempts:
                 self._attempts[key] = attempts
-        task = asyncio.create_task(dispatcher.stop(), name=f"group {dispatcher.name} stop")
-        self._stopping[key] = task
+        self._stopping[key] = asyncio.create_task(
+            self._stop(key, dispatcher), name=f"group {dispatcher.name} stop"
+        )
 
-        def done(_: asyncio.Task[None]) -> None:
-            if self._stopping.get(key) is task:
+    async def _stop(self, key: _Key, dispatcher: Dispatcher) -> None:
+        try:
+            await dispatcher.stop()
+        finally:
+            # Gone from _stopping before the task is done, not in a done callback:
+            # awaiting a done task does not yield, so a join that found it done
+            # with its callback not run yet would loop without end.
+            if self._stopping.get(key) is asyncio.current_task():
                 del self._stopping[key]
-
-        task.add_done_callback(done)
 
     def live(self, space: str, group: str) -> LiveGroup | None:
         """The group's live numbers; None when it has no live members."""
