@@ -541,14 +541,28 @@ class StreamsService:
     async def _requested_start(self, query: validation.ConsumeQuery) -> int:
         match query.start:
             case "from_offset":
-                return max(1, query.from_offset)
+                return await self._start_at(query.target, "offset", query.from_offset)
             case "from_timestamp":
-                return await self._store.first_at_or_after(query.target, query.from_timestamp_ns)
+                return await self._start_at(query.target, "timestamp", query.from_timestamp_ns)
             case "from_consumer":
                 committed = await self._store.get_offset(query.from_consumer, query.target)
                 return (committed or 0) + 1
             case "from_end":
-                return await self._store.last_offset(query.target) + 1
+                return await self._start_at(query.target, "end", 0)
+            case _:
+                return 1
+
+    async def _start_at(self, target: Target, kind: str, value: int) -> int:
+        """The first offset a read from ``kind`` starts at: "offset" ``value``,
+        the first record stamped at or after "timestamp" ``value``, or after
+        the "end"; else the first (Consume's and a group's starts)."""
+        match kind:
+            case "offset":
+                return max(1, value)
+            case "timestamp":
+                return await self._store.first_at_or_after(target, value)
+            case "end":
+                return await self._store.last_offset(target) + 1
             case _:
                 return 1
 
@@ -720,14 +734,13 @@ class StreamsService:
         dead = config.dead_letter_space
         # The default `$parked` is the server's (also written out, as CreateGroup returns
         # it); another dead-letter space is the client's to write.
-        if dead != validation.DEFAULT_DEAD_LETTER_SPACE:
-            if not caller.allows("write", dead):
-                raise PermissionDenied(
-                    f"group.dead_letter_space: the token has no write access to "
-                    f"{validation.show(dead)}"
-                )
-            caller.check("write", dead)
-        acked_through = await self._start_position(config)
+        if dead != validation.DEFAULT_DEAD_LETTER_SPACE and not caller.allows("write", dead):
+            raise PermissionDenied(
+                f"group.dead_letter_space: the token has no write access to {validation.show(dead)}"
+            )
+        # The position before the group's first record.
+        start = config.start
+        acked_through = await self._start_at(Target(config.space), start.kind, start.value) - 1
         stored, created = await self._store.create_group(
             config, acked_through, self._limits.max_groups_per_space
         )
@@ -737,19 +750,6 @@ class StreamsService:
                 f"exists with other settings: {group_wire.differences(stored, config)}"
             )
         return pb.CreateGroupResponse(group=group_wire.group(stored))
-
-    async def _start_position(self, config: GroupConfig) -> int:
-        """The group's first ``acked_through``: the position before its start."""
-        space = Target(config.space)
-        match config.start.kind:
-            case "offset":
-                return max(config.start.value, 1) - 1
-            case "timestamp":
-                return await self._store.first_at_or_after(space, config.start.value) - 1
-            case "end":
-                return await self._store.last_offset(space)
-            case _:
-                return 0
 
     async def get_group(
         self, request: pb.GetGroupRequest, context: grpc.aio.ServicerContext, caller: Caller

@@ -735,14 +735,20 @@ class RocksStore:
     # no await between; reads wait for writes in flight (rule 2).
 
     def _group_head(self, space: str, name: str) -> GroupHead | None:
-        where = f"the head of group {name!r} of space {space!r}"
-        raw = self._get(keys.group_key(space, name), where)
-        if raw is None:
-            return None
+        raw = self._get(keys.group_key(space, name), self._head_of(space, name))
+        return None if raw is None else self._parsed_head(raw, space, name)
+
+    @staticmethod
+    def _head_of(space: str, name: str) -> str:
+        return f"the head of group {name!r} of space {space!r}"
+
+    def _parsed_head(self, raw: bytes, space: str, name: str) -> GroupHead:
         try:
             return GroupHead.parse(raw)
         except ValueError as exc:
-            raise self._data_loss(f"{where} under {self._path} is damaged: {exc}") from exc
+            raise self._data_loss(
+                f"{self._head_of(space, name)} under {self._path} is damaged: {exc}"
+            ) from exc
 
     def _group_config(self, head: GroupHead, space: str, name: str) -> GroupConfig:
         try:
@@ -809,14 +815,7 @@ class RocksStore:
         scan = self._scan(prefix, f"the groups of space {space!r}", start)
         for key, raw in itertools.islice(scan, limit):
             name = keys.first_name(key, prefix)
-            try:
-                head = GroupHead.parse(raw)
-            except ValueError as exc:
-                raise self._data_loss(
-                    f"the head of group {name!r} of space {space!r} under {self._path} is "
-                    f"damaged: {exc}"
-                ) from exc
-            found.append(self._group_config(head, space, name))
+            found.append(self._group_config(self._parsed_head(raw, space, name), space, name))
         return found
 
     async def delete_group(self, space: str, name: str) -> bool:
