@@ -24,6 +24,7 @@ from streams import (
     NotFound,
     Ordering,
     RetryPolicy,
+    Subscription,
 )
 from tests.support.process import ServerProcess, free_port
 from tests.support.waiting import wait_until
@@ -295,10 +296,8 @@ def test_deleting_the_group_ends_its_subscriptions(client: Client) -> None:
             next(sub)
 
 
-def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
-    space = unique("idle")
-    client.create_group(space, "g")
-    sub = client.subscribe(space, "g")
+def _iterate_in_thread(sub: Subscription) -> tuple[threading.Thread, threading.Event]:
+    """Iterates ``sub`` to its end in a thread; the event is set at the end."""
     ended = threading.Event()
 
     def run() -> None:
@@ -308,6 +307,14 @@ def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
+    return thread, ended
+
+
+def test_close_from_another_thread_ends_the_iteration(client: Client) -> None:
+    space = unique("idle")
+    client.create_group(space, "g")
+    sub = client.subscribe(space, "g")
+    thread, ended = _iterate_in_thread(sub)
     wait_until(lambda: client.get_group(space, "g").members, what="the member joined")
     sub.close()
     thread.join(10)
@@ -530,15 +537,7 @@ def test_close_during_a_rejoin_back_off_ends_at_once(
             space = unique("backoff")
             client.create_group(space, "g")
             sub = client.subscribe(space, "g")
-            ended = threading.Event()
-
-            def run() -> None:
-                for _ in sub:
-                    pass
-                ended.set()
-
-            thread = threading.Thread(target=run)
-            thread.start()
+            thread, ended = _iterate_in_thread(sub)
             wait_until(lambda: sub.joins == 1 or not thread.is_alive(), what="joined")
             caplog.set_level("WARNING", logger="streams.client")
             server.stop()
