@@ -19,6 +19,7 @@ from typing import TypeVar
 import pytest
 
 from streams import codec
+from streams.errors import Unavailable
 from streams.groups import Groups, Member
 from streams.limits import Limits
 from streams.memory import MemoryBudget
@@ -81,6 +82,7 @@ class Env:
         self.store: Store
         self.groups: Groups
         self.memory = MemoryBudget(256 << 20, 128 << 10)
+        self.settle_failures_left = 0  # see fail_settles
 
     async def open(self, limits: Limits | None = None) -> None:
         setup = Setup(data=self.data, memory=self.memory)
@@ -142,6 +144,20 @@ class Env:
         state = await self.store.get_group(space, name)
         assert state is not None
         return state.progress.acked_through
+
+    def fail_settles(self, times: int) -> None:
+        """The next ``times`` settle writes raise Unavailable (a failing disk);
+        ``settle_failures_left`` counts them down."""
+        settle = self.store.settle_group
+        self.settle_failures_left = times
+
+        async def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.settle_failures_left:
+                self.settle_failures_left -= 1
+                raise Unavailable("disk says no")
+            return await settle(*args, **kwargs)
+
+        self.store.settle_group = failing  # type: ignore[method-assign]
 
 
 class DurableLog:

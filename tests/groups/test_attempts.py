@@ -11,7 +11,6 @@ import contextlib
 
 import pytest
 
-from streams.errors import Unavailable
 from streams.groups import Member
 from streams.model import Ordering, Record
 from streams.v1 import streams_pb2 as pb
@@ -166,23 +165,13 @@ def test_a_failed_park_write_parks_again_never_delivers_once_more(env: Env) -> N
     async def scenario() -> None:
         config = await env.create(max_attempts=1, ack_timeout=0.05)
         await env.produce("s", ("a", 2))
-        settle = env.store.settle_group
-        failures = 1
-
-        async def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
-            nonlocal failures
-            if failures:
-                failures -= 1
-                raise Unavailable("disk says no")
-            return await settle(*args, **kwargs)
-
-        env.store.settle_group = failing  # type: ignore[method-assign]
+        env.fail_settles(1)
         async with env.groups.join("s", "g", "w", 10) as member:
             (first,) = await take(member, 1)
             assert (first.key, first.attempt) == (("a", 1), 1)
             (nxt,) = await take(member, 1)
             assert (nxt.key, nxt.attempt) == (("a", 2), 1)
-            assert failures == 0
+            assert env.settle_failures_left == 0
         (parked,) = await env.parked(config)
         assert _metadata(parked)["streams-parked-attempts"] == "1"
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from streams.errors import NotFound, Unavailable
+from streams.errors import NotFound
 from streams.groups import dispatcher
 from streams.limits import Limits
 from streams.model import Ordering, Record, SegmentAppend, Transaction
@@ -198,17 +198,7 @@ def test_a_failed_settle_write_delivers_the_records_again(env: Env) -> None:
     async def scenario() -> None:
         await env.create()
         await env.produce("s", ("a", 2))
-        settle = env.store.settle_group
-        failures = 1
-
-        async def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
-            nonlocal failures
-            if failures:
-                failures -= 1
-                raise Unavailable("disk says no")
-            return await settle(*args, **kwargs)
-
-        env.store.settle_group = failing  # type: ignore[method-assign]
+        env.fail_settles(1)
         async with env.groups.join("s", "g", "w", 10) as member:
             got = await take(member, 1)
             member.ack(positions(got))
