@@ -140,7 +140,7 @@ class MemoryStore:
         self._spaces: dict[str, _Space] = {}
         self._dedupe: dict[tuple[str, str], _Dedupe] = {}
         self._offsets: dict[tuple[str, str, str], int] = {}
-        # Groups by space, then name; apart from _spaces: a space delete keeps them.
+        # Groups by space, then name; apart from _spaces: a space may have groups and no records.
         self._groups: dict[str, dict[str, _Group]] = {}
         # Wake-ups and watches only: it is handed no records, so it keeps no windows.
         self._tail = Tail(1, 1, follow_linger, memory, watch_change_bytes)
