@@ -21,9 +21,9 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client as prom
@@ -47,6 +47,20 @@ _REQUEST_BUCKETS = (*_LATENCY_BUCKETS, 10, 30, 60)
 REMOVAL_CAUSES = ("trim", "delete", "retention")
 # How long a scrape waits for the event loop to read the committed offsets.
 _LAG_READ_SECONDS = 5.0
+_T = TypeVar("_T")
+
+
+def _read_on(loop: asyncio.AbstractEventLoop, read: Coroutine[object, object, _T]) -> _T | None:
+    """What ``read`` returns, run on the server's ``loop`` from a scrape's
+    thread; None when the loop is busy or gone, or the store closed or
+    damaged: that scrape then has no such series."""
+    future = asyncio.run_coroutine_threadsafe(read, loop)
+    try:
+        return future.result(_LAG_READ_SECONDS)
+    except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
+        return None
+    finally:
+        future.cancel()
 
 
 class LagSource(Protocol):
@@ -266,11 +280,10 @@ class _ConsumerLag(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         lag, truncated = self._families()
-        try:
-            found, more = self._read()
-        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
-            # The loop is busy or gone, the store closed or damaged: no lag this scrape.
+        read = _read_on(self._loop, self._store.consumer_lags(self._limit))
+        if read is None:
             return iter(())
+        found, more = read
         for consumer, target, behind in found:
             lag.add_metric([consumer, target.space, target.segment], behind)
         truncated.add_metric([], int(more))
@@ -289,14 +302,6 @@ class _ConsumerLag(Collector):
             "allows series for; those past it (in consumer, space, segment order) have none.",
         )
         return lag, truncated
-
-    def _read(self) -> tuple[list[tuple[str, Target, int]], bool]:
-        lags = self._store.consumer_lags(self._limit)
-        future = asyncio.run_coroutine_threadsafe(lags, self._loop)
-        try:
-            return future.result(_LAG_READ_SECONDS)
-        finally:
-            future.cancel()
 
 
 # streams_group_* counters: the attribute of GroupStats each one reads, and its help.
@@ -332,13 +337,10 @@ class _GroupMetrics(Collector):
         return iter(self._families())
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        future = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
-        try:
-            found, more = future.result(_LAG_READ_SECONDS)
-        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
+        read = _read_on(self._loop, self._read())
+        if read is None:
             return iter(())
-        finally:
-            future.cancel()
+        found, more = read
         families = self._families()
         lag, in_flight, members, truncated, *counters = families
         for stats, last in found:
@@ -403,13 +405,7 @@ class _DiskUsage(Collector):
         return iter(self._families(DiskUsage(0, 0)))
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        future = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
-        try:
-            usage = future.result(_LAG_READ_SECONDS)
-        except (concurrent.futures.TimeoutError, RuntimeError, StreamsError):
-            return iter(())
-        finally:
-            future.cancel()
+        usage = _read_on(self._loop, self._read())
         return iter(()) if usage is None else iter(self._families(usage))
 
     async def _read(self) -> DiskUsage | None:
