@@ -512,6 +512,8 @@ class AsyncPipeline:
                 continue  # the caller cancelled the handle: it stopped waiting
             if isinstance(done.outcome, BaseException):
                 done.handle.set_exception(done.outcome)
+                if self._cancelled:
+                    done.handle.exception()  # the caller asked: asyncio need not log it
             else:
                 done.handle.set_result(done.outcome)
         self._wake()
@@ -526,7 +528,10 @@ class AsyncPipeline:
             ) from None
         failure = self._window.take_failure()
         if failure is not None:
-            raise failure
+            handle, error = failure
+            if not handle.cancelled():
+                handle.exception()  # raised here: asyncio need not log it as never retrieved
+            raise error
 
     async def close(self) -> None:
         """No new sends; waits for every ack (see :meth:`flush`)."""

@@ -1049,7 +1049,7 @@ class PipelineWindow:
         self.max_bytes = max_bytes
         self._queue: collections.deque[InFlight] = collections.deque()
         self._bytes = 0
-        self._failure: BaseException | None = None
+        self._failure: tuple[Any, BaseException] | None = None  # (handle, error)
 
     @property
     def in_flight(self) -> int:
@@ -1081,15 +1081,16 @@ class PipelineWindow:
             done = self._queue.popleft()
             self._bytes -= done.size
             if isinstance(done.outcome, BaseException) and self._failure is None:
-                self._failure = done.outcome
+                self._failure = (done.handle, done.outcome)
             resolved.append(done)
         return resolved
 
     def unended(self) -> list[InFlight]:
         return [entry for entry in self._queue if not entry.ended]
 
-    def take_failure(self) -> BaseException | None:
-        """The first failure (in send order) since the last call, then forgets it."""
+    def take_failure(self) -> tuple[Any, BaseException] | None:
+        """The handle and error of the first failed transaction (in send order)
+        since the last call."""
         failure, self._failure = self._failure, None
         return failure
 

@@ -758,7 +758,7 @@ class Pipeline:
                 )
             failure = self._window.take_failure()
         if failure is not None:
-            raise failure
+            raise failure[1]
 
     def close(self) -> None:
         """No new sends; waits for every ack (see :meth:`flush`)."""
