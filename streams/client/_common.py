@@ -332,27 +332,35 @@ def to_segment_info(msg: pb.SegmentInfo) -> SegmentInfo:
 # -- requests ---------------------------------------------------------------------------------
 
 
-def record_input(item: RecordLike) -> pb.RecordInput:
-    if isinstance(item, NewRecord | Record):
+def _add_record(add: Callable[..., pb.RecordInput], item: RecordLike) -> None:
+    # Each record is built in place in its write (``records.add``): building a
+    # RecordInput and copying it in costs about 4x as much per record.
+    if type(item) is bytes:
+        add(payload=item)
+    elif isinstance(item, NewRecord | Record):
         payload = item.payload.encode() if isinstance(item.payload, str) else item.payload
-        return pb.RecordInput(payload=payload, metadata=dict(item.metadata))
-    if isinstance(item, str):
-        return pb.RecordInput(payload=item.encode())
-    if isinstance(item, bytes | bytearray | memoryview):
-        return pb.RecordInput(payload=bytes(item))
-    raise TypeError(f"records: expected bytes, str, NewRecord or Record, got {type(item)!r}")
+        metadata = add(payload=payload).metadata
+        for key, value in item.metadata.items():  # 2x faster than metadata=dict(...)
+            metadata[key] = value
+    elif isinstance(item, str):
+        add(payload=item.encode())
+    elif isinstance(item, bytes | bytearray | memoryview):
+        add(payload=bytes(item))
+    else:
+        raise TypeError(f"records: expected bytes, str, NewRecord or Record, got {type(item)!r}")
 
 
 def segment_write(
     segment: str, records: RecordLike | Iterable[RecordLike], expected_sequence: int | None
 ) -> pb.SegmentWrite:
     """One write; a lone payload (bytes or str) counts as a list of one."""
-    items: Iterable[RecordLike]
+    write = pb.SegmentWrite(segment=segment)
+    add = write.records.add
     if isinstance(records, bytes | bytearray | memoryview | str | NewRecord | Record):
-        items = (records,)
+        _add_record(add, records)
     else:
-        items = records
-    write = pb.SegmentWrite(segment=segment, records=[record_input(r) for r in items])
+        for item in records:
+            _add_record(add, item)
     if expected_sequence is not None:
         write.expected_sequence = expected_sequence
     return write
