@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from common import fmt, load_note, markdown_table, run_listening, run_server
+from common import fmt, load_note, markdown_table, run_listening, run_server, sample_process
 
 from streams import AsyncClient, Client
 from streams.v1 import streams_pb2 as pb
@@ -42,37 +42,46 @@ def cpu_seconds() -> float:
 
 
 class Figure:
-    def __init__(self, name: str, txns: int, records: int, wall: float, cpu: float) -> None:
+    def __init__(
+        self, name: str, txns: int, records: int, wall: float, cpu: float, server_cpu: float
+    ) -> None:
         self.name = name
         self.rate = txns * records / wall
         self.txn_rate = txns / wall
         self.cpu_us = cpu / txns * 1e6
+        self.server_cpu_us = server_cpu / txns * 1e6
 
 
 @contextmanager
-def measured(name: str, txns: int, records: int, out: list[Figure]) -> Iterator[None]:
+def measured(
+    name: str, txns: int, records: int, out: list[Figure], server_pid: int
+) -> Iterator[None]:
+    server_cpu = sample_process(server_pid).cpu_s
     cpu, wall = cpu_seconds(), time.perf_counter()
     yield
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    out.append(Figure(name, txns, records, wall, cpu))
+    server_cpu = sample_process(server_pid).cpu_s - server_cpu
+    out.append(Figure(name, txns, records, wall, cpu, server_cpu))
 
 
 def batch(records: int, size: int) -> list[bytes]:
     return [b"x" * size] * records
 
 
-def sync_figures(address: str, txns: int, records: int, windows: list[int]) -> list[Figure]:
+def sync_figures(
+    address: str, pid: int, txns: int, records: int, windows: list[int]
+) -> list[Figure]:
     out: list[Figure] = []
     payloads = batch(records, 100)
     with Client(address) as client:
         for _ in range(20):  # warm the channel and the server's space
             client.produce("bench", "seg", payloads)
-        with measured("sync, sequential produce", txns, records, out):
+        with measured("sync, sequential produce", txns, records, out, pid):
             for _ in range(txns):
                 client.produce("bench", "seg", payloads)
         for window in windows:
             with (
-                measured(f"sync pipeline, {window} in flight", txns, records, out),
+                measured(f"sync pipeline, {window} in flight", txns, records, out, pid),
                 client.pipeline(max_in_flight=window) as pipeline,
             ):
                 for _ in range(txns):
@@ -80,17 +89,19 @@ def sync_figures(address: str, txns: int, records: int, windows: list[int]) -> l
     return out
 
 
-async def async_figures(address: str, txns: int, records: int, windows: list[int]) -> list[Figure]:
+async def async_figures(
+    address: str, pid: int, txns: int, records: int, windows: list[int]
+) -> list[Figure]:
     out: list[Figure] = []
     payloads = batch(records, 100)
     async with AsyncClient(address) as client:
         for _ in range(20):
             await client.produce("bench", "seg", payloads)
-        with measured("async, sequential produce", txns, records, out):
+        with measured("async, sequential produce", txns, records, out, pid):
             for _ in range(txns):
                 await client.produce("bench", "seg", payloads)
         for window in windows:
-            with measured(f"async pipeline, {window} in flight", txns, records, out):
+            with measured(f"async pipeline, {window} in flight", txns, records, out, pid):
                 async with client.pipeline(max_in_flight=window) as pipeline:
                     for _ in range(txns):
                         await pipeline.produce("bench", "seg", payloads)
@@ -179,21 +190,24 @@ def transport_figures(txns: int, records: int, window: int) -> list[Figure]:
     ).SerializeToString()
     out: list[Figure] = []
     command = [sys.executable, str(Path(__file__)), "--bare-server"]
-    with run_listening(command, Path("/tmp/bench-pipeline-bare.log")) as (_, address):
+    with run_listening(command, Path("/tmp/bench-pipeline-bare.log")) as (process, address):
         runs: list[tuple[str, Callable[..., object]]] = [
             (f"bare unary, {window} in flight", bare_unary),
             (f"bare bidi stream, {window} in flight", bare_bidi),
         ]
         for name, run in runs:
             asyncio.run(run(address, request, 200, window))  # warm up
-            with measured(name, txns, records, out):
+            with measured(name, txns, records, out, process.pid):
                 asyncio.run(run(address, request, txns, window))  # type: ignore[arg-type]
     return out
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [(f.name, fmt(f.rate), fmt(f.txn_rate), fmt(f.cpu_us)) for f in figures]
-    return markdown_table(("client", "records/s", "transactions/s", "client CPU µs/txn"), rows)
+    rows = [
+        (f.name, fmt(f.rate), fmt(f.txn_rate), fmt(f.cpu_us), fmt(f.server_cpu_us)) for f in figures
+    ]
+    headers = ("client", "records/s", "transactions/s", "client CPU µs/txn", "server CPU µs/txn")
+    return markdown_table(headers, rows)
 
 
 def main() -> None:
@@ -210,8 +224,9 @@ def main() -> None:
     print(load_note())
     for records in (100, 1):
         with run_server() as server:
-            figures = sync_figures(server.address, args.txns, records, windows)
-            figures += asyncio.run(async_figures(server.address, args.txns, records, windows))
+            pid = server.process.pid
+            figures = sync_figures(server.address, pid, args.txns, records, windows)
+            figures += asyncio.run(async_figures(server.address, pid, args.txns, records, windows))
         print(f"\n## {records} record(s) x 100 B per transaction, durable server, one process\n")
         print(table(figures))
     if args.transport:
