@@ -699,20 +699,25 @@ class Pipeline:
                 raise c.PipelineClosed("produce on a closed pipeline")
             handle = ProduceFuture(request.transaction_id)
             entry = self._window.add(handle, size)
-            retrier = c.Retrier.unary(self._client._conn.retry, request)
-            self._attempt(entry, request, retrier)
+        self._attempt(entry, request, c.Retrier.unary(self._client._conn.retry, request))
         return handle
 
     def _attempt(self, entry: c.InFlight, request: pb.ProduceRequest, retrier: c.Retrier) -> None:
-        with self._room:
-            if self._cancelled:
+        if self._cancelled:
+            with self._room:
                 self._end(entry, c.cancelled_in_pipeline(request))
-                return
-            conn = self._client._conn
-            entry.call = self._client._stub.Produce.future(
-                request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
-            )
-        entry.call.add_done_callback(lambda call: self._answered(entry, request, retrier, call))
+            return
+        # Made outside the lock, which the answers of other calls need meanwhile.
+        conn = self._client._conn
+        call = self._client._stub.Produce.future(
+            request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
+        )
+        with self._room:
+            entry.call = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()  # cancel() ran before the call was there to cancel
+        call.add_done_callback(lambda done: self._answered(entry, request, retrier, done))
 
     def _answered(
         self, entry: c.InFlight, request: pb.ProduceRequest, retrier: c.Retrier, call: Any
@@ -774,6 +779,8 @@ class Pipeline:
             self._closed = self._cancelled = True
             for entry in self._window.unended():
                 call = entry.call
+                if call is None:
+                    continue  # being made: _attempt cancels it once it is there
                 if isinstance(call, threading.Timer):
                     call.cancel()
                     self._end(entry, c.Cancelled("CANCELLED: cancelled with its pipeline "
