@@ -641,7 +641,9 @@ class Pipeline:
     block) stops new sends and flushes. Leaving the block on an exception
     cancels the transactions in flight instead: their handles raise
     :class:`Cancelled` (outcome unknown; sending again under the same transaction
-    id is safe). Thread-safe.
+    id is safe). Thread-safe. Callbacks added to handles run on gRPC's thread
+    with the pipeline's lock held: they must not block (nor ``produce`` into a
+    full window: the answers that would make room come on that thread).
 
     Example::
 
