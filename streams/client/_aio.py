@@ -495,27 +495,24 @@ class AsyncPipeline:
         if self._closed:
             raise c.PipelineClosed("produce on a closed pipeline")
         handle = AsyncProduceFuture(request.transaction_id)
-        entry = self._window.add(handle, size)
+        entry = self._window.add(handle, request, size)
         entry.call = asyncio.ensure_future(self._client._produce(request, self._timeout))
-        entry.call.add_done_callback(lambda task: self._answered(entry, request, task))
+        entry.call.add_done_callback(lambda task: self._answered(entry, task))
         return handle
 
-    def _answered(self, entry: c.InFlight, request: pb.ProduceRequest, task: Any) -> None:
+    def _answered(self, entry: c.InFlight, task: Any) -> None:
         outcome: ProduceResult | BaseException
         if task.cancelled():
-            outcome = c.cancelled_in_pipeline(request)
+            outcome = c.cancelled_in_pipeline(entry.request)
         else:
             error = task.exception()
             outcome = task.result() if error is None else error
         for done in self._window.end(entry, outcome):
             if done.handle.done():
                 continue  # the caller cancelled the handle: it stopped waiting
-            if isinstance(done.outcome, BaseException):
-                done.handle.set_exception(done.outcome)
-                if self._cancelled:
-                    done.handle.exception()  # the caller asked: asyncio need not log it
-            else:
-                done.handle.set_result(done.outcome)
+            c.settle(done.handle, done.outcome)
+            if self._cancelled and isinstance(done.outcome, BaseException):
+                done.handle.exception()  # the caller asked: asyncio need not log it
         self._wake()
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -1032,6 +1032,7 @@ class InFlight:
     ``outcome`` its result or error once its call ended."""
 
     handle: Any
+    request: pb.ProduceRequest
     size: int
     call: Any = None
     ended: bool = False
@@ -1075,8 +1076,8 @@ class PipelineWindow:
             return True
         return len(self._queue) < self.max_in_flight and self._bytes + size <= self.max_bytes
 
-    def add(self, handle: Any, size: int) -> InFlight:
-        entry = InFlight(handle, size)
+    def add(self, handle: Any, request: pb.ProduceRequest, size: int) -> InFlight:
+        entry = InFlight(handle, request, size)
         self._queue.append(entry)
         self._bytes += size
         return entry
@@ -1123,6 +1124,15 @@ def cancelled_in_pipeline(request: pb.ProduceRequest) -> Cancelled:
         "cancelled with its pipeline; its outcome is unknown: sending it again under the "
         "same transaction id is safe"
     )
+
+
+def settle(handle: Any, outcome: ProduceResult | BaseException | None) -> None:
+    """Resolves a pipeline handle (a concurrent.futures or asyncio future) with
+    the outcome of an ended :class:`InFlight`."""
+    if isinstance(outcome, BaseException):
+        handle.set_exception(outcome)
+    else:
+        handle.set_result(outcome)
 
 
 # -- consumer groups --------------------------------------------------------------------------

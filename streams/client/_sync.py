@@ -700,42 +700,40 @@ class Pipeline:
             if self._closed:
                 raise c.PipelineClosed("produce on a closed pipeline")
             handle = ProduceFuture(request.transaction_id)
-            entry = self._window.add(handle, size)
-        self._attempt(entry, request, c.Retrier.unary(self._client._conn.retry, request))
+            entry = self._window.add(handle, request, size)
+        self._attempt(entry, c.Retrier.unary(self._client._conn.retry, request))
         return handle
 
-    def _attempt(self, entry: c.InFlight, request: pb.ProduceRequest, retrier: c.Retrier) -> None:
+    def _attempt(self, entry: c.InFlight, retrier: c.Retrier) -> None:
         if self._cancelled:
             with self._room:
-                self._end(entry, c.cancelled_in_pipeline(request))
+                self._end(entry, c.cancelled_in_pipeline(entry.request))
             return
         # Made outside the lock, which the answers of other calls need meanwhile.
         conn = self._client._conn
         call = self._client._stub.Produce.future(
-            request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
+            entry.request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
         )
         with self._room:
             entry.call = call
             cancelled = self._cancelled
         if cancelled:
             call.cancel()  # cancel() ran before the call was there to cancel
-        call.add_done_callback(lambda done: self._answered(entry, request, retrier, done))
+        call.add_done_callback(lambda done: self._answered(entry, retrier, done))
 
-    def _answered(
-        self, entry: c.InFlight, request: pb.ProduceRequest, retrier: c.Retrier, call: Any
-    ) -> None:
+    def _answered(self, entry: c.InFlight, retrier: c.Retrier, call: Any) -> None:
         outcome: ProduceResult | BaseException
         if call.cancelled():
-            outcome = c.cancelled_in_pipeline(request)
+            outcome = c.cancelled_in_pipeline(entry.request)
         else:
             try:
-                outcome = c.to_produce_result(call.result(), request.transaction_id)
+                outcome = c.to_produce_result(call.result(), entry.request.transaction_id)
             except grpc.RpcError as exc:
                 outcome = c.error_from_rpc(exc)
                 stopping = self._cancelled or self._client._closed
                 delay = None if stopping else retrier.delay(outcome)
                 if delay is not None:
-                    timer = threading.Timer(delay, self._attempt, (entry, request, retrier))
+                    timer = threading.Timer(delay, self._attempt, (entry, retrier))
                     timer.daemon = True
                     with self._room:
                         entry.call = timer
@@ -747,10 +745,7 @@ class Pipeline:
     def _end(self, entry: c.InFlight, outcome: ProduceResult | BaseException) -> None:
         # Under the lock: handles of one pipeline resolve one at a time, in send order.
         for done in self._window.end(entry, outcome):
-            if isinstance(done.outcome, BaseException):
-                done.handle.set_exception(done.outcome)
-            else:
-                done.handle.set_result(done.outcome)
+            c.settle(done.handle, done.outcome)
         self._room.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -784,9 +779,8 @@ class Pipeline:
                 if call is None:
                     continue  # being made: _attempt cancels it once it is there
                 if isinstance(call, threading.Timer):
-                    call.cancel()
-                    self._end(entry, c.Cancelled("CANCELLED: cancelled with its pipeline "
-                                                 "while waiting to be retried"))  # fmt: skip
+                    call.cancel()  # a retry waiting for its backoff
+                    self._end(entry, c.cancelled_in_pipeline(entry.request))
                 else:
                     call.cancel()
             self._room.wait_for(lambda: self._window.in_flight == 0)
