@@ -1118,10 +1118,10 @@ def pipelined_request(
     )
 
 
-def cancelled_in_pipeline(request: pb.ProduceRequest) -> Cancelled:
+def cancelled_in_pipeline(request: pb.ProduceRequest, by: str = "its pipeline") -> Cancelled:
     return Cancelled(
         f"CANCELLED: Produce {request.space} (transaction {request.transaction_id}) was "
-        "cancelled with its pipeline; its outcome is unknown: sending it again under the "
+        f"cancelled with {by}; its outcome is unknown: sending it again under the "
         "same transaction id is safe"
     )
 

@@ -711,9 +711,14 @@ class Pipeline:
             return
         # Made outside the lock, which the answers of other calls need meanwhile.
         conn = self._client._conn
-        call = self._client._stub.Produce.future(
-            entry.request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
-        )
+        try:
+            call = self._client._stub.Produce.future(
+                entry.request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
+            )
+        except ValueError:  # gRPC's answer on a closed channel: the client was closed
+            with self._room:
+                self._end(entry, c.cancelled_in_pipeline(entry.request, "the client"))
+            return
         with self._room:
             entry.call = call
             cancelled = self._cancelled

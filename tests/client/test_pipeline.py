@@ -282,8 +282,25 @@ def test_a_retry_waiting_for_its_backoff_is_cancelled_too(proxy: FaultProxy) -> 
         wait_until(lambda: proxy.calls["Produce"] == 1, what="the first attempt")
         wait_until(lambda: _waiting_retry(pipeline), what="the retry timer")
         pipeline.cancel()
-        assert isinstance(handle.exception(timeout=5), Cancelled)
+        error = handle.exception(timeout=5)
+        assert isinstance(error, Cancelled) and handle.transaction_id in str(error)
         assert proxy.calls["Produce"] == 1
+
+
+def test_closing_the_client_during_a_retry_backoff_fails_the_handle(proxy: FaultProxy) -> None:
+    def refuse(forward: Forward, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "injected: never reaches the server")
+
+    proxy.hooks["Produce"] = refuse
+    client = Client(proxy.target, retry=RetryPolicy(initial_backoff=0.2, jitter=0))
+    pipeline = client.pipeline()
+    handle = pipeline.produce("s", "a", b"x")
+    wait_until(lambda: _waiting_retry(pipeline), what="the retry timer")
+    client.close()  # the retry then meets a closed channel
+    error = handle.exception(timeout=10)
+    assert isinstance(error, Cancelled) and "the client" in str(error)
+    with pytest.raises(Cancelled):
+        pipeline.close()
 
 
 def _waiting_retry(pipeline: object) -> bool:
