@@ -741,9 +741,13 @@ class Pipeline:
                     timer = threading.Timer(delay, self._attempt, (entry, retrier))
                     timer.daemon = True
                     with self._room:
-                        entry.call = timer
-                    timer.start()
-                    return
+                        if not self._cancelled:  # else cancel() ran meanwhile: end it now
+                            entry.call = timer
+                            timer.start()
+                            return
+                    outcome = c.cancelled_in_pipeline(entry.request)
+            except Exception as exc:  # whatever it is, the handle must resolve
+                outcome = exc
         with self._room:
             self._end(entry, outcome)
 
