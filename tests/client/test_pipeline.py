@@ -18,6 +18,7 @@ from streams.client import (
     Client,
     DeadlineExceeded,
     PipelineClosed,
+    ProduceFuture,
     ProduceResult,
     RetryPolicy,
     SequenceMismatch,
@@ -313,3 +314,22 @@ def test_bad_window_settings_are_refused(inproc: InProcessServer) -> None:
         for bad in ({"max_in_flight": 0}, {"max_bytes": -1}, {"max_in_flight": 1.5}):
             with pytest.raises(ValueError, match=next(iter(bad))):
                 client.pipeline(**bad)  # type: ignore[arg-type]
+
+
+def test_threads_share_one_pipeline(inproc: InProcessServer) -> None:
+    with Client(inproc.target) as client:
+        handles: list[list[ProduceFuture]] = [[] for _ in range(4)]
+        with client.pipeline(max_in_flight=8) as pipeline:
+
+            def produce(n: int) -> None:
+                for i in range(50):
+                    handles[n].append(pipeline.produce("s", f"t{n}", f"{n}/{i}".encode()))
+
+            threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        results = [h.result() for mine in handles for h in mine]
+        assert sorted(r.first_position for r in results) == list(range(1, 201))
+        assert len(payloads(client, "s")) == 200
