@@ -13,6 +13,7 @@ stream carrying the same requests (what a streaming Produce RPC would be).
 
     python bench/pipeline.py                 # about a minute
     python bench/pipeline.py --transport     # + the bare unary/bidi comparison
+    python bench/pipeline.py --interleaved 5 --txns 500   # the ratio alone, turns taken
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -106,6 +108,33 @@ async def async_figures(
                     for _ in range(txns):
                         await pipeline.produce("bench", "seg", payloads)
     return out
+
+
+def interleaved(address: str, pid: int, txns: int, rounds: int, window: int) -> str:
+    """Sequential and pipelined runs taking turns, ``rounds`` times each: the
+    median records/s of each, so that a load that drifts meanwhile hits both."""
+    payloads = batch(100, 100)
+    seq: list[Figure] = []
+    piped: list[Figure] = []
+    with Client(address) as client:
+        for _ in range(20):
+            client.produce("bench", "seg", payloads)
+        for _ in range(rounds):
+            with measured("sequential", txns, 100, seq, pid):
+                for _ in range(txns):
+                    client.produce("bench", "seg", payloads)
+            with (
+                measured("pipeline", txns, 100, piped, pid),
+                client.pipeline(max_in_flight=window) as pipeline,
+            ):
+                for _ in range(txns):
+                    pipeline.produce("bench", "seg", payloads)
+    a = statistics.median(f.rate for f in seq)
+    b = statistics.median(f.rate for f in piped)
+    return (
+        f"interleaved x{rounds}, 100 x 100 B, sync client: sequential {fmt(a)} records/s, "
+        f"pipeline ({window} in flight) {fmt(b)} records/s: {b / a:.2f}x"
+    )
 
 
 # -- the bare transport ----------------------------------------------------------------------
@@ -215,6 +244,13 @@ def main() -> None:
     parser.add_argument("--txns", type=int, default=3000, help="transactions per figure")
     parser.add_argument("--windows", default="8,32,128", help="max_in_flight values")
     parser.add_argument("--transport", action="store_true", help="bare unary vs bidi too")
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only sequential vs pipelined (32 in flight) taking turns, ROUNDS times",
+    )
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -222,6 +258,10 @@ def main() -> None:
         return
     windows = [int(w) for w in args.windows.split(",")]
     print(load_note())
+    if args.interleaved:
+        with run_server() as server:
+            print(interleaved(server.address, server.process.pid, args.txns, args.interleaved, 32))
+        return
     for records in (100, 1):
         with run_server() as server:
             pid = server.process.pid
