@@ -44,7 +44,7 @@ from streams.client._common import (
     SpaceConfig,
     SpaceInfo,
 )
-from streams.errors import NotFound, StreamsError
+from streams.errors import DeadlineExceeded, NotFound, StreamsError
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -147,6 +147,23 @@ class AsyncClient:
     def transaction(self, space: str, *, transaction_id: str | None = None) -> AsyncTransaction:
         """See :meth:`streams.Client.transaction`; ``await txn.commit()``."""
         return AsyncTransaction(self, space, transaction_id)
+
+    def pipeline(
+        self,
+        *,
+        max_in_flight: int = c.DEFAULT_PIPELINE_IN_FLIGHT,
+        max_bytes: int = c.DEFAULT_PIPELINE_BYTES,
+        timeout: float | None = None,
+    ) -> AsyncPipeline:
+        """See :meth:`streams.Client.pipeline`.
+
+        Example::
+
+            async with client.pipeline() as pipeline:
+                for batch in batches:
+                    await pipeline.produce("orders", "eu", batch)
+        """
+        return AsyncPipeline(self, max_in_flight, max_bytes, timeout)
 
     def consume(
         self,
@@ -401,6 +418,164 @@ class AsyncTransaction(c.TransactionBuilder):
 
     async def commit(self, *, timeout: float | None = None) -> ProduceResult:
         return await self._client._produce(self.request(), timeout)
+
+
+class AsyncProduceFuture(asyncio.Future[ProduceResult]):
+    """The handle of one pipelined transaction: an :class:`asyncio.Future` of its
+    :class:`ProduceResult` (``await handle``), plus the ``transaction_id`` it was
+    sent under. Cancelling the handle only stops waiting on it: the transaction
+    is on its way (:meth:`AsyncPipeline.cancel` withdraws every one in flight)."""
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__()
+        self.transaction_id = transaction_id
+
+
+class AsyncPipeline:
+    """See :class:`streams.client.Pipeline`: ``await pipeline.produce(...)`` waits
+    for room in the window and returns an :class:`AsyncProduceFuture`; handles
+    resolve in send order. Make it with :meth:`AsyncClient.pipeline`.
+
+    Example::
+
+        async with client.pipeline(max_in_flight=64) as pipeline:
+            handles = [await pipeline.produce("orders", "eu", [event]) for event in events]
+        print((await handles[-1]).last_position)   # every ack is in: the block flushed
+    """
+
+    def __init__(
+        self, client: AsyncClient, max_in_flight: int, max_bytes: int, timeout: float | None
+    ) -> None:
+        self._client = client
+        self._window = c.PipelineWindow(max_in_flight, max_bytes)
+        self._timeout = timeout
+        self._waiters: list[asyncio.Future[None]] = []  # woken when handles resolve
+        self._closed = False
+        self._cancelled = False
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent whose handles are not resolved yet."""
+        return self._window.in_flight
+
+    async def produce(
+        self,
+        space: str,
+        segment: str,
+        payloads_or_records: RecordLike | Iterable[RecordLike],
+        *,
+        expected_sequence: int | None = None,
+        transaction_id: str | None = None,
+    ) -> AsyncProduceFuture:
+        """See :meth:`streams.client.Pipeline.produce`; waits while the window is full."""
+        request = c.pipelined_request(
+            space, segment, payloads_or_records, expected_sequence, transaction_id
+        )
+        return await self._send(request)
+
+    def transaction(
+        self, space: str, *, transaction_id: str | None = None
+    ) -> AsyncPipelinedTransaction:
+        """A multi-segment transaction; ``await txn.commit()`` returns its handle."""
+        return AsyncPipelinedTransaction(self, space, transaction_id)
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def _send(self, request: pb.ProduceRequest) -> AsyncProduceFuture:
+        size = request.ByteSize()
+        await self._wait(lambda: self._closed or self._window.fits(size))
+        if self._closed:
+            raise c.PipelineClosed("produce on a closed pipeline")
+        handle = AsyncProduceFuture(request.transaction_id)
+        entry = self._window.add(handle, request, size)
+        entry.call = asyncio.ensure_future(self._client._produce(request, self._timeout))
+        entry.call.add_done_callback(lambda task: self._answered(entry, task))
+        return handle
+
+    def _answered(self, entry: c.InFlight, task: Any) -> None:
+        outcome: ProduceResult | BaseException
+        if task.cancelled():
+            outcome = c.cancelled_in_pipeline(entry.request)
+        else:
+            error = task.exception()
+            outcome = task.result() if error is None else error
+        for done in self._window.end(entry, outcome):
+            if done.handle.done():
+                continue  # the caller cancelled the handle: it stopped waiting
+            c.settle(done.handle, done.outcome)
+            if self._cancelled and isinstance(done.outcome, BaseException):
+                done.handle.exception()  # the caller asked: asyncio need not log it
+        self._wake()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """See :meth:`streams.client.Pipeline.flush`."""
+        try:
+            await asyncio.wait_for(self._wait(lambda: self._window.in_flight == 0), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"flush: {self._window.in_flight} transactions still in flight after {timeout} s"
+            ) from None
+        failure = self._window.take_failure()
+        if failure is not None:
+            handle, error = failure
+            if not handle.cancelled():
+                handle.exception()  # raised here: asyncio need not log it as never retrieved
+            raise error
+
+    async def close(self) -> None:
+        """No new sends; waits for every ack (see :meth:`flush`)."""
+        self._closed = True
+        self._wake()
+        await self.flush()
+
+    def _wake(self) -> None:
+        # Room freed, or the pipeline closed: every waiter checks its condition again.
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def cancel(self) -> None:
+        """See :meth:`streams.client.Pipeline.cancel`."""
+        self._closed = self._cancelled = True
+        self._wake()
+        for entry in self._window.unended():
+            entry.call.cancel()
+        await self._wait(lambda: self._window.in_flight == 0)
+        self._window.take_failure()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.cancel()
+
+
+class AsyncPipelinedTransaction(c.TransactionBuilder):
+    """See :class:`streams.client.PipelinedTransaction`; ``await txn.commit()``."""
+
+    def __init__(self, pipeline: AsyncPipeline, space: str, transaction_id: str | None) -> None:
+        super().__init__(space, transaction_id)
+        self._pipeline = pipeline
+
+    async def commit(self) -> AsyncProduceFuture:
+        return await self._pipeline._send(self.request())
 
 
 class _AsyncReconnecting(AsyncIterator[T]):

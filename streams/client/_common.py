@@ -7,6 +7,7 @@ Nothing in here does I/O; :mod:`streams.client._sync` and
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import os
@@ -331,27 +332,35 @@ def to_segment_info(msg: pb.SegmentInfo) -> SegmentInfo:
 # -- requests ---------------------------------------------------------------------------------
 
 
-def record_input(item: RecordLike) -> pb.RecordInput:
-    if isinstance(item, NewRecord | Record):
+def _add_record(add: Callable[..., pb.RecordInput], item: RecordLike) -> None:
+    # Each record is built in place in its write (``records.add``): building a
+    # RecordInput and copying it in costs about 4x as much per record.
+    if type(item) is bytes:
+        add(payload=item)
+    elif isinstance(item, NewRecord | Record):
         payload = item.payload.encode() if isinstance(item.payload, str) else item.payload
-        return pb.RecordInput(payload=payload, metadata=dict(item.metadata))
-    if isinstance(item, str):
-        return pb.RecordInput(payload=item.encode())
-    if isinstance(item, bytes | bytearray | memoryview):
-        return pb.RecordInput(payload=bytes(item))
-    raise TypeError(f"records: expected bytes, str, NewRecord or Record, got {type(item)!r}")
+        metadata = add(payload=payload).metadata
+        for key, value in item.metadata.items():  # 2x faster than metadata=dict(...)
+            metadata[key] = value
+    elif isinstance(item, str):
+        add(payload=item.encode())
+    elif isinstance(item, bytes | bytearray | memoryview):
+        add(payload=bytes(item))
+    else:
+        raise TypeError(f"records: expected bytes, str, NewRecord or Record, got {type(item)!r}")
 
 
 def segment_write(
     segment: str, records: RecordLike | Iterable[RecordLike], expected_sequence: int | None
 ) -> pb.SegmentWrite:
     """One write; a lone payload (bytes or str) counts as a list of one."""
-    items: Iterable[RecordLike]
+    write = pb.SegmentWrite(segment=segment)
+    add = write.records.add
     if isinstance(records, bytes | bytearray | memoryview | str | NewRecord | Record):
-        items = (records,)
+        _add_record(add, records)
     else:
-        items = records
-    write = pb.SegmentWrite(segment=segment, records=[record_input(r) for r in items])
+        for item in records:
+            _add_record(add, item)
     if expected_sequence is not None:
         write.expected_sequence = expected_sequence
     return write
@@ -998,6 +1007,132 @@ class TransactionBuilder:
         if not self.writes:
             raise ValueError("a transaction needs at least one write: call add() first")
         return produce_request(self.space, self.writes, self.transaction_id)
+
+
+# -- pipelining --------------------------------------------------------------------------------
+
+# A pipeline's defaults: enough transactions in flight to hide a round trip
+# behind the server's work (bench/pipeline.py: 32 is past the knee), and bytes
+# such that 8 pipelines stay within a server's default
+# --max-inflight-request-bytes (32 MiB for all calls together; past it the
+# server answers RESOURCE_EXHAUSTED, which fails the handle).
+DEFAULT_PIPELINE_IN_FLIGHT = 32
+DEFAULT_PIPELINE_BYTES = 4 * 2**20
+
+
+class PipelineClosed(RuntimeError):
+    """``produce`` on a pipeline that was closed (or cancelled)."""
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    """One transaction of a pipeline, from its send to its handle's resolution.
+
+    ``call`` is what cancels it now (the gRPC call, a retry timer or a task);
+    ``outcome`` its result or error once its call ended."""
+
+    handle: Any
+    request: pb.ProduceRequest
+    size: int
+    call: Any = None
+    ended: bool = False
+    outcome: ProduceResult | BaseException | None = None
+
+
+class PipelineWindow:
+    """The bookkeeping of one pipeline, without I/O or locks (the sync pipeline
+    holds a lock around it, the async one runs it on its loop).
+
+    Transactions enter in send order (``add``) while ``fits`` says there is room:
+    fewer than ``max_in_flight`` unresolved and their request bytes within
+    ``max_bytes`` (one transaction larger than ``max_bytes`` goes alone, so that
+    it is never stuck). ``end`` records a call's outcome and returns the
+    transactions now resolvable, in send order: a transaction resolves once its
+    own call and those of every transaction sent before it ended, so handles
+    complete (and room frees) in send order.
+    """
+
+    def __init__(self, max_in_flight: int, max_bytes: int) -> None:
+        for name, value in (("max_in_flight", max_in_flight), ("max_bytes", max_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        self.max_in_flight = max_in_flight
+        self.max_bytes = max_bytes
+        self._queue: collections.deque[InFlight] = collections.deque()
+        self._bytes = 0
+        self._failure: tuple[Any, BaseException] | None = None  # (handle, error)
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent whose handles are not resolved yet."""
+        return len(self._queue)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._bytes
+
+    def fits(self, size: int) -> bool:
+        if not self._queue:
+            return True
+        return len(self._queue) < self.max_in_flight and self._bytes + size <= self.max_bytes
+
+    def add(self, handle: Any, request: pb.ProduceRequest, size: int) -> InFlight:
+        entry = InFlight(handle, request, size)
+        self._queue.append(entry)
+        self._bytes += size
+        return entry
+
+    def end(self, entry: InFlight, outcome: ProduceResult | BaseException) -> list[InFlight]:
+        if entry.ended:
+            return []  # a call cancelled by the pipeline that ended on its own meanwhile
+        entry.ended = True
+        entry.outcome = outcome
+        resolved = []
+        while self._queue and self._queue[0].ended:
+            done = self._queue.popleft()
+            self._bytes -= done.size
+            if isinstance(done.outcome, BaseException) and self._failure is None:
+                self._failure = (done.handle, done.outcome)
+            resolved.append(done)
+        return resolved
+
+    def unended(self) -> list[InFlight]:
+        return [entry for entry in self._queue if not entry.ended]
+
+    def take_failure(self) -> tuple[Any, BaseException] | None:
+        """The handle and error of the first failed transaction (in send order)
+        since the last call."""
+        failure, self._failure = self._failure, None
+        return failure
+
+
+def pipelined_request(
+    space: str,
+    segment: str,
+    records: RecordLike | Iterable[RecordLike],
+    expected_sequence: int | None,
+    transaction_id: str | None,
+) -> pb.ProduceRequest:
+    return produce_request(
+        space, [segment_write(segment, records, expected_sequence)], transaction_id
+    )
+
+
+def cancelled_in_pipeline(request: pb.ProduceRequest, by: str = "its pipeline") -> Cancelled:
+    return Cancelled(
+        f"CANCELLED: Produce {request.space} (transaction {request.transaction_id}) was "
+        f"cancelled with {by}; its outcome is unknown: sending it again under the "
+        "same transaction id is safe"
+    )
+
+
+def settle(handle: Any, outcome: ProduceResult | BaseException | None) -> None:
+    """Resolves a pipeline handle (a concurrent.futures or asyncio future) with
+    the outcome of an ended :class:`InFlight`."""
+    if isinstance(outcome, BaseException):
+        handle.set_exception(outcome)
+    else:
+        handle.set_result(outcome)
 
 
 # -- consumer groups --------------------------------------------------------------------------

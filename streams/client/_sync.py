@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import weakref
@@ -30,7 +31,7 @@ from streams.client._common import (
     SpaceConfig,
     SpaceInfo,
 )
-from streams.errors import NotFound
+from streams.errors import DeadlineExceeded, NotFound
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -168,6 +169,26 @@ class Client:
                       .commit())
         """
         return Transaction(self, space, transaction_id)
+
+    def pipeline(
+        self,
+        *,
+        max_in_flight: int = c.DEFAULT_PIPELINE_IN_FLIGHT,
+        max_bytes: int = c.DEFAULT_PIPELINE_BYTES,
+        timeout: float | None = None,
+    ) -> Pipeline:
+        """A :class:`Pipeline`: up to ``max_in_flight`` transactions (and
+        ``max_bytes`` of requests) in flight at once, handles resolved in send
+        order; ``timeout`` is each attempt's deadline (default: the client's).
+
+        Example::
+
+            with client.pipeline() as pipeline:
+                for batch in batches:
+                    pipeline.produce("orders", "eu", batch)
+            # every transaction is acknowledged here, or the first error was raised
+        """
+        return Pipeline(self, max_in_flight, max_bytes, timeout)
 
     def consume(
         self,
@@ -579,6 +600,227 @@ class Transaction(c.TransactionBuilder):
 
     def commit(self, *, timeout: float | None = None) -> ProduceResult:
         return self._client._produce(self.request(), timeout)
+
+
+class ProduceFuture(concurrent.futures.Future[ProduceResult]):
+    """The handle of one pipelined transaction: a :class:`concurrent.futures.Future`
+    whose result is the :class:`ProduceResult` (or whose exception is the
+    transaction's error), plus the ``transaction_id`` it was sent under.
+
+    Cancelling the handle is refused (``cancel()`` returns False): the transaction
+    is on its way; :meth:`Pipeline.cancel` withdraws every transaction in flight."""
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__()
+        self.transaction_id = transaction_id
+        self.set_running_or_notify_cancel()
+
+
+class Pipeline:
+    """Many transactions in flight from one producer over the client's channel;
+    handles complete in send order. Make it with :meth:`Client.pipeline`.
+
+    ``produce`` (and ``transaction(...).commit()``) sends at once and returns a
+    :class:`ProduceFuture`; it blocks while ``max_in_flight`` transactions, or
+    ``max_bytes`` of requests, wait for their acks (a transaction larger than
+    ``max_bytes`` goes alone). Each transaction is retried on its own under its
+    transaction id while its outcome is unknown (the client's :class:`RetryPolicy`;
+    the server answers a repeat of a committed one as a duplicate), and its
+    error, if any, fails its own handle only: later transactions go on. Handles
+    resolve in send order: a handle resolves once every earlier one has.
+
+    The server commits the transactions in flight in the order it takes them:
+    normally the send order, but not guaranteed (a retried transaction lands
+    after later ones that went through). Where order across transactions matters
+    within a segment, give each its ``expected_sequence`` (a transaction that
+    would overtake one sent before it then fails with :class:`SequenceMismatch`
+    and writes nothing) or use ``max_in_flight=1``.
+
+    :meth:`flush` waits for every handle and raises the first error (in send
+    order) since the previous flush; :meth:`close` (and leaving the ``with``
+    block) stops new sends and flushes. Leaving the block on an exception
+    cancels the transactions in flight instead: their handles raise
+    :class:`Cancelled` (outcome unknown; sending again under the same transaction
+    id is safe). Thread-safe. Callbacks added to handles run on gRPC's thread
+    with the pipeline's lock held: they must not block (nor ``produce`` into a
+    full window: the answers that would make room come on that thread).
+
+    Example::
+
+        with client.pipeline(max_in_flight=64) as pipeline:
+            handles = [pipeline.produce("orders", "eu", [event]) for event in events]
+        print(handles[-1].result().last_position)   # every ack is in: the block flushed
+    """
+
+    def __init__(
+        self, client: Client, max_in_flight: int, max_bytes: int, timeout: float | None
+    ) -> None:
+        self._client = client
+        self._window = c.PipelineWindow(max_in_flight, max_bytes)
+        self._timeout = timeout
+        self._room = threading.Condition(threading.RLock())
+        self._closed = False
+        self._cancelled = False
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions sent whose handles are not resolved yet."""
+        return self._window.in_flight
+
+    def produce(
+        self,
+        space: str,
+        segment: str,
+        payloads_or_records: RecordLike | Iterable[RecordLike],
+        *,
+        expected_sequence: int | None = None,
+        transaction_id: str | None = None,
+    ) -> ProduceFuture:
+        """Sends one transaction to one segment (arguments as :meth:`Client.produce`);
+        blocks while the window is full."""
+        request = c.pipelined_request(
+            space, segment, payloads_or_records, expected_sequence, transaction_id
+        )
+        return self._send(request)
+
+    def transaction(self, space: str, *, transaction_id: str | None = None) -> PipelinedTransaction:
+        """A multi-segment transaction; its ``commit()`` returns a :class:`ProduceFuture`.
+
+        Example::
+
+            pipeline.transaction("orders").add("eu", b"created").add("audit", b"42").commit()
+        """
+        return PipelinedTransaction(self, space, transaction_id)
+
+    def _send(self, request: pb.ProduceRequest) -> ProduceFuture:
+        size = request.ByteSize()
+        with self._room:
+            while not self._closed and not self._window.fits(size):
+                self._room.wait()
+            if self._closed:
+                raise c.PipelineClosed("produce on a closed pipeline")
+            handle = ProduceFuture(request.transaction_id)
+            entry = self._window.add(handle, request, size)
+        self._attempt(entry, c.Retrier.unary(self._client._conn.retry, request))
+        return handle
+
+    def _attempt(self, entry: c.InFlight, retrier: c.Retrier) -> None:
+        if self._cancelled:
+            with self._room:
+                self._end(entry, c.cancelled_in_pipeline(entry.request))
+            return
+        # Made outside the lock, which the answers of other calls need meanwhile.
+        conn = self._client._conn
+        try:
+            call = self._client._stub.Produce.future(
+                entry.request, timeout=conn.deadline(self._timeout), metadata=conn.metadata()
+            )
+        except ValueError:  # gRPC's answer on a closed channel: the client was closed
+            with self._room:
+                self._end(entry, c.cancelled_in_pipeline(entry.request, "the client"))
+            return
+        with self._room:
+            entry.call = call
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()  # cancel() ran before the call was there to cancel
+        call.add_done_callback(lambda done: self._answered(entry, retrier, done))
+
+    def _answered(self, entry: c.InFlight, retrier: c.Retrier, call: Any) -> None:
+        outcome: ProduceResult | BaseException
+        if call.cancelled():
+            outcome = c.cancelled_in_pipeline(entry.request)
+        else:
+            try:
+                outcome = c.to_produce_result(call.result(), entry.request.transaction_id)
+            except grpc.RpcError as exc:
+                outcome = c.error_from_rpc(exc)
+                stopping = self._cancelled or self._client._closed
+                delay = None if stopping else retrier.delay(outcome)
+                if delay is not None:
+                    timer = threading.Timer(delay, self._attempt, (entry, retrier))
+                    timer.daemon = True
+                    with self._room:
+                        if not self._cancelled:  # else cancel() ran meanwhile: end it now
+                            entry.call = timer
+                            timer.start()
+                            return
+                    outcome = c.cancelled_in_pipeline(entry.request)
+            except Exception as exc:  # whatever it is, the handle must resolve
+                outcome = exc
+        with self._room:
+            self._end(entry, outcome)
+
+    def _end(self, entry: c.InFlight, outcome: ProduceResult | BaseException) -> None:
+        # Under the lock: handles of one pipeline resolve one at a time, in send order.
+        for done in self._window.end(entry, outcome):
+            c.settle(done.handle, done.outcome)
+        self._room.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every handle resolved; raises the first error (in send
+        order) since the previous flush, or :class:`DeadlineExceeded` after ``timeout``
+        seconds (the transactions stay in flight)."""
+        with self._room:
+            if not self._room.wait_for(lambda: self._window.in_flight == 0, timeout):
+                raise DeadlineExceeded(
+                    f"flush: {self._window.in_flight} transactions still in flight "
+                    f"after {timeout} s"
+                )
+            failure = self._window.take_failure()
+        if failure is not None:
+            raise failure[1]
+
+    def close(self) -> None:
+        """No new sends; waits for every ack (see :meth:`flush`)."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+        self.flush()
+
+    def cancel(self) -> None:
+        """Closes the pipeline and cancels every transaction in flight: their
+        handles raise :class:`Cancelled` (outcome unknown), returns once all resolved."""
+        with self._room:
+            self._closed = self._cancelled = True
+            for entry in self._window.unended():
+                call = entry.call
+                if call is None:
+                    continue  # being made: _attempt cancels it once it is there
+                if isinstance(call, threading.Timer):
+                    call.cancel()  # a retry waiting for its backoff
+                    self._end(entry, c.cancelled_in_pipeline(entry.request))
+                else:
+                    call.cancel()
+            self._room.wait_for(lambda: self._window.in_flight == 0)
+            self._window.take_failure()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.cancel()
+
+
+class PipelinedTransaction(c.TransactionBuilder):
+    """A transaction over several segments of one space, sent through a
+    :class:`Pipeline` by :meth:`commit`."""
+
+    def __init__(self, pipeline: Pipeline, space: str, transaction_id: str | None) -> None:
+        super().__init__(space, transaction_id)
+        self._pipeline = pipeline
+
+    def commit(self) -> ProduceFuture:
+        """Sends it (blocking while the window is full); its handle resolves in send order."""
+        return self._pipeline._send(self.request())
 
 
 class _Reconnecting(Iterator[T]):

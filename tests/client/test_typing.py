@@ -33,8 +33,9 @@ USES_THE_PUBLIC_API = """
 from datetime import timedelta
 
 from streams import (
-    AsyncClient, Client, Consumer, GroupInfo, GroupNotFound, Message, NewRecord, OnError,
-    Ordering, PermissionDenied, Record, RetryPolicy, StreamsError, Unauthenticated,
+    AsyncClient, AsyncProduceFuture, Client, Consumer, GroupInfo, GroupNotFound, Message,
+    NewRecord, OnError, Ordering, PermissionDenied, ProduceFuture, ProduceResult, Record,
+    RetryPolicy, StreamsError, Unauthenticated,
 )
 
 def bill(record: Record) -> None:
@@ -46,6 +47,10 @@ def park(record: Record, exc: Exception) -> None:
 with Client("127.0.0.1:50051", retry=RetryPolicy(max_elapsed=10.0)) as client:
     ack = client.produce("orders", "eu", [b"x", NewRecord(b"y", {"k": "v"})])
     last: int = ack.last_position
+    with client.pipeline(max_in_flight=8, max_bytes=2**20) as pipeline:
+        handle: ProduceFuture = pipeline.produce("orders", "eu", [b"x"], expected_sequence=1)
+        pipeline.transaction("orders").add("eu", b"y").add("us", b"z").commit()
+    piped: ProduceResult = handle.result()
     with Consumer(client, "billing", "orders") as consumer:
         consumer.run(bill, on_error=OnError.SKIP)
         consumer.run(bill, on_error=park)
@@ -78,11 +83,16 @@ async def main() -> None:
         async with aclient.subscribe("orders", "billing") as messages:
             async for message in messages:
                 work(message)
+        async with aclient.pipeline() as apipeline:
+            ahandle: AsyncProduceFuture = await apipeline.produce("orders", "eu", b"x")
+        aresult: ProduceResult = await ahandle
+        print(aresult.transaction_id == ahandle.transaction_id)
 """
 
 MISUSES_IT = """
 from streams import Client, Unauthenticatd
 text: str = Client().produce("orders", "eu", b"x").last_position
+position: str = Client().pipeline().produce("orders", "eu", b"x").result().last_position
 """
 
 
@@ -106,3 +116,4 @@ def test_types_reach_mypy_from_the_installed_package(tmp_path: Path) -> None:
     # Errors prove the types are real: an untyped or unfound package would be Any.
     assert 'Module "streams" has no attribute "Unauthenticatd"' in bad.stdout, bad.stdout
     assert 'expression has type "int", variable has type "str"' in bad.stdout, bad.stdout
+    assert "app.py:4: error" in bad.stdout, "a pipeline handle's result must be typed"
