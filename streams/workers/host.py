@@ -283,7 +283,7 @@ class _Front:
 
     def _received(self, message: object) -> None:
         call_id, name, args = message  # type: ignore[misc]
-        if name == UNFOLLOW or name == UNWATCH:
+        if name in (UNFOLLOW, UNWATCH):
             self._end_stream(args[0])
             return
         if self._host.closed:
