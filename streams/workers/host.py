@@ -281,8 +281,10 @@ class _Front:
 
     # -- calls --------------------------------------------------------------
 
-    def _received(self, message: object) -> None:
-        call_id, name, args = message  # type: ignore[misc]
+    def _received(self, message: Any) -> None:
+        call_id: int = message[0]
+        name: str = message[1]
+        args: tuple[Any, ...] = message[2]
         if name in (UNFOLLOW, UNWATCH):
             self._end_stream(args[0])
             return

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import codec
-from streams.errors import Unavailable
+from streams.errors import ResourceExhausted, Unavailable
 from streams.limits import Limits
 from streams.model import (
     Cut,
@@ -143,6 +143,8 @@ class RemoteStore:
         try:
             self.link.send((call_id, name, args))
             return await future
+        except ipc.FrameError as exc:
+            raise ResourceExhausted(f"{name}: the call cannot reach the writer: {exc}") from None
         finally:
             self._pending.pop(call_id, None)
 
