@@ -462,6 +462,8 @@ async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
     """Runs store method ``name``; what it returns, made to travel; removals
     are told to the fronts before the caller hears of them."""
     store = host.store
+    if name == "produce":
+        return ipc.pack_result(await store.produce(ipc.unpack_transaction(args[0])))
     if name == "read":
         target, first, last, cut, prefix = args
         # A read fits in one frame: it may return fewer records than asked (the

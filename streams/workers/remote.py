@@ -199,8 +199,7 @@ class RemoteStore:
     # -- writes -------------------------------------------------------------------
 
     async def produce(self, txn: Transaction) -> ProduceResult:
-        result: ProduceResult = await self._call("produce", txn)
-        return result
+        return ipc.unpack_result(await self._call("produce", ipc.pack_transaction(txn)))
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
