@@ -523,4 +523,5 @@ async def connect(path: Path, setup: Setup, *, limits: Limits | None = None) -> 
         await loop.create_unix_connection(lambda: store.link, str(path))
     except OSError as exc:
         raise Unavailable(f"cannot reach the writer's store host at {path}: {exc}") from exc
+    await store.barrier()  # the host serves this front once connect returns
     return store
