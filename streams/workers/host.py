@@ -317,6 +317,8 @@ class _Front:
         self._gate_reading()
 
     def _reply(self, call_id: int, ok: bool, value: object) -> None:
+        if not ok:
+            value = sendable_error(value)  # type: ignore[arg-type]
         try:
             self.link.send((call_id, ok, value))
         except ipc.FrameError as exc:

@@ -296,11 +296,12 @@ CALLS = frozenset(
 
 
 def sendable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it travels (pickles), else an InvariantViolation naming it."""
+    """``exc`` if it travels (pickles, and unpickles: a frame the front cannot
+    decode would break the connection), else an InvariantViolation naming it."""
     try:
-        pickle.dumps(exc, 5)
-    except Exception:
-        return InvariantViolation(f"{type(exc).__name__}: {exc}")
+        pickle.loads(pickle.dumps(exc, 5))
+    except Exception as why:
+        return InvariantViolation(f"{type(exc).__name__}: {exc} (it cannot travel: {why})")
     return exc
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from streams import codec
 from streams.errors import Unavailable
 from streams.model import Cut, SegmentAppend, Target, Transaction
 from streams.storage.backend import Setup
@@ -33,7 +34,9 @@ ALL = Cut(10_000, 1 << 20)
 
 
 def txn(space: str, segment: str, count: int = 1, size: int = 10) -> Transaction:
-    bodies = tuple(b"\x0a" + bytes([size]) + bytes([n % 256]) * size for n in range(count))
+    """``count`` records whose payloads are ``size`` bytes."""
+    head = b"\x0a" + codec.varint(size)
+    bodies = tuple(head + bytes([n % 256]) * size for n in range(count))
     return Transaction(space, (SegmentAppend(segment, bodies, None),), "", b"")
 
 
@@ -49,7 +52,7 @@ async def served(
     stores: list[RemoteStore] = []
     try:
         for _ in range(fronts):
-            stores.append(await connect(host.path, Setup(data=tmp)))
+            stores.append(await connect(host.path, Setup(data=tmp), limits=host_args.get("limits")))
         yield engine, host, stores
     finally:
         for store in stores:
