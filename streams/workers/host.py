@@ -275,7 +275,7 @@ class _Front:
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
-        self._reading = True
+        self.reading = True  # its calls are read (not paused by _gate_reading)
         self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
@@ -336,9 +336,9 @@ class _Front:
     def _gate_reading(self) -> None:
         """Reads calls only while few run and the front takes what it is sent."""
         wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
-        if wanted == self._reading:
+        if wanted == self.reading:
             return
-        self._reading = wanted
+        self.reading = wanted
         if wanted:
             self.link.resume_reading()
         else:
