@@ -177,3 +177,24 @@ def test_a_writer_killed_sets_lost_and_fails_everything(tmp_path: Path) -> None:
         writer.kill()
         writer.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_stores_write_error_reaches_the_front(tmp_path: Path) -> None:
+    """What the health check reads: the writer's store refusing writes shows in
+    every front, at the next call or within a second without one."""
+
+    async def main() -> None:
+        async with served(tmp_path, fronts=2) as (engine, _, (caller, idle)):
+            assert caller.write_error is None and idle.write_error is None
+            await engine.close()  # refuses every write from now on, as a full disk does
+            with pytest.raises(Unavailable, match="closed"):
+                await caller.produce(txn("s", "a"))
+            assert caller.write_error == engine.write_error is not None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while idle.write_error is None:
+                assert loop.time() < deadline, "the idle front never heard of it"
+                await asyncio.sleep(0.05)
+            assert idle.write_error == engine.write_error
+
+    asyncio.run(main())
