@@ -44,6 +44,7 @@ from streams.workers.ipc import (
     CHANGES,
     FAILED,
     FOLLOW,
+    HELLO,
     PUSH,
     REMOVED,
     UNFOLLOW,
@@ -281,6 +282,7 @@ class _Front:
             FOLLOW: self._follow,
             WATCH: self._watch,
             BARRIER: _barrier,
+            HELLO: self._hello,
         }
         host.fronts.add(self)
 
@@ -349,6 +351,14 @@ class _Front:
     async def _resume_when_writable(self) -> None:
         await self.link.writable.wait()
         self._gate_reading()
+
+    async def _hello(self, call_id: int, max_frame: int) -> None:
+        if max_frame != self._host.max_frame:
+            asyncio.get_running_loop().call_soon(self.link.close)  # once answered
+            raise InvariantViolation(
+                f"the front's frames are up to {max_frame} bytes, the store host's up to "
+                f"{self._host.max_frame}: give StoreHost and connect the same limits"
+            )
 
     # -- follow and watch ---------------------------------------------------------
 

@@ -268,7 +268,8 @@ class Link(asyncio.Protocol):
 # Front to host: ``(id, name, args)``; id 0 asks for no answer. ``name`` is a
 # store method of CALLS, or FOLLOW (args: target; answers the last offset the
 # pump starts after), WATCH (args: space), UNFOLLOW / UNWATCH (args: the id of
-# the FOLLOW or WATCH call).
+# the FOLLOW or WATCH call), BARRIER (answers at once), HELLO (args: the front's
+# max frame, which must be the host's: the first call of a connection).
 #
 # Host to front: ``(id, ok, value)`` answers call ``id`` (``ok`` False: value is
 # the exception); ``(0, kind, ...)`` is pushed: PUSH (follow id, first offset,
@@ -286,6 +287,7 @@ CHANGES = "changes"
 FAILED = "failed"
 WRITE_ERROR = "write_error"
 BARRIER = "barrier"
+HELLO = "hello"
 
 # The store methods a front may call (read and peek answer framed bytes).
 CALLS = frozenset(

@@ -43,6 +43,7 @@ from streams.workers import ipc
 from streams.workers.host import StoreHost
 from streams.workers.remote import connect
 
+from .test_remote_backpressure import eventually
 from .test_remote_connection import served, txn
 
 MIB = 1 << 20
@@ -196,5 +197,15 @@ def test_an_error_that_cannot_travel_arrives_as_an_invariant_violation(tmp_path:
             await store.close()
             await host.close()
             shutil.rmtree(folder, ignore_errors=True)
+
+    asyncio.run(main())
+
+
+def test_a_front_whose_frames_differ_from_the_hosts_is_refused_at_connect(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with served(tmp_path, limits=SMALL) as (_, host, _):
+            with pytest.raises(InvariantViolation, match="same limits"):
+                await connect(host.path, Setup(data=tmp_path))  # the default limits
+            await eventually(lambda: len(host.fronts) == 1, "the host to drop the front")
 
     asyncio.run(main())
