@@ -6,14 +6,18 @@ method and answers ``(id, ok, value)``; nothing else is queued per call: the
 method's coroutine is driven by the callbacks of what it awaits (a read that
 never awaits is answered within the same turn of the event loop), and the
 answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
+A store method therefore runs with no current Task (``asyncio.current_task()``
+is None in it): no backend relies on one.
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
 followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
-hold of it; removals made through the host are told before they are answered.
-Watches are forwarded the same way, one per (front, space).
+hold of it; removals made through the host are told before they are answered
+(a removal the writer made on its own reaches a front a moment later: a front
+that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+forwarded the same way, one per (front, space).
 
 Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
 by the front pause the pumps (they read what is new once the front catches
