@@ -281,6 +281,7 @@ class _Front:
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
         self.reading = True  # its calls are read (not paused by _gate_reading)
+        self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
         self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
@@ -341,7 +342,10 @@ class _Front:
 
     def _gate_reading(self) -> None:
         """Reads calls only while few run and the front takes what it is sent."""
-        wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
+        writable = self.link.writable.is_set()
+        if not writable and self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._when_writable())
+        wanted = writable and len(self._calls) < self._host.max_calls
         if wanted == self.reading:
             return
         self.reading = wanted
@@ -349,11 +353,12 @@ class _Front:
             self.link.resume_reading()
         else:
             self.link.pause_reading()
-            if not self.link.writable.is_set():
-                asyncio.get_running_loop().create_task(self._resume_when_writable())
 
-    async def _resume_when_writable(self) -> None:
-        await self.link.writable.wait()
+    async def _when_writable(self) -> None:
+        try:
+            await self.link.writable.wait()
+        finally:
+            self._waking = None
         self._gate_reading()
 
     async def _hello(self, call_id: int, max_frame: int) -> None:

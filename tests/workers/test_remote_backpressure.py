@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streams import codec
 from streams.model import Cut, Target
+from streams.storage.backend import Setup
+from streams.storage.memory import MemoryStore
 from streams.workers import ipc
 from streams.workers.host import PUSH_BYTES, StoreHost
+from streams.workers.remote import connect
 
 from .test_remote_connection import served, txn
 
@@ -126,5 +131,56 @@ def test_the_host_stops_reading_calls_of_a_front_that_does_not_read(tmp_path: Pa
             assert [m[0] for m in found] == list(range(1, calls + 1))
             assert all(m[1] and m[2][1] == 10 for m in found)
             bare.sock.close()
+
+    asyncio.run(main())
+
+
+class _HeldStore(MemoryStore):
+    """get_offset waits until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def get_offset(self, consumer: str, target: Target) -> int | None:
+        await self.release.wait()
+        return await super().get_offset(consumer, target)
+
+
+def test_reading_resumes_once_calls_end_and_the_front_catches_up(tmp_path: Path) -> None:
+    """Paused for a call at max_calls, then for a full buffer: once the call
+    ends and the front reads again, its next call is read and answered."""
+
+    async def main() -> None:
+        store = _HeldStore()
+        folder = Path(tempfile.mkdtemp(prefix="remote-"))
+        host = StoreHost(store, folder / "s", buffer_bytes=BUFFER, max_calls=1)
+        await host.start()
+        writer = await connect(host.path, Setup(data=tmp_path))
+        bare = BareFront(host)
+        try:
+            await bare.connect()
+            await bare.send((1, ipc.FOLLOW, (Target("s"),)))
+            assert await bare.receive() == [(1, True, 0)]
+            (front,) = [f for f in host.fronts if f.streams]
+            await bare.send((2, "get_offset", ("c", Target("s"))))
+            await eventually(lambda: not front.reading, "the call to fill max_calls")
+            while front.link.writable.is_set():
+                await writer.produce(txn("s", "a", 1, size=RECORD))
+            store.release.set()
+            await writer.barrier()
+            found: list[Any] = []
+            while not any(m[0] == 2 for m in found):
+                found += await bare.receive()
+            while front.link.buffered:
+                found += await bare.receive()
+            await bare.send((3, "get_offset", ("c", Target("s"))))
+            while not any(m[0] == 3 for m in found):
+                found += await bare.receive()
+        finally:
+            bare.sock.close()
+            await writer.close()
+            await host.close()
+            shutil.rmtree(folder, ignore_errors=True)
 
     asyncio.run(main())
