@@ -63,6 +63,14 @@ def _read_on(loop: asyncio.AbstractEventLoop, read: Coroutine[object, object, _T
         future.cancel()
 
 
+class _Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _Observe(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
 class LagSource(Protocol):
     async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
 
@@ -222,6 +230,27 @@ class Metrics:
             registry=r,
         )
         disk.set_function(lambda: _folder_size(data_dir))
+        # finished()'s series, by (method, code) and by method: bounded as they are.
+        self._outcomes: dict[tuple[str, str], tuple[_Count, _Count | None]] = {}
+        self._durations: dict[str, _Observe] = {}
+
+    def finished(self, method: str, code: str, seconds: float | None) -> None:
+        """Counts an RPC that ended with status ``code`` and, unless None, its
+        duration. Runs once per call: each series is looked up once (a
+        ``labels()`` call takes a lock and costs as much as the count)."""
+        counters = self._outcomes.get((method, code))
+        if counters is None:
+            errors = self.errors.labels(method, code) if code != "OK" else None
+            counters = self._outcomes[method, code] = (self.requests.labels(method, code), errors)
+        requests, errors = counters
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        if seconds is not None:
+            duration = self._durations.get(method)
+            if duration is None:
+                duration = self._durations[method] = self.request_seconds.labels(method)
+            duration.observe(seconds)
 
     def produced(self, records: int, size: int) -> None:
         self.produced_records.inc(records)

@@ -419,11 +419,10 @@ class StreamsService:
             self._running -= 1
             if not self._running:
                 self._idle.set()
-            self._metrics.requests.labels(name, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                self._metrics.errors.labels(name, code.name).inc()
-            if name not in _OPEN_ENDED and not getattr(received.message, "follow", False):
-                self._metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
+            timed = name not in _OPEN_ENDED and not getattr(received.message, "follow", False)
+            self._metrics.finished(
+                name, code.name, time.perf_counter() - started if timed else None
+            )
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "rpc",
