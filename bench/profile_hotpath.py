@@ -45,6 +45,8 @@ from common import fmt, markdown_table, run_listening, run_server, sample_proces
 from suite import produce_request
 from workers import PRODUCE, ClientPool, UnaryJob, merge
 
+from streams.model import ProduceResult
+
 # Layers, tried on each frame from the innermost out; the first match takes
 # the sample. A rule is (layer, regular expression over "function (file)").
 # A sample whose innermost frames wait (a lock, a condition, epoll) is idle:
@@ -323,6 +325,33 @@ def run_client(args: argparse.Namespace) -> None:
     )
 
 
+def in_process(per_call: int, calls: int) -> None:
+    """The Streams-side work of ``calls`` Produce calls that needs neither gRPC
+    nor the engine: parse, validate, number each record as the store does
+    (codec.record), the response, the metrics. Deterministic: run it under
+    ``valgrind --tool=callgrind`` to count instructions."""
+    from streams import codec, validation
+    from streams.limits import Limits
+    from streams.metrics import Metrics
+    from streams.v1 import streams_pb2 as pb
+
+    raw = produce_request("p", [("producer-0", per_call)])
+    limits, metrics = Limits(), Metrics(Path(tempfile.gettempdir()))
+    response = pb.ProduceResponse()
+    for call in range(calls):
+        txn = validation.transaction(pb.ProduceRequest.FromString(raw), limits)
+        first = 100_000 + call * per_call  # sequences and positions past 2**14
+        for append in txn.appends:
+            header = codec.record_header(txn.space, append.segment, 1_700_000_000 * codec.NANOS, "")
+            for i, body in enumerate(append.bodies):
+                codec.record(header, first + i, first + i, body)
+        metrics.produce_latency.observe(0.001)
+        metrics.produced(txn.record_count, per_call * 100)
+        metrics.finished("Produce", "OK", 0.001)
+        response = codec.produce_response(ProduceResult((), first, first + per_call - 1, 0))
+    print(f"{calls} calls of {per_call} records; last response {response.ByteSize()} bytes")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="load", required=True)
@@ -345,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--calls", type=int, required=True)
     c.add_argument("--records", type=int, default=0)
     c.add_argument("--cpu", type=float, required=True)
+    cpu = sub.add_parser("in-process", help="the Streams side of Produce, no gRPC (callgrind)")
+    cpu.add_argument("--per-call", type=int, default=100)
+    cpu.add_argument("--calls", type=int, default=200)
     loop = sub.add_parser("client-loop")
     loop.add_argument("address")
     loop.add_argument("per_call", type=int)
@@ -352,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.load == "client-loop":
         client_loop(args.address, args.per_call, args.seconds)
+        return
+    if args.load == "in-process":
+        in_process(args.per_call, args.calls)
         return
     if args.load == "classify":
         stacks = read_raw(args.path)
