@@ -63,14 +63,6 @@ def _read_on(loop: asyncio.AbstractEventLoop, read: Coroutine[object, object, _T
         future.cancel()
 
 
-class _Count(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
-class _Observe(Protocol):
-    def observe(self, amount: float) -> None: ...
-
-
 class LagSource(Protocol):
     async def consumer_lags(self, limit: int) -> tuple[list[tuple[str, Target, int]], bool]: ...
 
@@ -231,8 +223,8 @@ class Metrics:
         )
         disk.set_function(lambda: _folder_size(data_dir))
         # finished()'s series, by (method, code) and by method: bounded as they are.
-        self._outcomes: dict[tuple[str, str], tuple[_Count, _Count | None]] = {}
-        self._durations: dict[str, _Observe] = {}
+        self._outcomes: dict[tuple[str, str], tuple[prom.Counter, prom.Counter | None]] = {}
+        self._durations: dict[str, prom.Histogram] = {}
 
     def finished(self, method: str, code: str, seconds: float | None) -> None:
         """Counts an RPC that ended with status ``code`` and, unless None, its
@@ -240,12 +232,12 @@ class Metrics:
         ``labels()`` call takes a lock and costs as much as the count)."""
         counters = self._outcomes.get((method, code))
         if counters is None:
-            errors = self.errors.labels(method, code) if code != "OK" else None
-            counters = self._outcomes[method, code] = (self.requests.labels(method, code), errors)
-        requests, errors = counters
-        requests.inc()
-        if errors is not None:
-            errors.inc()
+            failed = self.errors.labels(method, code) if code != "OK" else None
+            counters = self._outcomes[method, code] = (self.requests.labels(method, code), failed)
+        done, failed = counters
+        done.inc()
+        if failed is not None:
+            failed.inc()
         if seconds is not None:
             duration = self._durations.get(method)
             if duration is None:
