@@ -177,7 +177,9 @@ def _bodies(i: int, write: pb.SegmentWrite, lim: Limits, budget: int) -> tuple[b
     any other goes through :func:`_record_body`, which checks, cleans or
     refuses it.
     """
-    # Deterministic, so a retry of the same request has the same fingerprint.
+    # Deterministic, so a retry of the same request has the same fingerprint. The
+    # write's bytes are a transient copy, gone before the handler's next await:
+    # one write's worth at a time in the whole server.
     raw = codec.submessages(write.SerializeToString(deterministic=True), _RECORDS_FIELD)
     bodies = []
     for j, body in enumerate(raw):
