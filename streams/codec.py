@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from streams.errors import DataLoss
+from streams.errors import DataLoss, InvariantViolation
 from streams.model import ProduceResult, Record, SegmentAck
 from streams.v1 import streams_pb2 as pb
 
@@ -51,26 +51,20 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-# Record lengths under 16 KiB (two varint bytes) are looked up, not encoded:
-# framing runs once per record read.
+# Varints under 2**28 are looked up, not encoded: framing runs once per record
+# read, and numbering twice per record written. Values under 16 KiB (two varint
+# bytes) are one entry; larger ones (sequences and positions) are their low 14
+# bits as two continued bytes, then the rest (about 1 MiB for both tables).
 _SHORT_VARINTS = tuple(_encode_varint(n) for n in range(1 << 14))
+_CONTINUED_14_BITS = tuple(bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(1 << 14))
 
 
 def varint(value: int) -> bytes:
     # Negative values fall through to _encode_varint, which refuses them.
     if 0 <= value < 1 << 14:
         return _SHORT_VARINTS[value]
-    if 0 < value < 1 << 21:  # sequences and positions up to two million: unrolled
-        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     if 0 < value < 1 << 28:
-        return bytes(
-            (
-                (value & 0x7F) | 0x80,
-                ((value >> 7) & 0x7F) | 0x80,
-                ((value >> 14) & 0x7F) | 0x80,
-                value >> 21,
-            )
-        )
+        return _CONTINUED_14_BITS[value & 0x3FFF] + _SHORT_VARINTS[value >> 14]
     return _encode_varint(value)
 
 
@@ -177,6 +171,42 @@ def in_segments(buffer: bytes, start: int, prefix: bytes) -> bool:
     prefix in UTF-8)."""
     begin, end = segment_span(buffer, start)
     return end - begin >= len(prefix) and buffer.startswith(prefix, begin)
+
+
+def submessages(data: bytes, number: int) -> list[bytes]:
+    """The values of the length-delimited field ``number`` (a repeated
+    submessage's serializations, in order) in ``data``, a message this process
+    serialized: the other fields are skipped. :class:`InvariantViolation` if
+    ``data`` holds a wire type protobuf does not write (groups)."""
+    tag = number << 3 | 2
+    out = []
+    at = 0
+    end = len(data)
+    while at < end:
+        key = data[at]
+        if key & 0x80:
+            key, at = _read_varint(data, at)
+        else:
+            at += 1
+        wire = key & 7
+        if wire == 2:
+            length = data[at]
+            if length & 0x80:
+                length, at = _read_varint(data, at)
+            else:
+                at += 1
+            if key == tag:
+                out.append(data[at : at + length])
+            at += length
+        elif wire == 0:
+            _, at = _read_varint(data, at)
+        elif wire == 1 or wire == 5:
+            at += 8 if wire == 1 else 4
+        else:
+            raise InvariantViolation(f"serialized message: wire type {wire} at byte {at}")
+    if at != end:
+        raise InvariantViolation(f"serialized message: {end} bytes, a field runs to {at}")
+    return out
 
 
 def _read_varint(buffer: bytes, at: int) -> tuple[int, int]:

@@ -222,6 +222,27 @@ class Metrics:
             registry=r,
         )
         disk.set_function(lambda: _folder_size(data_dir))
+        # finished()'s series, by (method, code) and by method: bounded as they are.
+        self._outcomes: dict[tuple[str, str], tuple[prom.Counter, prom.Counter | None]] = {}
+        self._durations: dict[str, prom.Histogram] = {}
+
+    def finished(self, method: str, code: str, seconds: float | None) -> None:
+        """Counts an RPC that ended with status ``code`` and, unless None, its
+        duration. Runs once per call: each series is looked up once (a
+        ``labels()`` call takes a lock and costs as much as the count)."""
+        counters = self._outcomes.get((method, code))
+        if counters is None:
+            failed = self.errors.labels(method, code) if code != "OK" else None
+            counters = self._outcomes[method, code] = (self.requests.labels(method, code), failed)
+        done, failed = counters
+        done.inc()
+        if failed is not None:
+            failed.inc()
+        if seconds is not None:
+            duration = self._durations.get(method)
+            if duration is None:
+                duration = self._durations[method] = self.request_seconds.labels(method)
+            duration.observe(seconds)
 
     def produced(self, records: int, size: int) -> None:
         self.produced_records.inc(records)
