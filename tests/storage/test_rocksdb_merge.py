@@ -96,11 +96,14 @@ def test_a_space_read_from_merged_runs_returns_what_the_chunks_held(tmp_path: Pa
 
 
 def test_passes_merge_only_new_chunks_and_wait_for_a_short_run_to_grow(tmp_path: Path) -> None:
+    options = StoreOptions(sync=False, merge_min_chunks=3)  # runs of 64 KiB: one per pass here
+
     async def scenario() -> None:
-        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        store = RocksStore.open(tmp_path / "db", options)
         await write_small(store, "s", 50)
         await store.merge()
         first_pass = runs(store, "s")
+        assert first_pass == [(1, 50)]
         assert await store.merge() == 0  # nothing new
         await write_small(store, "s", 2)  # shorter than merge_min_chunks: waits
         assert await store.merge() == 0
@@ -112,7 +115,7 @@ def test_passes_merge_only_new_chunks_and_wait_for_a_short_run_to_grow(tmp_path:
         assert stored[-1][1] == 82
         await store.close()
         # Reopened, the store finds where its runs end on disk.
-        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        store = RocksStore.open(tmp_path / "db", options)
         await write_small(store, "s", 30)
         await store.merge()
         again = runs(store, "s")
