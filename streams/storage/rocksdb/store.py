@@ -2148,6 +2148,7 @@ async def open_store(setup: Setup) -> RocksStore:
         wal_tail_damage=setup.options["wal_tail_damage"],
         catalog_cache_bytes=setup.options["catalog_cache_bytes"],
         reclaim_seconds=setup.options["reclaim_seconds"],
+        merge_seconds=setup.options["merge_seconds"],
     )
     try:
         return RocksStore.open(setup.data, options)
