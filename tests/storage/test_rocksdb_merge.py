@@ -10,6 +10,9 @@ import itertools
 import shutil
 from pathlib import Path
 
+import pytest
+
+from streams.errors import DataLoss
 from streams.model import Cut, Target
 from streams.storage.rocksdb import layout as keys
 from streams.storage.rocksdb.chunks import Chunk
@@ -233,3 +236,21 @@ def test_merged_runs_survive_a_crash_and_read_as_before(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(check())
+
+
+def test_a_malformed_run_is_data_loss_naming_the_offset(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        await write_small(store, "s", 100)
+        await store.merge()
+        (first, _), (second, _) = runs(store, "s")[:2]
+        prefix = keys.merged_prefix("s")
+        store._db.put(prefix + keys.u64(second), b"\x05\x00\x00\x00")  # claims 5 records
+        # What comes before the damage goes out; the read from the damage raises.
+        batch, after = await store.read(Target("s"), first, 100, Cut(1000, MIB))
+        assert after == second and batch.count == second - first
+        with pytest.raises(DataLoss, match=f"offset {second}"):
+            await store.read(Target("s"), second, 100, Cut(1000, MIB))
+        await store.close()
+
+    asyncio.run(scenario())

@@ -2174,7 +2174,7 @@ def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
 class _Runs:
     """The merged runs of a space along a forward read (see :mod:`.merge`)."""
 
-    __slots__ = ("_first", "_iterator", "_prefix", "_run")
+    __slots__ = ("_first", "_iterator", "_loaded", "_prefix", "_run")
 
     def __init__(self, iterator: rocksdict.RdictIter, prefix: bytes, offset: int) -> None:
         self._iterator = iterator
@@ -2185,9 +2185,10 @@ class _Runs:
             iterator.seek(key)
         self._first = 0  # the first position of the run the iterator is on
         self._run: Chunk | None = None
-        self._load()
+        self._loaded = False  # parsed on first use: MalformedChunk goes to the caller
 
     def _load(self) -> None:
+        self._loaded = True
         if _under(self._iterator, self._prefix):
             self._first = keys.read_u64(self._iterator.key(), len(self._prefix))
             self._run = Chunk(self._iterator.value())
@@ -2196,7 +2197,10 @@ class _Runs:
 
     def holding(self, offset: int) -> tuple[int, Chunk] | None:
         """The run holding ``offset`` and its first position; None when none
-        does (the read goes on from the chunks). Offsets only go up."""
+        does (the read goes on from the chunks). Offsets only go up; raises
+        MalformedChunk for a run that is not a chunk."""
+        if not self._loaded:
+            self._load()
         while self._run is not None and self._first <= offset:
             if offset < self._first + self._run.count:
                 return self._first, self._run
