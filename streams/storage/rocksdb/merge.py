@@ -42,39 +42,39 @@ looked up from its last run).
 
 from __future__ import annotations
 
-# Spaces whose merge position is remembered; others are looked up on disk.
+from streams.model import Target
+
+# Targets whose merge position is remembered; others are looked up on disk.
 CURSORS = 4096
 
 
 class Merges:
-    """The spaces due a merge pass, and where their merged runs end."""
+    """The targets (spaces and segments) due a merge pass, and where their
+    merged runs end."""
 
     def __init__(self) -> None:
-        self._due: set[str] = set()
-        self._cursors: dict[str, int] = {}
+        self._due: set[Target] = set()
+        self._cursors: dict[Target, int] = {}
 
-    def note(self, space: str) -> None:
-        """``space`` got a small chunk."""
-        self._due.add(space)
+    def note(self, target: Target) -> None:
+        """``target`` got a small chunk."""
+        self._due.add(target)
 
-    def take(self) -> list[str]:
-        """The spaces due, then forgotten (sorted: a pass visits them in order)."""
-        due = sorted(self._due)
+    def take(self) -> list[Target]:
+        """The targets due, then forgotten (sorted: a pass visits them in order)."""
+        due = sorted(self._due, key=lambda target: (target.space, target.segment))
         self._due.clear()
         return due
 
-    def cursor(self, space: str) -> int | None:
-        """The first position of ``space`` not examined yet, if remembered."""
-        return self._cursors.get(space)
+    def cursor(self, target: Target) -> int | None:
+        """The first offset of ``target`` not examined yet, if remembered."""
+        return self._cursors.get(target)
 
-    def advance(self, space: str, position: int) -> None:
-        self._cursors.pop(space, None)  # re-inserted last: the oldest goes first
-        self._cursors[space] = position
+    def advance(self, target: Target, offset: int) -> None:
+        self._cursors.pop(target, None)  # re-inserted last: the oldest goes first
+        self._cursors[target] = offset
         if len(self._cursors) > CURSORS:
             del self._cursors[next(iter(self._cursors))]
-
-    def forget(self, space: str) -> None:
-        self._cursors.pop(space, None)
 
     def clear(self) -> None:
         self._due.clear()
