@@ -98,6 +98,8 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
+# A merge step reads this many runs' worth of chunk bytes at most.
+_STEP_RUNS = 4
 # Segments whose chunks one batch of a space delete's range deletes covers,
 # when the space was written to again before them.
 _SEGMENT_PAGE = 1000
@@ -158,8 +160,9 @@ class StoreOptions:
     # Runs of small chunks of a space are copied into one chunk each (see
     # .merge) every this many seconds: chunks under merge_small_bytes, into
     # runs of about merge_run_bytes, once a run has merge_min_chunks chunks;
-    # a step looks at merge_step_chunks chunks at most (a few ms of the event
-    # loop, like a removal slice), letting calls run between steps.
+    # a step looks at merge_step_chunks chunks and 4 runs' worth of bytes at
+    # most (a few ms of the event loop, like a removal slice), letting calls
+    # run between steps.
     merge_seconds: float = 1.0
     merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
@@ -178,6 +181,12 @@ class StoreOptions:
             )
         if self.merge_seconds <= 0:
             raise ValueError(f"merge_seconds must be positive, got {self.merge_seconds}")
+        if not 2 <= self.merge_min_chunks <= self.merge_step_chunks:
+            # A step must be able to hold a whole run, or a pass never moves on.
+            raise ValueError(
+                f"merge_min_chunks ({self.merge_min_chunks}) must be 2 or more and at most "
+                f"merge_step_chunks ({self.merge_step_chunks})"
+            )
         if self.dedupe_window_ns < 1 or self.dedupe_sweep_seconds <= 0:
             raise ValueError(
                 f"dedupe_window_ns ({self.dedupe_window_ns}) and dedupe_sweep_seconds "
@@ -995,9 +1004,9 @@ class RocksStore:
                     self._merges.advance(target, cursor)
                     if runs:
                         await self._group.wait(self._group.ticket())
+                await asyncio.sleep(0)  # calls run between steps, and between targets
                 if not more:
                     break
-                await asyncio.sleep(0)  # calls run between steps
         return written
 
     def _merge_step(self, target: Target) -> tuple[list[tuple[bytes, bytes]], int, bool]:
@@ -1016,10 +1025,12 @@ class RocksStore:
         runs: list[tuple[bytes, bytes]] = []
         run: list[tuple[Chunk, int, int]] = []
         run_first = offset = start
-        size = visited = 0
+        size = visited = taken = 0
+        # Bounded in bytes too: large chunks between small ones are read to be passed.
+        most = _STEP_RUNS * options.merge_run_bytes
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(start))
-            while offset <= last and visited < options.merge_step_chunks:
+            while offset <= last and visited < options.merge_step_chunks and taken < most:
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                 skip = offset - chunk_first
                 if not 0 <= skip < chunk.count:
@@ -1027,6 +1038,7 @@ class RocksStore:
                 if chunk_first + chunk.count - 1 > last:
                     break  # not durable as a whole: copy no part of it
                 visited += 1
+                taken += len(chunk.value)
                 small = len(chunk.value) < options.merge_small_bytes
                 if small:
                     if not run:
@@ -1044,7 +1056,7 @@ class RocksStore:
             run = []
         # A short run at the end waits for more chunks (a later pass, once
         # the target gets small chunks again).
-        more = offset <= last and visited == options.merge_step_chunks
+        more = offset <= last and (visited == options.merge_step_chunks or taken >= most)
         return runs, run_first if run else offset, more
 
     def _merge_cursor(self, target: Target) -> int:
