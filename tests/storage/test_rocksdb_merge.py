@@ -289,3 +289,9 @@ def test_removals_delete_the_runs_of_segments_below_their_first_sequence(tmp_pat
         await store.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("least", "step"), [(1, 512), (600, 512)])
+def test_a_run_must_fit_a_step(least: int, step: int) -> None:
+    with pytest.raises(ValueError, match="merge_min_chunks"):
+        StoreOptions(merge_min_chunks=least, merge_step_chunks=step)
