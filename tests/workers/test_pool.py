@@ -35,8 +35,7 @@ def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[s
 
 
 def test_workers_default_is_one_per_core() -> None:
-    cores = os.cpu_count() or 1
-    assert config.parse([], {}).workers == min(cores, config.MAX_WORKERS)
+    assert config.parse([], {}).workers == min(config.cores(), config.MAX_WORKERS)
     # 0 says the same explicitly.
     assert config.parse(["--workers", "0"], {}).workers == config.parse([], {}).workers
 
@@ -50,8 +49,20 @@ def test_workers_from_flag_and_environment() -> None:
 def test_default_workers_stay_within_the_memory_budget() -> None:
     # A budget with room for the writer and two fronts only: the default takes 2, not the cores.
     budget = 3 * MIN_MEMORY_BUDGET_BYTES
-    assert config.default_workers(budget) == min(os.cpu_count() or 1, 2)
+    assert config.default_workers(budget) == min(config.cores(), 2)
     assert config.default_workers(MIN_MEMORY_BUDGET_BYTES) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 2), ("100000 100000", 1), ("garbage", None)],
+)
+def test_cores_follow_the_cgroup_quota(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
+    allowed = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    want = allowed if expected is None else min(allowed, expected)
+    assert config.cores(tmp_path / "cpu.max") == want
+    assert config.cores(tmp_path / "missing") == allowed
 
 
 @pytest.mark.parametrize(
