@@ -94,7 +94,7 @@ def pool(tmp_path: Path) -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
-        server.kill()
+        server.close()
 
 
 def gone(pid: int) -> bool:
@@ -187,8 +187,10 @@ def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
     pool.start()
     produce(pool.stub, "orders", b"a")
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     assert pool.stop(signal.SIGTERM) == 0
     assert all(gone(pid) for pid in fronts)
+    assert not folder.exists()
     assert "stopped" in pool.stderr()
     # What was acknowledged is there after a restart, on one process.
     restarted = ServerProcess(pool.data, workers=1).start()
@@ -234,5 +236,16 @@ def test_a_front_killed_stops_the_server_with_status_1(pool: ServerProcess) -> N
 def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
     pool.start()
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     pool.kill()
     wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
+    # The writer could not remove its folder of sockets: a front did.
+    assert not folder.exists()
+
+
+def private_folder(front: int) -> Path:
+    """The writer's folder of Unix sockets, as a front's command line names it."""
+    argv = Path(f"/proc/{front}/cmdline").read_bytes().split(b"\0")
+    folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    return folder
