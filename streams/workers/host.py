@@ -281,8 +281,10 @@ class _Front:
 
     # -- calls --------------------------------------------------------------
 
-    def _received(self, message: object) -> None:
-        call_id, name, args = message  # type: ignore[misc]
+    def _received(self, message: Any) -> None:
+        call_id: int = message[0]
+        name: str = message[1]
+        args: tuple[Any, ...] = message[2]
         if name in (UNFOLLOW, UNWATCH):
             self._end_stream(args[0])
             return
@@ -460,6 +462,8 @@ async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
     """Runs store method ``name``; what it returns, made to travel; removals
     are told to the fronts before the caller hears of them."""
     store = host.store
+    if name == "produce":
+        return ipc.pack_result(await store.produce(ipc.unpack_transaction(args[0])))
     if name == "read":
         target, first, last, cut, prefix = args
         # A read fits in one frame: it may return fewer records than asked (the

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import codec
-from streams.errors import Unavailable
+from streams.errors import ResourceExhausted, Unavailable
 from streams.limits import Limits
 from streams.model import (
     Cut,
@@ -143,6 +143,8 @@ class RemoteStore:
         try:
             self.link.send((call_id, name, args))
             return await future
+        except ipc.FrameError as exc:
+            raise ResourceExhausted(f"{name}: the call cannot reach the writer: {exc}") from None
         finally:
             self._pending.pop(call_id, None)
 
@@ -197,8 +199,7 @@ class RemoteStore:
     # -- writes -------------------------------------------------------------------
 
     async def produce(self, txn: Transaction) -> ProduceResult:
-        result: ProduceResult = await self._call("produce", txn)
-        return result
+        return ipc.unpack_result(await self._call("produce", ipc.pack_transaction(txn)))
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
