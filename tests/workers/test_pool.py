@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,6 +156,18 @@ def test_every_front_serves_the_printed_port(pool: ServerProcess) -> None:
         assert sockets_of(front) & listening, f"front {front} does not listen on {pool.port}"
     # The writer only holds the port (bound, not listening): every connection goes to a front.
     assert not sockets_of(pool.pid) & listening
+
+
+def test_a_port_held_by_another_workers_server_is_refused(
+    pool: ServerProcess, tmp_path: Path
+) -> None:
+    # Both would set SO_REUSEPORT: without care the second would silently share the port.
+    pool.start()
+    with ServerProcess(tmp_path / "second", workers=2, port=pool.port) as second:
+        second.spawn(stdout=subprocess.DEVNULL)
+        assert second.wait() == 2
+        refused = f"--listen '127.0.0.1:{pool.port}': cannot listen there: Address already in use"
+        assert refused in second.stderr()
 
 
 def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
