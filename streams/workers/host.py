@@ -6,14 +6,18 @@ method and answers ``(id, ok, value)``; nothing else is queued per call: the
 method's coroutine is driven by the callbacks of what it awaits (a read that
 never awaits is answered within the same turn of the event loop), and the
 answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
+A store method therefore runs with no current Task (``asyncio.current_task()``
+is None in it): no backend relies on one.
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
 followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
-hold of it; removals made through the host are told before they are answered.
-Watches are forwarded the same way, one per (front, space).
+hold of it; removals made through the host are told before they are answered
+(a removal the writer made on its own reaches a front a moment later: a front
+that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+forwarded the same way, one per (front, space).
 
 Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
 by the front pause the pumps (they read what is new once the front catches
@@ -35,7 +39,7 @@ from typing import Any
 
 from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
-from streams.model import MAX_OFFSET, Cut, Target
+from streams.model import MAX_OFFSET, Cut, SpaceInfo, Target
 from streams.storage.port import Store
 from streams.workers import ipc
 from streams.workers.ipc import (
@@ -44,6 +48,7 @@ from streams.workers.ipc import (
     CHANGES,
     FAILED,
     FOLLOW,
+    HELLO,
     PUSH,
     REMOVED,
     UNFOLLOW,
@@ -170,7 +175,8 @@ class StoreHost:
 class _Sentinel:
     """Tells the fronts following a space when records of it were removed by
     anyone: the count of removed records (last position minus the records
-    retained) only grows, and grows exactly when records are removed."""
+    retained) only grows, and grows exactly when records are removed; a space
+    deleted is gone from the infos."""
 
     def __init__(self, host: StoreHost, space: str) -> None:
         self._host = host
@@ -182,22 +188,18 @@ class _Sentinel:
     async def ready(self) -> None:
         await asyncio.shield(self._started)
 
-    async def _removed_count(self) -> int | None:
-        info = await self._host.store.get_space(self._space)
-        return None if info is None else info.last_position - info.record_count
-
     async def _run(self) -> None:
         store = self._host.store
         try:
             async with store.watch(self._space) as watch:
-                seen = await self._removed_count()
+                seen = await store.get_space(self._space)
                 self._started.set_result(None)
                 while True:
                     await watch.changes()
-                    now = await self._removed_count()
-                    if now != seen:
-                        seen = now
+                    now = await store.get_space(self._space)
+                    if _removed_between(seen, now):
                         self._host.removed(self._space, None)
+                    seen = now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -211,6 +213,13 @@ class _Sentinel:
                     "store host: watching space %r for removals failed: %s", self._space, exc
                 )
                 self._host.removed(self._space, None)
+
+
+def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
+    if after is None:  # deleted (or never written): removed whatever it held
+        return before is not None and before.record_count > 0
+    removed = after.last_position - after.record_count
+    return removed > (0 if before is None else before.last_position - before.record_count)
 
 
 class _Call:
@@ -271,11 +280,14 @@ class _Front:
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
-        self._reading = True
+        self.reading = True  # its calls are read (not paused by _gate_reading)
+        self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
+        self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
             BARRIER: _barrier,
+            HELLO: self._hello,
         }
         host.fronts.add(self)
 
@@ -306,11 +318,14 @@ class _Front:
 
     def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
         self._calls.discard(call)
+        self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
         self._gate_reading()
 
     def _reply(self, call_id: int, ok: bool, value: object) -> None:
+        if not ok:
+            value = sendable_error(value)  # type: ignore[arg-type]
         try:
             self.link.send((call_id, ok, value))
         except ipc.FrameError as exc:
@@ -327,22 +342,39 @@ class _Front:
 
     def _gate_reading(self) -> None:
         """Reads calls only while few run and the front takes what it is sent."""
-        wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
-        if wanted == self._reading:
+        writable = self.link.writable.is_set()
+        if not writable and self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._when_writable())
+        wanted = writable and len(self._calls) < self._host.max_calls
+        if wanted == self.reading:
             return
-        self._reading = wanted
+        self.reading = wanted
         if wanted:
             self.link.resume_reading()
         else:
             self.link.pause_reading()
-            if not self.link.writable.is_set():
-                asyncio.get_running_loop().create_task(self._resume_when_writable())
 
-    async def _resume_when_writable(self) -> None:
-        await self.link.writable.wait()
+    async def _when_writable(self) -> None:
+        try:
+            await self.link.writable.wait()
+        finally:
+            self._waking = None
         self._gate_reading()
 
+    async def _hello(self, call_id: int, max_frame: int) -> None:
+        if max_frame != self._host.max_frame:
+            asyncio.get_running_loop().call_soon(self.link.close)  # once answered
+            raise InvariantViolation(
+                f"the front's frames are up to {max_frame} bytes, the store host's up to "
+                f"{self._host.max_frame}: give StoreHost and connect the same limits"
+            )
+
     # -- follow and watch ---------------------------------------------------------
+
+    @property
+    def streams(self) -> int:
+        """Pumps and watches of this front right now."""
+        return len(self._streams)
 
     def _check_streams(self) -> None:
         if len(self._streams) >= self._host.max_streams:
