@@ -146,12 +146,13 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
             front.host_socket, setup, limits=registry.get(cfg.storage).limits(cfg.limits)
         )
 
+    proxy = WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut))
     server = StreamsServer(
         cfg,
         auth,
         PageTokens.load(cfg.page_token_key),
         open_store=open_store,
-        handlers=(WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut)),),
+        handlers=(proxy,),
         reuse_port=True,
     )
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
@@ -171,6 +172,7 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
         os._exit(1)
     for task in waits:
         task.cancel()
+    proxy.close()
     try:
         await server.stop(cfg.shutdown_grace)
     except ShutdownError as exc:

@@ -35,6 +35,7 @@ TOKEN = (("authorization", "Bearer s3cret"),)
 class Pair:
     writer: StreamsServer
     front: StreamsServer
+    proxy: WriterProxy
     # Clients of the front (as a user's) and of the writer directly (to check what ran there).
     stub: pb_grpc.StreamsServiceStub
     direct: pb_grpc.StreamsServiceStub
@@ -66,7 +67,11 @@ async def pair(tmp: Path, auth: bool = False) -> AsyncIterator[Pair]:
     direct = grpc.aio.insecure_channel(f"unix:{socket_path}")
     try:
         yield Pair(
-            writer, front, pb_grpc.StreamsServiceStub(client), pb_grpc.StreamsServiceStub(direct)
+            writer,
+            front,
+            proxy,
+            pb_grpc.StreamsServiceStub(client),
+            pb_grpc.StreamsServiceStub(direct),
         )
     finally:
         for channel in (client, direct):
@@ -200,6 +205,23 @@ def test_the_writers_end_of_a_stream_reaches_the_client(tmp_path: Path) -> None:
             await member.read()
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in (ended.value.details() or "")
+
+    run(tmp_path, scenario)
+
+
+def test_a_closed_proxy_answers_new_calls_unavailable(tmp_path: Path) -> None:
+    async def scenario(p: Pair) -> None:
+        await p.stub.CreateGroup(pb.CreateGroupRequest(group=group()))
+        p.proxy.close()  # the front's shutdown began
+        member = WireMember(p.stub, "orders", "g", name="m1")  # its stream starts here
+        for call in (
+            p.stub.CreateGroup(pb.CreateGroupRequest(group=group("h"))),
+            member.call.read(),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await p.writer.store.get_group("orders", "h") is None
 
     run(tmp_path, scenario)
 
