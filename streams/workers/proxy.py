@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, NoReturn
 
 import grpc
@@ -46,7 +46,7 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _outgoing(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+def _outgoing(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
     """The client's metadata as the call to the writer can carry it."""
     return tuple(
         (key, value)
@@ -138,7 +138,7 @@ class WriterProxy(grpc.GenericRpcHandler):
             peer = context.peer()
             try:
                 await _headers(context, call)
-                while (response := await call.read()) is not grpc.aio.EOF:
+                while isinstance(response := await call.read(), bytes):  # else EOF
                     # The client must take it in time, as from the service itself.
                     timer = self._slow.watch(peer, name, len(response))
                     try:
