@@ -35,7 +35,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
@@ -59,6 +59,7 @@ from streams.workers.ipc import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a front may leave unread before its pumps pause and its calls wait.
 BUFFER_BYTES = 4 << 20
@@ -226,13 +227,14 @@ class _Call:
     """One call's coroutine, driven by the callbacks of what it awaits (what a
     Task does, without a Task: a call that never awaits costs no loop turn)."""
 
-    __slots__ = ("_coro", "_front", "_id", "_waiting")
+    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
 
     def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
         self._front = front
         self._id = call_id
         self._coro = coro
         self._waiting: asyncio.Future[Any] | None = None
+        self._throw: BaseException | None = None
 
     def start(self) -> None:
         self._step()
@@ -240,7 +242,11 @@ class _Call:
     def _step(self, _: object = None) -> None:
         self._waiting = None
         try:
-            yielded = self._coro.send(None)
+            if self._throw is not None:
+                error, self._throw = self._throw, None
+                yielded = self._coro.throw(error)
+            else:
+                yielded = self._coro.send(None)
         except StopIteration as done:
             self._front.answer(self, self._id, True, done.value)
             return
@@ -257,16 +263,15 @@ class _Call:
             self._waiting = yielded
             yielded.add_done_callback(self._step)
         else:
-            self._coro.close()
-            self._front.answer(
-                self, self._id, False, InvariantViolation(f"a store call yielded {yielded!r}")
-            )
+            self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
+            asyncio.get_running_loop().call_soon(self._step)
 
     def cancel(self) -> None:
-        if self._waiting is not None:
-            self._waiting.remove_done_callback(self._step)
-            self._waiting = None
-        self._coro.close()
+        """As a Task is cancelled: what it awaits is cancelled, or it gets
+        CancelledError at its next step, and it runs its clean-up (its answer
+        then goes nowhere)."""
+        if self._waiting is None or not self._waiting.cancel():
+            self._throw = asyncio.CancelledError()
 
 
 class _Front:
@@ -389,7 +394,7 @@ class _Front:
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
         self._streams[follow_id] = task
-        return await asyncio.shield(started)
+        return await _started(started, task)
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
@@ -431,6 +436,8 @@ class _Front:
             else:
                 link.send((0, FAILED, follow_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"{target.describe()}: no longer followed"))
             self._streams.pop(follow_id, None)
             self.spaces[target.space] -= 1
             if self.spaces[target.space] < 1:
@@ -442,7 +449,7 @@ class _Front:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
         self._streams[watch_id] = task
-        await asyncio.shield(started)
+        await _started(started, task)
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
@@ -465,6 +472,8 @@ class _Front:
             else:
                 link.send((0, FAILED, watch_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"space {space!r}: no longer watched"))
             self._streams.pop(watch_id, None)
 
     def _end_stream(self, stream_id: int) -> None:
@@ -484,6 +493,15 @@ class _Front:
         for task in list(self._streams.values()):
             task.cancel()
         self._streams.clear()
+
+
+async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
+    """What ``started`` holds once the pump or watch ``task`` began; Unavailable
+    when it ended first (released, even before its first step)."""
+    await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        return started.result()
+    raise Unavailable("released before it began")
 
 
 async def _barrier(call_id: int) -> None:

@@ -17,6 +17,7 @@ from streams.limits import Limits
 from streams.model import MAX_OFFSET, Cut, Record, Target
 from streams.storage.port import Store
 
+from .test_remote_backpressure import eventually
 from .test_remote_connection import ALL, served, txn
 
 
@@ -154,5 +155,24 @@ def test_pumps_and_watches_per_front_are_bounded(tmp_path: Path) -> None:
             async with store.follow(Target("u")):
                 (front,) = host.fronts
                 assert front.streams == 1
+
+    asyncio.run(main())
+
+
+def test_a_follower_gone_before_its_pump_began_leaves_nothing_behind(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with served(tmp_path) as (_, host, (store,)):
+            (front,) = host.fronts
+            for _ in range(3):
+                entered = asyncio.ensure_future(store.follow(Target("s")).__aenter__())
+                await asyncio.sleep(0)  # the FOLLOW is queued, not yet answered
+                entered.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await entered
+            await eventually(lambda: not store._pending, "the host to answer the FOLLOWs")
+            assert front.streams == 0 and not front._calls and not store._followed
+            async with store.follow(Target("s")) as sub:
+                await store.produce(txn("s", "a"))
+                await asyncio.wait_for(sub.wait(1), 10)
 
     asyncio.run(main())
