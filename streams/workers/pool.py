@@ -47,6 +47,7 @@ from streams.config import Config, OptionError
 from streams.limits import Limits
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer
+from streams.storage import registry
 from streams.workers.front import READY, FrontArgs
 from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
@@ -287,7 +288,9 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
                 sock.close()
             raise
         try:
-            host = StoreHost(server.store, folder / "host.sock")
+            # The fronts' limits, which size the frames both ends accept.
+            limits = registry.get(cfg.storage).limits(cfg.limits)
+            host = StoreHost(server.store, folder / "host.sock", limits=limits)
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(

@@ -198,6 +198,13 @@ def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess
     stream.cancel()
 
 
+def test_the_configured_limits_reach_the_store_host(tmp_path: Path) -> None:
+    # The fronts and the host size their frames from the same limits, or a front refuses.
+    flags = ["--max-request-bytes", str(2 << 20), "--max-records-per-produce", "500"]
+    with ServerProcess(tmp_path / "data", workers=2, flags=flags).start() as server:
+        produce(server.stub, "orders", *[b"x" * 1000] * 500)
+
+
 def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
     pool.start()
     produce(pool.stub, "orders", b"a")
