@@ -238,3 +238,21 @@ def test_the_proxied_set_is_every_rpc_that_touches_the_group_registry() -> None:
     # At least these do today (a rename of the registry would empty the set).
     assert {"Subscribe", "GetGroup", "DeleteGroup", "DeleteSpace"} <= touching
     assert touching <= PROXIED
+
+
+def test_large_deliveries_flow_through_the_front(tmp_path: Path) -> None:
+    async def scenario(p: Pair) -> None:
+        record = b"x" * (100 * 1024)
+        for _ in range(4):
+            await produce(p.direct, *[record] * 6)
+        await p.stub.CreateGroup(pb.CreateGroupRequest(group=group(ordering=pb.ORDERING_NONE)))
+        member = WireMember(p.stub, "orders", "g", name="m1", max_in_flight=24)
+        await member.join()
+        got: list[pb.Delivery] = []
+        while len(got) < 24:
+            batch = await member.read()
+            assert batch is not None
+            got.extend(batch)
+        assert sorted(d.record.position for d in got) == list(range(1, 25))
+
+    run(tmp_path, scenario)
