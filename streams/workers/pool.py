@@ -126,7 +126,8 @@ def reserve(listen: str) -> tuple[int, list[socket.socket]]:
 def writer_limits(lim: Limits, workers: int) -> Limits:
     """The writer's server's limits: its share of the memory budget, and caps
     that leave the fronts' own to bind (each front's proxied calls ride one
-    connection to it, and all fronts' Subscribe streams add up there)."""
+    connection to it). The Subscribe streams of all fronts together stay under
+    one --max-concurrent-streams, as in one process: there is one registry."""
     return dataclasses.replace(
         lim,
         memory_budget_bytes=share(lim, workers),
@@ -134,7 +135,6 @@ def writer_limits(lim: Limits, workers: int) -> Limits:
         max_streams_per_connection=min(
             _MAX_STREAMS, lim.max_connections * lim.max_streams_per_connection
         ),
-        max_concurrent_streams=lim.max_concurrent_streams * workers,
         max_inflight_request_bytes=lim.max_inflight_request_bytes * workers,
     )
 
