@@ -242,11 +242,10 @@ class FrontFailed(Exception):
         self.code = code
 
 
-async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
     front's failure (exits 1). ``argv`` are the server's arguments, which the
     fronts parse again (with the same environment and folder)."""
-    del pages  # every process signs with the key of _page_key
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         # The fronts read them; a bad file is named before any process starts.
         startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
