@@ -37,6 +37,7 @@ from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config, OptionError
 from streams.errors import DataLoss
 from streams.groups import Groups
+from streams.limits import Limits
 from streams.memory import MemoryBudget
 from streams.metrics import Metrics
 from streams.page_tokens import PageKeyError, PageTokens
@@ -74,6 +75,7 @@ class StreamsServer:
         open_store: StoreOpener | None = None,
         handlers: Sequence[grpc.GenericRpcHandler] = (),
         reuse_port: bool = False,
+        fair_share_bytes: int | None = None,
     ) -> None:
         """``clock`` stamps transactions (nanoseconds since the epoch); tests pin it.
 
@@ -81,12 +83,20 @@ class StreamsServer:
         remote store), ``handlers`` that take some RPCs before the service does
         (the proxy to the writer) and ``reuse_port`` (the fronts share one port
         through SO_REUSEPORT). ``config.listen`` may be ``unix:PATH``.
+
+        ``fair_share_bytes``: the most a response (or a consumer group's
+        unacknowledged deliveries) may hold before the memory budget counts it
+        as large; by default the budget over --max-concurrent-streams. Workers
+        pass the whole server's, so that a process's share of the budget does
+        not shrink it: a group member would wait for its own acks to get
+        deliveries it may hold by --max-in-flight.
         """
         self.config = config
         self._clock = clock
         self._open_store = open_store
         self._handlers = tuple(handlers)
         self._reuse_port = reuse_port
+        self._fair_share_bytes = fair_share_bytes
         self.auth = auth
         self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
@@ -146,9 +156,7 @@ class StreamsServer:
         backend = registry.get(cfg.storage)
         lim = backend.limits(cfg.limits)
         # One budget for the tail's windows and the service's buffered responses.
-        memory = MemoryBudget(
-            lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
-        )
+        memory = MemoryBudget(lim.memory_budget_bytes, self._fair_share_bytes or fair_share(lim))
         try:
             self._store = await (self._open_store or backend.open)(
                 Setup(
@@ -337,6 +345,11 @@ class StreamsServer:
         if self._server is None:
             raise RuntimeError("the server is not started")
         await self._server.wait_for_termination()
+
+
+def fair_share(lim: Limits) -> int:
+    """What one response may hold of the budget before it counts as large."""
+    return lim.memory_budget_bytes // lim.max_concurrent_streams
 
 
 def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:

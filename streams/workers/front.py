@@ -4,7 +4,7 @@ Started by the writer (:mod:`streams.workers.pool`), never by hand::
 
     python -m streams.workers.front --index 0 --host-socket DIR/host.sock \\
         --writer-socket DIR/writer.sock --port 50051 --memory-budget-bytes B \\
-        --page-token-key DIR/page-token-key -- <the server's own arguments>
+        --fair-share-bytes F --page-token-key DIR/page-token-key -- <the server's own arguments>
 
 It parses the server's arguments as the writer did (same environment, same
 folder), then serves ``--listen``'s host on ``--port`` with SO_REUSEPORT: its
@@ -61,6 +61,7 @@ class FrontArgs:
     writer_socket: Path
     port: int
     memory_budget_bytes: int
+    fair_share_bytes: int
     page_token_key: Path
 
     def argv(self) -> list[str]:
@@ -70,6 +71,7 @@ class FrontArgs:
             "--writer-socket", str(self.writer_socket),
             "--port", str(self.port),
             "--memory-budget-bytes", str(self.memory_budget_bytes),
+            "--fair-share-bytes", str(self.fair_share_bytes),
             "--page-token-key", str(self.page_token_key),
         ]  # fmt: skip
 
@@ -81,6 +83,7 @@ def _parse(argv: Sequence[str]) -> tuple[FrontArgs, list[str]]:
     parser.add_argument("--writer-socket", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--memory-budget-bytes", type=int, required=True)
+    parser.add_argument("--fair-share-bytes", type=int, required=True)
     parser.add_argument("--page-token-key", type=Path, required=True)
     parser.add_argument("server_argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -159,6 +162,7 @@ async def serve(
         open_store=open_store,
         handlers=(proxy,),
         reuse_port=True,
+        fair_share_bytes=front.fair_share_bytes,
     )
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     watch, _ = await loop.connect_read_pipe(lambda: _WriterWatch(gone), sys.stdin)

@@ -46,7 +46,7 @@ from streams.auth import TokenAuth
 from streams.config import Config, OptionError
 from streams.limits import Limits
 from streams.page_tokens import PageTokens
-from streams.server import ShutdownError, StreamsServer
+from streams.server import ShutdownError, StreamsServer, fair_share
 from streams.storage import registry
 from streams.workers.front import READY, FrontArgs
 from streams.workers.host import StoreHost
@@ -271,7 +271,11 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             page_token_key=key,
             limits=writer_limits(cfg.limits, cfg.workers),
         )
-        server = StreamsServer(writer_cfg, auth, PageTokens.load(key))
+        # The fronts' limits, which size the frames both ends accept.
+        limits = registry.get(cfg.storage).limits(cfg.limits)
+        server = StreamsServer(
+            writer_cfg, auth, PageTokens.load(key), fair_share_bytes=fair_share(limits)
+        )
         host: StoreHost | None = None
 
         def hangup() -> None:
@@ -287,14 +291,12 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
                 sock.close()
             raise
         try:
-            # The fronts' limits, which size the frames both ends accept.
-            limits = registry.get(cfg.storage).limits(cfg.limits)
             host = StoreHost(server.store, folder / "host.sock", limits=limits)
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(
                     index, folder / "host.sock", folder / "writer.sock", port,
-                    share(cfg.limits, cfg.workers), key,
+                    share(cfg.limits, cfg.workers), fair_share(limits), key,
                 )  # fmt: skip
                 await fronts.spawn(front, argv)
             started = asyncio.create_task(fronts.ready())
