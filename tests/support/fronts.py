@@ -13,6 +13,9 @@ channels to the same target.
 
     fronts = front_pids(server.pid)                  # the writer's front children
     chans = channels_per_front(server.port, fronts)  # {front pid: [channel, ...]}
+
+:class:`SpreadServer` is a ServerProcess whose ``stub`` takes turns over a
+connection to each front.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import grpc
 
 from streams.v1 import streams_pb2_grpc as pb_grpc
 
+from .process import DEFAULT_DEADLINE, ServerProcess, _DefaultDeadline
 from .waiting import wait_until
 
 FRONT_MODULE = "streams.workers.front"
@@ -227,3 +231,34 @@ class SpreadStub:
         with self._lock:
             index = next(self._turn)
         return getattr(self._stubs[index], method)
+
+
+class SpreadServer(ServerProcess):
+    """A ``--workers N`` server whose ``stub`` takes turns over one connection
+    to each front (``channel`` is a single connection, to whichever front)."""
+
+    def __init__(self, *args: Any, workers: int, **kwargs: Any) -> None:
+        super().__init__(*args, workers=workers, **kwargs)
+        self.workers = workers
+        self._spread: list[grpc.Channel] = []
+
+    def fronts(self) -> list[int]:
+        """The front processes serving now (all ``workers`` of them)."""
+        return front_pids(self.pid, self.workers)
+
+    @property
+    def stub(self) -> Any:
+        if self._stub is None:
+            per_front = channels_per_front(self.port, self.fronts())
+            self._spread = [channel for chans in per_front.values() for channel in chans]
+            self._stub = SpreadStub(
+                self._spread,
+                lambda c: grpc.intercept_channel(c, _DefaultDeadline(DEFAULT_DEADLINE)),
+            )
+        return self._stub
+
+    def close_channel(self) -> None:
+        for channel in self._spread:
+            channel.close()
+        self._spread = []
+        super().close_channel()
