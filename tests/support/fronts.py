@@ -40,6 +40,7 @@ CONNECT_TIMEOUT = 10.0
 # 2 fronts, 40 misses in a row happen once in 2^40.
 MAX_ATTEMPTS = 40
 _ESTABLISHED = "01"
+_LISTEN = "0A"
 _serial = itertools.count()
 _connecting = threading.Lock()
 
@@ -79,7 +80,9 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def front_pids(writer: int, count: int | None = None, timeout: float = CONNECT_TIMEOUT) -> list[int]:
+def front_pids(
+    writer: int, count: int | None = None, timeout: float = CONNECT_TIMEOUT
+) -> list[int]:
     """The front processes the writer ``writer`` started (children running
     streams.workers.front); with ``count``, waits until there are that many."""
 
@@ -93,6 +96,18 @@ def front_pids(writer: int, count: int | None = None, timeout: float = CONNECT_T
         timeout,
         f"{count} front processes under the writer {writer}",
     )
+
+
+def fronts_of(data: Path) -> list[int]:
+    """Every live front process serving the data folder ``data``, whatever its
+    parent now (a front outliving its writer is reparented)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = _cmdline(int(entry))
+            if FRONT_MODULE in argv and str(data) in argv and alive(int(entry)):
+                found.append(int(entry))
+    return sorted(found)
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -113,8 +128,8 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _tcp_connections() -> Iterator[tuple[int, int, int]]:
-    """(local port, remote port, inode) of every established TCP connection."""
+def _tcp_sockets(state: str) -> Iterator[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every TCP socket in ``state``."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -122,11 +137,21 @@ def _tcp_connections() -> Iterator[tuple[int, int, int]]:
             continue
         for line in lines:
             fields = line.split()
-            if fields[3] != _ESTABLISHED:
+            if fields[3] != state:
                 continue
             local = int(fields[1].rsplit(":", 1)[1], 16)
             remote = int(fields[2].rsplit(":", 1)[1], 16)
             yield local, remote, int(fields[9])
+
+
+def _tcp_connections() -> Iterator[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every established TCP connection."""
+    return _tcp_sockets(_ESTABLISHED)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the sockets listening on TCP ``port``."""
+    return {inode for local, _, inode in _tcp_sockets(_LISTEN) if local == port}
 
 
 def client_ports(server_port: int) -> set[int]:
@@ -241,6 +266,7 @@ class SpreadServer(ServerProcess):
         super().__init__(*args, workers=workers, **kwargs)
         self.workers = workers
         self._spread: list[grpc.Channel] = []
+        self._making = threading.Lock()  # the harnesses' threads ask for the stub at once
 
     def fronts(self) -> list[int]:
         """The front processes serving now (all ``workers`` of them)."""
@@ -248,6 +274,10 @@ class SpreadServer(ServerProcess):
 
     @property
     def stub(self) -> Any:
+        with self._making:
+            return self._make_stub()
+
+    def _make_stub(self) -> Any:
         if self._stub is None:
             per_front = channels_per_front(self.port, self.fronts())
             self._spread = [channel for chans in per_front.values() for channel in chans]
@@ -258,7 +288,8 @@ class SpreadServer(ServerProcess):
         return self._stub
 
     def close_channel(self) -> None:
-        for channel in self._spread:
-            channel.close()
-        self._spread = []
-        super().close_channel()
+        with self._making:
+            for channel in self._spread:
+                channel.close()
+            self._spread = []
+            super().close_channel()

@@ -1,0 +1,330 @@
+"""The guarantees of a ``--workers 2`` server (a writer and two gRPC fronts on
+one port), checked across fronts: which front serves a connection is read from
+/proc (tests/support/fronts.py), and every test has clients on both.
+
+- ``--listen 127.0.0.1:0``: both fronts listen on the one port printed in
+  ``listening on`` and serve calls there.
+- Follow without gap: producers on both fronts, followers of the space, of a
+  segment and of a segment prefix on both fronts, some started before the
+  first write and some in the middle (the hand-off from stored records to the
+  live tail): each receives every record exactly once, in order, as acked.
+- A write acked by one front is read at once through the other (reads,
+  peeks, lists, offsets), with no wait for the follow pump.
+- SIGHUP reaches every front: a follow stream on each front whose token the
+  reloaded file no longer holds ends UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.ops.helpers import write_tokens
+from tests.support.fronts import (
+    channels_per_front,
+    front_pids,
+    listening_inodes,
+    socket_inodes,
+)
+from tests.support.process import ServerProcess
+
+WORKERS = 2
+CALL_TIMEOUT = 10.0
+FOLLOW_TIMEOUT = 60.0
+SPACE = "g"
+SEGMENTS = ("a", "b", "a/x")
+PER_PRODUCER = 120
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "data"
+    data.mkdir()
+    with ServerProcess(data, workers=WORKERS) as proc:
+        proc.start()
+        yield proc
+
+
+def test_every_front_serves_the_printed_port(server: ServerProcess) -> None:
+    assert server.argv()[server.argv().index("--listen") + 1] == "127.0.0.1:0"
+    fronts = front_pids(server.pid, WORKERS)
+    # Each front holds a listening socket on the printed port (the writer holds
+    # its reservation, bound but not listening).
+    listening = listening_inodes(server.port)
+    for front in fronts:
+        assert listening & socket_inodes(front), f"front {front} does not listen on {server.port}"
+    assert not listening & socket_inodes(server.pid), "the writer listens on the public port"
+    # ...and serves calls there: a write through each, read back through the other.
+    per_front = channels_per_front(server.port, fronts)
+    stubs = [pb_grpc.StreamsServiceStub(chans[0]) for chans in per_front.values()]
+    for i, stub in enumerate(stubs):
+        ack = stub.Produce(
+            pb.ProduceRequest(
+                space="port", writes=[pb.SegmentWrite(segment="s", records=[_record(i)])]
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        assert ack.first_position == i + 1
+        other = stubs[(i + 1) % len(stubs)]
+        got = other.Peek(pb.PeekRequest(space="port"), timeout=CALL_TIMEOUT)
+        assert got.record.payload == _record(i).payload
+    _close(per_front)
+
+
+def _record(i: int) -> pb.RecordInput:
+    return pb.RecordInput(payload=f"record {i}".encode(), metadata={"i": str(i)})
+
+
+def _close(per_front: dict[int, list[grpc.Channel]]) -> None:
+    for chans in per_front.values():
+        for channel in chans:
+            channel.close()
+
+
+class Producer(threading.Thread):
+    """Sends its transactions (1-3 segments, 1-4 records each) one after the other."""
+
+    def __init__(self, name: str, stub: pb_grpc.StreamsServiceStub, seed: int) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stub = stub
+        rng = random.Random(seed)
+        self.requests = []
+        for n in range(PER_PRODUCER):
+            writes = [
+                pb.SegmentWrite(
+                    segment=segment,
+                    records=[
+                        pb.RecordInput(payload=f"{name}/{n}/{segment}/{i}".encode())
+                        for i in range(rng.randint(1, 4))
+                    ],
+                )
+                for segment in rng.sample(SEGMENTS, rng.randint(1, 3))
+            ]
+            self.requests.append(
+                pb.ProduceRequest(space=SPACE, writes=writes, transaction_id=f"{name}-{n}")
+            )
+        self.acks: list[pb.ProduceResponse] = []
+        self.error: BaseException | None = None
+        self.halfway = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for n, request in enumerate(self.requests):
+                self.acks.append(self.stub.Produce(request, timeout=CALL_TIMEOUT))
+                if n == PER_PRODUCER // 2:
+                    self.halfway.set()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.halfway.set()
+
+    def records(self) -> int:
+        return sum(len(w.records) for r in self.requests for w in r.writes)
+
+    def acked(self) -> dict[int, tuple[str, int, bytes]]:
+        """position -> (segment, sequence, payload) of every acked record."""
+        out = {}
+        for request, ack in zip(self.requests, self.acks, strict=True):
+            position = ack.first_position
+            for write, seg_ack in zip(request.writes, ack.acks, strict=True):
+                for i, record in enumerate(write.records):
+                    out[position] = (write.segment, seg_ack.first_sequence + i, record.payload)
+                    position += 1
+        return out
+
+
+class Follower(threading.Thread):
+    """Follows ``request`` until its to_offset; keeps what it received."""
+
+    def __init__(self, name: str, stub: pb_grpc.StreamsServiceStub, request: object) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stub = stub
+        self.request = request
+        self.got: list[pb.Record] = []
+        self.error: BaseException | None = None
+        self.open = threading.Event()
+
+    def run(self) -> None:
+        try:
+            call = self.stub.Consume(self.request, timeout=FOLLOW_TIMEOUT)
+            call.initial_metadata()  # the server has taken the request
+            self.open.set()
+            for response in call:
+                self.got.extend(response.records)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.open.set()
+
+
+def test_follow_without_gap_across_fronts(server: ServerProcess) -> None:
+    fronts = front_pids(server.pid, WORKERS)
+    # Per front: 2 producers and 6 followers, each on a connection of its own.
+    per_front = channels_per_front(server.port, fronts, per_front=8)
+    producers: list[Producer] = []
+    early: list[tuple[str, pb_grpc.StreamsServiceStub]] = []
+    late: list[tuple[str, pb_grpc.StreamsServiceStub]] = []
+    for f, (front, chans) in enumerate(per_front.items()):
+        stubs = [pb_grpc.StreamsServiceStub(c) for c in chans]
+        producers += [Producer(f"p{f}.{i}", stubs[i], seed=f * 10 + i) for i in range(2)]
+        early += [(f"front {front} #{i}", stubs[2 + i]) for i in range(3)]
+        late += [(f"front {front} late #{i}", stubs[5 + i]) for i in range(3)]
+    total = sum(p.records() for p in producers)
+    in_segment = {
+        s: sum(len(w.records) for p in producers for r in p.requests for w in r.writes
+               if w.segment == s)
+        for s in SEGMENTS
+    }  # fmt: skip
+    prefix_total = in_segment["a"] + in_segment["a/x"]
+
+    def followers(named: list[tuple[str, pb_grpc.StreamsServiceStub]]) -> list[Follower]:
+        kinds = (
+            ("space", pb.ConsumeRequest(space=SPACE, follow=True, to_offset=total)),
+            (
+                "segment b",
+                pb.ConsumeRequest(space=SPACE, segment="b", follow=True, to_offset=in_segment["b"]),
+            ),
+            (
+                "prefix a",
+                pb.ConsumeRequest(space=SPACE, segment_prefix="a", follow=True, limit=prefix_total),
+            ),
+        )
+        return [
+            Follower(f"{where}: {kind}", stub, request)
+            for (where, stub), (kind, request) in zip(named, kinds, strict=True)
+        ]
+
+    first = followers(early)
+    for follower in first:
+        follower.start()
+    for follower in first:
+        assert follower.open.wait(CALL_TIMEOUT), f"{follower.name} did not open"
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        assert producer.halfway.wait(FOLLOW_TIMEOUT), f"{producer.name} is stuck"
+    second = followers(late)  # hand-off from stored records to the live tail
+    for follower in second:
+        follower.start()
+    for thread in (*producers, *first, *second):
+        thread.join(FOLLOW_TIMEOUT)
+        assert not thread.is_alive(), f"{thread.name} did not finish"
+    errors = [f"{t.name}: {t.error!r}" for t in (*producers, *first, *second) if t.error]
+    assert not errors, errors
+
+    acked: dict[int, tuple[str, int, bytes]] = {}
+    for producer in producers:
+        acked.update(producer.acked())
+    assert sorted(acked) == list(range(1, total + 1)), "positions are not dense"
+    for follower in (*first, *second):
+        got = [(r.position, r.segment, r.sequence, r.payload) for r in follower.got]
+        want = [
+            (position, *acked[position])
+            for position in sorted(acked)
+            if follower.request.segment in ("", acked[position][0])  # type: ignore[attr-defined]
+            and acked[position][0].startswith(follower.request.segment_prefix)  # type: ignore[attr-defined]
+        ]
+        assert got == want, f"{follower.name}: {_first_difference(got, want)}"
+    _close(per_front)
+
+
+def _first_difference(got: list[tuple[object, ...]], want: list[tuple[object, ...]]) -> str:
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
+        if g != w:
+            return f"record {i}: got {g}, want {w}"
+    return f"got {len(got)} records, want {len(want)}"
+
+
+def test_a_write_acked_by_one_front_is_read_at_once_through_the_other(
+    server: ServerProcess,
+) -> None:
+    fronts = front_pids(server.pid, WORKERS)
+    per_front = channels_per_front(server.port, fronts)
+    one, other = (pb_grpc.StreamsServiceStub(chans[0]) for chans in per_front.values())
+    # A follower on `other` keeps the segment in that front's tail window: reads
+    # there must not be served from a window the pump has not filled yet.
+    follower = Follower(
+        "follower", other, pb.ConsumeRequest(space="rw", segment="s", follow=True, to_offset=200)
+    )
+    follower.start()
+    assert follower.open.wait(CALL_TIMEOUT)
+    for n in range(1, 201):
+        writer, reader = (one, other) if n % 2 else (other, one)
+        ack = writer.Produce(
+            pb.ProduceRequest(
+                space="rw", writes=[pb.SegmentWrite(segment="s", records=[_record(n)])]
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        assert ack.acks[0].first_sequence == n
+        peek = reader.Peek(pb.PeekRequest(space="rw", segment="s"), timeout=CALL_TIMEOUT)
+        assert peek.record.sequence == n, f"Peek through the other front after ack {n}"
+        read = list(
+            reader.Consume(
+                pb.ConsumeRequest(space="rw", segment="s", from_offset=n), timeout=CALL_TIMEOUT
+            )
+        )
+        assert [r.sequence for resp in read for r in resp.records] == [n], f"read after ack {n}"
+        info = reader.GetSegment(pb.GetSegmentRequest(space="rw", segment="s"))
+        assert info.segment.last_sequence == n, f"GetSegment after ack {n}"
+        reader.Commit(pb.CommitRequest(consumer="c", space="rw", segment="s", offset=n))
+        offset = writer.GetOffset(pb.GetOffsetRequest(consumer="c", space="rw", segment="s"))
+        assert offset.offset == n, f"GetOffset through the other front after commit {n}"
+    follower.join(FOLLOW_TIMEOUT)
+    assert follower.error is None, follower.error
+    assert [r.sequence for r in follower.got] == list(range(1, 201))
+    _close(per_front)
+
+
+def test_sighup_reload_ends_streams_on_every_front(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    tokens = tmp_path / "tokens.json"
+    everyone = [{"token": "admin", "spaces": ["*"], "access": ["read", "write"]}]
+    write_tokens(tokens, [*everyone, {"token": "gone", "spaces": ["*"], "access": ["read"]}])
+    with ServerProcess(data, workers=WORKERS, flags=["--auth-tokens", str(tokens)]) as server:
+        server.start()
+        fronts = front_pids(server.pid, WORKERS)
+        per_front = channels_per_front(server.port, fronts, per_front=2)
+        streams = []
+        for chans in per_front.values():
+            for channel, token in zip(chans, ("gone", "admin"), strict=True):
+                stub = pb_grpc.StreamsServiceStub(channel)
+                call = stub.Consume(
+                    pb.ConsumeRequest(space="h", follow=True),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=FOLLOW_TIMEOUT,
+                )
+                call.initial_metadata()  # open, and checked against the old file
+                streams.append((token, call))
+        write_tokens(tokens, everyone)
+        server.send(signal.SIGHUP)
+        for token, call in streams:
+            if token == "gone":
+                with pytest.raises(grpc.RpcError) as ended:
+                    next(iter(call))
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The streams of the token that stays are still open on both fronts.
+        admin = (("authorization", "Bearer admin"),)
+        for chans in per_front.values():
+            pb_grpc.StreamsServiceStub(chans[0]).Produce(
+                pb.ProduceRequest(
+                    space="h", writes=[pb.SegmentWrite(segment="s", records=[_record(0)])]
+                ),
+                metadata=admin,
+                timeout=CALL_TIMEOUT,
+            )
+        for token, call in streams:
+            if token == "admin":
+                first = next(iter(call))
+                assert first.records[0].payload == _record(0).payload
+                call.cancel()
+        _close(per_front)
