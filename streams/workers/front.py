@@ -41,6 +41,7 @@ from streams.config import Config, OptionError
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer
 from streams.slow_consumers import SlowConsumers
+from streams.storage import registry
 from streams.storage.backend import Setup
 from streams.storage.port import Store
 from streams.workers import remote
@@ -126,7 +127,9 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
             server.metrics.slow_consumers.inc()
 
     async def open_store(setup: Setup) -> Store:
-        return await remote.connect(front.host_socket, setup)
+        return await remote.connect(
+            front.host_socket, setup, limits=registry.get(cfg.storage).limits(cfg.limits)
+        )
 
     server = StreamsServer(
         cfg,
