@@ -197,9 +197,10 @@ def test_follow_without_gap_across_fronts(server: ServerProcess) -> None:
                 pb.ConsumeRequest(space=SPACE, segment_prefix="a", follow=True, limit=prefix_total),
             ),
         )
+        # Each kind on each front: named holds 3 stubs per front, front by front.
         return [
-            Follower(f"{where}: {kind}", stub, request)
-            for (where, stub), (kind, request) in zip(named, kinds, strict=True)
+            Follower(f"{where}: {kinds[i % 3][0]}", stub, kinds[i % 3][1])
+            for i, (where, stub) in enumerate(named)
         ]
 
     first = followers(early)
