@@ -96,13 +96,16 @@ def gone(pid: int) -> bool:
 
 
 def listening_inodes(port: int) -> set[str]:
-    """Inodes of the sockets listening on loopback TCP ``port``."""
+    """Inodes of the sockets listening on TCP ``port`` (gRPC listens on
+    127.0.0.1 with an IPv6 socket, as ::ffff:127.0.0.1)."""
     found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, state, inode = fields[1], fields[3], fields[9]
-        if state == "0A" and int(local.split(":")[1], 16) == port:
-            found.add(inode)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.add(inode)
+    assert found, f"nothing listens on {port}"
     return found
 
 
