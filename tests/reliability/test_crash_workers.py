@@ -17,7 +17,7 @@ test_crash.py's: every acked transaction stored as acked, none partly, numbers
 dense, unanswered transactions retried exactly once, offsets, followers'
 records, trims and deletes.
 
-STREAMS_WORKERS_CRASH_CYCLES (default 12) sets the number of cycles.
+STREAMS_WORKERS_CRASH_CYCLES (default 6: each way at least once) sets the number of cycles.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .support import COUNTERS
 from .test_crash import CHECKS, Run, check_after_restart, kill9_while_starting
 
 WORKERS = 2
-CYCLES = int(os.environ.get("STREAMS_WORKERS_CRASH_CYCLES", "12"))
+CYCLES = int(os.environ.get("STREAMS_WORKERS_CRASH_CYCLES", "6"))
 # The order of the ways a cycle ends the server (repeated).
 KINDS = ("writer", "front", "writer", "sigterm", "writer", "front")
 # How long fronts may outlive their writer (they exit at once on its end).
