@@ -36,8 +36,8 @@ from .launch import Launcher
 # Backends that lose everything at a restart.
 NOT_DURABLE = {"memory"}
 # The modules that also run over a --workers 2 server: the guarantees a front
-# process could break (writes, reads, follow, offsets, groups, access, page
-# tokens, watches). The rest is the service's code, which a front runs unchanged;
+# process could break (writes, reads, follow, offsets, groups, access, removals,
+# page tokens, watches). The rest is the service's code, which a front runs unchanged;
 # restarts of a --workers 2 server: tests/reliability/test_crash_workers.py.
 WORKERS_MODULES = frozenset(
     {
@@ -49,7 +49,9 @@ WORKERS_MODULES = frozenset(
         "test_groups_subscribe",
         "test_lifecycle_access",
         "test_lists",
+        "test_trim",
         "test_trim_races",
+        "test_delete",
         "test_watch_segments",
     }
 )
