@@ -329,3 +329,123 @@ def test_sighup_reload_ends_streams_on_every_front(tmp_path: Path) -> None:
                 assert first.records[0].payload == _record(0).payload
                 call.cancel()
         _close(per_front)
+
+
+def _produce(stub: pb_grpc.StreamsServiceStub, space: str, segment: str, n: int) -> None:
+    records = [_record(i) for i in range(n)]
+    stub.Produce(
+        pb.ProduceRequest(space=space, writes=[pb.SegmentWrite(segment=segment, records=records)]),
+        timeout=CALL_TIMEOUT,
+    )
+
+
+def _sequences(stub: pb_grpc.StreamsServiceStub, space: str, segment: str = "") -> list[int]:
+    request = pb.ConsumeRequest(space=space, segment=segment, from_offset=1)
+    return [
+        r.sequence for resp in stub.Consume(request, timeout=CALL_TIMEOUT) for r in resp.records
+    ]
+
+
+def test_a_removal_acked_by_one_front_is_seen_at_once_through_the_other(
+    server: ServerProcess,
+) -> None:
+    """The other front's tail holds the records (a follower keeps them in its
+    window): after an acked Trim, DeleteSegment or DeleteSpace through one
+    front, no read, peek or info through the other may show what was removed."""
+    fronts = front_pids(server.pid, WORKERS)
+    per_front = channels_per_front(server.port, fronts, per_front=2)
+    (one, _), (other, watcher) = (
+        [pb_grpc.StreamsServiceStub(c) for c in chans] for chans in per_front.values()
+    )
+    for round_ in range(5):
+        space = f"rm{round_}"
+        _produce(one, space, "s", 100)
+        _produce(one, space, "t", 10)
+        # A follower on the other front: its tail window now holds both segments.
+        follower = Follower(
+            "window", watcher, pb.ConsumeRequest(space=space, follow=True, to_offset=110)
+        )
+        follower.start()
+        follower.join(FOLLOW_TIMEOUT)
+        assert len(follower.got) == 110, follower.error
+        assert _sequences(other, space, "s") == list(range(1, 101))  # read once: cached
+
+        one.Trim(pb.TrimRequest(space=space, segment="s", before_offset=60), timeout=CALL_TIMEOUT)
+        assert _sequences(other, space, "s") == list(range(60, 101))
+        assert (
+            other.GetSegment(
+                pb.GetSegmentRequest(space=space, segment="s"), timeout=CALL_TIMEOUT
+            ).segment.first_sequence
+            == 60
+        )
+        spaced = [r.position for resp in other.Consume(
+            pb.ConsumeRequest(space=space, from_offset=1), timeout=CALL_TIMEOUT
+        ) for r in resp.records]  # fmt: skip
+        assert spaced[:1] == [60] and spaced[-10:] == list(range(101, 111))
+
+        one.DeleteSegment(pb.DeleteSegmentRequest(space=space, segment="t"), timeout=CALL_TIMEOUT)
+        assert _sequences(other, space, "t") == []
+        assert [s.name for s in other.ListSegments(
+            pb.ListSegmentsRequest(space=space), timeout=CALL_TIMEOUT
+        ).segments] == ["s"]  # fmt: skip
+
+        one.DeleteSpace(pb.DeleteSpaceRequest(space=space), timeout=CALL_TIMEOUT)
+        assert _sequences(other, space) == []
+        with pytest.raises(grpc.RpcError) as gone:
+            other.Peek(pb.PeekRequest(space=space), timeout=CALL_TIMEOUT)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        # Numbers are never reused: a new write through the other front goes on.
+        _produce(other, space, "s", 1)
+        assert _sequences(one, space, "s") == [101]
+    _close(per_front)
+
+
+def test_followers_coming_and_going_on_a_front_miss_nothing(server: ServerProcess) -> None:
+    """One front's followers of a segment start and stop all the time (its
+    subscription to the writer's pump is taken and released again and again)
+    while a producer writes through the other front: every follower gets every
+    record from where it started, in order, without a gap."""
+    fronts = front_pids(server.pid, WORKERS)
+    per_front = channels_per_front(server.port, fronts, per_front=4)
+    producer_front, follower_front = per_front.values()
+    writer = pb_grpc.StreamsServiceStub(producer_front[0])
+    readers = [pb_grpc.StreamsServiceStub(c) for c in follower_front]
+    transactions = 600
+    last = sum(1 + n % 3 for n in range(transactions))  # the segment's last sequence
+    problems: list[str] = []
+
+    def produce() -> None:
+        for n in range(transactions):
+            _produce(writer, "churn", "s", 1 + n % 3)
+
+    def follow(stub: pb_grpc.StreamsServiceStub, seed: int) -> None:
+        rng = random.Random(seed)
+        start = 1
+        try:
+            while start <= last:
+                want = min(rng.randint(1, 40), last - start + 1)
+                request = pb.ConsumeRequest(
+                    space="churn", segment="s", from_offset=start, follow=True, limit=want
+                )
+                got = [r.sequence for resp in stub.Consume(request, timeout=FOLLOW_TIMEOUT)
+                       for r in resp.records]  # fmt: skip
+                if got != list(range(start, start + want)):
+                    problems.append(f"from {start}, {want} records: got {got}")
+                    return
+                # Mostly go on where it stopped, now and then start again further back.
+                start += want if rng.random() < 0.8 else -min(start - 1, rng.randint(0, 50))
+        except grpc.RpcError as err:
+            problems.append(f"follower {seed} from {start}: {err.code()} {err.details()}")
+
+    threads = [threading.Thread(target=produce, daemon=True)]
+    threads += [
+        threading.Thread(target=follow, args=(stub, i), daemon=True)
+        for i, stub in enumerate(readers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(FOLLOW_TIMEOUT)
+        assert not thread.is_alive(), "a thread did not finish"
+    assert not problems, problems
+    _close(per_front)
