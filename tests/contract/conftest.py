@@ -46,6 +46,7 @@ WORKERS_MODULES = frozenset(
         "test_consume_start",
         "test_offsets",
         "test_peek",
+        "test_groups",
         "test_groups_subscribe",
         "test_lifecycle_access",
         "test_lists",
