@@ -6,14 +6,18 @@ method and answers ``(id, ok, value)``; nothing else is queued per call: the
 method's coroutine is driven by the callbacks of what it awaits (a read that
 never awaits is answered within the same turn of the event loop), and the
 answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
+A store method therefore runs with no current Task (``asyncio.current_task()``
+is None in it): no backend relies on one.
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
 followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
-hold of it; removals made through the host are told before they are answered.
-Watches are forwarded the same way, one per (front, space).
+hold of it; removals made through the host are told before they are answered
+(a removal the writer made on its own reaches a front a moment later: a front
+that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+forwarded the same way, one per (front, space).
 
 Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
 by the front pause the pumps (they read what is new once the front catches
@@ -31,11 +35,11 @@ import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
-from streams.model import MAX_OFFSET, Cut, Target
+from streams.model import MAX_OFFSET, Cut, SpaceInfo, Target
 from streams.storage.port import Store
 from streams.workers import ipc
 from streams.workers.ipc import (
@@ -44,6 +48,7 @@ from streams.workers.ipc import (
     CHANGES,
     FAILED,
     FOLLOW,
+    HELLO,
     PUSH,
     REMOVED,
     UNFOLLOW,
@@ -54,6 +59,7 @@ from streams.workers.ipc import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a front may leave unread before its pumps pause and its calls wait.
 BUFFER_BYTES = 4 << 20
@@ -170,7 +176,8 @@ class StoreHost:
 class _Sentinel:
     """Tells the fronts following a space when records of it were removed by
     anyone: the count of removed records (last position minus the records
-    retained) only grows, and grows exactly when records are removed."""
+    retained) only grows, and grows exactly when records are removed; a space
+    deleted is gone from the infos."""
 
     def __init__(self, host: StoreHost, space: str) -> None:
         self._host = host
@@ -182,22 +189,18 @@ class _Sentinel:
     async def ready(self) -> None:
         await asyncio.shield(self._started)
 
-    async def _removed_count(self) -> int | None:
-        info = await self._host.store.get_space(self._space)
-        return None if info is None else info.last_position - info.record_count
-
     async def _run(self) -> None:
         store = self._host.store
         try:
             async with store.watch(self._space) as watch:
-                seen = await self._removed_count()
+                seen = await store.get_space(self._space)
                 self._started.set_result(None)
                 while True:
                     await watch.changes()
-                    now = await self._removed_count()
-                    if now != seen:
-                        seen = now
+                    now = await store.get_space(self._space)
+                    if _removed_between(seen, now):
                         self._host.removed(self._space, None)
+                    seen = now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -211,6 +214,13 @@ class _Sentinel:
                     "store host: watching space %r for removals failed: %s", self._space, exc
                 )
                 self._host.removed(self._space, None)
+
+
+def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
+    if after is None:  # deleted (or never written): removed whatever it held
+        return before is not None and before.record_count > 0
+    removed = after.last_position - after.record_count
+    return removed > (0 if before is None else before.last_position - before.record_count)
 
 
 class _Call:
@@ -271,11 +281,14 @@ class _Front:
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
-        self._reading = True
+        self.reading = True  # its calls are read (not paused by _gate_reading)
+        self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
+        self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
             BARRIER: _barrier,
+            HELLO: self._hello,
         }
         host.fronts.add(self)
 
@@ -306,11 +319,14 @@ class _Front:
 
     def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
         self._calls.discard(call)
+        self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
         self._gate_reading()
 
     def _reply(self, call_id: int, ok: bool, value: object) -> None:
+        if not ok:
+            value = sendable_error(value)  # type: ignore[arg-type]
         try:
             self.link.send((call_id, ok, value))
         except ipc.FrameError as exc:
@@ -327,22 +343,39 @@ class _Front:
 
     def _gate_reading(self) -> None:
         """Reads calls only while few run and the front takes what it is sent."""
-        wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
-        if wanted == self._reading:
+        writable = self.link.writable.is_set()
+        if not writable and self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._when_writable())
+        wanted = writable and len(self._calls) < self._host.max_calls
+        if wanted == self.reading:
             return
-        self._reading = wanted
+        self.reading = wanted
         if wanted:
             self.link.resume_reading()
         else:
             self.link.pause_reading()
-            if not self.link.writable.is_set():
-                asyncio.get_running_loop().create_task(self._resume_when_writable())
 
-    async def _resume_when_writable(self) -> None:
-        await self.link.writable.wait()
+    async def _when_writable(self) -> None:
+        try:
+            await self.link.writable.wait()
+        finally:
+            self._waking = None
         self._gate_reading()
 
+    async def _hello(self, call_id: int, max_frame: int) -> None:
+        if max_frame != self._host.max_frame:
+            asyncio.get_running_loop().call_soon(self.link.close)  # once answered
+            raise InvariantViolation(
+                f"the front's frames are up to {max_frame} bytes, the store host's up to "
+                f"{self._host.max_frame}: give StoreHost and connect the same limits"
+            )
+
     # -- follow and watch ---------------------------------------------------------
+
+    @property
+    def streams(self) -> int:
+        """Pumps and watches of this front right now."""
+        return len(self._streams)
 
     def _check_streams(self) -> None:
         if len(self._streams) >= self._host.max_streams:
@@ -357,7 +390,7 @@ class _Front:
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
         self._streams[follow_id] = task
-        return await asyncio.shield(started)
+        return await _started(started, task)
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
@@ -399,6 +432,8 @@ class _Front:
             else:
                 link.send((0, FAILED, follow_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"{target.describe()}: no longer followed"))
             self._streams.pop(follow_id, None)
             self.spaces[target.space] -= 1
             if self.spaces[target.space] < 1:
@@ -410,7 +445,7 @@ class _Front:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
         self._streams[watch_id] = task
-        await asyncio.shield(started)
+        await _started(started, task)
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
@@ -433,6 +468,8 @@ class _Front:
             else:
                 link.send((0, FAILED, watch_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"space {space!r}: no longer watched"))
             self._streams.pop(watch_id, None)
 
     def _end_stream(self, stream_id: int) -> None:
@@ -454,6 +491,15 @@ class _Front:
         self._streams.clear()
 
 
+async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
+    """What ``started`` holds once the pump or watch ``task`` began; Unavailable
+    when it ended first (released, even before its first step)."""
+    await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        return started.result()
+    raise Unavailable("released before it began")
+
+
 async def _barrier(call_id: int) -> None:
     """Answers at once: the front then has everything sent before."""
 
@@ -462,6 +508,8 @@ async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
     """Runs store method ``name``; what it returns, made to travel; removals
     are told to the fronts before the caller hears of them."""
     store = host.store
+    if name == "produce":
+        return ipc.pack_result(await store.produce(ipc.unpack_transaction(args[0])))
     if name == "read":
         target, first, last, cut, prefix = args
         # A read fits in one frame: it may return fewer records than asked (the

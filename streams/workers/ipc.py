@@ -15,18 +15,44 @@ tells its owner when the peer reads too slowly (:attr:`Link.writable`).
 from __future__ import annotations
 
 import asyncio
+import copyreg
+import dataclasses
+import operator
 import pickle
 import struct
 from collections.abc import Callable
+from typing import Any
 
+from streams import model
 from streams.errors import InvariantViolation
 from streams.limits import Limits
+from streams.model import ProduceResult, SegmentAck, SegmentAppend, Transaction
 
 HEADER = struct.Struct(">I")
 # Room in a frame for what surrounds the request or response it carries:
 # names, numbers, pickle's framing of each record.
 FRAME_SLACK = 1 << 20
 PER_RECORD_SLACK = 64
+
+
+def _by_constructor(cls: type[Any]) -> None:
+    """Pickles instances of the dataclass ``cls`` as a call of ``cls`` with its
+    fields: pickle's default for a slotted dataclass calls a Python function
+    per object each way (several times slower)."""
+    fields = operator.attrgetter(*(field.name for field in dataclasses.fields(cls)))
+    if len(dataclasses.fields(cls)) == 1:
+        copyreg.pickle(cls, lambda obj: (cls, (fields(obj),)))
+    else:
+        copyreg.pickle(cls, lambda obj: (cls, fields(obj)))
+
+
+for _cls in vars(model).values():
+    if (
+        isinstance(_cls, type)
+        and dataclasses.is_dataclass(_cls)
+        and _cls.__module__ == model.__name__
+    ):
+        _by_constructor(_cls)
 
 
 class FrameError(Exception):
@@ -51,40 +77,43 @@ def encode(message: object, max_frame: int) -> bytes:
 
 
 class FrameReader:
-    """Cuts received bytes into messages."""
+    """Cuts received bytes into messages, one at a time (so that a reader can
+    stop taking them: what it has not taken stays bytes, at most what one
+    receive brought)."""
 
     def __init__(self, max_frame: int) -> None:
         self._max_frame = max_frame
         self._buffer = bytearray()
+        self._at = 0  # where the next frame starts in the buffer
 
-    def feed(self, data: bytes) -> list[object]:
-        """The messages completed by ``data``; FrameError when a frame is over
-        the limit or does not decode."""
-        if self._buffer:
-            self._buffer += data
-            view: bytes | bytearray = self._buffer
-        else:
-            view = data
-        found: list[object] = []
-        at = 0
-        end = len(view)
-        while end - at >= HEADER.size:
-            (size,) = HEADER.unpack_from(view, at)
+    def add(self, data: bytes) -> None:
+        self._buffer += data
+
+    def take(self) -> object | None:
+        """The next whole message (None: none yet); FrameError when a frame is
+        over the limit or does not decode."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, at)
             if size > self._max_frame:
                 raise FrameError(f"a frame of {size} bytes is over the limit ({self._max_frame})")
             stop = at + HEADER.size + size
-            if stop > end:
-                break
-            try:
-                found.append(pickle.loads(memoryview(view)[at + HEADER.size : stop]))
-            except Exception as exc:
-                raise FrameError(f"a frame does not decode: {exc!r}") from exc
-            at = stop
-        if view is self._buffer:
-            del self._buffer[:at]
-        elif at < end:
-            self._buffer += data[at:]
-        return found
+            if stop <= len(buffer):
+                try:
+                    message = pickle.loads(memoryview(buffer)[at + HEADER.size : stop])
+                except Exception as exc:
+                    raise FrameError(f"a frame does not decode: {exc!r}") from exc
+                self._at = stop
+                return message
+        if at:
+            del buffer[:at]
+            self._at = 0
+        return None
+
+    def feed(self, data: bytes) -> list[object]:
+        """``add``, then every message completed."""
+        self.add(data)
+        return list(iter(self.take, None))
 
 
 class Link(asyncio.Protocol):
@@ -113,6 +142,8 @@ class Link(asyncio.Protocol):
         self._flushing = False
         self._transport: asyncio.Transport | None = None
         self._paused = False  # the transport's buffer is over the high water
+        self._held = False  # the owner takes no message now (pause_reading)
+        self._delivering = False
         self.writable = asyncio.Event()
         self.closed = False
 
@@ -126,13 +157,25 @@ class Link(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._reader.feed(data)
-        except FrameError as exc:
-            self.abort(exc)
+        self._reader.add(data)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._delivering:  # resumed from within on_message: the loop below goes on
             return
-        for message in messages:
-            self._on_message(message)
+        self._delivering = True
+        try:
+            while not self._held and not self.closed:
+                try:
+                    message = self._reader.take()
+                except FrameError as exc:
+                    self.abort(exc)
+                    return
+                if message is None:
+                    return
+                self._on_message(message)
+        finally:
+            self._delivering = False
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -186,12 +229,16 @@ class Link(asyncio.Protocol):
     # -- reading and closing ------------------------------------------------
 
     def pause_reading(self) -> None:
+        """Takes no more messages (those received wait as bytes) until resumed."""
+        self._held = True
         if self._transport is not None and not self.closed:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._held = False
         if self._transport is not None and not self.closed:
             self._transport.resume_reading()
+            self._deliver()
 
     def close(self) -> None:
         """Sends what is queued, then closes."""
@@ -221,7 +268,8 @@ class Link(asyncio.Protocol):
 # Front to host: ``(id, name, args)``; id 0 asks for no answer. ``name`` is a
 # store method of CALLS, or FOLLOW (args: target; answers the last offset the
 # pump starts after), WATCH (args: space), UNFOLLOW / UNWATCH (args: the id of
-# the FOLLOW or WATCH call).
+# the FOLLOW or WATCH call), BARRIER (answers at once), HELLO (args: the front's
+# max frame, which must be the host's: the first call of a connection).
 #
 # Host to front: ``(id, ok, value)`` answers call ``id`` (``ok`` False: value is
 # the exception); ``(0, kind, ...)`` is pushed: PUSH (follow id, first offset,
@@ -239,6 +287,7 @@ CHANGES = "changes"
 FAILED = "failed"
 WRITE_ERROR = "write_error"
 BARRIER = "barrier"
+HELLO = "hello"
 
 # The store methods a front may call (read and peek answer framed bytes).
 CALLS = frozenset(
@@ -270,9 +319,41 @@ CALLS = frozenset(
 
 
 def sendable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it travels (pickles), else an InvariantViolation naming it."""
+    """``exc`` if it travels (pickles, and unpickles: a frame the front cannot
+    decode would break the connection), else an InvariantViolation naming it."""
     try:
-        pickle.dumps(exc, 5)
-    except Exception:
-        return InvariantViolation(f"{type(exc).__name__}: {exc}")
+        pickle.loads(pickle.dumps(exc, 5))
+    except Exception as why:
+        return InvariantViolation(f"{type(exc).__name__}: {exc} (it cannot travel: {why})")
     return exc
+
+
+# A Produce's transaction and result travel as plain tuples: pickle handles
+# those in C, where a dataclass costs a Python call per object each way (it
+# was most of the IPC cost of a Produce).
+PackedTransaction = tuple[str, tuple[tuple[str, tuple[bytes, ...], int | None], ...], str, bytes]
+PackedResult = tuple[tuple[tuple[str, int, int], ...], int, int, int, bool]
+
+
+def pack_transaction(txn: Transaction) -> PackedTransaction:
+    appends = tuple((a.segment, a.bodies, a.expected_sequence) for a in txn.appends)
+    return txn.space, appends, txn.transaction_id, txn.fingerprint
+
+
+def unpack_transaction(packed: PackedTransaction) -> Transaction:
+    space, appends, transaction_id, fingerprint = packed
+    return Transaction(
+        space, tuple(SegmentAppend(*append) for append in appends), transaction_id, fingerprint
+    )
+
+
+def pack_result(result: ProduceResult) -> PackedResult:
+    acks = tuple((a.segment, a.first_sequence, a.last_sequence) for a in result.acks)
+    return acks, result.first_position, result.last_position, result.timestamp_ns, result.duplicate
+
+
+def unpack_result(packed: PackedResult) -> ProduceResult:
+    acks, first, last, timestamp_ns, duplicate = packed
+    return ProduceResult(
+        tuple(SegmentAck(*ack) for ack in acks), first, last, timestamp_ns, duplicate
+    )

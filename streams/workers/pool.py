@@ -3,9 +3,11 @@
 The process the user starts becomes the writer. It
 
 1. makes a private folder (mode 0700) for its two Unix sockets;
-2. reserves the public port: binds (without listening) a SO_REUSEPORT socket
-   on ``--listen`` and keeps it, so that ``HOST:0`` becomes one concrete port
-   every front then binds, and no other program takes it meanwhile;
+2. reserves the public port: binds (without listening) a socket on
+   ``--listen``, then turns SO_REUSEPORT on and keeps it, so that ``HOST:0``
+   becomes one concrete port every front then binds, no other program takes
+   it meanwhile, and a port already held (by another workers server too) is
+   refused;
 3. starts its own StreamsServer on ``unix:DIR/writer.sock`` (the store, the
    consumer groups, retention and background tasks, /metrics) and a store
    host on ``DIR/host.sock`` for the fronts' store calls;
@@ -30,11 +32,12 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from streams import startup
@@ -53,6 +56,35 @@ FRONT_EXIT_SECONDS = 5.0
 FRONT_START_SECONDS = 60.0
 # gRPC's cap on HTTP/2 streams per connection.
 _MAX_STREAMS = 2**31 - 1
+# The longest Unix socket path (sun_path is 108 bytes with its terminating NUL).
+_MAX_SOCKET_PATH = 107
+_SOCKETS = ("host.sock", "writer.sock")
+
+
+@contextlib.contextmanager
+def private_folder(workers: int) -> Iterator[Path]:
+    """A fresh folder only this user can enter (0700), for the Unix sockets,
+    removed afterwards; OptionError (naming TMPDIR) when none can be made."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="streams-workers-"))
+    except OSError as exc:
+        raise OptionError(
+            "--workers", workers,
+            f"cannot make a private folder for its sockets in TMPDIR "
+            f"({os.environ.get('TMPDIR', '/tmp')}): {exc.strerror or exc}; "
+            "set TMPDIR to a writable folder or run --workers 1",
+        ) from None  # fmt: skip
+    try:
+        longest = max(len(str(folder / name)) for name in _SOCKETS)
+        if longest > _MAX_SOCKET_PATH:
+            raise OptionError(
+                "--workers", workers,
+                f"the socket paths under {folder} are over {_MAX_SOCKET_PATH} bytes; "
+                "set TMPDIR to a shorter folder",
+            )  # fmt: skip
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def reserve(listen: str) -> tuple[int, list[socket.socket]]:
@@ -68,16 +100,19 @@ def reserve(listen: str) -> tuple[int, list[socket.socket]]:
     port, held, reasons = int(text), [], []
     for family, kind, proto, _, where in found:
         sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT binds, as gRPC's
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
+            # Bound before SO_REUSEPORT is on: a port that anyone holds, another
+            # workers server included (whose sockets all allow reuse), is refused.
             sock.bind((where[0], port, *where[2:]))
         except OSError as exc:
             sock.close()
             reasons.append(exc.strerror or str(exc))
             continue
+        # From now on the fronts (same user, SO_REUSEPORT) may bind it too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         port = sock.getsockname()[1]
         held.append(sock)
     if not held:
@@ -215,8 +250,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
         loop.add_signal_handler(signum, stop.set)
     port, reserved = reserve(cfg.listen)
     fronts = _Fronts()
-    with tempfile.TemporaryDirectory(prefix="streams-workers-") as tmp:  # made 0700
-        folder = Path(tmp)
+    with private_folder(cfg.workers) as folder:
         key = _page_key(cfg, folder)
         writer_cfg = dataclasses.replace(
             cfg,

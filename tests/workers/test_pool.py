@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,7 @@ def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[s
 
 
 def test_workers_default_is_one_per_core() -> None:
-    cores = os.cpu_count() or 1
-    assert config.parse([], {}).workers == min(cores, config.MAX_WORKERS)
+    assert config.parse([], {}).workers == min(config.cores(), config.MAX_WORKERS)
     # 0 says the same explicitly.
     assert config.parse(["--workers", "0"], {}).workers == config.parse([], {}).workers
 
@@ -50,8 +50,20 @@ def test_workers_from_flag_and_environment() -> None:
 def test_default_workers_stay_within_the_memory_budget() -> None:
     # A budget with room for the writer and two fronts only: the default takes 2, not the cores.
     budget = 3 * MIN_MEMORY_BUDGET_BYTES
-    assert config.default_workers(budget) == min(os.cpu_count() or 1, 2)
+    assert config.default_workers(budget) == min(config.cores(), 2)
     assert config.default_workers(MIN_MEMORY_BUDGET_BYTES) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 2), ("100000 100000", 1), ("garbage", None)],
+)
+def test_cores_follow_the_cgroup_quota(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
+    allowed = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    want = allowed if expected is None else min(allowed, expected)
+    assert config.cores(tmp_path / "cpu.max") == want
+    assert config.cores(tmp_path / "missing") == allowed
 
 
 @pytest.mark.parametrize(
@@ -83,7 +95,7 @@ def pool(tmp_path: Path) -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
-        server.kill()
+        server.close()
 
 
 def gone(pid: int) -> bool:
@@ -146,6 +158,18 @@ def test_every_front_serves_the_printed_port(pool: ServerProcess) -> None:
     assert not sockets_of(pool.pid) & listening
 
 
+def test_a_port_held_by_another_workers_server_is_refused(
+    pool: ServerProcess, tmp_path: Path
+) -> None:
+    # Both would set SO_REUSEPORT: without care the second would silently share the port.
+    pool.start()
+    with ServerProcess(tmp_path / "second", workers=2, port=pool.port) as second:
+        second.spawn(stdout=subprocess.DEVNULL)
+        assert second.wait() == 2
+        refused = f"--listen '127.0.0.1:{pool.port}': cannot listen there: Address already in use"
+        assert refused in second.stderr()
+
+
 def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
     pool.start()
     stub = pool.stub
@@ -176,8 +200,10 @@ def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
     pool.start()
     produce(pool.stub, "orders", b"a")
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     assert pool.stop(signal.SIGTERM) == 0
     assert all(gone(pid) for pid in fronts)
+    assert not folder.exists()
     assert "stopped" in pool.stderr()
     # What was acknowledged is there after a restart, on one process.
     restarted = ServerProcess(pool.data, workers=1).start()
@@ -223,5 +249,16 @@ def test_a_front_killed_stops_the_server_with_status_1(pool: ServerProcess) -> N
 def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
     pool.start()
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     pool.kill()
     wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
+    # The writer could not remove its folder of sockets: a front did.
+    assert not folder.exists()
+
+
+def private_folder(front: int) -> Path:
+    """The writer's folder of Unix sockets, as a front's command line names it."""
+    argv = Path(f"/proc/{front}/cmdline").read_bytes().split(b"\0")
+    folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    return folder
