@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from streams.limits import MIN_MEMORY_BUDGET_BYTES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from tests.ops.helpers import write_tokens
@@ -92,7 +93,9 @@ def _close(per_front: dict[int, list[grpc.Channel]]) -> None:
 class Producer(threading.Thread):
     """Sends its transactions (1-3 segments, 1-4 records each) one after the other."""
 
-    def __init__(self, name: str, stub: pb_grpc.StreamsServiceStub, seed: int) -> None:
+    def __init__(
+        self, name: str, stub: pb_grpc.StreamsServiceStub, seed: int, padding: int = 0
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.stub = stub
         rng = random.Random(seed)
@@ -102,7 +105,9 @@ class Producer(threading.Thread):
                 pb.SegmentWrite(
                     segment=segment,
                     records=[
-                        pb.RecordInput(payload=f"{name}/{n}/{segment}/{i}".encode())
+                        pb.RecordInput(
+                            payload=f"{name}/{n}/{segment}/{i}/".encode() + rng.randbytes(padding)
+                        )
                         for i in range(rng.randint(1, 4))
                     ],
                 )
@@ -165,7 +170,25 @@ class Follower(threading.Thread):
             self.open.set()
 
 
-def test_follow_without_gap_across_fronts(server: ServerProcess) -> None:
+# The whole server's budget in the tight case: the least --workers 2 takes (a
+# third each), so the tail windows of 8 KiB records are evicted all along and
+# followers read through the writer (a window miss) as often as from a window.
+TIGHT_BUDGET = 3 * MIN_MEMORY_BUDGET_BYTES
+
+
+@pytest.mark.parametrize(
+    ("budget", "padding"), [(None, 0), (TIGHT_BUDGET, 8 * 1024)], ids=["default", "tight-memory"]
+)
+def test_follow_without_gap_across_fronts(tmp_path: Path, budget: int | None, padding: int) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    flags = [] if budget is None else ["--memory-budget-bytes", str(budget)]
+    with ServerProcess(data, workers=WORKERS, flags=flags) as server:
+        server.start()
+        _follow_without_gap(server, padding)
+
+
+def _follow_without_gap(server: ServerProcess, padding: int) -> None:
     fronts = front_pids(server.pid, WORKERS)
     # Per front: 2 producers and 6 followers, each on a connection of its own.
     per_front = channels_per_front(server.port, fronts, per_front=8)
@@ -174,7 +197,7 @@ def test_follow_without_gap_across_fronts(server: ServerProcess) -> None:
     late: list[tuple[str, pb_grpc.StreamsServiceStub]] = []
     for f, (front, chans) in enumerate(per_front.items()):
         stubs = [pb_grpc.StreamsServiceStub(c) for c in chans]
-        producers += [Producer(f"p{f}.{i}", stubs[i], seed=f * 10 + i) for i in range(2)]
+        producers += [Producer(f"p{f}.{i}", stubs[i], f * 10 + i, padding) for i in range(2)]
         early += [(f"front {front} #{i}", stubs[2 + i]) for i in range(3)]
         late += [(f"front {front} late #{i}", stubs[5 + i]) for i in range(3)]
     total = sum(p.records() for p in producers)
