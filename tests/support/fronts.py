@@ -258,6 +258,24 @@ class SpreadStub:
         return getattr(self._stubs[index], method)
 
 
+class ServerGone(ValueError):
+    """The server exited while a stub was being made: what a call on a closed
+    channel raises (ValueError), so harnesses treat it as an unknown outcome."""
+
+
+class _Unreachable:
+    """A stub of a server that has exited: every call raises ServerGone."""
+
+    def __init__(self, why: ServerGone) -> None:
+        self._why = why
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise ServerGone(f"{method}: {self._why}")
+
+        return call
+
+
 class SpreadServer(ServerProcess):
     """A ``--workers N`` server whose ``stub`` takes turns over one connection
     to each front (``channel`` is a single connection, to whichever front)."""
@@ -269,17 +287,40 @@ class SpreadServer(ServerProcess):
         self._making = threading.Lock()  # the harnesses' threads ask for the stub at once
 
     def fronts(self) -> list[int]:
-        """The front processes serving now (all ``workers`` of them)."""
-        return front_pids(self.pid, self.workers)
+        """The front processes serving now (all ``workers`` of them); ServerGone
+        once the writer has exited."""
+        writer = self.pid
+
+        def found() -> list[int] | None:
+            if not alive(writer):
+                raise ServerGone(f"the writer {writer} exited")
+            fronts = front_pids(writer)
+            return fronts if len(fronts) == self.workers else None
+
+        return wait_until(
+            found, CONNECT_TIMEOUT, f"{self.workers} fronts under the writer {writer}"
+        )
 
     @property
     def stub(self) -> Any:
+        """The spreading stub; once the server has exited, a stub whose every
+        call raises ServerGone (as a closed channel's would: the harnesses'
+        threads fetch the stub outside their try blocks)."""
         with self._making:
-            return self._make_stub()
+            try:
+                return self._make_stub()
+            except ServerGone as gone:
+                return _Unreachable(gone)
 
     def _make_stub(self) -> Any:
         if self._stub is None:
-            per_front = channels_per_front(self.port, self.fronts())
+            fronts = self.fronts()
+            try:
+                per_front = channels_per_front(self.port, fronts)
+            except (AssertionError, grpc.FutureTimeoutError):
+                if all(alive(pid) for pid in (self.pid, *fronts)):
+                    raise
+                raise ServerGone(f"the server exited: {self.pid} and fronts {fronts}") from None
             self._spread = [channel for chans in per_front.values() for channel in chans]
             self._stub = SpreadStub(
                 self._spread,
