@@ -227,13 +227,14 @@ class _Call:
     """One call's coroutine, driven by the callbacks of what it awaits (what a
     Task does, without a Task: a call that never awaits costs no loop turn)."""
 
-    __slots__ = ("_coro", "_front", "_id", "_waiting")
+    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
 
     def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
         self._front = front
         self._id = call_id
         self._coro = coro
         self._waiting: asyncio.Future[Any] | None = None
+        self._throw: BaseException | None = None
 
     def start(self) -> None:
         self._step()
@@ -241,7 +242,11 @@ class _Call:
     def _step(self, _: object = None) -> None:
         self._waiting = None
         try:
-            yielded = self._coro.send(None)
+            if self._throw is not None:
+                error, self._throw = self._throw, None
+                yielded = self._coro.throw(error)
+            else:
+                yielded = self._coro.send(None)
         except StopIteration as done:
             self._front.answer(self, self._id, True, done.value)
             return
@@ -258,16 +263,15 @@ class _Call:
             self._waiting = yielded
             yielded.add_done_callback(self._step)
         else:
-            self._coro.close()
-            self._front.answer(
-                self, self._id, False, InvariantViolation(f"a store call yielded {yielded!r}")
-            )
+            self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
+            asyncio.get_running_loop().call_soon(self._step)
 
     def cancel(self) -> None:
-        if self._waiting is not None:
-            self._waiting.remove_done_callback(self._step)
-            self._waiting = None
-        self._coro.close()
+        """As a Task is cancelled: what it awaits is cancelled, or it gets
+        CancelledError at its next step, and it runs its clean-up (its answer
+        then goes nowhere)."""
+        if self._waiting is None or not self._waiting.cancel():
+            self._throw = asyncio.CancelledError()
 
 
 class _Front:

@@ -39,15 +39,18 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
-from streams import startup
+from streams import metrics_http, startup
 from streams.auth import TokenAuth
 from streams.config import Config, OptionError
 from streams.limits import Limits
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer
+from streams.storage import registry
 from streams.workers.front import READY, FrontArgs
 from streams.workers.host import StoreHost
+from streams.workers.metrics import merged_registry
 
 log = logging.getLogger("streams.workers")
 # After --shutdown-grace, how long a front may take to exit before it is killed.
@@ -123,7 +126,8 @@ def reserve(listen: str) -> tuple[int, list[socket.socket]]:
 def writer_limits(lim: Limits, workers: int) -> Limits:
     """The writer's server's limits: its share of the memory budget, and caps
     that leave the fronts' own to bind (each front's proxied calls ride one
-    connection to it, and all fronts' Subscribe streams add up there)."""
+    connection to it). The Subscribe streams of all fronts together stay under
+    one --max-concurrent-streams, as in one process: there is one registry."""
     return dataclasses.replace(
         lim,
         memory_budget_bytes=share(lim, workers),
@@ -131,7 +135,6 @@ def writer_limits(lim: Limits, workers: int) -> Limits:
         max_streams_per_connection=min(
             _MAX_STREAMS, lim.max_connections * lim.max_streams_per_connection
         ),
-        max_concurrent_streams=lim.max_concurrent_streams * workers,
         max_inflight_request_bytes=lim.max_inflight_request_bytes * workers,
     )
 
@@ -158,6 +161,8 @@ class _Fronts:
 
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
+        # Where each front serves its metrics (index, loopback port), once ready.
+        self.metrics: list[tuple[int, int]] = []
 
     async def spawn(self, front: FrontArgs, argv: Sequence[str]) -> None:
         # The package may not be installed (``python server.py`` from a checkout).
@@ -180,7 +185,10 @@ class _Fronts:
             if proc.stdout is None:
                 raise RuntimeError("a front's output is not a pipe")
             while line := await proc.stdout.readline():
-                if line.strip() == READY.encode():
+                word, _, port = line.decode(errors="replace").strip().partition(" ")
+                if word == READY:
+                    if port.isdigit() and int(port):
+                        self.metrics.append((index, int(port)))
                     return
             code = await proc.wait()
             raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
@@ -234,16 +242,17 @@ class FrontFailed(Exception):
         self.code = code
 
 
-async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
     front's failure (exits 1). ``argv`` are the server's arguments, which the
     fronts parse again (with the same environment and folder)."""
-    del pages  # every process signs with the key of _page_key
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         # The fronts read them; a bad file is named before any process starts.
         startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
         if cfg.tls_client_ca is not None:
             startup.read_client_ca(cfg.tls_client_ca)
+    if cfg.metrics_listen:
+        startup.check_bindable("--metrics-listen", cfg.metrics_listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -255,6 +264,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
         writer_cfg = dataclasses.replace(
             cfg,
             listen=f"unix:{folder / 'writer.sock'}",
+            metrics_listen="",  # served below, with the fronts' series
             tls_cert=None,
             tls_key=None,
             tls_client_ca=None,
@@ -277,7 +287,9 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
                 sock.close()
             raise
         try:
-            host = StoreHost(server.store, folder / "host.sock")
+            # The fronts' limits, which size the frames both ends accept.
+            limits = registry.get(cfg.storage).limits(cfg.limits)
+            host = StoreHost(server.store, folder / "host.sock", limits=limits)
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(
@@ -291,7 +303,13 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
             stopped.cancel()
             if started.done():
                 started.result()  # FrontFailed, or a start that took too long
-                failed = await _serve(cfg, port, fronts, stop, server)
+                http = _serve_metrics(cfg, server, fronts, stop)
+                try:
+                    failed = await _serve(cfg, port, fronts, stop, http)
+                finally:
+                    if http is not None:
+                        http.shutdown()
+                        http.server_close()
             else:
                 started.cancel()
         except FrontFailed as exc:
@@ -311,18 +329,36 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
     log.info("stopped")
 
 
+def _serve_metrics(
+    cfg: Config, server: StreamsServer, fronts: _Fronts, stop: asyncio.Event
+) -> WSGIServer | None:
+    """/metrics and /healthz on --metrics-listen: the writer's series and the fronts'."""
+    if not cfg.metrics_listen:
+        return None
+    registry = merged_registry(server.metrics.registry, lambda: list(fronts.metrics))
+    try:
+        http, _ = metrics_http.serve(cfg.metrics_listen, registry, lambda: not stop.is_set())
+    except OSError as exc:
+        raise OptionError(
+            "--metrics-listen", cfg.metrics_listen, exc.strerror or str(exc)
+        ) from None
+    return http
+
+
 async def _serve(
-    cfg: Config, port: int, fronts: _Fronts, stop: asyncio.Event, server: StreamsServer
+    cfg: Config, port: int, fronts: _Fronts, stop: asyncio.Event, http: WSGIServer | None
 ) -> FrontFailed | None:
     """Announces the port and serves until SIGTERM/SIGINT (None) or a front's exit."""
     host = cfg.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
+    metrics = None
+    if http is not None:
+        metrics = f"{cfg.metrics_listen.rsplit(':', 1)[0]}:{http.server_port}"
     log.info(
         "serving on %s:%d with %d front processes, metrics %s",
-        host, port, cfg.workers,
-        f"on http://{server.metrics_address}/metrics" if server.metrics_address else "off",
+        host, port, cfg.workers, f"on http://{metrics}/metrics" if metrics else "off",
         extra={"listen": f"{host}:{port}", "workers": cfg.workers, "storage": cfg.storage,
-               "data": str(cfg.data), "sync": cfg.sync, "metrics": server.metrics_address},
+               "data": str(cfg.data), "sync": cfg.sync, "metrics": metrics},
     )  # fmt: skip
     exited = asyncio.create_task(fronts.first_exit())
     stopped = asyncio.create_task(stop.wait())
