@@ -472,3 +472,60 @@ def test_followers_coming_and_going_on_a_front_miss_nothing(server: ServerProces
         assert not thread.is_alive(), "a thread did not finish"
     assert not problems, problems
     _close(per_front)
+
+
+def _at_once(stubs: list[pb_grpc.StreamsServiceStub], request: pb.ProduceRequest) -> list[object]:
+    """Sends ``request`` through every stub at the same moment; the answers
+    (or errors) in stub order."""
+    start = threading.Barrier(len(stubs))
+    answers: list[object] = [None] * len(stubs)
+
+    def send(i: int) -> None:
+        start.wait()
+        try:
+            answers[i] = stubs[i].Produce(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:  # reported by the caller
+            answers[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(stubs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CALL_TIMEOUT * 2)
+    return answers
+
+
+def test_one_transaction_sent_through_both_fronts_at_once_is_written_once(
+    server: ServerProcess,
+) -> None:
+    """A client that retries a Produce on a new connection while the first is
+    still in flight, the two landing on different fronts: one is written, the
+    other answered duplicate=true with the same numbers, and the store has it once."""
+    fronts = front_pids(server.pid, WORKERS)
+    per_front = channels_per_front(server.port, fronts)
+    stubs = [pb_grpc.StreamsServiceStub(chans[0]) for chans in per_front.values()]
+    rounds = 40
+    for n in range(rounds):
+        request = pb.ProduceRequest(
+            space="once",
+            writes=[
+                pb.SegmentWrite(segment="s", records=[_record(n), _record(n)]),
+                pb.SegmentWrite(segment=f"t{n % 3}", records=[_record(n)]),
+            ],
+            transaction_id=f"tx-{n}",
+        )
+        answers = _at_once(stubs, request)
+        acks = [a for a in answers if isinstance(a, pb.ProduceResponse)]
+        assert len(acks) == len(stubs), f"round {n}: {answers}"
+        assert sorted(a.duplicate for a in acks) == [False, True], f"round {n}: {acks}"
+        first, again = sorted(acks, key=lambda a: a.duplicate)
+        assert (again.first_position, again.last_position, list(again.acks)) == (
+            first.first_position,
+            first.last_position,
+            list(first.acks),
+        ), f"round {n}: the duplicate's numbers differ"
+    positions = [r.position for resp in stubs[0].Consume(
+        pb.ConsumeRequest(space="once", from_offset=1), timeout=CALL_TIMEOUT
+    ) for r in resp.records]  # fmt: skip
+    assert positions == list(range(1, 3 * rounds + 1)), "a transaction was written twice"
+    _close(per_front)
