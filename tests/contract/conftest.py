@@ -8,10 +8,17 @@ started as above), ``memory`` (``--storage memory``) and ``jetstream``
 (gateways over the session's 3-node cluster, ``nats_cluster``, each server
 with a ``--nats-prefix`` of its own: an empty store that a restart keeps).
 Tests marked ``durable`` (what survives a restart) skip the memory backend.
+
+The modules of :data:`WORKERS_MODULES` also run over a ``--workers 2`` RocksDB
+server (``rocksdb-workers2``: a writer process and two gRPC fronts sharing the
+port), whose ``stub`` takes turns over a connection to each front, so that what
+is written through one front is read, followed and committed through the other
+(tests/support/fronts.py). A module restricts its backends with ``BACKENDS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +35,39 @@ from .launch import Launcher
 
 # Backends that lose everything at a restart.
 NOT_DURABLE = {"memory"}
+# The modules that also run over a --workers 2 server: the guarantees a front
+# process could break (writes, reads, follow, offsets, groups, access, removals,
+# page tokens, watches). The rest is the service's code, which a front runs unchanged;
+# restarts of a --workers 2 server: tests/reliability/test_crash_workers.py.
+WORKERS_MODULES = frozenset(
+    {
+        "test_produce",
+        "test_consume",
+        "test_consume_start",
+        "test_offsets",
+        "test_peek",
+        "test_groups",
+        "test_groups_subscribe",
+        "test_lifecycle_access",
+        "test_lists",
+        "test_trim",
+        "test_trim_races",
+        "test_delete",
+        "test_watch_segments",
+    }
+)
+WORKERS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """How a module's servers run: the backend and ``--workers``."""
+
+    storage: str
+    workers: int = 1
+
+    def __str__(self) -> str:
+        return self.storage if self.workers == 1 else f"{self.storage}-workers{self.workers}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,10 +76,28 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="module", params=sorted(registry.backends(), reverse=True))
-def storage(request: pytest.FixtureRequest) -> str:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "deployment" not in metafunc.fixturenames:
+        return
+    backends = getattr(metafunc.module, "BACKENDS", None) or sorted(
+        registry.backends(), reverse=True
+    )
+    deployments = [Deployment(backend) for backend in backends]
+    if metafunc.module.__name__.rpartition(".")[2] in WORKERS_MODULES:
+        deployments.append(Deployment(registry.DEFAULT, WORKERS))
+    metafunc.parametrize("deployment", deployments, ids=str, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    """The backend and worker count of the module's servers (pytest_generate_tests)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def storage(deployment: Deployment) -> str:
     """The backend the module's servers run on."""
-    return str(request.param)
+    return deployment.storage
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +107,11 @@ def _durable_only_where_kept(request: pytest.FixtureRequest, storage: str) -> No
 
 
 @pytest.fixture(scope="module")
-def launch(request: pytest.FixtureRequest, storage: str) -> Launcher:
+def launch(request: pytest.FixtureRequest, deployment: Deployment) -> Launcher:
     """Starts servers on the module's backend (the cluster starts only for jetstream)."""
+    storage = deployment.storage
     cluster = request.getfixturevalue("nats_cluster") if storage == "jetstream" else None
-    return Launcher(storage, cluster)
+    return Launcher(storage, cluster, deployment.workers)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from streams.storage import registry
+from tests.support.fronts import SpreadServer
 from tests.support.nats import NatsCluster
 from tests.support.process import ServerProcess
 
@@ -23,11 +24,14 @@ class Launcher:
     cluster's URLs and a ``--nats-prefix`` of its own: an empty store).
     ``via_env=True`` passes the backend's settings as ``STREAMS_*`` variables
     instead, as the server's listen address and data folder then are.
+    ``workers`` >= 2 starts a writer and that many fronts, whose ``stub``
+    spreads its calls over every front (tests/support/fronts.py).
     """
 
-    def __init__(self, storage: str, cluster: NatsCluster | None) -> None:
+    def __init__(self, storage: str, cluster: NatsCluster | None, workers: int = 1) -> None:
         self.storage = storage
         self._cluster = cluster
+        self.workers = workers
 
     def settings(self) -> dict[str, str]:
         """The options that choose this backend, by flag name (a new prefix
@@ -53,8 +57,14 @@ class Launcher:
         else:
             env = {}
             backend = tuple(part for k, v in settings.items() for part in (f"--{k}", v))
-        server = ServerProcess(
-            data, tmp / "server.log", flags=(*backend, *flags), env=env, via_env=via_env
+        kind = ServerProcess if self.workers == 1 else SpreadServer
+        server = kind(
+            data,
+            tmp / "server.log",
+            flags=(*backend, *flags),
+            env=env,
+            via_env=via_env,
+            workers=self.workers,
         )
         try:
             yield server.start()

@@ -31,11 +31,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 WAIT = 10.0
 
 
-@pytest.fixture(scope="module", params=["rocksdb", "memory"])
-def storage(request: pytest.FixtureRequest) -> str:
-    """The backends that build groups (jetstream answers UNIMPLEMENTED, checked
-    in test_groups.py): no case is collected only to be skipped."""
-    return str(request.param)
+# The backends that build groups (jetstream answers UNIMPLEMENTED, checked in
+# test_groups.py): no case is collected only to be skipped.
+BACKENDS = ("rocksdb", "memory")
 
 
 class Subscriber:

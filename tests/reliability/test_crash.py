@@ -95,6 +95,18 @@ class Run:
 
     # ---- workers ------------------------------------------------------------------------
 
+    def workers(self) -> list[threading.Thread]:
+        """The load's threads (not started): producers, a committer, a remover, followers."""
+        threads = [
+            threading.Thread(target=self.producer, args=(i,), daemon=True) for i in range(PRODUCERS)
+        ]
+        threads.append(threading.Thread(target=self.committer, daemon=True))
+        threads.append(threading.Thread(target=self.remover, daemon=True))
+        threads += [
+            threading.Thread(target=self.follower, args=(f,), daemon=True) for f in self.followers
+        ]
+        return threads
+
     def producer(self, index: int) -> None:
         rng = random.Random(self.seed * 100 + index)
         n = 0
@@ -256,6 +268,50 @@ def retry_unanswered(
     return duplicates, fresh
 
 
+# The figures check_after_restart adds up over a run.
+CHECKS = (
+    "checks",
+    "retried_duplicate",
+    "retried_fresh",
+    "follower_records_checked",
+    "offset_checks",
+    "pending_present",
+    "pending_absent",
+    "removals_retried",
+    "removed_records",
+    "removal_checks",
+)
+
+
+def check_after_restart(run: Run, figures: dict[str, int]) -> list[str]:
+    """With the workers paused and the server restarted: checks the store
+    against the journal, retries every unanswered transaction and removal,
+    and adds to ``figures`` (CHECKS); returns the problems found."""
+    server = run.server
+    report, _ = check_store(server.stub, run.journal, SPACES, run.followers)
+    problems = list(report.problems) + run.errors
+    run.errors.clear()
+    dup, fresh = retry_unanswered(run, report.pending_stored, problems)
+    figures["removed_records"] += report.removed_records
+    figures["removal_checks"] += report.removal_checks
+    figures["checks"] += report.transactions_checked
+    figures["retried_duplicate"] += dup
+    figures["retried_fresh"] += fresh
+    figures["pending_present"] += report.pending_present
+    figures["pending_absent"] += report.pending_absent
+    figures["follower_records_checked"] += report.follower_records_checked
+    figures["offset_checks"] += report.offsets_checked
+    if problems:
+        return problems
+    # What was read back is durable now: it is the new baseline for offsets.
+    for key, got in report.offsets_read.items():
+        if got is not None:
+            run.journal.commit_acked(key, got, run.journal.tick())
+    # Only after that baseline: a retried delete removes offsets read back above.
+    figures["removals_retried"] += retry_removals(server.stub, run.journal, problems)
+    return problems
+
+
 def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
     seed = int(os.environ.get("STREAMS_CRASH_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
@@ -264,33 +320,9 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
     server = ServerProcess(data, tmp_path / "server.log")
     server.start()
     run = Run(server, seed)
-    threads = [
-        threading.Thread(target=run.producer, args=(i,), daemon=True) for i in range(PRODUCERS)
-    ]
-    threads.append(threading.Thread(target=run.committer, daemon=True))
-    threads.append(threading.Thread(target=run.remover, daemon=True))
-    threads += [
-        threading.Thread(target=run.follower, args=(f,), daemon=True) for f in run.followers
-    ]
+    threads = run.workers()
     started = time.monotonic()
-    figures = dict.fromkeys(
-        (
-            "cycles",
-            "sigterm_cycles",
-            "kills_while_starting",
-            "checks",
-            "retried_duplicate",
-            "retried_fresh",
-            "follower_records_checked",
-            "offset_checks",
-            "pending_present",
-            "pending_absent",
-            "removals_retried",
-            "removed_records",
-            "removal_checks",
-        ),
-        0,
-    )
+    figures = dict.fromkeys(("cycles", "sigterm_cycles", "kills_while_starting", *CHECKS), 0)
 
     def fail(problems: list[str], when: str) -> None:
         log = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
@@ -327,30 +359,10 @@ def test_kill9_cycles_keep_every_acked_transaction(tmp_path: Path) -> None:
                 kill9_while_starting(server, rng.uniform(0.0, 0.5))
                 figures["kills_while_starting"] += 1
             server.start()
-            report, _ = check_store(server.stub, run.journal, SPACES, run.followers)
-            problems = list(report.problems) + run.errors
-            run.errors.clear()
-            dup, fresh = retry_unanswered(run, report.pending_stored, problems)
-            figures["removed_records"] += report.removed_records
-            figures["removal_checks"] += report.removal_checks
             figures["sigterm_cycles" if graceful else "cycles"] += 1
-            figures["checks"] += report.transactions_checked
-            figures["retried_duplicate"] += dup
-            figures["retried_fresh"] += fresh
-            figures["pending_present"] += report.pending_present
-            figures["pending_absent"] += report.pending_absent
-            figures["follower_records_checked"] += report.follower_records_checked
-            figures["offset_checks"] += report.offsets_checked
+            problems = check_after_restart(run, figures)
             if problems:
                 fail(problems, f"after {'SIGTERM' if graceful else 'kill -9'} cycle {cycle}")
-            # What was read back is durable now: it is the new baseline for offsets.
-            for key, got in report.offsets_read.items():
-                if got is not None:
-                    run.journal.commit_acked(key, got, run.journal.tick())
-            # Only after that baseline: a retried delete removes offsets read back above.
-            figures["removals_retried"] += retry_removals(server.stub, run.journal, problems)
-            if problems:
-                fail(problems, f"retrying removals after cycle {cycle}")
             kills = figures["cycles"]
             if kills >= CYCLES or (
                 time.monotonic() - started > TIME_BUDGET and kills >= MIN_CYCLES
