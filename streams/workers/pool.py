@@ -48,7 +48,7 @@ from streams.limits import Limits
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer, fair_share
 from streams.storage import registry
-from streams.workers.front import READY, FrontArgs
+from streams.workers.front import READY, FrontArgs, secrets_line
 from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
 
@@ -144,16 +144,13 @@ def share(lim: Limits, workers: int) -> int:
     return lim.memory_budget_bytes // (workers + 1)
 
 
-def _page_key(cfg: Config, folder: Path) -> Path:
-    """The page-token key every process signs with: the configured one, or a
-    random one for this run (a listing may go on through another front)."""
+def _page_key(cfg: Config) -> bytes:
+    """The page-token key every process signs with (a listing may go on through
+    another front): the configured one (main checked it), or a random one for
+    this run, which never touches the disk: the fronts get it on their pipe."""
     if cfg.page_token_key is not None:
-        return cfg.page_token_key
-    path = folder / "page-token-key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-    return path
+        return cfg.page_token_key.read_bytes().strip()
+    return secrets.token_bytes(32)
 
 
 class _Fronts:
@@ -164,7 +161,7 @@ class _Fronts:
         # Where each front serves its metrics (index, loopback port), once ready.
         self.metrics: list[tuple[int, int]] = []
 
-    async def spawn(self, front: FrontArgs, argv: Sequence[str]) -> None:
+    async def spawn(self, front: FrontArgs, argv: Sequence[str], page_key: bytes) -> None:
         # The package may not be installed (``python server.py`` from a checkout).
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
@@ -176,6 +173,11 @@ class _Fronts:
             env=env,
         )  # fmt: skip
         self.procs.append(proc)
+        if proc.stdin is None:
+            raise RuntimeError("a front's input is not a pipe")
+        # Secrets go on the pipe: a command line and an environment are readable by others.
+        proc.stdin.write(secrets_line(page_key))
+        await proc.stdin.drain()
 
     async def ready(self) -> None:
         """Waits until every front prints its ready line; raises FrontFailed
@@ -190,6 +192,12 @@ class _Fronts:
                     if port.isdigit() and int(port):
                         self.metrics.append((index, int(port)))
                     return
+            # It failed to start; it waits for this line to know the writer is here
+            # (else it takes the writer for gone and removes the private folder).
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                with contextlib.suppress(ConnectionError):
+                    proc.stdin.write(b"here\n")
+                    await proc.stdin.drain()
             code = await proc.wait()
             raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
                               "before serving (see its log above)", code)  # fmt: skip
@@ -260,7 +268,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     port, reserved = reserve(cfg.listen)
     fronts = _Fronts()
     with private_folder(cfg.workers) as folder:
-        key = _page_key(cfg, folder)
+        key = _page_key(cfg)
         writer_cfg = dataclasses.replace(
             cfg,
             listen=f"unix:{folder / 'writer.sock'}",
@@ -268,13 +276,12 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             tls_cert=None,
             tls_key=None,
             tls_client_ca=None,
-            page_token_key=key,
             limits=writer_limits(cfg.limits, cfg.workers),
         )
         # The fronts' limits, which size the frames both ends accept.
         limits = registry.get(cfg.storage).limits(cfg.limits)
         server = StreamsServer(
-            writer_cfg, auth, PageTokens.load(key), fair_share_bytes=fair_share(limits)
+            writer_cfg, auth, PageTokens(key), fair_share_bytes=fair_share(limits)
         )
         host: StoreHost | None = None
 
@@ -296,9 +303,9 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             for index in range(cfg.workers):
                 front = FrontArgs(
                     index, folder / "host.sock", folder / "writer.sock", port,
-                    share(cfg.limits, cfg.workers), fair_share(limits), key,
+                    share(cfg.limits, cfg.workers), fair_share(limits),
                 )  # fmt: skip
-                await fronts.spawn(front, argv)
+                await fronts.spawn(front, argv, key)
             started = asyncio.create_task(fronts.ready())
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)

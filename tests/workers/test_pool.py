@@ -265,9 +265,50 @@ def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
     assert not folder.exists()
 
 
+def test_a_writer_killed_while_its_fronts_start_leaves_no_folder(tmp_path: Path) -> None:
+    # Review F2: fronts still starting failed to connect and exited, leaving the
+    # sockets (and the page-token key) of the dead writer in TMPDIR.
+    server = ServerProcess(tmp_path / "data", workers=2)
+    with server:
+        server.spawn()
+        fronts = wait_until(
+            lambda: [pid for pid in server.children() if b"--host-socket" in cmdline(pid)],
+            timeout=DEADLINE,
+            what="the fronts started",
+        )
+        folder = private_folder(fronts[0])
+        server.kill()  # before `listening on`: the fronts are importing or connecting
+        assert server.stdout_lines == []
+        wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
+        assert not folder.exists()
+
+
+def test_the_page_token_key_is_never_on_disk(pool: ServerProcess) -> None:
+    # Review F2: the writer's random key was a file in the private folder.
+    pool.start()
+    folder = private_folder(pool.children()[0])
+    assert sorted(path.name for path in folder.iterdir()) == ["host.sock", "writer.sock"]
+    # Every front signs with the writer's key: a listing goes on through any front.
+    for space in ("a", "b", "c"):
+        produce(pool.stub, space, b"x")
+    first = pool.stub.ListSpaces(pb.ListSpacesRequest(page_size=1), timeout=DEADLINE)
+    for _ in range(4):  # fresh connections: the kernel spreads them over the fronts
+        with grpc.insecure_channel(pool.target) as channel:
+            stub = pb_grpc.StreamsServiceStub(channel)
+            request = pb.ListSpacesRequest(page_size=1, page_token=first.next_page_token)
+            assert [s.name for s in stub.ListSpaces(request, timeout=DEADLINE).spaces] == ["b"]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def private_folder(front: int) -> Path:
     """The writer's folder of Unix sockets, as a front's command line names it."""
-    argv = Path(f"/proc/{front}/cmdline").read_bytes().split(b"\0")
+    argv = cmdline(front).split(b"\0")
     folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
     assert folder.stat().st_mode & 0o777 == 0o700
     return folder
