@@ -53,10 +53,6 @@ from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
 
 log = logging.getLogger("streams.workers")
-# After --shutdown-grace, how long a front may take to exit before it is killed.
-FRONT_EXIT_SECONDS = 5.0
-# How long a front may take to start serving (it imports grpc and connects).
-FRONT_START_SECONDS = 60.0
 # gRPC's cap on HTTP/2 streams per connection.
 _MAX_STREAMS = 2**31 - 1
 # The longest Unix socket path (sun_path is 108 bytes with its terminating NUL).
@@ -179,7 +175,7 @@ class _Fronts:
         proc.stdin.write(secrets_line(page_key))
         await proc.stdin.drain()
 
-    async def ready(self) -> None:
+    async def ready(self, wait: float) -> None:
         """Waits until every front prints its ready line; raises FrontFailed
         for one that exits first."""
 
@@ -202,7 +198,7 @@ class _Fronts:
             raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
                               "before serving (see its log above)", code)  # fmt: skip
 
-        async with asyncio.timeout(FRONT_START_SECONDS):
+        async with asyncio.timeout(wait):
             await asyncio.gather(*(one(i, proc) for i, proc in enumerate(self.procs)))
 
     async def first_exit(self) -> tuple[int, asyncio.subprocess.Process]:
@@ -224,13 +220,13 @@ class _Fronts:
 
     async def stop(self, grace: float) -> bool:
         """SIGTERM to every front, then waits for them all; one still there
-        after the grace (and FRONT_EXIT_SECONDS) is killed. False if one had
+        after ``grace`` is killed. False if one had
         to be killed or exited with a failure."""
         self.signal(signal.SIGTERM)
         clean = True
         for index, proc in enumerate(self.procs):
             try:
-                async with asyncio.timeout(grace + FRONT_EXIT_SECONDS):
+                async with asyncio.timeout(grace):
                     code = await proc.wait()
             except TimeoutError:
                 log.error("front %d (pid %d) did not stop in time; killing it", index, proc.pid)
@@ -306,7 +302,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
                     share(cfg.limits, cfg.workers), fair_share(limits),
                 )  # fmt: skip
                 await fronts.spawn(front, argv, key)
-            started = asyncio.create_task(fronts.ready())
+            started = asyncio.create_task(fronts.ready(cfg.front_start_seconds))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
@@ -325,7 +321,10 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             log.error("%s; stopping", exc)
             failed = exc
         except TimeoutError:
-            log.error("the fronts did not all start within %.0fs; stopping", FRONT_START_SECONDS)
+            log.error(
+                "the fronts did not all start within --front-start-seconds %.1f; stopping",
+                cfg.front_start_seconds,
+            )
             failed = FrontFailed("start timed out", 1)
         finally:
             clean = await _stop(cfg, server, host, fronts)
@@ -344,7 +343,9 @@ def _serve_metrics(
     """/metrics and /healthz on --metrics-listen: the writer's series and the fronts'."""
     if not cfg.metrics_listen:
         return None
-    registry = merged_registry(server.metrics.registry, lambda: list(fronts.metrics))
+    registry = merged_registry(
+        server.metrics.registry, lambda: list(fronts.metrics), cfg.front_scrape_seconds
+    )
     try:
         http, _ = metrics_http.serve(cfg.metrics_listen, registry, lambda: not stop.is_set())
     except OSError as exc:
@@ -399,7 +400,7 @@ async def _stop(
     except Exception:
         log.exception("shutdown: consumer groups failed; going on with the rest")
         clean = False
-    clean = await fronts.stop(cfg.shutdown_grace) and clean
+    clean = await fronts.stop(cfg.shutdown_grace + cfg.front_exit_seconds) and clean
     if host is not None:
         try:
             await host.close()

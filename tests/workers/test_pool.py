@@ -88,6 +88,31 @@ def test_bad_workers_values_are_refused_naming_them(
     assert named in parse_error(capsys, argv, env)
 
 
+@pytest.mark.parametrize(
+    "option", ["front-start-seconds", "front-exit-seconds", "front-scrape-seconds"]
+)
+def test_front_bounds_are_options(capsys: pytest.CaptureFixture[str], option: str) -> None:
+    # Review F4: these were constants of streams.workers.
+    field = option.replace("-", "_")
+    variable = "STREAMS_" + field.upper()
+    assert getattr(config.parse([f"--{option}", "7.5"], {}), field) == 7.5
+    assert getattr(config.parse([], {variable: "2"}), field) == 2.0
+    assert f"--{option}: 'soon' is not a number of seconds" in parse_error(
+        capsys, [f"--{option}", "soon"], {}
+    )
+    assert f"{variable}='-1'" in parse_error(capsys, [], {variable: "-1"})
+
+
+def test_a_start_past_front_start_seconds_stops_the_server(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data", workers=2, env={"STREAMS_FRONT_START_SECONDS": "0.001"}
+    )
+    with server:
+        server.spawn(stdout=subprocess.DEVNULL)
+        assert server.wait() == 1
+        assert "did not all start within --front-start-seconds 0.0" in server.stderr()
+
+
 # -- the processes --------------------------------------------------------------
 
 
