@@ -32,8 +32,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable, Coroutine
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +45,6 @@ from streams.storage.port import Store
 from streams.workers import ipc
 from streams.workers.ipc import (
     BARRIER,
-    CALLS,
     CHANGES,
     FAILED,
     FOLLOW,
@@ -92,10 +92,13 @@ class StoreHost:
         limits: Limits | None = None,
         buffer_bytes: int = BUFFER_BYTES,
         max_calls: int = MAX_CALLS,
+        allow_peer: Callable[[int], bool] | None = None,
     ) -> None:
         """``limits``: the server's (frames follow its request and response
         limits, streams per front its ``max_concurrent_streams``); the
-        defaults when None."""
+        defaults when None. ``allow_peer``: whether the process of this pid
+        may connect (the fronts the writer spawned); a process of another uid
+        than this one's never may (None: any process of this uid)."""
         if buffer_bytes < 1 or max_calls < 1:
             raise ValueError(
                 f"store host: buffer_bytes ({buffer_bytes}) and max_calls ({max_calls}) "
@@ -108,6 +111,7 @@ class StoreHost:
         self.max_streams = limits.max_concurrent_streams
         self.buffer_bytes = buffer_bytes
         self.max_calls = max_calls
+        self.allow_peer = allow_peer
         self.fronts: set[_Front] = set()
         self._sentinels: dict[str, _Sentinel] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -140,6 +144,18 @@ class StoreHost:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def admit(self, transport: asyncio.Transport) -> str | None:
+        """Why the peer of ``transport`` may not connect (None: it may)."""
+        credentials = ipc.peer_credentials(transport)
+        if credentials is None:
+            return "the peer's credentials are unknown (no SO_PEERCRED)"
+        pid, uid, _ = credentials
+        if uid != os.getuid():
+            return f"process {pid} runs as uid {uid}, the writer as {os.getuid()}"
+        if self.allow_peer is not None and not self.allow_peer(pid):
+            return f"process {pid} is not a front of this server"
+        return None
+
     # -- what every front hears ---------------------------------------------
 
     def removed(self, space: str, segments: tuple[str, ...] | None) -> None:
@@ -156,6 +172,9 @@ class StoreHost:
             sentinel = self._sentinels[space] = _Sentinel(self, space)
         sentinel.holders += 1
         return sentinel.ready()
+
+    def sentinels(self, spaces: Iterable[str]) -> list[_Sentinel]:
+        return [self._sentinels[space] for space in spaces if space in self._sentinels]
 
     def release_space(self, space: str) -> None:
         sentinel = self._sentinels.get(space)
@@ -183,6 +202,8 @@ class _Sentinel:
         self._host = host
         self._space = space
         self.holders = 0
+        self._seen: SpaceInfo | None = None
+        self._checking = asyncio.Lock()  # one comparison at a time: ``_seen`` only moves on
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -193,14 +214,11 @@ class _Sentinel:
         store = self._host.store
         try:
             async with store.watch(self._space) as watch:
-                seen = await store.get_space(self._space)
+                self._seen = await store.get_space(self._space)
                 self._started.set_result(None)
                 while True:
                     await watch.changes()
-                    now = await store.get_space(self._space)
-                    if _removed_between(seen, now):
-                        self._host.removed(self._space, None)
-                    seen = now
+                    await self.check()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -215,6 +233,17 @@ class _Sentinel:
                 )
                 self._host.removed(self._space, None)
 
+    async def check(self) -> None:
+        """Tells the fronts if records were removed since the last check (a
+        barrier runs it: removals made before it are told before it answers)."""
+        if not self._started.done() or self._started.exception() is not None:
+            return
+        async with self._checking:
+            now = await self._host.store.get_space(self._space)
+            if _removed_between(self._seen, now):
+                self._host.removed(self._space, None)
+            self._seen = now
+
 
 def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
     if after is None:  # deleted (or never written): removed whatever it held
@@ -223,65 +252,18 @@ def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
     return removed > (0 if before is None else before.last_position - before.record_count)
 
 
-class _Call:
-    """One call's coroutine, driven by the callbacks of what it awaits (what a
-    Task does, without a Task: a call that never awaits costs no loop turn)."""
-
-    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
-
-    def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
-        self._front = front
-        self._id = call_id
-        self._coro = coro
-        self._waiting: asyncio.Future[Any] | None = None
-        self._throw: BaseException | None = None
-
-    def start(self) -> None:
-        self._step()
-
-    def _step(self, _: object = None) -> None:
-        self._waiting = None
-        try:
-            if self._throw is not None:
-                error, self._throw = self._throw, None
-                yielded = self._coro.throw(error)
-            else:
-                yielded = self._coro.send(None)
-        except StopIteration as done:
-            self._front.answer(self, self._id, True, done.value)
-            return
-        except asyncio.CancelledError:
-            self._front.answer(self, self._id, False, Unavailable("the call was cancelled"))
-            return
-        except Exception as exc:
-            self._front.answer(self, self._id, False, exc)
-            return
-        if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next turn
-            asyncio.get_running_loop().call_soon(self._step)
-        elif getattr(yielded, "_asyncio_future_blocking", None):
-            yielded._asyncio_future_blocking = False
-            self._waiting = yielded
-            yielded.add_done_callback(self._step)
-        else:
-            self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
-            asyncio.get_running_loop().call_soon(self._step)
-
-    def cancel(self) -> None:
-        """As a Task is cancelled: what it awaits is cancelled, or it gets
-        CancelledError at its next step, and it runs its clean-up (its answer
-        then goes nowhere)."""
-        if self._waiting is None or not self._waiting.cancel():
-            self._throw = asyncio.CancelledError()
-
-
 class _Front:
     """One front's connection: its calls, pumps and watches."""
 
     def __init__(self, host: StoreHost) -> None:
         self._host = host
         self._store = host.store
-        self.link = ipc.Link(host.max_frame, host.buffer_bytes, self._received, self._lost)
-        self._calls: set[_Call] = set()
+        self.link = ipc.Link(
+            host.max_frame, host.buffer_bytes, self._received, self._lost, host.admit
+        )
+        self._calls: set[asyncio.Task[None]] = set()
+        # Calls read while none may start (at most what one read brought).
+        self._deferred: deque[tuple[int, str, tuple[Any, ...]]] = deque()
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
@@ -291,17 +273,33 @@ class _Front:
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
-            BARRIER: _barrier,
+            BARRIER: self._barrier,
             HELLO: self._hello,
         }
         host.fronts.add(self)
 
     # -- calls --------------------------------------------------------------
 
-    def _received(self, message: Any) -> None:
-        call_id: int = message[0]
-        name: str = message[1]
-        args: tuple[Any, ...] = message[2]
+    def _received(self, message: object) -> None:
+        try:
+            call_id, name, args = ipc.check_call(message)
+        except ipc.FrameError as exc:
+            self.link.abort(exc)  # a broken or hostile peer: nothing of it runs
+            return
+        if name in (UNFOLLOW, UNWATCH) and not self._deferred:
+            self._end_stream(args[0])
+            return
+        if self._deferred or not self._may_start():
+            # Over the buffer or the calls: this call waits (reading stops).
+            self._deferred.append((call_id, name, args))
+        else:
+            self._start(call_id, name, args)
+        self._gate_reading()
+
+    def _may_start(self) -> bool:
+        return self.link.writable.is_set() and len(self._calls) < self._host.max_calls
+
+    def _start(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         if name in (UNFOLLOW, UNWATCH):
             self._end_stream(args[0])
             return
@@ -309,20 +307,34 @@ class _Front:
             self._reply(call_id, False, Unavailable("the store host is closed"))
             return
         handler = self._handlers.get(name)
-        if handler is not None:
-            coro = handler(call_id, *args)
-        elif name in CALLS:
-            coro = _store_call(self._host, name, args)
-        else:
-            self._reply(call_id, False, InvariantViolation(f"no store call {name!r}"))
+        try:
+            # A pump or watch is registered here, in order with the UNFOLLOW
+            # or UNWATCH that may follow in the same read.
+            coro = (
+                _store_call(self._host, name, args) if handler is None else handler(call_id, *args)
+            )
+        except Exception as exc:
+            self._reply(call_id, False, exc)
             return
-        call = _Call(self, call_id, coro)
-        self._calls.add(call)
-        self._gate_reading()
-        call.start()
+        task = _run_call(self._serve(call_id, coro))
+        if not task.done():
+            self._calls.add(task)
 
-    def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
-        self._calls.discard(call)
+    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+        """Runs one call in its own Task (store methods may use asyncio.timeout)."""
+        try:
+            value, ok = await coro, True
+        except asyncio.CancelledError:
+            if self.link.closed:
+                return  # the front is gone: nobody hears the answer
+            value, ok = Unavailable("the call was cancelled"), False
+        except Exception as exc:
+            value, ok = exc, False
+        finally:
+            self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self.answer(call_id, ok, value)
+
+    def answer(self, call_id: int, ok: bool, value: object) -> None:
         self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
@@ -350,7 +362,9 @@ class _Front:
         writable = self.link.writable.is_set()
         if not writable and self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._when_writable())
-        wanted = writable and len(self._calls) < self._host.max_calls
+        while self._deferred and self._may_start():
+            self._start(*self._deferred.popleft())
+        wanted = not self._deferred and self._may_start()
         if wanted == self.reading:
             return
         self.reading = wanted
@@ -366,7 +380,15 @@ class _Front:
             self._waking = None
         self._gate_reading()
 
-    async def _hello(self, call_id: int, max_frame: int) -> None:
+    async def _barrier(self, _: int) -> None:
+        """Answers once every removal the store completed before now has been
+        told (each followed space's sentinel compares the space anew), so the
+        front then has every REMOVED that concerns it, and everything sent before."""
+        sentinels = self._host.sentinels(self.spaces)
+        if sentinels:
+            await asyncio.gather(*(sentinel.check() for sentinel in sentinels))
+
+    async def _hello(self, _: int, max_frame: int) -> None:
         if max_frame != self._host.max_frame:
             asyncio.get_running_loop().call_soon(self.link.close)  # once answered
             raise InvariantViolation(
@@ -388,13 +410,13 @@ class _Front:
                 f"max_concurrent_streams ({self._host.max_streams}) allows"
             )
 
-    async def _follow(self, follow_id: int, target: Target) -> int:
+    def _follow(self, follow_id: int, target: Target) -> Coroutine[Any, Any, int]:
         """Starts the pump of ``target``; answers the last offset it starts after."""
         self._check_streams()
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
         self._streams[follow_id] = task
-        return await _started(started, task)
+        return _started(started, task)
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
@@ -444,12 +466,12 @@ class _Front:
                 del self.spaces[target.space]
             host.release_space(target.space)
 
-    async def _watch(self, watch_id: int, space: str) -> None:
+    def _watch(self, watch_id: int, space: str) -> Coroutine[Any, Any, None]:
         self._check_streams()
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
         self._streams[watch_id] = task
-        await _started(started, task)
+        return _started(started, task)
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
@@ -490,6 +512,7 @@ class _Front:
         for call in list(self._calls):
             call.cancel()
         self._calls.clear()
+        self._deferred.clear()
         for task in list(self._streams.values()):
             task.cancel()
         self._streams.clear()
@@ -504,8 +527,16 @@ async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
     raise Unavailable("released before it began")
 
 
-async def _barrier(call_id: int) -> None:
-    """Answers at once: the front then has everything sent before."""
+if sys.version_info >= (3, 12):
+
+    def _run_call(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """An eager Task: a call that never awaits is answered with no loop turn."""
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:
+
+    def _run_call(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
 
 
 async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
