@@ -8,8 +8,9 @@ Started by the writer (:mod:`streams.workers.pool`), never by hand::
 
 Its standard input is a pipe from the writer: the first line is a JSON object
 of what must not be on a command line or in the environment (``page_token_key``,
-hex: the key every process signs page tokens with); its end tells the front that
-the writer is gone.
+hex: the key every process signs page tokens with; ``front_secret``: what the
+writer's server takes calls with, see streams.workers.proxy); its end tells the
+front that the writer is gone.
 
 It parses the server's arguments as the writer did (same environment, same
 folder), then serves ``--listen``'s host on ``--port`` with SO_REUSEPORT: its
@@ -127,9 +128,10 @@ class _FrontField(logging.Filter):
         return True
 
 
-def secrets_line(page_token_key: bytes) -> bytes:
+def secrets_line(page_token_key: bytes, front_secret: str) -> bytes:
     """The first line the writer sends each front on its standard input."""
-    return json.dumps({"page_token_key": page_token_key.hex()}).encode() + b"\n"
+    given = {"page_token_key": page_token_key.hex(), "front_secret": front_secret}
+    return json.dumps(given).encode() + b"\n"
 
 
 class _WriterPipe(asyncio.Protocol):
@@ -220,7 +222,16 @@ async def serve(
             front.host_socket, setup, limits=registry.get(cfg.storage).limits(cfg.limits)
         )
 
-    proxy = WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut))
+    async def barrier() -> None:
+        if server is not None:
+            await server.store.barrier()  # type: ignore[attr-defined]  # a RemoteStore
+
+    proxy = WriterProxy(
+        channel,
+        SlowConsumers(cfg.slow_consumer_seconds, cut),
+        secret=given["front_secret"],
+        barrier=barrier,
+    )
     server = StreamsServer(
         cfg,
         auth,

@@ -51,6 +51,7 @@ from streams.storage import registry
 from streams.workers.front import READY, FrontArgs, secrets_line
 from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
+from streams.workers.proxy import FrontsOnly
 
 log = logging.getLogger("streams.workers")
 # gRPC's cap on HTTP/2 streams per connection.
@@ -157,7 +158,11 @@ class _Fronts:
         # Where each front serves its metrics (index, loopback port), once ready.
         self.metrics: list[tuple[int, int]] = []
 
-    async def spawn(self, front: FrontArgs, argv: Sequence[str], page_key: bytes) -> None:
+    def spawned(self, pid: int) -> bool:
+        """Whether ``pid`` is one of these fronts (the store host admits only them)."""
+        return any(proc.pid == pid for proc in self.procs)
+
+    async def spawn(self, front: FrontArgs, argv: Sequence[str], secrets: bytes) -> None:
         # The package may not be installed (``python server.py`` from a checkout).
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
@@ -172,7 +177,7 @@ class _Fronts:
         if proc.stdin is None:
             raise RuntimeError("a front's input is not a pipe")
         # Secrets go on the pipe: a command line and an environment are readable by others.
-        proc.stdin.write(secrets_line(page_key))
+        proc.stdin.write(secrets)
         await proc.stdin.drain()
 
     async def ready(self, wait: float) -> None:
@@ -265,6 +270,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     fronts = _Fronts()
     with private_folder(cfg.workers) as folder:
         key = _page_key(cfg)
+        front_secret = secrets.token_hex(32)
         writer_cfg = dataclasses.replace(
             cfg,
             listen=f"unix:{folder / 'writer.sock'}",
@@ -277,7 +283,11 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
         # The fronts' limits, which size the frames both ends accept.
         limits = registry.get(cfg.storage).limits(cfg.limits)
         server = StreamsServer(
-            writer_cfg, auth, PageTokens(key), fair_share_bytes=fair_share(limits)
+            writer_cfg,
+            auth,
+            PageTokens(key),
+            fair_share_bytes=fair_share(limits),
+            handlers=(FrontsOnly(front_secret),),
         )
         host: StoreHost | None = None
 
@@ -294,14 +304,16 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
                 sock.close()
             raise
         try:
-            host = StoreHost(server.store, folder / "host.sock", limits=limits)
+            host = StoreHost(
+                server.store, folder / "host.sock", limits=limits, allow_peer=fronts.spawned
+            )
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(
                     index, folder / "host.sock", folder / "writer.sock", port,
                     share(cfg.limits, cfg.workers), fair_share(limits),
                 )  # fmt: skip
-                await fronts.spawn(front, argv, key)
+                await fronts.spawn(front, argv, secrets_line(key, front_secret))
             started = asyncio.create_task(fronts.ready(cfg.front_start_seconds))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)
