@@ -6,10 +6,12 @@ without gap across fronts) are tests/workers/test_guarantees*.py's."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +324,93 @@ def test_the_page_token_key_is_never_on_disk(pool: ServerProcess) -> None:
             stub = pb_grpc.StreamsServiceStub(channel)
             request = pb.ListSpacesRequest(page_size=1, page_token=first.next_page_token)
             assert [s.name for s in stub.ListSpaces(request, timeout=DEADLINE).spaces] == ["b"]
+
+
+def test_only_the_fronts_reach_the_writers_sockets(pool: ServerProcess) -> None:
+    # Review F1: any process of the uid could call the store host (pickles, any
+    # store method) and the writer's server (no TLS, no front in between).
+    pool.start()
+    folder = private_folder(pool.children()[0])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as intruder:
+        intruder.settimeout(DEADLINE)
+        intruder.connect(str(folder / "host.sock"))
+        assert intruder.recv(1) == b""  # closed by the host before anything is read
+    with grpc.insecure_channel(f"unix:{folder / 'writer.sock'}") as channel:
+        direct = pb_grpc.StreamsServiceStub(channel)
+        for call in (
+            lambda: produce(direct, "orders", b"x"),
+            lambda: direct.ListGroups(pb.ListGroupsRequest(space="orders"), timeout=DEADLINE),
+            lambda: direct.DeleteSpace(pb.DeleteSpaceRequest(space="orders"), timeout=DEADLINE),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A client cannot pass itself off as a front: the proxy drops its private key.
+        secret = (("streams-front-secret", "guess"),)
+        with pytest.raises(grpc.RpcError) as refused:
+            direct.ListGroups(pb.ListGroupsRequest(space="o"), metadata=secret, timeout=DEADLINE)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The fronts themselves still reach both.
+    produce(pool.stub, "orders", b"a")
+    pool.stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(space="orders", name="g")))
+    listed = pool.stub.ListGroups(pb.ListGroupsRequest(space="orders"), metadata=secret)
+    assert [g.name for g in listed.groups] == ["g"]
+
+
+_serial = itertools.count()
+
+
+def established(port: int) -> set[str]:
+    """Inodes of the server ends of the TCP connections to ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def channel_to(server: ServerProcess, front: int) -> grpc.Channel:
+    """A channel whose one connection the kernel gave to ``front`` (fresh
+    connections until one lands there; 40 misses in a row with 2 fronts: 2^-40)."""
+    for _ in range(40):
+        before = established(server.port)
+        options = [("grpc.use_local_subchannel_pool", 1), ("streams.test", next(_serial))]
+        channel = grpc.insecure_channel(server.target, options=options)
+        grpc.channel_ready_future(channel).result(timeout=DEADLINE)
+        new = wait_until(lambda b=before: established(server.port) - b, timeout=DEADLINE)
+        if new & sockets_of(front):
+            return channel
+        channel.close()
+    raise AssertionError(f"no connection reached front {front}")
+
+
+def test_delete_space_through_one_front_empties_another_fronts_window(
+    pool: ServerProcess,
+) -> None:
+    # Review F5: the proxy answered DeleteSpace before the fronts' windows had
+    # dropped the space; only timing kept a Consume on another front from
+    # reading deleted records.
+    pool.start()
+    a, b = pool.children()
+    with channel_to(pool, a) as on_a, channel_to(pool, b) as on_b:
+        stub_a, stub_b = pb_grpc.StreamsServiceStub(on_a), pb_grpc.StreamsServiceStub(on_b)
+        for round_ in range(20):
+            space = f"s{round_}"
+            # A follower on B keeps the space's records in B's window.
+            follower = stub_b.Consume(pb.ConsumeRequest(space=space, follow=True, limit=5))
+            follower.initial_metadata()
+            produce(stub_a, space, *[b"r%d" % n for n in range(5)])
+            assert sum(len(response.records) for response in follower) == 5
+            follower2 = stub_b.Consume(
+                pb.ConsumeRequest(space=space, follow=True, from_offset=1), timeout=DEADLINE
+            )
+            follower2.initial_metadata()
+            stub_a.DeleteSpace(pb.DeleteSpaceRequest(space=space), timeout=DEADLINE)
+            consumed = stub_b.Consume(pb.ConsumeRequest(space=space, from_offset=1))
+            assert [r for response in consumed for r in response.records] == [], round_
+            follower2.cancel()
 
 
 def cmdline(pid: int) -> bytes:
