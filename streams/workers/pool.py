@@ -61,12 +61,46 @@ _MAX_SOCKET_PATH = 107
 _SOCKETS = ("host.sock", "writer.sock")
 
 
+_PREFIX = "streams-workers-"
+
+
+def sweep(parent: Path) -> list[Path]:
+    """Removes the private folders in ``parent`` that writers of this uid left
+    (killed before any front could remove it): both sockets refuse
+    connections. A writer still starting has its writer socket listening
+    before it makes its host socket, so it is never taken for dead."""
+    swept = []
+    for folder in parent.glob(f"{_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if folder.is_symlink() or folder.lstat().st_uid != os.getuid():
+                continue
+            if all(_refuses(folder / name) for name in _SOCKETS):
+                shutil.rmtree(folder)
+                swept.append(folder)
+    return swept
+
+
+def _refuses(path: Path) -> bool:
+    """True if ``path`` is a Unix socket nobody listens on any more."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
 @contextlib.contextmanager
 def private_folder(workers: int) -> Iterator[Path]:
     """A fresh folder only this user can enter (0700), for the Unix sockets,
-    removed afterwards; OptionError (naming TMPDIR) when none can be made."""
+    removed afterwards; OptionError (naming TMPDIR) when none can be made.
+    Folders that killed writers left are removed first (:func:`sweep`)."""
+    for left in sweep(Path(tempfile.gettempdir())):
+        log.warning("removed %s, left by a writer that was killed", left)
     try:
-        folder = Path(tempfile.mkdtemp(prefix="streams-workers-"))
+        folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
     except OSError as exc:
         raise OptionError(
             "--workers", workers,

@@ -413,6 +413,32 @@ def test_delete_space_through_one_front_empties_another_fronts_window(
             follower2.cancel()
 
 
+def dead_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))  # the file stays; nobody listens: connections are refused
+
+
+def test_folders_of_killed_writers_are_swept_at_start(tmp_path: Path) -> None:
+    # Review F2: 60 such folders had piled up in /tmp; each held a page-token key.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    dead, starting = temp / "streams-workers-dead", temp / "streams-workers-starting"
+    dead.mkdir(mode=0o700)
+    starting.mkdir(mode=0o700)
+    for name in ("host.sock", "writer.sock"):
+        dead_socket(dead / name)
+    (dead / "page-token-key").write_text("k" * 64)
+    # Another writer starting: its server listens, its host socket is not made yet.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(starting / "writer.sock"))
+        live.listen()
+        server = ServerProcess(tmp_path / "data", workers=2, env={"TMPDIR": str(temp)})
+        with server.start():
+            assert not dead.exists()
+            assert starting.exists()
+            assert f"removed {dead}, left by a writer that was killed" in server.stderr()
+
+
 def cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
