@@ -82,7 +82,7 @@ class FrontsOnly(grpc.GenericRpcHandler):
 
     def __init__(self, secret: str) -> None:
         self._secret = secret.encode()
-        self._refuse = grpc.stream_stream_rpc_method_handler(_refuse)
+        self._refuse: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(_refuse)
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails

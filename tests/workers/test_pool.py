@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -372,6 +373,10 @@ def established(port: int) -> set[str]:
     return found
 
 
+def fresh(port: int, before: set[str]) -> set[str]:
+    return established(port) - before
+
+
 def channel_to(server: ServerProcess, front: int) -> grpc.Channel:
     """A channel whose one connection the kernel gave to ``front`` (fresh
     connections until one lands there; 40 misses in a row with 2 fronts: 2^-40)."""
@@ -380,7 +385,7 @@ def channel_to(server: ServerProcess, front: int) -> grpc.Channel:
         options = [("grpc.use_local_subchannel_pool", 1), ("streams.test", next(_serial))]
         channel = grpc.insecure_channel(server.target, options=options)
         grpc.channel_ready_future(channel).result(timeout=DEADLINE)
-        new = wait_until(lambda b=before: established(server.port) - b, timeout=DEADLINE)
+        new = wait_until(partial(fresh, server.port, before), timeout=DEADLINE)
         if new & sockets_of(front):
             return channel
         channel.close()
