@@ -246,8 +246,12 @@ class _Sentinel:
 
 
 def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
-    if after is None:  # deleted (or never written): removed whatever it held
-        return before is not None and before.record_count > 0
+    if after is None:
+        # Deleted (or never written): whatever a front holds of it is removed.
+        # ``before`` may be older than records written since (the watch may
+        # lag), so "nothing before" proves nothing: tell it (a space that
+        # never existed has nothing in any window to drop).
+        return True
     removed = after.last_position - after.record_count
     return removed > (0 if before is None else before.last_position - before.record_count)
 

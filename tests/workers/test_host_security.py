@@ -105,7 +105,7 @@ def test_a_peer_allow_peer_refuses_is_dropped_before_any_frame(tmp_path: Path) -
 
     async def main() -> None:
         async with served(tmp_path, allow_peer=allow) as (_, host, (store,)):
-            with pytest.raises(Unavailable, match="broke|gone"):
+            with pytest.raises(Unavailable, match=r"broke|gone"):
                 await connect(host.path, Setup(data=tmp_path))
             assert asked == [os.getpid(), os.getpid()]
             assert len(host.fronts) == 1
