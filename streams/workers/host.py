@@ -19,11 +19,22 @@ hold of it; removals made through the host are told before they are answered
 that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
 forwarded the same way, one per (front, space).
 
-Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
-by the front pause the pumps (they read what is new once the front catches
-up: records are coalesced, never dropped, no wake-up lost) and stop reading
-its calls; at most ``max_calls`` calls run at once, and at most
-``max_streams`` pumps and watches exist.
+Bounds per front, each derived from the server's :class:`~streams.limits.Limits`
+or a named constant below:
+
+- unsent bytes: ``buffer_bytes`` (default ``BUFFERED_RESPONSES`` x
+  ``max_response_bytes``, 4 MiB). Past it the front's pumps pause (they read
+  what is new once it catches up: records are coalesced, never dropped, no
+  wake-up lost) and no call starts (they wait in the socket, whose reading
+  stops). A read reserves its answer (its cut, at most half a frame) when it
+  starts and starts only if that fits beside what is unsent and reserved (or
+  when nothing is reserved: one always runs), so what the host holds for a
+  front is at most ``buffer_bytes`` plus one answer or push.
+- calls running at once: ``max_calls`` (default ``MAX_CALLS``, a named
+  constant: calls beyond it wait in the socket; reads are bounded by bytes).
+- one push: at most ``max_batch`` records and ``max_response_bytes`` (what one
+  Consume response carries; at most half a frame).
+- pumps and watches: ``max_concurrent_streams``.
 """
 
 from __future__ import annotations
@@ -61,13 +72,12 @@ from streams.workers.ipc import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a front may leave unread before its pumps pause and its calls wait.
-BUFFER_BYTES = 4 << 20
-# Calls of one front running at once; more wait in the socket.
+# What a front may leave unread, in largest Consume responses, before its
+# pumps pause and its calls wait (4 MiB with the default limits).
+BUFFERED_RESPONSES = 4
+# Calls of one front running at once; more wait in the socket. Not a memory
+# bound (reads are bounded by bytes, see above): it caps the coroutines.
 MAX_CALLS = 1024
-# Records and bytes one push of a pump carries at most.
-PUSH_RECORDS = 10_000
-PUSH_BYTES = 1 << 20
 # How often a change of the store's write_error reaches the fronts when no
 # call brings it.
 WRITE_ERROR_SECONDS = 1.0
@@ -90,7 +100,7 @@ class StoreHost:
         path: Path,
         *,
         limits: Limits | None = None,
-        buffer_bytes: int = BUFFER_BYTES,
+        buffer_bytes: int | None = None,
         max_calls: int = MAX_CALLS,
         allow_peer: Callable[[int], bool] | None = None,
     ) -> None:
@@ -99,6 +109,9 @@ class StoreHost:
         defaults when None. ``allow_peer``: whether the process of this pid
         may connect (the fronts the writer spawned); a process of another uid
         than this one's never may (None: any process of this uid)."""
+        limits = limits or Limits()
+        if buffer_bytes is None:
+            buffer_bytes = BUFFERED_RESPONSES * limits.max_response_bytes
         if buffer_bytes < 1 or max_calls < 1:
             raise ValueError(
                 f"store host: buffer_bytes ({buffer_bytes}) and max_calls ({max_calls}) "
@@ -106,8 +119,9 @@ class StoreHost:
             )
         self.store = store
         self.path = path
-        limits = limits or Limits()
         self.max_frame = ipc.max_frame_bytes(limits)
+        # What one push carries at most: one Consume response.
+        self.push_cut = Cut(limits.max_batch, min(limits.max_response_bytes, self.max_frame // 2))
         self.max_streams = limits.max_concurrent_streams
         self.buffer_bytes = buffer_bytes
         self.max_calls = max_calls
@@ -268,10 +282,13 @@ class _Call:
     """One call's coroutine, driven by the callbacks of what it awaits (what a
     Task does, without a Task: a call that never awaits costs no loop turn)."""
 
-    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
+    __slots__ = ("_coro", "_front", "_id", "_reserved", "_throw", "_waiting")
 
-    def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(
+        self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int
+    ) -> None:
         self._front = front
+        self._reserved = reserved
         self._id = call_id
         self._coro = coro
         self._waiting: asyncio.Future[Any] | None = None
@@ -310,7 +327,7 @@ class _Call:
 
     def _end(self, ok: bool, value: object) -> None:
         self._front._calls.discard(self)
-        self._front.answer(self._id, ok, value)
+        self._front.answer(self._id, ok, value, self._reserved)
 
     def cancel(self) -> None:
         """As a Task is cancelled: what it awaits is cancelled, or it gets
@@ -339,6 +356,7 @@ class _Front:
         self.reading = True  # its calls are read (not paused by _gate_reading)
         self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
         self.answered = 0  # calls answered so far
+        self.reserved = 0  # bytes the answers of running reads may take
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
@@ -358,15 +376,25 @@ class _Front:
         if name in (UNFOLLOW, UNWATCH) and not self._deferred:
             self._end_stream(args[0])
             return
-        if self._deferred or not self._may_start():
+        if self._deferred or not self._may_start(self._answer_bytes(name, args)):
             # Over the buffer or the calls: this call waits (reading stops).
             self._deferred.append((call_id, name, args))
         else:
             self._start(call_id, name, args)
         self._gate_reading()
 
-    def _may_start(self) -> bool:
-        return self.link.writable.is_set() and len(self._calls) < self._host.max_calls
+    def _answer_bytes(self, name: str, args: tuple[Any, ...]) -> int:
+        """What the answer of a call may take: a read's cut (at most half a
+        frame, see _store_call); the answers of other calls are small."""
+        if name == "read" and len(args) > 3 and isinstance(args[3], Cut):
+            return min(args[3].max_bytes, self._host.max_frame // 2)
+        return 0
+
+    def _may_start(self, answer_bytes: int = 0) -> bool:
+        if not self.link.writable.is_set() or len(self._calls) >= self._host.max_calls:
+            return False
+        held = self.reserved + answer_bytes + self.link.buffered
+        return held <= self._host.buffer_bytes or not self.reserved
 
     def _start(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         if name in (UNFOLLOW, UNWATCH):
@@ -376,6 +404,7 @@ class _Front:
             self._reply(call_id, False, Unavailable("the store host is closed"))
             return
         handler = self._handlers.get(name)
+        reserved = self._answer_bytes(name, args)
         try:
             # A pump or watch is registered here, in order with the UNFOLLOW
             # or UNWATCH that may follow in the same read.
@@ -386,27 +415,32 @@ class _Front:
             self._reply(call_id, False, exc)
             return
         if EAGER_TASKS:
-            task = asyncio.Task(self._serve(call_id, coro), loop=self._loop, eager_start=True)
+            serve = self._serve(call_id, coro, reserved)
+            self.reserved += reserved
+            task = asyncio.Task(serve, loop=self._loop, eager_start=True)
             if not task.done():
                 self._calls.add(task)
         else:
-            _Call(self, call_id, coro).start()
+            self.reserved += reserved
+            _Call(self, call_id, coro, reserved).start()
 
-    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int) -> None:
         """Runs one call in its own Task (store methods may use asyncio.timeout)."""
         try:
             value, ok = await coro, True
         except asyncio.CancelledError:
             if self.link.closed:
+                self.reserved -= reserved
                 return  # the front is gone: nobody hears the answer
             value, ok = Unavailable("the call was cancelled"), False
         except Exception as exc:
             value, ok = exc, False
         finally:
             self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
-        self.answer(call_id, ok, value)
+        self.answer(call_id, ok, value, reserved)
 
-    def answer(self, call_id: int, ok: bool, value: object) -> None:
+    def answer(self, call_id: int, ok: bool, value: object, reserved: int) -> None:
+        self.reserved -= reserved
         self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
@@ -434,7 +468,7 @@ class _Front:
         writable = self.link.writable.is_set()
         if not writable and self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._when_writable())
-        while self._deferred and self._may_start():
+        while self._deferred and self._may_start(self._answer_bytes(*self._deferred[0][1:])):
             self._start(*self._deferred.popleft())
         wanted = not self._deferred and self._may_start()
         if wanted == self.reading:
@@ -499,7 +533,7 @@ class _Front:
             async with store.follow(target) as sub:
                 following = await store.last_offset(target)
                 started.set_result(following)
-                cut = Cut(PUSH_RECORDS, min(PUSH_BYTES, host.max_frame // 2))
+                cut = host.push_cut
                 while True:
                     await sub.wait(following + 1)
                     while not link.writable.is_set():
