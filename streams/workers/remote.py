@@ -168,7 +168,12 @@ class RemoteStore:
         finally:
             self._pending.pop(call_id, None)
 
-    def _received(self, message: Any) -> None:
+    def _received(self, received: object) -> None:
+        try:
+            message = ipc.check_answer(received)
+        except ipc.FrameError as exc:
+            self.link.abort(exc)  # the writer is broken: lost, as if it died
+            return
         call_id = message[0]
         if call_id:
             future = self._pending.get(call_id)

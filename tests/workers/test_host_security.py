@@ -151,3 +151,25 @@ def test_a_peer_of_another_uid_is_dropped_before_any_frame(tmp_path: Path) -> No
             assert len(host.fronts) == 1
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [(5,), (1, "yes", None), (1, False, "not an error"), (0, "push", 1), (0, ["x"], 1)],
+)
+def test_a_front_drops_a_host_message_of_the_wrong_shape(tmp_path: Path, message: object) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1 << 16)  # the HELLO
+            writer.write(ipc.encode(message, 1 << 20))
+            await writer.drain()
+            await reader.read()  # until the front drops the connection
+
+        server = await asyncio.start_unix_server(host, str(tmp_path / "h.sock"))
+        async with server:
+            with pytest.raises(Unavailable, match="broke"):
+                await connect(tmp_path / "h.sock", Setup(data=tmp_path))
+
+    asyncio.run(main())
