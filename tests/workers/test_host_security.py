@@ -159,8 +159,6 @@ def test_a_peer_of_another_uid_is_dropped_before_any_frame(tmp_path: Path) -> No
 )
 def test_a_front_drops_a_host_message_of_the_wrong_shape(tmp_path: Path, message: object) -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-
         async def host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(1 << 16)  # the HELLO
             writer.write(ipc.encode(message, 1 << 20))
