@@ -1,13 +1,19 @@
 """The store host: serves the writer's store to front processes over a Unix
 socket (see :mod:`streams.workers`).
 
-Each front is one connection. A call (``(id, method, args)``) runs the store
-method and answers ``(id, ok, value)``; nothing else is queued per call: the
-method's coroutine is driven by the callbacks of what it awaits (a read that
-never awaits is answered within the same turn of the event loop), and the
-answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
-A store method therefore runs with no current Task (``asyncio.current_task()``
-is None in it): no backend relies on one.
+Each front is one connection, and hostile until checked: a peer of another
+uid, or one ``allow_peer`` refuses, is dropped before a frame is read
+(SO_PEERCRED); frames decode only model and error types (:mod:`ipc`); a
+message of the wrong shape drops the connection before anything runs. A call
+(``(id, method, args)``) runs the store method and answers ``(id, ok,
+value)``: on Python 3.12+ in an eager Task (it runs at once; a call that never
+awaits is answered within the same turn of the event loop; store methods may
+use ``asyncio.timeout``, as ``wait_for`` does there); on 3.11, with no eager
+tasks, the coroutine is driven by the callbacks of what it awaits, with no
+current Task (``asyncio.wait_for`` works there, ``asyncio.timeout`` does not),
+because a Task per call cost about 10 % of a Produce round trip
+(``bench/ipc.py``). The answers of one turn leave in one write
+(:class:`~streams.workers.ipc.Link`).
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
@@ -15,8 +21,10 @@ followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
 hold of it; removals made through the host are told before they are answered
-(a removal the writer made on its own reaches a front a moment later: a front
-that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+(a removal the writer made on its own reaches a front a moment later; a
+BARRIER compares every space the front follows anew and answers once the
+removals found are sent: a front that must see it at once calls
+:meth:`RemoteStore.barrier`). Watches are
 forwarded the same way, one per (front, space).
 
 Bounds per front, each derived from the server's :class:`~streams.limits.Limits`
