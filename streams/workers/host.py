@@ -1,13 +1,19 @@
 """The store host: serves the writer's store to front processes over a Unix
 socket (see :mod:`streams.workers`).
 
-Each front is one connection. A call (``(id, method, args)``) runs the store
-method and answers ``(id, ok, value)``; nothing else is queued per call: the
-method's coroutine is driven by the callbacks of what it awaits (a read that
-never awaits is answered within the same turn of the event loop), and the
-answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
-A store method therefore runs with no current Task (``asyncio.current_task()``
-is None in it): no backend relies on one.
+Each front is one connection, and hostile until checked: a peer of another
+uid, or one ``allow_peer`` refuses, is dropped before a frame is read
+(SO_PEERCRED); frames decode only model and error types (:mod:`ipc`); a
+message of the wrong shape drops the connection before anything runs. A call
+(``(id, method, args)``) runs the store method and answers ``(id, ok,
+value)``: on Python 3.12+ in an eager Task (it runs at once; a call that never
+awaits is answered within the same turn of the event loop; store methods may
+use ``asyncio.timeout``, as ``wait_for`` does there); on 3.11, with no eager
+tasks, the coroutine is driven by the callbacks of what it awaits, with no
+current Task (``asyncio.wait_for`` works there, ``asyncio.timeout`` does not),
+because a Task per call cost about 10 % of a Produce round trip
+(``bench/ipc.py``). The answers of one turn leave in one write
+(:class:`~streams.workers.ipc.Link`).
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
@@ -15,15 +21,28 @@ followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
 hold of it; removals made through the host are told before they are answered
-(a removal the writer made on its own reaches a front a moment later: a front
-that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+(a removal the writer made on its own reaches a front a moment later; a
+BARRIER compares every space the front follows anew and answers once the
+removals found are sent: a front that must see it at once calls
+:meth:`RemoteStore.barrier`). Watches are
 forwarded the same way, one per (front, space).
 
-Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
-by the front pause the pumps (they read what is new once the front catches
-up: records are coalesced, never dropped, no wake-up lost) and stop reading
-its calls; at most ``max_calls`` calls run at once, and at most
-``max_streams`` pumps and watches exist.
+Bounds per front, each derived from the server's :class:`~streams.limits.Limits`
+or a named constant below:
+
+- unsent bytes: ``buffer_bytes`` (default ``BUFFERED_RESPONSES`` x
+  ``max_response_bytes``, 4 MiB). Past it the front's pumps pause (they read
+  what is new once it catches up: records are coalesced, never dropped, no
+  wake-up lost) and no call starts (they wait in the socket, whose reading
+  stops). A read reserves its answer (its cut, at most half a frame) when it
+  starts and starts only if that fits beside what is unsent and reserved (or
+  when nothing is reserved: one always runs), so what the host holds for a
+  front is at most ``buffer_bytes`` plus one answer or push.
+- calls running at once: ``max_calls`` (default ``MAX_CALLS``, a named
+  constant: calls beyond it wait in the socket; reads are bounded by bytes).
+- one push: at most ``max_batch`` records and ``max_response_bytes`` (what one
+  Consume response carries; at most half a frame).
+- pumps and watches: ``max_concurrent_streams``.
 """
 
 from __future__ import annotations
@@ -61,13 +80,12 @@ from streams.workers.ipc import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a front may leave unread before its pumps pause and its calls wait.
-BUFFER_BYTES = 4 << 20
-# Calls of one front running at once; more wait in the socket.
+# What a front may leave unread, in largest Consume responses, before its
+# pumps pause and its calls wait (4 MiB with the default limits).
+BUFFERED_RESPONSES = 4
+# Calls of one front running at once; more wait in the socket. Not a memory
+# bound (reads are bounded by bytes, see above): it caps the coroutines.
 MAX_CALLS = 1024
-# Records and bytes one push of a pump carries at most.
-PUSH_RECORDS = 10_000
-PUSH_BYTES = 1 << 20
 # How often a change of the store's write_error reaches the fronts when no
 # call brings it.
 WRITE_ERROR_SECONDS = 1.0
@@ -90,7 +108,7 @@ class StoreHost:
         path: Path,
         *,
         limits: Limits | None = None,
-        buffer_bytes: int = BUFFER_BYTES,
+        buffer_bytes: int | None = None,
         max_calls: int = MAX_CALLS,
         allow_peer: Callable[[int], bool] | None = None,
     ) -> None:
@@ -99,6 +117,9 @@ class StoreHost:
         defaults when None. ``allow_peer``: whether the process of this pid
         may connect (the fronts the writer spawned); a process of another uid
         than this one's never may (None: any process of this uid)."""
+        limits = limits or Limits()
+        if buffer_bytes is None:
+            buffer_bytes = BUFFERED_RESPONSES * limits.max_response_bytes
         if buffer_bytes < 1 or max_calls < 1:
             raise ValueError(
                 f"store host: buffer_bytes ({buffer_bytes}) and max_calls ({max_calls}) "
@@ -106,8 +127,9 @@ class StoreHost:
             )
         self.store = store
         self.path = path
-        limits = limits or Limits()
         self.max_frame = ipc.max_frame_bytes(limits)
+        # What one push carries at most: one Consume response.
+        self.push_cut = Cut(limits.max_batch, min(limits.max_response_bytes, self.max_frame // 2))
         self.max_streams = limits.max_concurrent_streams
         self.buffer_bytes = buffer_bytes
         self.max_calls = max_calls
@@ -246,10 +268,81 @@ class _Sentinel:
 
 
 def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
-    if after is None:  # deleted (or never written): removed whatever it held
-        return before is not None and before.record_count > 0
+    if after is None:
+        # Deleted (or never written): whatever a front holds of it is removed.
+        # ``before`` may be older than records written since (the watch may
+        # lag), so "nothing before" proves nothing: tell it (a space that
+        # never existed has nothing in any window to drop).
+        return True
     removed = after.last_position - after.record_count
     return removed > (0 if before is None else before.last_position - before.record_count)
+
+
+# On 3.12+ each call is an eager Task: it runs at once, to its end when it
+# never awaits (no loop turn), and store methods may use asyncio.timeout (as
+# wait_for does since 3.12). 3.11 has no eager tasks, and a Task per call cost
+# 15 % of a Produce round trip (bench/ipc.py): there a call is driven by
+# _Call, with no current Task (asyncio.wait_for works, asyncio.timeout not).
+EAGER_TASKS = sys.version_info >= (3, 12)
+
+
+class _Call:
+    """One call's coroutine, driven by the callbacks of what it awaits (what a
+    Task does, without a Task: a call that never awaits costs no loop turn)."""
+
+    __slots__ = ("_coro", "_front", "_id", "_reserved", "_throw", "_waiting")
+
+    def __init__(
+        self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int
+    ) -> None:
+        self._front = front
+        self._reserved = reserved
+        self._id = call_id
+        self._coro = coro
+        self._waiting: asyncio.Future[Any] | None = None
+        self._throw: BaseException | None = None
+
+    def start(self) -> None:
+        self._front._calls.add(self)
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        self._waiting = None
+        try:
+            if self._throw is not None:
+                error, self._throw = self._throw, None
+                yielded = self._coro.throw(error)
+            else:
+                yielded = self._coro.send(None)
+        except StopIteration as done:
+            self._end(True, done.value)
+            return
+        except asyncio.CancelledError:
+            self._end(False, Unavailable("the call was cancelled"))
+            return
+        except Exception as exc:
+            self._end(False, exc)
+            return
+        if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next turn
+            asyncio.get_running_loop().call_soon(self._step)
+        elif getattr(yielded, "_asyncio_future_blocking", None):
+            yielded._asyncio_future_blocking = False
+            self._waiting = yielded
+            yielded.add_done_callback(self._step)
+        else:
+            self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
+            asyncio.get_running_loop().call_soon(self._step)
+
+    def _end(self, ok: bool, value: object) -> None:
+        self._front._calls.discard(self)
+        self._front.answer(self._id, ok, value, self._reserved)
+
+    def cancel(self) -> None:
+        """As a Task is cancelled: what it awaits is cancelled, or it gets
+        CancelledError at its next step, and it runs its clean-up (its answer
+        then goes nowhere)."""
+        if self._waiting is None or not self._waiting.cancel():
+            self._throw = asyncio.CancelledError()
 
 
 class _Front:
@@ -261,7 +354,8 @@ class _Front:
         self.link = ipc.Link(
             host.max_frame, host.buffer_bytes, self._received, self._lost, host.admit
         )
-        self._calls: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._calls: set[asyncio.Task[None] | _Call] = set()
         # Calls read while none may start (at most what one read brought).
         self._deferred: deque[tuple[int, str, tuple[Any, ...]]] = deque()
         self._streams: dict[int, asyncio.Task[None]] = {}
@@ -270,6 +364,7 @@ class _Front:
         self.reading = True  # its calls are read (not paused by _gate_reading)
         self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
         self.answered = 0  # calls answered so far
+        self.reserved = 0  # bytes the answers of running reads may take
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
@@ -289,15 +384,25 @@ class _Front:
         if name in (UNFOLLOW, UNWATCH) and not self._deferred:
             self._end_stream(args[0])
             return
-        if self._deferred or not self._may_start():
+        if self._deferred or not self._may_start(self._answer_bytes(name, args)):
             # Over the buffer or the calls: this call waits (reading stops).
             self._deferred.append((call_id, name, args))
         else:
             self._start(call_id, name, args)
         self._gate_reading()
 
-    def _may_start(self) -> bool:
-        return self.link.writable.is_set() and len(self._calls) < self._host.max_calls
+    def _answer_bytes(self, name: str, args: tuple[Any, ...]) -> int:
+        """What the answer of a call may take: a read's cut (at most half a
+        frame, see _store_call); the answers of other calls are small."""
+        if name == "read" and len(args) > 3 and isinstance(args[3], Cut):
+            return min(args[3].max_bytes, self._host.max_frame // 2)
+        return 0
+
+    def _may_start(self, answer_bytes: int = 0) -> bool:
+        if not self.link.writable.is_set() or len(self._calls) >= self._host.max_calls:
+            return False
+        held = self.reserved + answer_bytes + self.link.buffered
+        return held <= self._host.buffer_bytes or not self.reserved
 
     def _start(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         if name in (UNFOLLOW, UNWATCH):
@@ -307,6 +412,7 @@ class _Front:
             self._reply(call_id, False, Unavailable("the store host is closed"))
             return
         handler = self._handlers.get(name)
+        reserved = self._answer_bytes(name, args)
         try:
             # A pump or watch is registered here, in order with the UNFOLLOW
             # or UNWATCH that may follow in the same read.
@@ -316,25 +422,33 @@ class _Front:
         except Exception as exc:
             self._reply(call_id, False, exc)
             return
-        task = _run_call(self._serve(call_id, coro))
-        if not task.done():
-            self._calls.add(task)
+        if EAGER_TASKS:
+            serve = self._serve(call_id, coro, reserved)
+            self.reserved += reserved
+            task = asyncio.Task(serve, loop=self._loop, eager_start=True)
+            if not task.done():
+                self._calls.add(task)
+        else:
+            self.reserved += reserved
+            _Call(self, call_id, coro, reserved).start()
 
-    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int) -> None:
         """Runs one call in its own Task (store methods may use asyncio.timeout)."""
         try:
             value, ok = await coro, True
         except asyncio.CancelledError:
             if self.link.closed:
+                self.reserved -= reserved
                 return  # the front is gone: nobody hears the answer
             value, ok = Unavailable("the call was cancelled"), False
         except Exception as exc:
             value, ok = exc, False
         finally:
             self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
-        self.answer(call_id, ok, value)
+        self.answer(call_id, ok, value, reserved)
 
-    def answer(self, call_id: int, ok: bool, value: object) -> None:
+    def answer(self, call_id: int, ok: bool, value: object, reserved: int) -> None:
+        self.reserved -= reserved
         self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
@@ -362,7 +476,7 @@ class _Front:
         writable = self.link.writable.is_set()
         if not writable and self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._when_writable())
-        while self._deferred and self._may_start():
+        while self._deferred and self._may_start(self._answer_bytes(*self._deferred[0][1:])):
             self._start(*self._deferred.popleft())
         wanted = not self._deferred and self._may_start()
         if wanted == self.reading:
@@ -427,7 +541,7 @@ class _Front:
             async with store.follow(target) as sub:
                 following = await store.last_offset(target)
                 started.set_result(following)
-                cut = Cut(PUSH_RECORDS, min(PUSH_BYTES, host.max_frame // 2))
+                cut = host.push_cut
                 while True:
                     await sub.wait(following + 1)
                     while not link.writable.is_set():
@@ -525,18 +639,6 @@ async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
     if started.done():
         return started.result()
     raise Unavailable("released before it began")
-
-
-if sys.version_info >= (3, 12):
-
-    def _run_call(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """An eager Task: a call that never awaits is answered with no loop turn."""
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
-
-else:
-
-    def _run_call(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(coro)
 
 
 async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:

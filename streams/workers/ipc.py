@@ -437,6 +437,25 @@ def check_call(message: object) -> tuple[int, str, tuple[Any, ...]]:
     return call_id, name, args
 
 
+# Host to front, pushes by kind: the values after (0, kind).
+_PUSHED = {PUSH: 5, REMOVED: 2, CHANGES: 2, FAILED: 2, WRITE_ERROR: 1}
+
+
+def check_answer(message: object) -> tuple[Any, ...]:
+    """``message`` as the host's answer ``(id, ok, value)`` or push ``(0, kind,
+    ...)``; FrameError when it is of another shape."""
+    if type(message) is not tuple or len(message) < 3 or type(message[0]) is not int:
+        raise FrameError(f"a message from the host is not (id, ...): {type(message).__name__}")
+    if message[0]:
+        if len(message) != 3 or type(message[1]) is not bool:
+            raise FrameError("an answer from the host is not (id, ok, value)")
+        if not message[1] and not isinstance(message[2], BaseException):
+            raise FrameError(f"a failed answer carries no error: {type(message[2]).__name__}")
+    elif type(message[1]) is not str or _PUSHED.get(message[1]) != len(message) - 2:
+        raise FrameError(f"no push {message[1]!r:.80} of {len(message) - 2} values")
+    return message
+
+
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
