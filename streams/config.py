@@ -75,6 +75,11 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     # 1: one process; N >= 2: a writer process and N gRPC front processes (streams.workers).
     workers: int = 1
+    # With --workers N >= 2: how long a front may take to serve (it imports grpc and
+    # connects), to exit after SIGTERM beyond --shutdown-grace, to answer a scrape.
+    front_start_seconds: float = 60.0
+    front_exit_seconds: float = 5.0
+    front_scrape_seconds: float = 5.0
 
 
 def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -303,6 +308,27 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         metavar="N",
     )
     p.add(
+        "front-start-seconds",
+        seconds,
+        d.front_start_seconds,
+        "--workers N >= 2: how long the fronts may take to serve; past it the server stops "
+        "(exit 1).",
+    )
+    p.add(
+        "front-exit-seconds",
+        seconds,
+        d.front_exit_seconds,
+        "--workers N >= 2: how long a front may take to exit after --shutdown-grace before "
+        "it is killed.",
+    )
+    p.add(
+        "front-scrape-seconds",
+        seconds,
+        d.front_scrape_seconds,
+        "--workers N >= 2: how long a /metrics scrape waits for one front's series (one that "
+        "does not answer is left out of that scrape).",
+    )
+    p.add(
         "shutdown-grace",
         float,
         d.shutdown_grace,
@@ -469,6 +495,9 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         )
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
+    for flag in ("front-start-seconds", "front-scrape-seconds"):
+        if not getattr(args, flag.replace("-", "_")) > 0:
+            p.parser.error(f"--{flag} {getattr(args, flag.replace('-', '_'))}: must be positive")
     if args.workers == 0:
         args.workers = default_workers(lim.memory_budget_bytes)
     if args.workers > 1:
@@ -515,4 +544,7 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         ),
         limits=lim,
         workers=args.workers,
+        front_start_seconds=args.front_start_seconds,
+        front_exit_seconds=args.front_exit_seconds,
+        front_scrape_seconds=args.front_scrape_seconds,
     )

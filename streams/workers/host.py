@@ -1,13 +1,19 @@
 """The store host: serves the writer's store to front processes over a Unix
 socket (see :mod:`streams.workers`).
 
-Each front is one connection. A call (``(id, method, args)``) runs the store
-method and answers ``(id, ok, value)``; nothing else is queued per call: the
-method's coroutine is driven by the callbacks of what it awaits (a read that
-never awaits is answered within the same turn of the event loop), and the
-answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
-A store method therefore runs with no current Task (``asyncio.current_task()``
-is None in it): no backend relies on one.
+Each front is one connection, and hostile until checked: a peer of another
+uid, or one ``allow_peer`` refuses, is dropped before a frame is read
+(SO_PEERCRED); frames decode only model and error types (:mod:`ipc`); a
+message of the wrong shape drops the connection before anything runs. A call
+(``(id, method, args)``) runs the store method and answers ``(id, ok,
+value)``: on Python 3.12+ in an eager Task (it runs at once; a call that never
+awaits is answered within the same turn of the event loop; store methods may
+use ``asyncio.timeout``, as ``wait_for`` does there); on 3.11, with no eager
+tasks, the coroutine is driven by the callbacks of what it awaits, with no
+current Task (``asyncio.wait_for`` works there, ``asyncio.timeout`` does not),
+because a Task per call cost about 10 % of a Produce round trip
+(``bench/ipc.py``). The answers of one turn leave in one write
+(:class:`~streams.workers.ipc.Link`).
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
@@ -15,15 +21,28 @@ followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
 hold of it; removals made through the host are told before they are answered
-(a removal the writer made on its own reaches a front a moment later: a front
-that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+(a removal the writer made on its own reaches a front a moment later; a
+BARRIER compares every space the front follows anew and answers once the
+removals found are sent: a front that must see it at once calls
+:meth:`RemoteStore.barrier`). Watches are
 forwarded the same way, one per (front, space).
 
-Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
-by the front pause the pumps (they read what is new once the front catches
-up: records are coalesced, never dropped, no wake-up lost) and stop reading
-its calls; at most ``max_calls`` calls run at once, and at most
-``max_streams`` pumps and watches exist.
+Bounds per front, each derived from the server's :class:`~streams.limits.Limits`
+or a named constant below:
+
+- unsent bytes: ``buffer_bytes`` (default ``BUFFERED_RESPONSES`` x
+  ``max_response_bytes``, 4 MiB). Past it the front's pumps pause (they read
+  what is new once it catches up: records are coalesced, never dropped, no
+  wake-up lost) and no call starts (they wait in the socket, whose reading
+  stops). A read reserves its answer (its cut, at most half a frame) when it
+  starts and starts only if that fits beside what is unsent and reserved (or
+  when nothing is reserved: one always runs), so what the host holds for a
+  front is at most ``buffer_bytes`` plus one answer or push.
+- calls running at once: ``max_calls`` (default ``MAX_CALLS``, a named
+  constant: calls beyond it wait in the socket; reads are bounded by bytes).
+- one push: at most ``max_batch`` records and ``max_response_bytes`` (what one
+  Consume response carries; at most half a frame).
+- pumps and watches: ``max_concurrent_streams``.
 """
 
 from __future__ import annotations
@@ -32,8 +51,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable, Coroutine
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +64,6 @@ from streams.storage.port import Store
 from streams.workers import ipc
 from streams.workers.ipc import (
     BARRIER,
-    CALLS,
     CHANGES,
     FAILED,
     FOLLOW,
@@ -61,13 +80,12 @@ from streams.workers.ipc import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a front may leave unread before its pumps pause and its calls wait.
-BUFFER_BYTES = 4 << 20
-# Calls of one front running at once; more wait in the socket.
+# What a front may leave unread, in largest Consume responses, before its
+# pumps pause and its calls wait (4 MiB with the default limits).
+BUFFERED_RESPONSES = 4
+# Calls of one front running at once; more wait in the socket. Not a memory
+# bound (reads are bounded by bytes, see above): it caps the coroutines.
 MAX_CALLS = 1024
-# Records and bytes one push of a pump carries at most.
-PUSH_RECORDS = 10_000
-PUSH_BYTES = 1 << 20
 # How often a change of the store's write_error reaches the fronts when no
 # call brings it.
 WRITE_ERROR_SECONDS = 1.0
@@ -90,12 +108,18 @@ class StoreHost:
         path: Path,
         *,
         limits: Limits | None = None,
-        buffer_bytes: int = BUFFER_BYTES,
+        buffer_bytes: int | None = None,
         max_calls: int = MAX_CALLS,
+        allow_peer: Callable[[int], bool] | None = None,
     ) -> None:
         """``limits``: the server's (frames follow its request and response
         limits, streams per front its ``max_concurrent_streams``); the
-        defaults when None."""
+        defaults when None. ``allow_peer``: whether the process of this pid
+        may connect (the fronts the writer spawned); a process of another uid
+        than this one's never may (None: any process of this uid)."""
+        limits = limits or Limits()
+        if buffer_bytes is None:
+            buffer_bytes = BUFFERED_RESPONSES * limits.max_response_bytes
         if buffer_bytes < 1 or max_calls < 1:
             raise ValueError(
                 f"store host: buffer_bytes ({buffer_bytes}) and max_calls ({max_calls}) "
@@ -103,11 +127,13 @@ class StoreHost:
             )
         self.store = store
         self.path = path
-        limits = limits or Limits()
         self.max_frame = ipc.max_frame_bytes(limits)
+        # What one push carries at most: one Consume response.
+        self.push_cut = Cut(limits.max_batch, min(limits.max_response_bytes, self.max_frame // 2))
         self.max_streams = limits.max_concurrent_streams
         self.buffer_bytes = buffer_bytes
         self.max_calls = max_calls
+        self.allow_peer = allow_peer
         self.fronts: set[_Front] = set()
         self._sentinels: dict[str, _Sentinel] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -140,6 +166,18 @@ class StoreHost:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def admit(self, transport: asyncio.Transport) -> str | None:
+        """Why the peer of ``transport`` may not connect (None: it may)."""
+        credentials = ipc.peer_credentials(transport)
+        if credentials is None:
+            return "the peer's credentials are unknown (no SO_PEERCRED)"
+        pid, uid, _ = credentials
+        if uid != os.getuid():
+            return f"process {pid} runs as uid {uid}, the writer as {os.getuid()}"
+        if self.allow_peer is not None and not self.allow_peer(pid):
+            return f"process {pid} is not a front of this server"
+        return None
+
     # -- what every front hears ---------------------------------------------
 
     def removed(self, space: str, segments: tuple[str, ...] | None) -> None:
@@ -156,6 +194,9 @@ class StoreHost:
             sentinel = self._sentinels[space] = _Sentinel(self, space)
         sentinel.holders += 1
         return sentinel.ready()
+
+    def sentinels(self, spaces: Iterable[str]) -> list[_Sentinel]:
+        return [self._sentinels[space] for space in spaces if space in self._sentinels]
 
     def release_space(self, space: str) -> None:
         sentinel = self._sentinels.get(space)
@@ -183,6 +224,8 @@ class _Sentinel:
         self._host = host
         self._space = space
         self.holders = 0
+        self._seen: SpaceInfo | None = None
+        self._checking = asyncio.Lock()  # one comparison at a time: ``_seen`` only moves on
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -193,14 +236,11 @@ class _Sentinel:
         store = self._host.store
         try:
             async with store.watch(self._space) as watch:
-                seen = await store.get_space(self._space)
+                self._seen = await store.get_space(self._space)
                 self._started.set_result(None)
                 while True:
                     await watch.changes()
-                    now = await store.get_space(self._space)
-                    if _removed_between(seen, now):
-                        self._host.removed(self._space, None)
-                    seen = now
+                    await self.check()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -215,28 +255,55 @@ class _Sentinel:
                 )
                 self._host.removed(self._space, None)
 
+    async def check(self) -> None:
+        """Tells the fronts if records were removed since the last check (a
+        barrier runs it: removals made before it are told before it answers)."""
+        if not self._started.done() or self._started.exception() is not None:
+            return
+        async with self._checking:
+            now = await self._host.store.get_space(self._space)
+            if _removed_between(self._seen, now):
+                self._host.removed(self._space, None)
+            self._seen = now
+
 
 def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
-    if after is None:  # deleted (or never written): removed whatever it held
-        return before is not None and before.record_count > 0
+    if after is None:
+        # Deleted (or never written): whatever a front holds of it is removed.
+        # ``before`` may be older than records written since (the watch may
+        # lag), so "nothing before" proves nothing: tell it (a space that
+        # never existed has nothing in any window to drop).
+        return True
     removed = after.last_position - after.record_count
     return removed > (0 if before is None else before.last_position - before.record_count)
+
+
+# On 3.12+ each call is an eager Task: it runs at once, to its end when it
+# never awaits (no loop turn), and store methods may use asyncio.timeout (as
+# wait_for does since 3.12). 3.11 has no eager tasks, and a Task per call cost
+# 15 % of a Produce round trip (bench/ipc.py): there a call is driven by
+# _Call, with no current Task (asyncio.wait_for works, asyncio.timeout not).
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class _Call:
     """One call's coroutine, driven by the callbacks of what it awaits (what a
     Task does, without a Task: a call that never awaits costs no loop turn)."""
 
-    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
+    __slots__ = ("_coro", "_front", "_id", "_reserved", "_throw", "_waiting")
 
-    def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(
+        self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int
+    ) -> None:
         self._front = front
+        self._reserved = reserved
         self._id = call_id
         self._coro = coro
         self._waiting: asyncio.Future[Any] | None = None
         self._throw: BaseException | None = None
 
     def start(self) -> None:
+        self._front._calls.add(self)
         self._step()
 
     def _step(self, _: object = None) -> None:
@@ -248,13 +315,13 @@ class _Call:
             else:
                 yielded = self._coro.send(None)
         except StopIteration as done:
-            self._front.answer(self, self._id, True, done.value)
+            self._end(True, done.value)
             return
         except asyncio.CancelledError:
-            self._front.answer(self, self._id, False, Unavailable("the call was cancelled"))
+            self._end(False, Unavailable("the call was cancelled"))
             return
         except Exception as exc:
-            self._front.answer(self, self._id, False, exc)
+            self._end(False, exc)
             return
         if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next turn
             asyncio.get_running_loop().call_soon(self._step)
@@ -265,6 +332,10 @@ class _Call:
         else:
             self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
             asyncio.get_running_loop().call_soon(self._step)
+
+    def _end(self, ok: bool, value: object) -> None:
+        self._front._calls.discard(self)
+        self._front.answer(self._id, ok, value, self._reserved)
 
     def cancel(self) -> None:
         """As a Task is cancelled: what it awaits is cancelled, or it gets
@@ -280,28 +351,60 @@ class _Front:
     def __init__(self, host: StoreHost) -> None:
         self._host = host
         self._store = host.store
-        self.link = ipc.Link(host.max_frame, host.buffer_bytes, self._received, self._lost)
-        self._calls: set[_Call] = set()
+        self.link = ipc.Link(
+            host.max_frame, host.buffer_bytes, self._received, self._lost, host.admit
+        )
+        self._loop = asyncio.get_running_loop()
+        self._calls: set[asyncio.Task[None] | _Call] = set()
+        # Calls read while none may start (at most what one read brought).
+        self._deferred: deque[tuple[int, str, tuple[Any, ...]]] = deque()
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
         self.reading = True  # its calls are read (not paused by _gate_reading)
         self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
         self.answered = 0  # calls answered so far
+        self.reserved = 0  # bytes the answers of running reads may take
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
-            BARRIER: _barrier,
+            BARRIER: self._barrier,
             HELLO: self._hello,
         }
         host.fronts.add(self)
 
     # -- calls --------------------------------------------------------------
 
-    def _received(self, message: Any) -> None:
-        call_id: int = message[0]
-        name: str = message[1]
-        args: tuple[Any, ...] = message[2]
+    def _received(self, message: object) -> None:
+        try:
+            call_id, name, args = ipc.check_call(message)
+        except ipc.FrameError as exc:
+            self.link.abort(exc)  # a broken or hostile peer: nothing of it runs
+            return
+        if name in (UNFOLLOW, UNWATCH) and not self._deferred:
+            self._end_stream(args[0])
+            return
+        if self._deferred or not self._may_start(self._answer_bytes(name, args)):
+            # Over the buffer or the calls: this call waits (reading stops).
+            self._deferred.append((call_id, name, args))
+        else:
+            self._start(call_id, name, args)
+        self._gate_reading()
+
+    def _answer_bytes(self, name: str, args: tuple[Any, ...]) -> int:
+        """What the answer of a call may take: a read's cut (at most half a
+        frame, see _store_call); the answers of other calls are small."""
+        if name == "read" and len(args) > 3 and isinstance(args[3], Cut):
+            return min(args[3].max_bytes, self._host.max_frame // 2)
+        return 0
+
+    def _may_start(self, answer_bytes: int = 0) -> bool:
+        if not self.link.writable.is_set() or len(self._calls) >= self._host.max_calls:
+            return False
+        held = self.reserved + answer_bytes + self.link.buffered
+        return held <= self._host.buffer_bytes or not self.reserved
+
+    def _start(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         if name in (UNFOLLOW, UNWATCH):
             self._end_stream(args[0])
             return
@@ -309,20 +412,43 @@ class _Front:
             self._reply(call_id, False, Unavailable("the store host is closed"))
             return
         handler = self._handlers.get(name)
-        if handler is not None:
-            coro = handler(call_id, *args)
-        elif name in CALLS:
-            coro = _store_call(self._host, name, args)
-        else:
-            self._reply(call_id, False, InvariantViolation(f"no store call {name!r}"))
+        reserved = self._answer_bytes(name, args)
+        try:
+            # A pump or watch is registered here, in order with the UNFOLLOW
+            # or UNWATCH that may follow in the same read.
+            coro = (
+                _store_call(self._host, name, args) if handler is None else handler(call_id, *args)
+            )
+        except Exception as exc:
+            self._reply(call_id, False, exc)
             return
-        call = _Call(self, call_id, coro)
-        self._calls.add(call)
-        self._gate_reading()
-        call.start()
+        if EAGER_TASKS:
+            serve = self._serve(call_id, coro, reserved)
+            self.reserved += reserved
+            task = asyncio.Task(serve, loop=self._loop, eager_start=True)
+            if not task.done():
+                self._calls.add(task)
+        else:
+            self.reserved += reserved
+            _Call(self, call_id, coro, reserved).start()
 
-    def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
-        self._calls.discard(call)
+    async def _serve(self, call_id: int, coro: Coroutine[Any, Any, Any], reserved: int) -> None:
+        """Runs one call in its own Task (store methods may use asyncio.timeout)."""
+        try:
+            value, ok = await coro, True
+        except asyncio.CancelledError:
+            if self.link.closed:
+                self.reserved -= reserved
+                return  # the front is gone: nobody hears the answer
+            value, ok = Unavailable("the call was cancelled"), False
+        except Exception as exc:
+            value, ok = exc, False
+        finally:
+            self._calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self.answer(call_id, ok, value, reserved)
+
+    def answer(self, call_id: int, ok: bool, value: object, reserved: int) -> None:
+        self.reserved -= reserved
         self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
@@ -350,7 +476,9 @@ class _Front:
         writable = self.link.writable.is_set()
         if not writable and self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._when_writable())
-        wanted = writable and len(self._calls) < self._host.max_calls
+        while self._deferred and self._may_start(self._answer_bytes(*self._deferred[0][1:])):
+            self._start(*self._deferred.popleft())
+        wanted = not self._deferred and self._may_start()
         if wanted == self.reading:
             return
         self.reading = wanted
@@ -366,7 +494,15 @@ class _Front:
             self._waking = None
         self._gate_reading()
 
-    async def _hello(self, call_id: int, max_frame: int) -> None:
+    async def _barrier(self, _: int) -> None:
+        """Answers once every removal the store completed before now has been
+        told (each followed space's sentinel compares the space anew), so the
+        front then has every REMOVED that concerns it, and everything sent before."""
+        sentinels = self._host.sentinels(self.spaces)
+        if sentinels:
+            await asyncio.gather(*(sentinel.check() for sentinel in sentinels))
+
+    async def _hello(self, _: int, max_frame: int) -> None:
         if max_frame != self._host.max_frame:
             asyncio.get_running_loop().call_soon(self.link.close)  # once answered
             raise InvariantViolation(
@@ -388,13 +524,13 @@ class _Front:
                 f"max_concurrent_streams ({self._host.max_streams}) allows"
             )
 
-    async def _follow(self, follow_id: int, target: Target) -> int:
+    def _follow(self, follow_id: int, target: Target) -> Coroutine[Any, Any, int]:
         """Starts the pump of ``target``; answers the last offset it starts after."""
         self._check_streams()
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
         self._streams[follow_id] = task
-        return await _started(started, task)
+        return _started(started, task)
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
@@ -405,7 +541,7 @@ class _Front:
             async with store.follow(target) as sub:
                 following = await store.last_offset(target)
                 started.set_result(following)
-                cut = Cut(PUSH_RECORDS, min(PUSH_BYTES, host.max_frame // 2))
+                cut = host.push_cut
                 while True:
                     await sub.wait(following + 1)
                     while not link.writable.is_set():
@@ -444,12 +580,12 @@ class _Front:
                 del self.spaces[target.space]
             host.release_space(target.space)
 
-    async def _watch(self, watch_id: int, space: str) -> None:
+    def _watch(self, watch_id: int, space: str) -> Coroutine[Any, Any, None]:
         self._check_streams()
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
         self._streams[watch_id] = task
-        await _started(started, task)
+        return _started(started, task)
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
@@ -490,6 +626,7 @@ class _Front:
         for call in list(self._calls):
             call.cancel()
         self._calls.clear()
+        self._deferred.clear()
         for task in list(self._streams.values()):
             task.cancel()
         self._streams.clear()
@@ -502,10 +639,6 @@ async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
     if started.done():
         return started.result()
     raise Unavailable("released before it began")
-
-
-async def _barrier(call_id: int) -> None:
-    """Answers at once: the front then has everything sent before."""
 
 
 async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:

@@ -3,9 +3,15 @@ a pickle (protocol 5) of a tuple of :mod:`streams.model` values, port results
 and :mod:`streams.errors` exceptions.
 
 Both ends are processes of one server, started by the writer, and the socket
-lives in a 0700 directory, so pickle is safe here; a frame's length is still
-checked against :func:`max_frame_bytes`, so that a broken peer cannot make
-either end buffer without bound.
+lives in a 0700 directory; still, a frame is hostile until decoded and checked:
+it is unpickled by :class:`_Unpickler`, which resolves only the classes that
+travel (those of :mod:`streams.model` and :mod:`streams.errors`; builtins
+containers and scalars need no look-up), so a frame naming any other callable
+(``os.system`` in a ``__reduce__``) is a :class:`FrameError` and the connection
+is dropped without running anything. A frame's length is checked against
+:func:`max_frame_bytes`, so that a broken peer cannot make either end buffer
+without bound; the host also checks who connects (SO_PEERCRED, see
+:func:`peer_credentials`) and the shape of each message (:func:`check_call`).
 
 :class:`Link` is the protocol both ends share: frames sent during one turn of
 the event loop leave in one write (one system call for many replies), and it
@@ -17,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import copyreg
 import dataclasses
+import inspect
+import io
 import operator
 import pickle
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
-from streams import model
+from streams import errors, model
 from streams.errors import InvariantViolation
 from streams.limits import Limits
 from streams.model import ProduceResult, SegmentAck, SegmentAppend, Transaction
@@ -56,8 +65,34 @@ for _cls in vars(model).values():
 
 
 class FrameError(Exception):
-    """A frame over the size limit, or one that does not decode: the
-    connection is broken and is closed."""
+    """A frame over the size limit, one that does not decode, or a message of
+    the wrong shape: the connection is broken and is closed."""
+
+
+# What a frame may name: the classes of the model and the errors (enums and
+# dataclasses are built by calling their class; exceptions likewise).
+_TRAVELLING: dict[tuple[str, str], type[Any]] = {
+    (module.__name__, name): value
+    for module, base in ((model, object), (errors, BaseException))
+    for name, value in vars(module).items()
+    if isinstance(value, type) and value.__module__ == module.__name__ and issubclass(value, base)
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Resolves only the classes of :data:`_TRAVELLING`: anything else a frame
+    names (a function, another module's class) raises before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _TRAVELLING.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} may not travel between workers")
+        return found
+
+
+def loads(data: bytes | memoryview) -> object:
+    """The message pickled in ``data``, decoded by the restricted unpickler."""
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 def max_frame_bytes(limits: Limits) -> int:
@@ -100,7 +135,7 @@ class FrameReader:
             stop = at + HEADER.size + size
             if stop <= len(buffer):
                 try:
-                    message = pickle.loads(memoryview(buffer)[at + HEADER.size : stop])
+                    message = loads(memoryview(buffer)[at + HEADER.size : stop])
                 except Exception as exc:
                     raise FrameError(f"a frame does not decode: {exc!r}") from exc
                 self._at = stop
@@ -131,8 +166,12 @@ class Link(asyncio.Protocol):
         high_water: int,
         on_message: Callable[[object], None],
         on_lost: Callable[[Exception | None], None],
+        admit: Callable[[asyncio.Transport], str | None] | None = None,
     ) -> None:
+        """``admit``: asked once connected, before any frame is read; a reason
+        it returns drops the connection (``on_lost`` gets a FrameError)."""
         self.max_frame = max_frame
+        self._admit = admit
         self._high_water = high_water
         self._reader = FrameReader(max_frame)
         self._on_message = on_message
@@ -153,6 +192,10 @@ class Link(asyncio.Protocol):
         if not isinstance(transport, asyncio.Transport):
             raise TypeError(f"a stream transport is needed, got {transport!r}")
         self._transport = transport
+        refused = None if self._admit is None else self._admit(transport)
+        if refused is not None:
+            self.abort(FrameError(f"connection refused: {refused}"))
+            return
         transport.set_write_buffer_limits(self._high_water, self._high_water // 4)
         self.writable.set()
 
@@ -322,7 +365,7 @@ def sendable_error(exc: BaseException) -> BaseException:
     """``exc`` if it travels (pickles, and unpickles: a frame the front cannot
     decode would break the connection), else an InvariantViolation naming it."""
     try:
-        pickle.loads(pickle.dumps(exc, 5))
+        loads(pickle.dumps(exc, 5))
     except Exception as why:
         return InvariantViolation(f"{type(exc).__name__}: {exc} (it cannot travel: {why})")
     return exc
@@ -357,3 +400,71 @@ def unpack_result(packed: PackedResult) -> ProduceResult:
     return ProduceResult(
         tuple(SegmentAck(*ack) for ack in acks), first, last, timestamp_ns, duplicate
     )
+
+
+def _arities() -> dict[str, tuple[int, int]]:
+    """Per message name a front may send, the fewest and most arguments."""
+    from streams.storage.port import Store  # the port imports nothing of the workers
+
+    found = {FOLLOW: (1, 1), WATCH: (1, 1), UNFOLLOW: (1, 1), UNWATCH: (1, 1)}
+    found |= {BARRIER: (0, 0), HELLO: (1, 1)}
+    for name in CALLS:
+        params = list(inspect.signature(getattr(Store, name)).parameters.values())[1:]
+        required = sum(param.default is inspect.Parameter.empty for param in params)
+        found[name] = (required, len(params))
+    return found
+
+
+ARITIES = _arities()
+
+
+def check_call(message: object) -> tuple[int, str, tuple[Any, ...]]:
+    """``message`` as a front's ``(id, name, args)``; FrameError when it is of
+    another shape (not a 3-tuple, an id not a non-negative int, a name no
+    front may send, or a count of arguments the name does not take)."""
+    if type(message) is not tuple or len(message) != 3:
+        raise FrameError(f"a message is not (id, name, args): {type(message).__name__}")
+    call_id, name, args = message
+    if type(call_id) is not int or call_id < 0:
+        raise FrameError(f"a message's id is not a non-negative int: {call_id!r:.80}")
+    arity = ARITIES.get(name) if type(name) is str else None
+    if arity is None:
+        raise FrameError(f"no message {name!r:.80}")
+    if type(args) is not tuple or not arity[0] <= len(args) <= arity[1]:
+        raise FrameError(f"{name}: arguments are not a tuple of {arity[0]} to {arity[1]} values")
+    if name in (UNFOLLOW, UNWATCH) and type(args[0]) is not int:
+        raise FrameError(f"{name}: the id is not an int: {args[0]!r:.80}")
+    return call_id, name, args
+
+
+# Host to front, pushes by kind: the values after (0, kind).
+_PUSHED = {PUSH: 5, REMOVED: 2, CHANGES: 2, FAILED: 2, WRITE_ERROR: 1}
+
+
+def check_answer(message: object) -> tuple[Any, ...]:
+    """``message`` as the host's answer ``(id, ok, value)`` or push ``(0, kind,
+    ...)``; FrameError when it is of another shape."""
+    if type(message) is not tuple or len(message) < 3 or type(message[0]) is not int:
+        raise FrameError(f"a message from the host is not (id, ...): {type(message).__name__}")
+    if message[0]:
+        if len(message) != 3 or type(message[1]) is not bool:
+            raise FrameError("an answer from the host is not (id, ok, value)")
+        if not message[1] and not isinstance(message[2], BaseException):
+            raise FrameError(f"a failed answer carries no error: {type(message[2]).__name__}")
+    elif type(message[1]) is not str or _PUSHED.get(message[1]) != len(message) - 2:
+        raise FrameError(f"no push {message[1]!r:.80} of {len(message) - 2} values")
+    return message
+
+
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(transport: asyncio.BaseTransport) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket
+    (SO_PEERCRED: what the kernel recorded at connect); None when unknown."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    pid, uid, gid = _CREDENTIALS.unpack(raw)
+    return pid, uid, gid

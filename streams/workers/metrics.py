@@ -8,12 +8,12 @@ writer reads every front's series of :data:`FRONT_SERIES` and adds them to
 its families of the same name with a ``front`` label (the front's index):
 ``sum(rate(streams_requests_total[5m]))`` counts every process. The fronts'
 other series (their remote store's view) are left out: the writer's are the
-real ones. A front that does not answer within SCRAPE_SECONDS is left out of
-that scrape (logged).
+real ones. A front that does not answer within ``--front-scrape-seconds`` is left
+out of that scrape (logged).
 
 Example::
 
-    registry = merged_registry(server.metrics.registry, lambda: [(0, 40001), (1, 40002)])
+    registry = merged_registry(server.metrics.registry, lambda: [(0, 40001), (1, 40002)], 5.0)
     metrics_http.serve("127.0.0.1:9478", registry, serving)
 """
 
@@ -41,23 +41,22 @@ FRONT_SERIES = frozenset(
         "streams_removed_records", "streams_removed_bytes",
     }
 )  # fmt: skip
-# How long one scrape waits for one front's series.
-SCRAPE_SECONDS = 5.0
 # (front index, loopback port of its metrics) for every front serving now.
 FrontPorts = Callable[[], list[tuple[int, int]]]
 
 
 class _AllProcesses(Collector):
-    def __init__(self, writer: prom.CollectorRegistry, fronts: FrontPorts) -> None:
+    def __init__(self, writer: prom.CollectorRegistry, fronts: FrontPorts, wait: float) -> None:
         self._writer = writer
         self._fronts = fronts
+        self._wait = wait
 
     def collect(self) -> Iterator[Metric]:
         families = {family.name: family for family in self._writer.collect()}
         for index, port in self._fronts():
             try:
                 url = f"http://127.0.0.1:{port}/metrics"
-                with urllib.request.urlopen(url, timeout=SCRAPE_SECONDS) as response:
+                with urllib.request.urlopen(url, timeout=self._wait) as response:
                     text = response.read().decode()
             except OSError as exc:
                 log.warning("metrics: front %d did not answer (%s); left out of this scrape",
@@ -74,8 +73,11 @@ class _AllProcesses(Collector):
         yield from families.values()
 
 
-def merged_registry(writer: prom.CollectorRegistry, fronts: FrontPorts) -> prom.CollectorRegistry:
-    """A registry whose every scrape is the writer's series plus the fronts'."""
+def merged_registry(
+    writer: prom.CollectorRegistry, fronts: FrontPorts, wait: float
+) -> prom.CollectorRegistry:
+    """A registry whose every scrape is the writer's series plus the fronts'
+    (each waited for at most ``wait`` seconds)."""
     registry = prom.CollectorRegistry(auto_describe=False)
-    registry.register(_AllProcesses(writer, fronts))
+    registry.register(_AllProcesses(writer, fronts, wait))
     return registry

@@ -48,15 +48,12 @@ from streams.limits import Limits
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer, fair_share
 from streams.storage import registry
-from streams.workers.front import READY, FrontArgs
+from streams.workers.front import READY, FrontArgs, secrets_line
 from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
+from streams.workers.proxy import FrontsOnly
 
 log = logging.getLogger("streams.workers")
-# After --shutdown-grace, how long a front may take to exit before it is killed.
-FRONT_EXIT_SECONDS = 5.0
-# How long a front may take to start serving (it imports grpc and connects).
-FRONT_START_SECONDS = 60.0
 # gRPC's cap on HTTP/2 streams per connection.
 _MAX_STREAMS = 2**31 - 1
 # The longest Unix socket path (sun_path is 108 bytes with its terminating NUL).
@@ -64,12 +61,46 @@ _MAX_SOCKET_PATH = 107
 _SOCKETS = ("host.sock", "writer.sock")
 
 
+_PREFIX = "streams-workers-"
+
+
+def sweep(parent: Path) -> list[Path]:
+    """Removes the private folders in ``parent`` that writers of this uid left
+    (killed before any front could remove it): both sockets refuse
+    connections. A writer still starting has its writer socket listening
+    before it makes its host socket, so it is never taken for dead."""
+    swept = []
+    for folder in parent.glob(f"{_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if folder.is_symlink() or folder.lstat().st_uid != os.getuid():
+                continue
+            if all(_refuses(folder / name) for name in _SOCKETS):
+                shutil.rmtree(folder)
+                swept.append(folder)
+    return swept
+
+
+def _refuses(path: Path) -> bool:
+    """True if ``path`` is a Unix socket nobody listens on any more."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
 @contextlib.contextmanager
 def private_folder(workers: int) -> Iterator[Path]:
     """A fresh folder only this user can enter (0700), for the Unix sockets,
-    removed afterwards; OptionError (naming TMPDIR) when none can be made."""
+    removed afterwards; OptionError (naming TMPDIR) when none can be made.
+    Folders that killed writers left are removed first (:func:`sweep`)."""
+    for left in sweep(Path(tempfile.gettempdir())):
+        log.warning("removed %s, left by a writer that was killed", left)
     try:
-        folder = Path(tempfile.mkdtemp(prefix="streams-workers-"))
+        folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
     except OSError as exc:
         raise OptionError(
             "--workers", workers,
@@ -144,16 +175,13 @@ def share(lim: Limits, workers: int) -> int:
     return lim.memory_budget_bytes // (workers + 1)
 
 
-def _page_key(cfg: Config, folder: Path) -> Path:
-    """The page-token key every process signs with: the configured one, or a
-    random one for this run (a listing may go on through another front)."""
+def _page_key(cfg: Config) -> bytes:
+    """The page-token key every process signs with (a listing may go on through
+    another front): the configured one (main checked it), or a random one for
+    this run, which never touches the disk: the fronts get it on their pipe."""
     if cfg.page_token_key is not None:
-        return cfg.page_token_key
-    path = folder / "page-token-key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-    return path
+        return cfg.page_token_key.read_bytes().strip()
+    return secrets.token_bytes(32)
 
 
 class _Fronts:
@@ -164,7 +192,11 @@ class _Fronts:
         # Where each front serves its metrics (index, loopback port), once ready.
         self.metrics: list[tuple[int, int]] = []
 
-    async def spawn(self, front: FrontArgs, argv: Sequence[str]) -> None:
+    def spawned(self, pid: int) -> bool:
+        """Whether ``pid`` is one of these fronts (the store host admits only them)."""
+        return any(proc.pid == pid for proc in self.procs)
+
+    async def spawn(self, front: FrontArgs, argv: Sequence[str], secrets: bytes) -> None:
         # The package may not be installed (``python server.py`` from a checkout).
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
@@ -176,8 +208,13 @@ class _Fronts:
             env=env,
         )  # fmt: skip
         self.procs.append(proc)
+        if proc.stdin is None:
+            raise RuntimeError("a front's input is not a pipe")
+        # Secrets go on the pipe: a command line and an environment are readable by others.
+        proc.stdin.write(secrets)
+        await proc.stdin.drain()
 
-    async def ready(self) -> None:
+    async def ready(self, wait: float) -> None:
         """Waits until every front prints its ready line; raises FrontFailed
         for one that exits first."""
 
@@ -190,11 +227,17 @@ class _Fronts:
                     if port.isdigit() and int(port):
                         self.metrics.append((index, int(port)))
                     return
+            # It failed to start; it waits for this line to know the writer is here
+            # (else it takes the writer for gone and removes the private folder).
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                with contextlib.suppress(ConnectionError):
+                    proc.stdin.write(b"here\n")
+                    await proc.stdin.drain()
             code = await proc.wait()
             raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
                               "before serving (see its log above)", code)  # fmt: skip
 
-        async with asyncio.timeout(FRONT_START_SECONDS):
+        async with asyncio.timeout(wait):
             await asyncio.gather(*(one(i, proc) for i, proc in enumerate(self.procs)))
 
     async def first_exit(self) -> tuple[int, asyncio.subprocess.Process]:
@@ -216,13 +259,13 @@ class _Fronts:
 
     async def stop(self, grace: float) -> bool:
         """SIGTERM to every front, then waits for them all; one still there
-        after the grace (and FRONT_EXIT_SECONDS) is killed. False if one had
+        after ``grace`` is killed. False if one had
         to be killed or exited with a failure."""
         self.signal(signal.SIGTERM)
         clean = True
         for index, proc in enumerate(self.procs):
             try:
-                async with asyncio.timeout(grace + FRONT_EXIT_SECONDS):
+                async with asyncio.timeout(grace):
                     code = await proc.wait()
             except TimeoutError:
                 log.error("front %d (pid %d) did not stop in time; killing it", index, proc.pid)
@@ -260,7 +303,8 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     port, reserved = reserve(cfg.listen)
     fronts = _Fronts()
     with private_folder(cfg.workers) as folder:
-        key = _page_key(cfg, folder)
+        key = _page_key(cfg)
+        front_secret = secrets.token_hex(32)
         writer_cfg = dataclasses.replace(
             cfg,
             listen=f"unix:{folder / 'writer.sock'}",
@@ -268,13 +312,16 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             tls_cert=None,
             tls_key=None,
             tls_client_ca=None,
-            page_token_key=key,
             limits=writer_limits(cfg.limits, cfg.workers),
         )
         # The fronts' limits, which size the frames both ends accept.
         limits = registry.get(cfg.storage).limits(cfg.limits)
         server = StreamsServer(
-            writer_cfg, auth, PageTokens.load(key), fair_share_bytes=fair_share(limits)
+            writer_cfg,
+            auth,
+            PageTokens(key),
+            fair_share_bytes=fair_share(limits),
+            handlers=(FrontsOnly(front_secret),),
         )
         host: StoreHost | None = None
 
@@ -291,15 +338,17 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
                 sock.close()
             raise
         try:
-            host = StoreHost(server.store, folder / "host.sock", limits=limits)
+            host = StoreHost(
+                server.store, folder / "host.sock", limits=limits, allow_peer=fronts.spawned
+            )
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(
                     index, folder / "host.sock", folder / "writer.sock", port,
-                    share(cfg.limits, cfg.workers), fair_share(limits), key,
+                    share(cfg.limits, cfg.workers), fair_share(limits),
                 )  # fmt: skip
-                await fronts.spawn(front, argv)
-            started = asyncio.create_task(fronts.ready())
+                await fronts.spawn(front, argv, secrets_line(key, front_secret))
+            started = asyncio.create_task(fronts.ready(cfg.front_start_seconds))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
@@ -318,7 +367,10 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             log.error("%s; stopping", exc)
             failed = exc
         except TimeoutError:
-            log.error("the fronts did not all start within %.0fs; stopping", FRONT_START_SECONDS)
+            log.error(
+                "the fronts did not all start within --front-start-seconds %.1f; stopping",
+                cfg.front_start_seconds,
+            )
             failed = FrontFailed("start timed out", 1)
         finally:
             clean = await _stop(cfg, server, host, fronts)
@@ -337,7 +389,9 @@ def _serve_metrics(
     """/metrics and /healthz on --metrics-listen: the writer's series and the fronts'."""
     if not cfg.metrics_listen:
         return None
-    registry = merged_registry(server.metrics.registry, lambda: list(fronts.metrics))
+    registry = merged_registry(
+        server.metrics.registry, lambda: list(fronts.metrics), cfg.front_scrape_seconds
+    )
     try:
         http, _ = metrics_http.serve(cfg.metrics_listen, registry, lambda: not stop.is_set())
     except OSError as exc:
@@ -392,7 +446,7 @@ async def _stop(
     except Exception:
         log.exception("shutdown: consumer groups failed; going on with the rest")
         clean = False
-    clean = await fronts.stop(cfg.shutdown_grace) and clean
+    clean = await fronts.stop(cfg.shutdown_grace + cfg.front_exit_seconds) and clean
     if host is not None:
         try:
             await host.close()

@@ -9,17 +9,28 @@ checks it as a single server would), and back the response bytes, initial
 and trailing metadata, status and details. Subscribe streams both ways; a
 cancellation on either side cancels the other.
 
+The writer's socket is reachable by any process of the server's uid (its
+folder is 0700; gRPC offers no check of a Unix peer's pid), so the writer's
+server takes only calls that carry the run's front secret (:data:`FRONT_KEY`,
+which the proxy adds and strips from what clients send): :class:`FrontsOnly`.
+
+A DeleteSpace answered OK waits for the front's store barrier: the followers'
+windows of this front have then dropped the space's records, so a Consume
+that follows the answer on any front reads none of them.
+
 Example (a front's server, see streams.workers.front)::
 
-    proxy = WriterProxy(grpc.aio.insecure_channel("unix:/tmp/x/writer.sock"), slow)
+    proxy = WriterProxy(channel, slow, secret=secret, barrier=store.barrier)
     server = StreamsServer(config, handlers=(proxy,), ...)
+    writer = StreamsServer(writer_config, handlers=(FrontsOnly(secret),), ...)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 import grpc
@@ -33,8 +44,12 @@ from streams.slow_consumers import SlowConsumers
 UNARY = frozenset({"CreateGroup", "GetGroup", "ListGroups", "DeleteGroup", "DeleteSpace"})
 STREAMING = frozenset({"Subscribe"})
 PROXIED = UNARY | STREAMING
-# gRPC sets these itself on the call to the writer (a front cannot forward them).
-_OWN_KEYS = ("user-agent", "grpc-")
+# The metadata key of the front secret; clients' keys with this prefix are dropped.
+FRONT_KEY = "streams-front-secret"
+_PRIVATE = "streams-front-"
+# gRPC sets these itself on the call to the writer (a front cannot forward them);
+# the private keys are the proxy's own.
+_OWN_KEYS = ("user-agent", "grpc-", _PRIVATE)
 # The writer's answers are at most a response's size; gRPC's 4 MiB default is not the cap.
 CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", -1),
@@ -61,14 +76,46 @@ def _timeout(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None or remaining > 10**8 else max(0.0, remaining)
 
 
+class FrontsOnly(grpc.GenericRpcHandler):
+    """The writer's first handler: a call without the front secret (not from a
+    front of this run) ends UNAUTHENTICATED before any handler reads it."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+        self._refuse: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(_refuse)
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == FRONT_KEY:
+                given = value.encode() if isinstance(value, str) else value
+                return None if hmac.compare_digest(given, self._secret) else self._refuse
+        return self._refuse
+
+
+async def _refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "only the server's own fronts call here")
+
+
 class WriterProxy(grpc.GenericRpcHandler):
     """Takes the :data:`PROXIED` RPCs of ``streams.v1.StreamsService`` and
-    forwards them over ``channel`` (to the writer's StreamsServer); leaves
-    every other RPC to the handlers after it."""
+    forwards them over ``channel`` (to the writer's StreamsServer) with
+    ``secret`` (see :class:`FrontsOnly`); leaves every other RPC to the
+    handlers after it. ``barrier``: awaited after a DeleteSpace answered OK,
+    before the client hears it."""
 
-    def __init__(self, channel: grpc.aio.Channel, slow: SlowConsumers) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        slow: SlowConsumers,
+        *,
+        secret: str = "",
+        barrier: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._channel = channel
         self._slow = slow
+        self._own = ((FRONT_KEY, secret),) if secret else ()
         self._closed = False
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         for name in UNARY:
@@ -77,8 +124,9 @@ class WriterProxy(grpc.GenericRpcHandler):
                 request_serializer=_identity,
                 response_deserializer=_identity,
             )
+            after = barrier if name == "DeleteSpace" else None
             self._handlers[f"/{SERVICE_NAME}/{name}"] = grpc.unary_unary_rpc_method_handler(
-                self._unary(upstream)
+                self._unary(upstream, after)
             )
         for name in STREAMING:
             stream = channel.stream_stream(
@@ -105,14 +153,17 @@ class WriterProxy(grpc.GenericRpcHandler):
     ) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)  # type: ignore[attr-defined]
 
-    def _unary(self, upstream: grpc.aio.UnaryUnaryMultiCallable) -> Any:
+    def _metadata(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+        return _outgoing(context.invocation_metadata()) + self._own
+
+    def _unary(
+        self,
+        upstream: grpc.aio.UnaryUnaryMultiCallable,
+        after: Callable[[], Awaitable[None]] | None,
+    ) -> Any:
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             await self._admit(context)
-            call = upstream(
-                request,
-                metadata=_outgoing(context.invocation_metadata()),
-                timeout=_timeout(context),
-            )
+            call = upstream(request, metadata=self._metadata(context), timeout=_timeout(context))
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
@@ -120,6 +171,9 @@ class WriterProxy(grpc.GenericRpcHandler):
             except asyncio.CancelledError:  # the client's call ended: so does the writer's
                 call.cancel()
                 raise
+            if after is not None:
+                # The writer removed the records; this front's windows drop them first.
+                await after()
             await _headers(context, call)
             context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             return response  # type: ignore[no-any-return]  # bytes, deserialized as is
@@ -131,9 +185,7 @@ class WriterProxy(grpc.GenericRpcHandler):
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> None:
             await self._admit(context)
-            call = upstream(
-                metadata=_outgoing(context.invocation_metadata()), timeout=_timeout(context)
-            )
+            call = upstream(metadata=self._metadata(context), timeout=_timeout(context))
             sending = asyncio.create_task(_send(requests, call))
             peer = context.peer()
             try:

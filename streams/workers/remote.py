@@ -61,17 +61,22 @@ from streams.workers.ipc import (
     WRITE_ERROR,
 )
 
-# The local tail's windows, per followed target (as the engines keep theirs).
+# The shape of the local tail's window of each followed target: the RocksDB
+# engine's defaults (its tail_window_records / tail_window_bytes). Not a memory
+# bound: all windows together are charged to the front's share of the memory
+# budget (--memory-budget-bytes), and the least read are dropped first.
 WINDOW_RECORDS = 10_000
 WINDOW_BYTES = 16 << 20
 # The latest push of each followed target is kept as it came, framed, for the
 # followers that ask for exactly it (most of them, keeping up: a read is then a
-# look-up, not a slice of the window framed anew per follower): up to this
-# many bytes for all targets together, and an eighth of the memory budget.
-RECENT_BYTES = 16 << 20
-# What this front may leave unsent to the host before its callers find the link
-# not writable (they still send: gRPC's limits bound what a front has in flight).
-BUFFER_BYTES = 4 << 20
+# look-up, not a slice of the window framed anew per follower). It is a window:
+# charged to the memory budget as windows are, dropped first when responses
+# need room, and at most this fraction of the budget for all targets together.
+RECENT_SHARE = 8  # 1/8
+# What this front may leave unsent to the host, in largest requests, before its
+# callers find the link not writable (it signals, it does not bound: what a
+# front has in flight is bounded by gRPC's limits, --max-inflight-request-bytes).
+BUFFERED_REQUESTS = 4
 
 
 @dataclass(slots=True)
@@ -111,7 +116,8 @@ class RemoteStore:
         # Set when the connection to the host is gone (the writer died or closed
         # the host): every call raises Unavailable from then on.
         self.lost = asyncio.Event()
-        self.link = ipc.Link(self.max_frame, BUFFER_BYTES, self._received, self._lost)
+        high_water = BUFFERED_REQUESTS * limits.max_request_bytes
+        self.link = ipc.Link(self.max_frame, high_water, self._received, self._lost)
         self._tail = Tail(
             WINDOW_RECORDS,
             WINDOW_BYTES,
@@ -128,7 +134,11 @@ class RemoteStore:
         # Per followed target, its latest push: (first offset, framed records, count).
         self._recent: dict[Target, tuple[int, bytes, int]] = {}
         self._recent_bytes = 0
-        self._recent_cap = min(RECENT_BYTES, setup.memory.capacity // 8)
+        self._memory = setup.memory
+        self._recent_cap = setup.memory.capacity // RECENT_SHARE
+        # Responses that need room drop the latest pushes first, then windows.
+        shrink_windows = setup.memory.shrink_windows
+        setup.memory.shrink_windows = lambda needed: shrink_windows(self._shrink_recent(needed))
         self._followed: dict[Target, _Followed] = {}
         self._follow_ids: dict[int, Target] = {}
         self._watched: dict[str, _Watched] = {}
@@ -158,7 +168,12 @@ class RemoteStore:
         finally:
             self._pending.pop(call_id, None)
 
-    def _received(self, message: Any) -> None:
+    def _received(self, received: object) -> None:
+        try:
+            message = ipc.check_answer(received)
+        except ipc.FrameError as exc:
+            self.link.abort(exc)  # the writer is broken: lost, as if it died
+            return
         call_id = message[0]
         if call_id:
             future = self._pending.get(call_id)
@@ -199,6 +214,7 @@ class RemoteStore:
             if not watched.ready.done():
                 watched.ready.set_exception(error)
                 watched.ready.exception()
+        self._shrink_recent(self._recent_bytes)
         self._tail.close()
         self._watches.close()
 
@@ -430,6 +446,7 @@ class RemoteStore:
         if count and self._recent_bytes + len(framed) <= self._recent_cap:
             self._recent[target] = (first, framed, count)
             self._recent_bytes += len(framed)
+            self._memory.windows += len(framed)
         records = codec.split_framed(framed) if count else ()
         if target.is_space:
             self._tail.publish(target.space, first, records, ())
@@ -440,6 +457,15 @@ class RemoteStore:
         recent = self._recent.pop(target, None)
         if recent is not None:
             self._recent_bytes -= len(recent[1])
+            self._memory.windows -= len(recent[1])
+
+    def _shrink_recent(self, needed: int) -> int:
+        """Drops latest pushes until ``needed`` bytes are freed; what is left to free."""
+        while needed > 0 and self._recent:
+            before = self._recent_bytes
+            self._drop_recent(next(iter(self._recent)))
+            needed -= before - self._recent_bytes
+        return max(needed, 0)
 
     def _forget_recent(self, space: str) -> None:
         """Records of ``space`` were removed: no latest push of it is served."""
@@ -542,6 +568,7 @@ class RemoteStore:
         self._closed = True
         self._tail.close()
         self._watches.close()
+        self._shrink_recent(self._recent_bytes)
         self.link.close()
 
 

@@ -6,12 +6,15 @@ without gap across fronts) are tests/workers/test_guarantees*.py's."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -86,6 +89,31 @@ def test_bad_workers_values_are_refused_naming_them(
     capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], named: str
 ) -> None:
     assert named in parse_error(capsys, argv, env)
+
+
+@pytest.mark.parametrize(
+    "option", ["front-start-seconds", "front-exit-seconds", "front-scrape-seconds"]
+)
+def test_front_bounds_are_options(capsys: pytest.CaptureFixture[str], option: str) -> None:
+    # Review F4: these were constants of streams.workers.
+    field = option.replace("-", "_")
+    variable = "STREAMS_" + field.upper()
+    assert getattr(config.parse([f"--{option}", "7.5"], {}), field) == 7.5
+    assert getattr(config.parse([], {variable: "2"}), field) == 2.0
+    assert f"--{option}: 'soon' is not a number of seconds" in parse_error(
+        capsys, [f"--{option}", "soon"], {}
+    )
+    assert f"{variable}='-1'" in parse_error(capsys, [], {variable: "-1"})
+
+
+def test_a_start_past_front_start_seconds_stops_the_server(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data", workers=2, env={"STREAMS_FRONT_START_SECONDS": "0.001"}
+    )
+    with server:
+        server.spawn(stdout=subprocess.DEVNULL)
+        assert server.wait() == 1
+        assert "did not all start within --front-start-seconds 0.0" in server.stderr()
 
 
 # -- the processes --------------------------------------------------------------
@@ -265,9 +293,168 @@ def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
     assert not folder.exists()
 
 
+def test_a_writer_killed_while_its_fronts_start_leaves_no_folder(tmp_path: Path) -> None:
+    # Review F2: fronts still starting failed to connect and exited, leaving the
+    # sockets (and the page-token key) of the dead writer in TMPDIR.
+    server = ServerProcess(tmp_path / "data", workers=2)
+    with server:
+        server.spawn()
+        fronts = wait_until(
+            lambda: [pid for pid in server.children() if b"--host-socket" in cmdline(pid)],
+            timeout=DEADLINE,
+            what="the fronts started",
+        )
+        folder = private_folder(fronts[0])
+        server.kill()  # before `listening on`: the fronts are importing or connecting
+        assert server.proc is not None and server.proc.stdout is not None
+        assert "listening on" not in server.proc.stdout.read()
+        wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
+        assert not folder.exists()
+
+
+def test_the_page_token_key_is_never_on_disk(pool: ServerProcess) -> None:
+    # Review F2: the writer's random key was a file in the private folder.
+    pool.start()
+    folder = private_folder(pool.children()[0])
+    assert sorted(path.name for path in folder.iterdir()) == ["host.sock", "writer.sock"]
+    # Every front signs with the writer's key: a listing goes on through any front.
+    for space in ("a", "b", "c"):
+        produce(pool.stub, space, b"x")
+    first = pool.stub.ListSpaces(pb.ListSpacesRequest(page_size=1), timeout=DEADLINE)
+    for _ in range(4):  # fresh connections: the kernel spreads them over the fronts
+        with grpc.insecure_channel(pool.target) as channel:
+            stub = pb_grpc.StreamsServiceStub(channel)
+            request = pb.ListSpacesRequest(page_size=1, page_token=first.next_page_token)
+            assert [s.name for s in stub.ListSpaces(request, timeout=DEADLINE).spaces] == ["b"]
+
+
+def test_only_the_fronts_reach_the_writers_sockets(pool: ServerProcess) -> None:
+    # Review F1: any process of the uid could call the store host (pickles, any
+    # store method) and the writer's server (no TLS, no front in between).
+    pool.start()
+    folder = private_folder(pool.children()[0])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as intruder:
+        intruder.settimeout(DEADLINE)
+        intruder.connect(str(folder / "host.sock"))
+        assert intruder.recv(1) == b""  # closed by the host before anything is read
+    with grpc.insecure_channel(f"unix:{folder / 'writer.sock'}") as channel:
+        direct = pb_grpc.StreamsServiceStub(channel)
+        for call in (
+            lambda: produce(direct, "orders", b"x"),
+            lambda: direct.ListGroups(pb.ListGroupsRequest(space="orders"), timeout=DEADLINE),
+            lambda: direct.DeleteSpace(pb.DeleteSpaceRequest(space="orders"), timeout=DEADLINE),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A client cannot pass itself off as a front: the proxy drops its private key.
+        secret = (("streams-front-secret", "guess"),)
+        with pytest.raises(grpc.RpcError) as refused:
+            direct.ListGroups(pb.ListGroupsRequest(space="o"), metadata=secret, timeout=DEADLINE)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The fronts themselves still reach both.
+    produce(pool.stub, "orders", b"a")
+    pool.stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(space="orders", name="g")))
+    listed = pool.stub.ListGroups(pb.ListGroupsRequest(space="orders"), metadata=secret)
+    assert [g.name for g in listed.groups] == ["g"]
+
+
+_serial = itertools.count()
+
+
+def established(port: int) -> set[str]:
+    """Inodes of the server ends of the TCP connections to ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def fresh(port: int, before: set[str]) -> set[str]:
+    return established(port) - before
+
+
+def channel_to(server: ServerProcess, front: int) -> grpc.Channel:
+    """A channel whose one connection the kernel gave to ``front`` (fresh
+    connections until one lands there; 40 misses in a row with 2 fronts: 2^-40)."""
+    for _ in range(40):
+        before = established(server.port)
+        options = [("grpc.use_local_subchannel_pool", 1), ("streams.test", next(_serial))]
+        channel = grpc.insecure_channel(server.target, options=options)
+        grpc.channel_ready_future(channel).result(timeout=DEADLINE)
+        new = wait_until(partial(fresh, server.port, before), timeout=DEADLINE)
+        if new & sockets_of(front):
+            return channel
+        channel.close()
+    raise AssertionError(f"no connection reached front {front}")
+
+
+def test_delete_space_through_one_front_empties_another_fronts_window(
+    pool: ServerProcess,
+) -> None:
+    # Review F5: the proxy answered DeleteSpace before the fronts' windows had
+    # dropped the space; only timing kept a Consume on another front from
+    # reading deleted records.
+    pool.start()
+    a, b = pool.children()
+    with channel_to(pool, a) as on_a, channel_to(pool, b) as on_b:
+        stub_a, stub_b = pb_grpc.StreamsServiceStub(on_a), pb_grpc.StreamsServiceStub(on_b)
+        for round_ in range(20):
+            space = f"s{round_}"
+            # A follower on B keeps the space's records in B's window.
+            follower = stub_b.Consume(pb.ConsumeRequest(space=space, follow=True, limit=5))
+            follower.initial_metadata()
+            produce(stub_a, space, *[b"r%d" % n for n in range(5)])
+            assert sum(len(response.records) for response in follower) == 5
+            follower2 = stub_b.Consume(
+                pb.ConsumeRequest(space=space, follow=True, from_offset=1), timeout=DEADLINE
+            )
+            follower2.initial_metadata()
+            stub_a.DeleteSpace(pb.DeleteSpaceRequest(space=space), timeout=DEADLINE)
+            consumed = stub_b.Consume(pb.ConsumeRequest(space=space, from_offset=1))
+            assert [r for response in consumed for r in response.records] == [], round_
+            follower2.cancel()
+
+
+def dead_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))  # the file stays; nobody listens: connections are refused
+
+
+def test_folders_of_killed_writers_are_swept_at_start(tmp_path: Path) -> None:
+    # Review F2: 60 such folders had piled up in /tmp; each held a page-token key.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    dead, starting = temp / "streams-workers-dead", temp / "streams-workers-starting"
+    dead.mkdir(mode=0o700)
+    starting.mkdir(mode=0o700)
+    for name in ("host.sock", "writer.sock"):
+        dead_socket(dead / name)
+    (dead / "page-token-key").write_text("k" * 64)
+    # Another writer starting: its server listens, its host socket is not made yet.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(starting / "writer.sock"))
+        live.listen()
+        server = ServerProcess(tmp_path / "data", workers=2, env={"TMPDIR": str(temp)})
+        with server.start():
+            assert not dead.exists()
+            assert starting.exists()
+            assert f"removed {dead}, left by a writer that was killed" in server.stderr()
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def private_folder(front: int) -> Path:
     """The writer's folder of Unix sockets, as a front's command line names it."""
-    argv = Path(f"/proc/{front}/cmdline").read_bytes().split(b"\0")
+    argv = cmdline(front).split(b"\0")
     folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
     assert folder.stat().st_mode & 0o777 == 0o700
     return folder

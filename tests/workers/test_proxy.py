@@ -42,7 +42,9 @@ class Pair:
 
 
 @contextlib.asynccontextmanager
-async def pair(tmp: Path, auth: bool = False) -> AsyncIterator[Pair]:
+async def pair(
+    tmp: Path, auth: bool = False, barrier: Callable[[], Awaitable[None]] | None = None
+) -> AsyncIterator[Pair]:
     tokens = None
     if auth:
         path = tmp / "tokens.json"
@@ -56,7 +58,7 @@ async def pair(tmp: Path, auth: bool = False) -> AsyncIterator[Pair]:
     writer = StreamsServer(Config(listen=f"unix:{socket_path}", data=tmp / "writer"), tokens)
     await writer.start()
     upstream = grpc.aio.insecure_channel(f"unix:{socket_path}", options=CHANNEL_OPTIONS)
-    proxy = WriterProxy(upstream, SlowConsumers(10.0, lambda: None))
+    proxy = WriterProxy(upstream, SlowConsumers(10.0, lambda: None), barrier=barrier)
     front = StreamsServer(
         Config(listen="127.0.0.1:0", data=tmp / "front", storage="memory"),
         tokens,
@@ -81,9 +83,14 @@ async def pair(tmp: Path, auth: bool = False) -> AsyncIterator[Pair]:
         await writer.stop(0)
 
 
-def run(tmp: Path, scenario: Callable[[Pair], Awaitable[None]], auth: bool = False) -> None:
+def run(
+    tmp: Path,
+    scenario: Callable[[Pair], Awaitable[None]],
+    auth: bool = False,
+    barrier: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     async def main() -> None:
-        async with asyncio.timeout(GUARD), pair(tmp, auth) as p:
+        async with asyncio.timeout(GUARD), pair(tmp, auth, barrier) as p:
             await scenario(p)
 
     asyncio.run(main())
@@ -224,6 +231,35 @@ def test_a_closed_proxy_answers_new_calls_unavailable(tmp_path: Path) -> None:
         assert await p.writer.store.get_group("orders", "h") is None
 
     run(tmp_path, scenario)
+
+
+def test_delete_space_answers_after_the_fronts_barrier(tmp_path: Path) -> None:
+    # Review F5: the client heard OK while this front's windows could still hold
+    # the space's records; now the answer waits for the front's store barrier.
+    entered, released = asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def barrier() -> None:
+        calls.append("barrier")
+        entered.set()
+        await released.wait()
+
+    async def scenario(p: Pair) -> None:
+        await produce(p.direct, b"x")
+        with pytest.raises(grpc.aio.AioRpcError):  # refused by the writer: no barrier
+            await p.stub.DeleteSpace(pb.DeleteSpaceRequest(space=""))
+        await p.stub.CreateGroup(pb.CreateGroupRequest(group=group()))
+        assert calls == []
+        deleting = asyncio.ensure_future(p.stub.DeleteSpace(pb.DeleteSpaceRequest(space="orders")))
+        await entered.wait()
+        # The writer has deleted; the client has no answer while the barrier runs.
+        assert await p.writer.store.get_space("orders") is None
+        assert not deleting.done()
+        released.set()
+        assert await deleting == pb.DeleteSpaceResponse()
+        assert calls == ["barrier"]
+
+    run(tmp_path, scenario, barrier=barrier)
 
 
 def test_the_proxied_set_is_every_rpc_that_touches_the_group_registry() -> None:

@@ -19,7 +19,7 @@ from streams.model import Cut, Target
 from streams.storage.backend import Setup
 from streams.storage.memory import MemoryStore
 from streams.workers import ipc
-from streams.workers.host import PUSH_BYTES, StoreHost
+from streams.workers.host import StoreHost
 from streams.workers.remote import connect
 
 from .test_remote_connection import served, txn
@@ -81,7 +81,7 @@ def test_a_front_that_stops_reading_pauses_its_pumps_and_loses_nothing(tmp_path:
             assert not front.link.writable.is_set(), "the pump waits for the front"
             # 6 MB were written: what waits for the front stays within the buffer
             # and one push.
-            assert peak <= BUFFER + PUSH_BYTES, peak
+            assert peak <= BUFFER + host.push_cut.max_bytes, peak
             assert front.link.buffered < transactions * RECORD // 10
             pushes: list[Any] = []
             last = 0
