@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 from wsgiref.simple_server import WSGIServer
 
 from streams import metrics_http, startup
@@ -53,6 +55,8 @@ from streams.workers.host import StoreHost
 from streams.workers.metrics import merged_registry
 from streams.workers.proxy import FrontsOnly
 
+# Port 0: a port another writer locked meanwhile is given up for another.
+_RESERVE_TRIES = 10
 log = logging.getLogger("streams.workers")
 # gRPC's cap on HTTP/2 streams per connection.
 _MAX_STREAMS = 2**31 - 1
@@ -121,10 +125,42 @@ def private_folder(workers: int) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def reserve(listen: str) -> tuple[int, list[socket.socket]]:
-    """Binds ``listen`` (HOST:PORT, port 0: any free one) with SO_REUSEPORT,
-    without listening, on every address its host resolves to; returns the
-    port and the sockets, to keep open while the fronts serve it."""
+def reserve(listen: str) -> tuple[int, list[socket.socket], IO[bytes]]:
+    """Binds ``listen`` (HOST:PORT, port 0: any free one) without listening, on
+    every address its host resolves to, and locks the port against other
+    workers servers; returns the port, the sockets and the lock, to keep while
+    the fronts serve it."""
+    for _ in range(_RESERVE_TRIES):
+        port, held = _bind(listen)
+        lock = _lock_port(listen.rpartition(":")[0], port)
+        if lock is not None:
+            return port, held, lock
+        for sock in held:
+            sock.close()
+        if int(listen.rpartition(":")[2]) != 0:
+            break
+    raise OptionError("--listen", listen, "cannot listen there: another Streams server holds it")
+
+
+def _lock_port(host: str, port: int) -> IO[bytes] | None:
+    """An exclusive lock on HOST:PORT among workers servers, or None when one
+    holds it. Two reservations do not refuse each other: neither listens, and
+    both allow address reuse (a restart binds over TIME_WAIT), so until the
+    first one's fronts listen, a second writer could bind the port too and the
+    kernel would share connections between two stores."""
+    name = "".join(c if c.isalnum() or c in ".-" else "_" for c in host) or "any"
+    path = Path(tempfile.gettempdir()) / f"streams-port-{name}-{port}.lock"
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    lock = os.fdopen(fd, "rb")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def _bind(listen: str) -> tuple[int, list[socket.socket]]:
     host, _, text = listen.rpartition(":")
     host = host.strip("[]")
     try:
@@ -191,6 +227,11 @@ class _Fronts:
         self.procs: list[asyncio.subprocess.Process] = []
         # Where each front serves its metrics (index, loopback port), once ready.
         self.metrics: list[tuple[int, int]] = []
+        # A front takes SIGHUP once it serves (before, it would end the front);
+        # after a reload was asked, each front that comes to serve reloads too
+        # (one may be starting that is not in procs yet: a spare reload is harmless).
+        self._serving: set[int] = set()
+        self._reloaded = False
 
     def spawned(self, pid: int) -> bool:
         """Whether ``pid`` is one of these fronts (the store host admits only them)."""
@@ -226,6 +267,9 @@ class _Fronts:
                 if word == READY:
                     if port.isdigit() and int(port):
                         self.metrics.append((index, int(port)))
+                    self._serving.add(proc.pid)
+                    if self._reloaded:
+                        self.signal(signal.SIGHUP, proc)
                     return
             # It failed to start; it waits for this line to know the writer is here
             # (else it takes the writer for gone and removes the private folder).
@@ -251,8 +295,15 @@ class _Fronts:
         index = waits[next(iter(done))]
         return index, self.procs[index]
 
-    def signal(self, signum: signal.Signals) -> None:
+    def reload(self) -> None:
+        """SIGHUP (token reload) to every front, once it serves."""
+        self._reloaded = True
         for proc in self.procs:
+            if proc.pid in self._serving:
+                self.signal(signal.SIGHUP, proc)
+
+    def signal(self, signum: signal.Signals, *only: asyncio.subprocess.Process) -> None:
+        for proc in only or self.procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)
@@ -300,7 +351,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    port, reserved = reserve(cfg.listen)
+    port, reserved, port_lock = reserve(cfg.listen)
     fronts = _Fronts()
     with private_folder(cfg.workers) as folder:
         key = _page_key(cfg)
@@ -327,7 +378,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
 
         def hangup() -> None:
             server.reload_auth()
-            fronts.signal(signal.SIGHUP)
+            fronts.reload()
 
         loop.add_signal_handler(signal.SIGHUP, hangup)
         failed: FrontFailed | None = None
@@ -336,6 +387,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
         except BaseException:
             for sock in reserved:
                 sock.close()
+            port_lock.close()
             raise
         try:
             host = StoreHost(
@@ -376,8 +428,10 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             clean = await _stop(cfg, server, host, fronts)
             for sock in reserved:
                 sock.close()
+            port_lock.close()
     if failed is not None:
-        sys.exit(failed.code or 1)
+        # A front killed by a signal has a negative code: the server's status is 1.
+        sys.exit(failed.code if failed.code > 0 else 1)
     if not clean:
         sys.exit(1)
     log.info("stopped")

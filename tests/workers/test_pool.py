@@ -24,8 +24,9 @@ from streams import config
 from streams.limits import MIN_MEMORY_BUDGET_BYTES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from streams.workers import pool as pool_module
 from tests.ops.helpers import scrape
-from tests.support.process import ServerProcess
+from tests.support.process import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
 DEADLINE = 30.0
@@ -200,6 +201,22 @@ def test_a_port_held_by_another_workers_server_is_refused(
         assert refused in second.stderr()
 
 
+def test_a_port_reserved_by_another_writer_is_refused(tmp_path: Path) -> None:
+    # Review: two reservations do not refuse each other (neither listens), so a
+    # second writer started while the first one's fronts were starting shared
+    # the port, and the kernel split connections between two stores.
+    port, held, lock = pool_module.reserve(f"127.0.0.1:{free_port()}")
+    try:
+        with ServerProcess(tmp_path / "data", workers=2, port=port) as second:
+            second.spawn(stdout=subprocess.DEVNULL)
+            assert second.wait() == 2
+            assert "another Streams server holds it" in second.stderr()
+    finally:
+        for sock in held:
+            sock.close()
+        lock.close()
+
+
 def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
     pool.start()
     stub = pool.stub
@@ -272,6 +289,27 @@ def test_sighup_reaches_every_front(tmp_path: Path) -> None:
                     stub.ListSpaces(request, metadata=[("authorization", "Bearer old")])
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 stub.ListSpaces(request, metadata=[("authorization", "Bearer new")])
+
+
+def test_a_sighup_while_the_fronts_start_reaches_them_once_they_serve(tmp_path: Path) -> None:
+    # Review: the writer passed SIGHUP on at once; a front not yet serving died
+    # of its default action and the whole server stopped with status 255.
+    tokens = tmp_path / "tokens.json"
+    entry = {"token": "t", "spaces": ["*"], "access": ["read", "write"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    server = ServerProcess(tmp_path / "data", workers=2, flags=["--auth-tokens", str(tokens)])
+    with server:
+        proc = server.spawn()
+        wait_until(lambda: len(server.children()) == 2, timeout=DEADLINE, what="two fronts")
+        server.send(signal.SIGHUP)
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline(), server.stderr()[-3000:]
+        wait_until(
+            lambda: server.stderr().count("SIGHUP: reloaded 1 tokens") >= 3,
+            timeout=DEADLINE,
+            what="three reloads (writer and two fronts)",
+        )
+        assert server.stderr().count("SIGHUP: reloaded 1 tokens") == 3
 
 
 def test_a_front_killed_stops_the_server_with_status_1(pool: ServerProcess) -> None:
