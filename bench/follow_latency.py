@@ -300,8 +300,16 @@ def _collect(
 
 
 def run_configuration(
-    followers: int, processes: int, rate: float, seconds: float, warmup: float, drain: float
+    followers: int,
+    processes: int,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    drain: float,
+    workers: int | None = None,
 ) -> Outcome:
+    """``followers`` streams in ``processes`` processes, one producer at ``rate``
+    transactions/s, on a fresh durable server (``workers``: its --workers)."""
     ctx = mp.get_context("spawn")
     ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     results: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
@@ -309,8 +317,8 @@ def run_configuration(
     background = wait_for_quiet()
     stop = ctx.Event()
     stop_after = warmup + seconds + drain + 120
-    with run_server() as server:
-        workers = [
+    with run_server(workers=workers) as server:
+        helpers = [
             ctx.Process(
                 target=follower_process, args=(server.address, n, ready, results, stop, stop_after)
             )
@@ -320,9 +328,9 @@ def run_configuration(
             target=producer_process, args=(server.address, rate, seconds, warmup, produced)
         )
         try:
-            for worker in workers:
-                worker.start()
-            states = [ready.get(timeout=SETUP_TIMEOUT_S + 30) for _ in workers]
+            for helper in helpers:
+                helper.start()
+            states = [ready.get(timeout=SETUP_TIMEOUT_S + 30) for _ in helpers]
             if any(state != "ready" for state in states):
                 raise RuntimeError(f"followers failed to open their streams: {states}")
             producer.start()
@@ -334,9 +342,9 @@ def run_configuration(
             after, machine_after = server.sample(), machine_cpu()
             share = (after.cpu_s - before.cpu_s) / (time.monotonic() - began)
             busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
-            reports = _collect(results, len(workers), drain, stop)
+            reports = _collect(results, len(helpers), drain, stop)
         finally:
-            for process in [*workers, producer]:
+            for process in [*helpers, producer]:
                 process.join(timeout=15)
                 if process.is_alive():
                     print(
@@ -408,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--processes", type=int, default=1, help="follower processes (1 leaves the server a core)"
     )
     parser.add_argument("--drain", type=float, default=60.0, help="max s to wait for followers")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="the server's --workers (default: its own)"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 5.0)
     counts = [int(n) for n in args.followers.split(",")]
@@ -417,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     outcomes = []
     for followers in counts:
         outcome = run_configuration(
-            followers, args.processes, args.rate, seconds, args.warmup, args.drain
+            followers, args.processes, args.rate, seconds, args.warmup, args.drain, args.workers
         )
         outcomes.append(outcome)
         for report in outcome.reports:
