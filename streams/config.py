@@ -29,6 +29,9 @@ _DEFAULT_LIMITS = Limits()
 MIN_RETENTION_INTERVAL = 0.01
 # gRPC takes keepalive settings in whole milliseconds, and 0 would turn pinging off.
 MIN_KEEPALIVE_SECONDS = 0.001
+# --workers: past this many front processes the writer, which every one of them
+# calls, is the bottleneck long before the cores are (and each costs ~60 MB).
+MAX_WORKERS = 256
 
 
 class OptionError(Exception):
@@ -70,6 +73,15 @@ class Config:
     retention_interval: float = 60.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     limits: Limits = field(default_factory=Limits)
+    # 1: one process; N >= 2: a writer process and N gRPC front processes (streams.workers).
+    workers: int = 1
+
+
+def default_workers(memory_budget_bytes: int) -> int:
+    """--workers 0 (the default): one front process per core, as many as the
+    memory budget can give a share to (see :func:`parse`), at least 1."""
+    most = memory_budget_bytes // limits.MIN_MEMORY_BUDGET_BYTES - 1
+    return max(1, min(os.cpu_count() or 1, most, MAX_WORKERS))
 
 
 def _env(name: str) -> str:
@@ -182,6 +194,19 @@ def seconds(text: str) -> float:
     return value
 
 
+def workers(text: str) -> int:
+    """--workers: a whole number in 0-MAX_WORKERS (0: one per core)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of processes in 1-{MAX_WORKERS} (0: one per core)"
+        )
+    return value
+
+
 def count(text: str) -> int:
     """A count option: a whole number, 0 or more."""
     try:
@@ -250,6 +275,17 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         float,
         d.dedupe_window_seconds,
         "How long a transaction_id is remembered for deduplication.",
+    )
+    p.add(
+        "workers",
+        workers,
+        0,
+        "gRPC front processes sharing --listen (SO_REUSEPORT), beside one writer process that "
+        "owns the store; 1: everything in one process; 0: one per core (as many as "
+        "--memory-budget-bytes has a share for). "
+        "--memory-budget-bytes is split among the writer and the fronts; connection and "
+        "stream caps are per front.",
+        metavar="N",
     )
     p.add(
         "shutdown-grace",
@@ -418,6 +454,17 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         )
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
+    if args.workers == 0:
+        args.workers = default_workers(lim.memory_budget_bytes)
+    if args.workers > 1:
+        # Each process must hold the largest response twice over, as the whole budget must.
+        share = lim.memory_budget_bytes // (args.workers + 1)
+        if share < limits.MIN_MEMORY_BUDGET_BYTES:
+            p.parser.error(
+                f"--workers {args.workers}: --memory-budget-bytes {lim.memory_budget_bytes} "
+                f"split among the writer and {args.workers} fronts leaves {share} bytes each, "
+                f"under {limits.MIN_MEMORY_BUDGET_BYTES}; raise the budget or lower --workers"
+            )
     if (args.tls_cert is None) != (args.tls_key is None):
         p.parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
@@ -452,4 +499,5 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
             max_age_ns, args.retention_max_records_per_segment, args.retention_max_bytes
         ),
         limits=lim,
+        workers=args.workers,
     )

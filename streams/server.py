@@ -53,6 +53,10 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 WRITE_CHECK_SECONDS = 0.5
 
 
+# Opens the server's store from what every backend gets (the default: --storage's backend).
+StoreOpener = Callable[[Setup], Awaitable[Store]]
+
+
 class ShutdownError(RuntimeError):
     """A step of stop() failed; every other step still ran (see the log)."""
 
@@ -66,10 +70,23 @@ class StreamsServer:
         auth: TokenAuth | None = None,
         pages: PageTokens | None = None,
         clock: Callable[[], int] = time.time_ns,
+        *,
+        open_store: StoreOpener | None = None,
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
+        reuse_port: bool = False,
     ) -> None:
-        """``clock`` stamps transactions (nanoseconds since the epoch); tests pin it."""
+        """``clock`` stamps transactions (nanoseconds since the epoch); tests pin it.
+
+        A front process (:mod:`streams.workers`) passes ``open_store`` (its
+        remote store), ``handlers`` that take some RPCs before the service does
+        (the proxy to the writer) and ``reuse_port`` (the fronts share one port
+        through SO_REUSEPORT). ``config.listen`` may be ``unix:PATH``.
+        """
         self.config = config
         self._clock = clock
+        self._open_store = open_store
+        self._handlers = tuple(handlers)
+        self._reuse_port = reuse_port
         self.auth = auth
         self.pages = pages or PageTokens.load(config.page_token_key)
         self.port = 0
@@ -96,6 +113,8 @@ class StreamsServer:
     @property
     def address(self) -> str:
         """HOST:PORT with the real port, once started."""
+        if self.config.listen.startswith("unix:"):
+            return self.config.listen
         host = self.config.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
@@ -119,7 +138,9 @@ class StreamsServer:
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = self._credentials() if cfg.tls_cert else None
-        startup.check_bindable("--listen", cfg.listen)
+        # A unix socket's folder is the caller's; a shared port is held by the writer.
+        if not (cfg.listen.startswith("unix:") or self._reuse_port):
+            startup.check_bindable("--listen", cfg.listen)
         if cfg.metrics_listen:
             startup.check_bindable("--metrics-listen", cfg.metrics_listen)
         backend = registry.get(cfg.storage)
@@ -129,7 +150,7 @@ class StreamsServer:
             lim.memory_budget_bytes, lim.memory_budget_bytes // lim.max_concurrent_streams
         )
         try:
-            self._store = await backend.open(
+            self._store = await (self._open_store or backend.open)(
                 Setup(
                     data=cfg.data,
                     sync=cfg.sync,
@@ -150,7 +171,7 @@ class StreamsServer:
                 ("grpc.max_receive_message_length", lim.max_request_bytes),
                 ("grpc.max_allowed_incoming_connections", lim.max_connections),
                 ("grpc.max_concurrent_streams", lim.max_streams_per_connection),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self._reuse_port)),
                 *keepalive_options(cfg.keepalive_seconds, cfg.keepalive_timeout_seconds),
             ]
         )
@@ -160,7 +181,8 @@ class StreamsServer:
             self._store, lim, self.metrics, self.auth, self.pages, memory,
             cfg.slow_consumer_seconds, self._groups,
         )  # fmt: skip
-        self._server.add_generic_rpc_handlers((self._service.handler(),))
+        # gRPC asks each handler in turn: the injected ones take their RPCs first.
+        self._server.add_generic_rpc_handlers((*self._handlers, self._service.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -239,6 +261,13 @@ class StreamsServer:
             log.error("the store refuses writes (reads go on): %s", error)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set(SERVICE_NAME, status)
+
+    async def end_groups(self) -> None:
+        """Ends every Subscribe with UNAVAILABLE once its settle writes are done,
+        and refuses new ones: a writer's first shutdown step (streams.workers),
+        so that the streams its fronts proxy to it do not hold their drains."""
+        if self._groups is not None:
+            await self._groups.close()
 
     def reload_auth(self) -> None:
         """Re-reads the token file (SIGHUP); a bad file keeps the old tokens."""
@@ -379,8 +408,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PageKeyError as exc:
         print(f"streams-server: --page-token-key: {exc}", file=sys.stderr)
         sys.exit(2)
+    if cfg.workers > 1:
+        from streams.workers import pool  # loads the store host only where it runs
+
+        given = list(sys.argv[1:] if argv is None else argv)
+        runner: Awaitable[None] = pool.run(cfg, given, auth, pages)
+    else:
+        runner = _run(cfg, auth, pages)
     try:
-        asyncio.run(_run(cfg, auth, pages))
+        asyncio.run(runner)  # type: ignore[arg-type]  # both are coroutines
     except OptionError as exc:
         print(f"streams-server: error: {exc}", file=sys.stderr)
         sys.exit(2)

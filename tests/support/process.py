@@ -46,12 +46,16 @@ def free_port() -> int:
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without STREAMS_* variables (a developer's
     settings must not leak into a test server) and without PYTHONUNBUFFERED
-    (the contract says the server flushes its line itself), plus ``extra``."""
+    (the contract says the server flushes its line itself), plus ``extra``.
+
+    STREAMS_WORKERS is 1 unless ``extra`` says otherwise: the server's own
+    default (one front per core) would make every test a multi-process one."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("STREAMS_") and k != "PYTHONUNBUFFERED"
     }
+    env["STREAMS_WORKERS"] = "1"
     env.update(extra or {})
     return env
 
@@ -107,6 +111,8 @@ class ServerProcess:
     STREAMS_LISTEN/STREAMS_DATA with ``via_env=True``); ``env`` adds
     variables to :func:`clean_env`. ``port`` 0 takes any free port at each
     start. Standard error goes to ``log_path`` (default ``DATA/../server.log``).
+    ``workers`` is ``--workers`` (1: one process, as every test had before;
+    N >= 2: a writer and N front processes, see streams.workers).
 
     ``channel`` (plain) and ``stub`` (with a default deadline) connect on first
     use and close when the process is stopped or started again.
@@ -123,11 +129,12 @@ class ServerProcess:
         via_env: bool = False,
         listen_flags: bool = True,
         command: Sequence[str] = (sys.executable, "server.py"),
+        workers: int = 1,
     ) -> None:
         self.data = data
         self.log_path = log_path or data.parent / "server.log"
         self.flags = list(flags)
-        self.extra_env = dict(env or {})
+        self.extra_env = {"STREAMS_WORKERS": str(workers), **(env or {})}
         self.listen_port = port
         self.via_env = via_env
         self.listen_flags = listen_flags

@@ -1,0 +1,179 @@
+"""A front process: a StreamsServer over the writer's store, on the shared port.
+
+Started by the writer (:mod:`streams.workers.pool`), never by hand::
+
+    python -m streams.workers.front --index 0 --host-socket DIR/host.sock \\
+        --writer-socket DIR/writer.sock --port 50051 --memory-budget-bytes B \\
+        --page-token-key DIR/page-token-key -- <the server's own arguments>
+
+It parses the server's arguments as the writer did (same environment, same
+folder), then serves ``--listen``'s host on ``--port`` with SO_REUSEPORT: its
+store is a RemoteStore (calls to the writer's store host), the group RPCs are
+forwarded to the writer (:mod:`streams.workers.proxy`), everything else is the
+ordinary service. It prints ``ready`` once it serves.
+
+SIGTERM: graceful stop within --shutdown-grace. SIGHUP: token reload. SIGINT
+is the writer's to act on (a terminal's Ctrl-C reaches the whole group). It
+exits at once, status 1, when the writer is gone: the store host's connection
+closed (``RemoteStore.lost``) or its standard input, a pipe from the writer,
+reached its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from streams import config as config_module
+from streams import logs
+from streams.auth import AuthFileError, TokenAuth
+from streams.config import Config, OptionError
+from streams.page_tokens import PageTokens
+from streams.server import ShutdownError, StreamsServer
+from streams.slow_consumers import SlowConsumers
+from streams.storage.backend import Setup
+from streams.storage.port import Store
+from streams.workers import remote
+from streams.workers.proxy import CHANNEL_OPTIONS, WriterProxy
+
+log = logging.getLogger("streams.workers")
+READY = "ready"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrontArgs:
+    """What the writer tells a front besides the server's own arguments."""
+
+    index: int
+    host_socket: Path
+    writer_socket: Path
+    port: int
+    memory_budget_bytes: int
+    page_token_key: Path
+
+    def argv(self) -> list[str]:
+        return [
+            "--index", str(self.index),
+            "--host-socket", str(self.host_socket),
+            "--writer-socket", str(self.writer_socket),
+            "--port", str(self.port),
+            "--memory-budget-bytes", str(self.memory_budget_bytes),
+            "--page-token-key", str(self.page_token_key),
+        ]  # fmt: skip
+
+
+def _parse(argv: Sequence[str]) -> tuple[FrontArgs, list[str]]:
+    parser = argparse.ArgumentParser(prog="streams-front")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--host-socket", type=Path, required=True)
+    parser.add_argument("--writer-socket", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--memory-budget-bytes", type=int, required=True)
+    parser.add_argument("--page-token-key", type=Path, required=True)
+    parser.add_argument("server_argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    rest = args.server_argv[1:] if args.server_argv[:1] == ["--"] else args.server_argv
+    del args.server_argv
+    return FrontArgs(**vars(args)), rest
+
+
+def front_config(server: Config, front: FrontArgs) -> Config:
+    """The server's configuration as one front serves it: the shared port, its
+    share of the memory budget, the writer's page-token key, no /metrics
+    (the writer serves it) and no further workers."""
+    host = server.listen.rsplit(":", 1)[0]
+    return dataclasses.replace(
+        server,
+        listen=f"{host}:{front.port}",
+        workers=1,
+        metrics_listen="",
+        page_token_key=front.page_token_key,
+        limits=dataclasses.replace(server.limits, memory_budget_bytes=front.memory_budget_bytes),
+    )
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, gone: asyncio.Event) -> None:
+    """Sets ``gone`` when standard input (the writer's pipe) ends: the writer exited."""
+
+    def wait() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        loop.call_soon_threadsafe(gone.set)
+
+    threading.Thread(target=wait, name="writer-watch", daemon=True).start()
+
+
+async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
+    """Serves until SIGTERM (0 once stopped) or the writer's end (exits the process, 1)."""
+    loop = asyncio.get_running_loop()
+    stop, gone = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    channel = grpc.aio.insecure_channel(f"unix:{front.writer_socket}", options=CHANNEL_OPTIONS)
+    server: StreamsServer | None = None
+
+    def cut() -> None:
+        if server is not None:
+            server.metrics.slow_consumers.inc()
+
+    async def open_store(setup: Setup) -> Store:
+        return await remote.connect(front.host_socket, setup)
+
+    server = StreamsServer(
+        cfg,
+        auth,
+        PageTokens.load(cfg.page_token_key),
+        open_store=open_store,
+        handlers=(WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut)),),
+        reuse_port=True,
+    )
+    loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
+    _watch_stdin(loop, gone)
+    await server.start()
+    lost: asyncio.Event = server.store.lost  # type: ignore[attr-defined]  # a RemoteStore
+    print(READY, flush=True)
+    log.info("front %d (pid %d) serving on %s", front.index, os.getpid(), server.address)
+    waits = [asyncio.create_task(event.wait()) for event in (stop, gone, lost)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        # Nothing can be written or read any more; calls in flight fail as the connection did.
+        log.error("front %d: the writer is gone; exiting", front.index)
+        logging.shutdown()
+        os._exit(1)
+    for task in waits:
+        task.cancel()
+    try:
+        await server.stop(cfg.shutdown_grace)
+    except ShutdownError as exc:
+        log.error("front %d: %s", front.index, exc)
+        return 1
+    finally:
+        await channel.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    front, server_argv = _parse(sys.argv[1:] if argv is None else argv)
+    cfg = front_config(config_module.parse(server_argv), front)
+    logs.setup(cfg.log_level, cfg.log_format)
+    # The writer's Ctrl-C handling stops this process (SIGTERM), in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        auth = TokenAuth.load(cfg.auth_tokens) if cfg.auth_tokens is not None else None
+        sys.exit(asyncio.run(serve(cfg, front, auth)))
+    except (AuthFileError, OptionError) as exc:
+        print(f"streams-server: front {front.index}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

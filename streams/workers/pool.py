@@ -1,0 +1,335 @@
+"""The writer process of ``--workers N`` (N >= 2): the store, once, and N fronts.
+
+The process the user starts becomes the writer. It
+
+1. makes a private folder (mode 0700) for its two Unix sockets;
+2. reserves the public port: binds (without listening) a SO_REUSEPORT socket
+   on ``--listen`` and keeps it, so that ``HOST:0`` becomes one concrete port
+   every front then binds, and no other program takes it meanwhile;
+3. starts its own StreamsServer on ``unix:DIR/writer.sock`` (the store, the
+   consumer groups, retention and background tasks, /metrics) and a store
+   host on ``DIR/host.sock`` for the fronts' store calls;
+4. spawns N front processes (:mod:`streams.workers.front`, with
+   ``subprocess``: grpc and fork do not mix), each with its share of
+   ``--memory-budget-bytes``, and prints ``listening on HOST:PORT`` once every
+   one of them serves.
+
+SIGHUP is passed on to the fronts (and reloads the writer's own tokens: the
+proxied group RPCs are checked there). SIGTERM/SIGINT: the writer's consumer
+groups end their streams, the fronts stop gracefully within --shutdown-grace
+(their writes still go through the host), then the writer's server, the host
+and the store stop. A front that exits on its own is logged and everything
+stops the same way, exit status 1: an orchestrator restarts the whole server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams import startup
+from streams.auth import TokenAuth
+from streams.config import Config, OptionError
+from streams.limits import Limits
+from streams.page_tokens import PageTokens
+from streams.server import ShutdownError, StreamsServer
+from streams.workers.front import READY, FrontArgs
+from streams.workers.host import StoreHost
+
+log = logging.getLogger("streams.workers")
+# After --shutdown-grace, how long a front may take to exit before it is killed.
+FRONT_EXIT_SECONDS = 5.0
+# How long a front may take to start serving (it imports grpc and connects).
+FRONT_START_SECONDS = 60.0
+# gRPC's cap on HTTP/2 streams per connection.
+_MAX_STREAMS = 2**31 - 1
+
+
+def reserve(listen: str) -> tuple[int, list[socket.socket]]:
+    """Binds ``listen`` (HOST:PORT, port 0: any free one) with SO_REUSEPORT,
+    without listening, on every address its host resolves to; returns the
+    port and the sockets, to keep open while the fronts serve it."""
+    host, _, text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(text), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OptionError("--listen", listen, f"cannot resolve {host!r}: {exc.strerror}") from None
+    port, held, reasons = int(text), [], []
+    for family, kind, proto, _, where in found:
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((where[0], port, *where[2:]))
+        except OSError as exc:
+            sock.close()
+            reasons.append(exc.strerror or str(exc))
+            continue
+        port = sock.getsockname()[1]
+        held.append(sock)
+    if not held:
+        raise OptionError("--listen", listen, f"cannot listen there: {reasons[0]}")
+    return port, held
+
+
+def writer_limits(lim: Limits, workers: int) -> Limits:
+    """The writer's server's limits: its share of the memory budget, and caps
+    that leave the fronts' own to bind (each front's proxied calls ride one
+    connection to it, and all fronts' Subscribe streams add up there)."""
+    return dataclasses.replace(
+        lim,
+        memory_budget_bytes=share(lim, workers),
+        max_connections=max(lim.max_connections, workers),
+        max_streams_per_connection=min(
+            _MAX_STREAMS, lim.max_connections * lim.max_streams_per_connection
+        ),
+        max_concurrent_streams=lim.max_concurrent_streams * workers,
+        max_inflight_request_bytes=lim.max_inflight_request_bytes * workers,
+    )
+
+
+def share(lim: Limits, workers: int) -> int:
+    """Each process's part of --memory-budget-bytes: the writer's and each front's."""
+    return lim.memory_budget_bytes // (workers + 1)
+
+
+def _page_key(cfg: Config, folder: Path) -> Path:
+    """The page-token key every process signs with: the configured one, or a
+    random one for this run (a listing may go on through another front)."""
+    if cfg.page_token_key is not None:
+        return cfg.page_token_key
+    path = folder / "page-token-key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return path
+
+
+class _Fronts:
+    """The front processes: spawned, signalled, awaited."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(self, front: FrontArgs, argv: Sequence[str]) -> None:
+        # The package may not be installed (``python server.py`` from a checkout).
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.workers.front", *front.argv(), "--", *argv,
+            stdin=asyncio.subprocess.PIPE,  # its end tells the front the writer is gone
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        self.procs.append(proc)
+
+    async def ready(self) -> None:
+        """Waits until every front prints its ready line; raises FrontFailed
+        for one that exits first."""
+
+        async def one(index: int, proc: asyncio.subprocess.Process) -> None:
+            if proc.stdout is None:
+                raise RuntimeError("a front's output is not a pipe")
+            while line := await proc.stdout.readline():
+                if line.strip() == READY.encode():
+                    return
+            code = await proc.wait()
+            raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
+                              "before serving (see its log above)", code)  # fmt: skip
+
+        async with asyncio.timeout(FRONT_START_SECONDS):
+            await asyncio.gather(*(one(i, proc) for i, proc in enumerate(self.procs)))
+
+    async def first_exit(self) -> tuple[int, asyncio.subprocess.Process]:
+        """The first front to exit."""
+        waits = {asyncio.create_task(proc.wait()): i for i, proc in enumerate(self.procs)}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        index = waits[next(iter(done))]
+        return index, self.procs[index]
+
+    def signal(self, signum: signal.Signals) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signum)
+
+    async def stop(self, grace: float) -> bool:
+        """SIGTERM to every front, then waits for them all; one still there
+        after the grace (and FRONT_EXIT_SECONDS) is killed. False if one had
+        to be killed or exited with a failure."""
+        self.signal(signal.SIGTERM)
+        clean = True
+        for index, proc in enumerate(self.procs):
+            try:
+                async with asyncio.timeout(grace + FRONT_EXIT_SECONDS):
+                    code = await proc.wait()
+            except TimeoutError:
+                log.error("front %d (pid %d) did not stop in time; killing it", index, proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                code = await proc.wait()
+            if code not in (0, -signal.SIGTERM):
+                clean = False
+        return clean
+
+
+class FrontFailed(Exception):
+    """A front process exited while it should have served."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
+    """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
+    front's failure (exits 1). ``argv`` are the server's arguments, which the
+    fronts parse again (with the same environment and folder)."""
+    del pages  # every process signs with the key of _page_key
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        # The fronts read them; a bad file is named before any process starts.
+        startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
+        if cfg.tls_client_ca is not None:
+            startup.read_client_ca(cfg.tls_client_ca)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    port, reserved = reserve(cfg.listen)
+    fronts = _Fronts()
+    with tempfile.TemporaryDirectory(prefix="streams-workers-") as tmp:  # made 0700
+        folder = Path(tmp)
+        key = _page_key(cfg, folder)
+        writer_cfg = dataclasses.replace(
+            cfg,
+            listen=f"unix:{folder / 'writer.sock'}",
+            tls_cert=None,
+            tls_key=None,
+            tls_client_ca=None,
+            page_token_key=key,
+            limits=writer_limits(cfg.limits, cfg.workers),
+        )
+        server = StreamsServer(writer_cfg, auth, PageTokens.load(key))
+        host: StoreHost | None = None
+
+        def hangup() -> None:
+            server.reload_auth()
+            fronts.signal(signal.SIGHUP)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+        failed: FrontFailed | None = None
+        try:
+            await server.start()  # on failure it has stopped what it started
+        except BaseException:
+            for sock in reserved:
+                sock.close()
+            raise
+        try:
+            host = StoreHost(server.store, folder / "host.sock")
+            await host.start()
+            for index in range(cfg.workers):
+                front = FrontArgs(
+                    index, folder / "host.sock", folder / "writer.sock", port,
+                    share(cfg.limits, cfg.workers), key,
+                )  # fmt: skip
+                await fronts.spawn(front, argv)
+            started = asyncio.create_task(fronts.ready())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if started.done():
+                started.result()  # FrontFailed, or a start that took too long
+                failed = await _serve(cfg, port, fronts, stop, server)
+            else:
+                started.cancel()
+        except FrontFailed as exc:
+            log.error("%s; stopping", exc)
+            failed = exc
+        except TimeoutError:
+            log.error("the fronts did not all start within %.0fs; stopping", FRONT_START_SECONDS)
+            failed = FrontFailed("start timed out", 1)
+        finally:
+            clean = await _stop(cfg, server, host, fronts)
+            for sock in reserved:
+                sock.close()
+    if failed is not None:
+        sys.exit(failed.code or 1)
+    if not clean:
+        sys.exit(1)
+    log.info("stopped")
+
+
+async def _serve(
+    cfg: Config, port: int, fronts: _Fronts, stop: asyncio.Event, server: StreamsServer
+) -> FrontFailed | None:
+    """Announces the port and serves until SIGTERM/SIGINT (None) or a front's exit."""
+    host = cfg.listen.rsplit(":", 1)[0]
+    print(f"listening on {host}:{port}", flush=True)
+    log.info(
+        "serving on %s:%d with %d front processes, metrics %s",
+        host, port, cfg.workers,
+        f"on http://{server.metrics_address}/metrics" if server.metrics_address else "off",
+        extra={"listen": f"{host}:{port}", "workers": cfg.workers, "storage": cfg.storage,
+               "data": str(cfg.data), "sync": cfg.sync, "metrics": server.metrics_address},
+    )  # fmt: skip
+    exited = asyncio.create_task(fronts.first_exit())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait((exited, stopped), return_when=asyncio.FIRST_COMPLETED)
+    if stopped.done():
+        exited.cancel()
+        return None
+    stopped.cancel()
+    index, proc = exited.result()
+    log.error(
+        "front %d (pid %d) exited unexpectedly with status %s; stopping the server",
+        index, proc.pid, proc.returncode,
+    )  # fmt: skip
+    return FrontFailed(f"front {index} exited", 1)
+
+
+async def _stop(
+    cfg: Config, server: StreamsServer, host: StoreHost | None, fronts: _Fronts
+) -> bool:
+    """Graceful stop of everything, in order; False if a step failed."""
+    log.info("shutting down, grace %.1fs", cfg.shutdown_grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.shutdown_grace
+    clean = True
+    # The proxied Subscribe streams end first (UNAVAILABLE, settle writes done),
+    # or each front's drain would wait for them through the whole grace.
+    try:
+        await server.end_groups()
+    except Exception:
+        log.exception("shutdown: consumer groups failed; going on with the rest")
+        clean = False
+    clean = await fronts.stop(cfg.shutdown_grace) and clean
+    if host is not None:
+        try:
+            await host.close()
+        except Exception:
+            log.exception("shutdown: store host failed; going on with the rest")
+            clean = False
+    try:
+        await server.stop(max(0.0, deadline - loop.time()))
+    except ShutdownError as exc:
+        log.error("%s", exc)
+        clean = False
+    return clean
