@@ -200,6 +200,7 @@ class Context:
     bare: str  # address of the bare gRPC server
     report: Report
     tmp: Path
+    workers: int  # the server's --workers that the cores and fanout sections put 1 beside
 
 
 # -- Requests ------------------------------------------------------------
@@ -686,13 +687,14 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def worker_counts() -> list[int]:
-    """--workers of the server compared: the default (one per core), then 1."""
-    return [cores(), 1] if cores() > 1 else [1]
+def worker_counts(ctx: Context) -> list[int]:
+    """--workers of the server compared: the suite's --workers (default: one
+    per core, as the server's default), then 1."""
+    return [ctx.workers, 1] if ctx.workers > 1 else [1]
 
 
 def workers_label(workers: int) -> str:
-    return f"--workers {workers}" + (" (default)" if workers == cores() else "")
+    return f"--workers {workers}" + (" (one per core)" if workers == cores() else "")
 
 
 @dataclass
@@ -715,26 +717,31 @@ def section_cores(ctx: Context) -> None:
     requests = [produce_request("cores", [(f"producer-{i}", n)]) for i in range(p)]
     single = [produce_request("cores-latency", [("s", 1)])]
     figures: dict[int, CoresFigures] = {}
-    for workers in worker_counts():
-        with run_server(sync=True, workers=workers) as server:
-            produce = unary(ctx, server.address, PRODUCE, requests, p, 100_000, seconds, n)
-            bare = unary(ctx, ctx.bare, UNARY, requests, p, 100_000, seconds, n)
-            one, one_bare = paired(ctx, server.address, PRODUCE, single, plan.peek_calls)
-        figures[workers] = CoresFigures(produce, bare, one, one_bare)
+    redis: Rate | None = None
     with run_redis(ctx.tmp) as redis_address:
-        if redis_address is None:
-            redis = None
-            redis_note = f"Redis not measured: {redis_peer.missing()}"
-            print(f"cores: {redis_note}", file=sys.stderr)
-        else:
-            jobs = [XaddJob(redis_address, f"producer-{i}", n, 100_000, seconds) for i in range(p)]
-            redis = ctx.pool.unary(jobs, n)
-            redis_note = (
-                f"Redis {redis_peer.version()} (redis-server started by the bench, AOF "
-                "appendfsync everysec: an acknowledged entry can be lost in the second "
-                "before a power cut; a durable Produce is fsynced before its ack), "
-                f"{n} XADDs per pipeline (redis-py, no MULTI), one pipeline at a time per client"
-            )
+        for workers in worker_counts(ctx):
+            with run_server(sync=True, workers=workers) as server:
+                produce = unary(ctx, server.address, PRODUCE, requests, p, 100_000, seconds, n)
+                bare = unary(ctx, ctx.bare, UNARY, requests, p, 100_000, seconds, n)
+                if redis_address is not None and redis is None:  # close in time to the first
+                    jobs = [
+                        XaddJob(redis_address, f"producer-{i}", n, 100_000, seconds)
+                        for i in range(p)
+                    ]
+                    redis = ctx.pool.unary(jobs, n)
+                one, one_bare = paired(ctx, server.address, PRODUCE, single, plan.peek_calls)
+            figures[workers] = CoresFigures(produce, bare, one, one_bare)
+    if redis is None:
+        redis_note = f"Redis not measured: {redis_peer.missing()}"
+        print(f"cores: {redis_note}", file=sys.stderr)
+    else:
+        redis_note = (
+            f"Redis {redis_peer.version()} (redis-server started by the bench on loopback, AOF "
+            "appendfsync everysec: an acknowledged entry can be lost in the second before a "
+            "power cut, where a durable Produce is fsynced before its ack), right after the "
+            f"first server's run: {n} XADDs per pipeline (redis-py, no MULTI), one pipeline "
+            "at a time per client process"
+        )
     rows = []
     for workers, f in figures.items():
         failed = f" ({f.produce.errors} failed calls)" if f.produce.errors else ""
@@ -749,7 +756,7 @@ def section_cores(ctx: Context) -> None:
             ]
         )
     if redis is not None:
-        bare = figures[worker_counts()[0]].bare
+        bare = figures[ctx.workers].bare
         failed = f" ({redis.errors} failed pipelines)" if redis.errors else ""
         rows.append(
             [
@@ -787,7 +794,7 @@ def section_cores(ctx: Context) -> None:
         ],
     }
     ctx.report.add(
-        f"Cores: Produce with {cores()} core(s), --workers 1 beside, and Redis Streams",
+        f"Cores: Produce with {' and '.join(map(workers_label, figures))}, and Redis Streams",
         f"{note}; took {time.monotonic() - began:.0f} s; {n} records x {len(PAYLOAD)} B per "
         f"call from {p} producer processes, one call at a time each, {seconds:g} s per run; "
         f"{redis_note}",
@@ -808,10 +815,11 @@ def section_cores(ctx: Context) -> None:
             ["call", "p50 ms", "p99 ms", "bare unary p50 ms", "p50 / bare p50"], latency_rows
         ),
     )
-    default = figures[worker_counts()[0]]
+    default = figures[ctx.workers]
     single_process = figures[1]
     ctx.report.target(
-        f"Produce {n}/call, {p} producers, durable, {workers_label(cores())} / bare unary (rate)",
+        f"Produce {n}/call, {p} producers, durable, {workers_label(ctx.workers)} "
+        "/ bare unary (rate)",
         share(default.produce.per_second, default.bare.per_second),
         ">=",
         0.5,
@@ -823,7 +831,7 @@ def section_cores(ctx: Context) -> None:
         ),
     )
     ctx.report.target(
-        f"Durable 1-record Produce p50, {workers_label(cores())} / bare unary p50",
+        f"Durable 1-record Produce p50, {workers_label(ctx.workers)} / bare unary p50",
         share(default.one.latency_ms(0.5), default.one_bare.latency_ms(0.5)),
         "<=",
         1.5,
@@ -841,7 +849,7 @@ def section_fanout(ctx: Context) -> None:
     processes = max(2, cores() // 2)
     found: list[fanout.Capacity] = []
     start = 100.0
-    for workers in sorted(worker_counts()):  # 1 first: its figure starts the next search
+    for workers in sorted(worker_counts(ctx)):  # 1 first: its figure starts the next search
         capacity = fanout.search(
             workers, FANOUT_FOLLOWERS, processes, start, plan.fanout_seconds, plan.fanout_refine
         )
@@ -863,7 +871,8 @@ def section_fanout(ctx: Context) -> None:
         for c in found
     ]
     ctx.report.add(
-        f"Fan-out: records/s to {FANOUT_FOLLOWERS} followers, --workers 1 and {cores()}",
+        f"Fan-out: records/s to {FANOUT_FOLLOWERS} followers, "
+        + " and ".join(workers_label(c.workers) for c in found),
         f"{note}; took {time.monotonic() - began:.0f} s; single-record durable transactions "
         f"from one producer process; followers in {processes} processes; the best rate at "
         f"which every follower got every record, no gap, p99 < {fanout.P99_LIMIT_MS:g} ms "
@@ -885,7 +894,7 @@ def section_fanout(ctx: Context) -> None:
     if len(found) > 1:
         ctx.report.target(
             f"Records/s to {FANOUT_FOLLOWERS} followers (no loss, p99 < 50 ms), "
-            f"{workers_label(cores())} / --workers 1",
+            f"{workers_label(ctx.workers)} / --workers 1",
             share(found[-1].delivered, found[0].delivered),
             ">=",
             3.0,
@@ -1239,11 +1248,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}"
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=cores(),
+        help="the server's --workers that the cores and fanout sections compare with "
+        "--workers 1 (default: the core count, %(default)s here)",
+    )
     args = parser.parse_args(argv)
     chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     plan = QUICK if args.quick else FULL
     report = Report("quick" if args.quick else "full")
     began = time.monotonic()
@@ -1254,7 +1272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ClientPool(max(*plan.producers, 2)) as pool,
         run_bare_server() as bare,
     ):
-        ctx = Context(plan, pool, bare, report, Path(tmp))
+        ctx = Context(plan, pool, bare, report, Path(tmp), args.workers)
         for name in chosen:
             print(f"-- {name}", file=sys.stderr, flush=True)
             SECTIONS[name](ctx)
@@ -1262,7 +1280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (
         f"# Streams benchmark ({report.mode}), {stamp}\n\n"
         f"Machine: {machine()}. Commit {commit()}. Sections: {', '.join(chosen)}; "
-        f"took {took / 60:.1f} min.\n\n"
+        f"took {took / 60:.1f} min. Server: its default --workers (one process per core), "
+        f"except in cores and fanout: --workers {args.workers} beside --workers 1.\n\n"
         "Ratios in parentheses: server / limit for rates, limit / server for latencies "
         "(1.00 = at the limit, lower = slower). MB/s: payload bytes (100 B per record). "
         "Limits: *bare* = a grpc.aio service answering pre-built messages of the same "
