@@ -77,11 +77,26 @@ class Config:
     workers: int = 1
 
 
+def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, within the cgroup's
+    CPU quota (a container limited to 2 CPUs on a 64-core node has 2)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):  # no cgroup v2 here
+        return count
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return count
+    return max(1, min(count, math.ceil(int(quota) / int(period))))
+
+
 def default_workers(memory_budget_bytes: int) -> int:
-    """--workers 0 (the default): one front process per core, as many as the
-    memory budget can give a share to (see :func:`parse`), at least 1."""
+    """--workers 0 (the default): one front process per core (:func:`cores`),
+    as many as the memory budget can give a share to (see :func:`parse`), at
+    least 1."""
     most = memory_budget_bytes // limits.MIN_MEMORY_BUDGET_BYTES - 1
-    return max(1, min(os.cpu_count() or 1, most, MAX_WORKERS))
+    return max(1, min(cores(), most, MAX_WORKERS))
 
 
 def _env(name: str) -> str:

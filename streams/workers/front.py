@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from streams.config import Config, OptionError
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer
 from streams.slow_consumers import SlowConsumers
+from streams.storage import registry
 from streams.storage.backend import Setup
 from streams.storage.port import Store
 from streams.workers import remote
@@ -102,15 +102,18 @@ def front_config(server: Config, front: FrontArgs) -> Config:
     )
 
 
-def _watch_stdin(loop: asyncio.AbstractEventLoop, gone: asyncio.Event) -> None:
+class _WriterWatch(asyncio.Protocol):
     """Sets ``gone`` when standard input (the writer's pipe) ends: the writer exited."""
 
-    def wait() -> None:
-        while sys.stdin.buffer.read(4096):
-            pass
-        loop.call_soon_threadsafe(gone.set)
+    def __init__(self, gone: asyncio.Event) -> None:
+        self._gone = gone
 
-    threading.Thread(target=wait, name="writer-watch", daemon=True).start()
+    def eof_received(self) -> bool | None:
+        self._gone.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
 
 
 async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
@@ -126,7 +129,9 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
             server.metrics.slow_consumers.inc()
 
     async def open_store(setup: Setup) -> Store:
-        return await remote.connect(front.host_socket, setup)
+        return await remote.connect(
+            front.host_socket, setup, limits=registry.get(cfg.storage).limits(cfg.limits)
+        )
 
     server = StreamsServer(
         cfg,
@@ -137,7 +142,7 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
         reuse_port=True,
     )
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
-    _watch_stdin(loop, gone)
+    watch, _ = await loop.connect_read_pipe(lambda: _WriterWatch(gone), sys.stdin)
     await server.start()
     lost: asyncio.Event = server.store.lost  # type: ignore[attr-defined]  # a RemoteStore
     print(READY, flush=True)
@@ -158,6 +163,7 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
         return 1
     finally:
         await channel.close()
+        watch.close()
     return 0
 
 

@@ -1,12 +1,70 @@
 """The store host: serves the writer's store to front processes over a Unix
-socket (see :mod:`streams.workers`)."""
+socket (see :mod:`streams.workers`).
+
+Each front is one connection. A call (``(id, method, args)``) runs the store
+method and answers ``(id, ok, value)``; nothing else is queued per call: the
+method's coroutine is driven by the callbacks of what it awaits (a read that
+never awaits is answered within the same turn of the event loop), and the
+answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
+
+Followers: per (front, followed target) one pump follows the target through
+the port and pushes each durable record once to the front, which serves its
+followers from a local tail. Per followed space one sentinel watches the
+space and tells the fronts when records were removed (a retention pass or a
+DeleteSpace run by the writer itself), so that they drop what their tails
+hold of it; removals made through the host are told before they are answered.
+Watches are forwarded the same way, one per (front, space).
+
+Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
+by the front pause the pumps (they read what is new once the front catches
+up: records are coalesced, never dropped, no wake-up lost) and stop reading
+its calls; at most ``max_calls`` calls run at once, and at most
+``max_streams`` pumps and watches exist.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
+from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
+from streams.model import MAX_OFFSET, Cut, Target
 from streams.storage.port import Store
+from streams.workers import ipc
+from streams.workers.ipc import (
+    BARRIER,
+    CALLS,
+    CHANGES,
+    FAILED,
+    FOLLOW,
+    PUSH,
+    REMOVED,
+    UNFOLLOW,
+    UNWATCH,
+    WATCH,
+    WRITE_ERROR,
+    sendable_error,
+)
+
+log = logging.getLogger(__name__)
+
+# What a front may leave unread before its pumps pause and its calls wait.
+BUFFER_BYTES = 4 << 20
+# Calls of one front running at once; more wait in the socket.
+MAX_CALLS = 1024
+# Records and bytes one push of a pump carries at most.
+PUSH_RECORDS = 10_000
+PUSH_BYTES = 1 << 20
+# How often a change of the store's write_error reaches the fronts when no
+# call brings it.
+WRITE_ERROR_SECONDS = 1.0
 
 
 class StoreHost:
@@ -20,18 +78,408 @@ class StoreHost:
         await host.close()      # fronts' calls then raise Unavailable
     """
 
-    def __init__(self, store: Store, path: Path, *, limits: Limits | None = None) -> None:
-        """``limits``: the server's (frame sizes follow its request and
-        response limits); the defaults when None."""
-        self._store = store
-        self._path = path
-        self._limits = limits or Limits()
+    def __init__(
+        self,
+        store: Store,
+        path: Path,
+        *,
+        limits: Limits | None = None,
+        buffer_bytes: int = BUFFER_BYTES,
+        max_calls: int = MAX_CALLS,
+    ) -> None:
+        """``limits``: the server's (frames follow its request and response
+        limits, streams per front its ``max_concurrent_streams``); the
+        defaults when None."""
+        if buffer_bytes < 1 or max_calls < 1:
+            raise ValueError(
+                f"store host: buffer_bytes ({buffer_bytes}) and max_calls ({max_calls}) "
+                "must be positive"
+            )
+        self.store = store
+        self.path = path
+        limits = limits or Limits()
+        self.max_frame = ipc.max_frame_bytes(limits)
+        self.max_streams = limits.max_concurrent_streams
+        self.buffer_bytes = buffer_bytes
+        self.max_calls = max_calls
+        self.fronts: set[_Front] = set()
+        self._sentinels: dict[str, _Sentinel] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.closed = False
 
     async def start(self) -> None:
         """Listens on ``path``; fronts may connect once it returns."""
-        raise NotImplementedError
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Front(self).link, str(self.path))
+        os.chmod(self.path, 0o600)
+        self._ticker = loop.create_task(self._tick_write_error())
 
     async def close(self) -> None:
         """Stops listening and drops every front's connection (their calls then
         raise Unavailable). Leaves the store open: its owner closes it."""
-        raise NotImplementedError
+        if self.closed:
+            return
+        self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+        for front in list(self.fronts):
+            front.link.close()
+        for sentinel in list(self._sentinels.values()):
+            sentinel.task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    # -- what every front hears ---------------------------------------------
+
+    def removed(self, space: str, segments: tuple[str, ...] | None) -> None:
+        """Records of ``segments`` of ``space`` (None: any) were removed: every
+        front following that space drops what its tail holds of them."""
+        for front in self.fronts:
+            if front.spaces[space]:
+                front.link.send((0, REMOVED, space, segments))
+
+    def hold_space(self, space: str) -> Coroutine[Any, Any, None]:
+        """Watches ``space`` for removals (once for every pump in it)."""
+        sentinel = self._sentinels.get(space)
+        if sentinel is None:
+            sentinel = self._sentinels[space] = _Sentinel(self, space)
+        sentinel.holders += 1
+        return sentinel.ready()
+
+    def release_space(self, space: str) -> None:
+        sentinel = self._sentinels.get(space)
+        if sentinel is None:
+            return
+        sentinel.holders -= 1
+        if sentinel.holders < 1:
+            del self._sentinels[space]
+            sentinel.task.cancel()
+
+    async def _tick_write_error(self) -> None:
+        while True:
+            await asyncio.sleep(WRITE_ERROR_SECONDS)
+            for front in self.fronts:
+                front.tell_write_error()
+
+
+class _Sentinel:
+    """Tells the fronts following a space when records of it were removed by
+    anyone: the count of removed records (last position minus the records
+    retained) only grows, and grows exactly when records are removed."""
+
+    def __init__(self, host: StoreHost, space: str) -> None:
+        self._host = host
+        self._space = space
+        self.holders = 0
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def ready(self) -> None:
+        await asyncio.shield(self._started)
+
+    async def _removed_count(self) -> int | None:
+        info = await self._host.store.get_space(self._space)
+        return None if info is None else info.last_position - info.record_count
+
+    async def _run(self) -> None:
+        store = self._host.store
+        try:
+            async with store.watch(self._space) as watch:
+                seen = await self._removed_count()
+                self._started.set_result(None)
+                while True:
+                    await watch.changes()
+                    now = await self._removed_count()
+                    if now != seen:
+                        seen = now
+                        self._host.removed(self._space, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._started.done():
+                self._started.set_exception(exc)
+                self._started.exception()  # retrieved: the pump that waits reports it
+            else:
+                # Removals are not heard any more: drop every window of the space
+                # now, and let pumps go on (their followers read through the host).
+                log.warning(
+                    "store host: watching space %r for removals failed: %s", self._space, exc
+                )
+                self._host.removed(self._space, None)
+
+
+class _Call:
+    """One call's coroutine, driven by the callbacks of what it awaits (what a
+    Task does, without a Task: a call that never awaits costs no loop turn)."""
+
+    __slots__ = ("_coro", "_front", "_id", "_waiting")
+
+    def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+        self._front = front
+        self._id = call_id
+        self._coro = coro
+        self._waiting: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        self._waiting = None
+        try:
+            yielded = self._coro.send(None)
+        except StopIteration as done:
+            self._front.answer(self, self._id, True, done.value)
+            return
+        except asyncio.CancelledError:
+            self._front.answer(self, self._id, False, Unavailable("the call was cancelled"))
+            return
+        except Exception as exc:
+            self._front.answer(self, self._id, False, exc)
+            return
+        if yielded is None:  # a bare yield (asyncio.sleep(0)): go on next turn
+            asyncio.get_running_loop().call_soon(self._step)
+        elif getattr(yielded, "_asyncio_future_blocking", None):
+            yielded._asyncio_future_blocking = False
+            self._waiting = yielded
+            yielded.add_done_callback(self._step)
+        else:
+            self._coro.close()
+            self._front.answer(
+                self, self._id, False, InvariantViolation(f"a store call yielded {yielded!r}")
+            )
+
+    def cancel(self) -> None:
+        if self._waiting is not None:
+            self._waiting.remove_done_callback(self._step)
+            self._waiting = None
+        self._coro.close()
+
+
+class _Front:
+    """One front's connection: its calls, pumps and watches."""
+
+    def __init__(self, host: StoreHost) -> None:
+        self._host = host
+        self._store = host.store
+        self.link = ipc.Link(host.max_frame, host.buffer_bytes, self._received, self._lost)
+        self._calls: set[_Call] = set()
+        self._streams: dict[int, asyncio.Task[None]] = {}
+        self.spaces: Counter[str] = Counter()  # pumps by space
+        self._write_error: str | None = None
+        self._reading = True
+        self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+            FOLLOW: self._follow,
+            WATCH: self._watch,
+            BARRIER: _barrier,
+        }
+        host.fronts.add(self)
+
+    # -- calls --------------------------------------------------------------
+
+    def _received(self, message: Any) -> None:
+        call_id: int = message[0]
+        name: str = message[1]
+        args: tuple[Any, ...] = message[2]
+        if name in (UNFOLLOW, UNWATCH):
+            self._end_stream(args[0])
+            return
+        if self._host.closed:
+            self._reply(call_id, False, Unavailable("the store host is closed"))
+            return
+        handler = self._handlers.get(name)
+        if handler is not None:
+            coro = handler(call_id, *args)
+        elif name in CALLS:
+            coro = _store_call(self._host, name, args)
+        else:
+            self._reply(call_id, False, InvariantViolation(f"no store call {name!r}"))
+            return
+        call = _Call(self, call_id, coro)
+        self._calls.add(call)
+        self._gate_reading()
+        call.start()
+
+    def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
+        self._calls.discard(call)
+        self.tell_write_error()
+        self._reply(call_id, ok, value)
+        self._gate_reading()
+
+    def _reply(self, call_id: int, ok: bool, value: object) -> None:
+        try:
+            self.link.send((call_id, ok, value))
+        except ipc.FrameError as exc:
+            error = ResourceExhausted(f"the store's answer cannot reach the front: {exc}")
+            self.link.send((call_id, False, error))
+        except Exception as exc:  # it does not pickle: the front hears what it was
+            self.link.send((call_id, False, InvariantViolation(f"{value!r} cannot travel: {exc}")))
+
+    def tell_write_error(self) -> None:
+        error = self._store.write_error
+        if error != self._write_error:
+            self._write_error = error
+            self.link.send((0, WRITE_ERROR, error))
+
+    def _gate_reading(self) -> None:
+        """Reads calls only while few run and the front takes what it is sent."""
+        wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
+        if wanted == self._reading:
+            return
+        self._reading = wanted
+        if wanted:
+            self.link.resume_reading()
+        else:
+            self.link.pause_reading()
+            if not self.link.writable.is_set():
+                asyncio.get_running_loop().create_task(self._resume_when_writable())
+
+    async def _resume_when_writable(self) -> None:
+        await self.link.writable.wait()
+        self._gate_reading()
+
+    # -- follow and watch ---------------------------------------------------------
+
+    def _check_streams(self) -> None:
+        if len(self._streams) >= self._host.max_streams:
+            raise ResourceExhausted(
+                f"the front follows and watches {len(self._streams)} targets, the most "
+                f"max_concurrent_streams ({self._host.max_streams}) allows"
+            )
+
+    async def _follow(self, follow_id: int, target: Target) -> int:
+        """Starts the pump of ``target``; answers the last offset it starts after."""
+        self._check_streams()
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
+        self._streams[follow_id] = task
+        return await asyncio.shield(started)
+
+    async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
+        host, store, link = self._host, self._store, self.link
+        self.spaces[target.space] += 1
+        held = host.hold_space(target.space)
+        try:
+            await held
+            async with store.follow(target) as sub:
+                following = await store.last_offset(target)
+                started.set_result(following)
+                cut = Cut(PUSH_RECORDS, min(PUSH_BYTES, host.max_frame // 2))
+                while True:
+                    await sub.wait(following + 1)
+                    while not link.writable.is_set():
+                        await link.writable.wait()
+                    if link.closed:
+                        return
+                    first = following + 1
+                    batch, after = await store.read(target, first, MAX_OFFSET, cut)
+                    if after <= first:
+                        raise InvariantViolation(
+                            f"{target.describe()}: a read from durable offset {first} "
+                            f"did not move on ({after})"
+                        )
+                    # Only a dense run goes into the front's window; past removed
+                    # records the front learns of the offsets alone.
+                    if batch.count == after - first:
+                        link.send(
+                            (0, PUSH, follow_id, first, batch.to_wire(), batch.count, after - 1)
+                        )
+                    else:
+                        link.send((0, PUSH, follow_id, first, b"", 0, after - 1))
+                    following = after - 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                link.send((0, FAILED, follow_id, sendable_error(exc)))
+        finally:
+            self._streams.pop(follow_id, None)
+            self.spaces[target.space] -= 1
+            if self.spaces[target.space] < 1:
+                del self.spaces[target.space]
+            host.release_space(target.space)
+
+    async def _watch(self, watch_id: int, space: str) -> None:
+        self._check_streams()
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
+        self._streams[watch_id] = task
+        await asyncio.shield(started)
+
+    async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
+        link = self.link
+        try:
+            async with self._store.watch(space) as watch:
+                started.set_result(None)
+                while True:
+                    # Not asked for while the front lags: the watch coalesces meanwhile.
+                    while not link.writable.is_set():
+                        await link.writable.wait()
+                    if link.closed:
+                        return
+                    names = await watch.changes()
+                    link.send((0, CHANGES, watch_id, None if names is None else tuple(names)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                link.send((0, FAILED, watch_id, sendable_error(exc)))
+        finally:
+            self._streams.pop(watch_id, None)
+
+    def _end_stream(self, stream_id: int) -> None:
+        task = self._streams.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
+
+    # -- the end ----------------------------------------------------------------
+
+    def _lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self._host.closed:
+            log.warning("store host: a front's connection broke: %s", exc)
+        self._host.fronts.discard(self)
+        for call in list(self._calls):
+            call.cancel()
+        self._calls.clear()
+        for task in list(self._streams.values()):
+            task.cancel()
+        self._streams.clear()
+
+
+async def _barrier(call_id: int) -> None:
+    """Answers at once: the front then has everything sent before."""
+
+
+async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
+    """Runs store method ``name``; what it returns, made to travel; removals
+    are told to the fronts before the caller hears of them."""
+    store = host.store
+    if name == "read":
+        target, first, last, cut, prefix = args
+        # A read fits in one frame: it may return fewer records than asked (the
+        # next offset says where to go on), at least one always fits.
+        if cut.max_bytes > host.max_frame // 2:
+            cut = Cut(cut.max_records, host.max_frame // 2, cut.max_skip_bytes)
+        batch, after = await store.read(target, first, last, cut, prefix)
+        return batch.to_wire(), batch.count, after
+    result = await getattr(store, name)(*args)
+    if name == "peek":
+        return None if result is None else (result.to_wire(), result.count)
+    if name == "trim":
+        target = args[0]
+        if result[1].records:
+            host.removed(target.space, None if target.is_space else (target.segment,))
+    elif name == "delete_segment":
+        if result.records:
+            host.removed(args[0], (args[1],))
+    elif name == "delete_space":
+        host.removed(args[0], None)
+    return result

@@ -43,6 +43,7 @@ VALUES = {
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--reclaim-seconds": "2.5",
+    "--merge-seconds": "0.5",
     "--shutdown-grace": "3.5",
     "--slow-consumer-seconds": "2.5",
     "--keepalive-seconds": "5",

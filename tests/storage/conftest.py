@@ -1,13 +1,20 @@
 """The port conformance suite's backends: every test of tests/storage/ that
 takes ``backend`` runs against each one, opened through the registry as the
 server opens it. A new backend (JetStream) joins by adding its :class:`Harness`
-to :data:`HARNESSES`; it is accepted once it passes the suite."""
+to :data:`HARNESSES`; it is accepted once it passes the suite.
+
+One harness is not a backend: ``remote`` is the RocksDB engine as a front
+process of ``--workers N`` sees it, a RemoteStore over a StoreHost (both in
+the test's event loop), the writer running retention."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +24,12 @@ import pytest
 
 from streams import codec
 from streams.limits import Limits
-from streams.model import SegmentAppend, Transaction
+from streams.model import Removed, RetentionPolicy, SegmentAppend, Transaction
 from streams.storage import registry
 from streams.storage.backend import Setup
 from streams.storage.port import Store
+from streams.workers.host import StoreHost
+from streams.workers.remote import RemoteStore, connect
 
 T = TypeVar("T")
 DAY_NS = 24 * 3600 * 1_000_000_000
@@ -86,12 +95,17 @@ class Harness:
     clock: Clock = field(default_factory=Clock)
     options: dict[str, Any] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
+    # The registry's backend it opens (its name when empty), and how the store
+    # is then served to the test (the remote harness), with what closes after it.
+    engine: str = ""
+    serve: Callable[[Harness, Store], Awaitable[Store]] | None = None
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def max_records(self) -> int:
         """The most records one transaction may hold on this backend (what the
         server lets one Produce hold: JetStream's atomic batch is 1,000)."""
-        return registry.get(self.name).limits(Limits()).max_records_per_produce
+        return registry.get(self.engine or self.name).limits(Limits()).max_records_per_produce
 
     def held(self, store: Store) -> Gate:
         """Holds the durability of ``store``'s next writes (opened at the end of
@@ -109,7 +123,8 @@ class Harness:
             dedupe_window_ns=dedupe_window_ns,
             options=self.options,
         )
-        return await registry.get(self.name).open(setup)
+        store = await registry.get(self.engine or self.name).open(setup)
+        return store if self.serve is None else await self.serve(self, store)
 
     def run(self, scenario: Callable[[Store], Awaitable[T]], **open_args: Any) -> T:
         """Runs ``scenario`` on a freshly opened store, closing it after."""
@@ -122,6 +137,8 @@ class Harness:
                 for gate in self.gates:
                     gate.open()
                 await store.close()
+                while self.cleanups:
+                    await self.cleanups.pop()()
 
         return asyncio.run(main())
 
@@ -149,16 +166,62 @@ def _jetstream(tmp: Path, request: pytest.FixtureRequest) -> Harness:
     return Harness("jetstream", tmp / "data", True, _hold_jetstream, options=options)
 
 
+# The store under each RemoteStore the remote harness opened.
+_UNDERNEATH: weakref.WeakKeyDictionary[Store, Store] = weakref.WeakKeyDictionary()
+
+
+async def _serve_remote(harness: Harness, engine: Store) -> Store:
+    """``engine`` served by a StoreHost to a RemoteStore, which the test gets;
+    its retention pass is the writer's (on ``engine``), after which the
+    RemoteStore has heard of what it removed, as a front does."""
+    # A short path: a Unix socket's is at most 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="streams-host-"))
+    host = StoreHost(engine, folder / "store.sock")
+    await host.start()
+
+    async def remove_folder() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    harness.cleanups += [remove_folder, engine.close, host.close]
+    remote = await connect(host.path, Setup(data=harness.data))
+
+    async def writer_retention(defaults: RetentionPolicy) -> Removed:
+        await RemoteStore.enforce_retention(remote, defaults)  # Unavailable once closed
+        removed = await engine.enforce_retention(defaults)
+        await remote.barrier()
+        return removed
+
+    remote.enforce_retention = writer_retention  # type: ignore[method-assign]
+    _UNDERNEATH[remote] = engine
+    return remote
+
+
+def _remote(tmp: Path, _: pytest.FixtureRequest) -> Harness:
+    return Harness(
+        "remote",
+        tmp / "data",
+        durable=True,
+        hold=lambda store: _hold_rocksdb(_UNDERNEATH[store]),
+        engine="rocksdb",
+        serve=_serve_remote,
+    )
+
+
 HARNESSES: dict[str, Callable[[Path, pytest.FixtureRequest], Harness]] = {
     "rocksdb": lambda tmp, _: Harness("rocksdb", tmp / "data", durable=True, hold=_hold_rocksdb),
     "memory": lambda tmp, _: Harness("memory", tmp / "data", durable=False, hold=None),
     "jetstream": _jetstream,
+    "remote": _remote,
 }
+# Harnesses that are not a backend of the registry.
+NOT_BACKENDS = frozenset({"remote"})
 
 
 @pytest.fixture(params=sorted(HARNESSES))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    assert set(HARNESSES) == set(registry.backends()), "every backend must be in the suite"
+    assert set(HARNESSES) - NOT_BACKENDS == set(registry.backends()), (
+        "every backend must be in the suite"
+    )
     yield HARNESSES[request.param](tmp_path, request)
 
 

@@ -74,6 +74,7 @@ def test_storage_comes_from_the_flag_or_the_variable() -> None:
         "catalog_cache_bytes": 64 << 20,
         "dedupe_sweep_seconds": 60.0,
         "reclaim_seconds": 5.0,
+        "merge_seconds": 1.0,
     }
 
 

@@ -52,7 +52,7 @@ ALL = Cut(10_000, 64 << 20)
 PARKED = "$parked"
 FIRST = GroupStart()
 # Backends that keep groups, and those that refuse them (rule 15's last sentence).
-KEEPS = frozenset({"memory", "rocksdb"})
+KEEPS = frozenset({"memory", "rocksdb", "remote"})
 REFUSES = frozenset({"jetstream"})
 
 

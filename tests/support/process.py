@@ -158,6 +158,15 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        """The server's child processes: its fronts with ``--workers`` N >= 2."""
+        found: list[int] = []
+        with contextlib.suppress(FileNotFoundError):
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    found.extend(int(pid) for pid in (task / "children").read_text().split())
+        return sorted(set(found))
+
     # -- starting --------------------------------------------------------------
 
     def argv(self, *extra: str) -> list[str]:

@@ -3,6 +3,7 @@ embedded database (through rocksdict), records fsynced before they are acked.
 
 Split by job: :mod:`.layout` (keys, value formats, the on-disk format
 version), :mod:`.chunks` (how records are packed into values),
+:mod:`.merge` (merged runs of small chunks),
 :mod:`.store` (the store and its opener), :mod:`.group_commit` (one fsync
 acks many writes) and :mod:`.recovery` (opening after a crash or a full disk).
 
@@ -61,6 +62,13 @@ BACKEND = Backend(
             5.0,
             "How often the disk space of removed records (trims, deletes, retention) is "
             "given back: the key ranges removed since the last time are compacted.",
+        ),
+        Option(
+            "merge-seconds",
+            positive_float,
+            1.0,
+            "How often the small chunks of spaces written in small transactions are copied "
+            "into merged runs, which a read of the space takes as one.",
         ),
     ),
 )

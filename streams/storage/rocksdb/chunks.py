@@ -51,6 +51,22 @@ def pack(records: Sequence[bytes], max_bytes: int = CHUNK_BYTES) -> Iterator[tup
             start, ends, parts, size = i + 1, [], [], 0
 
 
+def join(parts: Sequence[tuple[Chunk, int, int]]) -> bytes:
+    """One chunk of the records ``start`` to ``stop - 1`` of each ``(chunk,
+    start, stop)`` in turn (a merged run, see :mod:`.merge`), copied framed."""
+    ends: list[int] = []
+    bodies: list[bytes] = []
+    size = 0
+    for chunk, start, stop in parts:
+        base = size - chunk._end(start - 1)
+        ends += [base + chunk._end(index) for index in range(start, stop)]
+        bodies.append(chunk.framed(start, stop))
+        size = ends[-1] if ends else size
+    if not ends:
+        raise ValueError("nothing to join: no records")
+    return struct.pack(f"<I{len(ends)}I", len(ends), *ends) + b"".join(bodies)
+
+
 class Chunk:
     """A stored chunk, read without copying more than the records asked for."""
 

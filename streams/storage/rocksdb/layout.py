@@ -11,6 +11,9 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
 
     R space 0 segment 0 seq        -> chunk of records from this sequence on (segment order)
     P space 0 position             -> the same chunk, from this position on (space order)
+    M space 0 position             -> a merged run: the records of consecutive small P
+                                      chunks from this position on, as one chunk (a
+                                      copy read by plain space reads; see :mod:`.merge`)
     S space 0 segment 0            -> segment catalog (:data:`SEGMENT_CATALOG`)
     A space 0                      -> space catalog (:data:`SPACE_CATALOG`)
     C space 0                      -> space config (:data:`SPACE_CONFIG`)
@@ -41,7 +44,9 @@ value format is a new :data:`FORMAT_VERSION`: a server refuses a data
 directory whose version it does not know (see :func:`format_version`). A new
 key range (tag) that older code never reads is not such a change: the G and K
 ranges of consumer groups came in format 2 as it was (code from before groups
-skips them, and keeps every other key as it was).
+skips them, and keeps every other key as it was). So did the M range of
+merged runs: older code never reads it, and what a run holds stays true
+(a durable position's record never changes).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ GROUP_HEAD = struct.Struct(">QQQ")
 
 RECORD = b"R"
 POSITION = b"P"
+MERGED = b"M"
 SEGMENT = b"S"
 SPACE = b"A"
 OFFSET = b"O"
@@ -131,6 +137,10 @@ def record_key(space: str, segment: str, sequence: int) -> bytes:
 
 def position_key(space: str, position: int) -> bytes:
     return space_prefix(space) + u64(position)
+
+
+def merged_prefix(space: str) -> bytes:
+    return MERGED + name(space)
 
 
 def segment_catalog_prefix(space: str) -> bytes:

@@ -81,6 +81,7 @@ from streams.storage.rocksdb.durable_mark import DurableMark
 from streams.storage.rocksdb.group_commit import GroupCommit, SyncAborted
 from streams.storage.rocksdb.groups import Collector, GroupHead, pack_settled, unpack_settled
 from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
+from streams.storage.rocksdb.merge import Merges
 from streams.storage.rocksdb.reclaim import Reclaim
 from streams.storage.rocksdb.retention import Appended
 from streams.storage.tail import Subscription, Tail
@@ -154,6 +155,16 @@ class StoreOptions:
     # written since (see .groups.Collector).
     group_collect_seconds: float = 5.0
     group_collect_keys: int = 10_000
+    # Runs of small chunks of a space are copied into one chunk each (see
+    # .merge) every this many seconds: chunks under merge_small_bytes, into
+    # runs of about merge_run_bytes, once a run has merge_min_chunks chunks;
+    # a step looks at merge_step_chunks chunks at most, letting calls run
+    # between steps.
+    merge_seconds: float = 1.0
+    merge_small_bytes: int = 8 * 1024
+    merge_run_bytes: int = 64 * 1024
+    merge_min_chunks: int = 16
+    merge_step_chunks: int = 2_000
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -165,6 +176,8 @@ class StoreOptions:
             raise ValueError(
                 f"group_collect_seconds must not be negative, got {self.group_collect_seconds}"
             )
+        if self.merge_seconds <= 0:
+            raise ValueError(f"merge_seconds must be positive, got {self.merge_seconds}")
         if self.dedupe_window_ns < 1 or self.dedupe_sweep_seconds <= 0:
             raise ValueError(
                 f"dedupe_window_ns ({self.dedupe_window_ns}) and dedupe_sweep_seconds "
@@ -180,6 +193,10 @@ class StoreOptions:
             "removal_slice_bytes",
             "removal_slice_chunks",
             "group_collect_keys",
+            "merge_small_bytes",
+            "merge_run_bytes",
+            "merge_min_chunks",
+            "merge_step_chunks",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -202,11 +219,14 @@ class _Plan:
 @dataclass(slots=True)
 class EngineStats:
     """Counts for tests and benchmarks: chunks read (any read or removal),
-    removal slices applied, and range deletes written."""
+    removal slices applied, range deletes written, merged runs written and
+    read."""
 
     chunk_reads: int = 0
     removal_slices: int = 0
     range_deletes: int = 0
+    merged_runs: int = 0
+    merged_reads: int = 0
 
 
 def _nothing() -> None:
@@ -281,6 +301,7 @@ class RocksStore:
         self._retention = Appended()
         self._reclaim = Reclaim(lambda: self._db, path)
         self._collector = Collector(options.group_collect_seconds, options.group_collect_keys)
+        self._merges = Merges()
         self.stats = EngineStats()
         self._closed = False
 
@@ -432,6 +453,8 @@ class RocksStore:
         kept: list[list[bytes]] = []
         entries: list[SegmentEntry] = []
         added = 0
+        small = self._options.merge_small_bytes
+        merge = False
         for append, segment in zip(txn.appends, segments, strict=True):
             prefix = keys.segment_prefix(txn.space, append.segment)
             entry = segment.last if segment else SegmentEntry()
@@ -447,6 +470,7 @@ class RocksStore:
             for index, chunk in chunks.pack(values):
                 batch.put(prefix + keys.u64(sequence + 1 + index), chunk)
                 batch.put(space_prefix + keys.u64(position + 1 + index), chunk)
+                merge = merge or len(chunk) < small
             sequence += len(values)
             position += len(values)
             kept.append(values if keep else [])
@@ -495,6 +519,8 @@ class RocksStore:
             state = segment or self._catalog.new_segment(txn.space, append.segment)
             moved.append((state, entry))
         self._retention.appended(txn.space, (append.segment for append in txn.appends))
+        if merge:
+            self._merges.note(txn.space)
         records = [value for values in kept for value in values]
         announce = functools.partial(
             self._tail.publish,
@@ -649,6 +675,7 @@ class RocksStore:
         self._pending.clear()
         self._catalog.clear()
         self._retention.clear()
+        self._merges.clear()
         self._group.reset()
         self._tail.reset()
         if self._disk_full is not None:
@@ -928,6 +955,7 @@ class RocksStore:
                 "dedupe-sweep", self._options.dedupe_sweep_seconds, self._sweep_all_expired
             ),
             BackgroundTask("reclaim", self._options.reclaim_seconds, self.reclaim),
+            BackgroundTask("merge", self._options.merge_seconds, self.merge),
         )
 
     async def reclaim(self) -> int:
@@ -938,6 +966,105 @@ class RocksStore:
 
     def disk_usage(self) -> DiskUsage | None:
         return self._reclaim.usage()
+
+    # -- merged runs (see .merge) -----------------------------------------
+
+    async def merge(self) -> int:
+        """Copies the runs of small chunks of each space that got small chunks
+        since the last call into merged runs (see :mod:`.merge`), a bounded
+        step at a time; returns how many runs it wrote."""
+        written = 0
+        for space in self._merges.take():
+            while True:
+                await self._check_writable()
+                async with self._removals:
+                    runs, cursor, more = self._merge_step(space)
+                    if runs:
+                        batch = rocksdict.WriteBatch(raw_mode=True)
+                        for key, value in runs:
+                            batch.put(key, value)
+                        try:
+                            self._write(batch)
+                        except Exception:
+                            self._merges.note(space)  # tried again by the next pass
+                            raise
+                        written += len(runs)
+                        self.stats.merged_runs += len(runs)
+                    self._merges.advance(space, cursor)
+                    if runs:
+                        await self._group.wait(self._group.ticket())
+                if not more:
+                    break
+                await asyncio.sleep(0)  # calls run between steps
+        return written
+
+    def _merge_step(self, space: str) -> tuple[list[tuple[bytes, bytes]], int, bool]:
+        """The runs (keys, values) of the next ``merge_step_chunks`` chunks of
+        ``space`` at most, from where its runs end; where the next step starts;
+        whether chunks are left to look at. No await in here (the removal
+        lock is held)."""
+        state = self._catalog.space(space)
+        start = self._merge_cursor(space)
+        if state is None or not state.durable.found:
+            return [], start, False
+        entry = state.durable
+        start = max(start, entry.first)
+        last = entry.position  # durable: what a run copies never changes
+        if start > last:
+            return [], start, False
+        options = self._options
+        target = Target(space)
+        prefix = keys.space_prefix(space)
+        merged = keys.merged_prefix(space)
+        runs: list[tuple[bytes, bytes]] = []
+        run: list[tuple[Chunk, int, int]] = []
+        run_first = offset = start
+        size = visited = 0
+        with self._chunks(prefix, last) as iterator:
+            _seek_chunk(iterator, prefix + keys.u64(start))
+            while offset <= last and visited < options.merge_step_chunks:
+                chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
+                skip = offset - chunk_first
+                if not 0 <= skip < chunk.count:
+                    raise self._missing(iterator, target, offset)
+                if chunk_first + chunk.count - 1 > last:
+                    break  # not durable as a whole: copy no part of it
+                visited += 1
+                small = len(chunk.value) < options.merge_small_bytes
+                if small:
+                    if not run:
+                        run_first = offset
+                    run.append((chunk, skip, chunk.count))
+                    size += chunk.size(skip, chunk.count)
+                offset = chunk_first + chunk.count
+                if not small or size >= options.merge_run_bytes:
+                    if len(run) > 1:
+                        runs.append((merged + keys.u64(run_first), chunks.join(run)))
+                    run, size = [], 0
+                iterator.next()
+        if len(run) >= options.merge_min_chunks:
+            runs.append((merged + keys.u64(run_first), chunks.join(run)))
+            run = []
+        # A short run at the end waits for more chunks (a later pass, once
+        # the space gets small chunks again).
+        more = offset <= last and visited == options.merge_step_chunks
+        return runs, run_first if run else offset, more
+
+    def _merge_cursor(self, space: str) -> int:
+        """Where the merged runs of ``space`` end: the first position no run
+        holds and no pass passed over yet (a guess from the last run stored,
+        when not remembered)."""
+        cursor = self._merges.cursor(space)
+        if cursor is not None:
+            return cursor
+        prefix = keys.merged_prefix(space)
+        with self._chunks(prefix, keys.U64_MAX - 1) as iterator:
+            iterator.seek_for_prev(prefix + keys.u64(keys.U64_MAX))
+            if not _under(iterator, prefix):
+                return 1
+            run_first = keys.read_u64(iterator.key(), len(prefix))
+            with self._well_formed(Target(space), run_first):
+                return run_first + Chunk(iterator.value()).count
 
     # -- removals ----------------------------------------------------------
     #
@@ -1066,7 +1193,12 @@ class RocksStore:
         ``_removals`` (no other removal moves a first offset meanwhile)."""
         through = gone.deleted_through
         positions = keys.space_prefix(space)
-        ranges = [(positions, positions + keys.u64(through + 1))]
+        merged = keys.merged_prefix(space)
+        # A merged run holds durable records only: none after the delete.
+        ranges = [
+            (positions, positions + keys.u64(through + 1)),
+            (merged, merged + keys.u64(through + 1)),
+        ]
         records = keys.RECORD + keys.name(space)
         state = self._catalog.space(space)
         if state is not None and state.last.position == through:
@@ -1244,12 +1376,16 @@ class RocksStore:
             await asyncio.sleep(busy if paced else 0)
 
     def _below_first(self, space: str, segments: Iterable[str]) -> list[tuple[bytes, bytes]]:
-        """The key ranges of the chunks of ``space`` and of ``segments`` that lie
-        wholly below their durable first offsets."""
+        """The key ranges of the chunks (and merged runs) of ``space`` and of
+        ``segments`` that lie wholly below their durable first offsets."""
         owner = self._catalog.space(space)
         if owner is None:
             return []
-        ranges = [self._range_below(keys.space_prefix(space), owner.durable.first)]
+        first = owner.durable.first
+        ranges = [
+            self._range_below(keys.space_prefix(space), first),
+            self._range_below(keys.merged_prefix(space), first),
+        ]
         for name in segments:
             state = self._catalog.segment(space, name, owner)
             if state is None:
@@ -1576,21 +1712,56 @@ class RocksStore:
         read starts. Chunks are dense from the first retained offset on: each
         starts where the one before it ended. A chunk under the space key holds
         records of one segment write, so its first record tells whether the
-        chunk is wanted (segment prefix) and from which record it is retained."""
+        chunk is wanted (segment prefix) and from which record it is retained.
+
+        A plain read of a space above its holes (every record there retained)
+        takes records from merged runs where they hold them (see :mod:`.merge`),
+        and from the chunks between them."""
         prefix = self._prefix(target)
         parts: list[bytes] = []
         count = size = skipped = removed = 0
         offset = first
         kept: dict[str, int] = {}
-        with self._chunks(prefix, last) as iterator:
-            _seek_chunk(iterator, prefix + keys.u64(first))
+        plain = target.is_space and not segment_prefix and first > holes
+        merged = keys.merged_prefix(target.space) if plain else b""
+        stored_runs = self._chunks(merged, last) if plain else contextlib.nullcontext()
+        with self._chunks(prefix, last) as iterator, stored_runs as run_iterator:
+            runs = _Runs(run_iterator, merged, first) if run_iterator is not None else None
+            seek = True
+            start = first  # where the chunk iterator was last moved to
             while count < cut.max_records and offset <= last:
                 if (segment_prefix and skipped >= cut.max_skip_bytes) or removed >= _HOLE_SKIP:
                     break
                 try:
+                    run = runs.holding(offset) if runs is not None else None
+                except MalformedChunk as exc:
+                    if offset != first:
+                        break
+                    raise self._data_loss(
+                        f"{target.describe()}: a merged run at or before offset {offset} "
+                        f"under {self._path} is malformed: {exc}"
+                    ) from exc
+                if run is not None:
+                    run_first, chunk = run
+                    skip = offset - run_first
+                    end = min(chunk.count, last - run_first + 1, skip + cut.max_records - count)
+                    end = chunk.fit(skip, end, cut.max_bytes - size, at_least_one=count == 0)
+                    if end == skip:
+                        break
+                    parts.append(chunk.framed(skip, end))
+                    size += chunk.size(skip, end)
+                    count += end - skip
+                    offset = run_first + end
+                    self.stats.merged_reads += 1
+                    seek = True
+                    continue
+                if seek:
+                    _seek_chunk(iterator, prefix + keys.u64(offset))
+                    seek, start = False, offset
+                try:
                     chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                     skip = offset - chunk_first
-                    if not 0 <= skip < chunk.count or (offset != first and skip):
+                    if not 0 <= skip < chunk.count or (offset != start and skip):
                         raise self._missing(iterator, target, offset)
                     stop = min(chunk.count, last - chunk_first + 1)
                     if chunk_first <= holes:
@@ -1977,6 +2148,7 @@ async def open_store(setup: Setup) -> RocksStore:
         wal_tail_damage=setup.options["wal_tail_damage"],
         catalog_cache_bytes=setup.options["catalog_cache_bytes"],
         reclaim_seconds=setup.options["reclaim_seconds"],
+        merge_seconds=setup.options["merge_seconds"],
     )
     try:
         return RocksStore.open(setup.data, options)
@@ -1997,6 +2169,44 @@ def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
     iterator.seek(key)
     if not (iterator.valid() and iterator.key() == key):
         iterator.seek_for_prev(key)
+
+
+class _Runs:
+    """The merged runs of a space along a forward read (see :mod:`.merge`)."""
+
+    __slots__ = ("_first", "_iterator", "_loaded", "_prefix", "_run")
+
+    def __init__(self, iterator: rocksdict.RdictIter, prefix: bytes, offset: int) -> None:
+        self._iterator = iterator
+        self._prefix = prefix
+        key = prefix + keys.u64(offset)
+        _seek_chunk(iterator, key)
+        if not _under(iterator, prefix):  # no run starts at or before offset
+            iterator.seek(key)
+        self._first = 0  # the first position of the run the iterator is on
+        self._run: Chunk | None = None
+        self._loaded = False  # parsed on first use: MalformedChunk goes to the caller
+
+    def _load(self) -> None:
+        self._loaded = True
+        if _under(self._iterator, self._prefix):
+            self._first = keys.read_u64(self._iterator.key(), len(self._prefix))
+            self._run = Chunk(self._iterator.value())
+        else:
+            self._run = None
+
+    def holding(self, offset: int) -> tuple[int, Chunk] | None:
+        """The run holding ``offset`` and its first position; None when none
+        does (the read goes on from the chunks). Offsets only go up; raises
+        MalformedChunk for a run that is not a chunk."""
+        if not self._loaded:
+            self._load()
+        while self._run is not None and self._first <= offset:
+            if offset < self._first + self._run.count:
+                return self._first, self._run
+            self._iterator.next()  # a run that ends before it
+            self._load()
+        return None
 
 
 def _under(iterator: rocksdict.RdictIter, prefix: bytes) -> bool:

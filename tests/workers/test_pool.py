@@ -1,0 +1,238 @@
+"""``--workers N``: the option, and the process model of streams.workers.pool
+(one writer, N fronts on one port) as the real server runs it.
+
+The heavier guarantees over workers (crash harness, contract suite, follow
+without gap across fronts) are tests/workers/test_guarantees*.py's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from streams import config
+from streams.limits import MIN_MEMORY_BUDGET_BYTES
+from streams.v1 import streams_pb2 as pb
+from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.process import ServerProcess
+from tests.support.waiting import wait_until
+
+DEADLINE = 30.0
+
+# -- the option -----------------------------------------------------------------
+
+
+def parse_error(capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        config.parse(argv, env)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_workers_default_is_one_per_core() -> None:
+    assert config.parse([], {}).workers == min(config.cores(), config.MAX_WORKERS)
+    # 0 says the same explicitly.
+    assert config.parse(["--workers", "0"], {}).workers == config.parse([], {}).workers
+
+
+def test_workers_from_flag_and_environment() -> None:
+    assert config.parse(["--workers", "1"], {}).workers == 1
+    assert config.parse([], {"STREAMS_WORKERS": "3"}).workers == 3
+    assert config.parse(["--workers", "2"], {"STREAMS_WORKERS": "3"}).workers == 2
+
+
+def test_default_workers_stay_within_the_memory_budget() -> None:
+    # A budget with room for the writer and two fronts only: the default takes 2, not the cores.
+    budget = 3 * MIN_MEMORY_BUDGET_BYTES
+    assert config.default_workers(budget) == min(config.cores(), 2)
+    assert config.default_workers(MIN_MEMORY_BUDGET_BYTES) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 2), ("100000 100000", 1), ("garbage", None)],
+)
+def test_cores_follow_the_cgroup_quota(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
+    allowed = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    want = allowed if expected is None else min(allowed, expected)
+    assert config.cores(tmp_path / "cpu.max") == want
+    assert config.cores(tmp_path / "missing") == allowed
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--workers", "x"], {}, "--workers: 'x' is not a whole number"),
+        (["--workers", "-1"], {}, "'-1': give a number of processes in 1-256"),
+        (["--workers", "257"], {}, "'257': give a number of processes in 1-256"),
+        ([], {"STREAMS_WORKERS": "two"}, "STREAMS_WORKERS='two'"),
+        (
+            ["--workers", "4", "--memory-budget-bytes", str(4 * MIN_MEMORY_BUDGET_BYTES)],
+            {},
+            "--workers 4: --memory-budget-bytes",
+        ),
+    ],
+)
+def test_bad_workers_values_are_refused_naming_them(
+    capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], named: str
+) -> None:
+    assert named in parse_error(capsys, argv, env)
+
+
+# -- the processes --------------------------------------------------------------
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path / "data", workers=2, flags=["--shutdown-grace", "5"])
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on TCP ``port`` (gRPC listens on
+    127.0.0.1 with an IPv6 socket, as ::ffff:127.0.0.1)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.add(inode)
+    assert found, f"nothing listens on {port}"
+    return found
+
+
+def sockets_of(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def produce(stub: pb_grpc.StreamsServiceStub, space: str, *payloads: bytes) -> None:
+    records = [pb.RecordInput(payload=p) for p in payloads]
+    stub.Produce(
+        pb.ProduceRequest(space=space, writes=[pb.SegmentWrite(segment="s", records=records)]),
+        timeout=DEADLINE,
+    )
+
+
+def test_workers_1_is_one_process(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "data", workers=1).start() as server:
+        produce(server.stub, "orders", b"a")
+        assert server.children() == []
+
+
+def test_every_front_serves_the_printed_port(pool: ServerProcess) -> None:
+    pool.start()
+    fronts = pool.children()
+    assert len(fronts) == 2
+    listening = listening_inodes(pool.port)
+    for front in fronts:
+        assert sockets_of(front) & listening, f"front {front} does not listen on {pool.port}"
+    # The writer only holds the port (bound, not listening): every connection goes to a front.
+    assert not sockets_of(pool.pid) & listening
+
+
+def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
+    pool.start()
+    stub = pool.stub
+    stub.CreateGroup(pb.CreateGroupRequest(group=pb.Group(space="orders", name="g")))
+    follower = stub.Consume(pb.ConsumeRequest(space="orders", follow=True, limit=3))
+    produce(stub, "orders", b"a", b"b")
+    produce(stub, "orders", b"c")
+    got = [r.payload for response in follower for r in response.records]
+    assert got == [b"a", b"b", b"c"]
+    # Fresh connections (the kernel spreads them over the fronts) all see the same store.
+    for _ in range(4):
+        with grpc.insecure_channel(pool.target) as channel:
+            other = pb_grpc.StreamsServiceStub(channel)
+            consumed = other.Consume(pb.ConsumeRequest(space="orders"), timeout=DEADLINE)
+            assert [r.payload for response in consumed for r in response.records] == got
+            listed = other.ListGroups(pb.ListGroupsRequest(space="orders"), timeout=DEADLINE)
+            assert [g.name for g in listed.groups] == ["g"]
+    # A member over the front gets the records from the writer's registry.
+    requests = iter([pb.SubscribeRequest(join=pb.SubscribeJoin(space="orders", group="g"))])
+    stream = stub.Subscribe(requests, timeout=DEADLINE)
+    assert next(stream).WhichOneof("kind") == "joined"
+    first = next(stream)
+    assert first.deliveries.deliveries[0].record.payload == b"a"
+    stream.cancel()
+
+
+def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
+    pool.start()
+    produce(pool.stub, "orders", b"a")
+    fronts = pool.children()
+    assert pool.stop(signal.SIGTERM) == 0
+    assert all(gone(pid) for pid in fronts)
+    assert "stopped" in pool.stderr()
+    # What was acknowledged is there after a restart, on one process.
+    restarted = ServerProcess(pool.data, workers=1).start()
+    with restarted:
+        consumed = restarted.stub.Consume(pb.ConsumeRequest(space="orders"))
+        assert [r.payload for response in consumed for r in response.records] == [b"a"]
+
+
+def test_sighup_reaches_every_front(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    entry = {"token": "old", "spaces": ["*"], "access": ["read", "write"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    server = ServerProcess(tmp_path / "data", workers=2, flags=["--auth-tokens", str(tokens)])
+    with server.start():
+        tokens.write_text(json.dumps({"tokens": [{**entry, "token": "new"}]}))
+        server.send(signal.SIGHUP)
+        # The writer and both fronts each log their reload.
+        wait_until(
+            lambda: server.stderr().count("SIGHUP: reloaded 1 tokens") == 3,
+            timeout=DEADLINE,
+            what="three reloads (writer and two fronts)",
+        )
+        # Whichever front a new connection reaches, only the new token is taken.
+        for _ in range(4):
+            with grpc.insecure_channel(server.target) as channel:
+                stub = pb_grpc.StreamsServiceStub(channel)
+                request = pb.ListSpacesRequest()
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ListSpaces(request, metadata=[("authorization", "Bearer old")])
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                stub.ListSpaces(request, metadata=[("authorization", "Bearer new")])
+
+
+def test_a_front_killed_stops_the_server_with_status_1(pool: ServerProcess) -> None:
+    pool.start()
+    victim, survivor = pool.children()
+    os.kill(victim, signal.SIGKILL)
+    assert pool.wait() == 1
+    assert gone(survivor)
+    assert "exited unexpectedly" in pool.stderr()
+
+
+def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
+    pool.start()
+    fronts = pool.children()
+    pool.kill()
+    wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
