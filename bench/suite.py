@@ -52,6 +52,7 @@ import lifecycle
 import redis_peer
 import rocksdict
 import scaleout
+import small_txns
 from bare_grpc import STREAM, UNARY, run_bare_server, stream_request
 from common import Histogram, fmt, load_note, markdown_table, ratio, run_server
 from core import Rate, RawBatch, RawLayout, open_raw, raw_scan, raw_write
@@ -681,6 +682,7 @@ def section_follow(ctx: Context) -> None:
 CORES_PRODUCERS = 4  # producer processes of the cores section's Produce runs
 CORES_PER_CALL = 100  # records per Produce (and per Redis pipeline)
 FANOUT_FOLLOWERS = 100
+SMALL_TXN_RECORDS = 20_000  # issue 16's space: 20,000 records over 100 segments
 
 
 def cores() -> int:
@@ -900,6 +902,45 @@ def section_fanout(ctx: Context) -> None:
             3.0,
             f"{fmt(found[-1].delivered)} / {fmt(found[0].delivered)} records/s",
         )
+
+
+def section_smalltxn(ctx: Context) -> None:
+    """Consume of a space written one record per Produce beside the same
+    records written 100 per Produce, same server, same run (bench/small_txns.py)."""
+    note = load_note()
+    began = time.monotonic()
+    repeats = 3 if ctx.report.mode == "quick" else 5
+    figures = small_txns.measure(records=SMALL_TXN_RECORDS, segments=100, repeats=repeats)
+    ctx.report.data["smalltxn"] = figures
+    rows = [
+        [
+            label,
+            fmt(figures[f"{kind}_small"]),
+            fmt(figures[f"{kind}_big"]),
+            f"{figures[f'{kind}_ratio']:.2f}",
+        ]
+        for label, kind in (
+            (f"a space of {figures['segments']} segments", "space"),
+            ("one of its segments", "segment"),
+        )
+    ]
+    ctx.report.add(
+        "Small transactions: Consume of records written 1 vs 100 per Produce",
+        f"{note}; took {time.monotonic() - began:.0f} s ({figures['load_seconds']:.0f} s "
+        f"loading); {fmt(figures['records'])} records per space, Produce i to segment i % "
+        f"{figures['segments']}; median of {figures['repeats']} reads to the end, alternating",
+        markdown_table(
+            ["read", "1 per Produce records/s", "100 per Produce records/s", "ratio"], rows
+        ),
+    )
+    ctx.report.target(
+        f"Consume of a space written 1 record per Produce / 100 per Produce "
+        f"({fmt(figures['records'])} records, rate)",
+        figures["space_ratio"],
+        ">=",
+        0.75,
+        f"one segment: {figures['segment_ratio']:.2f}",
+    )
 
 
 # -- Scaling -------------------------------------------------------------
@@ -1206,6 +1247,7 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "follow": section_follow,
     "cores": section_cores,
     "fanout": section_fanout,
+    "smalltxn": section_smalltxn,
     "growth": section_growth,
     "segments": section_segments,
     "lifecycle": section_lifecycle,
