@@ -29,6 +29,9 @@ P99_LIMIT_MS = 50.0
 MIN_RATE = 10.0  # transactions/s: below this the search gives up
 MAX_RATE = 20_000.0  # one producer process cannot send much more
 ACHIEVED_SHARE = 0.95  # of the target rate, or the producer fell behind
+# Followers per connection: the kernel spreads connections (not streams) over
+# the server's front processes, so 100 followers come over 10 connections.
+PER_CHANNEL = 10
 
 
 @dataclass
@@ -111,7 +114,9 @@ def search(
     found = Capacity(workers, followers)
 
     def step(rate: float) -> Step:
-        outcome = run_configuration(followers, processes, rate, seconds, warmup, 30.0, workers)
+        outcome = run_configuration(
+            followers, processes, rate, seconds, warmup, 30.0, workers, PER_CHANNEL
+        )
         result = judge(outcome, rate)
         found.steps.append(result)
         verdict = "pass" if result.passed else f"fail ({result.why})"

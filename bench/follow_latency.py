@@ -109,18 +109,19 @@ async def _follow(
     ready: mp.Queue,  # type: ignore[type-arg]
     stop: EventType,
     stop_after: float,
+    per_channel: int,
 ) -> FollowerReport:
     report = FollowerReport(streams)
     channels = [
         # A local subchannel pool: each channel gets its own TCP connection.
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(-(-streams // STREAMS_PER_CHANNEL))
+        for _ in range(-(-streams // per_channel))
     ]
     opened: asyncio.Queue[None] = asyncio.Queue()
     tasks = [
         asyncio.create_task(
             _follow_one(
-                streams_pb2_grpc.StreamsServiceStub(channels[i // STREAMS_PER_CHANNEL]),
+                streams_pb2_grpc.StreamsServiceStub(channels[i // per_channel]),
                 report,
                 opened,
             )
@@ -159,8 +160,9 @@ def follower_process(
     results: mp.Queue,  # type: ignore[type-arg]
     stop: EventType,
     stop_after: float,
+    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> None:
-    results.put(asyncio.run(_follow(address, streams, ready, stop, stop_after)))
+    results.put(asyncio.run(_follow(address, streams, ready, stop, stop_after, per_channel)))
 
 
 # -- Producer -------------------------------------------------------------
@@ -307,9 +309,12 @@ def run_configuration(
     warmup: float,
     drain: float,
     workers: int | None = None,
+    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> Outcome:
-    """``followers`` streams in ``processes`` processes, one producer at ``rate``
-    transactions/s, on a fresh durable server (``workers``: its --workers)."""
+    """``followers`` streams in ``processes`` processes, ``per_channel`` streams
+    per connection, one producer at ``rate`` transactions/s, on a fresh durable
+    server (``workers``: its --workers; SO_REUSEPORT spreads connections, not
+    streams, over its front processes)."""
     ctx = mp.get_context("spawn")
     ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     results: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
@@ -320,7 +325,8 @@ def run_configuration(
     with run_server(workers=workers) as server:
         helpers = [
             ctx.Process(
-                target=follower_process, args=(server.address, n, ready, results, stop, stop_after)
+                target=follower_process,
+                args=(server.address, n, ready, results, stop, stop_after, per_channel),
             )
             for n in _split(followers, min(processes, followers))
         ]

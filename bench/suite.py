@@ -876,7 +876,8 @@ def section_fanout(ctx: Context) -> None:
         f"Fan-out: records/s to {FANOUT_FOLLOWERS} followers, "
         + " and ".join(workers_label(c.workers) for c in found),
         f"{note}; took {time.monotonic() - began:.0f} s; single-record durable transactions "
-        f"from one producer process; followers in {processes} processes; the best rate at "
+        f"from one producer process; followers in {processes} processes, "
+        f"{fanout.PER_CHANNEL} per connection; the best rate at "
         f"which every follower got every record, no gap, p99 < {fanout.P99_LIMIT_MS:g} ms "
         f"(rates double from {fmt(100.0)} tx/s, or from --workers 1's best for the "
         f"default, then {plan.fanout_refine} bisection(s); "
