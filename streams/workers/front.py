@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,18 @@ def front_config(server: Config, front: FrontArgs) -> Config:
     )
 
 
+class _FrontField(logging.Filter):
+    """Adds ``front`` (the index) to each record: a key of ``--log-format json``."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self._index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.front = self._index
+        return True
+
+
 class _WriterWatch(asyncio.Protocol):
     """Sets ``gone`` when standard input (the writer's pipe) ends: the writer exited."""
 
@@ -152,6 +165,8 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
     if not stop.is_set():
         # Nothing can be written or read any more; calls in flight fail as the connection did.
         log.error("front %d: the writer is gone; exiting", front.index)
+        # A writer that was killed could not remove its private folder.
+        shutil.rmtree(front.host_socket.parent, ignore_errors=True)
         logging.shutdown()
         os._exit(1)
     for task in waits:
@@ -171,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     front, server_argv = _parse(sys.argv[1:] if argv is None else argv)
     cfg = front_config(config_module.parse(server_argv), front)
     logs.setup(cfg.log_level, cfg.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_FrontField(front.index))
     # The writer's Ctrl-C handling stops this process (SIGTERM), in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

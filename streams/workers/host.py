@@ -35,7 +35,7 @@ from typing import Any
 
 from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
-from streams.model import MAX_OFFSET, Cut, Target
+from streams.model import MAX_OFFSET, Cut, SpaceInfo, Target
 from streams.storage.port import Store
 from streams.workers import ipc
 from streams.workers.ipc import (
@@ -170,7 +170,8 @@ class StoreHost:
 class _Sentinel:
     """Tells the fronts following a space when records of it were removed by
     anyone: the count of removed records (last position minus the records
-    retained) only grows, and grows exactly when records are removed."""
+    retained) only grows, and grows exactly when records are removed; a space
+    deleted is gone from the infos."""
 
     def __init__(self, host: StoreHost, space: str) -> None:
         self._host = host
@@ -182,22 +183,18 @@ class _Sentinel:
     async def ready(self) -> None:
         await asyncio.shield(self._started)
 
-    async def _removed_count(self) -> int | None:
-        info = await self._host.store.get_space(self._space)
-        return None if info is None else info.last_position - info.record_count
-
     async def _run(self) -> None:
         store = self._host.store
         try:
             async with store.watch(self._space) as watch:
-                seen = await self._removed_count()
+                seen = await store.get_space(self._space)
                 self._started.set_result(None)
                 while True:
                     await watch.changes()
-                    now = await self._removed_count()
-                    if now != seen:
-                        seen = now
+                    now = await store.get_space(self._space)
+                    if _removed_between(seen, now):
                         self._host.removed(self._space, None)
+                    seen = now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -211,6 +208,13 @@ class _Sentinel:
                     "store host: watching space %r for removals failed: %s", self._space, exc
                 )
                 self._host.removed(self._space, None)
+
+
+def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
+    if after is None:  # deleted (or never written): removed whatever it held
+        return before is not None and before.record_count > 0
+    removed = after.last_position - after.record_count
+    return removed > (0 if before is None else before.last_position - before.record_count)
 
 
 class _Call:
@@ -272,6 +276,7 @@ class _Front:
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
         self._reading = True
+        self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
@@ -306,6 +311,7 @@ class _Front:
 
     def answer(self, call: _Call, call_id: int, ok: bool, value: object) -> None:
         self._calls.discard(call)
+        self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
         self._gate_reading()
@@ -343,6 +349,11 @@ class _Front:
         self._gate_reading()
 
     # -- follow and watch ---------------------------------------------------------
+
+    @property
+    def streams(self) -> int:
+        """Pumps and watches of this front right now."""
+        return len(self._streams)
 
     def _check_streams(self) -> None:
         if len(self._streams) >= self._host.max_streams:
@@ -462,6 +473,8 @@ async def _store_call(host: StoreHost, name: str, args: tuple[Any, ...]) -> Any:
     """Runs store method ``name``; what it returns, made to travel; removals
     are told to the fronts before the caller hears of them."""
     store = host.store
+    if name == "produce":
+        return ipc.pack_result(await store.produce(ipc.unpack_transaction(args[0])))
     if name == "read":
         target, first, last, cut, prefix = args
         # A read fits in one frame: it may return fewer records than asked (the

@@ -3,9 +3,11 @@
 The process the user starts becomes the writer. It
 
 1. makes a private folder (mode 0700) for its two Unix sockets;
-2. reserves the public port: binds (without listening) a SO_REUSEPORT socket
-   on ``--listen`` and keeps it, so that ``HOST:0`` becomes one concrete port
-   every front then binds, and no other program takes it meanwhile;
+2. reserves the public port: binds (without listening) a socket on
+   ``--listen``, then turns SO_REUSEPORT on and keeps it, so that ``HOST:0``
+   becomes one concrete port every front then binds, no other program takes
+   it meanwhile, and a port already held (by another workers server too) is
+   refused;
 3. starts its own StreamsServer on ``unix:DIR/writer.sock`` (the store, the
    consumer groups, retention and background tasks, /metrics) and a store
    host on ``DIR/host.sock`` for the fronts' store calls;
@@ -68,16 +70,19 @@ def reserve(listen: str) -> tuple[int, list[socket.socket]]:
     port, held, reasons = int(text), [], []
     for family, kind, proto, _, where in found:
         sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT binds, as gRPC's
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
+            # Bound before SO_REUSEPORT is on: a port that anyone holds, another
+            # workers server included (whose sockets all allow reuse), is refused.
             sock.bind((where[0], port, *where[2:]))
         except OSError as exc:
             sock.close()
             reasons.append(exc.strerror or str(exc))
             continue
+        # From now on the fronts (same user, SO_REUSEPORT) may bind it too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         port = sock.getsockname()[1]
         held.append(sock)
     if not held:

@@ -199,8 +199,7 @@ class RemoteStore:
     # -- writes -------------------------------------------------------------------
 
     async def produce(self, txn: Transaction) -> ProduceResult:
-        result: ProduceResult = await self._call("produce", txn)
-        return result
+        return ipc.unpack_result(await self._call("produce", ipc.pack_transaction(txn)))
 
     async def commit_offset(
         self, consumer: str, target: Target, offset: int, expected: int | None
@@ -524,4 +523,5 @@ async def connect(path: Path, setup: Setup, *, limits: Limits | None = None) -> 
         await loop.create_unix_connection(lambda: store.link, str(path))
     except OSError as exc:
         raise Unavailable(f"cannot reach the writer's store host at {path}: {exc}") from exc
+    await store.barrier()  # the host serves this front once connect returns
     return store

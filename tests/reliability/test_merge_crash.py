@@ -9,11 +9,14 @@ the space read equal to its segment reads merged, removals never undone).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+import rocksdict
 
+from streams.storage.rocksdb import layout as keys
 from tests.support.process import ServerProcess
 
 from . import test_crash, test_power_loss
@@ -34,6 +37,21 @@ def test_kill9_cycles_while_merging_keep_every_acked_transaction(
 ) -> None:
     monkeypatch.setattr(test_crash, "ServerProcess", merging_server)
     test_crash.test_kill9_cycles_keep_every_acked_transaction(tmp_path)
+    assert merged_runs(tmp_path / "data") > 0, "no merged run was ever written"
+
+
+def merged_runs(data: Path) -> int:
+    """The merged runs stored under ``data`` (opened read-only)."""
+    db = rocksdict.Rdict(
+        str(data),
+        rocksdict.Options(raw_mode=True),
+        access_type=rocksdict.AccessType.read_only(),
+    )
+    try:
+        found = db.keys(from_key=keys.MERGED)
+        return sum(1 for _ in itertools.takewhile(lambda key: key[:1] == keys.MERGED, found))
+    finally:
+        db.close()
 
 
 def test_power_cuts_while_merging_keep_acked_writes_and_removals(

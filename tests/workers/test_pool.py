@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def pool(tmp_path: Path) -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
-        server.kill()
+        server.close()
 
 
 def gone(pid: int) -> bool:
@@ -157,6 +158,18 @@ def test_every_front_serves_the_printed_port(pool: ServerProcess) -> None:
     assert not sockets_of(pool.pid) & listening
 
 
+def test_a_port_held_by_another_workers_server_is_refused(
+    pool: ServerProcess, tmp_path: Path
+) -> None:
+    # Both would set SO_REUSEPORT: without care the second would silently share the port.
+    pool.start()
+    with ServerProcess(tmp_path / "second", workers=2, port=pool.port) as second:
+        second.spawn(stdout=subprocess.DEVNULL)
+        assert second.wait() == 2
+        refused = f"--listen '127.0.0.1:{pool.port}': cannot listen there: Address already in use"
+        assert refused in second.stderr()
+
+
 def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
     pool.start()
     stub = pool.stub
@@ -187,8 +200,10 @@ def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
     pool.start()
     produce(pool.stub, "orders", b"a")
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     assert pool.stop(signal.SIGTERM) == 0
     assert all(gone(pid) for pid in fronts)
+    assert not folder.exists()
     assert "stopped" in pool.stderr()
     # What was acknowledged is there after a restart, on one process.
     restarted = ServerProcess(pool.data, workers=1).start()
@@ -234,5 +249,16 @@ def test_a_front_killed_stops_the_server_with_status_1(pool: ServerProcess) -> N
 def test_a_writer_killed_takes_the_fronts_with_it(pool: ServerProcess) -> None:
     pool.start()
     fronts = pool.children()
+    folder = private_folder(fronts[0])
     pool.kill()
     wait_until(lambda: all(gone(pid) for pid in fronts), timeout=DEADLINE, what="fronts gone")
+    # The writer could not remove its folder of sockets: a front did.
+    assert not folder.exists()
+
+
+def private_folder(front: int) -> Path:
+    """The writer's folder of Unix sockets, as a front's command line names it."""
+    argv = Path(f"/proc/{front}/cmdline").read_bytes().split(b"\0")
+    folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    return folder

@@ -158,13 +158,13 @@ class StoreOptions:
     # Runs of small chunks of a space are copied into one chunk each (see
     # .merge) every this many seconds: chunks under merge_small_bytes, into
     # runs of about merge_run_bytes, once a run has merge_min_chunks chunks;
-    # a step looks at merge_step_chunks chunks at most, letting calls run
-    # between steps.
+    # a step looks at merge_step_chunks chunks at most (a few ms of the event
+    # loop, like a removal slice), letting calls run between steps.
     merge_seconds: float = 1.0
     merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
     merge_min_chunks: int = 16
-    merge_step_chunks: int = 2_000
+    merge_step_chunks: int = 512
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
