@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from common import Histogram, fmt, markdown_table
 from follow_latency import Outcome, run_configuration
+
+from streams import config
 
 P99_LIMIT_MS = 50.0
 MIN_RATE = 10.0  # transactions/s: below this the search gives up
@@ -191,7 +192,7 @@ def steps_table(capacities: Sequence[Capacity]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", default=f"1,{os.cpu_count()}", help="comma-separated")
+    parser.add_argument("--workers", default=f"1,{config.cores()}", help="comma-separated")
     parser.add_argument("--followers", type=int, default=100)
     parser.add_argument("--processes", type=int, default=2, help="follower processes")
     parser.add_argument("--start", type=float, default=100.0, help="first rate (tx/s)")

@@ -68,6 +68,7 @@ from workers import (
     merge,
 )
 
+from streams import config
 from streams.storage.rocksdb import layout as keys
 from streams.v1 import streams_pb2 as pb
 
@@ -686,7 +687,8 @@ SMALL_TXN_RECORDS = 20_000  # issue 16's space: 20,000 records over 100 segments
 
 
 def cores() -> int:
-    return os.cpu_count() or 1
+    """The cores the server's default --workers counts (affinity, cgroup quota)."""
+    return config.cores()
 
 
 def worker_counts(ctx: Context) -> list[int]:
@@ -1265,7 +1267,8 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cores()} cores ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
+    usable = "" if cores() == os.cpu_count() else f", {cores()} usable by this process"
+    return f"{os.cpu_count()} cores{usable} ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
 
 
 def commit() -> str:
