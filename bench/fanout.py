@@ -6,8 +6,9 @@ with no gap, and the p99 from send to arrival stays under ``P99_LIMIT_MS``.
 Each step is one ``follow_latency.run_configuration`` on a fresh server
 (``--workers`` as asked): rates double from ``start`` until a step fails (or
 halve until one passes), then ``refine`` geometric bisections between the
-last pass and the first fail. The figure is the records delivered per second
-(to all followers together) at the best passing step.
+last pass and the first fail. A step counts ``seconds``, or as long as it
+takes to send ``MIN_TRANSACTIONS``. The figure is the records delivered per
+second (to all followers together) at the best passing step.
 
     python bench/fanout.py --workers 1,2            # 100 followers
     python bench/fanout.py --workers 1 --seconds 2 --refine 1
@@ -30,6 +31,10 @@ P99_LIMIT_MS = 50.0
 MIN_RATE = 10.0  # transactions/s: below this the search gives up
 MAX_RATE = 20_000.0  # one producer process cannot send much more
 ACHIEVED_SHARE = 0.95  # of the target rate, or the producer fell behind
+# Counted transactions per step, at least (a slow step runs longer): the p99 of
+# the records of 12 transactions is their slowest one's, so one stall of a
+# shared machine would fail the step; over 100, one late transaction is 1 %.
+MIN_TRANSACTIONS = 100
 # Followers per connection: the kernel spreads connections (not streams) over
 # the server's front processes, so 100 followers come over 10 connections.
 PER_CHANNEL = 10
@@ -121,8 +126,9 @@ def search(
     found = Capacity(workers, followers)
 
     def attempt(rate: float) -> Step:
+        counted = max(seconds, MIN_TRANSACTIONS / rate)
         outcome = run_configuration(
-            followers, processes, rate, seconds, warmup, 30.0, workers, PER_CHANNEL
+            followers, processes, rate, counted, warmup, 30.0, workers, PER_CHANNEL
         )
         result = judge(outcome, rate)
         found.steps.append(result)

@@ -893,7 +893,8 @@ def section_fanout(ctx: Context) -> None:
         f"(rates double from {fmt(100.0)} tx/s, or from --workers 1's best for the "
         f"default, then {plan.fanout_refine} bisection(s); a step failed on its p99 alone "
         f"run again up to {plan.fanout_retries} time(s); "
-        f"{plan.fanout_seconds:g} s counted per step)",
+        f"{plan.fanout_seconds:g} s counted per step, or {fanout.MIN_TRANSACTIONS} "
+        "transactions when that is longer)",
         markdown_table(
             [
                 "server",
