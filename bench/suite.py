@@ -123,7 +123,7 @@ FULL = Plan(
     segment_counts=(10, 100, 1000, 10_000, 100_000),
     starts=5,
     fanout_seconds=3.0,
-    fanout_refine=2,
+    fanout_refine=1,
     fanout_retries=1,
 )
 QUICK = Plan(
