@@ -412,11 +412,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from streams.workers import pool  # loads the store host only where it runs
 
         given = list(sys.argv[1:] if argv is None else argv)
-        runner: Awaitable[None] = pool.run(cfg, given, auth, pages)
+        runner = pool.run(cfg, given, auth)  # its page-token key is shared by every process
     else:
         runner = _run(cfg, auth, pages)
     try:
-        asyncio.run(runner)  # type: ignore[arg-type]  # both are coroutines
+        asyncio.run(runner)
     except OptionError as exc:
         print(f"streams-server: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -10,7 +10,8 @@ It parses the server's arguments as the writer did (same environment, same
 folder), then serves ``--listen``'s host on ``--port`` with SO_REUSEPORT: its
 store is a RemoteStore (calls to the writer's store host), the group RPCs are
 forwarded to the writer (:mod:`streams.workers.proxy`), everything else is the
-ordinary service. It prints ``ready`` once it serves.
+ordinary service. It prints ``ready PORT`` once it serves (PORT: where its
+metrics are, for the writer's /metrics; 0 without --metrics-listen).
 
 SIGTERM: graceful stop within --shutdown-grace. SIGHUP: token reload. SIGINT
 is the writer's to act on (a terminal's Ctrl-C reaches the whole group). It
@@ -35,7 +36,7 @@ from pathlib import Path
 import grpc
 
 from streams import config as config_module
-from streams import logs
+from streams import logs, metrics_http
 from streams.auth import AuthFileError, TokenAuth
 from streams.config import Config, OptionError
 from streams.page_tokens import PageTokens
@@ -129,8 +130,12 @@ class _WriterWatch(asyncio.Protocol):
         self._gone.set()
 
 
-async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
-    """Serves until SIGTERM (0 once stopped) or the writer's end (exits the process, 1)."""
+async def serve(
+    cfg: Config, front: FrontArgs, auth: TokenAuth | None, metrics: bool = False
+) -> int:
+    """Serves until SIGTERM (0 once stopped) or the writer's end (exits the
+    process, 1). With ``metrics`` its series are served on a loopback port for
+    the writer's /metrics (streams.workers.metrics), told in the ready line."""
     loop = asyncio.get_running_loop()
     stop, gone = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -146,19 +151,23 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
             front.host_socket, setup, limits=registry.get(cfg.storage).limits(cfg.limits)
         )
 
+    proxy = WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut))
     server = StreamsServer(
         cfg,
         auth,
         PageTokens.load(cfg.page_token_key),
         open_store=open_store,
-        handlers=(WriterProxy(channel, SlowConsumers(cfg.slow_consumer_seconds, cut)),),
+        handlers=(proxy,),
         reuse_port=True,
     )
     loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     watch, _ = await loop.connect_read_pipe(lambda: _WriterWatch(gone), sys.stdin)
     await server.start()
     lost: asyncio.Event = server.store.lost  # type: ignore[attr-defined]  # a RemoteStore
-    print(READY, flush=True)
+    http = metrics_http.serve("127.0.0.1:0", server.metrics.registry, lambda: True)[0] if (
+        metrics
+    ) else None  # fmt: skip
+    print(f"{READY} {http.server_port if http else 0}", flush=True)
     log.info("front %d (pid %d) serving on %s", front.index, os.getpid(), server.address)
     waits = [asyncio.create_task(event.wait()) for event in (stop, gone, lost)]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -171,6 +180,7 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
         os._exit(1)
     for task in waits:
         task.cancel()
+    proxy.close()
     try:
         await server.stop(cfg.shutdown_grace)
     except ShutdownError as exc:
@@ -179,12 +189,16 @@ async def serve(cfg: Config, front: FrontArgs, auth: TokenAuth | None) -> int:
     finally:
         await channel.close()
         watch.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     front, server_argv = _parse(sys.argv[1:] if argv is None else argv)
-    cfg = front_config(config_module.parse(server_argv), front)
+    given = config_module.parse(server_argv)
+    cfg = front_config(given, front)
     logs.setup(cfg.log_level, cfg.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_FrontField(front.index))
@@ -192,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         auth = TokenAuth.load(cfg.auth_tokens) if cfg.auth_tokens is not None else None
-        sys.exit(asyncio.run(serve(cfg, front, auth)))
+        sys.exit(asyncio.run(serve(cfg, front, auth, metrics=bool(given.metrics_listen))))
     except (AuthFileError, OptionError) as exc:
         print(f"streams-server: front {front.index}: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -6,14 +6,18 @@ method and answers ``(id, ok, value)``; nothing else is queued per call: the
 method's coroutine is driven by the callbacks of what it awaits (a read that
 never awaits is answered within the same turn of the event loop), and the
 answers of one turn leave in one write (:class:`~streams.workers.ipc.Link`).
+A store method therefore runs with no current Task (``asyncio.current_task()``
+is None in it): no backend relies on one.
 
 Followers: per (front, followed target) one pump follows the target through
 the port and pushes each durable record once to the front, which serves its
 followers from a local tail. Per followed space one sentinel watches the
 space and tells the fronts when records were removed (a retention pass or a
 DeleteSpace run by the writer itself), so that they drop what their tails
-hold of it; removals made through the host are told before they are answered.
-Watches are forwarded the same way, one per (front, space).
+hold of it; removals made through the host are told before they are answered
+(a removal the writer made on its own reaches a front a moment later: a front
+that must see it at once calls :meth:`RemoteStore.barrier`). Watches are
+forwarded the same way, one per (front, space).
 
 Bounds per front: its answers and pushes beyond ``buffer_bytes`` not yet read
 by the front pause the pumps (they read what is new once the front catches
@@ -31,7 +35,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.errors import InvariantViolation, ResourceExhausted, Unavailable
 from streams.limits import Limits
@@ -44,6 +48,7 @@ from streams.workers.ipc import (
     CHANGES,
     FAILED,
     FOLLOW,
+    HELLO,
     PUSH,
     REMOVED,
     UNFOLLOW,
@@ -54,6 +59,7 @@ from streams.workers.ipc import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a front may leave unread before its pumps pause and its calls wait.
 BUFFER_BYTES = 4 << 20
@@ -221,13 +227,14 @@ class _Call:
     """One call's coroutine, driven by the callbacks of what it awaits (what a
     Task does, without a Task: a call that never awaits costs no loop turn)."""
 
-    __slots__ = ("_coro", "_front", "_id", "_waiting")
+    __slots__ = ("_coro", "_front", "_id", "_throw", "_waiting")
 
     def __init__(self, front: _Front, call_id: int, coro: Coroutine[Any, Any, Any]) -> None:
         self._front = front
         self._id = call_id
         self._coro = coro
         self._waiting: asyncio.Future[Any] | None = None
+        self._throw: BaseException | None = None
 
     def start(self) -> None:
         self._step()
@@ -235,7 +242,11 @@ class _Call:
     def _step(self, _: object = None) -> None:
         self._waiting = None
         try:
-            yielded = self._coro.send(None)
+            if self._throw is not None:
+                error, self._throw = self._throw, None
+                yielded = self._coro.throw(error)
+            else:
+                yielded = self._coro.send(None)
         except StopIteration as done:
             self._front.answer(self, self._id, True, done.value)
             return
@@ -252,16 +263,15 @@ class _Call:
             self._waiting = yielded
             yielded.add_done_callback(self._step)
         else:
-            self._coro.close()
-            self._front.answer(
-                self, self._id, False, InvariantViolation(f"a store call yielded {yielded!r}")
-            )
+            self._throw = InvariantViolation(f"a store call yielded {yielded!r}")
+            asyncio.get_running_loop().call_soon(self._step)
 
     def cancel(self) -> None:
-        if self._waiting is not None:
-            self._waiting.remove_done_callback(self._step)
-            self._waiting = None
-        self._coro.close()
+        """As a Task is cancelled: what it awaits is cancelled, or it gets
+        CancelledError at its next step, and it runs its clean-up (its answer
+        then goes nowhere)."""
+        if self._waiting is None or not self._waiting.cancel():
+            self._throw = asyncio.CancelledError()
 
 
 class _Front:
@@ -275,12 +285,14 @@ class _Front:
         self._streams: dict[int, asyncio.Task[None]] = {}
         self.spaces: Counter[str] = Counter()  # pumps by space
         self._write_error: str | None = None
-        self._reading = True
+        self.reading = True  # its calls are read (not paused by _gate_reading)
+        self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
         self.answered = 0  # calls answered so far
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
             WATCH: self._watch,
             BARRIER: _barrier,
+            HELLO: self._hello,
         }
         host.fronts.add(self)
 
@@ -317,6 +329,8 @@ class _Front:
         self._gate_reading()
 
     def _reply(self, call_id: int, ok: bool, value: object) -> None:
+        if not ok:
+            value = sendable_error(value)  # type: ignore[arg-type]
         try:
             self.link.send((call_id, ok, value))
         except ipc.FrameError as exc:
@@ -333,20 +347,32 @@ class _Front:
 
     def _gate_reading(self) -> None:
         """Reads calls only while few run and the front takes what it is sent."""
-        wanted = len(self._calls) < self._host.max_calls and self.link.writable.is_set()
-        if wanted == self._reading:
+        writable = self.link.writable.is_set()
+        if not writable and self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._when_writable())
+        wanted = writable and len(self._calls) < self._host.max_calls
+        if wanted == self.reading:
             return
-        self._reading = wanted
+        self.reading = wanted
         if wanted:
             self.link.resume_reading()
         else:
             self.link.pause_reading()
-            if not self.link.writable.is_set():
-                asyncio.get_running_loop().create_task(self._resume_when_writable())
 
-    async def _resume_when_writable(self) -> None:
-        await self.link.writable.wait()
+    async def _when_writable(self) -> None:
+        try:
+            await self.link.writable.wait()
+        finally:
+            self._waking = None
         self._gate_reading()
+
+    async def _hello(self, call_id: int, max_frame: int) -> None:
+        if max_frame != self._host.max_frame:
+            asyncio.get_running_loop().call_soon(self.link.close)  # once answered
+            raise InvariantViolation(
+                f"the front's frames are up to {max_frame} bytes, the store host's up to "
+                f"{self._host.max_frame}: give StoreHost and connect the same limits"
+            )
 
     # -- follow and watch ---------------------------------------------------------
 
@@ -368,7 +394,7 @@ class _Front:
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
         self._streams[follow_id] = task
-        return await asyncio.shield(started)
+        return await _started(started, task)
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
@@ -410,6 +436,8 @@ class _Front:
             else:
                 link.send((0, FAILED, follow_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"{target.describe()}: no longer followed"))
             self._streams.pop(follow_id, None)
             self.spaces[target.space] -= 1
             if self.spaces[target.space] < 1:
@@ -421,7 +449,7 @@ class _Front:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
         self._streams[watch_id] = task
-        await asyncio.shield(started)
+        await _started(started, task)
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
@@ -444,6 +472,8 @@ class _Front:
             else:
                 link.send((0, FAILED, watch_id, sendable_error(exc)))
         finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(f"space {space!r}: no longer watched"))
             self._streams.pop(watch_id, None)
 
     def _end_stream(self, stream_id: int) -> None:
@@ -463,6 +493,15 @@ class _Front:
         for task in list(self._streams.values()):
             task.cancel()
         self._streams.clear()
+
+
+async def _started(started: asyncio.Future[T], task: asyncio.Task[None]) -> T:
+    """What ``started`` holds once the pump or watch ``task`` began; Unavailable
+    when it ended first (released, even before its first step)."""
+    await asyncio.wait((started, task), return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        return started.result()
+    raise Unavailable("released before it began")
 
 
 async def _barrier(call_id: int) -> None:

@@ -77,40 +77,43 @@ def encode(message: object, max_frame: int) -> bytes:
 
 
 class FrameReader:
-    """Cuts received bytes into messages."""
+    """Cuts received bytes into messages, one at a time (so that a reader can
+    stop taking them: what it has not taken stays bytes, at most what one
+    receive brought)."""
 
     def __init__(self, max_frame: int) -> None:
         self._max_frame = max_frame
         self._buffer = bytearray()
+        self._at = 0  # where the next frame starts in the buffer
 
-    def feed(self, data: bytes) -> list[object]:
-        """The messages completed by ``data``; FrameError when a frame is over
-        the limit or does not decode."""
-        if self._buffer:
-            self._buffer += data
-            view: bytes | bytearray = self._buffer
-        else:
-            view = data
-        found: list[object] = []
-        at = 0
-        end = len(view)
-        while end - at >= HEADER.size:
-            (size,) = HEADER.unpack_from(view, at)
+    def add(self, data: bytes) -> None:
+        self._buffer += data
+
+    def take(self) -> object | None:
+        """The next whole message (None: none yet); FrameError when a frame is
+        over the limit or does not decode."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, at)
             if size > self._max_frame:
                 raise FrameError(f"a frame of {size} bytes is over the limit ({self._max_frame})")
             stop = at + HEADER.size + size
-            if stop > end:
-                break
-            try:
-                found.append(pickle.loads(memoryview(view)[at + HEADER.size : stop]))
-            except Exception as exc:
-                raise FrameError(f"a frame does not decode: {exc!r}") from exc
-            at = stop
-        if view is self._buffer:
-            del self._buffer[:at]
-        elif at < end:
-            self._buffer += data[at:]
-        return found
+            if stop <= len(buffer):
+                try:
+                    message = pickle.loads(memoryview(buffer)[at + HEADER.size : stop])
+                except Exception as exc:
+                    raise FrameError(f"a frame does not decode: {exc!r}") from exc
+                self._at = stop
+                return message
+        if at:
+            del buffer[:at]
+            self._at = 0
+        return None
+
+    def feed(self, data: bytes) -> list[object]:
+        """``add``, then every message completed."""
+        self.add(data)
+        return list(iter(self.take, None))
 
 
 class Link(asyncio.Protocol):
@@ -139,6 +142,8 @@ class Link(asyncio.Protocol):
         self._flushing = False
         self._transport: asyncio.Transport | None = None
         self._paused = False  # the transport's buffer is over the high water
+        self._held = False  # the owner takes no message now (pause_reading)
+        self._delivering = False
         self.writable = asyncio.Event()
         self.closed = False
 
@@ -152,13 +157,25 @@ class Link(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._reader.feed(data)
-        except FrameError as exc:
-            self.abort(exc)
+        self._reader.add(data)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._delivering:  # resumed from within on_message: the loop below goes on
             return
-        for message in messages:
-            self._on_message(message)
+        self._delivering = True
+        try:
+            while not self._held and not self.closed:
+                try:
+                    message = self._reader.take()
+                except FrameError as exc:
+                    self.abort(exc)
+                    return
+                if message is None:
+                    return
+                self._on_message(message)
+        finally:
+            self._delivering = False
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -212,12 +229,16 @@ class Link(asyncio.Protocol):
     # -- reading and closing ------------------------------------------------
 
     def pause_reading(self) -> None:
+        """Takes no more messages (those received wait as bytes) until resumed."""
+        self._held = True
         if self._transport is not None and not self.closed:
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._held = False
         if self._transport is not None and not self.closed:
             self._transport.resume_reading()
+            self._deliver()
 
     def close(self) -> None:
         """Sends what is queued, then closes."""
@@ -247,7 +268,8 @@ class Link(asyncio.Protocol):
 # Front to host: ``(id, name, args)``; id 0 asks for no answer. ``name`` is a
 # store method of CALLS, or FOLLOW (args: target; answers the last offset the
 # pump starts after), WATCH (args: space), UNFOLLOW / UNWATCH (args: the id of
-# the FOLLOW or WATCH call).
+# the FOLLOW or WATCH call), BARRIER (answers at once), HELLO (args: the front's
+# max frame, which must be the host's: the first call of a connection).
 #
 # Host to front: ``(id, ok, value)`` answers call ``id`` (``ok`` False: value is
 # the exception); ``(0, kind, ...)`` is pushed: PUSH (follow id, first offset,
@@ -265,6 +287,7 @@ CHANGES = "changes"
 FAILED = "failed"
 WRITE_ERROR = "write_error"
 BARRIER = "barrier"
+HELLO = "hello"
 
 # The store methods a front may call (read and peek answer framed bytes).
 CALLS = frozenset(
@@ -296,11 +319,12 @@ CALLS = frozenset(
 
 
 def sendable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it travels (pickles), else an InvariantViolation naming it."""
+    """``exc`` if it travels (pickles, and unpickles: a frame the front cannot
+    decode would break the connection), else an InvariantViolation naming it."""
     try:
-        pickle.dumps(exc, 5)
-    except Exception:
-        return InvariantViolation(f"{type(exc).__name__}: {exc}")
+        pickle.loads(pickle.dumps(exc, 5))
+    except Exception as why:
+        return InvariantViolation(f"{type(exc).__name__}: {exc} (it cannot travel: {why})")
     return exc
 
 

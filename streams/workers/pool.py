@@ -32,21 +32,25 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
-from streams import startup
+from streams import metrics_http, startup
 from streams.auth import TokenAuth
 from streams.config import Config, OptionError
 from streams.limits import Limits
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer
+from streams.storage import registry
 from streams.workers.front import READY, FrontArgs
 from streams.workers.host import StoreHost
+from streams.workers.metrics import merged_registry
 
 log = logging.getLogger("streams.workers")
 # After --shutdown-grace, how long a front may take to exit before it is killed.
@@ -55,6 +59,35 @@ FRONT_EXIT_SECONDS = 5.0
 FRONT_START_SECONDS = 60.0
 # gRPC's cap on HTTP/2 streams per connection.
 _MAX_STREAMS = 2**31 - 1
+# The longest Unix socket path (sun_path is 108 bytes with its terminating NUL).
+_MAX_SOCKET_PATH = 107
+_SOCKETS = ("host.sock", "writer.sock")
+
+
+@contextlib.contextmanager
+def private_folder(workers: int) -> Iterator[Path]:
+    """A fresh folder only this user can enter (0700), for the Unix sockets,
+    removed afterwards; OptionError (naming TMPDIR) when none can be made."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="streams-workers-"))
+    except OSError as exc:
+        raise OptionError(
+            "--workers", workers,
+            f"cannot make a private folder for its sockets in TMPDIR "
+            f"({os.environ.get('TMPDIR', '/tmp')}): {exc.strerror or exc}; "
+            "set TMPDIR to a writable folder or run --workers 1",
+        ) from None  # fmt: skip
+    try:
+        longest = max(len(str(folder / name)) for name in _SOCKETS)
+        if longest > _MAX_SOCKET_PATH:
+            raise OptionError(
+                "--workers", workers,
+                f"the socket paths under {folder} are over {_MAX_SOCKET_PATH} bytes; "
+                "set TMPDIR to a shorter folder",
+            )  # fmt: skip
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def reserve(listen: str) -> tuple[int, list[socket.socket]]:
@@ -93,7 +126,8 @@ def reserve(listen: str) -> tuple[int, list[socket.socket]]:
 def writer_limits(lim: Limits, workers: int) -> Limits:
     """The writer's server's limits: its share of the memory budget, and caps
     that leave the fronts' own to bind (each front's proxied calls ride one
-    connection to it, and all fronts' Subscribe streams add up there)."""
+    connection to it). The Subscribe streams of all fronts together stay under
+    one --max-concurrent-streams, as in one process: there is one registry."""
     return dataclasses.replace(
         lim,
         memory_budget_bytes=share(lim, workers),
@@ -101,7 +135,6 @@ def writer_limits(lim: Limits, workers: int) -> Limits:
         max_streams_per_connection=min(
             _MAX_STREAMS, lim.max_connections * lim.max_streams_per_connection
         ),
-        max_concurrent_streams=lim.max_concurrent_streams * workers,
         max_inflight_request_bytes=lim.max_inflight_request_bytes * workers,
     )
 
@@ -128,6 +161,8 @@ class _Fronts:
 
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
+        # Where each front serves its metrics (index, loopback port), once ready.
+        self.metrics: list[tuple[int, int]] = []
 
     async def spawn(self, front: FrontArgs, argv: Sequence[str]) -> None:
         # The package may not be installed (``python server.py`` from a checkout).
@@ -150,7 +185,10 @@ class _Fronts:
             if proc.stdout is None:
                 raise RuntimeError("a front's output is not a pipe")
             while line := await proc.stdout.readline():
-                if line.strip() == READY.encode():
+                word, _, port = line.decode(errors="replace").strip().partition(" ")
+                if word == READY:
+                    if port.isdigit() and int(port):
+                        self.metrics.append((index, int(port)))
                     return
             code = await proc.wait()
             raise FrontFailed(f"front {index} (pid {proc.pid}) exited with status {code} "
@@ -204,28 +242,29 @@ class FrontFailed(Exception):
         self.code = code
 
 
-async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
     front's failure (exits 1). ``argv`` are the server's arguments, which the
     fronts parse again (with the same environment and folder)."""
-    del pages  # every process signs with the key of _page_key
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         # The fronts read them; a bad file is named before any process starts.
         startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
         if cfg.tls_client_ca is not None:
             startup.read_client_ca(cfg.tls_client_ca)
+    if cfg.metrics_listen:
+        startup.check_bindable("--metrics-listen", cfg.metrics_listen)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     port, reserved = reserve(cfg.listen)
     fronts = _Fronts()
-    with tempfile.TemporaryDirectory(prefix="streams-workers-") as tmp:  # made 0700
-        folder = Path(tmp)
+    with private_folder(cfg.workers) as folder:
         key = _page_key(cfg, folder)
         writer_cfg = dataclasses.replace(
             cfg,
             listen=f"unix:{folder / 'writer.sock'}",
+            metrics_listen="",  # served below, with the fronts' series
             tls_cert=None,
             tls_key=None,
             tls_client_ca=None,
@@ -248,7 +287,9 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
                 sock.close()
             raise
         try:
-            host = StoreHost(server.store, folder / "host.sock")
+            # The fronts' limits, which size the frames both ends accept.
+            limits = registry.get(cfg.storage).limits(cfg.limits)
+            host = StoreHost(server.store, folder / "host.sock", limits=limits)
             await host.start()
             for index in range(cfg.workers):
                 front = FrontArgs(
@@ -262,7 +303,13 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
             stopped.cancel()
             if started.done():
                 started.result()  # FrontFailed, or a start that took too long
-                failed = await _serve(cfg, port, fronts, stop, server)
+                http = _serve_metrics(cfg, server, fronts, stop)
+                try:
+                    failed = await _serve(cfg, port, fronts, stop, http)
+                finally:
+                    if http is not None:
+                        http.shutdown()
+                        http.server_close()
             else:
                 started.cancel()
         except FrontFailed as exc:
@@ -282,18 +329,36 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: P
     log.info("stopped")
 
 
+def _serve_metrics(
+    cfg: Config, server: StreamsServer, fronts: _Fronts, stop: asyncio.Event
+) -> WSGIServer | None:
+    """/metrics and /healthz on --metrics-listen: the writer's series and the fronts'."""
+    if not cfg.metrics_listen:
+        return None
+    registry = merged_registry(server.metrics.registry, lambda: list(fronts.metrics))
+    try:
+        http, _ = metrics_http.serve(cfg.metrics_listen, registry, lambda: not stop.is_set())
+    except OSError as exc:
+        raise OptionError(
+            "--metrics-listen", cfg.metrics_listen, exc.strerror or str(exc)
+        ) from None
+    return http
+
+
 async def _serve(
-    cfg: Config, port: int, fronts: _Fronts, stop: asyncio.Event, server: StreamsServer
+    cfg: Config, port: int, fronts: _Fronts, stop: asyncio.Event, http: WSGIServer | None
 ) -> FrontFailed | None:
     """Announces the port and serves until SIGTERM/SIGINT (None) or a front's exit."""
     host = cfg.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
+    metrics = None
+    if http is not None:
+        metrics = f"{cfg.metrics_listen.rsplit(':', 1)[0]}:{http.server_port}"
     log.info(
         "serving on %s:%d with %d front processes, metrics %s",
-        host, port, cfg.workers,
-        f"on http://{server.metrics_address}/metrics" if server.metrics_address else "off",
+        host, port, cfg.workers, f"on http://{metrics}/metrics" if metrics else "off",
         extra={"listen": f"{host}:{port}", "workers": cfg.workers, "storage": cfg.storage,
-               "data": str(cfg.data), "sync": cfg.sync, "metrics": server.metrics_address},
+               "data": str(cfg.data), "sync": cfg.sync, "metrics": metrics},
     )  # fmt: skip
     exited = asyncio.create_task(fronts.first_exit())
     stopped = asyncio.create_task(stop.wait())

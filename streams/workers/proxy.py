@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, NoReturn
 
 import grpc
@@ -46,7 +46,7 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _outgoing(metadata: Sequence[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
+def _outgoing(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
     """The client's metadata as the call to the writer can carry it."""
     return tuple(
         (key, value)
@@ -69,6 +69,7 @@ class WriterProxy(grpc.GenericRpcHandler):
     def __init__(self, channel: grpc.aio.Channel, slow: SlowConsumers) -> None:
         self._channel = channel
         self._slow = slow
+        self._closed = False
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         for name in UNARY:
             upstream = channel.unary_unary(
@@ -89,6 +90,16 @@ class WriterProxy(grpc.GenericRpcHandler):
                 self._streaming(name, stream)
             )
 
+    def close(self) -> None:
+        """The front's shutdown began: new calls are answered UNAVAILABLE (which
+        clients retry elsewhere), as the service answers its own; calls already
+        forwarded finish."""
+        self._closed = True
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+        if self._closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry")
+
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
@@ -96,6 +107,7 @@ class WriterProxy(grpc.GenericRpcHandler):
 
     def _unary(self, upstream: grpc.aio.UnaryUnaryMultiCallable) -> Any:
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await self._admit(context)
             call = upstream(
                 request,
                 metadata=_outgoing(context.invocation_metadata()),
@@ -118,6 +130,7 @@ class WriterProxy(grpc.GenericRpcHandler):
         async def forward(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> None:
+            await self._admit(context)
             call = upstream(
                 metadata=_outgoing(context.invocation_metadata()), timeout=_timeout(context)
             )
@@ -125,7 +138,7 @@ class WriterProxy(grpc.GenericRpcHandler):
             peer = context.peer()
             try:
                 await _headers(context, call)
-                while (response := await call.read()) is not grpc.aio.EOF:
+                while isinstance(response := await call.read(), bytes):  # else EOF
                     # The client must take it in time, as from the service itself.
                     timer = self._slow.watch(peer, name, len(response))
                     try:

@@ -52,6 +52,7 @@ from streams.workers.ipc import (
     CHANGES,
     FAILED,
     FOLLOW,
+    HELLO,
     PUSH,
     REMOVED,
     UNFOLLOW,
@@ -63,6 +64,11 @@ from streams.workers.ipc import (
 # The local tail's windows, per followed target (as the engines keep theirs).
 WINDOW_RECORDS = 10_000
 WINDOW_BYTES = 16 << 20
+# The latest push of each followed target is kept as it came, framed, for the
+# followers that ask for exactly it (most of them, keeping up: a read is then a
+# look-up, not a slice of the window framed anew per follower): up to this
+# many bytes for all targets together, and an eighth of the memory budget.
+RECENT_BYTES = 16 << 20
 # What this front may leave unsent to the host before its callers find the link
 # not writable (they still send: gRPC's limits bound what a front has in flight).
 BUFFER_BYTES = 4 << 20
@@ -119,6 +125,10 @@ class RemoteStore:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._known: dict[Target, int] = {}
+        # Per followed target, its latest push: (first offset, framed records, count).
+        self._recent: dict[Target, tuple[int, bytes, int]] = {}
+        self._recent_bytes = 0
+        self._recent_cap = min(RECENT_BYTES, setup.memory.capacity // 8)
         self._followed: dict[Target, _Followed] = {}
         self._follow_ids: dict[int, Target] = {}
         self._watched: dict[str, _Watched] = {}
@@ -162,6 +172,7 @@ class RemoteStore:
         if kind == PUSH:
             self._pushed(*message[2:])
         elif kind == REMOVED:
+            self._forget_recent(message[2])
             self._tail.removed(message[2], message[3])
         elif kind == CHANGES:
             space = self._watch_ids.get(message[2])
@@ -269,6 +280,12 @@ class RemoteStore:
     ) -> tuple[FramedBatch, int]:
         self._check_open()
         if not segment_prefix:
+            pushed = self._recent.get(target)
+            if pushed is not None and pushed[0] == first:
+                _, framed, count = pushed
+                fits = count <= cut.max_records and len(framed) <= cut.max_bytes
+                if fits and first + count - 1 <= last:
+                    return FramedBatch(framed, count), first + count
             batch = self._tail.read(target, first, last, cut.max_records, cut.max_bytes)
             if batch is not None:
                 return batch, first + batch.count
@@ -367,6 +384,7 @@ class RemoteStore:
                 del self._followed[target]
                 del self._follow_ids[followed.follow_id]
                 self._known.pop(target, None)
+                self._drop_recent(target)
                 if not self.link.closed:
                     self.link.send((0, UNFOLLOW, (followed.follow_id,)))
 
@@ -408,11 +426,25 @@ class RemoteStore:
             return  # a pump released meanwhile
         if self._known.get(target, 0) < last:
             self._known[target] = last
+        self._drop_recent(target)
+        if count and self._recent_bytes + len(framed) <= self._recent_cap:
+            self._recent[target] = (first, framed, count)
+            self._recent_bytes += len(framed)
         records = codec.split_framed(framed) if count else ()
         if target.is_space:
             self._tail.publish(target.space, first, records, ())
         else:
             self._tail.publish(target.space, 0, (), ((target.segment, first, records),))
+
+    def _drop_recent(self, target: Target) -> None:
+        recent = self._recent.pop(target, None)
+        if recent is not None:
+            self._recent_bytes -= len(recent[1])
+
+    def _forget_recent(self, space: str) -> None:
+        """Records of ``space`` were removed: no latest push of it is served."""
+        for target in [t for t in self._recent if t.space == space]:
+            self._drop_recent(target)
 
     def _failed(self, stream_id: int, error: BaseException) -> None:
         target = self._follow_ids.get(stream_id)
@@ -523,5 +555,10 @@ async def connect(path: Path, setup: Setup, *, limits: Limits | None = None) -> 
         await loop.create_unix_connection(lambda: store.link, str(path))
     except OSError as exc:
         raise Unavailable(f"cannot reach the writer's store host at {path}: {exc}") from exc
-    await store.barrier()  # the host serves this front once connect returns
+    try:
+        # Once answered, the host serves this front, with frames of one size.
+        await store._call(HELLO, store.max_frame)
+    except BaseException:
+        await store.close()
+        raise
     return store

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from streams import config
 from streams.limits import MIN_MEMORY_BUDGET_BYTES
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.ops.helpers import scrape
 from tests.support.process import ServerProcess
 from tests.support.waiting import wait_until
 
@@ -196,6 +198,13 @@ def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess
     stream.cancel()
 
 
+def test_the_configured_limits_reach_the_store_host(tmp_path: Path) -> None:
+    # The fronts and the host size their frames from the same limits, or a front refuses.
+    flags = ["--max-request-bytes", str(2 << 20), "--max-records-per-produce", "500"]
+    with ServerProcess(tmp_path / "data", workers=2, flags=flags).start() as server:
+        produce(server.stub, "orders", *[b"x" * 1000] * 500)
+
+
 def test_sigterm_stops_the_fronts_then_the_writer(pool: ServerProcess) -> None:
     pool.start()
     produce(pool.stub, "orders", b"a")
@@ -262,3 +271,29 @@ def private_folder(front: int) -> Path:
     folder = Path(argv[argv.index(b"--host-socket") + 1].decode()).parent
     assert folder.stat().st_mode & 0o777 == 0o700
     return folder
+
+
+def test_the_writers_metrics_count_every_fronts_calls(tmp_path: Path) -> None:
+    flags = ["--metrics-listen", "127.0.0.1:0"]
+    with ServerProcess(tmp_path / "data", workers=2, flags=flags).start() as server:
+        found = wait_until(
+            lambda: re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", server.stderr()),
+            timeout=DEADLINE,
+            what="the metrics address in the log",
+        )
+        calls = 6
+        for _ in range(calls):  # fresh connections: the kernel spreads them over the fronts
+            with grpc.insecure_channel(server.target) as channel:
+                produce(pb_grpc.StreamsServiceStub(channel), "orders", b"a")
+        samples = scrape(int(found.group(1)))
+        produced = {
+            dict(labels)["front"]: value
+            for (name, labels), value in samples.items()
+            if name == "streams_requests_total"
+            and ("method", "Produce") in labels
+            and ("code", "OK") in labels
+        }
+        assert set(produced) <= {"0", "1"} and sum(produced.values()) == calls
+        # The store's series are the writer's, once, without a front label.
+        writable = [key[1] for key in samples if key[0] == "streams_store_writable"]
+        assert writable == [frozenset()]

@@ -35,6 +35,7 @@ TOKEN = (("authorization", "Bearer s3cret"),)
 class Pair:
     writer: StreamsServer
     front: StreamsServer
+    proxy: WriterProxy
     # Clients of the front (as a user's) and of the writer directly (to check what ran there).
     stub: pb_grpc.StreamsServiceStub
     direct: pb_grpc.StreamsServiceStub
@@ -66,7 +67,11 @@ async def pair(tmp: Path, auth: bool = False) -> AsyncIterator[Pair]:
     direct = grpc.aio.insecure_channel(f"unix:{socket_path}")
     try:
         yield Pair(
-            writer, front, pb_grpc.StreamsServiceStub(client), pb_grpc.StreamsServiceStub(direct)
+            writer,
+            front,
+            proxy,
+            pb_grpc.StreamsServiceStub(client),
+            pb_grpc.StreamsServiceStub(direct),
         )
     finally:
         for channel in (client, direct):
@@ -204,6 +209,23 @@ def test_the_writers_end_of_a_stream_reaches_the_client(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_a_closed_proxy_answers_new_calls_unavailable(tmp_path: Path) -> None:
+    async def scenario(p: Pair) -> None:
+        await p.stub.CreateGroup(pb.CreateGroupRequest(group=group()))
+        p.proxy.close()  # the front's shutdown began
+        member = WireMember(p.stub, "orders", "g", name="m1")  # its stream starts here
+        for call in (
+            p.stub.CreateGroup(pb.CreateGroupRequest(group=group("h"))),
+            member.call.read(),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await p.writer.store.get_group("orders", "h") is None
+
+    run(tmp_path, scenario)
+
+
 def test_the_proxied_set_is_every_rpc_that_touches_the_group_registry() -> None:
     source = (Path(__file__).resolve().parents[2] / "streams" / "service.py").read_text()
     touching = set()
@@ -216,3 +238,21 @@ def test_the_proxied_set_is_every_rpc_that_touches_the_group_registry() -> None:
     # At least these do today (a rename of the registry would empty the set).
     assert {"Subscribe", "GetGroup", "DeleteGroup", "DeleteSpace"} <= touching
     assert touching <= PROXIED
+
+
+def test_large_deliveries_flow_through_the_front(tmp_path: Path) -> None:
+    async def scenario(p: Pair) -> None:
+        record = b"x" * (100 * 1024)
+        for _ in range(4):
+            await produce(p.direct, *[record] * 6)
+        await p.stub.CreateGroup(pb.CreateGroupRequest(group=group(ordering=pb.ORDERING_NONE)))
+        member = WireMember(p.stub, "orders", "g", name="m1", max_in_flight=24)
+        await member.join()
+        got: list[pb.Delivery] = []
+        while len(got) < 24:
+            batch = await member.read()
+            assert batch is not None
+            got.extend(batch)
+        assert sorted(d.record.position for d in got) == list(range(1, 25))
+
+    run(tmp_path, scenario)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from streams import codec
 from streams.errors import Unavailable
 from streams.model import Cut, SegmentAppend, Target, Transaction
 from streams.storage.backend import Setup
@@ -33,7 +34,9 @@ ALL = Cut(10_000, 1 << 20)
 
 
 def txn(space: str, segment: str, count: int = 1, size: int = 10) -> Transaction:
-    bodies = tuple(b"\x0a" + bytes([size]) + bytes([n % 256]) * size for n in range(count))
+    """``count`` records whose payloads are ``size`` bytes."""
+    head = b"\x0a" + codec.varint(size)
+    bodies = tuple(head + bytes([n % 256]) * size for n in range(count))
     return Transaction(space, (SegmentAppend(segment, bodies, None),), "", b"")
 
 
@@ -49,7 +52,7 @@ async def served(
     stores: list[RemoteStore] = []
     try:
         for _ in range(fronts):
-            stores.append(await connect(host.path, Setup(data=tmp)))
+            stores.append(await connect(host.path, Setup(data=tmp), limits=host_args.get("limits")))
         yield engine, host, stores
     finally:
         for store in stores:
@@ -174,3 +177,24 @@ def test_a_writer_killed_sets_lost_and_fails_everything(tmp_path: Path) -> None:
         writer.kill()
         writer.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_stores_write_error_reaches_the_front(tmp_path: Path) -> None:
+    """What the health check reads: the writer's store refusing writes shows in
+    every front, at the next call or within a second without one."""
+
+    async def main() -> None:
+        async with served(tmp_path, fronts=2) as (engine, _, (caller, idle)):
+            assert caller.write_error is None and idle.write_error is None
+            await engine.close()  # refuses every write from now on, as a full disk does
+            with pytest.raises(Unavailable, match="closed"):
+                await caller.produce(txn("s", "a"))
+            assert caller.write_error == engine.write_error is not None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while idle.write_error is None:
+                assert loop.time() < deadline, "the idle front never heard of it"
+                await asyncio.sleep(0.05)
+            assert idle.write_error == engine.write_error
+
+    asyncio.run(main())

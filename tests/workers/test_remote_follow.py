@@ -17,6 +17,7 @@ from streams.limits import Limits
 from streams.model import MAX_OFFSET, Cut, Record, Target
 from streams.storage.port import Store
 
+from .test_remote_backpressure import eventually
 from .test_remote_connection import ALL, served, txn
 
 
@@ -154,5 +155,51 @@ def test_pumps_and_watches_per_front_are_bounded(tmp_path: Path) -> None:
             async with store.follow(Target("u")):
                 (front,) = host.fronts
                 assert front.streams == 1
+
+    asyncio.run(main())
+
+
+def test_a_follower_gone_before_its_pump_began_leaves_nothing_behind(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with served(tmp_path) as (_, host, (store,)):
+            (front,) = host.fronts
+            for _ in range(3):
+                entered = asyncio.ensure_future(store.follow(Target("s")).__aenter__())
+                await asyncio.sleep(0)  # the FOLLOW is queued, not yet answered
+                entered.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await entered
+            await eventually(lambda: not store._pending, "the host to answer the FOLLOWs")
+            assert front.streams == 0 and not front._calls and not store._followed
+            async with store.follow(Target("s")) as sub:
+                await store.produce(txn("s", "a"))
+                await asyncio.wait_for(sub.wait(1), 10)
+
+    asyncio.run(main())
+
+
+def test_the_latest_push_served_whole_still_honours_the_cut_and_bounds(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            served(tmp_path, fronts=2) as (_, _, (writer, reader)),
+            reader.follow(Target("s")) as sub,
+        ):
+            await writer.produce(txn("s", "a", 2))
+            await writer.produce(txn("s", "a", 5))
+            await asyncio.wait_for(sub.wait(7), 10)
+            whole, after = await reader.read(Target("s"), 3, MAX_OFFSET, ALL)
+            assert [r.position for r in whole.records()] == [3, 4, 5, 6, 7] and after == 8
+            one = len((await reader.read(Target("s"), 3, 3, ALL))[0].to_wire())
+            for cut, last, expected in (
+                (Cut(2, 1 << 20), MAX_OFFSET, [3, 4]),
+                (Cut(100, 2 * one), MAX_OFFSET, [3, 4]),
+                (Cut(100, 1), MAX_OFFSET, [3]),
+                (ALL, 5, [3, 4, 5]),
+            ):
+                batch, after = await reader.read(Target("s"), 3, last, cut)
+                assert [r.position for r in batch.records()] == expected
+                assert after == expected[-1] + 1
+            batch, _ = await reader.read(Target("s"), 3, MAX_OFFSET, ALL)
+            assert batch.to_wire() == whole.to_wire()
 
     asyncio.run(main())
