@@ -62,9 +62,9 @@ async def reads(store: RocksStore, space: str) -> list[list[tuple]]:
     return found
 
 
-def runs(store: RocksStore, space: str) -> list[tuple[int, int]]:
-    """(first, last) position of each merged run stored for ``space``."""
-    prefix = keys.merged_prefix(space)
+def runs(store: RocksStore, space: str, segment: str = "") -> list[tuple[int, int]]:
+    """(first, last) offset of each merged run stored for a space or segment."""
+    prefix = keys.segment_merged_prefix(space, segment) if segment else keys.merged_prefix(space)
     return [
         (start := keys.read_u64(key, len(prefix)), start + Chunk(value).count - 1)
         for key, value in store._scan(prefix, "runs")
@@ -79,7 +79,7 @@ def test_a_space_read_from_merged_runs_returns_what_the_chunks_held(tmp_path: Pa
         written = await store.merge()
         assert written > 10
         stored = runs(store, "s")
-        assert len(stored) == written
+        assert len(stored) + sum(len(runs(store, "s", name)) for name in SEGMENTS) == written
         assert all(first < last for first, last in stored)  # two chunks at least
         assert all(a[1] < b[0] for a, b in itertools.pairwise(stored))  # disjoint
         chunk_reads = store.stats.chunk_reads
@@ -89,10 +89,13 @@ def test_a_space_read_from_merged_runs_returns_what_the_chunks_held(tmp_path: Pa
         store.stats.chunk_reads = 0
         await everything(store, Target("s"), Cut(1000, MIB))
         assert store.stats.chunk_reads < 200 < chunk_reads
-        # Segment reads use the chunks, unchanged.
+        # Segment reads too, from their own runs.
         for segment in SEGMENTS:
+            assert runs(store, "s", segment)
+            store.stats.chunk_reads = 0
             got = await everything(store, Target("s", segment), Cut(5, MIB))
             assert got == [r for r in before[0] if r[0] == segment]
+            assert store.stats.chunk_reads < len(got) / 2
         await store.close()
 
     asyncio.run(scenario())
@@ -202,7 +205,7 @@ def test_a_run_copies_durable_records_only(tmp_path: Path) -> None:
         held = asyncio.create_task(write_small(store, "s", 20))
         await gate.wait_reached()
         assert await store.last_offset(Target("s")) == 20
-        written, _, _ = store._merge_step("s")
+        written, _, _ = store._merge_step(Target("s"))
         assert written
         prefix = len(keys.merged_prefix("s"))
         last = max(keys.read_u64(key, prefix) + Chunk(value).count - 1 for key, value in written)
@@ -254,3 +257,41 @@ def test_a_malformed_run_is_data_loss_naming_the_offset(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_removals_delete_the_runs_of_segments_below_their_first_sequence(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        await write_small(store, "s", 400)
+        await store.merge()
+        before = {
+            name: await everything(store, Target("s", name), Cut(7, MIB)) for name in SEGMENTS
+        }
+        assert all(len(runs(store, "s", name)) > 1 for name in SEGMENTS)
+        # A segment trim: a's runs wholly below sequence 40 go.
+        await store.trim(Target("s", "a"), 40)
+        assert runs(store, "s", "a") and all(last >= 40 for _, last in runs(store, "s", "a"))
+        assert await everything(store, Target("s", "a"), Cut(7, MIB)) == before["a"][39:]
+        # A space trim moves b, c and d on too: theirs go, one by one.
+        await store.trim(Target("s"), 201)
+        for name in ("b", "c", "d"):
+            first = await store.first_offset(Target("s", name))
+            assert first == 51
+            assert all(last >= first for _, last in runs(store, "s", name))
+            got = await everything(store, Target("s", name), Cut(7, MIB))
+            assert got == before[name][first - 1 :]
+        # A segment delete: all of b's.
+        await store.delete_segment("s", "b", None)
+        assert runs(store, "s", "b") == []
+        # A space delete: every segment's.
+        await store.delete_space("s")
+        assert all(runs(store, "s", name) == [] for name in SEGMENTS)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("least", "step"), [(1, 512), (600, 512)])
+def test_a_run_must_fit_a_step(least: int, step: int) -> None:
+    with pytest.raises(ValueError, match="merge_min_chunks"):
+        StoreOptions(merge_min_chunks=least, merge_step_chunks=step)

@@ -14,6 +14,7 @@ smallest byte). Numbers are 8-byte big-endian, so byte order is numeric order.
     M space 0 position             -> a merged run: the records of consecutive small P
                                       chunks from this position on, as one chunk (a
                                       copy read by plain space reads; see :mod:`.merge`)
+    N space 0 segment 0 seq        -> a merged run of a segment's small R chunks
     S space 0 segment 0            -> segment catalog (:data:`SEGMENT_CATALOG`)
     A space 0                      -> space catalog (:data:`SPACE_CATALOG`)
     C space 0                      -> space config (:data:`SPACE_CONFIG`)
@@ -44,8 +45,8 @@ value format is a new :data:`FORMAT_VERSION`: a server refuses a data
 directory whose version it does not know (see :func:`format_version`). A new
 key range (tag) that older code never reads is not such a change: the G and K
 ranges of consumer groups came in format 2 as it was (code from before groups
-skips them, and keeps every other key as it was). So did the M range of
-merged runs: older code never reads it, and what a run holds stays true
+skips them, and keeps every other key as it was). So did the M and N
+ranges of merged runs: older code never reads it, and what a run holds stays true
 (a durable position's record never changes).
 """
 
@@ -89,6 +90,7 @@ GROUP_HEAD = struct.Struct(">QQQ")
 RECORD = b"R"
 POSITION = b"P"
 MERGED = b"M"
+SEGMENT_MERGED = b"N"
 SEGMENT = b"S"
 SPACE = b"A"
 OFFSET = b"O"
@@ -141,6 +143,12 @@ def position_key(space: str, position: int) -> bytes:
 
 def merged_prefix(space: str) -> bytes:
     return MERGED + name(space)
+
+
+def segment_merged_prefix(space: str, segment: str | None = None) -> bytes:
+    """The merged runs of a segment (of every segment of ``space``: None)."""
+    prefix = SEGMENT_MERGED + name(space)
+    return prefix if segment is None else prefix + name(segment)
 
 
 def segment_catalog_prefix(space: str) -> bytes:

@@ -98,6 +98,8 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
+# A merge step reads this many runs' worth of chunk bytes at most.
+_STEP_RUNS = 4
 # Segments whose chunks one batch of a space delete's range deletes covers,
 # when the space was written to again before them.
 _SEGMENT_PAGE = 1000
@@ -158,8 +160,9 @@ class StoreOptions:
     # Runs of small chunks of a space are copied into one chunk each (see
     # .merge) every this many seconds: chunks under merge_small_bytes, into
     # runs of about merge_run_bytes, once a run has merge_min_chunks chunks;
-    # a step looks at merge_step_chunks chunks at most (a few ms of the event
-    # loop, like a removal slice), letting calls run between steps.
+    # a step looks at merge_step_chunks chunks and 4 runs' worth of bytes at
+    # most (a few ms of the event loop, like a removal slice), letting calls
+    # run between steps.
     merge_seconds: float = 1.0
     merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
@@ -178,6 +181,12 @@ class StoreOptions:
             )
         if self.merge_seconds <= 0:
             raise ValueError(f"merge_seconds must be positive, got {self.merge_seconds}")
+        if not 2 <= self.merge_min_chunks <= self.merge_step_chunks:
+            # A step must be able to hold a whole run, or a pass never moves on.
+            raise ValueError(
+                f"merge_min_chunks ({self.merge_min_chunks}) must be 2 or more and at most "
+                f"merge_step_chunks ({self.merge_step_chunks})"
+            )
         if self.dedupe_window_ns < 1 or self.dedupe_sweep_seconds <= 0:
             raise ValueError(
                 f"dedupe_window_ns ({self.dedupe_window_ns}) and dedupe_sweep_seconds "
@@ -454,7 +463,7 @@ class RocksStore:
         entries: list[SegmentEntry] = []
         added = 0
         small = self._options.merge_small_bytes
-        merge = False
+        merge: list[Target] = []  # got a small chunk
         for append, segment in zip(txn.appends, segments, strict=True):
             prefix = keys.segment_prefix(txn.space, append.segment)
             entry = segment.last if segment else SegmentEntry()
@@ -470,7 +479,8 @@ class RocksStore:
             for index, chunk in chunks.pack(values):
                 batch.put(prefix + keys.u64(sequence + 1 + index), chunk)
                 batch.put(space_prefix + keys.u64(position + 1 + index), chunk)
-                merge = merge or len(chunk) < small
+                if len(chunk) < small:
+                    merge.append(Target(txn.space, append.segment))
             sequence += len(values)
             position += len(values)
             kept.append(values if keep else [])
@@ -519,8 +529,9 @@ class RocksStore:
             state = segment or self._catalog.new_segment(txn.space, append.segment)
             moved.append((state, entry))
         self._retention.appended(txn.space, (append.segment for append in txn.appends))
-        if merge:
-            self._merges.note(txn.space)
+        for target in merge:
+            self._merges.note(target)
+            self._merges.note(Target(txn.space))
         records = [value for values in kept for value in values]
         announce = functools.partial(
             self._tail.publish,
@@ -974,11 +985,11 @@ class RocksStore:
         since the last call into merged runs (see :mod:`.merge`), a bounded
         step at a time; returns how many runs it wrote."""
         written = 0
-        for space in self._merges.take():
+        for target in self._merges.take():
             while True:
                 await self._check_writable()
                 async with self._removals:
-                    runs, cursor, more = self._merge_step(space)
+                    runs, cursor, more = self._merge_step(target)
                     if runs:
                         batch = rocksdict.WriteBatch(raw_mode=True)
                         for key, value in runs:
@@ -986,43 +997,40 @@ class RocksStore:
                         try:
                             self._write(batch)
                         except Exception:
-                            self._merges.note(space)  # tried again by the next pass
+                            self._merges.note(target)  # tried again by the next pass
                             raise
                         written += len(runs)
                         self.stats.merged_runs += len(runs)
-                    self._merges.advance(space, cursor)
+                    self._merges.advance(target, cursor)
                     if runs:
                         await self._group.wait(self._group.ticket())
+                await asyncio.sleep(0)  # calls run between steps, and between targets
                 if not more:
                     break
-                await asyncio.sleep(0)  # calls run between steps
         return written
 
-    def _merge_step(self, space: str) -> tuple[list[tuple[bytes, bytes]], int, bool]:
+    def _merge_step(self, target: Target) -> tuple[list[tuple[bytes, bytes]], int, bool]:
         """The runs (keys, values) of the next ``merge_step_chunks`` chunks of
-        ``space`` at most, from where its runs end; where the next step starts;
-        whether chunks are left to look at. No await in here (the removal
-        lock is held)."""
-        state = self._catalog.space(space)
-        start = self._merge_cursor(space)
-        if state is None or not state.durable.found:
-            return [], start, False
-        entry = state.durable
-        start = max(start, entry.first)
-        last = entry.position  # durable: what a run copies never changes
+        ``target`` at most, from where its runs end; where the next step
+        starts; whether chunks are left to look at. No await in here (the
+        removal lock is held)."""
+        start = self._merge_cursor(target)
+        first, last, _ = self._numbers(target)  # durable: what a run copies never changes
+        start = max(start, first)
         if start > last:
             return [], start, False
         options = self._options
-        target = Target(space)
-        prefix = keys.space_prefix(space)
-        merged = keys.merged_prefix(space)
+        prefix = self._prefix(target)
+        merged = _runs_prefix(target)
         runs: list[tuple[bytes, bytes]] = []
         run: list[tuple[Chunk, int, int]] = []
         run_first = offset = start
-        size = visited = 0
+        size = visited = taken = 0
+        # Bounded in bytes too: large chunks between small ones are read to be passed.
+        most = _STEP_RUNS * options.merge_run_bytes
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(start))
-            while offset <= last and visited < options.merge_step_chunks:
+            while offset <= last and visited < options.merge_step_chunks and taken < most:
                 chunk_first, chunk = self._chunk_here(iterator, prefix, target, offset)
                 skip = offset - chunk_first
                 if not 0 <= skip < chunk.count:
@@ -1030,6 +1038,7 @@ class RocksStore:
                 if chunk_first + chunk.count - 1 > last:
                     break  # not durable as a whole: copy no part of it
                 visited += 1
+                taken += len(chunk.value)
                 small = len(chunk.value) < options.merge_small_bytes
                 if small:
                     if not run:
@@ -1046,24 +1055,24 @@ class RocksStore:
             runs.append((merged + keys.u64(run_first), chunks.join(run)))
             run = []
         # A short run at the end waits for more chunks (a later pass, once
-        # the space gets small chunks again).
-        more = offset <= last and visited == options.merge_step_chunks
+        # the target gets small chunks again).
+        more = offset <= last and (visited == options.merge_step_chunks or taken >= most)
         return runs, run_first if run else offset, more
 
-    def _merge_cursor(self, space: str) -> int:
-        """Where the merged runs of ``space`` end: the first position no run
+    def _merge_cursor(self, target: Target) -> int:
+        """Where the merged runs of ``target`` end: the first offset no run
         holds and no pass passed over yet (a guess from the last run stored,
         when not remembered)."""
-        cursor = self._merges.cursor(space)
+        cursor = self._merges.cursor(target)
         if cursor is not None:
             return cursor
-        prefix = keys.merged_prefix(space)
+        prefix = _runs_prefix(target)
         with self._chunks(prefix, keys.U64_MAX - 1) as iterator:
             iterator.seek_for_prev(prefix + keys.u64(keys.U64_MAX))
             if not _under(iterator, prefix):
                 return 1
             run_first = keys.read_u64(iterator.key(), len(prefix))
-            with self._well_formed(Target(space), run_first):
+            with self._well_formed(target, run_first):
                 return run_first + Chunk(iterator.value()).count
 
     # -- removals ----------------------------------------------------------
@@ -1203,7 +1212,10 @@ class RocksStore:
         state = self._catalog.space(space)
         if state is not None and state.last.position == through:
             # Nothing written since: every record of every segment was deleted.
-            await self._delete_ranges([*ranges, (records, keys.prefix_end(records))])
+            runs = keys.segment_merged_prefix(space)
+            await self._delete_ranges(
+                [*ranges, (records, keys.prefix_end(records)), (runs, keys.prefix_end(runs))]
+            )
             return
         # Written since: below each segment's first sequence after the delete
         # (the segments written again continued from there), a page of segments
@@ -1222,8 +1234,11 @@ class RocksStore:
                 entry = self._catalog.segment_entry(raw, f"segment {name!r} of space {space!r}")
                 first = entry.within(gone).first
                 if first > 1:  # else a segment new since the delete: nothing of it was deleted
-                    prefix = keys.segment_prefix(space, name)
-                    ranges.append((prefix, prefix + keys.u64(first)))
+                    for prefix in (
+                        keys.segment_prefix(space, name),
+                        keys.segment_merged_prefix(space, name),
+                    ):
+                        ranges.append((prefix, prefix + keys.u64(first)))
             await self._delete_ranges(ranges)
             if len(page) < _SEGMENT_PAGE:
                 return
@@ -1395,7 +1410,26 @@ class RocksStore:
             ranges.append(
                 self._range_below(keys.segment_prefix(space, name), state.durable.first, held)
             )
+            runs = keys.segment_merged_prefix(space, name)
+            ranges.append(self._range_below(runs, state.durable.first, held))
         return ranges
+
+    def _runs_below(self, target: Target, first: int) -> list[bytes]:
+        """The keys of the merged runs of ``target`` that end below ``first``
+        (a space trim deletes a segment's one by one, as it does its chunks)."""
+        prefix = _runs_prefix(target)
+        found = []
+        with self._chunks(prefix, first) as iterator:
+            iterator.seek(prefix)
+            while _under(iterator, prefix):
+                run_first = keys.read_u64(iterator.key(), len(prefix))
+                with self._well_formed(target, run_first):
+                    count = Chunk(iterator.value()).count
+                if run_first + count > first:
+                    break
+                found.append(iterator.key())
+                iterator.next()
+        return found
 
     def _range_below(self, prefix: bytes, first: int, held: bool = True) -> tuple[bytes, bytes]:
         """From the first chunk of ``prefix`` still stored to the chunk that holds
@@ -1438,8 +1472,9 @@ class RocksStore:
         for key in chunks:
             batch.delete(key)
         self._write(batch)
-        if chunks:
-            ranges.append((min(chunks), max(chunks) + b"\x00"))
+        for tag in {key[:1] for key in chunks}:  # chunks, runs: compacted apart
+            same = [key for key in chunks if key[:1] == tag]
+            ranges.append((min(same), max(same) + b"\x00"))
         self._reclaim.extend(ranges)
         await self._group.wait(self._group.ticket())
 
@@ -1593,6 +1628,8 @@ class RocksStore:
             first=offset, records=entry.records - count, size=entry.size - size
         )
         plan = self._plan(space, owner, space_entry, touched, Removed(count, size), moved=True)
+        for name, (_, moved) in touched.items():
+            whole += self._runs_below(Target(space, name), moved.first)
         plan.chunks = whole
         return plan
 
@@ -1722,8 +1759,8 @@ class RocksStore:
         count = size = skipped = removed = 0
         offset = first
         kept: dict[str, int] = {}
-        plain = target.is_space and not segment_prefix and first > holes
-        merged = keys.merged_prefix(target.space) if plain else b""
+        plain = not segment_prefix and first > holes
+        merged = _runs_prefix(target) if plain else b""
         stored_runs = self._chunks(merged, last) if plain else contextlib.nullcontext()
         with self._chunks(prefix, last) as iterator, stored_runs as run_iterator:
             runs = _Runs(run_iterator, merged, first) if run_iterator is not None else None
@@ -2169,6 +2206,13 @@ def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
     iterator.seek(key)
     if not (iterator.valid() and iterator.key() == key):
         iterator.seek_for_prev(key)
+
+
+def _runs_prefix(target: Target) -> bytes:
+    """The keys of the merged runs of ``target`` (see :mod:`.merge`)."""
+    if target.is_space:
+        return keys.merged_prefix(target.space)
+    return keys.segment_merged_prefix(target.space, target.segment)
 
 
 class _Runs:
