@@ -20,7 +20,7 @@ otherwise: ``cores`` and ``fanout`` put ``--workers 1`` beside it, and
 ``cores`` puts Redis Streams (``redis_peer.py``) beside it when
 ``redis-server`` is installed.
 
-    python bench/suite.py --quick                      # under 2 minutes
+    python bench/suite.py --quick                      # CI sizes, a few minutes
     python bench/suite.py                              # the full run, under 15
     python bench/suite.py --only produce,consume --out /tmp/results
 """
@@ -1300,7 +1300,9 @@ def targets_table(targets: Sequence[Target]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts: under 2 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts (CI sizes): a few minutes"
+    )
     parser.add_argument(
         "--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}"
     )
