@@ -53,6 +53,37 @@ def sample_process(pid: int) -> ProcessSample:
     return ProcessSample(cpu, rss, peak)
 
 
+def descendants(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, their children and so on."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as handle:
+                    children = [int(c) for c in handle.read().split()]
+                found += children
+                pending += children
+    return found
+
+
+def sample_tree(pid: int) -> ProcessSample:
+    """``sample_process`` summed over ``pid`` and its descendants (a server with
+    --workers N is a writer and N front processes): one that exits meanwhile
+    is left out."""
+    total = sample_process(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError, ValueError):
+            part = sample_process(child)
+            total = ProcessSample(
+                total.cpu_s + part.cpu_s,
+                total.rss_mb + part.rss_mb,
+                total.peak_rss_mb + part.peak_rss_mb,
+            )
+    return total
+
+
 def machine_cpu() -> tuple[float, float]:
     """Busy and total CPU seconds of the whole machine so far (all cores)."""
     with open("/proc/stat", encoding="ascii") as handle:
@@ -92,7 +123,9 @@ class Server:
     data: Path
 
     def sample(self) -> ProcessSample:
-        return sample_process(self.process.pid)
+        """CPU and memory of the server's processes together (peak: the sum of
+        each one's peak)."""
+        return sample_tree(self.process.pid)
 
     def log_problems(self) -> list[str]:
         """Lines of the server's log that look like trouble."""
@@ -122,9 +155,11 @@ def run_server(
     extra: Sequence[str] = (),
     start_timeout: float = 30.0,
     data: Path | None = None,
+    workers: int | None = None,
 ) -> Iterator[Server]:
     """Starts ``server.py`` on 127.0.0.1 with a fresh data folder (or ``data``,
-    kept as it is), stops it after.
+    kept as it is), stops it after. ``workers``: its ``--workers`` (None: the
+    server's default).
 
     Example::
 
@@ -136,6 +171,8 @@ def run_server(
         command = [sys.executable, "server.py", "--listen", "127.0.0.1:0", "--data", str(data)]
         if not sync:
             command.append("--no-sync")
+        if workers is not None:
+            command += ["--workers", str(workers)]
         command.extend(extra)
         with run_listening(command, Path(tmp) / "server.log", start_timeout) as (process, address):
             yield Server(process, address, Path(tmp) / "server.log", data)

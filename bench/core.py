@@ -41,6 +41,7 @@ from common import (
 from streams import codec
 from streams.storage.rocksdb import chunks
 from streams.storage.rocksdb import layout as keys
+from streams.storage.rocksdb.catalog import SegmentEntry, SpaceEntry
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc
 
@@ -230,6 +231,7 @@ class RawLayout:
         space_prefix = keys.space_prefix(self.space)
         items = []
         position = first_position - 1
+        size = 0  # record bytes of this call (the catalogs count retained bytes: same width)
         for segment, first_sequence, count in writes:
             header = codec.record_header(self.space, segment, ts, "")
             segment_prefix = keys.segment_prefix(self.space, segment)
@@ -241,13 +243,12 @@ class RawLayout:
                 items.append((segment_prefix + keys.u64(first_sequence + index), chunk))
                 items.append((space_prefix + keys.u64(position + 1 + index), chunk))
             position += count
-            items.append(
-                (
-                    keys.segment_catalog_key(self.space, segment),
-                    keys.SEGMENT_CATALOG.pack(first_sequence + count - 1, position, ts),
-                )
-            )
-        items.append((keys.space_catalog_key(self.space), keys.SPACE_CATALOG.pack(position, ts)))
+            written = sum(map(len, values))
+            size += written
+            entry = SegmentEntry(first_sequence + count - 1, position, size=written, ts=ts)
+            items.append((keys.segment_catalog_key(self.space, segment), entry.pack()))
+        space = SpaceEntry(position, records=position, size=size, first_ts=ts, ts=ts)
+        items.append((keys.space_catalog_key(self.space), space.pack()))
         return RawBatch(items, position - first_position + 1)
 
     def batch_items(

@@ -109,18 +109,19 @@ async def _follow(
     ready: mp.Queue,  # type: ignore[type-arg]
     stop: EventType,
     stop_after: float,
+    per_channel: int,
 ) -> FollowerReport:
     report = FollowerReport(streams)
     channels = [
         # A local subchannel pool: each channel gets its own TCP connection.
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(-(-streams // STREAMS_PER_CHANNEL))
+        for _ in range(-(-streams // per_channel))
     ]
     opened: asyncio.Queue[None] = asyncio.Queue()
     tasks = [
         asyncio.create_task(
             _follow_one(
-                streams_pb2_grpc.StreamsServiceStub(channels[i // STREAMS_PER_CHANNEL]),
+                streams_pb2_grpc.StreamsServiceStub(channels[i // per_channel]),
                 report,
                 opened,
             )
@@ -159,8 +160,9 @@ def follower_process(
     results: mp.Queue,  # type: ignore[type-arg]
     stop: EventType,
     stop_after: float,
+    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> None:
-    results.put(asyncio.run(_follow(address, streams, ready, stop, stop_after)))
+    results.put(asyncio.run(_follow(address, streams, ready, stop, stop_after, per_channel)))
 
 
 # -- Producer -------------------------------------------------------------
@@ -300,8 +302,19 @@ def _collect(
 
 
 def run_configuration(
-    followers: int, processes: int, rate: float, seconds: float, warmup: float, drain: float
+    followers: int,
+    processes: int,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    drain: float,
+    workers: int | None = None,
+    per_channel: int = STREAMS_PER_CHANNEL,
 ) -> Outcome:
+    """``followers`` streams in ``processes`` processes, ``per_channel`` streams
+    per connection, one producer at ``rate`` transactions/s, on a fresh durable
+    server (``workers``: its --workers; SO_REUSEPORT spreads connections, not
+    streams, over its front processes)."""
     ctx = mp.get_context("spawn")
     ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     results: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
@@ -309,10 +322,11 @@ def run_configuration(
     background = wait_for_quiet()
     stop = ctx.Event()
     stop_after = warmup + seconds + drain + 120
-    with run_server() as server:
-        workers = [
+    with run_server(workers=workers) as server:
+        helpers = [
             ctx.Process(
-                target=follower_process, args=(server.address, n, ready, results, stop, stop_after)
+                target=follower_process,
+                args=(server.address, n, ready, results, stop, stop_after, per_channel),
             )
             for n in _split(followers, min(processes, followers))
         ]
@@ -320,9 +334,9 @@ def run_configuration(
             target=producer_process, args=(server.address, rate, seconds, warmup, produced)
         )
         try:
-            for worker in workers:
-                worker.start()
-            states = [ready.get(timeout=SETUP_TIMEOUT_S + 30) for _ in workers]
+            for helper in helpers:
+                helper.start()
+            states = [ready.get(timeout=SETUP_TIMEOUT_S + 30) for _ in helpers]
             if any(state != "ready" for state in states):
                 raise RuntimeError(f"followers failed to open their streams: {states}")
             producer.start()
@@ -334,9 +348,9 @@ def run_configuration(
             after, machine_after = server.sample(), machine_cpu()
             share = (after.cpu_s - before.cpu_s) / (time.monotonic() - began)
             busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
-            reports = _collect(results, len(workers), drain, stop)
+            reports = _collect(results, len(helpers), drain, stop)
         finally:
-            for process in [*workers, producer]:
+            for process in [*helpers, producer]:
                 process.join(timeout=15)
                 if process.is_alive():
                     print(
@@ -408,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--processes", type=int, default=1, help="follower processes (1 leaves the server a core)"
     )
     parser.add_argument("--drain", type=float, default=60.0, help="max s to wait for followers")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="the server's --workers (default: its own)"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (2.0 if args.quick else 5.0)
     counts = [int(n) for n in args.followers.split(",")]
@@ -417,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     outcomes = []
     for followers in counts:
         outcome = run_configuration(
-            followers, args.processes, args.rate, seconds, args.warmup, args.drain
+            followers, args.processes, args.rate, seconds, args.warmup, args.drain, args.workers
         )
         outcomes.append(outcome)
         for report in outcome.reports:

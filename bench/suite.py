@@ -14,9 +14,13 @@ loopback. Beside each figure, measured in the same run and close in time:
 
 Ratios: for rates, server / limit; for latencies, limit / server. Either way
 1.00 means "at the limit" and lower means slower. The Targets section states
-each target of issue 7 in its own terms.
+each target of issues 7 and 16 in its own terms. The server runs with its
+default ``--workers`` (one process per core) except where a section says
+otherwise: ``cores`` and ``fanout`` put ``--workers 1`` beside it, and
+``cores`` puts Redis Streams (``redis_peer.py``) beside it when
+``redis-server`` is installed.
 
-    python bench/suite.py --quick                      # under 2 minutes
+    python bench/suite.py --quick                      # CI sizes, a few minutes
     python bench/suite.py                              # the full run, under 15
     python bench/suite.py --only produce,consume --out /tmp/results
 """
@@ -41,14 +45,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fanout
 import follow_latency
 import groups
 import lifecycle
+import redis_peer
 import rocksdict
 import scaleout
+import small_txns
 from bare_grpc import STREAM, UNARY, run_bare_server, stream_request
 from common import Histogram, fmt, load_note, markdown_table, ratio, run_server
 from core import Rate, RawBatch, RawLayout, open_raw, raw_scan, raw_write
+from redis_peer import XaddJob, run_redis
 from workers import (
     CONSUME,
     PEEK,
@@ -60,6 +68,7 @@ from workers import (
     merge,
 )
 
+from streams import config
 from streams.storage.rocksdb import layout as keys
 from streams.v1 import streams_pb2 as pb
 
@@ -89,6 +98,9 @@ class Plan:
     growth_reads: int  # reads per size, spread over the segment
     segment_counts: tuple[int, ...]
     starts: int  # server starts per segment count
+    fanout_seconds: float  # counted seconds of each step of the fan-out search
+    fanout_refine: int  # bisections after its ramp
+    fanout_retries: int  # runs again of a step that failed on its p99 alone
     space_segments: int = 100
     tx_segments: int = 10  # segments per multi-segment transaction
     tx_per_segment: int = 10
@@ -110,6 +122,9 @@ FULL = Plan(
     growth_reads=10,
     segment_counts=(10, 100, 1000, 10_000, 100_000),
     starts=5,
+    fanout_seconds=3.0,
+    fanout_refine=1,
+    fanout_retries=1,
 )
 QUICK = Plan(
     producers=(1, 4),
@@ -127,6 +142,9 @@ QUICK = Plan(
     growth_reads=4,
     segment_counts=(10, 1000, 10_000),
     starts=3,
+    fanout_seconds=1.0,
+    fanout_refine=0,
+    fanout_retries=0,
 )
 
 
@@ -187,6 +205,7 @@ class Context:
     bare: str  # address of the bare gRPC server
     report: Report
     tmp: Path
+    workers: int  # the server's --workers that the cores and fanout sections put 1 beside
 
 
 # -- Requests ------------------------------------------------------------
@@ -316,14 +335,9 @@ def section_produce(ctx: Context) -> None:
         "Raw rocksdict alone, the same batches (records/s, p50 ms per write or per group):\n\n"
         + markdown_table(raw_headers(plan.producers), raw_rows),
     )
+    # Its share of the bare unary limit is a target of the cores section (beside --workers 1).
     for entry in data:
         if entry["per_call"] == 100 and entry["producers"] == 4:
-            ctx.report.target(
-                "Produce 100/call, 4 producers, durable / bare unary (rate)",
-                entry["durable_vs_bare"],
-                ">=",
-                0.5,
-            )
             ctx.report.target(
                 "Produce 100/call, 4 producers, durable / raw sync off (rate)",
                 entry["durable_vs_raw_off"],
@@ -608,8 +622,7 @@ def section_latency(ctx: Context) -> None:
     )
     p50, bare = figures["Peek, a segment"]
     ctx.report.target("Peek p50 / bare unary p50", share(p50, bare), "<=", 1.25)
-    p50, bare = figures["Produce, 1 record, durable"]
-    ctx.report.target("Durable 1-record Produce p50 / bare unary p50", share(p50, bare), "<=", 1.5)
+    # The durable 1-record Produce p50 target: the cores section (beside --workers 1).
 
 
 def section_follow(ctx: Context) -> None:
@@ -665,6 +678,282 @@ def section_follow(ctx: Context) -> None:
         ),
         "Details (bench/follow_latency.py), one table per configuration:\n\n"
         + "\n\n".join(details),
+    )
+
+
+# -- Cores: the server's workers beside the limits and Redis -------------------
+
+CORES_PRODUCERS = 4  # producer processes of the cores section's Produce runs
+CORES_PER_CALL = 100  # records per Produce (and per Redis pipeline)
+FANOUT_FOLLOWERS = 100
+SMALL_TXN_RECORDS = 20_000  # issue 16's space: 20,000 records over 100 segments
+
+
+def cores() -> int:
+    """The cores the server's default --workers counts (affinity, cgroup quota)."""
+    return config.cores()
+
+
+def worker_counts(ctx: Context) -> list[int]:
+    """--workers of the server compared: the suite's --workers (default: one
+    per core, as the server's default), then 1."""
+    return [ctx.workers, 1] if ctx.workers > 1 else [1]
+
+
+def workers_label(workers: int) -> str:
+    return f"--workers {workers}" + (" (one per core)" if workers == cores() else "")
+
+
+@dataclass
+class CoresFigures:
+    produce: Rate  # 100/call, 4 producers, durable
+    bare: Rate  # the same requests to the bare unary service, right after
+    one: Rate  # 1-record durable Produce, one call at a time
+    one_bare: Rate  # bare unary calls alternating with it
+
+
+def section_cores(ctx: Context) -> None:
+    """Durable Produce (100 x 100 B, 4 producer processes) and single-record
+    Produce latency for the default --workers (one per core) and --workers 1,
+    each beside the bare unary limit measured right after it, and Redis
+    Streams' pipelined XADD from the same client processes."""
+    plan = ctx.plan
+    note = load_note()
+    began = time.monotonic()
+    p, n, seconds = CORES_PRODUCERS, CORES_PER_CALL, plan.run_seconds
+    requests = [produce_request("cores", [(f"producer-{i}", n)]) for i in range(p)]
+    single = [produce_request("cores-latency", [("s", 1)])]
+    figures: dict[int, CoresFigures] = {}
+    redis: Rate | None = None
+    with run_redis(ctx.tmp) as redis_address:
+        for workers in worker_counts(ctx):
+            with run_server(sync=True, workers=workers) as server:
+                produce = unary(ctx, server.address, PRODUCE, requests, p, 100_000, seconds, n)
+                bare = unary(ctx, ctx.bare, UNARY, requests, p, 100_000, seconds, n)
+                if redis_address is not None and redis is None:  # close in time to the first
+                    jobs = [
+                        XaddJob(redis_address, f"producer-{i}", n, 100_000, seconds)
+                        for i in range(p)
+                    ]
+                    redis = ctx.pool.unary(jobs, n)
+                one, one_bare = paired(ctx, server.address, PRODUCE, single, plan.peek_calls)
+            figures[workers] = CoresFigures(produce, bare, one, one_bare)
+    if redis is None:
+        redis_note = f"Redis not measured: {redis_peer.missing()}"
+        print(f"cores: {redis_note}", file=sys.stderr)
+    else:
+        redis_note = (
+            f"Redis {redis_peer.version()} (redis-server started by the bench on loopback, AOF "
+            "appendfsync everysec: an acknowledged entry can be lost in the second before a "
+            "power cut, where a durable Produce is fsynced before its ack), right after the "
+            f"first server's run: {n} XADDs per pipeline (redis-py, no MULTI), one pipeline "
+            "at a time per client process"
+        )
+    rows = []
+    for workers, f in figures.items():
+        failed = f" ({f.produce.errors} failed calls)" if f.produce.errors else ""
+        rows.append(
+            [
+                f"Streams durable, {workers_label(workers)}{failed}",
+                fmt(f.produce.per_second),
+                fmt(f.produce.latency_ms(0.5), 2),
+                fmt(f.produce.latency_ms(0.99), 2),
+                rate_cell(f.produce.per_second, f.bare.per_second),
+                ratio(f.produce.per_second, redis.per_second) if redis else "-",
+            ]
+        )
+    if redis is not None:
+        bare = figures[ctx.workers].bare
+        failed = f" ({redis.errors} failed pipelines)" if redis.errors else ""
+        rows.append(
+            [
+                f"Redis Streams, pipelined XADD{failed}",
+                fmt(redis.per_second),
+                fmt(redis.latency_ms(0.5), 2),
+                fmt(redis.latency_ms(0.99), 2),
+                rate_cell(redis.per_second, bare.per_second),
+                "1.00",
+            ]
+        )
+    latency_rows = [
+        [
+            f"Produce, 1 record, durable, {workers_label(workers)}",
+            fmt(f.one.latency_ms(0.5), 3),
+            fmt(f.one.latency_ms(0.99), 3),
+            fmt(f.one_bare.latency_ms(0.5), 3),
+            fmt(share(f.one.latency_ms(0.5), f.one_bare.latency_ms(0.5)), 2),
+        ]
+        for workers, f in figures.items()
+    ]
+    ctx.report.data["cores"] = {
+        "cores": cores(),
+        "redis": redis.per_second if redis else None,
+        "servers": [
+            {
+                "workers": workers,
+                "produce": f.produce.per_second,
+                "bare": f.bare.per_second,
+                "produce_p50_ms": f.produce.latency_ms(0.5),
+                "one_p50_ms": f.one.latency_ms(0.5),
+                "one_bare_p50_ms": f.one_bare.latency_ms(0.5),
+            }
+            for workers, f in figures.items()
+        ],
+    }
+    ctx.report.add(
+        f"Cores: Produce with {' and '.join(map(workers_label, figures))}, and Redis Streams",
+        f"{note}; took {time.monotonic() - began:.0f} s; {n} records x {len(PAYLOAD)} B per "
+        f"call from {p} producer processes, one call at a time each, {seconds:g} s per run; "
+        f"{redis_note}",
+        markdown_table(
+            [
+                "workload",
+                "records/s",
+                "p50 ms",
+                "p99 ms",
+                "bare unary records/s (ratio)",
+                "/ Redis",
+            ],
+            rows,
+        ),
+        f"One call at a time ({plan.peek_calls} calls, alternating with bare unary calls of "
+        "the same bytes in 5 rounds):\n\n"
+        + markdown_table(
+            ["call", "p50 ms", "p99 ms", "bare unary p50 ms", "p50 / bare p50"], latency_rows
+        ),
+    )
+    default = figures[ctx.workers]
+    single_process = figures[1]
+    ctx.report.target(
+        f"Produce {n}/call, {p} producers, durable, {workers_label(ctx.workers)} "
+        "/ bare unary (rate)",
+        share(default.produce.per_second, default.bare.per_second),
+        ">=",
+        0.5,
+        f"--workers 1: {ratio(single_process.produce.per_second, single_process.bare.per_second)}"
+        + (
+            f"; / Redis XADD: {ratio(default.produce.per_second, redis.per_second)}"
+            if redis
+            else "; Redis not measured"
+        ),
+    )
+    ctx.report.target(
+        f"Durable 1-record Produce p50, {workers_label(ctx.workers)} / bare unary p50",
+        share(default.one.latency_ms(0.5), default.one_bare.latency_ms(0.5)),
+        "<=",
+        1.5,
+        "--workers 1: "
+        f"{ratio(single_process.one.latency_ms(0.5), single_process.one_bare.latency_ms(0.5))}",
+    )
+
+
+def section_fanout(ctx: Context) -> None:
+    """Records/s delivered to 100 followers with no loss and p99 < 50 ms
+    (bench/fanout.py's search), --workers 1 and the default, same run."""
+    plan = ctx.plan
+    note = load_note()
+    began = time.monotonic()
+    processes = max(2, cores() // 2)
+    found: list[fanout.Capacity] = []
+    start = 100.0
+    for workers in sorted(worker_counts(ctx)):  # 1 first: its figure starts the next search
+        capacity = fanout.search(
+            workers,
+            FANOUT_FOLLOWERS,
+            processes,
+            start,
+            plan.fanout_seconds,
+            plan.fanout_refine,
+            retries=plan.fanout_retries,
+        )
+        found.append(capacity)
+        if capacity.best is not None:
+            start = capacity.best.rate
+    rows = [
+        [
+            workers_label(c.workers),
+            fmt(c.delivered),
+            fmt(c.best.rate) if c.best else "-",
+            fmt(c.best.p99_ms, 2) if c.best else "-",
+            ratio(c.delivered, found[0].delivered),
+        ]
+        for c in found
+    ]
+    ctx.report.data["fanout"] = [
+        {"workers": c.workers, "delivered": c.delivered, "steps": [vars(s) for s in c.steps]}
+        for c in found
+    ]
+    ctx.report.add(
+        f"Fan-out: records/s to {FANOUT_FOLLOWERS} followers, "
+        + " and ".join(workers_label(c.workers) for c in found),
+        f"{note}; took {time.monotonic() - began:.0f} s; single-record durable transactions "
+        f"from one producer process; followers in {processes} processes, "
+        f"{fanout.PER_CHANNEL} per connection; the best rate at "
+        f"which every follower got every record, no gap, p99 < {fanout.P99_LIMIT_MS:g} ms "
+        f"(rates double from {fmt(100.0)} tx/s, or from --workers 1's best for the "
+        f"default, then {plan.fanout_refine} bisection(s); a step failed on its p99 alone "
+        f"run again up to {plan.fanout_retries} time(s); "
+        f"{plan.fanout_seconds:g} s counted per step, or {fanout.MIN_TRANSACTIONS} "
+        "transactions when that is longer)",
+        markdown_table(
+            [
+                "server",
+                "records/s delivered",
+                "at tx/s",
+                "p99 ms",
+                "/ --workers 1",
+            ],
+            rows,
+        ),
+        "Every step:\n\n" + fanout.steps_table(found),
+    )
+    if len(found) > 1:
+        ctx.report.target(
+            f"Records/s to {FANOUT_FOLLOWERS} followers (no loss, p99 < 50 ms), "
+            f"{workers_label(ctx.workers)} / --workers 1",
+            share(found[-1].delivered, found[0].delivered),
+            ">=",
+            3.0,
+            f"{fmt(found[-1].delivered)} / {fmt(found[0].delivered)} records/s",
+        )
+
+
+def section_smalltxn(ctx: Context) -> None:
+    """Consume of a space written one record per Produce beside the same
+    records written 100 per Produce, same server, same run (bench/small_txns.py)."""
+    note = load_note()
+    began = time.monotonic()
+    repeats = 3 if ctx.report.mode == "quick" else 5
+    figures = small_txns.measure(records=SMALL_TXN_RECORDS, segments=100, repeats=repeats)
+    ctx.report.data["smalltxn"] = figures
+    rows = [
+        [
+            label,
+            fmt(figures[f"{kind}_small"]),
+            fmt(figures[f"{kind}_big"]),
+            f"{figures[f'{kind}_ratio']:.2f}",
+        ]
+        for label, kind in (
+            (f"a space of {figures['segments']} segments", "space"),
+            ("10 of its segments, one after the other", "segment"),
+        )
+    ]
+    ctx.report.add(
+        "Small transactions: Consume of records written 1 vs 100 per Produce",
+        f"{note}; took {time.monotonic() - began:.0f} s ({figures['load_seconds']:.0f} s "
+        f"loading); {fmt(figures['records'])} records per space, Produce i to segment i % "
+        f"{figures['segments']}; median of {figures['repeats']} reads to the end, alternating",
+        markdown_table(
+            ["read", "1 per Produce records/s", "100 per Produce records/s", "ratio"], rows
+        ),
+    )
+    ctx.report.target(
+        f"Consume of a space written 1 record per Produce / 100 per Produce "
+        f"({fmt(figures['records'])} records, rate)",
+        figures["space_ratio"],
+        ">=",
+        0.75,
+        f"10 segments read one after the other: {figures['segment_ratio']:.2f}",
     )
 
 
@@ -970,6 +1259,9 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "consume": section_consume,
     "latency": section_latency,
     "follow": section_follow,
+    "cores": section_cores,
+    "fanout": section_fanout,
+    "smalltxn": section_smalltxn,
     "growth": section_growth,
     "segments": section_segments,
     "lifecycle": section_lifecycle,
@@ -986,7 +1278,8 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} x {model}, {memory:.0f} GiB RAM, {platform.platform()}"
+    usable = "" if cores() == os.cpu_count() else f", {cores()} usable by this process"
+    return f"{os.cpu_count()} cores{usable} ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
 
 
 def commit() -> str:
@@ -1007,16 +1300,27 @@ def targets_table(targets: Sequence[Target]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts: under 2 minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts (CI sizes): a few minutes"
+    )
     parser.add_argument(
         "--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}"
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=cores(),
+        help="the server's --workers that the cores and fanout sections compare with "
+        "--workers 1 (default: the core count, %(default)s here)",
+    )
     args = parser.parse_args(argv)
     chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     plan = QUICK if args.quick else FULL
     report = Report("quick" if args.quick else "full")
     began = time.monotonic()
@@ -1027,7 +1331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ClientPool(max(*plan.producers, 2)) as pool,
         run_bare_server() as bare,
     ):
-        ctx = Context(plan, pool, bare, report, Path(tmp))
+        ctx = Context(plan, pool, bare, report, Path(tmp), args.workers)
         for name in chosen:
             print(f"-- {name}", file=sys.stderr, flush=True)
             SECTIONS[name](ctx)
@@ -1035,7 +1339,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (
         f"# Streams benchmark ({report.mode}), {stamp}\n\n"
         f"Machine: {machine()}. Commit {commit()}. Sections: {', '.join(chosen)}; "
-        f"took {took / 60:.1f} min.\n\n"
+        f"took {took / 60:.1f} min. Server: its default --workers (one process per core), "
+        f"except in cores and fanout: --workers {args.workers} beside --workers 1.\n\n"
         "Ratios in parentheses: server / limit for rates, limit / server for latencies "
         "(1.00 = at the limit, lower = slower). MB/s: payload bytes (100 B per record). "
         "Limits: *bare* = a grpc.aio service answering pre-built messages of the same "
@@ -1051,6 +1356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.out / "report.md").write_text(text, encoding="utf-8")
     results = {
         "mode": report.mode,
+        "cores": cores(),
         "date": stamp,
         "data": report.data,
         "targets": [t.__dict__ for t in report.targets],
