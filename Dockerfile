@@ -38,6 +38,8 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/app/.venv/bin/python", "-m", "streams.healthcheck"]
 # Arguments (docker run IMAGE --flag, Kubernetes `args`) go to the server. It
-# writes only under STREAMS_DATA, so the root filesystem may be read-only.
+# writes under STREAMS_DATA, and with --workers above 1 (the default on a
+# machine of several cores) its private sockets and port lock under TMPDIR
+# (/tmp): with a read-only root filesystem, mount an emptyDir there.
 ENTRYPOINT ["/app/.venv/bin/streams-server"]
 CMD []
