@@ -401,8 +401,9 @@ class _Front:
     def _may_start(self, answer_bytes: int = 0) -> bool:
         if not self.link.writable.is_set() or len(self._calls) >= self._host.max_calls:
             return False
-        held = self.reserved + answer_bytes + self.link.buffered
-        return held <= self._host.buffer_bytes or not self.reserved
+        if not self.reserved:  # one read always runs
+            return True
+        return self.reserved + answer_bytes + self.link.buffered <= self._host.buffer_bytes
 
     def _start(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         if name in (UNFOLLOW, UNWATCH):
