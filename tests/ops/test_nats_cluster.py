@@ -90,6 +90,9 @@ def test_leader_killed_then_restarted(nats_cluster: NatsCluster) -> None:
             leader = cluster.wait_leader_of(stream)
             cluster.kill(leader)
             cluster.wait_leader_of(stream, other_than=leader)
+            # Reading a message by sequence is a JetStream API call: it needs the
+            # meta leader too, which the kill may have taken (CI read 503s).
+            cluster.wait_meta_leader()
             # Writes resume on the new leader (the client may still be reconnecting).
             # Expecting the stream's last sequence: a retry cannot store it twice.
             after_first = {Header.EXPECTED_LAST_SEQUENCE.value: "100"}

@@ -10,9 +10,11 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -464,8 +466,16 @@ def dead_socket(path: Path) -> None:
 
 def test_folders_of_killed_writers_are_swept_at_start(tmp_path: Path) -> None:
     # Review F2: 60 such folders had piled up in /tmp; each held a page-token key.
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    # A short TMPDIR: a socket path has at most 107 bytes, and pytest's temporary
+    # folders under xdist are longer than that leaves room for.
+    temp = Path(tempfile.mkdtemp(prefix="sw-"))
+    try:
+        _sweep_test(tmp_path, temp)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _sweep_test(tmp_path: Path, temp: Path) -> None:
     dead, starting = temp / "streams-workers-dead", temp / "streams-workers-starting"
     dead.mkdir(mode=0o700)
     starting.mkdir(mode=0o700)

@@ -38,8 +38,8 @@ Cost: the records of small chunks are stored twice more (a space run and a
 segment run), written once more each.
 
 This module keeps the bookkeeping: which targets got small chunks since the
-last pass (as many as were written between two passes; none after a
-restart, so a target is looked at again once it gets small chunks), and
+last pass (at most :data:`DUE`; none after a restart, so a target is
+looked at again once it gets small chunks), and
 where each target's runs end (a bounded cache; a target it forgot is looked
 up from its last run).
 """
@@ -50,6 +50,10 @@ from streams.model import Target
 
 # Targets whose merge position is remembered; others are looked up on disk.
 CURSORS = 4096
+# Targets noted between two passes: past it a target is noted again at its
+# next small write (reads of it are only slower meanwhile), so that writes to
+# many segments between two passes hold no more memory than this.
+DUE = 1024
 
 
 class Merges:
@@ -62,7 +66,8 @@ class Merges:
 
     def note(self, target: Target) -> None:
         """``target`` got a small chunk."""
-        self._due.add(target)
+        if len(self._due) < DUE:
+            self._due.add(target)
 
     def take(self) -> list[Target]:
         """The targets due, then forgotten (sorted: a pass visits them in order)."""
