@@ -14,9 +14,10 @@ import pytest
 from streams import config
 from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
+from tests.support.fronts import listening_ports
 from tests.support.process import ServerProcess, free_port
 
-from .helpers import CALL_TIMEOUT, listening_ports, produce, rpc_code, run_python, sample, scrape
+from .helpers import CALL_TIMEOUT, produce, rpc_code, run_python, sample, scrape
 
 # The options the operations issue names, with the default --help must show.
 OPS_DEFAULTS = {

@@ -14,12 +14,12 @@ import grpc
 import pytest
 
 from streams.v1 import streams_pb2 as pb
+from tests.support.fronts import listening_ports
 from tests.support.inproc import InProcessServer
 from tests.support.process import ServerProcess
 
 from .helpers import (
     CALL_TIMEOUT,
-    listening_ports,
     produce,
     read_all,
     rpc_code,

@@ -154,6 +154,12 @@ def listening_inodes(port: int) -> set[int]:
     return {inode for local, _, inode in _tcp_sockets(_LISTEN) if local == port}
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on."""
+    mine = socket_inodes(pid)
+    return {local for local, _, inode in _tcp_sockets(_LISTEN) if inode in mine}
+
+
 def client_ports(server_port: int) -> set[int]:
     """The local ports of this process's connections to ``server_port``."""
     mine = socket_inodes(os.getpid())

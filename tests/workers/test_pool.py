@@ -6,7 +6,6 @@ without gap across fronts) are tests/workers/test_guarantees*.py's."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -28,6 +26,7 @@ from streams.v1 import streams_pb2 as pb
 from streams.v1 import streams_pb2_grpc as pb_grpc
 from streams.workers import pool as pool_module
 from tests.ops.helpers import scrape
+from tests.support.fronts import channels_per_front, listening_inodes, socket_inodes
 from tests.support.process import ServerProcess, free_port
 from tests.support.waiting import wait_until
 
@@ -140,32 +139,6 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def listening_inodes(port: int) -> set[str]:
-    """Inodes of the sockets listening on TCP ``port`` (gRPC listens on
-    127.0.0.1 with an IPv6 socket, as ::ffff:127.0.0.1)."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                found.add(inode)
-    assert found, f"nothing listens on {port}"
-    return found
-
-
-def sockets_of(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
 def produce(stub: pb_grpc.StreamsServiceStub, space: str, *payloads: bytes) -> None:
     records = [pb.RecordInput(payload=p) for p in payloads]
     stub.Produce(
@@ -185,10 +158,11 @@ def test_every_front_serves_the_printed_port(pool: ServerProcess) -> None:
     fronts = pool.children()
     assert len(fronts) == 2
     listening = listening_inodes(pool.port)
+    assert listening, f"nothing listens on {pool.port}"
     for front in fronts:
-        assert sockets_of(front) & listening, f"front {front} does not listen on {pool.port}"
+        assert socket_inodes(front) & listening, f"front {front} does not listen on {pool.port}"
     # The writer only holds the port (bound, not listening): every connection goes to a front.
-    assert not sockets_of(pool.pid) & listening
+    assert not socket_inodes(pool.pid) & listening
 
 
 def test_a_port_held_by_another_workers_server_is_refused(
@@ -399,39 +373,6 @@ def test_only_the_fronts_reach_the_writers_sockets(pool: ServerProcess) -> None:
     assert [g.name for g in listed.groups] == ["g"]
 
 
-_serial = itertools.count()
-
-
-def established(port: int) -> set[str]:
-    """Inodes of the server ends of the TCP connections to ``port``."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                found.add(fields[9])
-    return found
-
-
-def fresh(port: int, before: set[str]) -> set[str]:
-    return established(port) - before
-
-
-def channel_to(server: ServerProcess, front: int) -> grpc.Channel:
-    """A channel whose one connection the kernel gave to ``front`` (fresh
-    connections until one lands there; 40 misses in a row with 2 fronts: 2^-40)."""
-    for _ in range(40):
-        before = established(server.port)
-        options = [("grpc.use_local_subchannel_pool", 1), ("streams.test", next(_serial))]
-        channel = grpc.insecure_channel(server.target, options=options)
-        grpc.channel_ready_future(channel).result(timeout=DEADLINE)
-        new = wait_until(partial(fresh, server.port, before), timeout=DEADLINE)
-        if new & sockets_of(front):
-            return channel
-        channel.close()
-    raise AssertionError(f"no connection reached front {front}")
-
-
 def test_delete_space_through_one_front_empties_another_fronts_window(
     pool: ServerProcess,
 ) -> None:
@@ -440,7 +381,8 @@ def test_delete_space_through_one_front_empties_another_fronts_window(
     # reading deleted records.
     pool.start()
     a, b = pool.children()
-    with channel_to(pool, a) as on_a, channel_to(pool, b) as on_b:
+    channels = channels_per_front(pool.port, [a, b])
+    with channels[a][0] as on_a, channels[b][0] as on_b:
         stub_a, stub_b = pb_grpc.StreamsServiceStub(on_a), pb_grpc.StreamsServiceStub(on_b)
         for round_ in range(20):
             space = f"s{round_}"
