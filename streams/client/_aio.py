@@ -424,7 +424,13 @@ class AsyncProduceFuture(asyncio.Future[ProduceResult]):
     """The handle of one pipelined transaction: an :class:`asyncio.Future` of its
     :class:`ProduceResult` (``await handle``), plus the ``transaction_id`` it was
     sent under. Cancelling the handle only stops waiting on it: the transaction
-    is on its way (:meth:`AsyncPipeline.cancel` withdraws every one in flight)."""
+    is on its way (:meth:`AsyncPipeline.cancel` withdraws every one in flight).
+
+    Example::
+
+        handle = await pipeline.produce("orders", "eu", b"created")
+        result = await handle   # the ProduceResult, or the transaction's error
+    """
 
     def __init__(self, transaction_id: str) -> None:
         super().__init__()
@@ -457,6 +463,11 @@ class AsyncPipeline:
     def in_flight(self) -> int:
         """Transactions sent whose handles are not resolved yet."""
         return self._window.in_flight
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Request bytes of the transactions in flight (bounded by ``max_bytes``)."""
+        return self._window.bytes_in_flight
 
     async def produce(
         self,
@@ -568,13 +579,20 @@ class AsyncPipeline:
 
 
 class AsyncPipelinedTransaction(c.TransactionBuilder):
-    """See :class:`streams.client.PipelinedTransaction`; ``await txn.commit()``."""
+    """See :class:`streams.client.PipelinedTransaction`; ``await txn.commit()``.
+
+    Example::
+
+        txn = pipeline.transaction("orders").add("eu", b"created").add("audit", b"42")
+        handle = await txn.commit()
+    """
 
     def __init__(self, pipeline: AsyncPipeline, space: str, transaction_id: str | None) -> None:
         super().__init__(space, transaction_id)
         self._pipeline = pipeline
 
     async def commit(self) -> AsyncProduceFuture:
+        """Sends it (waiting while the window is full); its handle resolves in send order."""
         return await self._pipeline._send(self.request())
 
 

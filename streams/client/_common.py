@@ -1021,7 +1021,16 @@ DEFAULT_PIPELINE_BYTES = 4 * 2**20
 
 
 class PipelineClosed(RuntimeError):
-    """``produce`` on a pipeline that was closed (or cancelled)."""
+    """``produce`` on a pipeline that was closed (or cancelled).
+
+    Example::
+
+        pipeline.close()
+        try:
+            pipeline.produce("orders", "eu", b"late")
+        except PipelineClosed:
+            ...   # open a new pipeline (client.pipeline()) to send more
+    """
 
 
 @dataclass(slots=True, eq=False)

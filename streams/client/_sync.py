@@ -608,7 +608,14 @@ class ProduceFuture(concurrent.futures.Future[ProduceResult]):
     transaction's error), plus the ``transaction_id`` it was sent under.
 
     Cancelling the handle is refused (``cancel()`` returns False): the transaction
-    is on its way; :meth:`Pipeline.cancel` withdraws every transaction in flight."""
+    is on its way; :meth:`Pipeline.cancel` withdraws every transaction in flight.
+
+    Example::
+
+        handle = pipeline.produce("orders", "eu", b"created")
+        handle.add_done_callback(lambda h: print("acked", h.transaction_id))
+        result = handle.result(timeout=5)   # the ProduceResult, or the transaction's error
+    """
 
     def __init__(self, transaction_id: str) -> None:
         super().__init__()
@@ -666,6 +673,11 @@ class Pipeline:
     def in_flight(self) -> int:
         """Transactions sent whose handles are not resolved yet."""
         return self._window.in_flight
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Request bytes of the transactions in flight (bounded by ``max_bytes``)."""
+        return self._window.bytes_in_flight
 
     def produce(
         self,
@@ -760,7 +772,15 @@ class Pipeline:
     def flush(self, timeout: float | None = None) -> None:
         """Waits until every handle resolved; raises the first error (in send
         order) since the previous flush, or :class:`DeadlineExceeded` after ``timeout``
-        seconds (the transactions stay in flight)."""
+        seconds (the transactions stay in flight).
+
+        Example::
+
+            try:
+                pipeline.flush(timeout=10)
+            except DeadlineExceeded:
+                pipeline.cancel()   # give up on what is still in flight
+        """
         with self._room:
             if not self._room.wait_for(lambda: self._window.in_flight == 0, timeout):
                 raise DeadlineExceeded(
@@ -780,7 +800,15 @@ class Pipeline:
 
     def cancel(self) -> None:
         """Closes the pipeline and cancels every transaction in flight: their
-        handles raise :class:`Cancelled` (outcome unknown), returns once all resolved."""
+        handles raise :class:`Cancelled` (outcome unknown), returns once all resolved.
+
+        Example::
+
+            pipeline.cancel()
+            for handle in handles:
+                if isinstance(handle.exception(), Cancelled):
+                    resend.append(handle.transaction_id)   # the same id: a repeat is safe
+        """
         with self._room:
             self._closed = self._cancelled = True
             for entry in self._window.unended():
@@ -812,7 +840,12 @@ class Pipeline:
 
 class PipelinedTransaction(c.TransactionBuilder):
     """A transaction over several segments of one space, sent through a
-    :class:`Pipeline` by :meth:`commit`."""
+    :class:`Pipeline` by :meth:`commit`.
+
+    Example::
+
+        handle = pipeline.transaction("orders").add("eu", b"created").add("audit", b"42").commit()
+    """
 
     def __init__(self, pipeline: Pipeline, space: str, transaction_id: str | None) -> None:
         super().__init__(space, transaction_id)

@@ -138,7 +138,7 @@ def test_the_window_bounds_bytes_in_flight(proxy: FaultProxy) -> None:
         third = threading.Thread(target=pipeline.produce, args=("s", "a", record))
         third.start()
         wait_until(lambda: gate.arrived == 2, what="2 calls at the proxy")
-        assert pipeline.in_flight == 2 and pipeline._window.bytes_in_flight <= 2500
+        assert pipeline.in_flight == 2 and pipeline.bytes_in_flight <= 2500
         gate.open.set()
         third.join(20)
         pipeline.close()
