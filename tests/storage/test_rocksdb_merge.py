@@ -6,6 +6,7 @@ merge: over holes, trims, deletes, crashes, and records not yet durable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import shutil
 from pathlib import Path
@@ -351,5 +352,22 @@ def test_the_bookkeeping_holds_at_most_its_bounds(tmp_path: Path) -> None:
         await store.merge()
         assert len(store._merges._cursors) == 2
         await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_step_reads_at_most_merge_step_runs_runs_worth_of_chunks(tmp_path: Path) -> None:
+    options = StoreOptions(sync=False, merge_small_bytes=400, merge_run_bytes=1500)
+
+    async def scenario() -> None:
+        for runs_read, name in ((1, "one"), (4, "four")):
+            shaped = dataclasses.replace(options, merge_step_runs=runs_read)
+            store = RocksStore.open(tmp_path / name, shaped)
+            await write_small(store, "s", 40, big_every=1)  # chunks of 40 records: none small
+            size = len(next(value for _, value in store._scan(keys.space_prefix("s"), "chunks")))
+            _, cursor, more = store._merge_step(Target("s"))
+            chunks_read = (cursor - 1) // 40
+            assert more and chunks_read == -(-runs_read * 1500 // size), (runs_read, size)
+            await store.close()
 
     asyncio.run(scenario())

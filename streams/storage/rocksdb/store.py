@@ -98,8 +98,6 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
-# A merge step reads this many runs' worth of chunk bytes at most.
-_STEP_RUNS = 4
 # Segments whose chunks one batch of a space delete's range deletes covers,
 # when the space was written to again before them.
 _SEGMENT_PAGE = 1000
@@ -161,13 +159,15 @@ class StoreOptions:
     # .merge) every this many seconds: chunks under merge_small_bytes (0: no
     # chunk is small, nothing is merged), into runs of about merge_run_bytes,
     # once a run has merge_min_chunks chunks; a step looks at
-    # merge_step_chunks chunks and 4 runs' worth of bytes at most (a few ms of
-    # the event loop, like a removal slice), letting calls run between steps.
+    # merge_step_chunks chunks and merge_step_runs runs' worth of bytes at most
+    # (a few ms of the event loop, like a removal slice: large chunks between
+    # small ones are read to be passed), letting calls run between steps.
     merge_seconds: float = 1.0
     merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
     merge_min_chunks: int = 16
     merge_step_chunks: int = 512
+    merge_step_runs: int = 4
     # Targets noted for the next pass, and targets whose merge position is
     # remembered (see .merge.Merges): bounds on the bookkeeping's memory.
     merge_due_targets: int = 1024
@@ -213,6 +213,7 @@ class StoreOptions:
             "merge_run_bytes",
             "merge_min_chunks",
             "merge_step_chunks",
+            "merge_step_runs",
             "merge_due_targets",
             "merge_cursors",
         ):
@@ -1055,8 +1056,7 @@ class RocksStore:
         run: list[tuple[Chunk, int, int]] = []
         run_first = offset = start
         size = visited = taken = 0
-        # Bounded in bytes too: large chunks between small ones are read to be passed.
-        most = _STEP_RUNS * options.merge_run_bytes
+        most = options.merge_step_runs * options.merge_run_bytes
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(start))
             while offset <= last and visited < options.merge_step_chunks and taken < most:
