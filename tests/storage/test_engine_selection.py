@@ -6,6 +6,7 @@ loads rocksdict."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,11 @@ import pytest
 
 from streams import config
 from streams.storage import registry
+from streams.storage.backend import Setup
 from streams.v1 import streams_pb2 as pb
 from tests.support.process import REPO_ROOT, ServerProcess
+
+from .conftest import txn
 
 STORAGE = REPO_ROOT / "streams" / "storage"
 
@@ -75,7 +79,43 @@ def test_storage_comes_from_the_flag_or_the_variable() -> None:
         "dedupe_sweep_seconds": 60.0,
         "reclaim_seconds": 5.0,
         "merge_seconds": 1.0,
+        "merge_small_bytes": 8 << 10,
+        "merge_run_bytes": 64 << 10,
+        "merge_min_chunks": 16,
+        "merge_step_chunks": 512,
     }
+
+
+def test_the_merge_options_reach_the_store_and_0_small_bytes_turns_merging_off(
+    tmp_path: Path,
+) -> None:
+    argv = ["--merge-small-bytes", "0", "--merge-run-bytes", "1500", "--merge-min-chunks", "3"]
+    cfg = config.parse(argv, environ={"STREAMS_MERGE_STEP_CHUNKS": "64"})
+    rocksdb = registry.get("rocksdb")
+
+    async def scenario() -> None:
+        store = await rocksdb.open(Setup(tmp_path / "db", options=cfg.storage_options))
+        shape = store._options
+        assert (shape.merge_run_bytes, shape.merge_min_chunks, shape.merge_step_chunks) == (
+            1500,
+            3,
+            64,
+        )
+        assert "merge" not in [task.name for task in store.background()]
+        for _ in range(50):
+            await store.produce(txn("s", ("a", 1)))
+        assert await store.merge() == 0 and store.stats.merged_runs == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_merged_run_longer_than_a_step_is_refused_naming_the_option(tmp_path: Path) -> None:
+    cfg = config.parse(["--merge-min-chunks", "600"], environ={})
+    setup = Setup(tmp_path / "db", options=cfg.storage_options)
+    with pytest.raises(config.OptionError, match="merge_step_chunks") as refused:
+        asyncio.run(registry.get("rocksdb").open(setup))
+    assert "--merge-min-chunks" in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +124,8 @@ def test_storage_comes_from_the_flag_or_the_variable() -> None:
         (["--storage", "nosuch"], {}, "--storage"),
         ([], {"STREAMS_STORAGE": "nosuch"}, "STREAMS_STORAGE"),
         (["--memtable-bytes", "0"], {}, "--memtable-bytes"),
+        (["--merge-small-bytes", "-1"], {}, "--merge-small-bytes"),
+        ([], {"STREAMS_MERGE_MIN_CHUNKS": "1"}, "STREAMS_MERGE_MIN_CHUNKS"),
         ([], {"STREAMS_DEDUPE_SWEEP_SECONDS": "-1"}, "STREAMS_DEDUPE_SWEEP_SECONDS"),
     ],
 )

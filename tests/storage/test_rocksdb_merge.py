@@ -6,6 +6,7 @@ merge: over holes, trims, deletes, crashes, and records not yet durable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import shutil
 from pathlib import Path
@@ -295,3 +296,78 @@ def test_removals_delete_the_runs_of_segments_below_their_first_sequence(tmp_pat
 def test_a_run_must_fit_a_step(least: int, step: int) -> None:
     with pytest.raises(ValueError, match="merge_min_chunks"):
         StoreOptions(merge_min_chunks=least, merge_step_chunks=step)
+
+
+def test_a_damaged_target_does_not_stop_the_others_of_a_pass(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        await write_small(store, "s", 100)
+        await store.merge()
+        await store.close()
+        # Reopened, the store looks up where runs end on disk: a's last one is damaged.
+        store = RocksStore.open(tmp_path / "db", OPTIONS)
+        first, _ = runs(store, "s", "a")[-1]
+        store._db.put(keys.segment_merged_prefix("s", "a") + keys.u64(first), b"\x05\0\0\0")
+        before = {name: len(runs(store, "s", name)) for name in ("b", "c", "d")}
+        await write_small(store, "s", 100)
+        with pytest.raises(DataLoss, match="offset"):  # reported once the pass is over
+            await store.merge()
+        for name in ("b", "c", "d"):  # sorted after a
+            assert len(runs(store, "s", name)) > before[name], name
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_targets_a_pass_did_not_finish_are_tried_by_the_next(tmp_path: Path) -> None:
+    # Sync on: the pass can be held waiting for its first runs to be durable.
+    options = StoreOptions(merge_small_bytes=400, merge_run_bytes=1500, merge_min_chunks=3)
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", options)
+        await write_small(store, "s", 100)
+        gate = _hold_rocksdb(store)
+        passing = asyncio.create_task(store.merge())
+        await gate.wait_reached()  # the space's runs (first in order) are written
+        passing.cancel()
+        gate.open()
+        with pytest.raises(asyncio.CancelledError):
+            await passing
+        assert runs(store, "s") and not any(runs(store, "s", name) for name in SEGMENTS)
+        assert await store.merge() > 0
+        assert all(runs(store, "s", name) for name in SEGMENTS)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_bookkeeping_holds_at_most_its_bounds(tmp_path: Path) -> None:
+    options = StoreOptions(sync=False, merge_due_targets=3, merge_cursors=2, merge_min_chunks=2)
+
+    async def scenario() -> None:
+        store = RocksStore.open(tmp_path / "db", options)
+        await write_small(store, "s", 40)  # the space and its 4 segments: 3 noted
+        assert len(store._merges.take()) == 3
+        await write_small(store, "s", 40)
+        await store.merge()
+        assert len(store._merges._cursors) == 2
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_step_reads_at_most_merge_step_runs_runs_worth_of_chunks(tmp_path: Path) -> None:
+    options = StoreOptions(sync=False, merge_small_bytes=400, merge_run_bytes=1500)
+
+    async def scenario() -> None:
+        for runs_read, name in ((1, "one"), (4, "four")):
+            shaped = dataclasses.replace(options, merge_step_runs=runs_read)
+            store = RocksStore.open(tmp_path / name, shaped)
+            await write_small(store, "s", 40, big_every=1)  # chunks of 40 records: none small
+            size = len(next(value for _, value in store._scan(keys.space_prefix("s"), "chunks")))
+            _, cursor, more = store._merge_step(Target("s"))
+            chunks_read = (cursor - 1) // 40
+            assert more and chunks_read == -(-runs_read * 1500 // size), (runs_read, size)
+            await store.close()
+
+    asyncio.run(scenario())

@@ -12,8 +12,19 @@ name this engine without loading rocksdict.
 """
 
 import argparse
+from collections.abc import Callable
 
 from streams.storage.backend import Backend, Option, positive_float, positive_int
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: must be {least} or more")
+        return value
+
+    return parse
 
 
 def _tail_damage(text: str) -> str:
@@ -69,6 +80,33 @@ BACKEND = Backend(
             1.0,
             "How often the small chunks of spaces written in small transactions are copied "
             "into merged runs, which a read of the space takes as one.",
+        ),
+        Option(
+            "merge-small-bytes",
+            _at_least(0),
+            8 * 1024,
+            "A chunk (one segment write of a transaction) under this size is small: runs "
+            "of small chunks are merged. 0: none is, merging is off.",
+        ),
+        Option(
+            "merge-run-bytes",
+            positive_int,
+            64 * 1024,
+            "A merged run closes once it holds this many bytes of records; a merge step "
+            "reads 4 runs' worth of chunks at most.",
+        ),
+        Option(
+            "merge-min-chunks",
+            _at_least(2),
+            16,
+            "The fewest small chunks a merged run copies: a shorter run at the end waits "
+            "for more. At most --merge-step-chunks.",
+        ),
+        Option(
+            "merge-step-chunks",
+            positive_int,
+            512,
+            "The most chunks one merge step looks at (the event loop's time per step).",
         ),
     ),
 )

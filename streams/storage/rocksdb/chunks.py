@@ -58,8 +58,7 @@ def join(parts: Sequence[tuple[Chunk, int, int]]) -> bytes:
     bodies: list[bytes] = []
     size = 0
     for chunk, start, stop in parts:
-        base = size - chunk._end(start - 1)
-        ends += [base + chunk._end(index) for index in range(start, stop)]
+        ends += [size + end for end in chunk.ends(start, stop)]
         bodies.append(chunk.framed(start, stop))
         size = ends[-1] if ends else size
     if not ends:
@@ -89,6 +88,12 @@ class Chunk:
     def _end(self, index: int) -> int:
         """Body offset after record ``index`` (0-based); 0 before the first."""
         return 0 if index < 0 else _U32.unpack_from(self.value, 4 + 4 * index)[0]
+
+    def ends(self, start: int, stop: int) -> list[int]:
+        """The end of each of records ``start`` to ``stop - 1`` in the framed
+        bytes of those records (:meth:`framed`)."""
+        base = self._end(start - 1)
+        return [self._end(index) - base for index in range(start, stop)]
 
     def size(self, start: int, stop: int) -> int:
         """Framed bytes of records ``start`` to ``stop - 1``."""

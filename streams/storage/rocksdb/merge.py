@@ -38,35 +38,35 @@ Cost: the records of small chunks are stored twice more (a space run and a
 segment run), written once more each.
 
 This module keeps the bookkeeping: which targets got small chunks since the
-last pass (at most :data:`DUE`; none after a restart, so a target is
-looked at again once it gets small chunks), and
-where each target's runs end (a bounded cache; a target it forgot is looked
-up from its last run).
+last pass (at most ``due`` of them, ``StoreOptions.merge_due_targets``: past
+it a target is noted again at its next small write, reads of it are only
+slower meanwhile, so that writes to many segments between two passes hold no
+more memory than this; none after a restart, so a target is looked at again
+once it gets small chunks), and where each target's runs end (at most
+``cursors`` of them, ``StoreOptions.merge_cursors``; a target it forgot is
+looked up from its last run).
 """
 
 from __future__ import annotations
 
 from streams.model import Target
 
-# Targets whose merge position is remembered; others are looked up on disk.
-CURSORS = 4096
-# Targets noted between two passes: past it a target is noted again at its
-# next small write (reads of it are only slower meanwhile), so that writes to
-# many segments between two passes hold no more memory than this.
-DUE = 1024
-
 
 class Merges:
     """The targets (spaces and segments) due a merge pass, and where their
     merged runs end."""
 
-    def __init__(self) -> None:
+    def __init__(self, due: int, cursors: int) -> None:
+        if due < 1 or cursors < 1:
+            raise ValueError(f"due ({due}) and cursors ({cursors}) must be positive")
+        self._most_due = due
+        self._most_cursors = cursors
         self._due: set[Target] = set()
         self._cursors: dict[Target, int] = {}
 
     def note(self, target: Target) -> None:
-        """``target`` got a small chunk."""
-        if len(self._due) < DUE:
+        """``target`` got a small chunk, or a pass did not finish it."""
+        if len(self._due) < self._most_due:
             self._due.add(target)
 
     def take(self) -> list[Target]:
@@ -82,7 +82,7 @@ class Merges:
     def advance(self, target: Target, offset: int) -> None:
         self._cursors.pop(target, None)  # re-inserted last: the oldest goes first
         self._cursors[target] = offset
-        if len(self._cursors) > CURSORS:
+        if len(self._cursors) > self._most_cursors:
             del self._cursors[next(iter(self._cursors))]
 
     def clear(self) -> None:

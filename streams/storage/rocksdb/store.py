@@ -98,8 +98,6 @@ _REOPEN_MAX_WAIT = 5.0
 _HOLE_SKIP = 4 * 1024 * 1024
 # Spaces looked at per scan of the catalog during a retention pass.
 _RETENTION_PAGE = 1000
-# A merge step reads this many runs' worth of chunk bytes at most.
-_STEP_RUNS = 4
 # Segments whose chunks one batch of a space delete's range deletes covers,
 # when the space was written to again before them.
 _SEGMENT_PAGE = 1000
@@ -158,16 +156,22 @@ class StoreOptions:
     group_collect_seconds: float = 5.0
     group_collect_keys: int = 10_000
     # Runs of small chunks of a space are copied into one chunk each (see
-    # .merge) every this many seconds: chunks under merge_small_bytes, into
-    # runs of about merge_run_bytes, once a run has merge_min_chunks chunks;
-    # a step looks at merge_step_chunks chunks and 4 runs' worth of bytes at
-    # most (a few ms of the event loop, like a removal slice), letting calls
-    # run between steps.
+    # .merge) every this many seconds: chunks under merge_small_bytes (0: no
+    # chunk is small, nothing is merged), into runs of about merge_run_bytes,
+    # once a run has merge_min_chunks chunks; a step looks at
+    # merge_step_chunks chunks and merge_step_runs runs' worth of bytes at most
+    # (a few ms of the event loop, like a removal slice: large chunks between
+    # small ones are read to be passed), letting calls run between steps.
     merge_seconds: float = 1.0
     merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
     merge_min_chunks: int = 16
     merge_step_chunks: int = 512
+    merge_step_runs: int = 4
+    # Targets noted for the next pass, and targets whose merge position is
+    # remembered (see .merge.Merges): bounds on the bookkeeping's memory.
+    merge_due_targets: int = 1024
+    merge_cursors: int = 4096
 
     def __post_init__(self) -> None:
         if self.wal_tail_damage not in recovery.TAIL_DAMAGE:
@@ -178,6 +182,10 @@ class StoreOptions:
         if self.group_collect_seconds < 0:
             raise ValueError(
                 f"group_collect_seconds must not be negative, got {self.group_collect_seconds}"
+            )
+        if self.merge_small_bytes < 0:
+            raise ValueError(
+                f"merge_small_bytes must not be negative, got {self.merge_small_bytes}"
             )
         if self.merge_seconds <= 0:
             raise ValueError(f"merge_seconds must be positive, got {self.merge_seconds}")
@@ -202,10 +210,12 @@ class StoreOptions:
             "removal_slice_bytes",
             "removal_slice_chunks",
             "group_collect_keys",
-            "merge_small_bytes",
             "merge_run_bytes",
             "merge_min_chunks",
             "merge_step_chunks",
+            "merge_step_runs",
+            "merge_due_targets",
+            "merge_cursors",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -310,7 +320,7 @@ class RocksStore:
         self._retention = Appended()
         self._reclaim = Reclaim(lambda: self._db, path)
         self._collector = Collector(options.group_collect_seconds, options.group_collect_keys)
-        self._merges = Merges()
+        self._merges = Merges(options.merge_due_targets, options.merge_cursors)
         self.stats = EngineStats()
         self._closed = False
 
@@ -961,13 +971,15 @@ class RocksStore:
             await asyncio.sleep(0)
 
     def background(self) -> Sequence[BackgroundTask]:
-        return (
+        tasks = [
             BackgroundTask(
                 "dedupe-sweep", self._options.dedupe_sweep_seconds, self._sweep_all_expired
             ),
             BackgroundTask("reclaim", self._options.reclaim_seconds, self.reclaim),
-            BackgroundTask("merge", self._options.merge_seconds, self.merge),
-        )
+        ]
+        if self._options.merge_small_bytes:  # 0: merging is off
+            tasks.append(BackgroundTask("merge", self._options.merge_seconds, self.merge))
+        return tasks
 
     async def reclaim(self) -> int:
         """Compacts away the chunks of records removed since the last call (see
@@ -983,31 +995,49 @@ class RocksStore:
     async def merge(self) -> int:
         """Copies the runs of small chunks of each space that got small chunks
         since the last call into merged runs (see :mod:`.merge`), a bounded
-        step at a time; returns how many runs it wrote."""
+        step at a time; returns how many runs it wrote.
+
+        A damaged target (DataLoss) is logged and skipped, the others are
+        merged, and the first DataLoss is raised once the pass is over (the
+        supervisor reports it). Any other failure ends the pass, and the
+        targets it did not finish are tried again by the next pass."""
         written = 0
-        for target in self._merges.take():
-            while True:
-                await self._check_writable()
-                async with self._removals:
-                    runs, cursor, more = self._merge_step(target)
-                    if runs:
-                        batch = rocksdict.WriteBatch(raw_mode=True)
-                        for key, value in runs:
-                            batch.put(key, value)
-                        try:
-                            self._write(batch)
-                        except Exception:
-                            self._merges.note(target)  # tried again by the next pass
-                            raise
-                        written += len(runs)
-                        self.stats.merged_runs += len(runs)
-                    self._merges.advance(target, cursor)
-                    if runs:
-                        await self._group.wait(self._group.ticket())
-                await asyncio.sleep(0)  # calls run between steps, and between targets
-                if not more:
-                    break
+        damage: DataLoss | None = None
+        due = self._merges.take()
+        for at, target in enumerate(due):
+            try:
+                written += await self._merge_target(target)
+            except DataLoss as exc:
+                log.error("merge of %s skipped: %s", target.describe(), exc)
+                damage = damage or exc
+            except BaseException:
+                for rest in due[at:]:
+                    self._merges.note(rest)
+                raise
+        if damage is not None:
+            raise damage
         return written
+
+    async def _merge_target(self, target: Target) -> int:
+        """One target's part of a merge pass; returns how many runs it wrote."""
+        written = 0
+        while True:
+            await self._check_writable()
+            async with self._removals:
+                runs, cursor, more = self._merge_step(target)
+                if runs:
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    for key, value in runs:
+                        batch.put(key, value)
+                    self._write(batch)
+                    written += len(runs)
+                    self.stats.merged_runs += len(runs)
+                self._merges.advance(target, cursor)
+                if runs:
+                    await self._group.wait(self._group.ticket())
+            await asyncio.sleep(0)  # calls run between steps, and between targets
+            if not more:
+                return written
 
     def _merge_step(self, target: Target) -> tuple[list[tuple[bytes, bytes]], int, bool]:
         """The runs (keys, values) of the next ``merge_step_chunks`` chunks of
@@ -1026,8 +1056,7 @@ class RocksStore:
         run: list[tuple[Chunk, int, int]] = []
         run_first = offset = start
         size = visited = taken = 0
-        # Bounded in bytes too: large chunks between small ones are read to be passed.
-        most = _STEP_RUNS * options.merge_run_bytes
+        most = options.merge_step_runs * options.merge_run_bytes
         with self._chunks(prefix, last) as iterator:
             _seek_chunk(iterator, prefix + keys.u64(start))
             while offset <= last and visited < options.merge_step_chunks and taken < most:
@@ -2172,7 +2201,25 @@ async def open_store(setup: Setup) -> RocksStore:
     one in an on-disk format this code does not read; DataLoss, for a damaged
     store, goes through."""
     startup.check_data_folder(setup.data)
-    options = StoreOptions(
+    try:
+        options = _options(setup)
+    except ValueError as exc:  # options valid alone, not together
+        value = setup.options["merge_min_chunks"]
+        raise OptionError("--merge-min-chunks", value, str(exc)) from None
+    try:
+        return RocksStore.open(setup.data, options)
+    except DataLoss:
+        raise
+    except keys.UnknownFormat as exc:
+        raise OptionError("--data", setup.data, str(exc)) from None
+    except Exception as exc:  # OSError making the folder, RocksDB's own errors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OptionError("--data", setup.data, f"cannot hold the store: {reason}") from None
+
+
+def _options(setup: Setup) -> StoreOptions:
+    """The store's options: the server-wide settings and the backend's own."""
+    return StoreOptions(
         sync=setup.sync,
         dedupe_window_ns=setup.dedupe_window_ns,
         dedupe_sweep_seconds=setup.options["dedupe_sweep_seconds"],
@@ -2186,16 +2233,11 @@ async def open_store(setup: Setup) -> RocksStore:
         catalog_cache_bytes=setup.options["catalog_cache_bytes"],
         reclaim_seconds=setup.options["reclaim_seconds"],
         merge_seconds=setup.options["merge_seconds"],
+        merge_small_bytes=setup.options["merge_small_bytes"],
+        merge_run_bytes=setup.options["merge_run_bytes"],
+        merge_min_chunks=setup.options["merge_min_chunks"],
+        merge_step_chunks=setup.options["merge_step_chunks"],
     )
-    try:
-        return RocksStore.open(setup.data, options)
-    except DataLoss:
-        raise
-    except keys.UnknownFormat as exc:
-        raise OptionError("--data", setup.data, str(exc)) from None
-    except Exception as exc:  # OSError making the folder, RocksDB's own errors
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise OptionError("--data", setup.data, f"cannot hold the store: {reason}") from None
 
 
 def _seek_chunk(iterator: rocksdict.RdictIter, key: bytes) -> None:
