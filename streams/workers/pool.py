@@ -353,9 +353,7 @@ class FrontFailed(Exception):
         self.code = code
 
 
-async def run(
-    cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens
-) -> None:
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
     """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
     front's failure (exits 1). ``argv`` are the server's arguments, which the
     fronts parse again (with the same environment and folder). ``pages`` is the
