@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -72,7 +72,7 @@ class _Page(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def pages() -> Iterator[list]:
+def pages() -> Iterator[Callable[..., int]]:
     servers: list[http.server.ThreadingHTTPServer] = []
     released = threading.Event()
 
@@ -84,7 +84,7 @@ def pages() -> Iterator[list]:
         servers.append(server)
         return int(server.server_address[1])
 
-    yield serve  # type: ignore[misc]
+    yield serve
     released.set()
     for server in servers:
         server.shutdown()
@@ -109,13 +109,13 @@ def _fronts_in(registry: prom.CollectorRegistry) -> set[str]:
     }
 
 
-def test_a_malformed_front_page_leaves_out_that_front_only(pages) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_front_page_leaves_out_that_front_only(pages: Callable[..., int]) -> None:
     # Final read 1: the parser's ValueError failed the whole /metrics request.
     fronts = [(0, pages(b"streams_memory_budget_bytes{ not a page\n")), (1, pages(GOOD))]
     assert _fronts_in(merged_registry(_writer(), lambda: fronts, 5.0)) == {"1"}
 
 
-def test_one_budget_bounds_the_whole_front_scrape(pages) -> None:  # type: ignore[no-untyped-def]
+def test_one_budget_bounds_the_whole_front_scrape(pages: Callable[..., int]) -> None:
     # Final read 1: each front had its own --front-scrape-seconds, one after another.
     wait, stalled = 1.0, 4
     fronts = [(i, pages(GOOD, stall=True)) for i in range(stalled)] + [(stalled, pages(GOOD))]
