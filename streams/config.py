@@ -100,8 +100,7 @@ def default_workers(memory_budget_bytes: int) -> int:
     """--workers 0 (the default): one front process per core (:func:`cores`),
     as many as the memory budget can give a share to (see :func:`parse`), at
     least 1."""
-    most = memory_budget_bytes // limits.MIN_MEMORY_BUDGET_BYTES - 1
-    return max(1, min(cores(), most, MAX_WORKERS))
+    return max(1, min(cores(), limits.most_workers(memory_budget_bytes), MAX_WORKERS))
 
 
 def _env(name: str) -> str:
@@ -318,15 +317,16 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         "front-exit-seconds",
         seconds,
         d.front_exit_seconds,
-        "--workers N >= 2: how long a front may take to exit after --shutdown-grace before "
-        "it is killed.",
+        "--workers N >= 2: how long the fronts may take to exit after --shutdown-grace before "
+        "those still there are killed (one budget for all fronts, counted from the SIGTERM "
+        "they all get at once; must be positive).",
     )
     p.add(
         "front-scrape-seconds",
         seconds,
         d.front_scrape_seconds,
-        "--workers N >= 2: how long a /metrics scrape waits for one front's series (one that "
-        "does not answer is left out of that scrape).",
+        "--workers N >= 2: how long a /metrics scrape waits for the fronts' series, all "
+        "fronts together (one that has not answered by then is left out of that scrape).",
     )
     p.add(
         "shutdown-grace",
@@ -495,14 +495,14 @@ def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = No
         )
     if args.shutdown_grace < 0:
         p.parser.error("--shutdown-grace must not be negative")
-    for flag in ("front-start-seconds", "front-scrape-seconds"):
+    for flag in ("front-start-seconds", "front-exit-seconds", "front-scrape-seconds"):
         if not getattr(args, flag.replace("-", "_")) > 0:
             p.parser.error(f"--{flag} {getattr(args, flag.replace('-', '_'))}: must be positive")
     if args.workers == 0:
         args.workers = default_workers(lim.memory_budget_bytes)
     if args.workers > 1:
         # Each process must hold the largest response twice over, as the whole budget must.
-        share = lim.memory_budget_bytes // (args.workers + 1)
+        share = limits.process_share(lim.memory_budget_bytes, args.workers)
         if share < limits.MIN_MEMORY_BUDGET_BYTES:
             p.parser.error(
                 f"--workers {args.workers}: --memory-budget-bytes {lim.memory_budget_bytes} "

@@ -29,6 +29,18 @@ RESPONSE_BYTES_CAP = 4 * MIB - 16 * KIB
 MIN_MEMORY_BUDGET_BYTES = 2 * RESPONSE_BYTES_CAP
 
 
+def process_share(budget: int, workers: int) -> int:
+    """Each process's part of a memory budget split among the writer and
+    ``workers`` fronts (``--workers N``)."""
+    return budget // (workers + 1)
+
+
+def most_workers(budget: int) -> int:
+    """The most fronts whose :func:`process_share` of ``budget`` still holds
+    :data:`MIN_MEMORY_BUDGET_BYTES` (0 when even one front's would not)."""
+    return max(0, budget // MIN_MEMORY_BUDGET_BYTES - 1)
+
+
 def _limit(default: int, text: str) -> Any:
     return field(default=default, metadata={"help": text})
 

@@ -45,6 +45,11 @@ class PageTokens:
             raise PageKeyError(f"a page-token key needs at least {MIN_KEY_BYTES} bytes")
         self._key = key
 
+    @property
+    def key(self) -> bytes:
+        """The signing key (a ``--workers N`` writer hands it to its fronts)."""
+        return self._key
+
     @classmethod
     def load(cls, path: Path | None) -> PageTokens:
         """The key in ``path`` (surrounding whitespace ignored), or a random one."""

@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from streams.workers import pool  # loads the store host only where it runs
 
         given = list(sys.argv[1:] if argv is None else argv)
-        runner = pool.run(cfg, given, auth)  # its page-token key is shared by every process
+        runner = pool.run(cfg, given, auth, pages)  # every process signs with this key
     else:
         runner = _run(cfg, auth, pages)
     try:

@@ -208,8 +208,13 @@ async def serve(
     try:
         given = await pipe.secrets
         pages = PageTokens(bytes.fromhex(given["page_token_key"]))
+        secret = given["front_secret"]
     except EOFError:
         _writer_is_gone(folder)
+    except (ValueError, KeyError, TypeError) as exc:  # PageKeyError is a ValueError
+        # The writer is trusted: a bad line is its bug, told plainly rather than as a traceback.
+        log.error("front %d: the writer's secrets line is malformed: %r", front.index, exc)
+        return 2
     channel = grpc.aio.insecure_channel(f"unix:{front.writer_socket}", options=CHANNEL_OPTIONS)
     server: StreamsServer | None = None
 
@@ -229,7 +234,7 @@ async def serve(
     proxy = WriterProxy(
         channel,
         SlowConsumers(cfg.slow_consumer_seconds, cut),
-        secret=given["front_secret"],
+        secret=secret,
         barrier=barrier,
     )
     server = StreamsServer(

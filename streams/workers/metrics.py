@@ -8,8 +8,9 @@ writer reads every front's series of :data:`FRONT_SERIES` and adds them to
 its families of the same name with a ``front`` label (the front's index):
 ``sum(rate(streams_requests_total[5m]))`` counts every process. The fronts'
 other series (their remote store's view) are left out: the writer's are the
-real ones. A front that does not answer within ``--front-scrape-seconds`` is left
-out of that scrape (logged).
+real ones. ``--front-scrape-seconds`` bounds the whole scrape: a front that has not
+answered by then, or whose page does not parse, is left out of that scrape
+(logged). The fronts are read over loopback, never through ``http_proxy``.
 
 Example::
 
@@ -20,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -43,6 +45,8 @@ FRONT_SERIES = frozenset(
 )  # fmt: skip
 # (front index, loopback port of its metrics) for every front serving now.
 FrontPorts = Callable[[], list[tuple[int, int]]]
+# The fronts listen on loopback: a proxy from the environment must not see (or fail) them.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class _AllProcesses(Collector):
@@ -53,16 +57,22 @@ class _AllProcesses(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = {family.name: family for family in self._writer.collect()}
+        deadline = time.monotonic() + self._wait  # one budget for the whole scrape
         for index, port in self._fronts():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("metrics: no time left for front %d; left out of this scrape", index)
+                continue
             try:
                 url = f"http://127.0.0.1:{port}/metrics"
-                with urllib.request.urlopen(url, timeout=self._wait) as response:
+                with _OPENER.open(url, timeout=left) as response:
                     text = response.read().decode()
-            except OSError as exc:
+                read = list(text_string_to_metric_families(text))
+            except (OSError, ValueError) as exc:  # ValueError: a page that does not parse
                 log.warning("metrics: front %d did not answer (%s); left out of this scrape",
                             index, exc)  # fmt: skip
                 continue
-            for family in text_string_to_metric_families(text):
+            for family in read:
                 mine = families.get(family.name)
                 if family.name not in FRONT_SERIES or mine is None:
                     continue
@@ -77,7 +87,7 @@ def merged_registry(
     writer: prom.CollectorRegistry, fronts: FrontPorts, wait: float
 ) -> prom.CollectorRegistry:
     """A registry whose every scrape is the writer's series plus the fronts'
-    (each waited for at most ``wait`` seconds)."""
+    (all of them waited for at most ``wait`` seconds together)."""
     registry = prom.CollectorRegistry(auto_describe=False)
     registry.register(_AllProcesses(writer, fronts, wait))
     return registry

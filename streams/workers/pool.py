@@ -46,7 +46,7 @@ from wsgiref.simple_server import WSGIServer
 from streams import metrics_http, startup
 from streams.auth import TokenAuth
 from streams.config import Config, OptionError
-from streams.limits import Limits
+from streams.limits import Limits, process_share
 from streams.page_tokens import PageTokens
 from streams.server import ShutdownError, StreamsServer, fair_share
 from streams.storage import registry
@@ -69,11 +69,19 @@ _PREFIX = "streams-workers-"
 
 
 def sweep(parent: Path) -> list[Path]:
-    """Removes the private folders in ``parent`` that writers of this uid left
-    (killed before any front could remove it): both sockets refuse
+    """Removes the port lock files nobody holds, and the private folders in
+    ``parent`` that writers of this uid left (killed before any front could
+    remove it): both sockets refuse
     connections. A writer still starting has its writer socket listening
     before it makes its host socket, so it is never taken for dead."""
     swept = []
+    for path in parent.glob("streams-port-*.lock"):
+        # Only a killed writer's is left (release removes it): a lock nobody holds.
+        with contextlib.suppress(OSError), open(path, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: in use, kept
+            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                path.unlink()
+                swept.append(path)
     for folder in parent.glob(f"{_PREFIX}*"):
         with contextlib.suppress(OSError):
             if folder.is_symlink() or folder.lstat().st_uid != os.getuid():
@@ -125,7 +133,7 @@ def private_folder(workers: int) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def reserve(listen: str) -> tuple[int, list[socket.socket], IO[bytes]]:
+def reserve(listen: str) -> tuple[int, list[socket.socket], PortLock]:
     """Binds ``listen`` (HOST:PORT, port 0: any free one) without listening, on
     every address its host resolves to, and locks the port against other
     workers servers; returns the port, the sockets and the lock, to keep while
@@ -142,7 +150,23 @@ def reserve(listen: str) -> tuple[int, list[socket.socket], IO[bytes]]:
     raise OptionError("--listen", listen, "cannot listen there: another Streams server holds it")
 
 
-def _lock_port(host: str, port: int) -> IO[bytes] | None:
+class PortLock:
+    """A held lock on a port's lock file (:func:`_lock_port`)."""
+
+    def __init__(self, path: Path, file: IO[bytes]) -> None:
+        self._path = path
+        self._file = file
+
+    def release(self) -> None:
+        """Removes the file while still holding it (so files of finished runs do
+        not pile up in TMPDIR), then unlocks: a writer that opened the file
+        before sees it gone once it locks, and tries again (:func:`_lock_port`)."""
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+        self._file.close()
+
+
+def _lock_port(host: str, port: int) -> PortLock | None:
     """An exclusive lock on HOST:PORT among workers servers, or None when one
     holds it. Two reservations do not refuse each other: neither listens, and
     both allow address reuse (a restart binds over TIME_WAIT), so until the
@@ -150,14 +174,20 @@ def _lock_port(host: str, port: int) -> IO[bytes] | None:
     kernel would share connections between two stores."""
     name = "".join(c if c.isalnum() or c in ".-" else "_" for c in host) or "any"
     path = Path(tempfile.gettempdir()) / f"streams-port-{name}-{port}.lock"
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    lock = os.fdopen(fd, "rb")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for _ in range(_RESERVE_TRIES):
+        lock = os.fdopen(os.open(path, os.O_RDONLY | os.O_CREAT, 0o644), "rb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Its holder may have removed it (release, sweep) between our open and lock.
+            if os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino:
+                return PortLock(path, lock)
+        except BlockingIOError:
+            lock.close()
+            return None
+        except FileNotFoundError:
+            pass
         lock.close()
-        return None
-    return lock
+    return None
 
 
 def _bind(listen: str) -> tuple[int, list[socket.socket]]:
@@ -197,27 +227,13 @@ def writer_limits(lim: Limits, workers: int) -> Limits:
     one --max-concurrent-streams, as in one process: there is one registry."""
     return dataclasses.replace(
         lim,
-        memory_budget_bytes=share(lim, workers),
+        memory_budget_bytes=process_share(lim.memory_budget_bytes, workers),
         max_connections=max(lim.max_connections, workers),
         max_streams_per_connection=min(
             _MAX_STREAMS, lim.max_connections * lim.max_streams_per_connection
         ),
         max_inflight_request_bytes=lim.max_inflight_request_bytes * workers,
     )
-
-
-def share(lim: Limits, workers: int) -> int:
-    """Each process's part of --memory-budget-bytes: the writer's and each front's."""
-    return lim.memory_budget_bytes // (workers + 1)
-
-
-def _page_key(cfg: Config) -> bytes:
-    """The page-token key every process signs with (a listing may go on through
-    another front): the configured one (main checked it), or a random one for
-    this run, which never touches the disk: the fronts get it on their pipe."""
-    if cfg.page_token_key is not None:
-        return cfg.page_token_key.read_bytes().strip()
-    return secrets.token_bytes(32)
 
 
 class _Fronts:
@@ -310,13 +326,14 @@ class _Fronts:
 
     async def stop(self, grace: float) -> bool:
         """SIGTERM to every front, then waits for them all; one still there
-        after ``grace`` is killed. False if one had
+        ``grace`` seconds after the SIGTERM is killed. False if one had
         to be killed or exited with a failure."""
         self.signal(signal.SIGTERM)
         clean = True
+        deadline = asyncio.get_running_loop().time() + grace  # one budget for all fronts
         for index, proc in enumerate(self.procs):
             try:
-                async with asyncio.timeout(grace):
+                async with asyncio.timeout_at(deadline):
                     code = await proc.wait()
             except TimeoutError:
                 log.error("front %d (pid %d) did not stop in time; killing it", index, proc.pid)
@@ -336,10 +353,12 @@ class FrontFailed(Exception):
         self.code = code
 
 
-async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
+async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None, pages: PageTokens) -> None:
     """Runs the writer and its fronts until SIGTERM/SIGINT (then returns) or a
     front's failure (exits 1). ``argv`` are the server's arguments, which the
-    fronts parse again (with the same environment and folder)."""
+    fronts parse again (with the same environment and folder). ``pages`` is the
+    page-token key every process signs with (a listing may go on through another
+    front); a random one never touches the disk: the fronts get it on their pipe."""
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         # The fronts read them; a bad file is named before any process starts.
         startup.read_tls_pair(cfg.tls_cert, cfg.tls_key)
@@ -354,7 +373,6 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
     port, reserved, port_lock = reserve(cfg.listen)
     fronts = _Fronts()
     with private_folder(cfg.workers) as folder:
-        key = _page_key(cfg)
         front_secret = secrets.token_hex(32)
         writer_cfg = dataclasses.replace(
             cfg,
@@ -370,7 +388,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
         server = StreamsServer(
             writer_cfg,
             auth,
-            PageTokens(key),
+            pages,
             fair_share_bytes=fair_share(limits),
             handlers=(FrontsOnly(front_secret),),
         )
@@ -387,7 +405,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
         except BaseException:
             for sock in reserved:
                 sock.close()
-            port_lock.close()
+            port_lock.release()
             raise
         try:
             host = StoreHost(
@@ -397,9 +415,10 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             for index in range(cfg.workers):
                 front = FrontArgs(
                     index, folder / "host.sock", folder / "writer.sock", port,
-                    share(cfg.limits, cfg.workers), fair_share(limits),
+                    process_share(cfg.limits.memory_budget_bytes, cfg.workers),
+                    fair_share(limits),
                 )  # fmt: skip
-                await fronts.spawn(front, argv, secrets_line(key, front_secret))
+                await fronts.spawn(front, argv, secrets_line(pages.key, front_secret))
             started = asyncio.create_task(fronts.ready(cfg.front_start_seconds))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait((started, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -428,7 +447,7 @@ async def run(cfg: Config, argv: Sequence[str], auth: TokenAuth | None) -> None:
             clean = await _stop(cfg, server, host, fronts)
             for sock in reserved:
                 sock.close()
-            port_lock.close()
+            port_lock.release()
     if failed is not None:
         # A front killed by a signal has a negative code: the server's status is 1.
         sys.exit(failed.code if failed.code > 0 else 1)

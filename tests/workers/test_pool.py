@@ -190,7 +190,7 @@ def test_a_port_reserved_by_another_writer_is_refused(tmp_path: Path) -> None:
     finally:
         for sock in held:
             sock.close()
-        lock.close()
+        lock.release()
 
 
 def test_two_workers_serve_produce_consume_follow_and_groups(pool: ServerProcess) -> None:
