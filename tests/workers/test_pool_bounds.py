@@ -117,12 +117,13 @@ def test_a_malformed_front_page_leaves_out_that_front_only(pages: Callable[..., 
 
 def test_one_budget_bounds_the_whole_front_scrape(pages: Callable[..., int]) -> None:
     # Final read 1: each front had its own --front-scrape-seconds, one after another.
-    wait, stalled = 1.0, 4
+    wait, stalled = 1.0, 8
     fronts = [(i, pages(GOOD, stall=True)) for i in range(stalled)] + [(stalled, pages(GOOD))]
     began = time.monotonic()
     assert _fronts_in(merged_registry(_writer(), lambda: fronts, wait)) == set()
-    # One after another, the stalled fronts took stalled * wait (4 s).
-    assert time.monotonic() - began < wait * 2.5
+    # One after another, the stalled fronts took stalled * wait (8 s); the margin
+    # is for a loaded machine.
+    assert time.monotonic() - began < wait * 4
 
 
 # -- stop ----------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_hung_fronts_are_killed_within_one_grace_budget() -> None:
 
     clean, took = asyncio.run(main())
     assert not clean
-    assert took < 2.5  # one budget (1 s) for all four, not 4 s
+    assert took < 3.0  # one budget (1 s) for all four, not 4 s; the rest is margin
 
 
 def test_front_exit_seconds_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
