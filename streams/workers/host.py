@@ -464,7 +464,10 @@ class _Front:
             error = ResourceExhausted(f"the store's answer cannot reach the front: {exc}")
             self.link.send((call_id, False, error))
         except Exception as exc:  # it does not pickle: the front hears what it was
-            self.link.send((call_id, False, InvariantViolation(f"{value!r} cannot travel: {exc}")))
+            # Its type, not its repr: a big value's repr is bigger still, and an
+            # answer too large for a frame would leave the call waiting for ever.
+            error = InvariantViolation(f"a {type(value).__name__} cannot travel: {exc!r:.200}")
+            self.link.send((call_id, False, error))
 
     def tell_write_error(self) -> None:
         error = self._store.write_error

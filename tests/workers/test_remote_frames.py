@@ -11,6 +11,7 @@ import pickle
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,47 @@ def test_an_error_that_cannot_travel_arrives_as_an_invariant_violation(tmp_path:
         try:
             with pytest.raises(InvariantViolation, match=r"_Unpicklable.*held a lock"):
                 await store.get_space("s")
+            assert await store.last_offset(Target("s")) == 0
+        finally:
+            await store.close()
+            await host.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    asyncio.run(main())
+
+
+class _BigUnpicklable:
+    """An answer that does not pickle, with a repr larger than any frame."""
+
+    def __init__(self, size: int) -> None:
+        self.lock = threading.Lock()  # cannot be pickled
+        self.size = size
+
+    def __repr__(self) -> str:
+        return "x" * self.size
+
+
+class _BigAnswerStore(MemoryStore):
+    size = 0
+
+    async def get_space(self, space: str) -> SpaceInfo | None:
+        return _BigUnpicklable(self.size)  # type: ignore[return-value]
+
+
+def test_an_answer_that_cannot_travel_is_answered_even_when_its_repr_is_over_a_frame(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp(prefix="remote-"))
+        engine = _BigAnswerStore()
+        host = StoreHost(engine, folder / "s")
+        engine.size = 2 * host.max_frame
+        await host.start()
+        store = await connect(host.path, Setup(data=tmp_path))
+        try:
+            with pytest.raises(InvariantViolation, match="_BigUnpicklable cannot travel"):
+                # A bound only so that the old failure (no answer) ends the test.
+                await asyncio.wait_for(store.get_space("s"), 60)
             assert await store.last_offset(Target("s")) == 0
         finally:
             await store.close()
