@@ -11,8 +11,8 @@ awaits is answered within the same turn of the event loop; store methods may
 use ``asyncio.timeout``, as ``wait_for`` does there); on 3.11, with no eager
 tasks, the coroutine is driven by the callbacks of what it awaits, with no
 current Task (``asyncio.wait_for`` works there, ``asyncio.timeout`` does not),
-because a Task per call cost about 10 % of a Produce round trip
-(``bench/ipc.py``). The answers of one turn leave in one write
+because a Task per call costs too much of a Produce round trip there (see
+``EAGER_TASKS``). The answers of one turn leave in one write
 (:class:`~streams.workers.ipc.Link`).
 
 Followers: per (front, followed target) one pump follows the target through
@@ -281,8 +281,9 @@ def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
 # On 3.12+ each call is an eager Task: it runs at once, to its end when it
 # never awaits (no loop turn), and store methods may use asyncio.timeout (as
 # wait_for does since 3.12). 3.11 has no eager tasks, and a Task per call cost
-# 15 % of a Produce round trip (bench/ipc.py): there a call is driven by
-# _Call, with no current Task (asyncio.wait_for works, asyncio.timeout not).
+# about 6 us of a 55 us Produce round trip (bench/ipc.py): there a call is
+# driven by _Call, with no current Task (asyncio.wait_for works,
+# asyncio.timeout not).
 EAGER_TASKS = sys.version_info >= (3, 12)
 
 
