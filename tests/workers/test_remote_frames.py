@@ -44,7 +44,7 @@ from streams.workers import ipc
 from streams.workers.host import StoreHost
 from streams.workers.remote import connect
 
-from .test_remote_backpressure import eventually
+from .test_remote_backpressure import eventually, feed
 from .test_remote_connection import served, txn
 
 MIB = 1 << 20
@@ -86,10 +86,10 @@ VALUES = [
 @pytest.mark.parametrize("value", VALUES + _errors(), ids=repr)
 def test_every_value_and_error_of_the_port_travels_unchanged(value: object) -> None:
     frame = ipc.encode((5, True, value), 1 << 20)
-    whole = ipc.FrameReader(1 << 20).feed(frame + frame)
+    whole = feed(ipc.FrameReader(1 << 20), frame + frame)
     reader = ipc.FrameReader(1 << 20)
     # Cut anywhere: a frame is put together again from its pieces.
-    pieces = [message for at in range(len(frame)) for message in reader.feed(frame[at : at + 1])]
+    pieces = [message for at in range(len(frame)) for message in feed(reader, frame[at : at + 1])]
     for _, _, got in [*whole, *pieces]:
         assert type(got) is type(value)
         if isinstance(value, BaseException):
@@ -112,9 +112,9 @@ def test_a_produce_travels_as_plain_tuples() -> None:
 
 def test_the_frame_reader_refuses_oversized_and_broken_frames() -> None:
     with pytest.raises(ipc.FrameError, match="over the limit"):
-        ipc.FrameReader(100).feed(ipc.HEADER.pack(101))
+        feed(ipc.FrameReader(100), ipc.HEADER.pack(101))
     with pytest.raises(ipc.FrameError, match="does not decode"):
-        ipc.FrameReader(100).feed(ipc.HEADER.pack(3) + b"\xff\xfe\xfd")
+        feed(ipc.FrameReader(100), ipc.HEADER.pack(3) + b"\xff\xfe\xfd")
     with pytest.raises(ipc.FrameError, match="over the limit"):
         ipc.encode(bytes(200), 100)
     assert ipc.max_frame_bytes(SMALL) < ipc.max_frame_bytes(Limits())
