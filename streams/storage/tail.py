@@ -32,6 +32,11 @@ from streams.model import Cut, Target
 from streams.storage.batches import FramedBatch
 from streams.storage.watches import MAX_CHANGE_BYTES, Watch, Watches
 
+# The default shape of each followed target's window (records, bytes): the
+# RocksDB engine's tail_window_* options and a front's local tails (remote.py).
+WINDOW_RECORDS = 10_000
+WINDOW_BYTES = 16 << 20
+
 # What a held record costs beyond its bytes: the bytes object's header (33) and
 # its slot in the window's list (8). It dominates for small records.
 RECORD_OVERHEAD = 41

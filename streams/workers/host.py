@@ -11,8 +11,8 @@ awaits is answered within the same turn of the event loop; store methods may
 use ``asyncio.timeout``, as ``wait_for`` does there); on 3.11, with no eager
 tasks, the coroutine is driven by the callbacks of what it awaits, with no
 current Task (``asyncio.wait_for`` works there, ``asyncio.timeout`` does not),
-because a Task per call cost about 10 % of a Produce round trip
-(``bench/ipc.py``). The answers of one turn leave in one write
+because a Task per call costs too much of a Produce round trip there (see
+``EAGER_TASKS``). The answers of one turn leave in one write
 (:class:`~streams.workers.ipc.Link`).
 
 Followers: per (front, followed target) one pump follows the target through
@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -281,8 +282,9 @@ def _removed_between(before: SpaceInfo | None, after: SpaceInfo | None) -> bool:
 # On 3.12+ each call is an eager Task: it runs at once, to its end when it
 # never awaits (no loop turn), and store methods may use asyncio.timeout (as
 # wait_for does since 3.12). 3.11 has no eager tasks, and a Task per call cost
-# 15 % of a Produce round trip (bench/ipc.py): there a call is driven by
-# _Call, with no current Task (asyncio.wait_for works, asyncio.timeout not).
+# about 6 us of a 55 us Produce round trip (bench/ipc.py): there a call is
+# driven by _Call, with no current Task (asyncio.wait_for works,
+# asyncio.timeout not).
 EAGER_TASKS = sys.version_info >= (3, 12)
 
 
@@ -464,7 +466,10 @@ class _Front:
             error = ResourceExhausted(f"the store's answer cannot reach the front: {exc}")
             self.link.send((call_id, False, error))
         except Exception as exc:  # it does not pickle: the front hears what it was
-            self.link.send((call_id, False, InvariantViolation(f"{value!r} cannot travel: {exc}")))
+            # Its type, not its repr: a big value's repr is bigger still, and an
+            # answer too large for a frame would leave the call waiting for ever.
+            error = InvariantViolation(f"a {type(value).__name__} cannot travel: {exc!r:.200}")
+            self.link.send((call_id, False, error))
 
     def tell_write_error(self) -> None:
         error = self._store.write_error
@@ -525,93 +530,113 @@ class _Front:
                 f"max_concurrent_streams ({self._host.max_streams}) allows"
             )
 
+    def _start_stream(
+        self,
+        stream_id: int,
+        body: Callable[[asyncio.Future[T]], Coroutine[Any, Any, None]],
+        released: str,
+        cleanup: Callable[[], None] | None = None,
+    ) -> Coroutine[Any, Any, T]:
+        """Starts the pump or watch ``body(started)`` as ``stream_id``; answers
+        what it sets ``started`` to. A failure before that is the call's error,
+        after it a FAILED message; ``released``: the call's error when it ends
+        first. ``cleanup`` runs last, once the task ran at all."""
+        self._check_streams()
+        started: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(
+            self._run_stream(stream_id, body, started, released, cleanup)
+        )
+        self._streams[stream_id] = task
+        return _started(started, task)
+
+    async def _run_stream(
+        self,
+        stream_id: int,
+        body: Callable[[asyncio.Future[T]], Coroutine[Any, Any, None]],
+        started: asyncio.Future[T],
+        released: str,
+        cleanup: Callable[[], None] | None,
+    ) -> None:
+        try:
+            await body(started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not started.done():
+                started.set_exception(exc)
+            else:
+                self.link.send((0, FAILED, stream_id, sendable_error(exc)))
+        finally:
+            if not started.done():  # released (or the front gone) before it began
+                started.set_exception(Unavailable(released))
+            self._streams.pop(stream_id, None)
+            if cleanup is not None:
+                cleanup()
+
     def _follow(self, follow_id: int, target: Target) -> Coroutine[Any, Any, int]:
         """Starts the pump of ``target``; answers the last offset it starts after."""
-        self._check_streams()
-        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.get_running_loop().create_task(self._pump(follow_id, target, started))
-        self._streams[follow_id] = task
-        return _started(started, task)
+
+        def release() -> None:  # undoes the pump's first step
+            self.spaces[target.space] -= 1
+            if self.spaces[target.space] < 1:
+                del self.spaces[target.space]
+            self._host.release_space(target.space)
+
+        return self._start_stream(
+            follow_id,
+            functools.partial(self._pump, follow_id, target),
+            f"{target.describe()}: no longer followed",
+            release,
+        )
 
     async def _pump(self, follow_id: int, target: Target, started: asyncio.Future[int]) -> None:
         host, store, link = self._host, self._store, self.link
         self.spaces[target.space] += 1
-        held = host.hold_space(target.space)
-        try:
-            await held
-            async with store.follow(target) as sub:
-                following = await store.last_offset(target)
-                started.set_result(following)
-                cut = host.push_cut
-                while True:
-                    await sub.wait(following + 1)
-                    while not link.writable.is_set():
-                        await link.writable.wait()
-                    if link.closed:
-                        return
-                    first = following + 1
-                    batch, after = await store.read(target, first, MAX_OFFSET, cut)
-                    if after <= first:
-                        raise InvariantViolation(
-                            f"{target.describe()}: a read from durable offset {first} "
-                            f"did not move on ({after})"
-                        )
-                    # Only a dense run goes into the front's window; past removed
-                    # records the front learns of the offsets alone.
-                    if batch.count == after - first:
-                        link.send(
-                            (0, PUSH, follow_id, first, batch.to_wire(), batch.count, after - 1)
-                        )
-                    else:
-                        link.send((0, PUSH, follow_id, first, b"", 0, after - 1))
-                    following = after - 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not started.done():
-                started.set_exception(exc)
-            else:
-                link.send((0, FAILED, follow_id, sendable_error(exc)))
-        finally:
-            if not started.done():  # released (or the front gone) before it began
-                started.set_exception(Unavailable(f"{target.describe()}: no longer followed"))
-            self._streams.pop(follow_id, None)
-            self.spaces[target.space] -= 1
-            if self.spaces[target.space] < 1:
-                del self.spaces[target.space]
-            host.release_space(target.space)
+        await host.hold_space(target.space)
+        async with store.follow(target) as sub:
+            following = await store.last_offset(target)
+            started.set_result(following)
+            cut = host.push_cut
+            while True:
+                await sub.wait(following + 1)
+                while not link.writable.is_set():
+                    await link.writable.wait()
+                if link.closed:
+                    return
+                first = following + 1
+                batch, after = await store.read(target, first, MAX_OFFSET, cut)
+                if after <= first:
+                    raise InvariantViolation(
+                        f"{target.describe()}: a read from durable offset {first} "
+                        f"did not move on ({after})"
+                    )
+                # Only a dense run goes into the front's window; past removed
+                # records the front learns of the offsets alone.
+                if batch.count == after - first:
+                    link.send((0, PUSH, follow_id, first, batch.to_wire(), batch.count, after - 1))
+                else:
+                    link.send((0, PUSH, follow_id, first, b"", 0, after - 1))
+                following = after - 1
 
     def _watch(self, watch_id: int, space: str) -> Coroutine[Any, Any, None]:
-        self._check_streams()
-        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.get_running_loop().create_task(self._forward(watch_id, space, started))
-        self._streams[watch_id] = task
-        return _started(started, task)
+        return self._start_stream(
+            watch_id,
+            functools.partial(self._forward, watch_id, space),
+            f"space {space!r}: no longer watched",
+        )
 
     async def _forward(self, watch_id: int, space: str, started: asyncio.Future[None]) -> None:
         link = self.link
-        try:
-            async with self._store.watch(space) as watch:
-                started.set_result(None)
-                while True:
-                    # Not asked for while the front lags: the watch coalesces meanwhile.
-                    while not link.writable.is_set():
-                        await link.writable.wait()
-                    if link.closed:
-                        return
-                    names = await watch.changes()
-                    link.send((0, CHANGES, watch_id, None if names is None else tuple(names)))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not started.done():
-                started.set_exception(exc)
-            else:
-                link.send((0, FAILED, watch_id, sendable_error(exc)))
-        finally:
-            if not started.done():  # released (or the front gone) before it began
-                started.set_exception(Unavailable(f"space {space!r}: no longer watched"))
-            self._streams.pop(watch_id, None)
+        async with self._store.watch(space) as watch:
+            started.set_result(None)
+            while True:
+                # Not asked for while the front lags: the watch coalesces meanwhile.
+                while not link.writable.is_set():
+                    await link.writable.wait()
+                if link.closed:
+                    return
+                names = await watch.changes()
+                link.send((0, CHANGES, watch_id, None if names is None else tuple(names)))
 
     def _end_stream(self, stream_id: int) -> None:
         task = self._streams.pop(stream_id, None)

@@ -145,11 +145,6 @@ class FrameReader:
             self._at = 0
         return None
 
-    def feed(self, data: bytes) -> list[object]:
-        """``add``, then every message completed."""
-        self.add(data)
-        return list(iter(self.take, None))
-
 
 class Link(asyncio.Protocol):
     """One end of a connection: sends and receives messages as frames.

@@ -44,7 +44,7 @@ from streams.model import (
 from streams.storage.backend import Setup
 from streams.storage.batches import FramedBatch
 from streams.storage.port import BackgroundTask, DiskUsage
-from streams.storage.tail import Subscription, Tail
+from streams.storage.tail import WINDOW_BYTES, WINDOW_RECORDS, Subscription, Tail
 from streams.storage.watches import Watch, Watches
 from streams.workers import ipc
 from streams.workers.ipc import (
@@ -61,12 +61,10 @@ from streams.workers.ipc import (
     WRITE_ERROR,
 )
 
-# The shape of the local tail's window of each followed target: the RocksDB
-# engine's defaults (its tail_window_records / tail_window_bytes). Not a memory
-# bound: all windows together are charged to the front's share of the memory
-# budget (--memory-budget-bytes), and the least read are dropped first.
-WINDOW_RECORDS = 10_000
-WINDOW_BYTES = 16 << 20
+# The local tail's windows have the engine's default shape (WINDOW_RECORDS,
+# WINDOW_BYTES). Not a memory bound: all windows together are charged to
+# the front's share of the memory budget (--memory-budget-bytes), and the least
+# read are dropped first.
 # The latest push of each followed target is kept as it came, framed, for the
 # followers that ask for exactly it (most of them, keeping up: a read is then a
 # look-up, not a slice of the window framed anew per follower). It is a window:

@@ -37,6 +37,12 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.01)
 
 
+def feed(reader: ipc.FrameReader, data: bytes) -> list[Any]:
+    """``data`` added to ``reader``, then every message it completed."""
+    reader.add(data)
+    return list(iter(reader.take, None))
+
+
 class BareFront:
     """A front that reads only when the test says so."""
 
@@ -58,7 +64,7 @@ class BareFront:
         while True:
             data = await asyncio.wait_for(self._loop.sock_recv(self.sock, 1 << 20), 10)
             assert data, "the host closed the connection"
-            found = self._reader.feed(data)
+            found = feed(self._reader, data)
             if found:
                 return found
 

@@ -11,6 +11,7 @@ import pickle
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ from streams.workers import ipc
 from streams.workers.host import StoreHost
 from streams.workers.remote import connect
 
-from .test_remote_backpressure import eventually
+from .test_remote_backpressure import eventually, feed
 from .test_remote_connection import served, txn
 
 MIB = 1 << 20
@@ -85,10 +86,10 @@ VALUES = [
 @pytest.mark.parametrize("value", VALUES + _errors(), ids=repr)
 def test_every_value_and_error_of_the_port_travels_unchanged(value: object) -> None:
     frame = ipc.encode((5, True, value), 1 << 20)
-    whole = ipc.FrameReader(1 << 20).feed(frame + frame)
+    whole = feed(ipc.FrameReader(1 << 20), frame + frame)
     reader = ipc.FrameReader(1 << 20)
     # Cut anywhere: a frame is put together again from its pieces.
-    pieces = [message for at in range(len(frame)) for message in reader.feed(frame[at : at + 1])]
+    pieces = [message for at in range(len(frame)) for message in feed(reader, frame[at : at + 1])]
     for _, _, got in [*whole, *pieces]:
         assert type(got) is type(value)
         if isinstance(value, BaseException):
@@ -111,9 +112,9 @@ def test_a_produce_travels_as_plain_tuples() -> None:
 
 def test_the_frame_reader_refuses_oversized_and_broken_frames() -> None:
     with pytest.raises(ipc.FrameError, match="over the limit"):
-        ipc.FrameReader(100).feed(ipc.HEADER.pack(101))
+        feed(ipc.FrameReader(100), ipc.HEADER.pack(101))
     with pytest.raises(ipc.FrameError, match="does not decode"):
-        ipc.FrameReader(100).feed(ipc.HEADER.pack(3) + b"\xff\xfe\xfd")
+        feed(ipc.FrameReader(100), ipc.HEADER.pack(3) + b"\xff\xfe\xfd")
     with pytest.raises(ipc.FrameError, match="over the limit"):
         ipc.encode(bytes(200), 100)
     assert ipc.max_frame_bytes(SMALL) < ipc.max_frame_bytes(Limits())
@@ -192,6 +193,47 @@ def test_an_error_that_cannot_travel_arrives_as_an_invariant_violation(tmp_path:
         try:
             with pytest.raises(InvariantViolation, match=r"_Unpicklable.*held a lock"):
                 await store.get_space("s")
+            assert await store.last_offset(Target("s")) == 0
+        finally:
+            await store.close()
+            await host.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    asyncio.run(main())
+
+
+class _BigUnpicklable:
+    """An answer that does not pickle, with a repr larger than any frame."""
+
+    def __init__(self, size: int) -> None:
+        self.lock = threading.Lock()  # cannot be pickled
+        self.size = size
+
+    def __repr__(self) -> str:
+        return "x" * self.size
+
+
+class _BigAnswerStore(MemoryStore):
+    size = 0
+
+    async def get_space(self, space: str) -> SpaceInfo | None:
+        return _BigUnpicklable(self.size)  # type: ignore[return-value]
+
+
+def test_an_answer_that_cannot_travel_is_answered_even_when_its_repr_is_over_a_frame(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        folder = Path(tempfile.mkdtemp(prefix="remote-"))
+        engine = _BigAnswerStore()
+        host = StoreHost(engine, folder / "s")
+        engine.size = 2 * host.max_frame
+        await host.start()
+        store = await connect(host.path, Setup(data=tmp_path))
+        try:
+            with pytest.raises(InvariantViolation, match="_BigUnpicklable cannot travel"):
+                # A bound only so that the old failure (no answer) ends the test.
+                await asyncio.wait_for(store.get_space("s"), 60)
             assert await store.last_offset(Target("s")) == 0
         finally:
             await store.close()

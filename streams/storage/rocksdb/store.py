@@ -84,7 +84,7 @@ from streams.storage.rocksdb.layout import CONFIGURED, DEDUPE_HEAD, DELETED
 from streams.storage.rocksdb.merge import Merges
 from streams.storage.rocksdb.reclaim import Reclaim
 from streams.storage.rocksdb.retention import Appended
-from streams.storage.tail import Subscription, Tail
+from streams.storage.tail import WINDOW_BYTES, WINDOW_RECORDS, Subscription, Tail
 from streams.storage.watches import MAX_CHANGE_BYTES, Watch
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,8 @@ class StoreOptions:
     # In-memory window of the latest records of each followed space or
     # segment: followers read these without touching RocksDB. All windows
     # together stay within `memory`, the server's budget.
-    tail_window_records: int = 10_000
-    tail_window_bytes: int = 16 * 1024 * 1024
+    tail_window_records: int = WINDOW_RECORDS
+    tail_window_bytes: int = WINDOW_BYTES
     memory: MemoryBudget = field(default_factory=MemoryBudget)
     # Followers are woken at most once per this many seconds (see Tail).
     follow_linger: float = 0.0
