@@ -84,7 +84,10 @@ def measure(
     alternates too): the space, and its first 10 segments one after the
     other; returns medians of records/s and the ratios small / big."""
     some = [f"s{i}" for i in range(min(10, segments))]
-    with run_server(sync=sync) as server, grpc.insecure_channel(server.address) as channel:
+    with (
+        run_server(sync=sync, extra=("--merge-small-bytes", "8192")) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
         stub = StreamsServiceStub(channel)
         began = time.monotonic()
         _load(stub, SMALL, segments, records, 1)

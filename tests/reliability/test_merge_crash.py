@@ -23,7 +23,7 @@ from . import test_crash, test_power_loss
 from .lazyfs import LazyFS
 from .test_power_loss import lazyfs, servers  # noqa: F401 (fixtures)
 
-MERGING = ("--merge-seconds", "0.02")
+MERGING = ("--merge-seconds", "0.02", "--merge-small-bytes", "8192")
 
 
 def merging_server(data: Path, log_path: Path | None = None, **options: Any) -> ServerProcess:

@@ -103,7 +103,9 @@ def test_a_space_read_from_merged_runs_returns_what_the_chunks_held(tmp_path: Pa
 
 
 def test_passes_merge_only_new_chunks_and_wait_for_a_short_run_to_grow(tmp_path: Path) -> None:
-    options = StoreOptions(sync=False, merge_min_chunks=3)  # runs of 64 KiB: one per pass here
+    options = StoreOptions(
+        merge_small_bytes=8192, sync=False, merge_min_chunks=3
+    )  # runs of 64 KiB: one per pass here
 
     async def scenario() -> None:
         store = RocksStore.open(tmp_path / "db", options)
@@ -200,7 +202,9 @@ def test_a_deleted_space_loses_its_runs_and_merges_what_is_written_again(tmp_pat
 
 def test_a_run_copies_durable_records_only(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = RocksStore.open(tmp_path / "db", StoreOptions(merge_min_chunks=2))
+        store = RocksStore.open(
+            tmp_path / "db", StoreOptions(merge_small_bytes=8192, merge_min_chunks=2)
+        )
         await write_small(store, "s", 20)
         gate = _hold_rocksdb(store)
         held = asyncio.create_task(write_small(store, "s", 20))
@@ -222,7 +226,9 @@ def test_merged_runs_survive_a_crash_and_read_as_before(tmp_path: Path) -> None:
     data, image = tmp_path / "db", tmp_path / "image"
 
     async def scenario() -> list[list[tuple]]:
-        store = RocksStore.open(data, StoreOptions(merge_min_chunks=3, merge_run_bytes=1500))
+        store = RocksStore.open(
+            data, StoreOptions(merge_small_bytes=8192, merge_min_chunks=3, merge_run_bytes=1500)
+        )
         await write_small(store, "s", 200, big_every=23)
         before = await reads(store, "s")
         assert await store.merge() > 0
@@ -295,7 +301,7 @@ def test_removals_delete_the_runs_of_segments_below_their_first_sequence(tmp_pat
 @pytest.mark.parametrize(("least", "step"), [(1, 512), (600, 512)])
 def test_a_run_must_fit_a_step(least: int, step: int) -> None:
     with pytest.raises(ValueError, match="merge_min_chunks"):
-        StoreOptions(merge_min_chunks=least, merge_step_chunks=step)
+        StoreOptions(merge_small_bytes=8192, merge_min_chunks=least, merge_step_chunks=step)
 
 
 def test_a_damaged_target_does_not_stop_the_others_of_a_pass(tmp_path: Path) -> None:
@@ -342,7 +348,9 @@ def test_the_targets_a_pass_did_not_finish_are_tried_by_the_next(tmp_path: Path)
 
 
 def test_the_bookkeeping_holds_at_most_its_bounds(tmp_path: Path) -> None:
-    options = StoreOptions(sync=False, merge_due_targets=3, merge_cursors=2, merge_min_chunks=2)
+    options = StoreOptions(
+        merge_small_bytes=8192, sync=False, merge_due_targets=3, merge_cursors=2, merge_min_chunks=2
+    )
 
     async def scenario() -> None:
         store = RocksStore.open(tmp_path / "db", options)
