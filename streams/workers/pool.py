@@ -110,7 +110,9 @@ def private_folder(workers: int) -> Iterator[Path]:
     removed afterwards; OptionError (naming TMPDIR) when none can be made.
     Folders that killed writers left are removed first (:func:`sweep`)."""
     for left in sweep(Path(tempfile.gettempdir())):
-        log.warning("removed %s, left by a writer that was killed", left)
+        # A folder held sockets and a key; a lock file is an empty leftover.
+        level = logging.DEBUG if left.suffix == ".lock" else logging.WARNING
+        log.log(level, "removed %s, left by a writer that was killed", left)
     try:
         folder = Path(tempfile.mkdtemp(prefix=_PREFIX))
     except OSError as exc:
