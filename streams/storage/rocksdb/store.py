@@ -1790,6 +1790,16 @@ class RocksStore:
         offset = first
         kept: dict[str, int] = {}
         plain = not segment_prefix and first > holes
+
+        def take(chunk: Chunk, skip: int, stop: int) -> int:
+            """Frames records ``skip``.. of ``chunk`` (before ``stop``) as far as the
+            cut's rest allows; returns where it stopped (``skip``: none fit)."""
+            end = min(stop, skip + cut.max_records - count)
+            end = chunk.fit(skip, end, cut.max_bytes - size, at_least_one=count == 0)
+            if end > skip:
+                parts.append(chunk.framed(skip, end))
+            return end
+
         merged = _runs_prefix(target) if plain else b""
         stored_runs = self._chunks(merged, last) if plain else contextlib.nullcontext()
         with self._chunks(prefix, last) as iterator, stored_runs as run_iterator:
@@ -1811,11 +1821,9 @@ class RocksStore:
                 if run is not None:
                     run_first, chunk = run
                     skip = offset - run_first
-                    end = min(chunk.count, last - run_first + 1, skip + cut.max_records - count)
-                    end = chunk.fit(skip, end, cut.max_bytes - size, at_least_one=count == 0)
+                    end = take(chunk, skip, min(chunk.count, last - run_first + 1))
                     if end == skip:
                         break
-                    parts.append(chunk.framed(skip, end))
                     size += chunk.size(skip, end)
                     count += end - skip
                     offset = run_first + end
@@ -1846,11 +1854,9 @@ class RocksStore:
                     raise
                 offset = chunk_first + skip
                 if wanted:
-                    end = min(stop, skip + cut.max_records - count)
-                    end = chunk.fit(skip, end, cut.max_bytes - size, at_least_one=count == 0)
+                    end = take(chunk, skip, stop)
                     if end == skip:
                         break
-                    parts.append(chunk.framed(skip, end))
                     size += chunk.size(skip, end)
                     count += end - skip
                     stop = end
