@@ -601,12 +601,18 @@ class Dispatcher:
 
     # -- acks, nacks, timeouts ------------------------------------------------------
 
+    # An answer settles only a delivery already sent to its member (not
+    # ``queued``): one still in the outbox cannot be what the member answers,
+    # so the answer is a late one for an earlier delivery (say an ack sent
+    # after the member nacked that one) and is ignored, as the contract
+    # ignores answers for records the member does not hold.
+
     def ack(self, member: Member, positions: Iterable[int]) -> None:
         held, deadlines, pending = member.held, self._deadlines, self._pending
         before = len(pending)
         for position in positions:
             entry = held.get(position)
-            if entry is not None and entry.state is IN_FLIGHT:
+            if entry is not None and entry.state is IN_FLIGHT and not entry.queued:
                 entry.state = SETTLING
                 del deadlines[entry]
                 pending.append(entry)
@@ -618,7 +624,7 @@ class Dispatcher:
         now = self._clock()
         for position in positions:
             entry = held.get(position)
-            if entry is None or entry.state is not IN_FLIGHT:
+            if entry is None or entry.state is not IN_FLIGHT or entry.queued:
                 continue
             del self._deadlines[entry]
             entry.reason = reason

@@ -152,6 +152,37 @@ def test_acks_for_records_not_held_are_ignored(env: Env) -> None:
     run(env, scenario)
 
 
+@pytest.mark.parametrize("answer", ["ack", "nack"])
+def test_an_answer_for_a_delivery_not_sent_yet_is_ignored(env: Env, answer: str) -> None:
+    """A record delivered to a member but still in its outbox is not one the
+    member can answer: a late ack (say for an attempt it nacked since) must
+    not settle the delivery it has not been sent (CI seeds 744583030, 859375452)."""
+
+    async def scenario() -> None:
+        log = DurableLog(env.store)
+        await env.create()
+        await env.produce("s", ("a", 1), ("b", 1))
+        async with (
+            env.groups.join("s", "g", "one", 1) as one,
+            env.groups.join("s", "g", "two", 1) as two,
+        ):
+            # Both records are handed out by one read: once one member has
+            # its record, the other's is in its outbox, not sent.
+            (mine,) = await take(one, 1)
+            unsent = 3 - mine.position
+            if answer == "ack":
+                two.ack([unsent])
+            else:
+                two.nack([unsent], park=False, reason="late")
+            (got,) = await take(two, 1)
+            assert (got.position, got.attempt) == (unsent, 1)
+            assert not log.durable(unsent)
+            two.ack([unsent])
+            await log.until(lambda: log.durable(unsent))
+
+    run(env, scenario)
+
+
 def test_ordering_none_pull_any_member_any_segment(env: Env) -> None:
     async def scenario() -> None:
         await env.create(ordering=Ordering.NONE)

@@ -255,7 +255,7 @@ class GroupRun:
                 loop.call_later(delay, self._flush, key, wire)
         elif x < 0.72:
             delay = rng.uniform(0, 1.5 * self.plan.ack_timeout)
-            loop.call_later(delay, self._answer, key, wire, ACK, [p], "")
+            loop.call_later(delay, self._late_ack, key, wire, p)
         elif x < 0.80:
             self._answer(key, wire, RETRY, [p], rng.choice(REASONS))
         elif x < 0.84:
@@ -276,8 +276,20 @@ class GroupRun:
             self._answer(key, wire, kind, strays, "stray")
             self._answer(key, wire, ACK, [p], "")
 
+    # Acks sent later than decided go only for records the member still
+    # holds. Once it has answered a record otherwise (a nack of a redelivery),
+    # the record may be on its way to it again, and an ack sent then is a
+    # blind answer the server may apply to that delivery (see the strays above).
+
+    def _late_ack(self, key: str, wire: WireMember, p: int) -> None:
+        self._flush_held(key, wire, [p])
+
     def _flush(self, key: str, wire: WireMember) -> None:
-        positions = self.pending.pop(key, [])
+        self._flush_held(key, wire, self.pending.pop(key, []))
+
+    def _flush_held(self, key: str, wire: WireMember, positions: list[int]) -> None:
+        held = self.checker.members[key].held
+        positions = [p for p in positions if p in held]
         if positions:
             self._answer(key, wire, ACK, positions, "")
 
