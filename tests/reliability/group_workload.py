@@ -100,6 +100,7 @@ class GroupRun:
         self.wires: dict[str, WireMember] = {}
         self.member_tasks: dict[str, asyncio.Task[None]] = {}
         self.leaving: set[str] = set()
+        self.closing = False  # everyone was asked to leave (the end of the run)
         self.killed: set[str] = set()
         self.pending: dict[str, list[int]] = {}
         self.next_member = 0
@@ -215,6 +216,8 @@ class GroupRun:
             if life != self.life:
                 return
             self.checker.joined(key, member_id, max_in_flight)
+            if self.closing:  # joined as everyone was asked to leave
+                self.leave(key)
             while True:
                 batch = await wire.read()
                 if life != self.life:
@@ -464,6 +467,7 @@ class GroupRun:
         await self._everyone_leaves()
 
     async def _everyone_leaves(self) -> None:
+        self.closing = True  # a member still joining leaves once it has joined
         for key in self.live_members():
             self.leave(key)
         tasks = [t for t in self.member_tasks.values() if not t.done()]

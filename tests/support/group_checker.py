@@ -130,6 +130,7 @@ class GroupChecker:
                 "nacks retry",
                 "nacks park",
                 "stray answers",
+                "late deliveries",
                 "members joined",
                 "members ended",
                 "observations",
@@ -239,6 +240,15 @@ class GroupChecker:
         # Attempts.
         if not 1 <= attempt <= self.max_attempts:
             self.violation(f"{where}: attempt outside 1..max_attempts {self.max_attempts}")
+        if not m.alive:
+            # Late: on the stream of a member that has ended (killed, or still
+            # reading after its half-close), sent before the server saw the end.
+            # Streams are ordered one by one, not with each other: the record's
+            # redelivery to another member may have been read first, so this
+            # one says nothing of who holds the record or where it stands.
+            seen.deliveries.append((e, key, attempt, self.life))
+            self.stats["late deliveries"] += 1
+            return
         if seen.attempt_epoch == self.epoch:
             if attempt <= seen.attempt:
                 self.violation(f"{where}: attempt after attempt {seen.attempt}")
