@@ -41,7 +41,7 @@ VALUES = {
     "--listen": "0.0.0.0:6000",
     "--data": "/srv/streams",
     "--storage": "memory",
-    "--merge-small-bytes": "8192",
+    "--merge-small-bytes": "4096",
     "--dedupe-window-seconds": "60",
     "--dedupe-sweep-seconds": "5",
     "--reclaim-seconds": "2.5",

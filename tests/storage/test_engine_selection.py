@@ -79,7 +79,7 @@ def test_storage_comes_from_the_flag_or_the_variable() -> None:
         "dedupe_sweep_seconds": 60.0,
         "reclaim_seconds": 5.0,
         "merge_seconds": 1.0,
-        "merge_small_bytes": 0,
+        "merge_small_bytes": 8 << 10,
         "merge_run_bytes": 64 << 10,
         "merge_min_chunks": 16,
         "merge_step_chunks": 512,

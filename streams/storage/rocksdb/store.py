@@ -163,8 +163,7 @@ class StoreOptions:
     # (a few ms of the event loop, like a removal slice: large chunks between
     # small ones are read to be passed), letting calls run between steps.
     merge_seconds: float = 1.0
-    # Off by default: see the merge-small-bytes option.
-    merge_small_bytes: int = 0
+    merge_small_bytes: int = 8 * 1024
     merge_run_bytes: int = 64 * 1024
     merge_min_chunks: int = 16
     merge_step_chunks: int = 512
