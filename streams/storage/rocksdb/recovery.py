@@ -21,6 +21,11 @@ without a word (see that module). Then:
   (``tail_damage="drop"``, ``--wal-tail-damage drop``): then it is dropped
   with an error naming the file, the bytes and the write.
 
+Then RocksDB replays the log read-only (nothing written) and must recover
+every intact write the scan found, else the open fails with DataLoss: asked
+after a writable open, it would already have flushed and deleted the log, and
+the next start would open without a word.
+
 Writable recovery flushes the replayed log into a table file, so it needs
 free space about the size of the memtable (which also bounds the log). When
 the disk is too full for that, the store opens read-only (a replay into
