@@ -21,6 +21,11 @@ without a word (see that module). Then:
   (``tail_damage="drop"``, ``--wal-tail-damage drop``): then it is dropped
   with an error naming the file, the bytes and the write.
 
+Then RocksDB replays the log read-only (nothing written) and must recover
+every intact write the scan found, else the open fails with DataLoss: asked
+after a writable open, it would already have flushed and deleted the log, and
+the next start would open without a word.
+
 Writable recovery flushes the replayed log into a table file, so it needs
 free space about the size of the memtable (which also bounds the log). When
 the disk is too full for that, the store opens read-only (a replay into
@@ -85,7 +90,10 @@ def open_db(path: Path, memtable_bytes: int, tail_damage: str = "refuse") -> Ope
         dropped = _judge(path, found, found.broken, tail_damage)
         _cut(found.broken)
     try:
+        _check_recovered(path, memtable_bytes, found)
         db = _open(path, memtable_bytes, _TOLERATE_TAIL)
+    except DataLoss:
+        raise
     except Exception as exc:
         if is_corruption(exc):
             raise DataLoss(
@@ -100,7 +108,6 @@ def open_db(path: Path, memtable_bytes: int, tail_damage: str = "refuse") -> Ope
         )
         log.error("opening the store read-only: %s", reason)
         return Opened(_open(path, memtable_bytes, _TOLERATE_TAIL, read_only=True), reason, dropped)
-    _check_recovered(path, db, found)
     return Opened(db, None, dropped)
 
 
@@ -174,17 +181,23 @@ def _cut(broken: wal.Break) -> None:
         os.close(fd)
 
 
-def _check_recovered(path: Path, db: rocksdict.Rdict, found: wal.Scan) -> None:
-    """Raises DataLoss if RocksDB recovered fewer writes than the log holds intact."""
+def _check_recovered(path: Path, memtable_bytes: int, found: wal.Scan) -> None:
+    """Raises DataLoss if RocksDB recovers fewer writes than the log holds intact.
+    RocksDB is asked read-only (a replay into memory): a writable open flushes
+    what it recovered and deletes the log, so a refusal after it would be
+    gone at the next start, and the loss with it."""
     if found.last_intact is None:
         return
-    latest = db.latest_sequence_number()
-    if latest < found.last_intact.last_sequence:
+    db = _open(path, memtable_bytes, _TOLERATE_TAIL, read_only=True)
+    try:
+        latest = db.latest_sequence_number()
+    finally:
         _close(db)
+    if latest < found.last_intact.last_sequence:
         raise DataLoss(
             f"RocksDB recovered the write-ahead log of {path} up to sequence {latest}, "
             f"but it holds intact writes up to {found.last_intact.last_sequence} "
-            f"(log files: {_names(found.files)})"
+            f"(log files: {_names(found.files)}); the data directory was left as it is"
         )
 
 

@@ -11,7 +11,10 @@ The format (LevelDB's log format): 32 KiB blocks of physical records, each a
 header (masked CRC32C of type and payload, 2-byte length, 1-byte type) and a
 payload that never crosses a block; a block's last bytes, too few for a
 header, are padding. A write (one WriteBatch: 8-byte sequence, 4-byte count,
-then its keys) is one FULL record, or FIRST, MIDDLE..., LAST fragments.
+then its keys) is one FULL record, or FIRST, MIDDLE..., LAST fragments. A
+write that starts near a block's end has a FIRST of fewer bytes than its
+header (none at all 7 bytes before the end). The writes of one file number
+on: each starts at the sequence where the one before it ended.
 
 Where the log breaks, what follows the break says what it is:
 
@@ -19,9 +22,11 @@ Where the log breaks, what follows the break says what it is:
 - ``zeros``: from inside the broken record to the end of the file every byte
   is zero: the file grew but its last data never reached the disk, as a power
   cut can leave it.
-- ``damage``: anything else, such as a complete record whose checksum fails.
-  A crash never leaves one (``kill -9`` keeps the page cache; a disk with
-  atomic sector writes rarely does).
+- ``damage``: anything else, such as a complete record whose checksum fails,
+  or intact records that are not the file's next write (too few bytes for a
+  WriteBatch header, or a header that does not number on). A crash never
+  leaves one (``kill -9`` keeps the page cache; a disk with atomic sector
+  writes rarely does).
 
 Writes that are intact after the break are found by resynchronising: byte by
 byte to the end of the broken block, then at each block start (a writer
@@ -47,11 +52,12 @@ _MASK_DELTA = 0xA282EAD8
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # Recycled log files use types 5-8 (FULL..LAST) and a longer header.
 _RECYCLED = {5: _FULL, 6: _FIRST, 7: _MIDDLE, 8: _LAST}
-# Records that carry no write: compression type, timestamp sizes (9, 10, 11),
-# and those RocksDB may ignore by design (bit 5 set: WAL verification info).
-_METADATA = {9, 10}
-_RECYCLED_METADATA = {11}
-_SAFE_IGNORE_BIT = 1 << 5
+# Records that carry no write (RocksDB's db/log_format.h): the compression type
+# (9), timestamp sizes (10, 11), the previous log's last write (130, 131), and
+# any other type with bit 7 set, which RocksDB skips by design.
+_METADATA = frozenset((9, 10, 11, 130, 131))
+_SAFE_IGNORE_BIT = 1 << 7
+_LONG_HEADER = frozenset((*_RECYCLED, 11, 131))  # types whose header holds the log number
 _STARTS = frozenset((_FULL, _FIRST, 5, 6))  # types that start a write
 
 Kind = Literal["cut", "zeros", "damage"]
@@ -155,6 +161,9 @@ def _events(path: Path, data: bytes) -> Iterator[tuple[int, int, bytes] | Break]
     size = len(data)
     pos = 0
     pending: _Pending | None = None
+    # The sequence the next write must number from: RocksDB numbers the writes
+    # of one log on, each from the end of the one before it.
+    expected: int | None = None
     while pos < size:
         room = BLOCK - pos % BLOCK
         if room < _HEADER.size:  # padding at a block's end
@@ -164,35 +173,58 @@ def _events(path: Path, data: bytes) -> Iterator[tuple[int, int, bytes] | Break]
         if record is None or record.bad is not None:
             start, header = (pending.start, pending.header) if pending else (pos, b"")
             if not header and record is not None:
-                header = data[record.payload : record.payload + _BATCH_HEADER.size]
+                header = record.head(data, _BATCH_HEADER.size)
             reason = record.bad if record and record.bad else "the file ends inside a record header"
             yield _broken(path, data, start, pos, record, reason, header)
-            pending = None
+            pending, expected = None, None
             pos = _resync(data, pos)
             continue
         kind = _RECYCLED.get(record.type, record.type)
-        payload = data[record.payload : record.payload + _BATCH_HEADER.size]
         if kind in (_FULL, _FIRST):
             if pending is not None:
                 reason = "a write lost its end"
                 yield _broken(path, data, pending.start, pos, record, reason, pending.header)
-            pending = None
-            if kind == _FULL:
-                yield pos, record.end, payload
-            else:
-                pending = _Pending(pos, payload[: _BATCH_HEADER.size])
-        elif kind in (_MIDDLE, _LAST) and pending is not None:
-            # A write's header may start in a (tiny) FIRST and go on in the next fragment.
-            pending.header += payload[: _BATCH_HEADER.size - len(pending.header)]
-            if kind == _LAST:
-                yield pending.start, record.end, pending.header
-                pending = None
+                expected = None
+            pending = _Pending(pos, b"")
         # A MIDDLE or LAST with no FIRST before it is the rest of a write whose
-        # break was already reported.
+        # break was already reported; other types carry no write.
+        if pending is not None and kind in (_FULL, _FIRST, _MIDDLE, _LAST):
+            # A write's header may start in a tiny FIRST (a write that starts
+            # less than 12 bytes of payload before a block's end) and go on in
+            # the next fragment: each fragment gives its own payload, never
+            # the bytes after it.
+            pending.header += record.head(data, _BATCH_HEADER.size - len(pending.header))
+            if kind in (_FULL, _LAST):
+                event, expected = _complete(path, data, pending, record.end, expected)
+                yield event
+                pending = None
         pos = record.end
     if pending is not None:
         reason = "the file ends inside it"
         yield _broken(path, data, pending.start, size, None, reason, pending.header)
+
+
+def _complete(
+    path: Path, data: bytes, write: _Pending, end: int, expected: int | None
+) -> tuple[tuple[int, int, bytes] | Break, int | None]:
+    """A write whose records are intact, or a break when what they hold is not
+    the next write of the file (a checksum proves only that the bytes are as
+    some writer wrote them); and the sequence the write after it starts at."""
+    header = write.header
+    if len(header) < _BATCH_HEADER.size:
+        reason = (
+            f"intact records holding {len(header)} bytes, too few for a write "
+            f"(a WriteBatch header is {_BATCH_HEADER.size})"
+        )
+    else:
+        sequence, count = _BATCH_HEADER.unpack(header)
+        if expected is None or sequence == expected:
+            return (write.start, end, header), sequence + count
+        reason = (
+            f"intact records whose WriteBatch header says sequence {sequence}, but the "
+            f"write before it in this file ends at sequence {expected - 1}"
+        )
+    return Break(path, write.start, len(data), "damage", reason, *_batch(header)), None
 
 
 def _resync(data: bytes, bad: int) -> int:
@@ -215,14 +247,17 @@ class _Record:
     bad: str | None  # why the record is not intact
     cut: bool = False  # the file ends inside it
 
+    def head(self, data: bytes, size: int) -> bytes:
+        """Up to ``size`` first bytes of its payload (fewer if it is shorter)."""
+        return data[self.payload : min(self.end, self.payload + size)]
+
 
 def _read(data: bytes, pos: int, room: int) -> _Record | None:
     """The physical record at ``pos``; None when the file ends inside its header."""
     if len(data) - pos < _HEADER.size:
         return None
     masked, length, rtype = _HEADER.unpack_from(data, pos)
-    recycled = rtype in _RECYCLED or rtype in _RECYCLED_METADATA or rtype == 34
-    header = _HEADER.size + (_RECYCLED_EXTRA if recycled else 0)
+    header = _HEADER.size + (_RECYCLED_EXTRA if rtype in _LONG_HEADER else 0)
     end = pos + header + length
     if rtype == 0 and length == 0:
         return _Record(rtype, pos + header, end, "zero bytes where a record header should be")
@@ -232,7 +267,6 @@ def _read(data: bytes, pos: int, room: int) -> _Record | None:
         rtype in (_FULL, _FIRST, _MIDDLE, _LAST)
         or rtype in _RECYCLED
         or rtype in _METADATA
-        or rtype in _RECYCLED_METADATA
         or rtype & _SAFE_IGNORE_BIT
     )
     if not known:
