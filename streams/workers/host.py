@@ -365,7 +365,6 @@ class _Front:
         self._write_error: str | None = None
         self.reading = True  # its calls are read (not paused by _gate_reading)
         self._waking: asyncio.Task[None] | None = None  # resumes reading once writable
-        self.answered = 0  # calls answered so far
         self.reserved = 0  # bytes the answers of running reads may take
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
             FOLLOW: self._follow,
@@ -452,7 +451,6 @@ class _Front:
 
     def answer(self, call_id: int, ok: bool, value: object, reserved: int) -> None:
         self.reserved -= reserved
-        self.answered += 1
         self.tell_write_error()
         self._reply(call_id, ok, value)
         self._gate_reading()

@@ -23,7 +23,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from streams import codec
 from streams.errors import ResourceExhausted, Unavailable
@@ -77,25 +77,38 @@ RECENT_SHARE = 8  # 1/8
 BUFFERED_REQUESTS = 4
 
 
-@dataclass(slots=True)
-class _Followed:
-    """A target this front follows: one pump at the host for all its followers."""
+K = TypeVar("K", Target, str)
 
-    follow_id: int
+
+@dataclass(slots=True)
+class _Stream:
+    """A pump or watch the host runs for this front: one for all its local holders."""
+
+    stream_id: int  # the id of the call that asked for it, and of its messages
     holders: int = 0
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    failure: BaseException | None = None
+    failure: BaseException | None = None  # what ended a pump (FAILED): its followers raise it
 
 
-@dataclass(slots=True)
-class _Watched:
-    watch_id: int
-    holders: int = 0
-    ready: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+class _Streams(Generic[K]):
+    """This front's pumps (by target) or watches (by space): ``ask`` is the
+    message that starts one at the host, ``end`` the one that releases it."""
+
+    def __init__(self, ask: str, end: str) -> None:
+        self.ask, self.end = ask, end
+        self.by_key: dict[K, _Stream] = {}
+        self.by_id: dict[int, K] = {}  # the host's messages name the stream's id
+
+    def forget(self, key: K, stream: _Stream) -> bool:
+        """Forgets ``stream``; False when it was forgotten already (another
+        may hold ``key`` since)."""
+        if self.by_key.get(key) is not stream:
+            return False
+        del self.by_key[key]
+        del self.by_id[stream.stream_id]
+        return True
 
 
 class RemoteStore:
@@ -137,10 +150,8 @@ class RemoteStore:
         # Responses that need room drop the latest pushes first, then windows.
         shrink_windows = setup.memory.shrink_windows
         setup.memory.shrink_windows = lambda needed: shrink_windows(self._shrink_recent(needed))
-        self._followed: dict[Target, _Followed] = {}
-        self._follow_ids: dict[int, Target] = {}
-        self._watched: dict[str, _Watched] = {}
-        self._watch_ids: dict[int, str] = {}
+        self._followed: _Streams[Target] = _Streams(FOLLOW, UNFOLLOW)
+        self._watched: _Streams[str] = _Streams(WATCH, UNWATCH)
         self._write_error: str | None = None
         self._closed = False
         self._why_lost = "the connection to the writer process is gone"
@@ -188,7 +199,7 @@ class RemoteStore:
             self._forget_recent(message[2])
             self._tail.removed(message[2], message[3])
         elif kind == CHANGES:
-            space = self._watch_ids.get(message[2])
+            space = self._watched.by_id.get(message[2])
             if space is not None:
                 self._watches.changed(space, message[3])
         elif kind == FAILED:
@@ -204,14 +215,10 @@ class RemoteStore:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
-        for followed in self._followed.values():
-            if not followed.ready.done():
-                followed.ready.set_exception(error)
-                followed.ready.exception()
-        for watched in self._watched.values():
-            if not watched.ready.done():
-                watched.ready.set_exception(error)
-                watched.ready.exception()
+        for stream in [*self._followed.by_key.values(), *self._watched.by_key.values()]:
+            if not stream.ready.done():
+                stream.ready.set_exception(error)
+                stream.ready.exception()
         self._shrink_recent(self._recent_bytes)
         self._tail.close()
         self._watches.close()
@@ -382,60 +389,82 @@ class RemoteStore:
 
     @contextlib.asynccontextmanager
     async def _following(self, target: Target) -> AsyncIterator[Subscription]:
-        followed = self._followed.get(target)
-        if followed is None:
-            followed = self._followed[target] = _Followed(next(self._ids))
-            self._follow_ids[followed.follow_id] = target
-            self._start_pump(target, followed)
-        followed.holders += 1
-        try:
-            await asyncio.shield(followed.ready)
-            with self._tail.subscribe(target, self._last_known) as subscription:
-                yield subscription
-        finally:
-            followed.holders -= 1
-            if followed.holders < 1 and self._followed.get(target) is followed:
-                del self._followed[target]
-                del self._follow_ids[followed.follow_id]
-                self._known.pop(target, None)
-                self._drop_recent(target)
-                if not self.link.closed:
-                    self.link.send((0, UNFOLLOW, (followed.follow_id,)))
-
-    def _start_pump(self, target: Target, followed: _Followed) -> None:
-        """Asks the host for a pump; ``followed.ready`` once it runs."""
-        future = asyncio.get_running_loop().create_future()
-        self._pending[followed.follow_id] = future
-        self.link.send((followed.follow_id, FOLLOW, (target,)))
-
-        def started(done: asyncio.Future[int]) -> None:
-            self._pending.pop(followed.follow_id, None)
-            if followed.ready.done():
-                return
-            if done.exception() is not None:
-                followed.ready.set_exception(done.exception())  # type: ignore[arg-type]
-                # Forget the pump that never ran: the next follower asks again.
-                if self._followed.get(target) is followed:
-                    del self._followed[target]
-                    del self._follow_ids[followed.follow_id]
-                return
-            baseline = done.result()
+        def started(baseline: int) -> None:
+            # The pump pushes only what comes after the offset it answered:
+            # followers waiting for that one or an earlier one go on at once.
             if self._known.get(target, 0) < baseline:
                 self._known[target] = baseline
-            followed.ready.set_result(None)
 
-        future.add_done_callback(started)
+        def released() -> None:
+            self._known.pop(target, None)
+            self._drop_recent(target)
+
+        async with self._holding(self._followed, target, started, released):
+            with self._tail.subscribe(target, self._last_known) as subscription:
+                yield subscription
+
+    @contextlib.asynccontextmanager
+    async def _holding(
+        self,
+        streams: _Streams[K],
+        key: K,
+        started: Callable[[Any], None] | None = None,
+        released: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
+        """Holds this front's pump or watch of ``key``, asking the host for one
+        if none runs; raises what the host refused it with (Unavailable once the
+        link is lost). The host's answer goes to ``started`` before any holder
+        goes on; ``released`` runs once the last holder let go, before the host
+        is told."""
+        stream = streams.by_key.get(key)
+        if stream is None:
+            stream = self._ask(streams, key, started)
+        stream.holders += 1
+        try:
+            await asyncio.shield(stream.ready)
+            yield
+        finally:
+            stream.holders -= 1
+            if stream.holders < 1 and streams.forget(key, stream):
+                if released is not None:
+                    released()
+                if not self.link.closed:
+                    self.link.send((0, streams.end, (stream.stream_id,)))
+
+    def _ask(self, streams: _Streams[K], key: K, started: Callable[[Any], None] | None) -> _Stream:
+        """Asks the host for the pump or watch of ``key``; its ``ready`` once it runs."""
+        stream = streams.by_key[key] = _Stream(next(self._ids))
+        streams.by_id[stream.stream_id] = key
+        future = asyncio.get_running_loop().create_future()
+        self._pending[stream.stream_id] = future
+        self.link.send((stream.stream_id, streams.ask, (key,)))
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            self._pending.pop(stream.stream_id, None)
+            if stream.ready.done():
+                return
+            if done.exception() is not None:
+                stream.ready.set_exception(done.exception())  # type: ignore[arg-type]
+                # Forget the stream that never ran: the next holder asks again.
+                streams.forget(key, stream)
+                return
+            if started is not None:
+                started(done.result())
+            stream.ready.set_result(None)
+
+        future.add_done_callback(answered)
+        return stream
 
     def _last_known(self, target: Target) -> int:
         """The last offset of a followed target pushed here (what waits compare
         with); raises what ended its pump."""
-        followed = self._followed.get(target)
+        followed = self._followed.by_key.get(target)
         if followed is not None and followed.failure is not None:
             raise followed.failure
         return self._known.get(target, 0)
 
     def _pushed(self, follow_id: int, first: int, framed: bytes, count: int, last: int) -> None:
-        target = self._follow_ids.get(follow_id)
+        target = self._followed.by_id.get(follow_id)
         if target is None:
             return  # a pump released meanwhile
         if self._known.get(target, 0) < last:
@@ -471,16 +500,16 @@ class RemoteStore:
             self._drop_recent(target)
 
     def _failed(self, stream_id: int, error: BaseException) -> None:
-        target = self._follow_ids.get(stream_id)
+        target = self._followed.by_id.get(stream_id)
         if target is not None:
-            self._followed[target].failure = error
+            self._followed.by_key[target].failure = error
             # Wakes its followers, whose wait raises the pump's error.
             if target.is_space:
                 self._tail.publish(target.space, 0, (), ())
             else:
                 self._tail.publish(target.space, 0, (), ((target.segment, 0, ()),))
             return
-        space = self._watch_ids.get(stream_id)
+        space = self._watched.by_id.get(stream_id)
         if space is not None:
             # Changes are not heard any more: every segment may have changed.
             self._watches.changed(space, None)
@@ -495,42 +524,8 @@ class RemoteStore:
     async def _watching(self, space: str) -> AsyncIterator[Watch]:
         # The local watch first: what the host reports once its watch runs is
         # noted, even in the same read as the answer.
-        async with self._watches.watch(space) as watch:
-            watched = self._watched.get(space)
-            if watched is None:
-                watched = self._watched[space] = _Watched(next(self._ids))
-                self._watch_ids[watched.watch_id] = space
-                self._start_watch(space, watched)
-            watched.holders += 1
-            try:
-                await asyncio.shield(watched.ready)
-                yield watch
-            finally:
-                watched.holders -= 1
-                if watched.holders < 1 and self._watched.get(space) is watched:
-                    del self._watched[space]
-                    del self._watch_ids[watched.watch_id]
-                    if not self.link.closed:
-                        self.link.send((0, UNWATCH, (watched.watch_id,)))
-
-    def _start_watch(self, space: str, watched: _Watched) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._pending[watched.watch_id] = future
-        self.link.send((watched.watch_id, WATCH, (space,)))
-
-        def started(done: asyncio.Future[None]) -> None:
-            self._pending.pop(watched.watch_id, None)
-            if watched.ready.done():
-                return
-            if done.exception() is not None:
-                watched.ready.set_exception(done.exception())  # type: ignore[arg-type]
-                if self._watched.get(space) is watched:
-                    del self._watched[space]
-                    del self._watch_ids[watched.watch_id]
-                return
-            watched.ready.set_result(None)
-
-        future.add_done_callback(started)
+        async with self._watches.watch(space) as watch, self._holding(self._watched, space):
+            yield watch
 
     async def end_subscriptions(self) -> None:
         self._tail.close()

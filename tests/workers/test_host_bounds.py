@@ -42,10 +42,11 @@ def test_reads_start_only_while_their_answers_fit_the_buffer(tmp_path: Path) -> 
         async with served(tmp_path, buffer_bytes=BUFFER) as (engine, host, _):
             gated = _GatedReads(engine)
             host.store = gated  # type: ignore[assignment]
+            others = set(host.fronts)
             bare = BareFront(host)
             await bare.connect()
             await eventually(lambda: len(host.fronts) == 2, "the host to serve the bare front")
-            (front,) = [f for f in host.fronts if f.answered == 0]
+            (front,) = host.fronts - others
             for n in range(1, calls + 1):
                 await bare.send((n, "read", (Target("s"), 1, 10, CUT, b"")))
             await eventually(lambda: not front.reading, "the host to stop starting reads")

@@ -88,9 +88,10 @@ def test_a_message_of_the_wrong_shape_is_dropped_before_dispatch(
 ) -> None:
     async def main() -> None:
         async with served(tmp_path) as (_, host, (store,)):
-            answered = next(iter(host.fronts)).answered
+            # A dispatched call is answered, with an error frame if it fails,
+            # before anything drops the connection (UNFOLLOW aside: it has no
+            # answer, and "1" names no stream): b"" is nothing dispatched.
             assert await _send_raw(host.path, pickle.dumps(message, 5)) == b""
-            assert next(iter(host.fronts)).answered == answered
             assert await store.get_space("s") is None  # the other front is served
 
     asyncio.run(main())
