@@ -40,6 +40,16 @@ def cli(
     )  # fmt: skip
 
 
+# `python -m streams.cli` with Ctrl-C handled as by default whatever this process
+# inherited: a shell starts background jobs with SIGINT ignored, and Python keeps
+# an ignored SIGINT ignored, so the SIGINT these tests send would do nothing.
+INTERRUPTIBLE_CLI = [
+    sys.executable, "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('streams.cli', run_name='__main__', alter_sys=True)",
+]  # fmt: skip
+
+
 def lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
@@ -319,7 +329,7 @@ def test_consume_commit_is_a_tail_that_commits_what_it_printed(target: str) -> N
     space = unique("tailc")
     env = {**os.environ, "STREAMS_TARGET": target}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "consume", space, "--consumer", "c", "--commit",
+        [*INTERRUPTIBLE_CLI, "consume", space, "--consumer", "c", "--commit",
          "--commit-every", "1", "--output", "payload"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -604,7 +614,7 @@ def test_watch_prints_the_snapshot_then_changes(lifecycle_target: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
         env["STREAMS_TARGET"] = target
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "watch", space, "--prefix", "eu-"],
+            [*INTERRUPTIBLE_CLI, "watch", space, "--prefix", "eu-"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
         )  # fmt: skip
         try:
