@@ -139,23 +139,24 @@ class Member:
             await self._event.wait()
 
     def _take(self, max_bytes: int) -> list[tuple[bytes, int]]:
-        out: list[tuple[bytes, int]] = []
+        taken: list[Entry] = []
         outbox = self.outbox
         size = 0
         while outbox:
             entry = outbox[0]
-            # Timed out, moved or settled since, or sent already (queued twice:
-            # delivered again before it was sent): no longer to send.
+            # Moved or settled since it was queued: no longer to send.
             if entry.holder is not self or not entry.queued or entry.state is not IN_FLIGHT:
                 outbox.popleft()
                 continue
             size += entry.size
-            if out and size > max_bytes:
+            if taken and size > max_bytes:
                 break
             outbox.popleft()
-            entry.queued = False
-            out.append((entry.stored, entry.attempt))
-        return out
+            taken.append(entry)
+        if not taken:
+            return []
+        self._dispatcher.sent(taken)
+        return [(entry.stored, entry.attempt) for entry in taken]
 
     def ack(self, positions: Sequence[int]) -> None:
         """Settles the records at ``positions`` this member holds (others are ignored)."""
@@ -556,10 +557,14 @@ class Dispatcher:
             self._deliver(member, out)
 
     def _deliver(self, member: Member, entries: list[Entry]) -> None:
-        deadline = self._clock() + self._ack_timeout
-        held, outbox, deadlines = member.held, member.outbox, self._deadlines
+        """Hands ``entries`` to ``member``: held by it (they count toward its
+        max_in_flight) and queued in its outbox. A delivery counts (its attempt,
+        its ack timeout) once it is sent (:meth:`sent`): records waiting behind
+        a slow stream are not delivered yet, so they neither time out nor use
+        attempts up unseen."""
+        held, outbox = member.held, member.outbox
         most = self.config.max_attempts
-        again = parked = 0
+        parked = 0
         for entry in entries:
             if entry.attempt >= most:
                 # Delivered max_attempts times already (its park write failed,
@@ -569,21 +574,30 @@ class Dispatcher:
                 continue
             entry.state = IN_FLIGHT
             entry.holder = member
-            entry.deadline = deadline
-            attempt = entry.attempt = entry.attempt + 1
-            if attempt > 1:
-                again += 1
             held[entry.position] = entry
-            deadlines[entry] = None
             entry.queued = True
             outbox.append(entry)
         if parked:
             self._kick()
             if parked == len(entries):
                 return
-        self.delivered += len(entries) - parked
-        self.redelivered += again
         member.wake()
+
+    def sent(self, entries: list[Entry]) -> None:
+        """``entries`` leave their member's outbox for its stream: each is
+        delivered once more, and its ack timeout starts."""
+        deadline = self._clock() + self._ack_timeout
+        deadlines = self._deadlines
+        again = 0
+        for entry in entries:
+            entry.queued = False
+            entry.attempt += 1
+            if entry.attempt > 1:
+                again += 1
+            entry.deadline = deadline
+            deadlines[entry] = None
+        self.delivered += len(entries)
+        self.redelivered += again
         self._arm(deadline)
 
     def _requeue(self, entry: Entry) -> None:

@@ -70,7 +70,7 @@ class Entry:
         self.segment = segment
         self.stored = stored  # the serialized Record, as delivered
         self.size = len(stored)
-        self.attempt = 0  # deliveries so far
+        self.attempt = 0  # deliveries sent so far (see Dispatcher.sent)
         self.state = WAITING
         self.holder: Member | None = None  # the member it is delivered to
         self.deadline = 0.0  # when an unacked delivery is due again

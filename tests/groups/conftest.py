@@ -57,6 +57,10 @@ def payload_of(record: Record) -> bytes:
     return pb.RecordInput.FromString(record.body).payload
 
 
+def metadata_of(record: Record) -> dict[str, str]:
+    return dict(pb.RecordInput.FromString(record.body).metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Got:
     """One delivery, parsed."""

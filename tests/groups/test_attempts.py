@@ -12,14 +12,9 @@ import contextlib
 import pytest
 
 from streams.groups import Member
-from streams.model import Ordering, Record
-from streams.v1 import streams_pb2 as pb
+from streams.model import Ordering
 
-from .conftest import GUARD, DurableLog, Env, Got, positions, run, some, take
-
-
-def _metadata(record: Record) -> dict[str, str]:
-    return dict(pb.RecordInput.FromString(record.body).metadata)
+from .conftest import GUARD, DurableLog, Env, Got, metadata_of, positions, run, some, take
 
 
 async def _first(members: list[Member]) -> tuple[Member, list[Got]]:
@@ -56,7 +51,7 @@ def test_a_member_leaving_at_the_last_attempt_parks_the_record(env: Env) -> None
             assert (nxt[0].key, nxt[0].attempt) == (("a", 2), 1)
             await log.until(lambda: log.durable(seen[0].position))
             (parked,) = await env.parked(config)
-            meta = _metadata(parked)
+            meta = metadata_of(parked)
             assert meta["streams-parked-position"] == str(seen[0].position)
             assert meta["streams-parked-attempts"] == "2"
             (stats,) = env.groups.stats()
@@ -96,7 +91,7 @@ def test_a_worker_crashing_on_a_record_sees_it_parked_after_max_attempts(
             assert (nxt.key, nxt.attempt) == (("a", 2), 1)
             member.ack([nxt.position])
         (parked,) = await env.parked(config)
-        meta = _metadata(parked)
+        meta = metadata_of(parked)
         assert (meta["streams-parked-position"], meta["streams-parked-attempts"]) == (
             str(first.position),
             "3",
@@ -173,6 +168,6 @@ def test_a_failed_park_write_parks_again_never_delivers_once_more(env: Env) -> N
             assert (nxt.key, nxt.attempt) == (("a", 2), 1)
             assert env.settle_failures_left == 0
         (parked,) = await env.parked(config)
-        assert _metadata(parked)["streams-parked-attempts"] == "1"
+        assert metadata_of(parked)["streams-parked-attempts"] == "1"
 
     run(env, scenario)

@@ -12,10 +12,21 @@ import pytest
 from streams.errors import NotFound
 from streams.groups import dispatcher
 from streams.limits import Limits
-from streams.model import Ordering, Record, SegmentAppend, Transaction
+from streams.model import Ordering, SegmentAppend, Transaction
 from streams.v1 import streams_pb2 as pb
 
-from .conftest import GUARD, DurableLog, Env, Got, payload_of, positions, run, some, take
+from .conftest import (
+    GUARD,
+    DurableLog,
+    Env,
+    Got,
+    metadata_of,
+    payload_of,
+    positions,
+    run,
+    some,
+    take,
+)
 
 SHORT = 0.05  # an ack timeout the tests wait out
 
@@ -36,6 +47,39 @@ def test_ack_timeout_delivers_again_with_the_next_attempt(env: Env) -> None:
             assert (after[0].key, after[0].attempt) == (("a", 2), 1)
             (stats,) = env.groups.stats()
             assert stats.redelivered == 1
+
+    run(env, scenario)
+
+
+def test_a_delivery_counts_once_sent_not_while_it_waits_in_the_outbox(env: Env) -> None:
+    """The ack timeout and the attempt count start when a delivery leaves the
+    member's outbox for its stream: a record waiting behind a slow stream is not
+    timed out, delivered again nor parked unseen (before, it used its attempts
+    up in the outbox and was parked as if it had been delivered max_attempts times)."""
+
+    async def scenario() -> None:
+        log = DurableLog(env.store)
+        config = await env.create(ack_timeout=SHORT, max_attempts=2)
+        await env.produce("s", ("a", 1), ("b", 1))
+        async with (
+            env.groups.join("s", "g", "one", 1) as one,
+            env.groups.join("s", "g", "two", 1) as two,
+        ):
+            # One read hands both out: once one member has its record, the
+            # other's waits in its outbox, unsent.
+            (mine,) = await take(one, 1)
+            unsent = 3 - mine.position
+            # Two ack timeouts pass: the sent record is delivered again, then parked.
+            (again,) = await take(one, 1)
+            assert (again.position, again.attempt) == (mine.position, 2)
+            await log.until(lambda: log.durable(mine.position))
+            assert not log.durable(unsent)
+            (got,) = await take(two, 1)
+            assert (got.position, got.attempt) == (unsent, 1)
+            two.ack([unsent])
+            await log.until(lambda: log.durable(unsent))
+        parked = await env.parked(config)
+        assert [int(metadata_of(r)["streams-parked-position"]) for r in parked] == [mine.position]
 
     run(env, scenario)
 
@@ -93,7 +137,7 @@ def test_parked_after_max_attempts_while_other_segments_flow(env: Env) -> None:
             (parked,) = await env.parked(config)
             assert payload_of(parked) == b"poison:0"
             assert parked.segment == "s/g" and parked.space == "$parked"
-            meta = dict(_metadata(parked))
+            meta = dict(metadata_of(parked))
             assert meta == {
                 "streams-parked-space": "s",
                 "streams-parked-segment": "poison",
@@ -108,7 +152,7 @@ def test_parked_after_max_attempts_while_other_segments_flow(env: Env) -> None:
     run(env, scenario)
 
 
-def test_nack_park_keeps_the_record_and_its_metadata(env: Env) -> None:
+def test_nack_park_keeps_the_record_and_itsmetadata_of(env: Env) -> None:
     async def scenario() -> None:
         config = await env.create()
         record = pb.RecordInput(
@@ -123,7 +167,7 @@ def test_nack_park_keeps_the_record_and_its_metadata(env: Env) -> None:
             nxt = await take(member, 1)
             assert nxt[0].key == ("a", 2)
             (parked,) = await env.parked(config)
-            meta = dict(_metadata(parked))
+            meta = dict(metadata_of(parked))
             assert payload_of(parked) == b"p"
             assert meta["k"] == "v"
             assert meta["streams-parked-reason"] == "bad input"
@@ -240,10 +284,6 @@ def test_one_settle_write_at_a_time_takes_every_ack_meanwhile(env: Env) -> None:
     run(env, scenario)
 
 
-def _metadata(record: Record) -> dict[str, str]:
-    return dict(pb.RecordInput.FromString(record.body).metadata)
-
-
 def test_a_segment_moves_only_once_its_record_being_settled_is_durable(env: Env) -> None:
     async def scenario() -> None:
         await env.create()
@@ -312,7 +352,7 @@ def test_parks_are_written_at_most_max_records_per_produce_at_a_time(env: Env) -
             member.nack(positions(got), park=True, reason="no")
             await log.until(lambda: log.through == 5)
         parked = await env.parked(config)
-        assert sorted(int(_metadata(r)["streams-parked-position"]) for r in parked) == [
+        assert sorted(int(metadata_of(r)["streams-parked-position"]) for r in parked) == [
             1,
             2,
             3,

@@ -21,8 +21,7 @@ from streams import codec
 from streams.groups import Member
 from streams.model import Ordering, Target
 
-from .conftest import DurableLog, Env, Got, run
-from .test_failures import _metadata
+from .conftest import DurableLog, Env, Got, metadata_of, run
 
 SEGMENTS = 12
 BATCHES = 40
@@ -114,7 +113,7 @@ def test_random_members_acks_nacks_and_timeouts(env: Env, seed: int, ordering: O
         assert state is not None
         assert state.progress.acked_through == last and not state.progress.settled
         parked = await env.parked(config)
-        origins = [int(_metadata(r)["streams-parked-position"]) for r in parked]
+        origins = [int(metadata_of(r)["streams-parked-position"]) for r in parked]
         assert len(origins) == len(set(origins)) == state.progress.parked
         assert not log.twice, f"settled again: {log.twice}"
 
