@@ -11,8 +11,9 @@ dispatcher's last settle write) or by closing the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -224,6 +225,20 @@ async def some(member: Member, max_bytes: int = 1 << 20) -> list[Got]:
     batch = await asyncio.wait_for(member.deliveries(max_bytes), GUARD)
     assert batch, "the member ended"
     return [Got(codec.parse_stored(stored), attempt) for stored, attempt in batch]
+
+
+@contextlib.asynccontextmanager
+async def one_sent_one_unsent(env: Env) -> AsyncIterator[tuple[Member, Got, Member, int]]:
+    """Members ``one`` and ``two`` (max_in_flight 1) of group g of space s and a
+    record for each, handed out by one read: ``one``'s taken (sent), ``two``'s
+    still in its outbox, unsent. Yields (one, its record, two, the unsent position)."""
+    await env.produce("s", ("a", 1), ("b", 1))
+    async with (
+        env.groups.join("s", "g", "one", 1) as one,
+        env.groups.join("s", "g", "two", 1) as two,
+    ):
+        (mine,) = await take(one, 1)
+        yield one, mine, two, 3 - mine.position
 
 
 def positions(got: Sequence[Got]) -> list[int]:

@@ -11,7 +11,7 @@ from streams.errors import NotFound, ResourceExhausted, Unavailable
 from streams.limits import Limits
 from streams.model import Ordering
 
-from .conftest import GUARD, DurableLog, Env, Got, positions, run, some, take
+from .conftest import GUARD, DurableLog, Env, Got, one_sent_one_unsent, positions, run, some, take
 
 
 def check_in_order(
@@ -161,15 +161,7 @@ def test_an_answer_for_a_delivery_not_sent_yet_is_ignored(env: Env, answer: str)
     async def scenario() -> None:
         log = DurableLog(env.store)
         await env.create()
-        await env.produce("s", ("a", 1), ("b", 1))
-        async with (
-            env.groups.join("s", "g", "one", 1) as one,
-            env.groups.join("s", "g", "two", 1) as two,
-        ):
-            # Both records are handed out by one read: once one member has
-            # its record, the other's is in its outbox, not sent.
-            (mine,) = await take(one, 1)
-            unsent = 3 - mine.position
+        async with one_sent_one_unsent(env) as (_, _, two, unsent):
             if answer == "ack":
                 two.ack([unsent])
             else:

@@ -21,6 +21,7 @@ from .conftest import (
     Env,
     Got,
     metadata_of,
+    one_sent_one_unsent,
     payload_of,
     positions,
     run,
@@ -60,15 +61,7 @@ def test_a_delivery_counts_once_sent_not_while_it_waits_in_the_outbox(env: Env) 
     async def scenario() -> None:
         log = DurableLog(env.store)
         config = await env.create(ack_timeout=SHORT, max_attempts=2)
-        await env.produce("s", ("a", 1), ("b", 1))
-        async with (
-            env.groups.join("s", "g", "one", 1) as one,
-            env.groups.join("s", "g", "two", 1) as two,
-        ):
-            # One read hands both out: once one member has its record, the
-            # other's waits in its outbox, unsent.
-            (mine,) = await take(one, 1)
-            unsent = 3 - mine.position
+        async with one_sent_one_unsent(env) as (one, mine, two, unsent):
             # Two ack timeouts pass: the sent record is delivered again, then parked.
             (again,) = await take(one, 1)
             assert (again.position, again.attempt) == (mine.position, 2)
