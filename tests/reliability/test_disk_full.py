@@ -409,6 +409,13 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
+# A memtable larger than the tmpfs under the image: the write-ahead log alone
+# fills it, so the first thing that fails is the log's fsync. With the default
+# (16 MiB) RocksDB's own flush of the memtable could hit the full tmpfs first,
+# and writes were then refused as a full disk (seen twice under CI load).
+FAILING_FSYNC_FLAGS = ["--memtable-bytes", str(64 << 20)]
+
+
 @pytest.fixture
 def failing_fsync_fs(tmp_path: Path) -> Iterator[Path]:
     """An ext4 filesystem (256 MiB, sparse) whose image lives on a 24 MiB tmpfs:
@@ -434,7 +441,9 @@ def failing_fsync_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_failed_fsync_stops_writes_and_says_why(failing_fsync_fs: Path, tmp_path: Path) -> None:
-    server = ServerProcess(failing_fsync_fs / "data", tmp_path / "server.log")
+    server = ServerProcess(
+        failing_fsync_fs / "data", tmp_path / "server.log", flags=FAILING_FSYNC_FLAGS
+    )
     server.start()
     try:
         stub = server.stub

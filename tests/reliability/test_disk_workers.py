@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -33,6 +33,7 @@ from tests.support.waiting import wait_until
 from .support import fill, free_bytes, tmpfs
 from .test_disk_full import (
     DEADLINE,
+    FAILING_FSYNC_FLAGS,
     FS_SIZE,
     FULL_CODES,
     LEAVE_FREE,
@@ -64,10 +65,10 @@ def servers() -> Iterator[list[SpreadServer]]:
 
 
 def start(
-    servers: list[SpreadServer], data: Path, log: Path
+    servers: list[SpreadServer], data: Path, log: Path, flags: Sequence[str] = ()
 ) -> tuple[SpreadServer, list[grpc.Channel]]:
     """A --workers 2 server on ``data`` and a connected channel to each front."""
-    server = SpreadServer(data, log, workers=WORKERS)
+    server = SpreadServer(data, log, workers=WORKERS, flags=flags)
     servers.append(server)
     server.start()
     per_front = channels_per_front(server.port, server.fronts())
@@ -115,7 +116,9 @@ def test_failed_fsync_through_both_fronts(
     tmp_path: Path,
     servers: list[SpreadServer],
 ) -> None:
-    server, channels = start(servers, failing_fsync_fs / "data", tmp_path / "server.log")
+    server, channels = start(
+        servers, failing_fsync_fs / "data", tmp_path / "server.log", FAILING_FSYNC_FLAGS
+    )
     stubs = [pb_grpc.StreamsServiceStub(c) for c in channels]
     for channel in channels:
         assert health_status(channel, SERVICE) == SERVING
