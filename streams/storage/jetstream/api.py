@@ -32,6 +32,11 @@ BATCH_DUPLICATE_ID = 10201
 DUPLICATE_IN_PROCESS = 10158
 STREAM_NAME_IN_USE = 10058
 
+# Headers of an atomic batch's messages (ADR-50), kept with the stored messages.
+BATCH_ID = "Nats-Batch-Id"
+BATCH_SEQUENCE = "Nats-Batch-Sequence"
+BATCH_COMMIT = "Nats-Batch-Commit"
+
 TIMEOUT = 10.0
 # One attempt of an API request (see JetStream.api).
 ATTEMPT_TIMEOUT = 1.0
@@ -299,11 +304,11 @@ class JetStream:
         batch_id = uuid.uuid4().hex
         last = len(messages)
         for n, ((subject, data), extra) in enumerate(zip(messages, headers, strict=True), 1):
-            h = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n), **extra}
+            h = {BATCH_ID: batch_id, BATCH_SEQUENCE: str(n), **extra}
             if n < last:
                 await self.nc.publish(subject, data, headers=h)
             else:
-                h["Nats-Batch-Commit"] = "1"
+                h[BATCH_COMMIT] = "1"
                 return await self._acked(subject, data, h)
         raise ValueError("an empty batch")
 

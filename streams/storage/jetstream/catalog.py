@@ -19,7 +19,7 @@ from typing import Any
 from streams.model import RetentionPolicy, SegmentInfo, SpaceConfig, Target
 from streams.storage import port
 from streams.storage.jetstream import records
-from streams.storage.jetstream.api import JetStream
+from streams.storage.jetstream.api import BATCH_COMMIT, BATCH_ID, JetStream
 from streams.storage.jetstream.kv import Bucket, Conflict
 from streams.storage.jetstream.names import Names, decode, encode
 
@@ -120,14 +120,32 @@ class Catalog:
         return await self.bucket.get(self.space_key(space))
 
     async def stream_state(self, space: str) -> tuple[int, int, int]:
-        """(first sequence, last sequence, messages) of the space's stream (through the leader)."""
-        info = await self._js.info(self._names.stream(space))
+        """(first sequence, last sequence, messages) of the space's stream
+        (through the leader), the last always a transaction's last message.
+
+        The leader stores a batch message by message: gets wait until the
+        whole batch is stored, the stream's info does not, so its last
+        sequence may be in the middle of a batch. A get of that message says
+        whether it ends its batch (the commit keeps its header); when it does
+        not, the stream's last message, got once the batch is whole, is a
+        transaction's end (later batches are whole too)."""
+        stream = self._names.stream(space)
+        info = await self._js.info(stream)
         if info is None:
             return 1, 0, 0
         state = info["state"]
         last = int(state["last_seq"])
         messages = int(state["messages"])
-        return (int(state["first_seq"]) if messages else last + 1), last, messages
+        if not messages:
+            return last + 1, last, messages
+        at_last = await self._js.get(stream, seq=last)
+        if at_last is None or (BATCH_ID in at_last.headers and BATCH_COMMIT not in at_last.headers):
+            latest = await self._js.get(stream, last_by_subj=self._names.space_subjects(space))
+            if latest is not None and latest.seq > last:
+                # The rest of the batch (and any written since) follows ``last``.
+                messages += latest.seq - last
+                last = latest.seq
+        return int(state["first_seq"]), last, messages
 
     async def last_timestamp(self, space: str, last: int) -> int:
         if last == 0:
