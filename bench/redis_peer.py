@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
-from workers import SETUP_TIMEOUT_S, JobResult
+from workers import JobResult, timed_calls
 
 START_TIMEOUT_S = 30.0
 FIELD = b"p"  # each entry: one field holding the payload
@@ -122,30 +122,18 @@ class XaddJob:
     def run(self, ready: Callable[[], None], go: EventType) -> JobResult:
         import redis
 
+        def failed(exc: Exception) -> str | None:
+            return f"{type(exc).__name__}: {exc}" if isinstance(exc, redis.RedisError) else None
+
         host, port = self.address.rsplit(":", 1)
-        result = JobResult()
         client = redis.Redis(host=host, port=int(port))
         try:
-            for _ in range(self.warmup):
-                self._send(client)
-            ready()
-            go.wait(SETUP_TIMEOUT_S)
-            result.start = time.monotonic()
-            deadline = result.start + self.max_seconds
-            for _ in range(self.calls):
-                before = time.perf_counter()
-                try:
-                    self._send(client)
-                except redis.RedisError as exc:
-                    result.errors.append(f"{type(exc).__name__}: {exc}")
-                result.latencies.append(time.perf_counter() - before)
-                if time.monotonic() > deadline:
-                    break
-            result.end = time.monotonic()
-            result.calls = len(result.latencies)
+            return timed_calls(
+                lambda _: self._send(client), failed, ready, go,
+                warmup=self.warmup, calls=self.calls, max_seconds=self.max_seconds,
+            )  # fmt: skip
         finally:
             client.close()
-        return result
 
     def _send(self, client: object) -> None:
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]

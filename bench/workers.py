@@ -93,28 +93,57 @@ class JobResult:
     first_batch: int = 0  # records in the first response
 
 
-def _run_unary(job: UnaryJob, ready: Callable[[], None], go: EventType) -> JobResult:
+def timed_calls(
+    send: Callable[[int], object],
+    failed: Callable[[Exception], str | None],
+    ready: Callable[[], None],
+    go: EventType,
+    *,
+    warmup: int,
+    calls: int,
+    max_seconds: float,
+) -> JobResult:
+    """``warmup`` uncounted ``send(i)``, then, once ``go`` is set, up to
+    ``calls`` timed ones for at most ``max_seconds``: a job's call loop. A
+    send that raises is timed and counted with ``failed(exc)``'s text (None:
+    not a failure of the call, raised on)."""
     result = JobResult()
+    for i in range(warmup):
+        send(i)
+    ready()
+    go.wait(SETUP_TIMEOUT_S)
+    result.start = time.monotonic()
+    deadline = result.start + max_seconds
+    for i in range(calls):
+        before = time.perf_counter()
+        try:
+            send(i)
+        except Exception as exc:
+            text = failed(exc)
+            if text is None:
+                raise
+            result.errors.append(text)
+        result.latencies.append(time.perf_counter() - before)
+        if time.monotonic() > deadline:
+            break
+    result.end = time.monotonic()
+    result.calls = len(result.latencies)
+    return result
+
+
+def _rpc_failed(exc: Exception) -> str | None:
+    return f"{exc.code()}: {exc.details()}" if isinstance(exc, grpc.RpcError) else None
+
+
+def _run_unary(job: UnaryJob, ready: Callable[[], None], go: EventType) -> JobResult:
     with grpc.insecure_channel(job.address, options=_CHANNEL_OPTIONS) as channel:
         call: grpc.UnaryUnaryMultiCallable = channel.unary_unary(job.method)
-        for i in range(job.warmup):
-            call(job.requests[i % len(job.requests)], timeout=CALL_TIMEOUT_S)
-        ready()
-        go.wait(SETUP_TIMEOUT_S)
-        result.start = time.monotonic()
-        deadline = result.start + job.max_seconds
-        for i in range(job.calls):
-            before = time.perf_counter()
-            try:
-                call(job.requests[i % len(job.requests)], timeout=CALL_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                result.errors.append(f"{exc.code()}: {exc.details()}")
-            result.latencies.append(time.perf_counter() - before)
-            if time.monotonic() > deadline:
-                break
-        result.end = time.monotonic()
-        result.calls = len(result.latencies)
-    return result
+        requests = job.requests
+        return timed_calls(
+            lambda i: call(requests[i % len(requests)], timeout=CALL_TIMEOUT_S),
+            _rpc_failed, ready, go,
+            warmup=job.warmup, calls=job.calls, max_seconds=job.max_seconds,
+        )  # fmt: skip
 
 
 def _run_stream(job: StreamJob, ready: Callable[[], None], go: EventType) -> JobResult:
