@@ -45,6 +45,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_least(least: int) -> Callable[[str], int]:
+    """A parser of integers of ``least`` or more (``positive_int``: 1 or more)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: must be {least} or more")
+        return value
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:

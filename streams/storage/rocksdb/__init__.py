@@ -12,19 +12,8 @@ name this engine without loading rocksdict.
 """
 
 import argparse
-from collections.abc import Callable
 
-from streams.storage.backend import Backend, Option, positive_float, positive_int
-
-
-def _at_least(least: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value}: must be {least} or more")
-        return value
-
-    return parse
+from streams.storage.backend import Backend, Option, at_least, positive_float, positive_int
 
 
 def _tail_damage(text: str) -> str:
@@ -83,7 +72,7 @@ BACKEND = Backend(
         ),
         Option(
             "merge-small-bytes",
-            _at_least(0),
+            at_least(0),
             8 * 1024,
             "A chunk (one segment write of a transaction) under this size is small: runs "
             "of small chunks are merged, so a space written 1 record per Produce reads "
@@ -98,7 +87,7 @@ BACKEND = Backend(
         ),
         Option(
             "merge-min-chunks",
-            _at_least(2),
+            at_least(2),
             16,
             "The fewest small chunks a merged run copies: a shorter run at the end waits "
             "for more. At most --merge-step-chunks.",
