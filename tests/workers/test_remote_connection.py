@@ -24,6 +24,7 @@ from streams import codec
 from streams.errors import Unavailable
 from streams.model import Cut, SegmentAppend, Target, Transaction
 from streams.storage.backend import Setup
+from streams.storage.port import Store
 from streams.storage.rocksdb.store import RocksStore
 from streams.workers.host import StoreHost
 from streams.workers.remote import RemoteStore, connect
@@ -42,10 +43,11 @@ def txn(space: str, segment: str, count: int = 1, size: int = 10) -> Transaction
 
 @contextlib.asynccontextmanager
 async def served(
-    tmp: Path, fronts: int = 1, **host_args: Any
-) -> AsyncIterator[tuple[RocksStore, StoreHost, list[RemoteStore]]]:
-    """A RocksDB store under ``tmp``, a StoreHost over it, ``fronts`` RemoteStores."""
-    engine = RocksStore.open(tmp / "data")
+    tmp: Path, fronts: int = 1, engine: Store | None = None, **host_args: Any
+) -> AsyncIterator[tuple[Store, StoreHost, list[RemoteStore]]]:
+    """``engine`` (default: a RocksDB store under ``tmp``), a StoreHost over it,
+    ``fronts`` RemoteStores."""
+    engine = engine or RocksStore.open(tmp / "data")
     folder = Path(tempfile.mkdtemp(prefix="remote-"))  # a socket path is short
     host = StoreHost(engine, folder / "store.sock", **host_args)
     await host.start()

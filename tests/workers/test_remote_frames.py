@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import pickle
-import shutil
 import socket
-import tempfile
 import threading
 from pathlib import Path
 
@@ -41,7 +39,6 @@ from streams.model import (
 from streams.storage.backend import Setup
 from streams.storage.memory import MemoryStore
 from streams.workers import ipc
-from streams.workers.host import StoreHost
 from streams.workers.remote import connect
 
 from .test_remote_backpressure import eventually, feed
@@ -186,18 +183,10 @@ class _FailingStore(MemoryStore):
 
 def test_an_error_that_cannot_travel_arrives_as_an_invariant_violation(tmp_path: Path) -> None:
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp(prefix="remote-"))
-        host = StoreHost(_FailingStore(), folder / "s")
-        await host.start()
-        store = await connect(host.path, Setup(data=tmp_path))
-        try:
+        async with served(tmp_path, engine=_FailingStore()) as (_, _, (store,)):
             with pytest.raises(InvariantViolation, match=r"_Unpicklable.*held a lock"):
                 await store.get_space("s")
             assert await store.last_offset(Target("s")) == 0
-        finally:
-            await store.close()
-            await host.close()
-            shutil.rmtree(folder, ignore_errors=True)
 
     asyncio.run(main())
 
@@ -224,21 +213,13 @@ def test_an_answer_that_cannot_travel_is_answered_even_when_its_repr_is_over_a_f
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        folder = Path(tempfile.mkdtemp(prefix="remote-"))
         engine = _BigAnswerStore()
-        host = StoreHost(engine, folder / "s")
-        engine.size = 2 * host.max_frame
-        await host.start()
-        store = await connect(host.path, Setup(data=tmp_path))
-        try:
+        async with served(tmp_path, engine=engine) as (_, host, (store,)):
+            engine.size = 2 * host.max_frame
             with pytest.raises(InvariantViolation, match="_BigUnpicklable cannot travel"):
                 # A bound only so that the old failure (no answer) ends the test.
                 await asyncio.wait_for(store.get_space("s"), 60)
             assert await store.last_offset(Target("s")) == 0
-        finally:
-            await store.close()
-            await host.close()
-            shutil.rmtree(folder, ignore_errors=True)
 
     asyncio.run(main())
 
