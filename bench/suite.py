@@ -689,11 +689,6 @@ FANOUT_FOLLOWERS = 100
 SMALL_TXN_RECORDS = 20_000  # issue 16's space: 20,000 records over 100 segments
 
 
-def cores() -> int:
-    """The cores the server's default --workers counts (affinity, cgroup quota)."""
-    return config.cores()
-
-
 def worker_counts(ctx: Context) -> list[int]:
     """--workers of the server compared: the suite's --workers (default: one
     per core, as the server's default), then 1."""
@@ -701,7 +696,7 @@ def worker_counts(ctx: Context) -> list[int]:
 
 
 def workers_label(workers: int) -> str:
-    return f"--workers {workers}" + (" (one per core)" if workers == cores() else "")
+    return f"--workers {workers}" + (" (one per core)" if workers == config.cores() else "")
 
 
 @dataclass
@@ -786,7 +781,7 @@ def section_cores(ctx: Context) -> None:
         for workers, f in figures.items()
     ]
     ctx.report.data["cores"] = {
-        "cores": cores(),
+        "cores": config.cores(),
         "redis": redis.per_second if redis else None,
         "servers": [
             {
@@ -853,7 +848,7 @@ def section_fanout(ctx: Context) -> None:
     plan = ctx.plan
     note = load_note()
     began = time.monotonic()
-    processes = max(2, cores() // 2)
+    processes = max(2, config.cores() // 2)
     found: list[fanout.Capacity] = []
     start = 100.0
     for workers in sorted(worker_counts(ctx)):  # 1 first: its figure starts the next search
@@ -1278,7 +1273,8 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    usable = "" if cores() == os.cpu_count() else f", {cores()} usable by this process"
+    cores = config.cores()
+    usable = "" if cores == os.cpu_count() else f", {cores} usable by this process"
     return f"{os.cpu_count()} cores{usable} ({model}), {memory:.0f} GiB RAM, {platform.platform()}"
 
 
@@ -1310,7 +1306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=cores(),
+        default=config.cores(),
         help="the server's --workers that the cores and fanout sections compare with "
         "--workers 1 (default: the core count, %(default)s here)",
     )
@@ -1356,7 +1352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.out / "report.md").write_text(text, encoding="utf-8")
     results = {
         "mode": report.mode,
-        "cores": cores(),
+        "cores": config.cores(),
         "date": stamp,
         "data": report.data,
         "targets": [t.__dict__ for t in report.targets],
